@@ -1,0 +1,168 @@
+"""The one exception tree of Hotline.
+
+Every error the package raises on purpose derives from :class:`HotlineError`. Foreign
+exceptions (cryptography, aiohttp, aiortc, sqlite3, OSError) are translated into this tree
+at the boundary where they occur. Each class says *what* went wrong; the three middle
+classes say *whose fault* it was::
+
+    HotlineError
+    ├── LocalError                 we (or our operator) did something wrong
+    │   ├── UsageError             bad command-line input or API misuse
+    │   ├── KeyStorageError        a key file is missing, unreadable, or has unsafe permissions
+    │   │   └── PassphraseError    wrong or missing passphrase for an encrypted key
+    │   ├── StateError             an operation is illegal in the current state
+    │   └── CounterExhausted       a nonce counter would wrap (SFrame, envelope sequence)
+    ├── RemoteError                a peer terminal or site sent something we refuse
+    │   ├── EncodingError          bytes that are not valid canonical encoding
+    │   ├── SignatureError         a signature does not verify
+    │   ├── CharterError           a charter is malformed, incomplete, or not acceptable
+    │   │   ├── CharterIncomplete  a site's signature is missing
+    │   │   ├── CharterRollback    a version lower than one already seen
+    │   │   └── UnknownMember      a site or terminal not in the charter
+    │   ├── EnvelopeError          a signed envelope is malformed, forged, replayed or misrouted
+    │   │   └── ReplayError        a duplicate or out-of-order sequence number
+    │   ├── E2EEError              the end-to-end encryption layer refuses something
+    │   │   ├── SFrameError        an SFrame ciphertext is refused (see e2ee.sframe)
+    │   │   └── KeyAgreementError  a key bundle, ephemeral key, roster or ack is refused
+    │   ├── CallError              the call protocol was broken by the peer
+    │   └── LogIntegrityError      a call log entry was changed, removed or reordered
+    └── ExchangeError              the exchange (untrusted) refused, failed or misbehaved
+        ├── AuthenticationError    the exchange did not admit us
+        ├── LimitExceeded          a configured limit was hit (size, rate, queue)
+        └── ExchangeUnavailable    the exchange cannot be reached
+
+Subsystems add narrower subclasses next to the class they refine, below, in their section.
+Messages never contain key material or plaintext.
+"""
+
+from __future__ import annotations
+
+
+class HotlineError(Exception):
+    """Base class of every error Hotline raises on purpose."""
+
+    #: short machine-readable reason, used as a metrics label and in ``--json`` output
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+# --- whose fault ------------------------------------------------------------------------
+
+
+class LocalError(HotlineError):
+    """We, or our own operator, did something wrong."""
+
+    reason = "local"
+
+
+class RemoteError(HotlineError):
+    """A peer (terminal, site, charter author) sent something we refuse."""
+
+    reason = "remote"
+
+
+class ExchangeError(HotlineError):
+    """The exchange refused, failed, or misbehaved. It is untrusted."""
+
+    reason = "exchange"
+
+
+# --- local ------------------------------------------------------------------------------
+
+
+class UsageError(LocalError):
+    reason = "usage"
+
+
+class KeyStorageError(LocalError):
+    reason = "key_storage"
+
+
+class PassphraseError(KeyStorageError):
+    reason = "passphrase"
+
+
+class StateError(LocalError):
+    reason = "state"
+
+
+class CounterExhausted(LocalError):
+    reason = "counter_exhausted"
+
+
+# --- remote -----------------------------------------------------------------------------
+
+
+class EncodingError(RemoteError):
+    reason = "encoding"
+
+
+class SignatureError(RemoteError):
+    reason = "bad_signature"
+
+
+class CharterError(RemoteError):
+    reason = "charter"
+
+
+class CharterIncomplete(CharterError):
+    reason = "charter_incomplete"
+
+
+class CharterRollback(CharterError):
+    reason = "charter_rollback"
+
+
+class UnknownMember(CharterError):
+    reason = "unknown_member"
+
+
+class EnvelopeError(RemoteError):
+    reason = "envelope"
+
+
+class ReplayError(EnvelopeError):
+    reason = "replay"
+
+
+class E2EEError(RemoteError):
+    reason = "e2ee"
+
+
+class SFrameError(E2EEError):
+    reason = "sframe"
+
+
+class KeyAgreementError(E2EEError):
+    reason = "key_agreement"
+
+
+class CallError(RemoteError):
+    reason = "call"
+
+
+class LogIntegrityError(RemoteError):
+    reason = "log_integrity"
+
+
+# --- exchange ---------------------------------------------------------------------------
+
+
+class AuthenticationError(ExchangeError):
+    reason = "auth"
+
+
+class LimitExceeded(ExchangeError):
+    reason = "limit"
+
+
+class ExchangeUnavailable(ExchangeError):
+    reason = "unavailable"
+
+
+# --- narrower classes, by subsystem -------------------------------------------------------
+# (each subsystem adds its own below, in its own section, refining a class above)

@@ -1,0 +1,328 @@
+"""The call state machine, as one member sees a call. Pure: no I/O, time passed in.
+
+A call has an id and a set of members (terminal ids). It starts with one member ringing
+another and grows or shrinks as members invite others and leave; it ends for a member when
+that member leaves, or when it is the last one left. There is no time limit.
+
+Messages (bodies are HCE dicts; every one carries ``call``, the call id):
+
+=================  =================================================  ======================
+type               body                                               sent to
+=================  =================================================  ======================
+``call.ring``      ``members``: who is in the call now                the invited terminal
+``call.invited``   ``target``: who a member has just rung             every other member
+``call.answer``    (nothing more)                                     every member + inviter
+``call.decline``   ``reason``                                         the inviter
+``call.leave``     ``reason``                                         every member (or the
+                                                                      rung terminal, to cancel)
+=================  =================================================  ======================
+
+A member accepts a newcomer's ``call.answer`` only if that newcomer was rung by a member
+(it rang it itself, or got ``call.invited`` from a member). Envelopes are signed and checked
+against the charter before they reach this machine, so ``sender`` is authentic; the machine
+checks that the protocol is followed, and raises :class:`CallProtocolError` when it is not.
+
+Transitions (``state`` × event → ``state``; anything else raises):
+
+===================  =========================  ===================
+state                event                      next state
+===================  =========================  ===================
+idle                 dial (local)               outgoing
+idle                 call.ring (remote)         incoming
+outgoing             call.answer                active
+outgoing             call.decline               ended
+outgoing             ring timeout / hang up     ended
+incoming             answer (local)             active
+incoming             decline (local)            ended
+incoming             call.leave (cancel)        ended
+incoming             ring timeout               ended
+active               invite / call.invited      active
+active               call.answer (newcomer)     active
+active               call.leave                 active, or ended when alone
+active               hang up (local)            ended
+===================  =========================  ===================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hotline.encoding import Value
+from hotline.errors import CallError, StateError
+
+RING_TIMEOUT_S = 60.0
+#: how long an invitation to a member of a running call stays valid
+INVITE_TIMEOUT_S = 60.0
+
+MSG_RING = "call.ring"
+MSG_INVITED = "call.invited"
+MSG_ANSWER = "call.answer"
+MSG_DECLINE = "call.decline"
+MSG_LEAVE = "call.leave"
+CALL_MESSAGES = frozenset({MSG_RING, MSG_INVITED, MSG_ANSWER, MSG_DECLINE, MSG_LEAVE})
+
+
+class CallProtocolError(CallError):
+    """A peer broke the call protocol (wrong state, not a member, malformed body)."""
+
+    reason = "call_protocol"
+
+
+class CallState(StrEnum):
+    IDLE = "idle"
+    OUTGOING = "outgoing"
+    INCOMING = "incoming"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """Base class of what the machine reports to the application."""
+
+
+@dataclass(frozen=True)
+class Ringing(CallEvent):
+    caller: str
+    members: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Answered(CallEvent):
+    by: str
+
+
+@dataclass(frozen=True)
+class Declined(CallEvent):
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MembersChanged(CallEvent):
+    members: frozenset[str]
+    joined: frozenset[str]
+    left: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CallEnded(CallEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    recipient: str
+    msg_type: str
+    body: dict[str, Value]
+
+
+@dataclass
+class CallMachine:
+    """One member's view of one call."""
+
+    self_id: str
+    call_id: str
+    state: CallState = CallState.IDLE
+    members: frozenset[str] = frozenset()
+    #: rung terminals not yet answered: target -> (inviter, deadline)
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: who rang us, while incoming
+    caller: str | None = None
+    ring_deadline: float | None = None
+    end_reason: str | None = None
+    _out: list[Outgoing] = field(default_factory=list)
+    _events: list[CallEvent] = field(default_factory=list)
+
+    # --- local commands -----------------------------------------------------------------
+
+    def dial(self, target: str, now: float) -> None:
+        self._require(CallState.IDLE, "dial")
+        if target == self.self_id:
+            raise StateError("a terminal cannot call itself")
+        self.members = frozenset({self.self_id})
+        self.state = CallState.OUTGOING
+        self.pending[target] = (self.self_id, now + RING_TIMEOUT_S)
+        self._send(target, MSG_RING, {"members": list[Value](sorted(self.members))})
+
+    def invite(self, target: str, now: float) -> None:
+        self._require(CallState.ACTIVE, "invite")
+        if target in self.members or target in self.pending:
+            raise StateError(f"{target} is already in or invited to this call")
+        self.pending[target] = (self.self_id, now + INVITE_TIMEOUT_S)
+        self._send(target, MSG_RING, {"members": list[Value](sorted(self.members))})
+        for member in self._others():
+            self._send(member, MSG_INVITED, {"target": target})
+
+    def answer(self, now: float) -> None:
+        self._require(CallState.INCOMING, "answer")
+        assert self.caller is not None
+        self.state = CallState.ACTIVE
+        self.ring_deadline = None
+        joined = self.members
+        self.members = self.members | {self.self_id}
+        for member in sorted(self._others()):
+            self._send(member, MSG_ANSWER, {})
+        self._events.append(MembersChanged(self.members, joined, frozenset()))
+
+    def decline(self, now: float, reason: str = "declined") -> None:
+        self._require(CallState.INCOMING, "decline")
+        assert self.caller is not None
+        self._send(self.caller, MSG_DECLINE, {"reason": reason})
+        self._end(reason)
+
+    def hangup(self, now: float, reason: str = "hung up") -> None:
+        if self.state in (CallState.IDLE, CallState.ENDED):
+            raise StateError(f"no call to hang up (state {self.state})")
+        if self.state == CallState.INCOMING:
+            self.decline(now, reason)
+            return
+        for member in sorted(self._others() | set(self.pending)):
+            self._send(member, MSG_LEAVE, {"reason": reason})
+        self._end(reason)
+
+    # --- remote messages ------------------------------------------------------------------
+
+    def receive(self, sender: str, msg_type: str, body: Mapping[str, Value], now: float) -> None:
+        if sender == self.self_id:
+            raise CallProtocolError("a message claims to come from ourselves")
+        if self.state == CallState.ENDED:
+            if msg_type == MSG_LEAVE:
+                return  # a leave crossing our own end is harmless and expected
+            raise CallProtocolError(f"{msg_type} from {sender} after the call ended")
+        if msg_type == MSG_RING:
+            self._on_ring(sender, body, now)
+        elif msg_type == MSG_INVITED:
+            self._on_invited(sender, body, now)
+        elif msg_type == MSG_ANSWER:
+            self._on_answer(sender)
+        elif msg_type == MSG_DECLINE:
+            self._on_decline(sender, body)
+        elif msg_type == MSG_LEAVE:
+            self._on_leave(sender, body)
+        else:
+            raise CallProtocolError(f"unknown call message type {msg_type!r}")
+
+    def _on_ring(self, sender: str, body: Mapping[str, Value], now: float) -> None:
+        if self.state != CallState.IDLE:
+            raise CallProtocolError(f"ring from {sender} in state {self.state}")
+        raw = body.get("members")
+        if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw) or not raw:
+            raise CallProtocolError("ring: members must be a non-empty list of terminal ids")
+        members = frozenset(str(m) for m in raw)
+        if sender not in members or self.self_id in members:
+            raise CallProtocolError("ring: the caller must be a member and we must not be one")
+        self.state = CallState.INCOMING
+        self.caller = sender
+        self.members = members
+        self.ring_deadline = now + RING_TIMEOUT_S
+        self._events.append(Ringing(sender, members))
+
+    def _on_invited(self, sender: str, body: Mapping[str, Value], now: float) -> None:
+        self._require_member(sender, MSG_INVITED)
+        target = body.get("target")
+        if not isinstance(target, str) or target in self.members:
+            raise CallProtocolError("invited: target must be a terminal id not in the call")
+        self.pending[target] = (sender, now + INVITE_TIMEOUT_S)
+
+    def _on_answer(self, sender: str) -> None:
+        if self.state == CallState.INCOMING and sender in self.members:
+            # another member answered the same... only the newcomer answers; members never do
+            raise CallProtocolError(f"answer from member {sender} while we are being rung")
+        if self.state not in (CallState.OUTGOING, CallState.ACTIVE):
+            raise CallProtocolError(f"answer from {sender} in state {self.state}")
+        if sender not in self.pending:
+            raise CallProtocolError(f"answer from {sender}, who was not rung by a member")
+        del self.pending[sender]
+        self.state = CallState.ACTIVE
+        self.members = self.members | {sender}
+        self._events.append(Answered(sender))
+        self._events.append(MembersChanged(self.members, frozenset({sender}), frozenset()))
+
+    def _on_decline(self, sender: str, body: Mapping[str, Value]) -> None:
+        if sender not in self.pending:
+            raise CallProtocolError(f"decline from {sender}, who was not rung")
+        reason = body.get("reason")
+        reason_text = reason if isinstance(reason, str) else "declined"
+        del self.pending[sender]
+        self._events.append(Declined(sender, reason_text[:200]))
+        if self.state == CallState.OUTGOING and not self.pending:
+            self._end(f"declined by {sender}: {reason_text[:200]}")
+
+    def _on_leave(self, sender: str, body: Mapping[str, Value]) -> None:
+        reason = body.get("reason")
+        reason_text = reason[:200] if isinstance(reason, str) else "left"
+        if self.state == CallState.INCOMING:
+            if sender != self.caller:
+                raise CallProtocolError(f"cancel from {sender}, who did not ring us")
+            self._end(f"cancelled by {sender}")
+            return
+        self._require_member(sender, MSG_LEAVE)
+        self.members = self.members - {sender}
+        self.pending = {t: p for t, p in self.pending.items() if p[0] != sender}
+        self._events.append(MembersChanged(self.members, frozenset(), frozenset({sender})))
+        if self.members == {self.self_id} and not self.pending:
+            self._end(f"{sender} hung up: {reason_text}")
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        deadlines = [d for _, d in self.pending.values()]
+        if self.ring_deadline is not None:
+            deadlines.append(self.ring_deadline)
+        return min(deadlines) if deadlines and self.state != CallState.ENDED else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state == CallState.ENDED:
+            return
+        if self.ring_deadline is not None and now >= self.ring_deadline:
+            self._end("not answered in time")
+            return
+        for target, (inviter, deadline) in list(self.pending.items()):
+            if now >= deadline:
+                del self.pending[target]
+                if inviter == self.self_id:
+                    self._send(target, MSG_LEAVE, {"reason": "not answered in time"})
+                self._events.append(Declined(target, "no answer"))
+        if self.state == CallState.OUTGOING and not self.pending:
+            self._end("not answered in time")
+
+    # --- output ---------------------------------------------------------------------------
+
+    def outgoing(self) -> list[Outgoing]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[CallEvent]:
+        events, self._events = self._events, []
+        return events
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _others(self) -> set[str]:
+        return set(self.members) - {self.self_id}
+
+    def _send(self, recipient: str, msg_type: str, extra: dict[str, Value]) -> None:
+        body: dict[str, Value] = {"call": self.call_id}
+        body.update(extra)
+        self._out.append(Outgoing(recipient, msg_type, body))
+
+    def _end(self, reason: str) -> None:
+        self.state = CallState.ENDED
+        self.end_reason = reason
+        self.pending.clear()
+        self.ring_deadline = None
+        self._events.append(CallEnded(reason))
+
+    def _require(self, state: CallState, action: str) -> None:
+        if self.state != state:
+            raise StateError(f"cannot {action} in state {self.state}")
+
+    def _require_member(self, sender: str, msg_type: str) -> None:
+        if self.state != CallState.ACTIVE or sender not in self.members:
+            raise CallProtocolError(f"{msg_type} from {sender}, not a member of this active call")

@@ -1,0 +1,121 @@
+"""The call state machine: in-memory members driven against each other (h11 style)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotline.call.machine import (
+    Answered,
+    CallEnded,
+    CallMachine,
+    CallProtocolError,
+    CallState,
+    Declined,
+    MembersChanged,
+    Ringing,
+)
+from hotline.errors import StateError
+
+
+class Net:
+    """Delivers every outgoing message to its recipient's machine, in order."""
+
+    def __init__(self, *ids: str) -> None:
+        self.m = {i: CallMachine(i, "call-1") for i in ids}
+        self.events: dict[str, list[object]] = {i: [] for i in ids}
+
+    def pump(self, now: float = 0.0) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for sender, machine in self.m.items():
+                for out in machine.outgoing():
+                    moved = True
+                    self.m[out.recipient].receive(sender, out.msg_type, out.body, now)
+        for i, machine in self.m.items():
+            self.events[i].extend(machine.events())
+
+
+def test_dial_answer_hangup() -> None:
+    net = Net("a", "b")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    assert net.m["b"].state == CallState.INCOMING
+    assert Ringing("a", frozenset({"a"})) in net.events["b"]
+    net.m["b"].answer(1)
+    net.pump()
+    assert net.m["a"].state == net.m["b"].state == CallState.ACTIVE
+    assert net.m["a"].members == net.m["b"].members == {"a", "b"}
+    assert Answered("b") in net.events["a"]
+    net.m["b"].hangup(2)
+    net.pump()
+    assert net.m["a"].state == net.m["b"].state == CallState.ENDED
+    assert any(isinstance(e, CallEnded) for e in net.events["a"])
+
+
+def test_decline_and_timeout() -> None:
+    net = Net("a", "b")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].decline(1, "busy")
+    net.pump()
+    assert net.m["a"].state == CallState.ENDED
+    assert Declined("b", "busy") in net.events["a"]
+
+    net = Net("a", "b")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    timer = net.m["a"].next_timer()
+    assert timer is not None
+    net.m["a"].handle_timer(timer)
+    net.m["b"].handle_timer(timer)
+    net.pump(timer)
+    assert net.m["a"].state == net.m["b"].state == CallState.ENDED
+
+
+def test_third_member_joins_and_leaves() -> None:
+    net = Net("a", "b", "c")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].answer(0)
+    net.pump()
+    net.m["b"].invite("c", 1)
+    net.pump()
+    assert net.m["c"].state == CallState.INCOMING
+    net.m["c"].answer(2)
+    net.pump()
+    for i in "abc":
+        assert net.m[i].members == {"a", "b", "c"}, i
+    net.m["c"].hangup(3)
+    net.pump()
+    assert net.m["a"].members == net.m["b"].members == {"a", "b"}
+    assert net.m["a"].state == CallState.ACTIVE
+    assert MembersChanged(frozenset({"a", "b"}), frozenset(), frozenset({"c"})) in net.events["a"]
+
+
+def test_uninvited_answer_and_foreign_leave_are_refused() -> None:
+    net = Net("a", "b", "x")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].answer(0)
+    net.pump()
+    with pytest.raises(CallProtocolError, match="not rung"):
+        net.m["a"].receive("x", "call.answer", {"call": "call-1"}, 1)
+    with pytest.raises(CallProtocolError, match="not a member"):
+        net.m["a"].receive("x", "call.leave", {"call": "call-1"}, 1)
+    with pytest.raises(CallProtocolError, match="unknown"):
+        net.m["a"].receive("b", "call.bogus", {"call": "call-1"}, 1)
+    with pytest.raises(CallProtocolError, match="ourselves"):
+        net.m["a"].receive("a", "call.leave", {"call": "call-1"}, 1)
+    with pytest.raises(CallProtocolError):
+        CallMachine("z", "c").receive("a", "call.ring", {"call": "c", "members": "a"}, 0)
+
+
+def test_illegal_local_commands() -> None:
+    m = CallMachine("a", "c")
+    with pytest.raises(StateError):
+        m.answer(0)
+    with pytest.raises(StateError):
+        m.hangup(0)
+    with pytest.raises(StateError):
+        m.dial("a", 0)

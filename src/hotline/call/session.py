@@ -1,0 +1,388 @@
+"""One call as a terminal runs it: the call machine, the E2EE key session and one aiortc peer
+connection per other member, driven over signed envelopes.
+
+This is the asyncio adapter around the pure parts (``call.machine``, ``e2ee``). It never
+sends anything itself except through the ``send`` callable it is given (the exchange client),
+and it never lets media out before the E2EE session has keys: the frame crypto bound to each
+peer connection refuses to protect a frame without a current epoch (fail closed).
+
+Signalling per pair of members: the member with the lower terminal id offers. Offer and answer
+travel in signed envelopes (``call.sdp``); the SDP carries the DTLS fingerprint, so the
+fingerprint is bound to the sender's charter identity. Each side also checks that the
+fingerprint in the body matches the SDP. aiortc gathers every candidate before
+``setLocalDescription`` returns, so candidates travel inside the SDP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
+
+from hotline.call.machine import (
+    Answered,
+    CallEnded,
+    CallMachine,
+    CallProtocolError,
+    CallState,
+    Declined,
+    MembersChanged,
+    Ringing,
+)
+from hotline.calllog import CallLog
+from hotline.e2ee.session import CallKeySession, EpochActivated, EpochFailed, KeyRejected
+from hotline.e2ee.session import MemberLagging
+from hotline.encoding import Value, decode, encode, expect_dict
+from hotline.errors import CallError, HotlineError
+from hotline.keys import PublicKey, SigningKey
+from hotline.media import aiortc_patch, engine
+from hotline.media.sinks import AudioSink, VideoSink
+from hotline.media.sources import SyntheticAudioTrack, SyntheticVideoTrack
+
+log = logging.getLogger("hotline.call")
+
+MSG_SDP = "call.sdp"
+Sender = Callable[[str, str, bytes], Awaitable[None]]
+
+
+@dataclass
+class PeerLink:
+    """The transport to one other member: one peer connection, rebuilt if it fails."""
+
+    peer_id: str
+    pc: RTCPeerConnection
+    offerer: bool
+    video_sink: VideoSink | None = None
+    audio_sink: AudioSink | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    state: str = "new"
+
+
+@dataclass
+class MediaSettings:
+    width: int = 640
+    height: int = 360
+    fps: int = 30
+    ice: engine.IceSettings = field(default_factory=engine.IceSettings)
+
+
+class CallSession:
+    """Drives one call. Created on dial or on an incoming ring."""
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        line_id: str,
+        charter_version: int,
+        self_id: str,
+        self_name: str,
+        identity_key: SigningKey,
+        directory: Mapping[str, PublicKey],
+        kem: str,
+        rekey_interval_s: float,
+        send: Sender,
+        call_log: CallLog,
+        media: MediaSettings,
+        on_event: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        self.call_id = call_id
+        self.self_id = self_id
+        self.self_name = self_name
+        self.machine = CallMachine(self_id, call_id)
+        self.keys = CallKeySession(
+            line_id=line_id,
+            call_id=call_id,
+            self_id=self_id,
+            identity_key=identity_key,
+            directory=directory,
+            charter_version=charter_version,
+            kem=kem,
+            rekey_interval_s=rekey_interval_s,
+        )
+        self._send = send
+        self._log = call_log
+        self._media = media
+        self._on_event = on_event
+        self.peers: dict[str, PeerLink] = {}
+        self.started = time.monotonic()
+        self.answered_at: float | None = None
+        self.security_code: str | None = None
+        self.epoch: int | None = None
+        self.epochs: list[dict[str, Value]] = []
+        self.rejected: dict[str, int] = {}
+        self._relay = MediaRelay()
+        self._video = SyntheticVideoTrack(self_name, width=media.width, height=media.height, fps=media.fps)
+        self._audio = SyntheticAudioTrack()
+        self._lock = asyncio.Lock()
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    async def dial(self, target: str) -> None:
+        self.machine.dial(target, time.monotonic())
+        self._log_event("ring", {"target": target, "direction": "out"})
+        await self.flush()
+
+    async def answer(self) -> None:
+        self.machine.answer(time.monotonic())
+        self.answered_at = time.monotonic()
+        self._log_event("answer", {"by": self.self_id})
+        await self.flush()
+
+    async def decline(self, reason: str = "declined") -> None:
+        self.machine.decline(time.monotonic(), reason)
+        self._log_event("decline", {"reason": reason})
+        await self.flush()
+
+    async def invite(self, target: str) -> None:
+        self.machine.invite(target, time.monotonic())
+        self._log_event("invite", {"target": target})
+        await self.flush()
+
+    async def hangup(self, reason: str = "hung up") -> None:
+        self.machine.hangup(time.monotonic(), reason)
+        await self.flush()
+
+    async def receive(self, sender: str, msg_type: str, body: bytes) -> None:
+        """A verified envelope for this call. Refusals are counted, logged and surfaced."""
+        now = time.monotonic()
+        try:
+            if msg_type.startswith("e2ee."):
+                fields = expect_dict(decode(body), msg_type)
+                inner = fields.get("data")
+                if not isinstance(inner, bytes):
+                    raise CallProtocolError(f"{msg_type}: body without key agreement data")
+                self.keys.receive(sender, msg_type, inner, now)
+            elif msg_type == MSG_SDP:
+                await self._on_sdp(sender, body)
+            else:
+                fields = expect_dict(decode(body), msg_type)
+                self.machine.receive(sender, msg_type, fields, now)
+        except HotlineError as exc:
+            self._reject(exc.reason, f"{msg_type} from {sender}: {exc}")
+        await self.flush()
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        timer = self.machine.next_timer()
+        if timer is not None and now >= timer:
+            self.machine.handle_timer(now)
+        timer = self.keys.next_timer()
+        if timer is not None and now >= timer:
+            self.keys.handle_timer(now)
+        await self.flush()
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Send what the pure parts want sent and act on what they report."""
+        for _ in range(8):  # events can produce messages, which can produce events
+            progressed = False
+            for out in self.machine.outgoing():
+                progressed = True
+                await self._send(out.recipient, out.msg_type, encode(out.body))
+            for event in self.machine.events():
+                progressed = True
+                await self._on_call_event(event)
+            for kout in self.keys.outgoing():
+                progressed = True
+                recipients = [kout.recipient] if kout.recipient else sorted(self._others())
+                wrapped = encode({"call": self.call_id, "data": kout.body})
+                for recipient in recipients:
+                    await self._send(recipient, kout.msg_type, wrapped)
+            for kevent in self.keys.events():
+                progressed = True
+                self._on_key_event(kevent)
+            if not progressed:
+                return
+
+    async def _on_call_event(self, event: object) -> None:
+        if isinstance(event, Ringing):
+            self._log_event("ring", {"from": event.caller, "direction": "in"})
+            self._on_event("ringing", {"from": event.caller, "members": sorted(event.members)})
+        elif isinstance(event, Answered):
+            self.answered_at = self.answered_at or time.monotonic()
+            self._log_event("answer", {"by": event.by})
+            self._on_event("answered", {"by": event.by})
+        elif isinstance(event, Declined):
+            self._log_event("decline", {"by": event.by, "reason": event.reason})
+            self._on_event("declined", {"by": event.by, "reason": event.reason})
+        elif isinstance(event, MembersChanged):
+            self._log_event(
+                "roster",
+                {
+                    "members": list[Value](sorted(event.members)),
+                    "joined": list[Value](sorted(event.joined)),
+                    "left": list[Value](sorted(event.left)),
+                },
+            )
+            self._on_event("members", {"members": sorted(event.members)})
+            self.keys.set_participants(event.members, time.monotonic())
+            await self._sync_peers(event.members)
+        elif isinstance(event, CallEnded):
+            self._log_event("hangup", {"reason": event.reason})
+            self._on_event("ended", {"reason": event.reason})
+            await self.close()
+
+    def _on_key_event(self, event: object) -> None:
+        if isinstance(event, EpochActivated):
+            self.epoch = event.epoch
+            self.security_code = event.security_code
+            record: dict[str, Value] = {
+                "epoch": event.epoch,
+                "members": list[Value](sorted(event.members)),
+                "security_code": event.security_code,
+            }
+            self.epochs.append(record)
+            self._log_event("epoch", record)
+            self._on_event("epoch", dict(record))
+        elif isinstance(event, MemberLagging):
+            self._log_event("key_lagging", {"epoch": event.epoch, "missing": sorted(event.missing)})
+            self._on_event("lagging", {"epoch": event.epoch, "missing": sorted(event.missing)})
+        elif isinstance(event, EpochFailed):
+            self._log_event("key_failure", {"reason": event.reason})
+            self._on_event("e2ee_failed", {"reason": event.reason})
+        elif isinstance(event, KeyRejected):
+            self._reject("key_rejected", f"key material from {event.sender}: {event.reason}")
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _others(self) -> set[str]:
+        return set(self.machine.members) - {self.self_id}
+
+    async def _sync_peers(self, members: frozenset[str]) -> None:
+        async with self._lock:
+            for peer_id in list(self.peers):
+                if peer_id not in members:
+                    await self._close_peer(self.peers.pop(peer_id))
+            for peer_id in sorted(members - {self.self_id}):
+                if peer_id not in self.peers and self.self_id < peer_id:
+                    link = self._new_peer(peer_id, offerer=True)
+                    offer = await link.pc.createOffer()
+                    await link.pc.setLocalDescription(offer)
+                    await self._send_sdp(peer_id, link.pc.localDescription)
+
+    def _new_peer(self, peer_id: str, *, offerer: bool) -> PeerLink:
+        pc = engine.new_peer_connection(self._media.ice)
+        aiortc_patch.bind(pc, self.keys.media)
+        link = PeerLink(peer_id=peer_id, pc=pc, offerer=offerer)
+        pc.addTrack(self._relay.subscribe(self._video))
+        pc.addTrack(self._relay.subscribe(self._audio))
+        engine.prefer_codecs(pc)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "video":
+                link.video_sink = VideoSink(track)
+                link.tasks.append(asyncio.ensure_future(link.video_sink.run()))
+            else:
+                link.audio_sink = AudioSink(track)
+                link.tasks.append(asyncio.ensure_future(link.audio_sink.run()))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            link.state = pc.connectionState
+            if pc.connectionState == "failed":
+                self._log_event("transport_failure", {"peer": peer_id})
+                self._on_event("transport_failure", {"peer": peer_id})
+
+        self.peers[peer_id] = link
+        return link
+
+    async def _send_sdp(self, peer_id: str, desc: RTCSessionDescription) -> None:
+        body = encode(
+            {
+                "call": self.call_id,
+                "type": desc.type,
+                "sdp": desc.sdp,
+                "fingerprints": list[Value](engine.dtls_fingerprints(desc.sdp)),
+            }
+        )
+        await self._send(peer_id, MSG_SDP, body)
+
+    async def _on_sdp(self, sender: str, body: bytes) -> None:
+        fields = expect_dict(decode(body), MSG_SDP)
+        kind, sdp, prints = fields.get("type"), fields.get("sdp"), fields.get("fingerprints")
+        if not isinstance(sdp, str) or kind not in ("offer", "answer") or not isinstance(prints, list):
+            raise CallProtocolError("call.sdp: malformed body")
+        if sender not in self.machine.members or self.machine.state != CallState.ACTIVE:
+            raise CallProtocolError(f"call.sdp from {sender}, not a member of the active call")
+        if sorted(engine.dtls_fingerprints(sdp)) != sorted(str(p) for p in prints):
+            raise CallProtocolError("call.sdp: DTLS fingerprint does not match the signed body")
+        async with self._lock:
+            if kind == "offer":
+                if self.self_id < sender:
+                    raise CallProtocolError(f"offer from {sender}, but we are the offerer")
+                old = self.peers.pop(sender, None)
+                if old is not None:
+                    await self._close_peer(old)
+                link = self._new_peer(sender, offerer=False)
+                await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                answer = await link.pc.createAnswer()
+                await link.pc.setLocalDescription(answer)
+                await self._send_sdp(sender, link.pc.localDescription)
+            else:
+                link_or_none = self.peers.get(sender)
+                if link_or_none is None or not link_or_none.offerer:
+                    raise CallProtocolError(f"answer from {sender} without our offer")
+                await link_or_none.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=sdp, type="answer")
+                )
+
+    async def _close_peer(self, link: PeerLink) -> None:
+        for task in link.tasks:
+            task.cancel()
+        await link.pc.close()
+
+    async def close(self) -> None:
+        for link in list(self.peers.values()):
+            await self._close_peer(link)
+        self.peers.clear()
+        self._log_event("stats_summary", self.stats_summary())
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.warning("call %s: refused %s", self.call_id, detail)
+        self._on_event("rejected", {"reason": reason, "detail": detail})
+
+    def _log_event(self, event: str, payload: dict[str, Value]) -> None:
+        self._log.append(self.call_id, event, payload, time.time())
+
+    def stats(self) -> dict[str, Any]:
+        peers: dict[str, Any] = {}
+        for peer_id, link in self.peers.items():
+            peers[peer_id] = {
+                "transport": link.state,
+                "video": link.video_sink.stats() if link.video_sink else None,
+                "audio": link.audio_sink.stats() if link.audio_sink else None,
+            }
+        return {
+            "call": self.call_id,
+            "state": str(self.machine.state),
+            "members": sorted(self.machine.members),
+            "epoch": self.epoch,
+            "security_code": self.security_code,
+            "media_crypto": self.keys.media.stats(),
+            "rejected": dict(self.rejected),
+            "peers": peers,
+        }
+
+    def stats_summary(self) -> dict[str, Value]:
+        crypto = self.keys.media.stats()
+        return {k: v for k, v in crypto.items() if isinstance(v, int)}
+
+
+def new_call_id(rng: Callable[[int], bytes]) -> str:
+    return "call-" + rng(8).hex()
+
+
+def ensure_call_error(exc: Exception) -> CallError:
+    return exc if isinstance(exc, CallError) else CallError(str(exc))

@@ -1,0 +1,133 @@
+"""`hotline call ...`: place and control calls through a running terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hotline.cli.common import console, print_json
+from hotline.errors import CallError
+from hotline.terminal.control import ControlClient
+
+app = typer.Typer(
+    help=(
+        "Place and control calls through a running terminal (`hotline terminal run`).\n\n"
+        "Example: `hotline call dial situation-room --terminal sochi/ --wait` rings the "
+        "terminal `situation-room`, waits until the call is answered and end-to-end "
+        "encrypted, and prints the security code to read aloud."
+    ),
+    no_args_is_help=True,
+)
+
+TerminalOpt = Annotated[
+    Path, typer.Option("--terminal", "-t", help="the running terminal's folder", exists=True)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _request(terminal: Path, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
+    async with ControlClient.for_terminal(terminal) as control:
+        return await control.request(method, path, data)
+
+
+async def _wait_secure(terminal: Path, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    async with ControlClient.for_terminal(terminal) as control:
+        while time.monotonic() < deadline:
+            status = await control.request("GET", "/status")
+            call = status.get("call") or {}
+            if call.get("state") == "ended":
+                raise CallError("the call ended before it was secured")
+            if call.get("security_code"):
+                return dict(status)
+            await asyncio.sleep(0.2)
+    raise CallError(f"no end-to-end encryption within {timeout:.0f} s (no media flows)")
+
+
+@app.command()
+def dial(
+    target: Annotated[str, typer.Argument(help="terminal id to ring")],
+    terminal: TerminalOpt,
+    wait: Annotated[
+        bool, typer.Option(help="wait until answered and encrypted; print the security code")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 60.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ring TARGET. The call has no time limit; end it with `hotline call hangup`."""
+    result = _run(_request(terminal, "POST", "/call", {"target": target}))
+    if wait:
+        status = _run(_wait_secure(terminal, timeout))
+        result["security_code"] = status["call"]["security_code"]
+        result["epoch"] = status["call"]["epoch"]
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"ringing {target} (call {result['call']})")
+    if wait:
+        console.print(f"end-to-end encrypted, epoch {result['epoch']}")
+        console.print(f"security code: [bold]{result['security_code']}[/] — read it aloud")
+
+
+def _simple(path: str, done: str) -> Any:
+    def command(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
+        result = _run(_request(terminal, "POST", path))
+        if json_out:
+            print_json(result)
+        else:
+            console.print(done)
+
+    return command
+
+
+app.command("answer", help="Answer the ringing call.")(_simple("/answer", "answered"))
+app.command("decline", help="Decline the ringing call.")(_simple("/decline", "declined"))
+app.command("hangup", help="Leave the call (it ends when one member is left).")(
+    _simple("/hangup", "hung up")
+)
+
+
+@app.command()
+def invite(
+    target: Annotated[str, typer.Argument(help="terminal id to ring into the running call")],
+    terminal: TerminalOpt,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ring another terminal of the line into the running call (an interpreter, say)."""
+    result = _run(_request(terminal, "POST", "/invite", {"target": target}))
+    if json_out:
+        print_json(result)
+    else:
+        console.print(f"ringing {target} into the call")
+
+
+@app.command()
+def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
+    """Show the terminal, its exchange connection and the current call."""
+    result = _run(_request(terminal, "GET", "/status"))
+    if json_out:
+        print_json(result)
+        return
+    ex = result["exchange"]
+    console.print(
+        f"terminal {result['terminal']} ({result['role']}), line {result['line']} "
+        f"v{result['charter_version']}; exchange "
+        + ("connected" if ex["connected"] else "[red]disconnected[/]")
+        + f"; online: {', '.join(ex['online']) or 'nobody'}"
+    )
+    call = result.get("call")
+    if not call:
+        console.print("no call")
+        return
+    console.print(
+        f"call {call['call']}: {call['state']}, members {', '.join(call['members'])}, "
+        f"epoch {call['epoch']}, security code {call['security_code'] or '—'}"
+    )

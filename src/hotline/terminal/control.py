@@ -1,0 +1,163 @@
+"""The terminal's local control API: HTTP + JSON on 127.0.0.1, protected by a bearer token.
+
+The token and URL are written to ``<terminal>/state/control.json`` (mode 0600) when the
+daemon is ready; the CLI (``hotline call ...``) and the demo read them from there.
+
+=======  ==================  ==========================================================
+method   path                what
+=======  ==================  ==========================================================
+GET      /status             terminal, exchange connection, current call and its stats
+GET      /events?since=N     events after sequence number N (ring, answered, epoch...)
+POST     /call               ``{"target": ID}``: ring another terminal of the line
+POST     /answer             answer the ringing call
+POST     /decline            decline the ringing call
+POST     /invite             ``{"target": ID}``: ring a terminal into the running call
+POST     /hangup             leave the call
+=======  ==================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
+from hotline.terminal.daemon import TerminalDaemon
+
+CONTROL_FILE = "control.json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        supplied = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            return web.json_response({"error": "missing or wrong control token"}, status=401)
+        try:
+            return await handler(request)
+        except HotlineError as exc:
+            status = 409 if isinstance(exc, StateError) else 400
+            return web.json_response({"error": str(exc), "reason": exc.reason}, status=status)
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError("request body is not JSON") from exc
+        if not isinstance(data, dict):
+            raise UsageError("request body must be a JSON object")
+        return data
+
+    def target_of(data: dict[str, Any]) -> str:
+        target = data.get("target")
+        if not isinstance(target, str) or not target:
+            raise UsageError("give a target terminal id")
+        return target
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(daemon.status())
+
+    async def events(request: web.Request) -> web.Response:
+        try:
+            since = int(request.query.get("since", "0"))
+        except ValueError as exc:
+            raise UsageError("since must be an integer") from exc
+        return web.json_response(daemon.events_since(since))
+
+    async def call(request: web.Request) -> web.Response:
+        call_id = await daemon.dial(target_of(await body(request)))
+        return web.json_response({"call": call_id})
+
+    async def answer(request: web.Request) -> web.Response:
+        await daemon.answer()
+        return web.json_response({"ok": True})
+
+    async def decline(request: web.Request) -> web.Response:
+        await daemon.decline()
+        return web.json_response({"ok": True})
+
+    async def invite(request: web.Request) -> web.Response:
+        await daemon.invite(target_of(await body(request)))
+        return web.json_response({"ok": True})
+
+    async def hangup(request: web.Request) -> web.Response:
+        await daemon.hangup()
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
+    app.router.add_get("/status", status)
+    app.router.add_get("/events", events)
+    app.router.add_post("/call", call)
+    app.router.add_post("/answer", answer)
+    app.router.add_post("/decline", decline)
+    app.router.add_post("/invite", invite)
+    app.router.add_post("/hangup", hangup)
+    return app
+
+
+def write_control_file(state_dir: Path, url: str, token: str, pid: int) -> Path:
+    path = state_dir / CONTROL_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"url": url, "token": token, "pid": pid}, fh)
+    os.replace(tmp, path)
+    return path
+
+
+def read_control_file(terminal_dir: Path) -> tuple[str, str]:
+    path = terminal_dir / "state" / CONTROL_FILE
+    try:
+        data = json.loads(path.read_text())
+        return str(data["url"]), str(data["token"])
+    except FileNotFoundError as exc:
+        raise ExchangeUnavailable(
+            f"{terminal_dir}: no running terminal (start it with `hotline terminal run`)"
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: unreadable control file") from exc
+
+
+class ControlClient:
+    """What the CLI and the demo use to talk to a running terminal."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_terminal(cls, terminal_dir: Path) -> ControlClient:
+        return cls(*read_control_file(terminal_dir))
+
+    async def __aenter__(self) -> ControlClient:
+        self._session = aiohttp.ClientSession(headers=self._headers)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
+        assert self._session is not None, "use `async with ControlClient(...)`"
+        try:
+            async with self._session.request(method, self.url + path, json=data) as resp:
+                payload = await resp.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise ExchangeUnavailable(f"terminal control API at {self.url} unreachable") from exc
+        if resp.status >= 400:
+            message = payload.get("error", "") if isinstance(payload, dict) else str(payload)
+            if resp.status == 409:
+                raise StateError(message)
+            raise UsageError(message or f"HTTP {resp.status}")
+        return payload

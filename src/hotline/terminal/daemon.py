@@ -1,0 +1,259 @@
+"""The terminal daemon: holds the identity key, keeps the exchange connection, runs calls.
+
+One process per terminal. It connects to the exchange (reconnecting with backoff), admits
+only charters that verify and are not older than one it has seen (``CharterStore``), runs at
+most one call at a time, appends every call event to its call log, and exposes a small
+control API on 127.0.0.1 (see ``terminal.control``) that the CLI and the demo use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hotline.call.session import CallSession, MediaSettings, new_call_id
+from hotline.calllog import CallLog
+from hotline.charter import CharterStore, SignedCharter
+from hotline.encoding import decode, expect_dict
+from hotline.errors import HotlineError, StateError, UsageError
+from hotline.exchange.client import (
+    CharterUpdated,
+    ConnectionChanged,
+    EnvelopeReceived,
+    ExchangeClient,
+    PresenceChanged,
+)
+from hotline.keys import SigningKey
+
+log = logging.getLogger("hotline.terminal")
+
+TICK_S = 0.1
+EVENT_HISTORY = 500
+
+
+@dataclass
+class DaemonConfig:
+    terminal_dir: Path
+    charter: SignedCharter
+    exchange_url: str
+    identity_key: SigningKey
+    terminal_id: str
+    tls_fingerprint: str | None = None
+    auto_answer: bool = False
+    media: MediaSettings = field(default_factory=MediaSettings)
+    state_dir: Path | None = None
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir or self.terminal_dir / "state"
+
+
+class TerminalDaemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        state = config.state
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.charters = CharterStore(state / "charters.sqlite")
+        self.charter = self.charters.accept(config.charter)
+        self.terminal_id = config.terminal_id
+        self.terminal = self.charter.charter.terminal(self.terminal_id)
+        self.call_log = CallLog.open(state / "calllog.sqlite", self.terminal_id, config.identity_key)
+        self.client = ExchangeClient(
+            config.exchange_url,
+            charter=self.charter,
+            terminal_id=self.terminal_id,
+            key=config.identity_key,
+            tls_fingerprint=config.tls_fingerprint,
+        )
+        self.call: CallSession | None = None
+        self.past_calls: list[dict[str, Any]] = []
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        self._event_seq = 0
+        self.rejected: dict[str, int] = {}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.client.start()
+        self._tasks.append(asyncio.create_task(self._pump_exchange()))
+        self._tasks.append(asyncio.create_task(self._tick()))
+        self.emit("started", {"terminal": self.terminal_id})
+
+    async def stop(self) -> None:
+        if self.call is not None and self.call.machine.state.value not in ("ended", "idle"):
+            with contextlib.suppress(HotlineError):
+                await self.call.hangup("terminal shutting down")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.close()
+        self._stop.set()
+
+    # --- events for the control API --------------------------------------------------------
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._event_seq += 1
+        self.events.append({"seq": self._event_seq, "time": time.time(), "kind": kind, **data})
+        log.info("%s %s", kind, data)
+
+    def events_since(self, seq: int) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["seq"] > seq]
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def _new_session(self, call_id: str) -> CallSession:
+        charter = self.charter.charter
+        directory = {t.terminal_id: t.identity_key for t in charter.terminals}
+        return CallSession(
+            call_id=call_id,
+            line_id=charter.line_id,
+            charter_version=charter.version,
+            self_id=self.terminal_id,
+            self_name=self.terminal.name,
+            identity_key=self.config.identity_key,
+            directory=directory,
+            kem=charter.policy.kem,
+            rekey_interval_s=float(charter.policy.rekey_interval_s),
+            send=self._send,
+            call_log=self.call_log,
+            media=self.config.media,
+            on_event=self.emit,
+        )
+
+    def _busy(self) -> bool:
+        return self.call is not None and self.call.machine.state.value not in ("ended",)
+
+    async def dial(self, target: str) -> str:
+        if self._busy():
+            raise StateError("already in a call; hang up first")
+        self.charter.charter.terminal(target)  # raises UnknownMember
+        if target == self.terminal_id:
+            raise UsageError("a terminal cannot call itself")
+        self._archive()
+        self.call = self._new_session(new_call_id(os.urandom))
+        self.emit("dialing", {"call": self.call.call_id, "target": target})
+        await self.call.dial(target)
+        return self.call.call_id
+
+    async def answer(self) -> None:
+        await self._require_call().answer()
+
+    async def decline(self) -> None:
+        await self._require_call().decline()
+
+    async def hangup(self) -> None:
+        await self._require_call().hangup()
+
+    async def invite(self, target: str) -> None:
+        self.charter.charter.terminal(target)
+        await self._require_call().invite(target)
+
+    def _require_call(self) -> CallSession:
+        if self.call is None:
+            raise StateError("no call")
+        return self.call
+
+    def _archive(self) -> None:
+        if self.call is not None:
+            self.past_calls.append(self.call.stats())
+            self.call = None
+
+    # --- exchange ----------------------------------------------------------------------------
+
+    async def _send(self, recipient: str, msg_type: str, body: bytes) -> None:
+        await self.client.send(recipient, msg_type, body)
+
+    async def _pump_exchange(self) -> None:
+        while True:
+            event = await self.client.next_event()
+            try:
+                await self._on_exchange_event(event)
+            except HotlineError as exc:
+                self._count_rejection(exc.reason, str(exc))
+
+    async def _on_exchange_event(self, event: object) -> None:
+        if isinstance(event, EnvelopeReceived):
+            env = event.envelope
+            if not (env.msg_type.startswith("call.") or env.msg_type.startswith("e2ee.")):
+                self._count_rejection("unknown_type", f"{env.msg_type} from {env.sender}")
+                return
+            call_id = _call_id_of(env.body)
+            if env.msg_type == "call.ring" and not self._busy():
+                self._archive()
+                self.call = self._new_session(call_id)
+                await self.call.receive(env.sender, env.msg_type, env.body)
+                if self.config.auto_answer and self.call.machine.state.value == "incoming":
+                    await self.call.answer()
+                return
+            if self.call is None or call_id != self.call.call_id:
+                if env.msg_type == "call.ring":
+                    await self._decline_busy(env.sender, call_id)
+                    return
+                self._count_rejection("no_such_call", f"{env.msg_type} from {env.sender}")
+                return
+            await self.call.receive(env.sender, env.msg_type, env.body)
+        elif isinstance(event, PresenceChanged):
+            self.emit("presence", {"online": sorted(event.online)})
+        elif isinstance(event, CharterUpdated):
+            self.charter = self.charters.accept(event.charter)
+            self.emit("charter", {"version": self.charter.charter.version})
+        elif isinstance(event, ConnectionChanged):
+            self.emit("exchange", {"connected": event.connected, "reason": event.reason})
+
+    async def _decline_busy(self, caller: str, call_id: str) -> None:
+        from hotline.encoding import encode
+
+        await self._send(caller, "call.decline", encode({"call": call_id, "reason": "busy"}))
+
+    def _count_rejection(self, reason: str, detail: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.warning("refused: %s", detail)
+        self.emit("rejected", {"reason": reason, "detail": detail})
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self.call is not None:
+                try:
+                    await self.call.tick()
+                except HotlineError as exc:
+                    self._count_rejection(exc.reason, str(exc))
+
+    # --- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "terminal": self.terminal_id,
+            "name": self.terminal.name,
+            "role": str(self.terminal.role),
+            "line": self.charter.charter.line_id,
+            "charter_version": self.charter.charter.version,
+            "exchange": {"connected": self.client.connected, "online": sorted(self.client.online)},
+            "call": self.call.stats() if self.call is not None else None,
+            "rejected": dict(self.rejected),
+            "last_event": self._event_seq,
+        }
+
+
+def _call_id_of(body: bytes) -> str:
+    fields = expect_dict(decode(body), "message")
+    call_id = fields.get("call")
+    if not isinstance(call_id, str) or not call_id or len(call_id) > 64:
+        raise HotlineError("message without a valid call id", reason="malformed")
+    return call_id
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)

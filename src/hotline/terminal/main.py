@@ -1,0 +1,104 @@
+"""Running a terminal: the daemon, its control API, signals, and the ready file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from hotline.call.session import MediaSettings
+from hotline.charter import load_charter
+from hotline.errors import UsageError
+from hotline.keys import read_passphrase
+from hotline.media import aiortc_patch, engine
+from hotline.provision import load_terminal
+from hotline.terminal.control import make_app, write_control_file
+from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
+
+
+def build_config(
+    *,
+    terminal_dir: Path,
+    charter_path: Path,
+    exchange_url: str | None,
+    passphrase_file: Path | None,
+    auto_answer: bool,
+    interfaces: str,
+    width: int,
+    height: int,
+    fps: int,
+) -> DaemonConfig:
+    signed = load_charter(charter_path)
+    signed.verify()
+    record, key = load_terminal(terminal_dir, read_passphrase(passphrase_file))
+    charter = signed.charter
+    terminal = charter.terminal_by_key(key.public)
+    if terminal.terminal_id != record.terminal_id:
+        raise UsageError(f"{terminal_dir}: the charter lists this key under another terminal id")
+    tls_fingerprint: str | None = None
+    if exchange_url is None:
+        if not charter.exchanges:
+            raise UsageError("the charter names no exchange; give --exchange URL")
+        exchange_url = charter.exchanges[0].url
+    for endpoint in charter.exchanges:
+        if endpoint.url == exchange_url:
+            tls_fingerprint = endpoint.tls_fingerprint
+    if exchange_url.startswith("wss://") and tls_fingerprint is None:
+        raise UsageError(f"{exchange_url}: not in the charter, so no pinned TLS certificate")
+    turn = tuple(charter.turn_relays)
+    ice = engine.IceSettings(interfaces=interfaces, turn_urls=turn)
+    return DaemonConfig(
+        terminal_dir=terminal_dir,
+        charter=signed,
+        exchange_url=exchange_url,
+        identity_key=key,
+        terminal_id=terminal.terminal_id,
+        tls_fingerprint=tls_fingerprint,
+        auto_answer=auto_answer,
+        media=MediaSettings(width=width, height=height, fps=fps, ice=ice),
+    )
+
+
+async def serve(config: DaemonConfig, control_port: int = 0) -> None:
+    aiortc_patch.install()
+    engine.apply_interfaces(config.media.ice)
+    daemon = TerminalDaemon(config)
+    token = new_token()
+    runner = web.AppRunner(make_app(daemon, token), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", control_port)
+    await site.start()
+    sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
+    port = sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    await daemon.start()
+    control = write_control_file(config.state, url, token, os.getpid())
+    sys.stdout.write(json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            control.unlink()
+
+
+def run(config: DaemonConfig, control_port: int = 0, verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format=f"%(asctime)s {config.terminal_id} %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(serve(config, control_port))

@@ -494,6 +494,7 @@ def test_cosignature_by_the_wrong_signer_is_refused(
     with pytest.raises(SignatureError):
         a.add_cosignature("call-42", "washington", peer_key.public, sb, b"\x00" * 64, T0)
     assert a.cosignatures("call-42") == []
+    assert a.rejected["bad_signature"] == 2
 
 
 def test_cosignature_over_a_wrong_summary_is_refused(
@@ -506,6 +507,7 @@ def test_cosignature_over_a_wrong_summary_is_refused(
     with pytest.raises(SummaryMismatch, match="fields differ: epochs"):
         a.add_cosignature("call-42", "washington", peer_key.public, sb, sig_b, T0)
     assert a.cosignatures("call-42") == []
+    assert a.rejected["summary_mismatch"] == 1
     a.verify(key.public)
 
 

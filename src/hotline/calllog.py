@@ -24,6 +24,7 @@ import hmac
 import logging
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from hotline.errors import (
 )
 from hotline.keys import PublicKey, SigningKey
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 #: the file a terminal directory keeps its call log in
 LOG_FILENAME: Final = "calllog.sqlite"
@@ -453,6 +454,8 @@ class CallLog:
         self.path = path
         self.terminal_id = terminal_id
         self._key = key
+        #: refused co-signatures and failed verifications, by reason (a metrics source)
+        self.rejected: Counter[str] = Counter()
 
     # --- opening ------------------------------------------------------------------------
 
@@ -752,13 +755,19 @@ class CallLog:
         _check_id(signer_id, "signer id")
         if signer_id == self.terminal_id:
             raise UsageError("our own signature is stored by sign_summary, not add_cosignature")
-        verify_summary_signature(signer_key, summary, signature, signer_id=signer_id)
+        try:
+            verify_summary_signature(signer_key, summary, signature, signer_id=signer_id)
+        except (SignatureError, EncodingError) as exc:
+            self._reject(exc, call_id)
+            raise
         ours = self.call_summary(call_id, signer_id)
         if not hmac.compare_digest(ours, summary):
-            raise SummaryMismatch(
+            mismatch = SummaryMismatch(
                 f"call {call_id}: {signer_id} signed a different summary than this log "
                 f"records ({_describe_difference(ours, summary)})"
             )
+            self._reject(mismatch, call_id)
+            raise mismatch
         self._refuse_duplicate(call_id, signer_id, summary)
         return self._append_cosign(
             call_id=call_id,
@@ -767,6 +776,12 @@ class CallLog:
             summary=summary,
             signature=signature,
             now=now,
+        )
+
+    def _reject(self, exc: HotlineError, call_id: str) -> None:
+        self.rejected[exc.reason] += 1
+        _logger.warning(
+            "call log %s: refused co-signature for call %s: %s", self.path, call_id, exc
         )
 
     def _refuse_duplicate(self, call_id: str, signer_id: str, summary: bytes) -> None:
@@ -828,6 +843,18 @@ class CallLog:
         with ``identity_checked=False``. Each cosigned summary is also recomputed from the
         entries before it and must match.
         """
+        try:
+            return self._verify(public_key, peer_keys)
+        except BadLogEntry as exc:
+            self.rejected[exc.reason] += 1
+            _logger.info("call log %s failed verification: %s", self.path, exc)
+            raise
+
+    def _verify(
+        self,
+        public_key: PublicKey,
+        peer_keys: Mapping[str, PublicKey] | None,
+    ) -> VerifyReport:
         head = self._verify_head(public_key)
         rows = self._rows()
         by_index: dict[int, tuple[object, ...]] = {}
@@ -839,6 +866,7 @@ class CallLog:
                 )
             by_index[idx] = row
         entries: list[LogEntry] = []
+        by_call: dict[str, list[LogEntry]] = {}
         checked: list[CheckedCosignature] = []
         prev = GENESIS_HASH
         last = max([head.count, *[i + 1 for i in by_index]])
@@ -866,8 +894,10 @@ class CallLog:
                     reason="beyond_head",
                 )
             if e.event == EVENT_COSIGN:
-                checked.append(self._check_cosign(e, entries, public_key, peer_keys))
+                before = by_call.get(e.call_id, [])
+                checked.append(self._check_cosign(e, before, public_key, peer_keys))
             entries.append(e)
+            by_call.setdefault(e.call_id, []).append(e)
             prev = e.entry_hash
         stray = sorted(i for i in by_index if i < 0)
         if stray:

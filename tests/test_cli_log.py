@@ -213,3 +213,83 @@ def test_corrupt_file_verify_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "NOT INTACT" in proc.stdout
+
+
+# --- --charter: an auditor with nothing but the line's charter ---------------------------------
+
+
+@pytest.fixture
+def charter_logs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Logs of two charter terminals with one co-signed call, and the charter file."""
+    from tests.charters import KEYS, make_charter, sign_all
+
+    a_key, b_key = KEYS[2], KEYS[4]  # sochi-principal, wh-principal
+    charter_file = tmp_path / "charter.json"
+    charter_file.write_bytes(sign_all(make_charter()).to_file_bytes())
+    a = CallLog.open(tmp_path / "a.sqlite", "sochi-principal", a_key)
+    b = CallLog.open(tmp_path / "b.sqlite", "wh-principal", b_key)
+    for log in (a, b):
+        log.append("c1", "ring", {"line_id": "sochi-washington", "charter_version": 1}, T0)
+        roster = ["sochi-principal", "wh-principal"]
+        log.append("c1", "epoch", {"epoch": 0, "roster": roster, "security_code": "1"}, T0)
+    sa, ga = a.sign_summary("c1", "wh-principal", T0)
+    sb, gb = b.sign_summary("c1", "sochi-principal", T0)
+    a.add_cosignature("c1", "wh-principal", b_key.public, sb, gb, T0)
+    b.add_cosignature("c1", "sochi-principal", a_key.public, sa, ga, T0)
+    a.close()
+    b.close()
+    return tmp_path / "a.sqlite", tmp_path / "b.sqlite", charter_file
+
+
+def test_verify_with_the_charter(
+    capsys: pytest.CaptureFixture[str], charter_logs: tuple[Path, Path, Path]
+) -> None:
+    a, b, charter = charter_logs
+    for log_file, tid in ((a, "sochi-principal"), (b, "wh-principal")):
+        code, out, err = run(
+            capsys, "log", "verify", "--log", str(log_file), "--charter", str(charter),
+            "--terminal-id", tid, "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["terminal_id"] == tid
+        assert [c["identity_checked"] for c in doc["cosignatures"]] == [True, True]
+    # the log of one terminal does not verify as another's
+    code, _, err = run(
+        capsys, "log", "verify", "--log", str(a), "--charter", str(charter),
+        "--terminal-id", "wh-principal",
+    )  # fmt: skip
+    assert code == 2
+    assert "not 'wh-principal'" in err
+
+
+def test_verify_with_the_charter_refuses_bad_input(
+    capsys: pytest.CaptureFixture[str], charter_logs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from tests.charters import make_charter, sign_all
+
+    a, _, charter = charter_logs
+    code, _, err = run(
+        capsys, "log", "verify", "--log", str(a), "--charter", str(charter),
+        "--terminal-id", "nobody",
+    )  # fmt: skip
+    assert code == 2
+    assert "nobody" in err
+    assert len(err.strip().splitlines()) == 1
+    # a charter missing one site's signature is not a source of keys
+    signed = sign_all(make_charter())
+    half = type(signed)(signed.charter, {"sochi": signed.signatures["sochi"]})
+    half_file = tmp_path / "half.json"
+    half_file.write_bytes(half.to_file_bytes())
+    code, _, err = run(
+        capsys, "log", "verify", "--log", str(a), "--charter", str(half_file),
+        "--terminal-id", "sochi-principal",
+    )  # fmt: skip
+    assert code == 2
+    assert "Traceback" not in err
+    code, _, err = run(
+        capsys, "log", "verify", "--log", str(a), "--charter", str(tmp_path / "none.json"),
+        "--terminal-id", "sochi-principal",
+    )  # fmt: skip
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hotline.calllog import EVENT_COSIGN, CallLog, LogEntry, log_path
+from hotline.charter import load_charter
 from hotline.cli.common import EXIT_CHECK_FAILED, console, print_json
 from hotline.encoding import Value
 from hotline.errors import EncodingError, LogIntegrityError, UsageError
@@ -160,19 +160,12 @@ def show(
 
 
 def _charter_keys(charter_file: Path, terminal_id: str) -> tuple[PublicKey, dict[str, PublicKey]]:
-    """This terminal's key and every terminal's key, from a verified charter."""
-    try:
-        charter_mod = importlib.import_module("hotline.charter")
-    except ImportError as exc:
-        raise UsageError(
-            "--charter needs hotline.charter, missing in this build; use --key"
-        ) from exc
-    signed = charter_mod.load_charter(charter_file)
+    """This terminal's key and every terminal's key, from a charter that verifies."""
+    signed = load_charter(charter_file)
     signed.verify()
     charter = signed.charter
-    own: PublicKey = charter.terminal(terminal_id).identity_key
-    peers: dict[str, PublicKey] = {t.terminal_id: t.identity_key for t in charter.terminals}
-    return own, peers
+    own = charter.terminal(terminal_id).identity_key
+    return own, {t.terminal_id: t.identity_key for t in charter.terminals}
 
 
 @app.command("verify")

@@ -519,3 +519,21 @@ def test_summary_of_another_call_is_refused(
     a.append("call-43", "ring", dict(LINE), T0)
     with pytest.raises(SummaryMismatch, match="call_id"):
         a.add_cosignature("call-43", "washington", peer_key.public, sb, sig_b, T0)
+
+
+def test_entry_inserted_beyond_an_untouched_head_blocks_appends(
+    filled: Path, key: SigningKey
+) -> None:
+    with CallLog.open(filled) as log:
+        last = log.entries()[-1]
+    sql(
+        filled,
+        "INSERT INTO entries VALUES (6, 1, 'call-1', 'hangup', ?, ?, ?, ?)",
+        b"N",
+        last.entry_hash,
+        bytes(32),
+        bytes(64),
+    )
+    with pytest.raises(BadLogEntry) as info:
+        CallLog.open(filled, "sochi", key)
+    assert (info.value.index, info.value.reason) == (6, "tail_mismatch")

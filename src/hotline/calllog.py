@@ -610,7 +610,7 @@ class CallLog:
 
     def entries(self, call_id: str | None = None) -> list[LogEntry]:
         """The entries in index order, all or those of one call. Does not verify."""
-        rows = self._rows("WHERE call_id = ?", (call_id,)) if call_id else self._rows()
+        rows = self._rows("WHERE call_id = ?", (call_id,)) if call_id is not None else self._rows()
         return [self._entry(r) for r in rows]
 
     def calls(self) -> list[str]:
@@ -697,11 +697,14 @@ class CallLog:
                 reason="truncated",
             )
         last = self._entry(rows[0])
+        # rows beyond what the head signs; else entries gone, or the last one changed
+        beyond = last.index >= head.count
+        first_bad = head.count if beyond else min(last.index + 1, head.count - 1)
         if last.index != head.count - 1 or not hmac.compare_digest(last.entry_hash, head.head_hash):
             raise BadLogEntry(
                 f"the log's tail does not match its signed head (head: {head.count} entries, "
                 f"last stored index {last.index}); run `hotline log verify`",
-                index=min(last.index + 1, head.count - 1),
+                index=first_bad,
                 reason="tail_mismatch",
             )
 

@@ -25,7 +25,9 @@ app = typer.Typer(
 
 # (module under hotline.cli, command name); each module defines `app` (a group) or
 # `command` (a single command function).
-_GROUPS: list[tuple[str, str]] = []
+_GROUPS: list[tuple[str, str]] = [
+    ("log", "log"),
+]
 
 
 def _register() -> None:

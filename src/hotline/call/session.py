@@ -48,6 +48,7 @@ from hotline.media.sources import SyntheticAudioTrack, SyntheticVideoTrack
 log = logging.getLogger("hotline.call")
 
 MSG_SDP = "call.sdp"
+MSG_SUMMARY = "call.summary"
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -93,6 +94,9 @@ class CallSession:
         on_event: Callable[[str, dict[str, Any]], None],
     ) -> None:
         self.call_id = call_id
+        self.line_id = line_id
+        self.charter_version = charter_version
+        self.directory = dict(directory)
         self.self_id = self_id
         self.self_name = self_name
         self.machine = CallMachine(self_id, call_id)
@@ -111,6 +115,8 @@ class CallSession:
         self._media = media
         self._on_event = on_event
         self.peers: dict[str, PeerLink] = {}
+        self.ever_members: set[str] = set()
+        self.cosigned: set[str] = set()
         self.started = time.monotonic()
         self.answered_at: float | None = None
         self.security_code: str | None = None
@@ -126,13 +132,13 @@ class CallSession:
 
     async def dial(self, target: str) -> None:
         self.machine.dial(target, time.monotonic())
-        self._log_event("ring", {"target": target, "direction": "out"})
+        self._log_event("ring", {**self._line_facts(), "target": target, "direction": "out"})
         await self.flush()
 
     async def answer(self) -> None:
         self.machine.answer(time.monotonic())
         self.answered_at = time.monotonic()
-        self._log_event("answer", {"by": self.self_id})
+        self._log_event("answer", {**self._line_facts(), "by": self.self_id})
         await self.flush()
 
     async def decline(self, reason: str = "declined") -> None:
@@ -161,6 +167,8 @@ class CallSession:
                 self.keys.receive(sender, msg_type, inner, now)
             elif msg_type == MSG_SDP:
                 await self._on_sdp(sender, body)
+            elif msg_type == MSG_SUMMARY:
+                self._on_summary(sender, body)
             else:
                 fields = expect_dict(decode(body), msg_type)
                 self.machine.receive(sender, msg_type, fields, now)
@@ -204,11 +212,11 @@ class CallSession:
 
     async def _on_call_event(self, event: object) -> None:
         if isinstance(event, Ringing):
-            self._log_event("ring", {"from": event.caller, "direction": "in"})
+            self._log_event("ring", {**self._line_facts(), "from": event.caller, "direction": "in"})
             self._on_event("ringing", {"from": event.caller, "members": sorted(event.members)})
         elif isinstance(event, Answered):
             self.answered_at = self.answered_at or time.monotonic()
-            self._log_event("answer", {"by": event.by})
+            self._log_event("answer", {**self._line_facts(), "by": event.by})
             self._on_event("answered", {"by": event.by})
         elif isinstance(event, Declined):
             self._log_event("decline", {"by": event.by, "reason": event.reason})
@@ -229,6 +237,7 @@ class CallSession:
             self._log_event("hangup", {"reason": event.reason})
             self._on_event("ended", {"reason": event.reason})
             await self.close()
+            await self._send_summaries()
 
     def _on_key_event(self, event: object) -> None:
         if isinstance(event, EpochActivated):
@@ -236,10 +245,11 @@ class CallSession:
             self.security_code = event.security_code
             record: dict[str, Value] = {
                 "epoch": event.epoch,
-                "members": list[Value](sorted(event.members)),
+                "roster": list[Value](sorted(event.members)),
                 "security_code": event.security_code,
             }
             self.epochs.append(record)
+            self.ever_members |= set(event.members)
             self._log_event("epoch", record)
             self._on_event("epoch", dict(record))
         elif isinstance(event, MemberLagging):
@@ -335,6 +345,27 @@ class CallSession:
                     RTCSessionDescription(sdp=sdp, type="answer")
                 )
 
+    async def _send_summaries(self) -> None:
+        """Sign the call summary for every member we shared an epoch with, and send it."""
+        for peer_id in sorted(self.ever_members - {self.self_id}):
+            summary, signature = self._log.sign_summary(self.call_id, peer_id, time.time())
+            body = encode({"call": self.call_id, "summary": summary, "signature": signature})
+            await self._send(peer_id, MSG_SUMMARY, body)
+
+    def _on_summary(self, sender: str, body: bytes) -> None:
+        fields = expect_dict(decode(body), MSG_SUMMARY)
+        summary, signature = fields.get("summary"), fields.get("signature")
+        if not isinstance(summary, bytes) or not isinstance(signature, bytes):
+            raise CallProtocolError("call.summary: malformed body")
+        if sender not in self.ever_members:
+            raise CallProtocolError(f"call.summary from {sender}, never a member of this call")
+        key = self.directory.get(sender)
+        if key is None:
+            raise CallProtocolError(f"call.summary from {sender}, not in the charter")
+        self._log.add_cosignature(self.call_id, sender, key, summary, signature, time.time())
+        self.cosigned.add(sender)
+        self._on_event("cosigned", {"by": sender})
+
     async def _close_peer(self, link: PeerLink) -> None:
         for task in link.tasks:
             task.cancel()
@@ -352,6 +383,9 @@ class CallSession:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.warning("call %s: refused %s", self.call_id, detail)
         self._on_event("rejected", {"reason": reason, "detail": detail})
+
+    def _line_facts(self) -> dict[str, Value]:
+        return {"line_id": self.line_id, "charter_version": self.charter_version}
 
     def _log_event(self, event: str, payload: dict[str, Value]) -> None:
         self._log.append(self.call_id, event, payload, time.time())

@@ -803,9 +803,9 @@ def parse_json_document(data: bytes, what: str) -> Any:
             text, object_pairs_hook=pairs, parse_float=no_float, parse_constant=no_float
         )
     except json.JSONDecodeError as exc:
-        hint = "truncated" if exc.pos >= len(text.rstrip()) else "damaged"
         raise CharterFormatError(
-            f"{what}: not valid JSON ({hint}: {exc.msg} at line {exc.lineno} column {exc.colno})"
+            f"{what}: not valid JSON, truncated or damaged ({exc.msg}: "
+            f"line {exc.lineno} column {exc.colno})"
         ) from exc
     except RecursionError as exc:
         raise CharterFormatError(f"{what}: JSON nested too deeply") from exc

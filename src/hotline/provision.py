@@ -337,32 +337,48 @@ def propose_line(  # noqa: PLR0917 (the signature other code is written against)
     checked as :meth:`SignedCharter.verify` would, except for the site signatures.
     """
     site_list: list[Site] = []
+    site_sources: dict[str, str] = {}
     for item in sites:
         if isinstance(item, Path):
-            site_list.append(load_site_record(item).site)
+            site = load_site_record(item).site
         elif isinstance(item, SiteRecord):
-            site_list.append(item.site)
+            site = item.site
         else:
-            site_list.append(item)
+            site = item
+        origin = str(item) if isinstance(item, Path) else "an earlier record"
+        if site.site_id in site_sources:
+            raise CharterError(
+                f"{origin}: duplicate site id {site.site_id!r} "
+                f"(also in {site_sources[site.site_id]})"
+            )
+        site_sources[site.site_id] = origin
+        site_list.append(site)
     if terminals is None:
         terminals = [r for p in sites if isinstance(p, Path) for r in site_enrolments(p)]
     by_site = {s.site_id: s for s in site_list}
     terminal_list: list[Terminal] = []
+    sources: dict[str, str] = {}
     for member in terminals:
         source = str(member) if isinstance(member, Path) else None
         record = load_terminal_record(member) if isinstance(member, Path) else member
         terminal = record.terminal if isinstance(record, TerminalRecord) else record
         where = f"{source}: " if source else ""
-        site = by_site.get(terminal.site_id)
-        if site is None:
+        if terminal.terminal_id in sources:
+            raise CharterError(
+                f"{where}duplicate terminal id {terminal.terminal_id!r} "
+                f"(also in {sources[terminal.terminal_id]})"
+            )
+        sources[terminal.terminal_id] = source or "an earlier record"
+        owner = by_site.get(terminal.site_id)
+        if owner is None:
             raise UnknownMember(
                 f"{where}terminal {terminal.terminal_id!r} is enrolled by site "
                 f"{terminal.site_id!r}, which is not among the sites of line {line_id!r}"
             )
-        if isinstance(record, TerminalRecord) and record.operator_key != site.operator_key:
+        if isinstance(record, TerminalRecord) and record.operator_key != owner.operator_key:
             raise SignatureError(
                 f"{where}terminal {terminal.terminal_id!r} was enrolled with a different "
-                f"operator key than site {site.site_id!r} has"
+                f"operator key than site {owner.site_id!r} has"
             )
         terminal_list.append(terminal)
     endpoints = tuple(

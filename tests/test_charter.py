@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from hotline.charter import (
     CHARTER_KIND,
+    DEFAULT_POLICY,
     MAX_CHARTER_FILE_SIZE,
     Charter,
     ExchangeEndpoint,
@@ -411,3 +412,50 @@ def test_any_field_change_breaks_every_signature(
 def test_public_key_type_is_kept() -> None:
     charter = make_charter()
     assert isinstance(charter.sites[0].operator_key, PublicKey)
+
+
+# --- known answers (also printed in docs/charter.md) ------------------------------------------
+
+DEFAULT_POLICY_HCE = (
+    "6400000006"
+    "730000000c" + b"cipher_suite".hex() + "7300000016" + b"AES_128_GCM_SHA256_128".hex()
+    + "7300000003" + b"kem".hex() + "730000000f" + b"MLKEM768_X25519".hex()
+    + "7300000010" + b"max_participants".hex() + "690000000000000004"
+    + "7300000014" + b"readiness_interval_s".hex() + "6900000000" + "00000e10"
+    + "7300000011" + b"recording_allowed".hex() + "46"
+    + "7300000010" + b"rekey_interval_s".hex() + "69000000000000012c"
+)  # fmt: skip
+
+
+def test_default_policy_bytes() -> None:
+    data = encode(DEFAULT_POLICY.to_value())
+    assert data.hex() == DEFAULT_POLICY_HCE
+    assert len(data) == 194
+
+
+def test_known_answer() -> None:
+    charter = Charter(
+        line_id="sochi-washington",
+        version=1,
+        sites=(
+            Site("sochi", "Sochi", PublicKey(b"\x01" * 32)),
+            Site("washington", "Washington", PublicKey(b"\x02" * 32)),
+        ),
+        terminals=(
+            Terminal(
+                "ru-principal", "sochi", "ru-principal", Role.PRINCIPAL,
+                PublicKey(b"\x03" * 32), b"\x04" * 64,
+            ),
+        ),
+        exchanges=(ExchangeEndpoint("wss://exchange.example:8443", "sha256:" + "ab" * 32),),
+        turn_relays=("turns:relay.example:5349",),
+        policy=DEFAULT_POLICY,
+        created_at=1_700_000_000,
+    )  # fmt: skip
+    data = charter.to_bytes()
+    assert len(data) == 1030
+    assert data.startswith(bytes.fromhex("6400000009730000000a") + b"created_at")
+    assert charter.digest().hex() == (
+        "54f3cdccf10085fe398ea43e2dc9a38bb58d98ee004e8a28681d05def4c10a8c"
+    )
+    assert charter.digest_code == "03697 30606 24675 09966 77160 49313"

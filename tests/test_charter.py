@@ -459,3 +459,52 @@ def test_known_answer() -> None:
         "54f3cdccf10085fe398ea43e2dc9a38bb58d98ee004e8a28681d05def4c10a8c"
     )
     assert charter.digest_code == "03697 30606 24675 09966 77160 49313"
+
+
+# --- hostile files: only our own errors, never a crash -----------------------------------------
+
+VALID_FILE = sign_all(make_charter()).to_file_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_files_fail_cleanly(data: st.DataObject) -> None:
+    raw = bytearray(VALID_FILE)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(["flip", "delete", "insert"]))
+        if op == "flip":
+            raw[pos] = data.draw(st.sampled_from(b'0123456789abcdef"{}[],:-. eE\\\x00\xff'))
+        elif op == "delete":
+            del raw[pos : pos + data.draw(st.integers(1, 40))]
+        else:
+            raw[pos:pos] = data.draw(st.sampled_from([b"9" * 30, b"1" * 5000, b"[" * 2000, b'"x"']))
+    try:
+        signed = SignedCharter.from_file_bytes(bytes(raw))
+    except CharterFormatError:
+        return
+    signed.check()
+    try:
+        signed.verify()
+    except (CharterError, SignatureError):
+        return
+    # a damaged file may only verify if the damage did not change the charter (white space)
+    assert signed == sign_all(make_charter())
+
+
+def test_huge_numbers_are_refused() -> None:
+    doc = json.loads(VALID_FILE)
+    doc["body"]["version"] = 2**70
+    with pytest.raises(CharterFormatError, match="outside the signed 64-bit range"):
+        SignedCharter.from_file_bytes(json.dumps(doc).encode())
+    text = VALID_FILE.replace(b'"version": 1', b'"version": ' + b"1" * 5000)
+    with pytest.raises(CharterFormatError, match="not valid JSON"):
+        SignedCharter.from_file_bytes(text)
+
+
+def test_lone_surrogates_are_refused() -> None:
+    for needle, escaped in ((b'"name": "Sochi"', b'"name": "So\\ud800chi"'),
+                            (b'"sochi": "', b'"so\\udfffchi": "00", "sochi": "')):  # fmt: skip
+        assert needle in VALID_FILE
+        with pytest.raises(CharterFormatError, match="not valid Unicode"):
+            SignedCharter.from_file_bytes(VALID_FILE.replace(needle, escaped, 1))

@@ -51,7 +51,7 @@ def parse_json_document(data: bytes, what: str) -> Any:
     except UnicodeDecodeError as exc:
         raise CharterFormatError(f"{what}: not UTF-8 (byte {exc.start})") from exc
     try:
-        return json.loads(
+        doc = json.loads(
             text, object_pairs_hook=pairs, parse_float=no_float, parse_constant=no_float
         )
     except json.JSONDecodeError as exc:
@@ -61,6 +61,30 @@ def parse_json_document(data: bytes, what: str) -> Any:
         ) from exc
     except RecursionError as exc:
         raise CharterFormatError(f"{what}: JSON nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python will convert
+        raise CharterFormatError(f"{what}: not valid JSON ({exc})") from exc
+    _check_strings(doc, what)
+    return doc
+
+
+def _check_strings(value: Any, what: str) -> None:
+    """Refuse strings that are not Unicode text (JSON escapes of lone surrogates)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        texts: list[str] = []
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            texts.extend(item)
+            stack.extend(item.values())
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise CharterFormatError(f"{what}: a string is not valid Unicode text") from exc
 
 
 def to_json(value: Value) -> Any:

@@ -24,7 +24,7 @@ from hotline.charter.jsonio import (
     unhex,
     unhex_field,
 )
-from hotline.encoding import Value, decode, encode
+from hotline.encoding import INT_MAX, INT_MIN, Value, decode, encode
 from hotline.errors import (
     CharterError,
     CharterFormatError,
@@ -623,6 +623,8 @@ def _int(obj: Mapping[str, Any], key: str, what: str) -> int:
     v = obj[key]
     if not _is_int(v):
         raise CharterFormatError(f"{what}: {key} must be an integer")
+    if not INT_MIN <= v <= INT_MAX:
+        raise CharterFormatError(f"{what}: {key} is outside the signed 64-bit range")
     return int(v)
 
 

@@ -35,6 +35,8 @@ from hotline.provision import (
     create_line,
     enroll_terminal,
     init_site,
+    line_site_dir,
+    line_terminal_dir,
     load_site,
     load_site_record,
     load_terminal,
@@ -271,7 +273,8 @@ def test_create_line_and_the_store(tmp_path: Path) -> None:
     assert path == root / "sochi-washington.charter.json"
     v1 = load_charter(path)
     v1.verify()
-    record, key = load_terminal(root / "terminals" / "ru-probe")
+    record, key = load_terminal(line_terminal_dir(root, "ru-probe"))
+    assert load_site(line_site_dir(root, "sochi"))[0].site == v1.charter.site("sochi")
     assert v1.charter.terminal_by_key(key.public) == record.terminal
     # version 2 from the same site folders, signed by both, supersedes version 1
     v2_path = tmp_path / "v2.json"

@@ -31,6 +31,8 @@ _GROUPS: list[tuple[str, str]] = [
     ("terminal", "terminal"),
     ("line", "line"),
     ("log", "log"),
+    ("call", "call"),
+    ("demo", "demo"),
 ]
 
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from hotline.charter import Role
 from hotline.cli.common import console, print_json
+from hotline.errors import UsageError
 from hotline.keys import PASSPHRASE_ENV, read_passphrase
 from hotline.provision import (
     ENROLMENTS_DIR,
@@ -104,3 +105,66 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
         f"  public record: {escape(str(folder / TERMINAL_RECORD_FILE))} "
         f"(copy kept in {escape(str(site / ENROLMENTS_DIR))})"
     )
+
+
+@app.command("run")
+def run(  # noqa: PLR0917 (typer maps options to parameters)
+    terminal: Annotated[
+        Path, typer.Option("--terminal", "-t", help="The terminal's folder (identity key).")
+    ],
+    charter: Annotated[Path, typer.Option("--charter", help="The line's signed charter file.")],
+    exchange: Annotated[
+        str | None,
+        typer.Option(
+            "--exchange",
+            help="Exchange URL (wss://… pinned by the charter; ws:// only on loopback). "
+            "Default: the charter's first exchange.",
+        ),
+    ] = None,
+    auto_answer: Annotated[
+        bool, typer.Option("--auto-answer", help="Answer every call at once (unattended terminals).")
+    ] = False,
+    interfaces: Annotated[
+        str,
+        typer.Option(
+            "--interfaces",
+            help="Where ICE gathers host candidates: 'loopback' (127.0.0.1 only, the default: "
+            "tests and demos) or 'all' (every interface but loopback, as aioice does).",
+        ),
+    ] = "loopback",
+    control_port: Annotated[
+        int, typer.Option("--control-port", help="Port of the local control API (0: any free).")
+    ] = 0,
+    width: Annotated[int, typer.Option(help="Video width of the synthetic source.")] = 640,
+    height: Annotated[int, typer.Option(help="Video height of the synthetic source.")] = 360,
+    fps: Annotated[int, typer.Option(help="Video frames per second.")] = 30,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option("--passphrase-file", help=f"Passphrase of the identity key (else ${PASSPHRASE_ENV})."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log call events to stderr.")] = False,
+) -> None:
+    """Run a terminal: keep its exchange connection, answer or place calls, keep its call log.
+
+    The control API listens on 127.0.0.1; its URL and token are written to
+    TERMINAL/state/control.json (mode 0600) for `hotline call ...`.
+
+    Example: hotline terminal run -t terminals/sochi --charter moscow-washington.charter.json
+    """
+    from hotline.terminal.main import build_config
+    from hotline.terminal.main import run as run_daemon
+
+    if interfaces not in ("loopback", "all"):
+        raise UsageError("--interfaces must be 'loopback' or 'all'")
+    config = build_config(
+        terminal_dir=terminal,
+        charter_path=charter,
+        exchange_url=exchange,
+        passphrase_file=passphrase_file,
+        auto_answer=auto_answer,
+        interfaces=interfaces,
+        width=width,
+        height=height,
+        fps=fps,
+    )
+    run_daemon(config, control_port, verbose)

@@ -40,7 +40,7 @@ def build_config(
     record, key = load_terminal(terminal_dir, read_passphrase(passphrase_file))
     charter = signed.charter
     terminal = charter.terminal_by_key(key.public)
-    if terminal.terminal_id != record.terminal_id:
+    if terminal.terminal_id != record.terminal_id or terminal != record.terminal:
         raise UsageError(f"{terminal_dir}: the charter lists this key under another terminal id")
     tls_fingerprint: str | None = None
     if exchange_url is None:

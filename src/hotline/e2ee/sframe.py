@@ -387,14 +387,18 @@ class SFrameSender:
         self.next_counter = 0
         self._limit = counter_limit
 
-    def protect(self, plaintext: bytes, metadata: bytes = b"") -> bytes:
+    def reserve(self) -> int:
+        """Take the next counter (raises :class:`CounterExhausted` past the limit)."""
         ctr = self.next_counter
         if ctr > self._limit:
             raise CounterExhausted(
                 f"SFrame counter of KID {self.key.kid} exhausted; a new epoch is needed"
             )
         self.next_counter = ctr + 1
-        return self.key.protect(ctr, plaintext, metadata)
+        return ctr
+
+    def protect(self, plaintext: bytes, metadata: bytes = b"") -> bytes:
+        return self.key.protect(self.reserve(), plaintext, metadata)
 
 
 # --- receiver: replay window and key store ---------------------------------------------------
@@ -513,6 +517,12 @@ class KeyStore:
             entry.key.erase()
             self._by_sender[entry.sender].remove(kid)
         self.erased_through = max(self.erased_through, epoch)
+
+    def erase_epoch(self, epoch: int) -> None:
+        """Erase every key of exactly ``epoch`` (later frames under it: :class:`ExpiredKey`)."""
+        for kid in [k for k in self._entries if kid_epoch(k) == epoch]:
+            self._by_sender[self._entries[kid].sender].remove(kid)
+            self._drop(kid)
 
     def erase_sender(self, sender: str) -> None:
         """Erase every key of ``sender`` (a member who left)."""

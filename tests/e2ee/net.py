@@ -154,9 +154,7 @@ class Net:
         """Let ``seconds`` pass, firing every timer on the way."""
         end = self.now + seconds
         while True:
-            due = [
-                t for m in self.members.values() if (t := m.session.next_timer()) is not None
-            ]
+            due = [t for m in self.members.values() if (t := m.session.next_timer()) is not None]
             nxt = min(due, default=None)
             if nxt is None or nxt > end:
                 break
@@ -216,8 +214,6 @@ class Net:
                 entry = store.entry(kid)
                 made = self.members[owner].random_outputs
                 expected = [
-                    sframe.SFrameKey(store.suite, kid, b).nonce(0)
-                    for b in made
-                    if len(b) == 32
+                    sframe.SFrameKey(store.suite, kid, b).nonce(0) for b in made if len(b) == 32
                 ]
                 assert entry.key.nonce(0) in expected, (m.id, kid, owner)

@@ -575,11 +575,11 @@ class CallKeySession:
             raise SenderMismatch(
                 f"{msg_type} signed by {msg.signer[:64]} but sent by {sender[:64]}"
             )
-        if msg.context != self._ctx:
-            raise WrongContext(f"{msg_type} is for another line, call or charter version")
         identity = self._directory.get(sender)
         if identity is None:
             raise NotInDirectory(f"{sender[:64]} is not in the charter")
+        if msg.context != self._ctx:
+            raise WrongContext(f"{msg_type} is for another line, call or charter version")
         if msg.digest in self._seen:
             self._duplicate(msg)
             return

@@ -59,14 +59,17 @@ class Net:
         seed: int = 0,
         kem: str = "X25519",
         relay: Relay | None = None,
+        keys: dict[str, SigningKey] | None = None,
+        call_id: str = CALL,
         **session_kw: Any,
     ) -> None:
         self.seed = seed
+        self.call_id = call_id
         self.kem = kem
         self.relay = relay or Relay()
         self.session_kw = session_kw
         self.now = 0.0
-        self.keys = {i: SigningKey.generate() for i in ids}
+        self.keys = {i: (keys or {}).get(i) or SigningKey.generate() for i in ids}
         self.directory: dict[str, PublicKey] = {i: k.public for i, k in self.keys.items()}
         self.members: dict[str, Member] = {}
         for i in self.keys:
@@ -92,7 +95,7 @@ class Net:
         rng, outputs = self._rng(member)
         session = CallKeySession(
             line_id=LINE,
-            call_id=CALL,
+            call_id=self.call_id,
             self_id=member,
             identity_key=self.keys[member],
             directory=self.directory,

@@ -167,7 +167,17 @@ class ExchangeUnavailable(ExchangeError):
 # --- narrower classes, by subsystem -------------------------------------------------------
 # (each subsystem adds its own below, in its own section, refining a class above)
 
-# exchange and envelopes (hotline.envelope, hotline.exchange)
+# --- charter and provisioning (hotline.charter, hotline.provision) -------------------------
+
+
+class CharterFormatError(CharterError):
+    """A charter file (or record file) cannot be read at all: missing, truncated, oversized,
+    not JSON, or not in the charter format. Distinct from a charter that reads but fails a check."""
+
+    reason = "charter_format"
+
+
+# --- exchange and envelopes (hotline.envelope, hotline.exchange) ---------------------------
 
 
 class StaleEnvelope(EnvelopeError):

@@ -6,6 +6,7 @@ import importlib
 import sys
 
 import typer
+from rich.markup import escape
 
 from hotline import __version__
 from hotline.cli.common import EXIT_ERROR, EXIT_UNAVAILABLE, err_console
@@ -25,7 +26,11 @@ app = typer.Typer(
 
 # (module under hotline.cli, command name); each module defines `app` (a group) or
 # `command` (a single command function).
-_GROUPS: list[tuple[str, str]] = []
+_GROUPS: list[tuple[str, str]] = [
+    ("site", "site"),
+    ("terminal", "terminal"),
+    ("line", "line"),
+]
 
 
 def _register() -> None:
@@ -56,7 +61,7 @@ def main() -> None:
     try:
         app()
     except HotlineError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         sys.exit(EXIT_UNAVAILABLE if isinstance(exc, ExchangeUnavailable) else EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")

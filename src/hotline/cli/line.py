@@ -1,0 +1,339 @@
+"""``hotline line``: propose, sign, show and verify a line's charter."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from hotline.charter import (
+    DEFAULT_POLICY,
+    KNOWN_CIPHER_SUITES,
+    KNOWN_KEMS,
+    SIGNATURE_VALID,
+    CharterCheck,
+    Policy,
+    SignedCharter,
+    load_charter,
+)
+from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console, print_json
+from hotline.errors import HotlineError
+from hotline.keys import PASSPHRASE_ENV, read_passphrase
+from hotline.provision import propose_line, sign_charter, write_draft
+
+app = typer.Typer(
+    help=(
+        "A line's charter: the sites, their terminals, the exchanges and the policy, signed by "
+        "every site. Commission a line with: propose (one side drafts), sign (each side, in "
+        "turn), verify and show (everyone, comparing the digest by voice)."
+    ),
+    no_args_is_help=True,
+)
+
+CharterPath = Annotated[Path, typer.Argument(help="The charter file (JSON).")]
+
+
+@app.command("propose")
+def propose(  # noqa: PLR0917 (typer maps options to parameters)
+    line: Annotated[str, typer.Argument(help="The line id, e.g. 'sochi-washington'.")],
+    site: Annotated[
+        list[Path],
+        typer.Option(
+            "--site",
+            help=(
+                "A site of the line: its folder, a copy of it, or its site.json. Repeat for "
+                "every site."
+            ),
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the unsigned charter.")],
+    terminal: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--terminal",
+            help=(
+                "An enrolment record (enrolment.json, or a terminal folder) to include. "
+                "Repeatable. Without any, every enrolment kept in the site folders is included."
+            ),
+        ),
+    ] = None,
+    exchange: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exchange",
+            help="Exchange URL, optionally pinned: wss://host:port#sha256:<64 hex>. Repeatable.",
+        ),
+    ] = None,
+    turn: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--turn",
+            help="TURN relay URL (turn: or turns:), no credentials. Repeatable.",
+        ),
+    ] = None,
+    cipher_suite: Annotated[
+        str,
+        typer.Option(
+            "--cipher-suite", help=f"SFrame suite: {', '.join(sorted(KNOWN_CIPHER_SUITES))}."
+        ),
+    ] = DEFAULT_POLICY.cipher_suite,
+    kem: Annotated[
+        str,
+        typer.Option("--kem", help=f"KEM for sender keys: {', '.join(sorted(KNOWN_KEMS))}."),
+    ] = DEFAULT_POLICY.kem,
+    rekey_interval: Annotated[
+        int, typer.Option("--rekey-interval", help="Seconds between rekeys in a call.")
+    ] = DEFAULT_POLICY.rekey_interval_s,
+    max_participants: Annotated[
+        int, typer.Option("--max-participants", help="Most terminals in one call.")
+    ] = DEFAULT_POLICY.max_participants,
+    readiness_interval: Annotated[
+        int, typer.Option("--readiness-interval", help="Seconds between readiness checks.")
+    ] = DEFAULT_POLICY.readiness_interval_s,
+    recording: Annotated[
+        bool,
+        typer.Option("--recording/--no-recording", help="Whether calls may be recorded."),
+    ] = DEFAULT_POLICY.recording_allowed,
+    version: Annotated[
+        int,
+        typer.Option("--version", help="Charter version; a new one must be higher than the last."),
+    ] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Draft a charter from the sites' public records and their terminals' enrolments.
+
+    Example: hotline line propose sochi-washington --site ./sochi --site ./washington
+    --exchange wss://exchange.example:8443#sha256:<fp> --out line.json
+    """
+    policy = Policy(
+        cipher_suite=cipher_suite,
+        kem=kem,
+        rekey_interval_s=rekey_interval,
+        max_participants=max_participants,
+        readiness_interval_s=readiness_interval,
+        recording_allowed=recording,
+    )
+    charter = propose_line(
+        line,
+        site,
+        terminal or None,
+        exchange or (),
+        turn or (),
+        policy,
+        version,
+    )
+    write_draft(out, charter, overwrite=force)
+    console.print(
+        f"Proposed line [bold]{escape(charter.line_id)}[/] version {charter.version}: "
+        f"{len(charter.sites)} sites, {len(charter.terminals)} terminals -> {escape(str(out))}"
+    )
+    console.print(f"  charter digest: [bold]{charter.digest_code}[/]")
+    console.print(
+        f"Next: each site checks it (hotline line show {escape(str(out))}) and signs it "
+        f"(hotline line sign {escape(str(out))} --site DIR)."
+    )
+
+
+@app.command("sign")
+def sign(
+    charter: CharterPath,
+    site: Annotated[Path, typer.Option("--site", help="Your site folder (holds operator.key).")],
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help=f"Passphrase of the operator key (else ${PASSPHRASE_ENV}).",
+        ),
+    ] = None,
+) -> None:
+    """Add your site's signature to a charter (after reading it with `line show`)."""
+    signed = sign_charter(charter, site, read_passphrase(passphrase_file))
+    check = signed.check()
+    missing = [f"{s} ({v})" for s, v in check.signatures.items() if v != SIGNATURE_VALID]
+    console.print(
+        f"Signed line [bold]{escape(signed.line_id)}[/] version {signed.version} "
+        f"(digest {signed.charter.digest_code})."
+    )
+    if missing:
+        console.print("  still needed: " + ", ".join(escape(m) for m in missing))
+    else:
+        console.print("  every site has signed; run: hotline line verify " + escape(str(charter)))
+
+
+def _describe(signed: SignedCharter, check: CharterCheck) -> dict[str, Any]:
+    c = signed.charter
+    problems: list[str] = []
+    if check.structure_error:
+        problems.append(check.structure_error)
+    problems += [
+        f"terminal {tid!r}: {msg}" for tid, msg in check.enrolments.items() if msg is not None
+    ]
+    problems += [
+        f"signature of site {sid!r} is {status}"
+        for sid, status in check.signatures.items()
+        if status != SIGNATURE_VALID
+    ]
+    problems += [
+        f"signature by site {sid!r}, which is not in the charter" for sid in check.unknown_signers
+    ]
+    return {
+        "line_id": c.line_id,
+        "version": c.version,
+        "created_at": c.created_at,
+        "digest": c.digest().hex(),
+        "digest_code": c.digest_code,
+        "sites": [
+            {
+                "site_id": s.site_id,
+                "name": s.name,
+                "operator_key": s.operator_key.hex(),
+                "fingerprint": s.operator_key.fingerprint,
+                "signature": check.signatures.get(s.site_id, "invalid"),
+            }
+            for s in c.sites
+        ],
+        "terminals": [
+            {
+                "terminal_id": t.terminal_id,
+                "site_id": t.site_id,
+                "name": t.name,
+                "role": str(t.role),
+                "identity_key": t.identity_key.hex(),
+                "fingerprint": t.identity_key.fingerprint,
+                "enrolment": "valid" if check.enrolments.get(t.terminal_id) is None else "invalid",
+            }
+            for t in c.terminals
+        ],
+        "exchanges": [{"url": e.url, "tls_fingerprint": e.tls_fingerprint} for e in c.exchanges],
+        "turn_relays": list(c.turn_relays),
+        "policy": c.policy.to_value(),
+        "unknown_signers": list(check.unknown_signers),
+        "complete": check.complete,
+        "valid": check.ok,
+        "problems": problems,
+    }
+
+
+def _label(ident: str, name: str) -> str:
+    return escape(ident) if ident == name else f"{escape(ident)} ({escape(name)})"
+
+
+def _mark(status: str) -> str:
+    return {"valid": "[green]valid[/]", "missing": "[yellow]missing[/]"}.get(
+        status, "[bold red]INVALID[/]"
+    )
+
+
+@app.command("show")
+def show(
+    charter: CharterPath,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print a charter for people: sites, terminals, roles, key fingerprints to read aloud,
+    policy, exchanges, relays, and each signature with whether it verifies."""
+    signed = load_charter(charter)
+    info = _describe(signed, signed.check())
+    if json_output:
+        print_json(info)
+        return
+    created = datetime.datetime.fromtimestamp(info["created_at"], tz=datetime.UTC)
+    console.print(
+        f"[bold]Line {escape(info['line_id'])}[/]  version {info['version']}  "
+        f"created {created:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    console.print(f"Charter digest (read aloud): [bold]{info['digest_code']}[/]")
+
+    sites = Table(title="Sites", title_justify="left", box=box.SIMPLE_HEAD)
+    sites.add_column("site", overflow="fold")
+    sites.add_column("operator key fingerprint", no_wrap=True)
+    sites.add_column("signature", no_wrap=True)
+    for s in info["sites"]:
+        sites.add_row(_label(s["site_id"], s["name"]), s["fingerprint"], _mark(s["signature"]))
+    console.print(sites)
+
+    terminals = Table(title="Terminals", title_justify="left", box=box.SIMPLE_HEAD)
+    terminals.add_column("terminal", overflow="fold")
+    terminals.add_column("site / role", overflow="fold")
+    terminals.add_column("identity key fingerprint", no_wrap=True)
+    terminals.add_column("enrolment", no_wrap=True)
+    for t in info["terminals"]:
+        terminals.add_row(
+            _label(t["terminal_id"], t["name"]),
+            f"{escape(t['site_id'])} / {t['role']}",
+            t["fingerprint"],
+            _mark(t["enrolment"]),
+        )
+    console.print(terminals)
+
+    p = info["policy"]
+    console.print(
+        f"Policy: suite {p['cipher_suite']}, KEM {p['kem']}, "
+        f"rekey every {p['rekey_interval_s']} s, at most {p['max_participants']} participants, "
+        f"readiness check every {p['readiness_interval_s']} s, "
+        f"recording {'allowed' if p['recording_allowed'] else 'forbidden'}"
+    )
+    if info["exchanges"]:
+        for e in info["exchanges"]:
+            pin = e["tls_fingerprint"] or "no TLS pin"
+            console.print(f"Exchange: {escape(e['url'])}  ({escape(pin)})")
+    else:
+        console.print("Exchange: none")
+    console.print("TURN relays: " + (", ".join(escape(u) for u in info["turn_relays"]) or "none"))
+    if info["valid"]:
+        console.print("[bold green]VALID[/]: complete, every signature verifies")
+    else:
+        state = "INCOMPLETE" if not info["complete"] else "NOT VALID"
+        console.print(f"[bold red]{state}[/]")
+        for problem in info["problems"]:
+            console.print(f"  - {escape(problem)}")
+
+
+@app.command("verify")
+def verify(
+    charter: CharterPath,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Exit 0 only if the charter is complete and every signature verifies; 1 if a check
+    fails; 2 if the file cannot be read."""
+    signed = load_charter(charter)
+    try:
+        signed.verify()
+    except HotlineError as exc:
+        if json_output:
+            print_json(
+                {
+                    "valid": False,
+                    "reason": exc.reason,
+                    "error": str(exc),
+                    "line_id": signed.line_id,
+                    "version": signed.version,
+                }
+            )
+        else:
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(charter))}: {escape(str(exc))}", soft_wrap=True
+            )
+        raise typer.Exit(EXIT_CHECK_FAILED) from None
+    c = signed.charter
+    if json_output:
+        print_json(
+            {
+                "valid": True,
+                "line_id": c.line_id,
+                "version": c.version,
+                "digest": c.digest().hex(),
+                "digest_code": c.digest_code,
+                "sites": [s.site_id for s in c.sites],
+            }
+        )
+        return
+    console.print(
+        f"OK: line {escape(c.line_id)} version {c.version} is complete; "
+        f"{len(c.sites)} site signatures and {len(c.terminals)} enrolments verify. "
+        f"Digest: {c.digest_code}"
+    )

@@ -1,0 +1,84 @@
+"""``hotline site``: create a site folder with the operator's key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from hotline.cli.common import console, print_json
+from hotline.keys import PASSPHRASE_ENV, read_passphrase
+from hotline.provision import SITE_KEY_FILE, SITE_RECORD_FILE, init_site
+
+app = typer.Typer(
+    help=(
+        "Sites: one per side of a line. A site folder holds the operator's private key "
+        f"({SITE_KEY_FILE}, mode 0600) and the public site record ({SITE_RECORD_FILE})."
+    ),
+    no_args_is_help=True,
+)
+
+PassphraseFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        help=(
+            "Encrypt the new private key with the passphrase on the first line of this file. "
+            f"Without it, ${PASSPHRASE_ENV} is used if set; otherwise the key is stored "
+            "unencrypted (still mode 0600)."
+        ),
+    ),
+]
+
+
+@app.command("init")
+def init(
+    name: Annotated[
+        str,
+        typer.Argument(help="The site id, e.g. 'washington': 1-63 of a-z 0-9 . _ -"),
+    ],
+    dir: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Folder to create (default: ./NAME). Must be new or empty."),
+    ] = None,
+    display_name: Annotated[
+        str | None,
+        typer.Option("--display-name", help="Name shown to people (default: NAME)."),
+    ] = None,
+    passphrase_file: PassphraseFile = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Create a site: a new operator key and the public site record.
+
+    Example: hotline site init washington --dir /srv/hotline/washington
+    """
+    folder = dir if dir is not None else Path(name)
+    passphrase = read_passphrase(passphrase_file)
+    record = init_site(folder, name, passphrase, display_name=display_name)
+    if json_output:
+        print_json(
+            {
+                "site_id": record.site_id,
+                "name": record.name,
+                "dir": str(folder),
+                "operator_key": record.operator_key.hex(),
+                "fingerprint": record.operator_key.fingerprint,
+                "encrypted": passphrase is not None,
+            }
+        )
+        return
+    console.print(f"Created site [bold]{escape(record.site_id)}[/] in {escape(str(folder))}")
+    console.print(f"  operator key fingerprint: [bold]{record.operator_key.fingerprint}[/]")
+    console.print(
+        f"  private key: {escape(str(folder / SITE_KEY_FILE))} (mode 0600, "
+        + ("encrypted" if passphrase else "not encrypted")
+        + ")"
+    )
+    console.print(
+        f"  public record: {escape(str(folder / SITE_RECORD_FILE))} (give it to the other sides)"
+    )
+    console.print(
+        f"Next: hotline terminal enroll NAME --site {escape(str(folder))} --role principal"
+    )

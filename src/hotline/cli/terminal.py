@@ -1,0 +1,106 @@
+"""``hotline terminal``: enrol terminals (and, later, run them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from hotline.charter import Role
+from hotline.cli.common import console, print_json
+from hotline.keys import PASSPHRASE_ENV, read_passphrase
+from hotline.provision import (
+    ENROLMENTS_DIR,
+    TERMINAL_KEY_FILE,
+    TERMINAL_RECORD_FILE,
+    enroll_terminal,
+    load_terminal_record,
+)
+
+app = typer.Typer(
+    help=(
+        "Terminals: the machines people call from. Each has its own identity key that never "
+        "leaves its folder, and an enrolment record signed by its site's operator."
+    ),
+    no_args_is_help=True,
+)
+
+
+@app.command("enroll")
+def enroll(  # noqa: PLR0917 (typer maps options to parameters)
+    name: Annotated[
+        str,
+        typer.Argument(help="The terminal id, unique in the line: 1-63 of a-z 0-9 . _ -"),
+    ],
+    site: Annotated[Path, typer.Option("--site", help="The site folder whose operator enrols it.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role", help=f"What the terminal is for: {', '.join(r.value for r in Role)}."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Terminal folder to create (default: beside the site folder)."),
+    ] = None,
+    display_name: Annotated[
+        str | None,
+        typer.Option("--display-name", help="Name shown to people (default: NAME)."),
+    ] = None,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help=f"Encrypt the terminal's new key with this passphrase (else ${PASSPHRASE_ENV}).",
+        ),
+    ] = None,
+    site_passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--site-passphrase-file",
+            help=f"Passphrase of the site's operator key (else ${PASSPHRASE_ENV}).",
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Enrol a terminal: create its identity key and an enrolment record signed by the site.
+
+    Example: hotline terminal enroll us-principal --site ./washington --role principal
+    """
+    folder = enroll_terminal(
+        site,
+        name,
+        role.lower(),
+        out,
+        read_passphrase(passphrase_file),
+        read_passphrase(site_passphrase_file),
+        display_name=display_name,
+    )
+    record = load_terminal_record(folder)
+    if json_output:
+        print_json(
+            {
+                "terminal_id": record.terminal_id,
+                "site_id": record.site_id,
+                "name": record.name,
+                "role": str(record.role),
+                "dir": str(folder),
+                "identity_key": record.identity_key.hex(),
+                "fingerprint": record.identity_key.fingerprint,
+            }
+        )
+        return
+    console.print(
+        f"Enrolled terminal [bold]{escape(record.terminal_id)}[/] ({record.role}) "
+        f"of site {escape(record.site_id)} in {escape(str(folder))}"
+    )
+    console.print(f"  identity key fingerprint: [bold]{record.identity_key.fingerprint}[/]")
+    console.print(
+        f"  private key: {escape(str(folder / TERMINAL_KEY_FILE))} (mode 0600; never copy it)"
+    )
+    console.print(
+        f"  public record: {escape(str(folder / TERMINAL_RECORD_FILE))} "
+        f"(copy kept in {escape(str(site / ENROLMENTS_DIR))})"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -29,43 +29,24 @@ from hotline.errors import (
     UnknownMember,
     UnknownRecipient,
 )
-from hotline.keys import PublicKey, SigningKey
+from hotline.keys import SigningKey
 
+from .charters import KEYS as POOL
+from .charters import make_charter, sign_all
 
-@dataclass(frozen=True)
-class _Member:
-    identity_key: PublicKey
-
-
-@dataclass(frozen=True)
-class _Charter:
-    """Only what ``Envelope.verify`` uses: line, version, terminal look-up."""
-
-    line_id: str
-    version: int
-    members: dict[str, PublicKey]
-
-    def terminal(self, terminal_id: str) -> _Member:
-        try:
-            return _Member(self.members[terminal_id])
-        except KeyError:
-            raise UnknownMember(f"no terminal {terminal_id}") from None
-
-
-@dataclass(frozen=True)
-class _Signed:
-    charter: _Charter
-
-
-KEYS = {name: SigningKey.generate() for name in ("a", "b", "c")}
-CHARTER = _Charter("line-1", 1, {n: k.public for n, k in KEYS.items()})
+# a real two-site charter: a = sochi-principal, b = sochi-interpreter, c = wh-principal
+NAMES = {"a": "sochi-principal", "b": "sochi-interpreter", "c": "wh-principal"}
+KEYS = {"a": POOL[2], "b": POOL[3], "c": POOL[4]}
+SIGNED = sign_all(make_charter())
+CHARTER = SIGNED.charter
+LINE = CHARTER.line_id
 
 
 def _env(sender: str = "a", recipient: str | None = "b", seq: int = 1, **kw: object) -> Envelope:
     args: dict[str, object] = {
-        "line_id": "line-1",
-        "sender": sender,
-        "recipient": recipient,
+        "line_id": LINE,
+        "sender": NAMES[sender],
+        "recipient": NAMES.get(recipient, recipient) if recipient else None,
         "seq": seq,
         "timestamp_ms": 1_700_000_000_000,
         "msg_type": "call.offer",
@@ -81,7 +62,7 @@ def test_round_trip_and_verify() -> None:
     back = Envelope.from_bytes(data)
     assert back == env and back.raw == data
     back.verify(CHARTER)
-    back.verify(_Signed(CHARTER))  # a signed charter is unwrapped
+    back.verify(SIGNED)  # a signed charter is unwrapped
     broadcast = _env(recipient=None)
     Envelope.from_bytes(broadcast.to_bytes()).verify(CHARTER)
     assert "body" not in broadcast.describe() and "hello" not in broadcast.describe()
@@ -91,14 +72,14 @@ def test_wire_form_is_the_documented_dict() -> None:
     obj = decode(_env().to_bytes())
     assert isinstance(obj, dict)
     assert set(obj) == {"v", "line", "from", "to", "seq", "ts", "type", "body", "sig"}
-    assert obj["from"] == "a" and obj["to"] == "b" and obj["v"] == 1
+    assert obj["from"] == NAMES["a"] and obj["to"] == NAMES["b"] and obj["v"] == 1
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("from", "c"),
-        ("to", "c"),
+        ("from", "wh-principal"),
+        ("to", "wh-principal"),
         ("seq", 2),
         ("ts", 5),
         ("type", "call.answer"),
@@ -121,9 +102,9 @@ def test_wrong_line_unknown_sender_unknown_recipient() -> None:
     stranger = SigningKey.generate()
     env = Envelope.create(
         stranger,
-        line_id="line-1",
+        line_id=LINE,
         sender="zz",
-        recipient="a",
+        recipient=NAMES["a"],
         seq=1,
         timestamp_ms=0,
         msg_type="x",
@@ -136,9 +117,9 @@ def test_wrong_line_unknown_sender_unknown_recipient() -> None:
     # an enrolled name, signed with another key: a forgery
     forged = Envelope.create(
         stranger,
-        line_id="line-1",
-        sender="a",
-        recipient="b",
+        line_id=LINE,
+        sender=NAMES["a"],
+        recipient=NAMES["b"],
         seq=1,
         timestamp_ms=0,
         msg_type="x",
@@ -202,12 +183,12 @@ def test_tracker_refuses_duplicates_and_reordering() -> None:
     with pytest.raises(ReplayError):
         tracker.accept(_env(seq=3))
     tracker.accept(_env(seq=9))  # gaps are fine: a recipient sees only what is for it
-    assert tracker.highest("a") == 9
+    assert tracker.highest(NAMES["a"]) == 9
     restored = SequenceTracker(tracker.snapshot())
     with pytest.raises(ReplayError):
-        restored.check("a", 9)
-    restored.forget("a")
-    restored.check("a", 1)
+        restored.check(NAMES["a"], 9)
+    restored.forget(NAMES["a"])
+    restored.check(NAMES["a"], 1)
 
 
 def test_counter_is_monotonic_across_restarts() -> None:

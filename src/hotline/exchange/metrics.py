@@ -29,9 +29,7 @@ FAMILIES: tuple[_Family, ...] = (
     _Family("pending_envelopes", "gauge", "Deliveries stored and not yet acknowledged.", None),
     _Family("connections_total", "counter", "WebSocket connections opened.", None),
     _Family("admitted_total", "counter", "Terminals admitted after authentication.", None),
-    _Family(
-        "auth_failures_total", "counter", "Failed authentications, by reason.", "reason"
-    ),
+    _Family("auth_failures_total", "counter", "Failed authentications, by reason.", "reason"),
     _Family(
         "refused_connections_total",
         "counter",
@@ -48,12 +46,8 @@ FAMILIES: tuple[_Family, ...] = (
         "Deliveries dropped unacknowledged after the store-and-forward window.",
         None,
     ),
-    _Family(
-        "envelopes_rejected_total", "counter", "Envelopes refused, by reason.", "reason"
-    ),
-    _Family(
-        "closes_total", "counter", "Connections closed by the exchange, by reason.", "reason"
-    ),
+    _Family("envelopes_rejected_total", "counter", "Envelopes refused, by reason.", "reason"),
+    _Family("closes_total", "counter", "Connections closed by the exchange, by reason.", "reason"),
     _Family("charter_updates_total", "counter", "Newer charters accepted and distributed.", None),
     _Family(
         "charter_rejections_total", "counter", "Charters pushed and refused, by reason.", "reason"
@@ -64,9 +58,7 @@ _BY_NAME = {f.name: f for f in FAMILIES}
 
 
 def _escape(value: str) -> str:
-    return _LABEL_VALUE_RE.sub(
-        lambda m: {"\\": "\\\\", '"': '\\"', "\n": "\\n"}[m.group(0)], value
-    )
+    return _LABEL_VALUE_RE.sub(lambda m: {"\\": "\\\\", '"': '\\"', "\n": "\\n"}[m.group(0)], value)
 
 
 @dataclass
@@ -79,7 +71,8 @@ class Metrics:
     def inc(self, name: str, label: str | None = None, n: float = 1) -> None:
         family = _BY_NAME[name]
         if (family.label is None) != (label is None):
-            raise ValueError(f"metric {name}: label {'required' if family.label else 'not allowed'}")
+            need = "required" if family.label else "not allowed"
+            raise ValueError(f"metric {name}: a label is {need}")
         key = (name, label)
         self._values[key] = self._values.get(key, 0) + n
 

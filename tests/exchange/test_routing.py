@@ -25,7 +25,15 @@ from hotline.errors import (
     UnknownRecipient,
 )
 from hotline.exchange.frames import auth_message
-from hotline.exchange.routing import Limits, Router, Session, SourceGuard, TokenBucket, is_soft
+from hotline.exchange.routing import (
+    Limits,
+    Refused,
+    Routed,
+    Router,
+    Session,
+    SourceGuard,
+    TokenBucket,
+)
 from hotline.keys import SigningKey
 
 from .lines import Line, make_line
@@ -164,9 +172,9 @@ def test_route_direct_and_broadcast_in_order(tmp_path: Path) -> None:
     assert router.online(line.line_id) == {"t0", "t1"}
     presence = router.take_presence()
     assert presence[0][1] == {"t0", "t1"} and router.take_presence() == []
-    routed = router.submit(s0, _env(line, "t0", "t1", 1), now=1.0)
+    routed = _routed(router.submit(s0, _env(line, "t0", "t1", 1), now=1.0))
     assert [p.recipient for p in routed.deliveries] == ["t1"] and routed.wake == (s1,)
-    routed = router.submit(s0, _env(line, "t0", None, 2), now=1.0)
+    routed = _routed(router.submit(s0, _env(line, "t0", None, 2), now=1.0))
     assert sorted(p.recipient for p in routed.deliveries) == ["t1", "t2"]  # t2 is offline
     assert routed.wake == (s1,)
     got = router.take(s1)
@@ -240,8 +248,6 @@ def test_window_expiry(tmp_path: Path) -> None:
             SignatureError,
             "bad_signature",
         ),
-        (lambda line: _env(line, "t0", "t9", 1), UnknownRecipient, "unknown_recipient"),
-        (lambda line: _env(line, "t0", "t0", 1), UnknownRecipient, "misrouted"),
     ],
 )
 def test_refusals(tmp_path: Path, make: object, error: type[HotlineError], reason: str) -> None:
@@ -256,25 +262,35 @@ def test_refusals(tmp_path: Path, make: object, error: type[HotlineError], reaso
     router.submit(s0, _env(line, "t0", "t1", 1), now=0.0)
 
 
-def test_replay_and_queue_full_are_soft(tmp_path: Path) -> None:
+def _refused(result: Routed | Refused, error: type[HotlineError], reason: str) -> None:
+    assert isinstance(result, Refused), result
+    assert isinstance(result.error, error) and result.error.reason == reason
+
+
+def _routed(result: Routed | Refused) -> Routed:
+    assert isinstance(result, Routed), result
+    return result
+
+
+def test_soft_refusals_keep_the_session(tmp_path: Path) -> None:
     line = make_line(tmp_path, 3)
     router = _router(line, max_queue=2)
     s0 = _connect(router, line, "t0")
     router.submit(s0, _env(line, "t0", "t1", 10), now=0.0)
-    with pytest.raises(ReplayError) as replay:
-        router.submit(s0, _env(line, "t0", "t1", 10), now=0.0)
-    with pytest.raises(ReplayError):
-        router.submit(s0, _env(line, "t0", "t1", 9), now=0.0)
-    assert is_soft(replay.value)
+    _refused(router.submit(s0, _env(line, "t0", "t1", 10), now=0.0), ReplayError, "replay")
+    _refused(router.submit(s0, _env(line, "t0", "t1", 9), now=0.0), ReplayError, "replay")
+    _refused(
+        router.submit(s0, _env(line, "t0", "t9", 11), now=0.0),
+        UnknownRecipient,
+        "unknown_recipient",
+    )
+    _refused(router.submit(s0, _env(line, "t0", "t0", 11), now=0.0), UnknownRecipient, "misrouted")
     router.submit(s0, _env(line, "t0", "t1", 11), now=0.0)
-    with pytest.raises(QueueFull) as full:
-        router.submit(s0, _env(line, "t0", "t1", 12), now=0.0)
-    assert is_soft(full.value)
+    _refused(router.submit(s0, _env(line, "t0", "t1", 12), now=0.0), QueueFull, "queue_full")
     assert router.last_seq(line.line_id, "t0") == 11  # a refused envelope does not count
-    routed = router.submit(s0, _env(line, "t0", None, 12), now=0.0)
+    routed = _routed(router.submit(s0, _env(line, "t0", None, 12), now=0.0))
     assert [p.recipient for p in routed.deliveries] == ["t2"]
     assert routed.dropped == (("t1", "queue_full"),)
-    assert not is_soft(SignatureError("x")) and not is_soft(RateLimited("x"))
 
 
 def test_flood_is_rate_limited(tmp_path: Path) -> None:
@@ -332,9 +348,8 @@ def test_restore_after_restart(tmp_path: Path) -> None:
     s1 = _connect(fresh, line, "t1")
     assert [p.seq for p in fresh.take(s1)] == [5, 6]
     s0b = _connect(fresh, line, "t0")
-    with pytest.raises(ReplayError):
-        fresh.submit(s0b, _env(line, "t0", "t1", 6), now=0.0)
-    routed = fresh.submit(s0b, _env(line, "t0", "t1", 7), now=0.0)
+    _refused(fresh.submit(s0b, _env(line, "t0", "t1", 6), now=0.0), ReplayError, "replay")
+    routed = _routed(fresh.submit(s0b, _env(line, "t0", "t1", 7), now=0.0))
     assert routed.deliveries[0].delivery_id > max(p.delivery_id for p in kept)
     assert routed.envelope_id > max(p.envelope_id for p in kept)
 

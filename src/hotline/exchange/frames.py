@@ -12,6 +12,7 @@ This module does no I/O.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
@@ -53,6 +54,16 @@ CLOSE_TRY_LATER = 1013
 CLOSE_SUPERSEDED = 4001
 #: a newer charter no longer lists this terminal (or changed its key)
 CLOSE_REMOVED = 4002
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (plain ws:// is allowed only there)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def auth_message(challenge: bytes, exchange_id: str, line_id: str, terminal_id: str) -> bytes:
@@ -131,7 +142,9 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Reject:
-    seq: int
+    """An envelope (``seq``), or with ``seq`` None the last charter pushed, was refused."""
+
+    seq: int | None
     reason: str
     #: set when only the delivery to this recipient was refused (a broadcast)
     recipient: str | None = None
@@ -275,7 +288,9 @@ def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
             to = obj.get("to")
             if to is not None and not isinstance(to, str):
                 raise FrameError("reject: 'to' must be a string or None")
-            return Reject(field_int(obj, "seq", "reject"), field_str(obj, "reason", "reject"), to)
+            return Reject(
+                _optional_int(obj, "seq", "reject"), field_str(obj, "reason", "reject"), to
+            )
         if kind == "presence":
             return Presence(_ids(field_list(obj, "online", "presence"), "presence"))
         if kind == "charter":

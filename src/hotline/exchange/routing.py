@@ -285,14 +285,13 @@ class CharterChange:
     dropped: tuple[Pending, ...]
 
 
-#: rejections after which the connection stays open (the terminal may go on)
-SOFT_REJECTIONS: tuple[type[HotlineError], ...] = (ReplayError, UnknownRecipient, QueueFull)
+@dataclass(frozen=True)
+class Refused:
+    """An envelope refused without closing the connection: a replay, an unknown or
+    self-addressed recipient, a full queue. The sender is told with a ``reject`` frame."""
 
-
-def is_soft(exc: HotlineError) -> bool:
-    """Whether a refused envelope leaves the connection open (a ``reject`` frame) rather
-    than closing it (a protocol violation, a forgery, a flood)."""
-    return isinstance(exc, SOFT_REJECTIONS)
+    envelope: Envelope
+    error: HotlineError
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,13 +509,15 @@ class Router:
 
     # --- envelopes ---------------------------------------------------------------------
 
-    def submit(self, session: Session, data: bytes, now: float) -> Routed:
+    def submit(self, session: Session, data: bytes, now: float) -> Routed | Refused:
         """Check an envelope a session sent and route it to its line's recipient(s).
 
         Checks, cheapest first: the session's rate, the size, the encoding, the line, that
-        the sender is the session's terminal, the recipient, the signature, the sequence
-        number, the recipient's queue. Raises the specific error; :func:`is_soft` tells
-        whether the connection may stay open."""
+        the sender is the session's terminal, the signature and the sender's and recipient's
+        membership, the sequence number, the recipient's queue. A flood, a malformed,
+        oversized, misrouted or forged envelope raises its specific error (the connection
+        is to be closed); a replay, an unknown recipient or a full queue returns
+        :class:`Refused` (the connection stays open)."""
         if session.closed:
             raise StateError("session is closed")
         if not session.bucket.take(now):
@@ -534,14 +535,21 @@ class Router:
             envelope.verify(line.index)
         except UnknownMember as exc:  # the sender: cannot happen for a current session
             raise MisroutedEnvelope(str(exc), reason="sender_mismatch") from exc
-        line.tracker.check(envelope.sender, envelope.seq)
+        except UnknownRecipient as exc:
+            return Refused(envelope, exc)
+        try:
+            line.tracker.check(envelope.sender, envelope.seq)
+        except ReplayError as exc:
+            return Refused(envelope, exc)
         if envelope.recipient is not None:
             recipients = [envelope.recipient]
             if envelope.recipient == envelope.sender:
-                raise UnknownRecipient("an envelope to its own sender", reason="misrouted")
+                return Refused(
+                    envelope, UnknownRecipient("an envelope to its own sender", reason="misrouted")
+                )
             mailbox = line.mailboxes.get(envelope.recipient)
             if mailbox is not None and len(mailbox.entries) >= self.limits.max_queue:
-                raise QueueFull(f"the queue of {envelope.recipient} is full")
+                return Refused(envelope, QueueFull(f"the queue of {envelope.recipient} is full"))
         else:
             recipients = [t for t in line.index.members if t != envelope.sender]
         line.tracker.record(envelope.sender, envelope.seq)
@@ -664,6 +672,14 @@ class Router:
         return line.tracker.highest(terminal_id) if line is not None else None
 
     # --- restore -----------------------------------------------------------------------
+
+    def next_ids(self) -> tuple[int, int]:
+        """The next (delivery id, envelope id): persisted so that ids never repeat."""
+        return self._next_delivery, self._next_envelope
+
+    def advance_ids(self, next_delivery: int, next_envelope: int) -> None:
+        self._next_delivery = max(self._next_delivery, next_delivery)
+        self._next_envelope = max(self._next_envelope, next_envelope)
 
     def restore(
         self,

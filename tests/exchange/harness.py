@@ -18,6 +18,7 @@ from hotline.exchange.client import ClientEvent, EnvelopeReceived, ExchangeClien
 from hotline.exchange.frames import (
     Challenge,
     Hello,
+    Presence,
     Send,
     ServerFrame,
     Welcome,
@@ -133,6 +134,13 @@ class RawTerminal:
         await self.send_bytes(encode_frame(Send(raw)))
 
     async def recv(self) -> ServerFrame:
+        """The next frame other than presence."""
+        while True:
+            frame = await self.recv_any()
+            if not isinstance(frame, Presence):
+                return frame
+
+    async def recv_any(self) -> ServerFrame:
         assert self.ws is not None
         msg = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
         if msg.type is not aiohttp.WSMsgType.BINARY:

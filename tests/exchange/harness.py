@@ -225,3 +225,56 @@ async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> N
 
 def random_bytes(n: int) -> bytes:
     return os.urandom(n)
+
+
+class Proxy:
+    """A TCP relay on loopback that can cut its connections (a network drop) and refuse
+    new ones for a while (the network stays down)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.down = False
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def url(self, server_url: str) -> str:
+        return server_url.replace(f":{self.target_port}/", f":{self.port}/")
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._links.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._links.discard(writer)
+        self._links.discard(up_writer)
+
+    def cut(self) -> None:
+        """Drop every connection at once, without a close handshake."""
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

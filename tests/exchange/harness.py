@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,11 +49,13 @@ class Harness:
         *,
         tls_dir: Path | None = None,
         db: Path | None = None,
+        port: int = 0,
         **limits: Any,
     ) -> ExchangeServer:
         config = ServerConfig(
             db_path=db or self.root / f"exchange-{len(self.servers)}.db",
             tls_dir=tls_dir,
+            port=port,
             insecure_loopback=tls_dir is None,
             limits=Limits(**limits),
             flush_interval_s=0.02,
@@ -225,6 +228,12 @@ async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> N
 
 def random_bytes(n: int) -> bytes:
     return os.urandom(n)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Proxy:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from hotline.charter import (
     CHARTER_KIND,
+    DEFAULT_POLICY,
     MAX_CHARTER_FILE_SIZE,
     Charter,
     ExchangeEndpoint,
@@ -411,3 +412,99 @@ def test_any_field_change_breaks_every_signature(
 def test_public_key_type_is_kept() -> None:
     charter = make_charter()
     assert isinstance(charter.sites[0].operator_key, PublicKey)
+
+
+# --- known answers (also printed in docs/charter.md) ------------------------------------------
+
+DEFAULT_POLICY_HCE = (
+    "6400000006"
+    "730000000c" + b"cipher_suite".hex() + "7300000016" + b"AES_128_GCM_SHA256_128".hex()
+    + "7300000003" + b"kem".hex() + "730000000f" + b"MLKEM768_X25519".hex()
+    + "7300000010" + b"max_participants".hex() + "690000000000000004"
+    + "7300000014" + b"readiness_interval_s".hex() + "6900000000" + "00000e10"
+    + "7300000011" + b"recording_allowed".hex() + "46"
+    + "7300000010" + b"rekey_interval_s".hex() + "69000000000000012c"
+)  # fmt: skip
+
+
+def test_default_policy_bytes() -> None:
+    data = encode(DEFAULT_POLICY.to_value())
+    assert data.hex() == DEFAULT_POLICY_HCE
+    assert len(data) == 194
+
+
+def test_known_answer() -> None:
+    charter = Charter(
+        line_id="sochi-washington",
+        version=1,
+        sites=(
+            Site("sochi", "Sochi", PublicKey(b"\x01" * 32)),
+            Site("washington", "Washington", PublicKey(b"\x02" * 32)),
+        ),
+        terminals=(
+            Terminal(
+                "ru-principal", "sochi", "ru-principal", Role.PRINCIPAL,
+                PublicKey(b"\x03" * 32), b"\x04" * 64,
+            ),
+        ),
+        exchanges=(ExchangeEndpoint("wss://exchange.example:8443", "sha256:" + "ab" * 32),),
+        turn_relays=("turns:relay.example:5349",),
+        policy=DEFAULT_POLICY,
+        created_at=1_700_000_000,
+    )  # fmt: skip
+    data = charter.to_bytes()
+    assert len(data) == 1030
+    assert data.startswith(bytes.fromhex("6400000009730000000a") + b"created_at")
+    assert charter.digest().hex() == (
+        "54f3cdccf10085fe398ea43e2dc9a38bb58d98ee004e8a28681d05def4c10a8c"
+    )
+    assert charter.digest_code == "03697 30606 24675 09966 77160 49313"
+
+
+# --- hostile files: only our own errors, never a crash -----------------------------------------
+
+VALID_FILE = sign_all(make_charter()).to_file_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_files_fail_cleanly(data: st.DataObject) -> None:
+    raw = bytearray(VALID_FILE)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(["flip", "delete", "insert"]))
+        if op == "flip":
+            raw[pos] = data.draw(st.sampled_from(b'0123456789abcdef"{}[],:-. eE\\\x00\xff'))
+        elif op == "delete":
+            del raw[pos : pos + data.draw(st.integers(1, 40))]
+        else:
+            raw[pos:pos] = data.draw(st.sampled_from([b"9" * 30, b"1" * 5000, b"[" * 2000, b'"x"']))
+    try:
+        signed = SignedCharter.from_file_bytes(bytes(raw))
+    except CharterFormatError:
+        return
+    signed.check()
+    try:
+        signed.verify()
+    except (CharterError, SignatureError):
+        return
+    # a damaged file may only verify if the damage did not change the charter (white space)
+    assert signed == sign_all(make_charter())
+
+
+def test_huge_numbers_are_refused() -> None:
+    doc = json.loads(VALID_FILE)
+    doc["body"]["version"] = 2**70
+    with pytest.raises(CharterFormatError, match="outside the signed 64-bit range"):
+        SignedCharter.from_file_bytes(json.dumps(doc).encode())
+    text = VALID_FILE.replace(b'"version": 1', b'"version": ' + b"1" * 5000)
+    with pytest.raises(CharterFormatError, match="not valid JSON"):
+        SignedCharter.from_file_bytes(text)
+
+
+def test_lone_surrogates_are_refused() -> None:
+    for needle, escaped in ((b'"name": "Sochi"', b'"name": "So\\ud800chi"'),
+                            (b'"sochi": "', b'"so\\udfffchi": "00", "sochi": "')):  # fmt: skip
+        assert needle in VALID_FILE
+        with pytest.raises(CharterFormatError, match="not valid Unicode"):
+            SignedCharter.from_file_bytes(VALID_FILE.replace(needle, escaped, 1))

@@ -87,3 +87,5 @@ def test_size_limit_and_unencodable() -> None:
         encode({1: 2})
     with pytest.raises(EncodingError):
         encode(1.5)
+    with pytest.raises(EncodingError, match="UTF-8"):
+        encode({"k": "\ud800"})

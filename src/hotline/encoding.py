@@ -43,7 +43,10 @@ _I64 = struct.Struct(">q")
 def encode(value: object) -> bytes:
     """Encode ``value`` canonically. Raises :class:`EncodingError` for unsupported values."""
     out = bytearray()
-    _encode(value, out, 0)
+    try:
+        _encode(value, out, 0)
+    except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form
+        raise EncodingError("string is not encodable as UTF-8") from exc
     return bytes(out)
 
 

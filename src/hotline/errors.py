@@ -177,6 +177,28 @@ class CharterFormatError(CharterError):
     reason = "charter_format"
 
 
+# --- call log (hotline.calllog) --------------------------------------------------------------
+
+
+class BadLogEntry(LogIntegrityError):
+    """A call log failed verification; ``index`` names the first bad entry (None: the
+    file or its signed head as a whole). ``reason`` says what is wrong: ``hash_mismatch``,
+    ``bad_signature``, ``broken_chain``, ``gap``, ``reordered``, ``truncated``,
+    ``beyond_head``, ``head_missing``, ``head_signature``, ``head_mismatch``,
+    ``tail_mismatch``, ``malformed``, ``corrupt``, ``bad_cosignature``, ``unknown_signer``,
+    ``summary_mismatch``."""
+
+    def __init__(self, message: str, *, index: int | None, reason: str) -> None:
+        super().__init__(message, reason=reason)
+        self.index = index
+
+
+class SummaryMismatch(CallError):
+    """The peer signed a call summary whose facts differ from those this terminal logged."""
+
+    reason = "summary_mismatch"
+
+
 # --- exchange and envelopes (hotline.envelope, hotline.exchange) ---------------------------
 
 

@@ -454,11 +454,11 @@ def create_line(
     ``root/terminals/<terminal>/`` (keys unencrypted) and ``root/<line>.charter.json``."""
     site_dirs: list[Path] = []
     for site_id, members in sites.items():
-        site_dir = root / LINE_SITES_DIR / site_id
+        site_dir = line_site_dir(root, site_id)
         init_site(site_dir, site_id)
         site_dirs.append(site_dir)
         for terminal_id, role in members:
-            enroll_terminal(site_dir, terminal_id, role, root / LINE_TERMINALS_DIR / terminal_id)
+            enroll_terminal(site_dir, terminal_id, role, line_terminal_dir(root, terminal_id))
     charter = propose_line(
         line_id,
         site_dirs,
@@ -475,6 +475,16 @@ def create_line(
         sign_charter(path, site_dir)
     load_charter(path).verify()
     return path
+
+
+def line_site_dir(root: Path, site_id: str) -> Path:
+    """Where :func:`create_line` put the folder of ``site_id``."""
+    return root / LINE_SITES_DIR / site_id
+
+
+def line_terminal_dir(root: Path, terminal_id: str) -> Path:
+    """Where :func:`create_line` put the folder of ``terminal_id``."""
+    return root / LINE_TERMINALS_DIR / terminal_id
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("site", "site"),
     ("terminal", "terminal"),
     ("line", "line"),
+    ("log", "log"),
     ("exchange", "exchange"),
 ]
 

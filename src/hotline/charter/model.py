@@ -1,55 +1,40 @@
-"""The charter of a line: who the sites are, which terminals they enrolled, and the policy.
+"""The charter model: sites, terminals, policy; canonical bytes; signatures; the file.
 
-A charter is public material only (ids, names, public keys, URLs, policy): it has no field
-that could hold a private key. Its *body* (:class:`Charter`) has one canonical byte encoding,
-:meth:`Charter.to_bytes` (HCE, see :mod:`hotline.encoding` and ``docs/charter.md``); every site
-signs exactly those bytes with its operator key, and a charter is valid only with the
-signatures of **all** its sites (:meth:`SignedCharter.verify`). The signed bytes are always
-rebuilt from the parsed model, so the layout of the JSON file does not matter but any change
-to any field breaks every signature.
-
-Every terminal carries an *enrolment signature*: its site's operator key signing the
-line-independent enrolment record (site id, terminal id, name, role, identity key), see
-:func:`enrolment_bytes`. The same enrolment can therefore be used in several lines.
-
-:class:`CharterStore` keeps, per line, the highest valid version ever accepted (SQLite) and
-refuses anything older: a terminal or exchange never goes back to an older charter.
-
-This module does no network I/O; it reads charter files and its own SQLite file only.
+See :mod:`hotline.charter` for the overview and ``docs/charter.md`` for the format.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import logging
 import re
-import sqlite3
-import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from hotline.encoding import Value, decode, encode
+from hotline.charter.jsonio import (
+    list_or_empty,
+    parse_json_document,
+    read_limited,
+    to_json,
+    unhex,
+    unhex_field,
+)
+from hotline.encoding import INT_MAX, INT_MIN, Value, decode, encode
 from hotline.errors import (
     CharterError,
     CharterFormatError,
     CharterIncomplete,
-    CharterRollback,
     EncodingError,
     SignatureError,
     StateError,
     UnknownMember,
 )
 from hotline.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PublicKey
-
-logger = logging.getLogger(__name__)
 
 # --- labels and limits ----------------------------------------------------------------------
 
@@ -556,7 +541,7 @@ class SignedCharter:
         """The charter file: UTF-8 JSON for people, keys sorted, bytes as hex."""
         doc = {
             "format": CHARTER_FILE_FORMAT,
-            "body": _to_json(self.charter.to_value()),
+            "body": to_json(self.charter.to_value()),
             "signatures": {k: v.hex() for k, v in sorted(self.signatures.items())},
         }
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
@@ -576,14 +561,14 @@ class SignedCharter:
                 f"not a charter file (format {doc['format']!r}, expected {CHARTER_FILE_FORMAT!r})"
             )
         body = _exact_fields(doc["body"], "body", None)
-        for i, item in enumerate(_list_or_empty(body.get("sites"))):
-            _unhex_field(item, "operator_key", f"sites[{i}]")
-        for i, item in enumerate(_list_or_empty(body.get("terminals"))):
-            _unhex_field(item, "identity_key", f"terminals[{i}]")
-            _unhex_field(item, "enrolment_signature", f"terminals[{i}]")
+        for i, item in enumerate(list_or_empty(body.get("sites"))):
+            unhex_field(item, "operator_key", f"sites[{i}]")
+        for i, item in enumerate(list_or_empty(body.get("terminals"))):
+            unhex_field(item, "identity_key", f"terminals[{i}]")
+            unhex_field(item, "enrolment_signature", f"terminals[{i}]")
         signatures: dict[str, bytes] = {}
         for site_id, sig in _exact_fields(doc["signatures"], "signatures", None).items():
-            signatures[site_id] = _unhex(sig, f"signatures[{site_id!r}]")
+            signatures[site_id] = unhex(sig, f"signatures[{site_id!r}]")
         return cls(_parse_charter(body), signatures)
 
 
@@ -606,237 +591,6 @@ def write_charter(path: Path, signed: SignedCharter) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StateError(f"{path}: cannot write the charter: {exc.strerror}") from exc
-
-
-# --- the store ------------------------------------------------------------------------------
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS charters (
-    line_id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    digest  BLOB NOT NULL,
-    signed  BLOB NOT NULL
-)
-"""
-
-
-class CharterStore:
-    """Per line, the highest valid charter version ever accepted, in a SQLite file.
-
-    :meth:`accept` refuses a lower version (:class:`CharterRollback`), a different charter
-    under the same version, and, unless ``reanchor`` is given, a new version that drops a
-    site of the current one or changes its operator key (the sites that were trusted must
-    be the ones that signed the change). Rejections are counted in :attr:`rejected`.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
-        self.rejected: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StateError(f"{path}: cannot open the charter store: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> CharterStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _refuse(self, error: CharterError | SignatureError) -> CharterError | SignatureError:
-        self.rejected[error.reason] += 1
-        logger.warning("charter refused (%s): %s", error.reason, error)
-        return error
-
-    def accept(self, signed: SignedCharter, *, reanchor: bool = False) -> SignedCharter:
-        """Verify ``signed`` and keep it if it is newer; return the line's current charter.
-
-        ``reanchor=True`` is for a charter the local operator installs by hand: it lifts
-        only the continuity rule (same sites, same operator keys), never the rollback rule.
-        """
-        try:
-            signed.verify()
-        except (CharterError, SignatureError) as exc:
-            raise self._refuse(exc) from None
-        line_id, version, digest = signed.line_id, signed.version, signed.charter.digest()
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    row = self._db.execute(
-                        "SELECT version, digest, signed FROM charters WHERE line_id = ?",
-                        (line_id,),
-                    ).fetchone()
-                    if row is not None:
-                        current = SignedCharter.from_wire(bytes(row[2]))
-                        if version < int(row[0]):
-                            raise self._refuse(
-                                CharterRollback(
-                                    f"line {line_id!r}: version {version} is older than "
-                                    f"version {row[0]} already accepted"
-                                )
-                            )
-                        if version == int(row[0]):
-                            if not hmac.compare_digest(bytes(row[1]), digest):
-                                raise self._refuse(
-                                    CharterError(
-                                        f"line {line_id!r}: a different charter with the same "
-                                        f"version {version} was already accepted"
-                                    )
-                                )
-                            self._db.execute("ROLLBACK")
-                            return current
-                        if not reanchor:
-                            self._check_continuity(current.charter, signed.charter)
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO charters (line_id, version, digest, signed) "
-                        "VALUES (?, ?, ?, ?)",
-                        (line_id, version, digest, signed.to_wire()),
-                    )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: charter store failed: {exc}") from exc
-        logger.info("charter accepted: line %s version %d", line_id, version)
-        return signed
-
-    def _check_continuity(self, old: Charter, new: Charter) -> None:
-        new_sites = {s.site_id: s for s in new.sites}
-        for s in old.sites:
-            successor = new_sites.get(s.site_id)
-            if successor is None:
-                problem = f"drops site {s.site_id!r}"
-            elif successor.operator_key != s.operator_key:
-                problem = f"changes the operator key of site {s.site_id!r}"
-            else:
-                continue
-            raise self._refuse(
-                CharterError(
-                    f"line {new.line_id!r}: version {new.version} {problem}; every site of "
-                    f"version {old.version} must sign the next one with its key "
-                    "(an operator can install such a charter by hand with reanchor)"
-                )
-            )
-
-    def current(self, line_id: str) -> SignedCharter | None:
-        """The highest accepted charter of ``line_id`` (re-verified), or None."""
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "SELECT signed FROM charters WHERE line_id = ?", (line_id,)
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: charter store failed: {exc}") from exc
-        if row is None:
-            return None
-        signed = SignedCharter.from_wire(bytes(row[0]))
-        try:
-            signed.verify()
-        except (CharterError, SignatureError) as exc:
-            raise CharterError(
-                f"{self.path}: stored charter of {line_id!r} is damaged: {exc}"
-            ) from exc
-        return signed
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT line_id FROM charters ORDER BY line_id").fetchall()
-        return [str(r[0]) for r in rows]
-
-
-# --- file helpers (shared with hotline.provision) ---------------------------------------------
-
-
-def read_limited(path: Path, limit: int, what: str) -> bytes:
-    """Read a whole file of at most ``limit`` bytes, with one-line errors naming it."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(limit + 1)
-    except FileNotFoundError as exc:
-        raise CharterFormatError(f"{path}: no such {what}") from exc
-    except IsADirectoryError as exc:
-        raise CharterFormatError(f"{path}: is a folder, not a {what}") from exc
-    except OSError as exc:
-        raise CharterFormatError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise CharterFormatError(f"{path}: over the {limit}-byte limit for a {what}")
-    if not data:
-        raise CharterFormatError(f"{path}: the {what} is empty")
-    return data
-
-
-def parse_json_document(data: bytes, what: str) -> Any:
-    """Parse strict UTF-8 JSON: no duplicate keys, no floats, no NaN."""
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in items:
-            if key in result:
-                raise CharterFormatError(f"{what}: duplicate JSON key {key!r}")
-            result[key] = value
-        return result
-
-    def no_float(text: str) -> Any:
-        raise CharterFormatError(f"{what}: a number that is not an integer: {text}")
-
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CharterFormatError(f"{what}: not UTF-8 (byte {exc.start})") from exc
-    try:
-        return json.loads(
-            text, object_pairs_hook=pairs, parse_float=no_float, parse_constant=no_float
-        )
-    except json.JSONDecodeError as exc:
-        raise CharterFormatError(
-            f"{what}: not valid JSON, truncated or damaged ({exc.msg}: "
-            f"line {exc.lineno} column {exc.colno})"
-        ) from exc
-    except RecursionError as exc:
-        raise CharterFormatError(f"{what}: JSON nested too deeply") from exc
-
-
-def _to_json(value: Value) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    return value
-
-
-def _unhex(text: object, where: str) -> bytes:
-    if not isinstance(text, str):
-        raise CharterFormatError(f"{where}: expected hex digits")
-    try:
-        return bytes.fromhex(text)
-    except ValueError as exc:
-        raise CharterFormatError(f"{where}: not valid hex") from exc
-
-
-def _unhex_field(item: object, key: str, where: str) -> None:
-    if isinstance(item, dict) and key in item:
-        item[key] = _unhex(item[key], f"{where}.{key}")
-
-
-def _list_or_empty(value: object) -> list[object]:
-    return value if isinstance(value, list) else []
 
 
 # --- strict parsing of the body -------------------------------------------------------------
@@ -869,6 +623,8 @@ def _int(obj: Mapping[str, Any], key: str, what: str) -> int:
     v = obj[key]
     if not _is_int(v):
         raise CharterFormatError(f"{what}: {key} must be an integer")
+    if not INT_MIN <= v <= INT_MAX:
+        raise CharterFormatError(f"{what}: {key} is outside the signed 64-bit range")
     return int(v)
 
 

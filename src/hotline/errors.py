@@ -320,3 +320,51 @@ class TranscriptMismatch(KeyAgreementError):
     """A member acknowledged a different epoch transcript than ours."""
 
     reason = "transcript_mismatch"
+
+# --- exchange and envelopes (hotline.envelope, hotline.exchange) ---------------------------
+
+
+class StaleEnvelope(EnvelopeError):
+    """An envelope whose timestamp is too old or too far in the future."""
+
+    reason = "stale"
+
+
+class MisroutedEnvelope(EnvelopeError):
+    """An envelope for another line, another recipient, or sent in another terminal's name."""
+
+    reason = "misrouted"
+
+
+class UnknownRecipient(EnvelopeError):
+    """An envelope addressed to a terminal that the line's charter does not list."""
+
+    reason = "unknown_recipient"
+
+
+class FrameError(EncodingError):
+    """A WebSocket frame of the exchange protocol is malformed or unexpected."""
+
+    reason = "bad_frame"
+
+
+class TooLarge(LimitExceeded):
+    reason = "too_large"
+
+
+class RateLimited(LimitExceeded):
+    reason = "rate_limited"
+
+
+class QueueFull(LimitExceeded):
+    reason = "queue_full"
+
+
+class TooManyConnections(LimitExceeded):
+    reason = "too_many_connections"
+
+
+class TLSPinMismatch(AuthenticationError):
+    """The exchange's TLS certificate is not the one pinned in the charter."""
+
+    reason = "tls_pin"

@@ -31,6 +31,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("terminal", "terminal"),
     ("line", "line"),
     ("log", "log"),
+    ("exchange", "exchange"),
     ("call", "call"),
     ("demo", "demo"),
 ]

@@ -1,0 +1,361 @@
+"""Signed envelopes: every message between two terminals of a line.
+
+An envelope names its line, its sender, its recipient (or ``None`` for every terminal of the
+line), a per-sender sequence number, the sender's clock in milliseconds, a message type and
+an opaque body. The sender signs it with its charter identity key (Ed25519); the exchange
+checks it and forwards the exact bytes it received, and every recipient checks it again,
+because the exchange is not trusted.
+
+Wire format: the canonical encoding (HCE, :mod:`hotline.encoding`) of the dict::
+
+    {"v": 1, "line": str, "from": str, "to": str | None, "seq": int, "ts": int,
+     "type": str, "body": bytes, "sig": bytes}
+
+``sig`` is the Ed25519 signature by the sender's identity key over
+``ENVELOPE_LABEL + encode(<the same dict without "sig">)``.
+
+Sequence numbers (see ``docs/exchange.md``): each sender numbers its envelopes with a
+:class:`SequenceCounter`, which starts at ``now_ms << SEQ_SHIFT`` (or one past a persisted
+floor, whichever is higher) and counts up by one. A restarted terminal therefore continues
+above every number it used before without having to store anything, unless it sent more than
+2**20 envelopes per millisecond of its previous run, or its clock went back; a terminal that
+persists :attr:`SequenceCounter.last` and passes it as ``floor`` is safe against both. Every
+receiver keeps a :class:`SequenceTracker` and refuses a number that is not strictly higher
+than the last one it accepted from that sender (:class:`~hotline.errors.ReplayError`).
+
+This module does no I/O and imports no asyncio.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from hotline.encoding import (
+    INT_MAX,
+    Value,
+    decode,
+    encode,
+    expect_dict,
+    field_bytes,
+    field_int,
+    field_str,
+)
+from hotline.errors import (
+    CounterExhausted,
+    EncodingError,
+    MisroutedEnvelope,
+    ReplayError,
+    StaleEnvelope,
+    TooLarge,
+    UnknownMember,
+    UnknownRecipient,
+)
+from hotline.keys import SIGNATURE_SIZE, PublicKey, SigningKey
+
+#: domain-separation label in front of every envelope's signed bytes
+ENVELOPE_LABEL = b"hotline envelope v1\x00"
+ENVELOPE_VERSION = 1
+#: default largest envelope, in bytes of its wire form (see docs/limits.md)
+DEFAULT_MAX_ENVELOPE_SIZE = 64 * 1024
+#: sequence numbers start at ``now_ms << SEQ_SHIFT``: room for 2**20 envelopes per millisecond
+SEQ_SHIFT = 20
+MAX_ID_LENGTH = 128
+MAX_TYPE_LENGTH = 64
+
+_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_FIELDS = frozenset({"v", "line", "from", "to", "seq", "ts", "type", "body", "sig"})
+
+
+class Member(Protocol):
+    """What an envelope needs of a charter's terminal entry."""
+
+    @property
+    def identity_key(self) -> PublicKey: ...
+
+
+class Membership(Protocol):
+    """What an envelope needs of a charter: its line, version, and terminal look-up
+    (:class:`hotline.charter.Charter` has exactly these)."""
+
+    @property
+    def line_id(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    def terminal(self, terminal_id: str) -> Member:
+        """The terminal's entry; raises :class:`~hotline.errors.UnknownMember`."""
+        ...
+
+
+@runtime_checkable
+class SignedMembership(Protocol):
+    """A signed charter (:class:`hotline.charter.SignedCharter`) wrapping a :class:`Membership`."""
+
+    @property
+    def charter(self) -> Membership: ...
+
+
+def membership_of(charter: Membership | SignedMembership) -> Membership:
+    """The charter body, whether given a signed charter or the body itself."""
+    if isinstance(charter, SignedMembership):
+        return charter.charter
+    return charter
+
+
+def check_id(value: str, what: str) -> str:
+    """A line or terminal id: 1 to 128 printable characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable():
+        raise EncodingError(f"{what}: an id is 1 to {MAX_ID_LENGTH} printable characters")
+    return value
+
+
+def check_type(value: str) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_TYPE_LENGTH
+        or _TYPE_RE.fullmatch(value) is None
+    ):
+        raise EncodingError(
+            f"envelope type must match [a-z0-9][a-z0-9._-]* and be at most {MAX_TYPE_LENGTH} long"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A signed message from one terminal to one (or every) terminal of its line."""
+
+    line_id: str
+    sender: str
+    recipient: str | None
+    seq: int
+    timestamp_ms: int
+    msg_type: str
+    body: bytes
+    signature: bytes
+    #: the exact wire bytes this envelope was parsed from (or encoded to)
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+    # --- construction ------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        key: SigningKey,
+        *,
+        line_id: str,
+        sender: str,
+        recipient: str | None,
+        seq: int,
+        timestamp_ms: int,
+        msg_type: str,
+        body: bytes,
+    ) -> Envelope:
+        """Build and sign an envelope with the sender's identity key."""
+        fields = _signed_fields(
+            line_id=line_id,
+            sender=sender,
+            recipient=recipient,
+            seq=seq,
+            timestamp_ms=timestamp_ms,
+            msg_type=msg_type,
+            body=body,
+        )
+        signature = key.sign(ENVELOPE_LABEL + encode(fields))
+        fields["sig"] = signature
+        return cls(
+            line_id, sender, recipient, seq, timestamp_ms, msg_type, body, signature, encode(fields)
+        )
+
+    def _fields(self) -> dict[str, Value]:
+        return _signed_fields(
+            line_id=self.line_id,
+            sender=self.sender,
+            recipient=self.recipient,
+            seq=self.seq,
+            timestamp_ms=self.timestamp_ms,
+            msg_type=self.msg_type,
+            body=self.body,
+        )
+
+    def signed_bytes(self) -> bytes:
+        """The bytes the signature covers."""
+        fields = self._fields()
+        return ENVELOPE_LABEL + encode(fields)
+
+    def to_bytes(self) -> bytes:
+        if self.raw:
+            return self.raw
+        fields = self._fields()
+        fields["sig"] = self.signature
+        return encode(fields)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, max_size: int = DEFAULT_MAX_ENVELOPE_SIZE) -> Envelope:
+        """Parse (but do not verify) an envelope. Raises :class:`TooLarge` or
+        :class:`EncodingError`."""
+        if len(data) > max_size:
+            raise TooLarge(f"envelope of {len(data)} bytes exceeds the limit of {max_size}")
+        obj = expect_dict(decode(bytes(data), max_size=max_size), "envelope")
+        if set(obj) != _FIELDS:
+            raise EncodingError("envelope: unexpected or missing fields")
+        if field_int(obj, "v", "envelope") != ENVELOPE_VERSION:
+            raise EncodingError("envelope: unsupported version")
+        recipient_value: Value = obj["to"]
+        if recipient_value is not None and not isinstance(recipient_value, str):
+            raise EncodingError("envelope: field 'to' must be a string or None")
+        signature = field_bytes(obj, "sig", "envelope")
+        if len(signature) != SIGNATURE_SIZE:
+            raise EncodingError("envelope: a signature is 64 bytes")
+        seq = field_int(obj, "seq", "envelope")
+        if seq < 0:
+            raise EncodingError("envelope: negative sequence number")
+        return cls(
+            line_id=check_id(field_str(obj, "line", "envelope"), "envelope line"),
+            sender=check_id(field_str(obj, "from", "envelope"), "envelope sender"),
+            recipient=None
+            if recipient_value is None
+            else check_id(recipient_value, "envelope recipient"),
+            seq=seq,
+            timestamp_ms=field_int(obj, "ts", "envelope"),
+            msg_type=check_type(field_str(obj, "type", "envelope")),
+            body=field_bytes(obj, "body", "envelope"),
+            signature=signature,
+            raw=bytes(data),
+        )
+
+    # --- checks ------------------------------------------------------------------------
+
+    def verify(self, charter: Membership | SignedMembership) -> None:
+        """Raise unless the envelope belongs to ``charter``'s line, its sender (and its
+        recipient, if any) are terminals of that charter, and its signature is the sender's.
+
+        Raises :class:`MisroutedEnvelope` (reason ``wrong_line``), :class:`UnknownMember`
+        (the sender), :class:`UnknownRecipient` or :class:`~hotline.errors.SignatureError`.
+        """
+        body = membership_of(charter)
+        if self.line_id != body.line_id:
+            raise MisroutedEnvelope("envelope is for another line", reason="wrong_line")
+        try:
+            member = body.terminal(self.sender)
+        except UnknownMember as exc:
+            raise UnknownMember("envelope sender is not a terminal of the charter") from exc
+        if self.recipient is not None:
+            try:
+                body.terminal(self.recipient)
+            except UnknownMember as exc:
+                raise UnknownRecipient(
+                    "envelope recipient is not a terminal of the charter"
+                ) from exc
+        member.identity_key.verify(self.signature, self.signed_bytes(), what="envelope signature")
+
+    def check_fresh(self, now_ms: int, *, max_age_ms: int, max_future_ms: int) -> None:
+        """Raise :class:`StaleEnvelope` if the sender's timestamp is older than ``max_age_ms``
+        or more than ``max_future_ms`` ahead of ``now_ms``."""
+        if self.timestamp_ms < now_ms - max_age_ms:
+            raise StaleEnvelope(f"envelope is {now_ms - self.timestamp_ms} ms old")
+        if self.timestamp_ms > now_ms + max_future_ms:
+            raise StaleEnvelope(f"envelope is {self.timestamp_ms - now_ms} ms in the future")
+
+    def describe(self) -> str:
+        """A short description for logs: no body, no signature."""
+        to = self.recipient if self.recipient is not None else "*"
+        return f"{self.msg_type} {self.sender}->{to} seq={self.seq} line={self.line_id}"
+
+
+def _signed_fields(
+    *,
+    line_id: str,
+    sender: str,
+    recipient: str | None,
+    seq: int,
+    timestamp_ms: int,
+    msg_type: str,
+    body: bytes,
+) -> dict[str, Value]:
+    check_id(line_id, "envelope line")
+    check_id(sender, "envelope sender")
+    if recipient is not None:
+        check_id(recipient, "envelope recipient")
+    check_type(msg_type)
+    if not 0 <= seq <= INT_MAX:
+        raise EncodingError("envelope sequence number out of range")
+    if not isinstance(body, bytes):
+        raise EncodingError("envelope body must be bytes")
+    return {
+        "v": ENVELOPE_VERSION,
+        "line": line_id,
+        "from": sender,
+        "to": recipient,
+        "seq": seq,
+        "ts": timestamp_ms,
+        "type": msg_type,
+        "body": body,
+    }
+
+
+class SequenceCounter:
+    """Numbers one sender's envelopes: strictly increasing, across restarts too.
+
+    Starts at ``max(now_ms << SEQ_SHIFT, floor + 1)``; ``floor`` is the last number a previous
+    run used, if the caller persisted it (:attr:`last`)."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, now_ms: int, floor: int = 0) -> None:
+        if now_ms < 0 or floor < 0:
+            raise ValueError("now_ms and floor must not be negative")
+        self._next = max(now_ms << SEQ_SHIFT, floor + 1)
+
+    def next(self) -> int:
+        if self._next > INT_MAX:
+            raise CounterExhausted("envelope sequence numbers are exhausted")
+        value = self._next
+        self._next += 1
+        return value
+
+    @property
+    def last(self) -> int:
+        """The last number handed out (or the one before the first)."""
+        return self._next - 1
+
+
+class SequenceTracker:
+    """Per-sender highest accepted sequence number; refuses duplicates and reordering."""
+
+    __slots__ = ("_highest",)
+
+    def __init__(self, highest: Mapping[str, int] | None = None) -> None:
+        self._highest: dict[str, int] = dict(highest or {})
+
+    def check(self, sender: str, seq: int) -> None:
+        """Raise :class:`ReplayError` unless ``seq`` is above every number accepted from
+        ``sender`` so far (reason ``replay``; the message says duplicate or behind)."""
+        last = self._highest.get(sender)
+        if last is None or seq > last:
+            return
+        if seq == last:
+            raise ReplayError(f"duplicate sequence number from {sender}")
+        raise ReplayError(f"sequence number from {sender} is behind {last}")
+
+    def record(self, sender: str, seq: int) -> None:
+        self.check(sender, seq)
+        self._highest[sender] = seq
+
+    def accept(self, envelope: Envelope) -> None:
+        """Check and record ``envelope``'s sequence number."""
+        self.record(envelope.sender, envelope.seq)
+
+    def highest(self, sender: str) -> int | None:
+        return self._highest.get(sender)
+
+    def snapshot(self) -> dict[str, int]:
+        """The state to persist; pass it back to the constructor after a restart."""
+        return dict(self._highest)
+
+    def forget(self, sender: str) -> None:
+        self._highest.pop(sender, None)

@@ -1,0 +1,351 @@
+"""The exchange's WebSocket frames: what terminals and the exchange say to each other.
+
+Every frame is one binary WebSocket message holding the canonical encoding (HCE) of a dict
+whose ``"t"`` field names the frame. Envelopes travel inside frames as opaque bytes, exactly
+as their sender signed them. See ``docs/exchange.md`` for the whole protocol.
+
+Exchange → terminal: ``challenge``, ``welcome``, ``deliver``, ``accepted``, ``reject``,
+``presence``, ``charter``. Terminal → exchange: ``hello``, ``env``, ``ack``, ``charter``.
+
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Union
+
+from hotline.encoding import (
+    Value,
+    decode,
+    encode,
+    expect_dict,
+    field_bytes,
+    field_dict,
+    field_int,
+    field_list,
+    field_str,
+)
+from hotline.envelope import check_id
+from hotline.errors import EncodingError, FrameError, TooLarge
+
+PROTOCOL_VERSION = 1
+#: WebSocket path of the exchange protocol
+WS_PATH = "/v1/exchange"
+#: domain-separation label in front of the bytes a terminal signs to authenticate
+AUTH_LABEL = b"hotline exchange auth v1\x00"
+CHALLENGE_SIZE = 32
+#: bytes a frame adds around the envelope or charter it carries (generous)
+FRAME_OVERHEAD = 1024
+#: largest frame before authentication (the hello)
+MAX_HELLO_SIZE = 4096
+
+# WebSocket close codes (RFC 6455 §7.4.1, plus the private range 4000-4999)
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL = 1002
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_LATER = 1013
+#: another connection authenticated as the same terminal
+CLOSE_SUPERSEDED = 4001
+#: a newer charter no longer lists this terminal (or changed its key)
+CLOSE_REMOVED = 4002
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (plain ws:// is allowed only there)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_message(challenge: bytes, exchange_id: str, line_id: str, terminal_id: str) -> bytes:
+    """What a terminal signs with its identity key to be admitted."""
+    return AUTH_LABEL + encode(
+        {"challenge": challenge, "exchange": exchange_id, "line": line_id, "terminal": terminal_id}
+    )
+
+
+@dataclass(frozen=True)
+class AdvertisedLimits:
+    """The limits the exchange tells terminals at connection time, so that they pace
+    themselves instead of being cut off."""
+
+    max_envelope_size: int
+    rate_per_s: float
+    burst: int
+    window_s: float
+
+    def to_value(self) -> dict[str, Value]:
+        return {
+            "max_envelope_size": self.max_envelope_size,
+            "rate_milli": round(self.rate_per_s * 1000),
+            "burst": self.burst,
+            "window_ms": round(self.window_s * 1000),
+        }
+
+    @classmethod
+    def from_value(cls, obj: Mapping[str, Value]) -> AdvertisedLimits:
+        w = "limits"
+        limits = cls(
+            max_envelope_size=field_int(obj, "max_envelope_size", w),
+            rate_per_s=field_int(obj, "rate_milli", w) / 1000,
+            burst=field_int(obj, "burst", w),
+            window_s=field_int(obj, "window_ms", w) / 1000,
+        )
+        if limits.max_envelope_size <= 0 or limits.rate_per_s <= 0 or limits.burst <= 0:
+            raise FrameError("limits: values must be positive")
+        return limits
+
+
+# --- exchange -> terminal -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Challenge:
+    challenge: bytes
+    exchange_id: str
+    #: identifies the exchange's store; delivery ids are only meaningful within one store
+    store_id: str
+    limits: AdvertisedLimits
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Welcome:
+    terminal_id: str
+    online: frozenset[str]
+    #: the highest sequence number the exchange accepted from this terminal (None: none)
+    last_seq: int | None
+    charter_version: int
+
+
+@dataclass(frozen=True)
+class Deliver:
+    delivery_id: int
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Every envelope of this terminal up to ``seq`` is stored or refused."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    """An envelope (``seq``), or with ``seq`` None the last charter pushed, was refused."""
+
+    seq: int | None
+    reason: str
+    #: set when only the delivery to this recipient was refused (a broadcast)
+    recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    online: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CharterFrame:
+    """A signed charter in its file form; sent either way."""
+
+    data: bytes
+
+
+# --- terminal -> exchange -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    line_id: str
+    terminal_id: str
+    signature: bytes
+    #: highest delivery id this terminal has processed (0: none)
+    resume: int
+    charter_version: int
+
+
+@dataclass(frozen=True)
+class Send:
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Every delivery up to ``upto`` has been processed."""
+
+    upto: int
+
+
+ServerFrame = Union[Challenge, Welcome, Deliver, Accepted, Reject, Presence, CharterFrame]  # noqa: UP007
+ClientFrame = Union[Hello, Send, Ack, CharterFrame]  # noqa: UP007
+Frame = Union[ServerFrame, ClientFrame]  # noqa: UP007
+
+
+def encode_frame(frame: Frame) -> bytes:
+    obj: dict[str, Value]
+    if isinstance(frame, Challenge):
+        obj = {
+            "t": "challenge",
+            "v": frame.version,
+            "challenge": frame.challenge,
+            "exchange": frame.exchange_id,
+            "store": frame.store_id,
+            "limits": frame.limits.to_value(),
+        }
+    elif isinstance(frame, Welcome):
+        obj = {
+            "t": "welcome",
+            "terminal": frame.terminal_id,
+            "online": list(sorted(frame.online)),
+            "last_seq": frame.last_seq,
+            "charter_version": frame.charter_version,
+        }
+    elif isinstance(frame, Deliver):
+        obj = {"t": "deliver", "id": frame.delivery_id, "env": frame.envelope}
+    elif isinstance(frame, Accepted):
+        obj = {"t": "accepted", "seq": frame.seq}
+    elif isinstance(frame, Reject):
+        obj = {"t": "reject", "seq": frame.seq, "reason": frame.reason, "to": frame.recipient}
+    elif isinstance(frame, Presence):
+        obj = {"t": "presence", "online": list(sorted(frame.online))}
+    elif isinstance(frame, CharterFrame):
+        obj = {"t": "charter", "data": frame.data}
+    elif isinstance(frame, Hello):
+        obj = {
+            "t": "hello",
+            "line": frame.line_id,
+            "terminal": frame.terminal_id,
+            "sig": frame.signature,
+            "resume": frame.resume,
+            "charter_version": frame.charter_version,
+        }
+    elif isinstance(frame, Send):
+        obj = {"t": "env", "env": frame.envelope}
+    else:
+        obj = {"t": "ack", "upto": frame.upto}
+    return encode(obj)
+
+
+def encode_deliver(delivery_id: int, envelope: bytes) -> bytes:
+    """``encode_frame(Deliver(...))`` without the intermediate object (the hot path)."""
+    return encode({"t": "deliver", "id": delivery_id, "env": envelope})
+
+
+def _parse(data: bytes, max_size: int) -> tuple[str, dict[str, Value]]:
+    if len(data) > max_size:
+        raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
+    try:
+        obj = expect_dict(decode(data, max_size=max_size), "frame")
+        kind = field_str(obj, "t", "frame")
+    except FrameError:
+        raise
+    except EncodingError as exc:
+        raise FrameError(f"malformed frame: {exc}") from exc
+    return kind, obj
+
+
+def _ids(values: list[Value], what: str) -> frozenset[str]:
+    out: set[str] = set()
+    for v in values:
+        if not isinstance(v, str):
+            raise FrameError(f"{what}: ids must be strings")
+        out.add(check_id(v, what))
+    return frozenset(out)
+
+
+def _optional_int(obj: Mapping[str, Value], key: str, what: str) -> int | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise FrameError(f"{what}: field {key!r} must be an integer or None")
+    return v
+
+
+def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
+    """Parse a frame the exchange sent. Raises :class:`FrameError` or :class:`TooLarge`."""
+    kind, obj = _parse(data, max_size)
+    try:
+        if kind == "deliver":
+            delivery_id = field_int(obj, "id", "deliver")
+            if delivery_id <= 0:
+                raise FrameError("deliver: ids are positive")
+            return Deliver(delivery_id, field_bytes(obj, "env", "deliver"))
+        if kind == "accepted":
+            return Accepted(field_int(obj, "seq", "accepted"))
+        if kind == "reject":
+            to = obj.get("to")
+            if to is not None and not isinstance(to, str):
+                raise FrameError("reject: 'to' must be a string or None")
+            return Reject(
+                _optional_int(obj, "seq", "reject"), field_str(obj, "reason", "reject"), to
+            )
+        if kind == "presence":
+            return Presence(_ids(field_list(obj, "online", "presence"), "presence"))
+        if kind == "charter":
+            return CharterFrame(field_bytes(obj, "data", "charter"))
+        if kind == "challenge":
+            challenge = field_bytes(obj, "challenge", "challenge")
+            if len(challenge) != CHALLENGE_SIZE:
+                raise FrameError("challenge: wrong size")
+            version = field_int(obj, "v", "challenge")
+            if version != PROTOCOL_VERSION:
+                raise FrameError(f"challenge: unsupported protocol version {version}")
+            return Challenge(
+                challenge=challenge,
+                exchange_id=field_str(obj, "exchange", "challenge"),
+                store_id=field_str(obj, "store", "challenge"),
+                limits=AdvertisedLimits.from_value(field_dict(obj, "limits", "challenge")),
+                version=version,
+            )
+        if kind == "welcome":
+            return Welcome(
+                terminal_id=check_id(field_str(obj, "terminal", "welcome"), "welcome"),
+                online=_ids(field_list(obj, "online", "welcome"), "welcome"),
+                last_seq=_optional_int(obj, "last_seq", "welcome"),
+                charter_version=field_int(obj, "charter_version", "welcome"),
+            )
+    except FrameError:
+        raise
+    except EncodingError as exc:
+        raise FrameError(str(exc)) from exc
+    raise FrameError(f"unexpected frame type {kind[:32]!r} from the exchange")
+
+
+def decode_client_frame(data: bytes, max_size: int) -> ClientFrame:
+    """Parse a frame a terminal sent. Raises :class:`FrameError` or :class:`TooLarge`."""
+    kind, obj = _parse(data, max_size)
+    try:
+        if kind == "env":
+            return Send(field_bytes(obj, "env", "env"))
+        if kind == "ack":
+            return Ack(field_int(obj, "upto", "ack"))
+        if kind == "charter":
+            return CharterFrame(field_bytes(obj, "data", "charter"))
+        if kind == "hello":
+            resume = field_int(obj, "resume", "hello")
+            if resume < 0:
+                raise FrameError("hello: negative resume point")
+            return Hello(
+                line_id=check_id(field_str(obj, "line", "hello"), "hello line"),
+                terminal_id=check_id(field_str(obj, "terminal", "hello"), "hello terminal"),
+                signature=field_bytes(obj, "sig", "hello"),
+                resume=resume,
+                charter_version=field_int(obj, "charter_version", "hello"),
+            )
+    except FrameError:
+        raise
+    except EncodingError as exc:
+        raise FrameError(str(exc)) from exc
+    raise FrameError(f"unexpected frame type {kind[:32]!r} from a terminal")

@@ -1,0 +1,180 @@
+"""The client against a hostile exchange double: whatever the exchange delivers, the
+terminal checks again and refuses forgeries, replays, misrouted, stale and malformed
+envelopes, presence of strangers and bad charters, and still acknowledges them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from hotline.charter import SignedCharter
+from hotline.errors import AuthenticationError
+from hotline.exchange.client import (
+    ClientEvent,
+    EnvelopeReceived,
+    EnvelopeRejected,
+    ExchangeClient,
+    PresenceChanged,
+)
+from hotline.exchange.frames import (
+    WS_PATH,
+    Ack,
+    AdvertisedLimits,
+    Challenge,
+    CharterFrame,
+    Deliver,
+    Hello,
+    Presence,
+    Reject,
+    ServerFrame,
+    Welcome,
+    decode_client_frame,
+    encode_frame,
+)
+from hotline.keys import SigningKey
+
+from .harness import envelope, wait_for
+from .lines import Line, make_line
+
+
+class HostileExchange:
+    """Admits anyone, then sends whatever frames the test scripted."""
+
+    def __init__(self, script: list[ServerFrame]) -> None:
+        self.script = script
+        self.received: list[object] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get(WS_PATH, self._handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"ws://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def _handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        limits = AdvertisedLimits(65536, 1000.0, 1000, 60.0)
+        await ws.send_bytes(encode_frame(Challenge(os.urandom(32), "hostile", "store", limits)))
+        hello = decode_client_frame((await ws.receive()).data, 4096)
+        assert isinstance(hello, Hello)
+        await ws.send_bytes(encode_frame(Welcome(hello.terminal_id, frozenset(), None, 1)))
+        for frame in self.script:
+            await ws.send_bytes(encode_frame(frame))
+        async for msg in ws:
+            if msg.type is WSMsgType.BINARY:
+                self.received.append(decode_client_frame(msg.data, 1 << 20))
+        return ws
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[list[HostileExchange]]:
+    made: list[HostileExchange] = []
+    yield made
+    for h in made:
+        await h.stop()
+
+
+async def _events(client: ExchangeClient, quiet: float = 0.3) -> list[ClientEvent]:
+    out: list[ClientEvent] = []
+    while True:
+        try:
+            out.append(await client.next_event(timeout=quiet))
+        except TimeoutError:
+            return out
+
+
+def _tampered(signed: SignedCharter) -> SignedCharter:
+    body = dataclasses.replace(signed.charter, version=signed.version + 1)
+    return SignedCharter(body, signed.signatures)  # the old signatures do not cover it
+
+
+async def test_client_checks_everything_again(
+    tmp_path: Path, hostile: list[HostileExchange]
+) -> None:
+    line = make_line(tmp_path, 3)
+    other = make_line(tmp_path, 2, "line-2")
+    now = int(time.time() * 1000)
+    good = envelope(line, "t1", "t0", 10)
+    script: list[ServerFrame] = [
+        Deliver(1, good.to_bytes()),
+        Deliver(2, good.to_bytes()),  # replayed
+        Deliver(3, envelope(line, "t1", "t0", 9).to_bytes()),  # older number
+        Deliver(4, envelope(line, "t1", "t0", 20, key=SigningKey.generate()).to_bytes()),
+        Deliver(5, envelope(other, "t1", "t0", 21).to_bytes()),  # another line's terminal
+        Deliver(6, envelope(line, "t1", "t2", 22).to_bytes()),  # for another terminal
+        Deliver(7, envelope(line, "t1", "t0", 23, now_ms=now - 3_600_000).to_bytes()),
+        Deliver(8, envelope(line, "t1", "t0", 24, now_ms=now + 3_600_000).to_bytes()),
+        Deliver(9, envelope(line, "t0", None, 25).to_bytes()),  # our own, echoed back
+        Deliver(10, b"\x00 not an envelope"),
+        Presence(frozenset({"t1", "ghost"})),
+        CharterFrame(_tampered(line.signed).to_file_bytes()),
+        CharterFrame(b"garbage"),
+        Deliver(11, envelope(line, "t1", None, 30).to_bytes()),
+        Reject(99, "queue_full", "t2"),
+    ]
+    exchange = HostileExchange(script)
+    hostile.append(exchange)
+    await exchange.start()
+    client = ExchangeClient(
+        exchange.url, charter=line.signed, terminal_id="t0", key=line.keys["t0"], ack_delay_s=0.01
+    )
+    await client.start()
+    try:
+        events = await _events(client)
+        received = [e.envelope for e in events if isinstance(e, EnvelopeReceived)]
+        assert [(e.sender, e.seq) for e in received] == [("t1", 10), ("t1", 30)]
+        presence = [e.online for e in events if isinstance(e, PresenceChanged)]
+        assert presence == [frozenset({"t1"})]  # strangers are not shown
+        assert EnvelopeRejected(99, "queue_full", "t2") in events
+        stats = client.stats
+        assert stats["rejected_replay"] == 2
+        assert stats["rejected_bad_signature"] == 1
+        assert stats["rejected_wrong_line"] == 1
+        assert stats["rejected_misrouted"] == 2  # for another terminal; our own echo
+        assert stats["rejected_stale"] == 2
+        assert stats["rejected_encoding"] == 1
+        assert stats["charter_rejected_bad_signature"] == 1
+        assert stats["charter_rejected_charter_format"] == 1
+        assert client.charter.version == 1
+        # every delivery is acknowledged, refused ones included, so none comes back
+        await wait_for(lambda: Ack(11) in exchange.received)
+    finally:
+        await client.close()
+
+
+async def test_exchange_id_must_match_the_pin(
+    tmp_path: Path, hostile: list[HostileExchange]
+) -> None:
+    # The pin is checked on the TLS certificate (test_tls.py). The challenge's exchange id
+    # must name the same exchange too, so that a terminal never signs an admission meant
+    # for another exchange (one exchange relaying another's challenge).
+    line: Line = make_line(tmp_path, 2)
+    exchange = HostileExchange([])
+    hostile.append(exchange)
+    await exchange.start()
+    client = ExchangeClient(
+        exchange.url,
+        charter=line.signed,
+        terminal_id="t0",
+        key=line.keys["t0"],
+        tls_fingerprint="sha256:" + "11" * 32,
+    )
+    with pytest.raises(AuthenticationError) as info:
+        await client.start()
+    assert info.value.reason == "exchange_id"
+    assert exchange.received == []  # no hello was signed or sent

@@ -1,0 +1,188 @@
+"""Protocol frames: round trips, refusals, and the metrics text format."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hotline.cli.exchange import parse_listen
+from hotline.encoding import encode
+from hotline.errors import FrameError, TooLarge, UsageError
+from hotline.exchange.frames import (
+    Accepted,
+    Ack,
+    AdvertisedLimits,
+    Challenge,
+    CharterFrame,
+    Deliver,
+    Hello,
+    Presence,
+    Reject,
+    Send,
+    Welcome,
+    auth_message,
+    decode_client_frame,
+    decode_server_frame,
+    encode_deliver,
+    encode_frame,
+    is_loopback,
+)
+from hotline.exchange.metrics import Metrics
+
+LIMITS = AdvertisedLimits(65536, 50.0, 200, 60.0)
+SERVER_FRAMES = [
+    Challenge(os.urandom(32), "sha256:" + "ab" * 32, "store", LIMITS),
+    Welcome("t0", frozenset({"t0", "t1"}), None, 3),
+    Welcome("t0", frozenset(), 12345, 1),
+    Deliver(7, b"envelope bytes"),
+    Accepted(99),
+    Reject(5, "replay"),
+    Reject(5, "queue_full", "t2"),
+    Reject(None, "charter_rollback"),
+    Presence(frozenset({"t1"})),
+    CharterFrame(b"{}"),
+]
+CLIENT_FRAMES = [
+    Hello("line-1", "t0", b"s" * 64, 0, 1),
+    Send(b"envelope bytes"),
+    Ack(12),
+    CharterFrame(b"{}"),
+]
+
+
+@pytest.mark.parametrize("frame", SERVER_FRAMES)
+def test_server_frames_round_trip(frame: object) -> None:
+    assert decode_server_frame(encode_frame(frame), 1 << 20) == frame  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("frame", CLIENT_FRAMES)
+def test_client_frames_round_trip(frame: object) -> None:
+    assert decode_client_frame(encode_frame(frame), 1 << 20) == frame  # type: ignore[arg-type]
+
+
+def test_deliver_fast_path_matches() -> None:
+    assert encode_deliver(7, b"abc") == encode_frame(Deliver(7, b"abc"))
+
+
+def test_refusals() -> None:
+    with pytest.raises(TooLarge):
+        decode_client_frame(encode_frame(Send(b"x" * 100)), 50)
+    bad_client = [
+        encode({"t": "deliver", "id": 1, "env": b""}),  # a server frame from a terminal
+        encode({"t": "env"}),
+        encode(
+            {
+                "t": "hello",
+                "line": "l",
+                "terminal": "t",
+                "sig": b"",
+                "resume": -1,
+                "charter_version": 1,
+            }
+        ),
+        encode(
+            {
+                "t": "hello",
+                "line": "",
+                "terminal": "t",
+                "sig": b"",
+                "resume": 0,
+                "charter_version": 1,
+            }
+        ),
+        encode([1]),
+        b"\xff",
+    ]
+    for data in bad_client:
+        with pytest.raises(FrameError):
+            decode_client_frame(data, 1 << 20)
+    bad_server = [
+        encode({"t": "hello"}),
+        encode({"t": "deliver", "id": 0, "env": b""}),
+        encode(
+            {
+                "t": "challenge",
+                "v": 2,
+                "challenge": b"c" * 32,
+                "exchange": "e",
+                "store": "s",
+                "limits": LIMITS.to_value(),
+            }
+        ),
+        encode(
+            {
+                "t": "challenge",
+                "v": 1,
+                "challenge": b"c",
+                "exchange": "e",
+                "store": "s",
+                "limits": LIMITS.to_value(),
+            }
+        ),
+        encode({"t": "presence", "online": [1]}),
+        encode({"t": "reject", "seq": 1, "reason": "x", "to": 5}),
+    ]
+    for data in bad_server:
+        with pytest.raises(FrameError):
+            decode_server_frame(data, 1 << 20)
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_frame_errors(data: bytes) -> None:
+    for decoder in (decode_client_frame, decode_server_frame):
+        with contextlib.suppress(FrameError, TooLarge):
+            decoder(data, 150)
+
+
+def test_auth_message_binds_every_field() -> None:
+    base = auth_message(b"c" * 32, "ex", "line", "t0")
+    assert (
+        len(
+            {
+                base,
+                auth_message(b"d" * 32, "ex", "line", "t0"),
+                auth_message(b"c" * 32, "ex2", "line", "t0"),
+                auth_message(b"c" * 32, "ex", "line2", "t0"),
+                auth_message(b"c" * 32, "ex", "line", "t1"),
+            }
+        )
+        == 5
+    )
+
+
+def test_loopback_and_listen() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert is_loopback("127.5.0.1") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+    assert not is_loopback("exchange.example")
+    assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_listen("[::1]:8443") == ("::1", 8443)
+    assert parse_listen("127.0.0.1") == ("127.0.0.1", 7447)
+    for bad in ("127.0.0.1:x", "127.0.0.1:70000", "[::1", "[::1]x", ":80"):
+        with pytest.raises(UsageError):
+            parse_listen(bad)
+
+
+def test_metrics_text_format() -> None:
+    metrics = Metrics()
+    metrics.inc("envelopes_routed_total", n=3)
+    metrics.inc("envelopes_rejected_total", "replay")
+    metrics.inc("envelopes_rejected_total", 'odd"reason\\')
+    metrics.gauge("connections", lambda: 7)
+    text = metrics.render()
+    assert "# TYPE hotline_exchange_envelopes_routed_total counter" in text
+    assert "hotline_exchange_envelopes_routed_total 3\n" in text
+    assert 'hotline_exchange_envelopes_rejected_total{reason="replay"} 1\n' in text
+    assert 'reason="odd\\"reason\\\\"' in text
+    assert "hotline_exchange_connections 7\n" in text
+    assert metrics.get("connections") == 7
+    with pytest.raises(ValueError):
+        metrics.inc("envelopes_rejected_total")  # needs a reason
+    with pytest.raises(ValueError):
+        metrics.inc("envelopes_routed_total", "x")
+    with pytest.raises(KeyError):
+        metrics.inc("no_such_metric")

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiortc import RTCPeerConnection
@@ -265,3 +265,49 @@ class RtcStatsSampler:
                         out[kind]["bitrate_kbps"] = round(delta * 8 / dt / 1000, 1)
         self._last = (now, totals)
         return out
+
+
+class SupportsToDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class CallMediaStats:
+    """Everything measured about one call's media, per remote peer, for ``--json``.
+
+    A mesh call has one peer connection per remote terminal and one :class:`MediaCryptoStats`
+    for the whole call. Register each peer with :meth:`add_peer`; :meth:`snapshot` samples
+    every peer connection's RTP statistics and the sinks.
+    """
+
+    def __init__(self, crypto: MediaCryptoStats) -> None:
+        self.crypto = crypto
+        self._peers: dict[str, tuple[RTCPeerConnection, RtcStatsSampler]] = {}
+        self._sinks: dict[str, dict[str, SupportsToDict]] = {}
+
+    def add_peer(
+        self,
+        peer: str,
+        pc: RTCPeerConnection,
+        video_sink: SupportsToDict | None = None,
+        audio_sink: SupportsToDict | None = None,
+    ) -> None:
+        self._peers[peer] = (pc, RtcStatsSampler())
+        sinks = {}
+        if video_sink is not None:
+            sinks["video"] = video_sink
+        if audio_sink is not None:
+            sinks["audio"] = audio_sink
+        self._sinks[peer] = sinks
+
+    def remove_peer(self, peer: str) -> None:
+        self._peers.pop(peer, None)
+        self._sinks.pop(peer, None)
+
+    async def snapshot(self) -> dict[str, Any]:
+        peers: dict[str, Any] = {}
+        for peer, (pc, sampler) in self._peers.items():
+            entry: dict[str, Any] = {"rtp": await sampler.sample(pc)}
+            for kind, sink in self._sinks.get(peer, {}).items():
+                entry[f"{kind}_sink"] = sink.to_dict()
+            peers[peer] = entry
+        return {"frames": self.crypto.to_dict(), "peers": peers}

@@ -134,8 +134,7 @@ async def run_call(
         "audio_frames": sum(s.frames for s in audio),
         "rejected": sum(s.rejected("video") + s.rejected("audio") for s in stats),
     }
-    for sink in (*video, *audio):
-        await sink.stop()
+    await asyncio.gather(*(s.stop() for s in video), *(s.stop() for s in audio))
     await asyncio.gather(*(pc.close() for pc in pcs))
     return result
 

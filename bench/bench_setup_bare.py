@@ -52,8 +52,26 @@ async def measure_bare_setup(
     aiortc_patch.install_host_addresses()  # loopback only; the codec seams stay untouched
     if aiortc_patch.installed():
         raise RuntimeError("the E2EE seams are installed in this process: not a bare baseline")
-    loop = asyncio.get_running_loop()
     pcs = [RTCPeerConnection(engine.rtc_configuration()) for _ in range(2)]
+    return await _measure(pcs, width, height, fps, timeout)
+
+
+async def measure_seam_setup(
+    width: int = 640, height: int = 360, fps: int = 30, timeout: float = 20.0
+) -> dict[str, float]:
+    """The same with the E2EE seams installed and an AES-GCM frame crypto bound to both ends
+    (still no signalling): what the media layer alone adds to set-up."""
+    sys.path.insert(0, str(ROOT))
+    from tests.media.aesgcm_crypto import crypto_pair
+
+    pcs = [engine.create_peer_connection(c) for c in crypto_pair()]
+    return await _measure(pcs, width, height, fps, timeout)
+
+
+async def _measure(
+    pcs: list[RTCPeerConnection], width: int, height: int, fps: int, timeout: float
+) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
     firsts = [loop.create_future() for _ in pcs]
     tasks: list[asyncio.Task[None]] = []
     for pc, fut in zip(pcs, firsts, strict=True):
@@ -90,13 +108,19 @@ async def measure_bare_setup(
             task.cancel()
 
 
-def bare_setup_samples(runs: int = 5, fresh_process: bool = True) -> list[float]:
-    """``runs`` bare set-up times in ms, each in a fresh Python process by default."""
+def bare_setup_samples(
+    runs: int = 5, fresh_process: bool = True, *, seams: bool = False
+) -> list[float]:
+    """``runs`` bare set-up times in ms, each in a fresh Python process by default.
+
+    ``seams=True`` measures :func:`measure_seam_setup` instead (always in fresh processes).
+    """
     out = []
     for _ in range(runs):
-        if fresh_process:
+        if fresh_process or seams:
+            flag = ["--once-seams"] if seams else ["--once"]
             proc = subprocess.run(
-                [sys.executable, "-m", "bench.bench_setup_bare", "--once"],
+                [sys.executable, "-m", "bench.bench_setup_bare", *flag],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
@@ -113,21 +137,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--once", action="store_true", help="one run here, JSON on stdout")
+    parser.add_argument("--once-seams", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--in-process", action="store_true", help="all runs in this process")
-    args = parser.parse_args()
-    if args.once:
-        print(json.dumps(asyncio.run(measure_bare_setup())))
-        return
-    samples = bare_setup_samples(args.runs, fresh_process=not args.in_process)
-    print(
-        json.dumps(
-            {
-                "bare_setup_ms": [round(s, 1) for s in samples],
-                "median_ms": round(statistics.median(samples), 1),
-            },
-            indent=2,
-        )
+    parser.add_argument(
+        "--compare-seams",
+        action="store_true",
+        help="alternate with runs that have the E2EE seams and crypto bound; print the ratio",
     )
+    args = parser.parse_args()
+    if args.once or args.once_seams:
+        measure = measure_seam_setup if args.once_seams else measure_bare_setup
+        print(json.dumps(asyncio.run(measure())))
+        return
+    if not args.compare_seams:
+        samples = bare_setup_samples(args.runs, fresh_process=not args.in_process)
+        summary = {
+            "bare_setup_ms": [round(s, 1) for s in samples],
+            "median_ms": round(statistics.median(samples), 1),
+        }
+        print(json.dumps(summary, indent=2))
+        return
+    bare: list[float] = []
+    seams: list[float] = []
+    for _ in range(args.runs):
+        bare += bare_setup_samples(1)
+        seams += bare_setup_samples(1, seams=True)
+    summary = {
+        "bare_setup_ms": [round(s, 1) for s in bare],
+        "seams_setup_ms": [round(s, 1) for s in seams],
+        "bare_median_ms": round(statistics.median(bare), 1),
+        "seams_median_ms": round(statistics.median(seams), 1),
+        "ratio": round(statistics.median(seams) / statistics.median(bare), 3),
+    }
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

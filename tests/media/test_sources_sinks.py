@@ -117,6 +117,12 @@ def test_missing_file_and_devices_give_clear_errors(tmp_path: Path) -> None:
         sources.open_camera(str(tmp_path / "video9"))
     with pytest.raises(UsageError):
         sources.open_microphone(backend="oss")
+    found = sources.detect_devices()
+    assert set(found) == {"cameras", "microphone_backends"}
+    assert all(c.startswith("/dev/video") for c in found["cameras"])
+    if not found["cameras"]:  # no camera here: asking for one fails with a clear error
+        with pytest.raises(MediaDeviceError):
+            open_source("device")
 
 
 async def test_file_source_plays_a_real_file(tmp_path: Path) -> None:

@@ -278,6 +278,17 @@ def open_microphone(device: str = "default", backend: str = "pulse") -> MediaStr
     return track  # type: ignore[no-any-return]
 
 
+def detect_devices() -> dict[str, list[str]]:
+    """What real media inputs this machine and PyAV build offer (for ``--source device``)."""
+    cameras: list[str] = []
+    if any(name in av.formats_available for name in ("v4l2", "video4linux2")):
+        cameras = sorted(str(p) for p in Path("/dev").glob("video*"))
+    backends = [b for b in ("pulse", "alsa") if b in av.formats_available]
+    if "alsa" in backends and not os.path.exists("/dev/snd"):
+        backends.remove("alsa")
+    return {"cameras": cameras, "microphone_backends": backends}
+
+
 SOURCE_HELP = (
     "synthetic[:tone|speech|silence] (default), file:PATH, "
     "device[:CAMERA[,MIC]] (e.g. device:/dev/video0,default)"

@@ -283,7 +283,7 @@ def detect_devices() -> dict[str, list[str]]:
     cameras: list[str] = []
     if any(name in av.formats_available for name in ("v4l2", "video4linux2")):
         cameras = sorted(str(p) for p in Path("/dev").glob("video*"))
-    backends = [b for b in ("pulse", "alsa") if b in av.formats_available]
+    backends: list[str] = [b for b in ("pulse", "alsa") if b in av.formats_available]
     if "alsa" in backends and not os.path.exists("/dev/snd"):
         backends.remove("alsa")
     return {"cameras": cameras, "microphone_backends": backends}

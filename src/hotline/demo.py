@@ -10,37 +10,28 @@ decrypted media flowed both ways.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import shutil
-import socket
-import ssl
-import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from hotline.calllog import CallLog
-from hotline.charter import ExchangeEndpoint, Policy, Role, load_charter
-from hotline.errors import CallError, ExchangeUnavailable, HotlineError
-from hotline.exchange.server import init_exchange
-from hotline.provision import create_line
-from hotline.terminal.control import ControlClient, read_control_file
+from hotline.charter import Role
+from hotline.errors import CallError, HotlineError, UsageError
+from hotline.localline import LocalLine
+from hotline.terminal.control import ControlClient
 
 LINE_ID = "moscow-washington"
 CALLER = "sochi"
 CALLEE = "situation-room"
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -67,155 +58,52 @@ class DemoResult:
         }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Demo:
     def __init__(
         self, root: Path, duration: float, rekey_s: int, live: bool, json_out: bool
     ) -> None:
-        self.root = root
+        self.line = LocalLine(
+            root,
+            LINE_ID,
+            {"kremlin": [(CALLER, Role.PRINCIPAL)], "white-house": [(CALLEE, Role.PRINCIPAL)]},
+            rekey_s=rekey_s,
+        )
         self.duration = duration
-        self.rekey_s = rekey_s
         self.live = live
         self.json_out = json_out
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.result = DemoResult()
-        self.terminal_dirs: dict[str, Path] = {}
         self.log_lines: list[str] = []
+        self.event_seq: dict[str, int] = {}
 
     def say(self, text: str) -> None:
         self.log_lines.append(text)
         if not self.live and not self.json_out:
             print(text, flush=True)
 
-    # --- commissioning ----------------------------------------------------------------------
-
-    def commission(self) -> Path:
-        port = _free_port()
-        exchange_dir = self.root / "exchange"
-        fingerprint = init_exchange(exchange_dir)
-        self.exchange_url = f"wss://127.0.0.1:{port}"
-        self.exchange_port = port
-        self.exchange_dir = exchange_dir
-        policy = Policy(rekey_interval_s=self.rekey_s)
-        charter_path = create_line(
-            self.root,
-            LINE_ID,
-            {"kremlin": [(CALLER, Role.PRINCIPAL)], "white-house": [(CALLEE, Role.PRINCIPAL)]},
-            exchanges=(ExchangeEndpoint(self.exchange_url, fingerprint),),
-            policy=policy,
-        )
-        signed = load_charter(charter_path)
-        signed.verify()
-        for t in signed.charter.terminals:
-            self.terminal_dirs[t.terminal_id] = self._find_terminal_dir(t.terminal_id)
-        self.say(
-            f"line {LINE_ID} commissioned: charter v{signed.charter.version} signed by "
-            + ", ".join(s.name for s in signed.charter.sites)
-        )
-        return charter_path
-
-    def _find_terminal_dir(self, terminal_id: str) -> Path:
-        for candidate in self.root.rglob("*"):
-            if candidate.is_dir() and candidate.name == terminal_id and (candidate / "identity.key").exists():
-                return candidate
-        raise HotlineError(f"terminal folder for {terminal_id} not found under {self.root}")
-
-    # --- processes -------------------------------------------------------------------------
-
-    async def spawn(self, name: str, *args: str) -> None:
-        log_path = self.root / f"{name}.log"
-        fh = log_path.open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hotline", *args,
-            stdout=fh, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        fh.close()
-        self.procs[name] = proc
-
-    async def start_processes(self, charter_path: Path) -> None:
-        await self.spawn(
-            "exchange", "exchange", "serve", "--dir", str(self.exchange_dir),
-            "--charter", str(charter_path), "--listen", f"127.0.0.1:{self.exchange_port}",
-            "--db", str(self.root / "exchange.sqlite"),
-        )
-        await self._wait_exchange()
-        for tid, tdir in self.terminal_dirs.items():
-            args = ["terminal", "run", "--terminal", str(tdir), "--charter", str(charter_path)]
-            if tid == CALLEE:
-                args.append("--auto-answer")
-            await self.spawn(tid, *args)
-        for tid, tdir in self.terminal_dirs.items():
-            await self._wait_control(tid, tdir)
-        self.say("exchange and both terminals running as separate processes on 127.0.0.1")
-
-    async def _wait_exchange(self) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # only a liveness probe: no data is sent
-        deadline = time.monotonic() + START_TIMEOUT_S
-        url = f"https://127.0.0.1:{self.exchange_port}/healthz"
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                self._check_alive("exchange")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with http.get(url, ssl=ctx) as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise ExchangeUnavailable("the exchange did not start in time; see exchange.log")
-
-    async def _wait_control(self, tid: str, tdir: Path) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            self._check_alive(tid)
-            with contextlib.suppress(HotlineError):
-                url, token = read_control_file(tdir)
-                async with ControlClient(url, token) as control:
-                    status = await control.request("GET", "/status")
-                    if status["exchange"]["connected"] and len(status["exchange"]["online"]) >= 2:
-                        self.controls[tid] = (url, token)
-                        return
-            await asyncio.sleep(0.1)
-        raise ExchangeUnavailable(f"terminal {tid} did not come online; see {tid}.log")
-
-    def _check_alive(self, name: str) -> None:
-        proc = self.procs[name]
-        if proc.returncode is not None:
-            tail = (self.root / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
-            raise HotlineError(f"{name} exited with {proc.returncode}: {' | '.join(tail)}")
-
-    async def stop_processes(self) -> None:
-        for proc in self.procs.values():
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        for proc in self.procs.values():
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-
     # --- the call --------------------------------------------------------------------------
 
     async def call(self) -> None:
-        self.controls: dict[str, tuple[str, str]] = {}
-        charter_path = self.commission()
-        await self.start_processes(charter_path)
+        signed = self.line.commission()
+        self.say(
+            f"line {LINE_ID} commissioned: charter v{signed.charter.version} signed by "
+            + " and ".join(s.name for s in signed.charter.sites)
+        )
+        await self.line.start_exchange()
+        await self.line.start_terminal(CALLER)
+        await self.line.start_terminal(CALLEE, "--auto-answer")
+        await self.line.wait_online([CALLER, CALLEE])
+        self.say("exchange and both terminals running as separate processes on 127.0.0.1")
         statuses: dict[str, dict[str, Any]] = {}
-        async with ControlClient(*self.controls[CALLER]) as a, ControlClient(*self.controls[CALLEE]) as b:
+        async with self.line.control(CALLER) as a, self.line.control(CALLEE) as b:
             clients = {CALLER: a, CALLEE: b}
             t0 = time.monotonic()
             await a.request("POST", "/call", {"target": CALLEE})
             self.say(f"{CALLER} rings {CALLEE}")
-            live = Live(self.render(statuses), refresh_per_second=4, transient=False) if self.live else None
+            live = (
+                Live(self.render(statuses), refresh_per_second=4, transient=False)
+                if self.live
+                else None
+            )
             if live:
                 live.start()
             try:
@@ -223,6 +111,7 @@ class Demo:
                 while True:
                     for tid, client in clients.items():
                         statuses[tid] = await client.request("GET", "/status")
+                        await self._events(tid, client)
                     if self.result.setup_ms is None and self._decrypting_both(statuses):
                         self.result.setup_ms = round((time.monotonic() - t0) * 1000, 1)
                         end_at = time.monotonic() + self.duration
@@ -234,22 +123,54 @@ class Demo:
                     if live:
                         live.update(self.render(statuses))
                     if end_at is None and time.monotonic() - t0 > START_TIMEOUT_S:
-                        raise CallError("no decrypted media both ways within 30 s")
+                        raise CallError(
+                            f"no decrypted media both ways within {START_TIMEOUT_S:.0f} s"
+                        )
                     if end_at is not None and time.monotonic() >= end_at:
                         break
                     await asyncio.sleep(0.25)
                 final = {tid: st for tid, st in statuses.items()}
                 await a.request("POST", "/hangup")
                 self.say(f"{CALLER} hangs up")
-                await asyncio.sleep(1.0)
-                for tid, client in clients.items():
-                    statuses[tid] = await client.request("GET", "/status")
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    for tid, client in clients.items():
+                        statuses[tid] = await client.request("GET", "/status")
+                        await self._events(tid, client)
+                    if all((st.get("call") or {}).get("cosigned") for st in statuses.values()):
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise CallError("the call summary was not co-signed by both sides")
                 if live:
                     live.update(self.render(statuses))
             finally:
                 if live:
                     live.stop()
         self.collect(final)
+
+    async def _events(self, tid: str, client: ControlClient) -> None:
+        """Narrate what a terminal reports: ringing, answered, epochs, refusals, hang-up."""
+        since = self.event_seq.get(tid, 0)
+        for event in await client.request("GET", f"/events?since={since}"):
+            self.event_seq[tid] = event["seq"]
+            kind = event["kind"]
+            if kind == "ringing":
+                self.say(f"{tid}: ringing (from {event['from']})")
+            elif kind == "answered":
+                self.say(f"{tid}: answered by {event['by']}")
+            elif kind == "epoch":
+                self.say(
+                    f"{tid}: end-to-end encrypted, epoch {event['epoch']}, "
+                    f"security code {event['security_code']}"
+                )
+            elif kind in ("rejected", "frame_rejected", "lagging", "e2ee_failed"):
+                detail = {k: v for k, v in event.items() if k not in ("seq", "time", "kind")}
+                self.say(f"{tid}: {kind} {detail}")
+            elif kind == "ended":
+                self.say(f"{tid}: call ended ({event['reason']})")
+            elif kind == "cosigned":
+                self.say(f"{tid}: call summary co-signed by {event['by']}")
 
     def _decrypting_both(self, statuses: dict[str, dict[str, Any]]) -> bool:
         if len(statuses) < 2:
@@ -260,59 +181,55 @@ class Demo:
             if not peers:
                 return False
             for peer in peers.values():
-                video, audio = peer.get("video") or {}, peer.get("audio") or {}
+                video, audio = peer.get("video_sink") or {}, peer.get("audio_sink") or {}
                 if not video.get("frames") or not audio.get("frames"):
                     return False
         return True
 
     def collect(self, statuses: dict[str, dict[str, Any]]) -> None:
+        """The summary, from each side's own last status before hang-up."""
         ok = True
         for tid, st in statuses.items():
             call = st.get("call") or {}
-            crypto = call.get("media_crypto") or {}
-            frames = {
-                "sent": int(crypto.get("protected", 0)),
-                "decrypted": int(crypto.get("unprotected", 0)),
-                "rejected": int(sum((crypto.get("rejected") or {}).values()))
-                if isinstance(crypto.get("rejected"), dict)
-                else int(crypto.get("rejected", 0)),
+            frames = call.get("frames") or {}
+            e2ee = call.get("e2ee") or {}
+            sides = {kind: frames.get(kind) or {} for kind in ("video", "audio")}
+            self.result.frames[tid] = {
+                "sent": int(e2ee.get("protected", 0)),
+                "decrypted": int(e2ee.get("unprotected", 0)),
+                "rejected": int(sum((e2ee.get("rejected") or {}).values())),
+                "video_decrypted": int(sides["video"].get("decrypted", 0)),
+                "audio_decrypted": int(sides["audio"].get("decrypted", 0)),
             }
-            self.result.frames[tid] = frames
             self.result.security_code[tid] = call.get("security_code")
-            latencies: list[float] = []
             for peer in (call.get("peers") or {}).values():
-                video = peer.get("video") or {}
-                if video.get("latency_p50_ms") is not None:
-                    latencies.append(float(video["latency_p50_ms"]))
+                latency = (peer.get("video_sink") or {}).get("latency") or {}
                 self.result.video_latency_ms[tid] = {
-                    "p50": video.get("latency_p50_ms"),
-                    "p95": video.get("latency_p95_ms"),
+                    "p50": latency.get("p50_ms"),
+                    "p95": latency.get("p95_ms"),
                 }
-            self.result.epochs[tid] = [int(e) for e in call.get("epochs", [])] or (
-                [int(call["epoch"])] if call.get("epoch") is not None else []
-            )
-            ok = ok and frames["decrypted"] > 0 and frames["sent"] > 0
+            self.result.epochs[tid] = [int(e) for e in call.get("epochs", [])]
+            got = self.result.frames[tid]
+            ok = ok and got["video_decrypted"] > 0 and got["audio_decrypted"] > 0
         codes = set(self.result.security_code.values())
         ok = ok and len(codes) == 1 and None not in codes
         self.result.ok = ok
         if not ok and self.result.failure is None:
             self.result.failure = "media did not flow decrypted both ways with equal codes"
-        _ = statistics  # latency aggregation is per side
 
     def verify_logs(self) -> None:
-        signed = load_charter(self.root / f"{LINE_ID}.charter.json")
-        for tid, tdir in self.terminal_dirs.items():
-            key = signed.charter.terminal(tid).identity_key
-            log = CallLog.open(tdir / "state" / "calllog.sqlite", tid)
+        for tid in (CALLER, CALLEE):
             try:
-                log.verify(key)
+                report = self.line.verify_log(tid)
+                if not report.cosignatures:
+                    raise HotlineError("no co-signed call summary in the log")
                 self.result.log_verified[tid] = True
             except HotlineError as exc:
                 self.result.log_verified[tid] = False
                 self.result.ok = False
                 self.result.failure = f"{tid}: call log does not verify: {exc}"
         if all(self.result.log_verified.values()):
-            self.say("both call logs verify")
+            self.say("both call logs verify, each with the other side's signature on the summary")
 
     def render(self, statuses: dict[str, dict[str, Any]]) -> Group:
         table = Table(title=f"Hotline demo — line {LINE_ID}", expand=True)
@@ -333,19 +250,28 @@ class Demo:
             cell(CALLER, "call", "security_code"),
             cell(CALLEE, "call", "security_code"),
         )
-        for label, key in (("frames protected", "protected"), ("frames decrypted", "unprotected")):
+        for label, key in (
+            ("frames protected", "protected"),
+            ("frames decrypted", "unprotected"),
+        ):
             table.add_row(
-                label,
-                cell(CALLER, "call", "media_crypto", key),
-                cell(CALLEE, "call", "media_crypto", key),
+                label, cell(CALLER, "call", "e2ee", key), cell(CALLEE, "call", "e2ee", key)
             )
+
+        def rejected(tid: str) -> str:
+            counts = ((statuses.get(tid, {}).get("call") or {}).get("e2ee") or {}).get("rejected")
+            if not counts:
+                return "0"
+            return f"{sum(counts.values())} " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+        table.add_row("frames rejected", rejected(CALLER), rejected(CALLEE))
 
         def latency(tid: str) -> str:
             peers = (statuses.get(tid, {}).get("call") or {}).get("peers") or {}
             for peer in peers.values():
-                video = peer.get("video") or {}
-                if video.get("latency_p50_ms") is not None:
-                    return f"p50 {video['latency_p50_ms']:.0f} ms / p95 {video['latency_p95_ms']:.0f} ms"
+                latency = (peer.get("video_sink") or {}).get("latency") or {}
+                if latency.get("p50_ms") is not None:
+                    return f"p50 {latency['p50_ms']:.0f} ms, p95 {latency['p95_ms']:.0f} ms"
             return "—"
 
         table.add_row("video latency", latency(CALLER), latency(CALLEE))
@@ -354,21 +280,27 @@ class Demo:
 
 
 async def run_demo(
-    duration: float = 15.0, rekey_s: int = 5, keep: Path | None = None, live: bool = True,
+    duration: float = 15.0,
+    rekey_s: int = 5,
+    keep: Path | None = None,
+    live: bool = True,
     json_out: bool = False,
 ) -> DemoResult:
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise UsageError(f"{keep}: not empty; give a new folder to --keep")
     root = keep or Path(tempfile.mkdtemp(prefix="hotline-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     demo = Demo(root, duration, rekey_s, live and not json_out, json_out)
+    demo.say(f"working in {root}" + ("" if keep else " (removed afterwards)"))
     try:
         await demo.call()
-        await demo.stop_processes()
+        await demo.line.stop()
         demo.verify_logs()
     except HotlineError as exc:
         demo.result.ok = False
         demo.result.failure = str(exc)
     finally:
-        await demo.stop_processes()
+        await demo.line.stop()
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
     if json_out:

@@ -321,6 +321,7 @@ class TranscriptMismatch(KeyAgreementError):
 
     reason = "transcript_mismatch"
 
+
 # --- exchange and envelopes (hotline.envelope, hotline.exchange) ---------------------------
 
 

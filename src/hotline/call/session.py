@@ -36,14 +36,15 @@ from hotline.call.machine import (
     Ringing,
 )
 from hotline.calllog import CallLog
-from hotline.e2ee.session import CallKeySession, EpochActivated, EpochFailed, KeyRejected
-from hotline.e2ee.session import MemberLagging
+from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.session import CallKeySession
 from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import CallError, HotlineError
 from hotline.keys import PublicKey, SigningKey
-from hotline.media import aiortc_patch, engine
-from hotline.media.sinks import AudioSink, VideoSink
+from hotline.media import engine
+from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
 from hotline.media.sources import SyntheticAudioTrack, SyntheticVideoTrack
+from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
 
 log = logging.getLogger("hotline.call")
 
@@ -59,9 +60,8 @@ class PeerLink:
     peer_id: str
     pc: RTCPeerConnection
     offerer: bool
-    video_sink: VideoSink | None = None
-    audio_sink: AudioSink | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    video_sink: VideoFrameIdSink
+    audio_sink: AudioChirpSink
     state: str = "new"
 
 
@@ -123,8 +123,13 @@ class CallSession:
         self.epoch: int | None = None
         self.epochs: list[dict[str, Value]] = []
         self.rejected: dict[str, int] = {}
+        self._last_frame_event: dict[str, float] = {}
+        self.crypto_stats = MediaCryptoStats(on_event=self._on_frame_event)
+        self.media_stats = CallMediaStats(self.crypto_stats)
         self._relay = MediaRelay()
-        self._video = SyntheticVideoTrack(self_name, width=media.width, height=media.height, fps=media.fps)
+        self._video = SyntheticVideoTrack(
+            self_name, width=media.width, height=media.height, fps=media.fps
+        )
         self._audio = SyntheticAudioTrack()
         self._lock = asyncio.Lock()
 
@@ -231,8 +236,10 @@ class CallSession:
                 },
             )
             self._on_event("members", {"members": sorted(event.members)})
-            self.keys.set_participants(event.members, time.monotonic())
-            await self._sync_peers(event.members)
+            if self.machine.state == CallState.ACTIVE and len(event.members) > 1:
+                # a call ending leaves no one to share keys with: no new epoch then
+                self.keys.set_participants(event.members, time.monotonic())
+                await self._sync_peers(event.members)
         elif isinstance(event, CallEnded):
             self._log_event("hangup", {"reason": event.reason})
             self._on_event("ended", {"reason": event.reason})
@@ -253,7 +260,8 @@ class CallSession:
             self._log_event("epoch", record)
             self._on_event("epoch", dict(record))
         elif isinstance(event, MemberLagging):
-            self._log_event("key_lagging", {"epoch": event.epoch, "missing": sorted(event.missing)})
+            missing: list[Value] = list(sorted(event.missing))
+            self._log_event("key_lagging", {"epoch": event.epoch, "missing": missing})
             self._on_event("lagging", {"epoch": event.epoch, "missing": sorted(event.missing)})
         elif isinstance(event, EpochFailed):
             self._log_event("key_failure", {"reason": event.reason})
@@ -279,21 +287,26 @@ class CallSession:
                     await self._send_sdp(peer_id, link.pc.localDescription)
 
     def _new_peer(self, peer_id: str, *, offerer: bool) -> PeerLink:
-        pc = engine.new_peer_connection(self._media.ice)
-        aiortc_patch.bind(pc, self.keys.media)
-        link = PeerLink(peer_id=peer_id, pc=pc, offerer=offerer)
+        # every frame this connection carries goes through the call's SFrame keys
+        pc = engine.create_peer_connection(self.keys.media, self.crypto_stats, self._media.ice)
+        link = PeerLink(
+            peer_id=peer_id,
+            pc=pc,
+            offerer=offerer,
+            video_sink=VideoFrameIdSink(),
+            audio_sink=AudioChirpSink(),
+        )
         pc.addTrack(self._relay.subscribe(self._video))
         pc.addTrack(self._relay.subscribe(self._audio))
-        engine.prefer_codecs(pc)
+        engine.force_e2ee_codecs(pc)
+        self.media_stats.add_peer(peer_id, pc, link.video_sink, link.audio_sink)
 
         @pc.on("track")
         def on_track(track: Any) -> None:
             if track.kind == "video":
-                link.video_sink = VideoSink(track)
-                link.tasks.append(asyncio.ensure_future(link.video_sink.run()))
+                link.video_sink.start(track)
             else:
-                link.audio_sink = AudioSink(track)
-                link.tasks.append(asyncio.ensure_future(link.audio_sink.run()))
+                link.audio_sink.start(track)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -311,7 +324,7 @@ class CallSession:
                 "call": self.call_id,
                 "type": desc.type,
                 "sdp": desc.sdp,
-                "fingerprints": list[Value](engine.dtls_fingerprints(desc.sdp)),
+                "fingerprints": list[Value](str(f) for f in engine.sdp_fingerprints(desc.sdp)),
             }
         )
         await self._send(peer_id, MSG_SDP, body)
@@ -319,12 +332,16 @@ class CallSession:
     async def _on_sdp(self, sender: str, body: bytes) -> None:
         fields = expect_dict(decode(body), MSG_SDP)
         kind, sdp, prints = fields.get("type"), fields.get("sdp"), fields.get("fingerprints")
-        if not isinstance(sdp, str) or kind not in ("offer", "answer") or not isinstance(prints, list):
+        if (
+            not isinstance(sdp, str)
+            or kind not in ("offer", "answer")
+            or not isinstance(prints, list)
+        ):
             raise CallProtocolError("call.sdp: malformed body")
         if sender not in self.machine.members or self.machine.state != CallState.ACTIVE:
             raise CallProtocolError(f"call.sdp from {sender}, not a member of the active call")
-        if sorted(engine.dtls_fingerprints(sdp)) != sorted(str(p) for p in prints):
-            raise CallProtocolError("call.sdp: DTLS fingerprint does not match the signed body")
+        engine.check_codecs(sdp)
+        engine.check_fingerprints(sdp, [str(p) for p in prints])
         async with self._lock:
             if kind == "offer":
                 if self.self_id < sender:
@@ -334,6 +351,7 @@ class CallSession:
                     await self._close_peer(old)
                 link = self._new_peer(sender, offerer=False)
                 await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                engine.force_e2ee_codecs(link.pc)
                 answer = await link.pc.createAnswer()
                 await link.pc.setLocalDescription(answer)
                 await self._send_sdp(sender, link.pc.localDescription)
@@ -367,8 +385,9 @@ class CallSession:
         self._on_event("cosigned", {"by": sender})
 
     async def _close_peer(self, link: PeerLink) -> None:
-        for task in link.tasks:
-            task.cancel()
+        self.media_stats.remove_peer(link.peer_id)
+        await link.video_sink.stop()
+        await link.audio_sink.stop()
         await link.pc.close()
 
     async def close(self) -> None:
@@ -390,28 +409,52 @@ class CallSession:
     def _log_event(self, event: str, payload: dict[str, Value]) -> None:
         self._log.append(self.call_id, event, payload, time.time())
 
-    def stats(self) -> dict[str, Any]:
-        peers: dict[str, Any] = {}
-        for peer_id, link in self.peers.items():
-            peers[peer_id] = {
-                "transport": link.state,
-                "video": link.video_sink.stats() if link.video_sink else None,
-                "audio": link.audio_sink.stats() if link.audio_sink else None,
-            }
+    def _on_frame_event(self, event: FrameEvent) -> None:
+        """A frame refused by the media seam (on the event loop): counted by the seam's
+        stats; surfaced here, without contents."""
+        if event.direction != "recv":
+            return  # frames we may not send yet (no key) are counted in the stats only
+        now = time.monotonic()
+        if now - self._last_frame_event.get(event.reason, -10.0) >= 1.0:  # at most 1/s/reason
+            self._last_frame_event[event.reason] = now
+            self._on_event("frame_rejected", {"kind": event.kind, "reason": event.reason})
+
+    async def stats(self) -> dict[str, Any]:
+        media = await self.media_stats.snapshot()
+        crypto = self.keys.media.stats()
         return {
             "call": self.call_id,
             "state": str(self.machine.state),
             "members": sorted(self.machine.members),
             "epoch": self.epoch,
+            "epochs": [e["epoch"] for e in self.epochs],
             "security_code": self.security_code,
-            "media_crypto": self.keys.media.stats(),
+            "e2ee": {
+                "sending_epoch": crypto.sending_epoch,
+                "receive_epochs": list(crypto.receive_epochs),
+                "protected": crypto.protected,
+                "unprotected": crypto.unprotected,
+                "rejected": dict(crypto.rejected),
+                "refused": dict(crypto.refused),
+                "key_messages_rejected": dict(self.keys.rejections),
+            },
+            "frames": media["frames"],
+            "peers": {
+                peer: {"transport": self.peers[peer].state if peer in self.peers else "closed", **v}
+                for peer, v in media["peers"].items()
+            },
             "rejected": dict(self.rejected),
-            "peers": peers,
+            "cosigned": sorted(self.cosigned),
         }
 
     def stats_summary(self) -> dict[str, Value]:
         crypto = self.keys.media.stats()
-        return {k: v for k, v in crypto.items() if isinstance(v, int)}
+        return {
+            "frames_protected": crypto.protected,
+            "frames_decrypted": crypto.unprotected,
+            "frames_rejected": crypto.rejected_total,
+            "epochs": list[Value](e["epoch"] for e in self.epochs),
+        }
 
 
 def new_call_id(rng: Callable[[int], bytes]) -> str:

@@ -33,7 +33,9 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def _request(terminal: Path, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
+async def _request(
+    terminal: Path, method: str, path: str, data: dict[str, Any] | None = None
+) -> Any:
     async with ControlClient.for_terminal(terminal) as control:
         return await control.request(method, path, data)
 

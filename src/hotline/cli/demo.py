@@ -35,9 +35,10 @@ def command(
         if result.ok:
             codes = set(result.security_code.values())
             console.print(
-                f"[bold green]call completed[/]: set-up {result.setup_ms:.0f} ms, "
-                f"security code {codes.pop()} on both sides, epochs {result.epochs}, "
-                f"logs verified {result.log_verified}"
+                f"[bold green]call completed[/]: set-up {result.setup_ms:.0f} ms; "
+                f"security code {codes.pop()} equal on both sides; epochs {result.epochs}; "
+                f"frames {result.frames}; video latency {result.video_latency_ms}; "
+                f"call logs verified {result.log_verified}"
             )
         else:
             err_console.print(f"[bold red]demo failed:[/] {result.failure}")

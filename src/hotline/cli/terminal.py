@@ -122,7 +122,8 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         ),
     ] = None,
     auto_answer: Annotated[
-        bool, typer.Option("--auto-answer", help="Answer every call at once (unattended terminals).")
+        bool,
+        typer.Option("--auto-answer", help="Answer every call at once (unattended terminals)."),
     ] = False,
     interfaces: Annotated[
         str,
@@ -140,9 +141,13 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     fps: Annotated[int, typer.Option(help="Video frames per second.")] = 30,
     passphrase_file: Annotated[
         Path | None,
-        typer.Option("--passphrase-file", help=f"Passphrase of the identity key (else ${PASSPHRASE_ENV})."),
+        typer.Option(
+            "--passphrase-file", help=f"Passphrase of the identity key (else ${PASSPHRASE_ENV})."
+        ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log call events to stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log call events to stderr.")
+    ] = False,
 ) -> None:
     """Run a terminal: keep its exchange connection, answer or place calls, keep its call log.
 
@@ -151,8 +156,9 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
 
     Example: hotline terminal run -t terminals/sochi --charter moscow-washington.charter.json
     """
-    from hotline.terminal.main import build_config
-    from hotline.terminal.main import run as run_daemon
+    # aiortc loads only when a terminal really runs: the other commands stay quick
+    from hotline.terminal.main import build_config  # noqa: PLC0415
+    from hotline.terminal.main import run as run_daemon  # noqa: PLC0415
 
     if interfaces not in ("loopback", "all"):
         raise UsageError("--interfaces must be 'loopback' or 'all'")

@@ -23,13 +23,15 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
-from hotline.terminal.daemon import TerminalDaemon
+
+if TYPE_CHECKING:
+    from hotline.terminal.daemon import TerminalDaemon
 
 CONTROL_FILE = "control.json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,7 +67,7 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
         return target
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(daemon.status())
+        return web.json_response(await daemon.status())
 
     async def events(request: web.Request) -> web.Response:
         try:

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from hotline.call.session import CallSession, MediaSettings, new_call_id
-from hotline.calllog import CallLog
+from hotline.calllog import CallLog, log_path
 from hotline.charter import CharterStore, SignedCharter
-from hotline.encoding import decode, expect_dict
+from hotline.encoding import decode, encode, expect_dict
 from hotline.errors import HotlineError, StateError, UsageError
 from hotline.exchange.client import (
     CharterUpdated,
     ConnectionChanged,
     EnvelopeReceived,
+    EnvelopeRejected,
     ExchangeClient,
     PresenceChanged,
 )
@@ -50,6 +51,8 @@ class DaemonConfig:
     auto_answer: bool = False
     media: MediaSettings = field(default_factory=MediaSettings)
     state_dir: Path | None = None
+    #: where ICE gathers host candidates: "loopback" (127.0.0.1 only) or "all"
+    interfaces: str = "loopback"
 
     @property
     def state(self) -> Path:
@@ -65,13 +68,16 @@ class TerminalDaemon:
         self.charter = self.charters.accept(config.charter)
         self.terminal_id = config.terminal_id
         self.terminal = self.charter.charter.terminal(self.terminal_id)
-        self.call_log = CallLog.open(state / "calllog.sqlite", self.terminal_id, config.identity_key)
+        self.call_log = CallLog.open(
+            log_path(config.terminal_dir), self.terminal_id, config.identity_key
+        )
         self.client = ExchangeClient(
             config.exchange_url,
             charter=self.charter,
             terminal_id=self.terminal_id,
             key=config.identity_key,
             tls_fingerprint=config.tls_fingerprint,
+            accept_charter=self.charters.accept,
         )
         self.call: CallSession | None = None
         self.past_calls: list[dict[str, Any]] = []
@@ -167,7 +173,7 @@ class TerminalDaemon:
 
     def _archive(self) -> None:
         if self.call is not None:
-            self.past_calls.append(self.call.stats())
+            self.past_calls.append({"call": self.call.call_id, "end": self.call.machine.end_reason})
             self.call = None
 
     # --- exchange ----------------------------------------------------------------------------
@@ -207,14 +213,16 @@ class TerminalDaemon:
         elif isinstance(event, PresenceChanged):
             self.emit("presence", {"online": sorted(event.online)})
         elif isinstance(event, CharterUpdated):
-            self.charter = self.charters.accept(event.charter)
+            self.charter = event.charter  # already accepted through self.charters
             self.emit("charter", {"version": self.charter.charter.version})
+        elif isinstance(event, EnvelopeRejected):
+            self._count_rejection(
+                f"exchange_{event.reason}", f"the exchange refused our envelope {event.seq}"
+            )
         elif isinstance(event, ConnectionChanged):
             self.emit("exchange", {"connected": event.connected, "reason": event.reason})
 
     async def _decline_busy(self, caller: str, call_id: str) -> None:
-        from hotline.encoding import encode
-
         await self._send(caller, "call.decline", encode({"call": call_id, "reason": "busy"}))
 
     def _count_rejection(self, reason: str, detail: str) -> None:
@@ -233,7 +241,7 @@ class TerminalDaemon:
 
     # --- status ------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         return {
             "terminal": self.terminal_id,
             "name": self.terminal.name,
@@ -241,7 +249,8 @@ class TerminalDaemon:
             "line": self.charter.charter.line_id,
             "charter_version": self.charter.charter.version,
             "exchange": {"connected": self.client.connected, "online": sorted(self.client.online)},
-            "call": self.call.stats() if self.call is not None else None,
+            "call": await self.call.stats() if self.call is not None else None,
+            "past_calls": self.past_calls[-10:],
             "rejected": dict(self.rejected),
             "last_event": self._event_seq,
         }

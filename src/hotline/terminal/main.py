@@ -52,8 +52,9 @@ def build_config(
             tls_fingerprint = endpoint.tls_fingerprint
     if exchange_url.startswith("wss://") and tls_fingerprint is None:
         raise UsageError(f"{exchange_url}: not in the charter, so no pinned TLS certificate")
-    turn = tuple(charter.turn_relays)
-    ice = engine.IceSettings(interfaces=interfaces, turn_urls=turn)
+    # TURN credentials live in each site's local configuration, never in the charter; until
+    # that configuration exists, terminals use host candidates only.
+    ice = engine.IceSettings()
     return DaemonConfig(
         terminal_dir=terminal_dir,
         charter=signed,
@@ -63,24 +64,28 @@ def build_config(
         tls_fingerprint=tls_fingerprint,
         auto_answer=auto_answer,
         media=MediaSettings(width=width, height=height, fps=fps, ice=ice),
+        interfaces=interfaces,
     )
 
 
 async def serve(config: DaemonConfig, control_port: int = 0) -> None:
     aiortc_patch.install()
-    engine.apply_interfaces(config.media.ice)
+    engine.set_ice_addresses(["loopback" if config.interfaces == "loopback" else "host"])
     daemon = TerminalDaemon(config)
     token = new_token()
     runner = web.AppRunner(make_app(daemon, token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", control_port)
     await site.start()
-    sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
-    port = sockets[0].getsockname()[1]
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    port = server.sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     await daemon.start()
     control = write_control_file(config.state, url, token, os.getpid())
-    sys.stdout.write(json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n")
+    sys.stdout.write(
+        json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
+    )
     sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,204 @@
+"""A whole line on this machine: commissioned from nothing, with an exchange and terminals as
+real separate processes on 127.0.0.1. The demo and the integration tests both run on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from hotline.calllog import CallLog, VerifyReport, log_path
+from hotline.charter import ExchangeEndpoint, Policy, Role, SignedCharter, load_charter
+from hotline.errors import ExchangeUnavailable, HotlineError
+from hotline.exchange.tls import create_certificate
+from hotline.provision import create_line, line_terminal_dir
+from hotline.terminal.control import ControlClient, read_control_file
+
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalLine:
+    """Commission a line under ``root`` and run its exchange and terminals as processes."""
+
+    def __init__(
+        self,
+        root: Path,
+        line_id: str,
+        sites: Mapping[str, Sequence[tuple[str, Role]]],
+        *,
+        rekey_s: int = 300,
+    ) -> None:
+        self.root = root
+        self.line_id = line_id
+        self.sites = sites
+        self.rekey_s = rekey_s
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.controls: dict[str, tuple[str, str]] = {}
+        self.exchange_port = free_port()
+        self.exchange_url = f"wss://127.0.0.1:{self.exchange_port}"
+        self.exchange_dir = root / "exchange"
+        self.charter_path: Path | None = None
+
+    # --- commissioning -------------------------------------------------------------------
+
+    def commission(self) -> SignedCharter:
+        fingerprint = create_certificate(self.exchange_dir)
+        self.charter_path = create_line(
+            self.root,
+            self.line_id,
+            {site: list(terminals) for site, terminals in self.sites.items()},
+            exchanges=(ExchangeEndpoint(self.exchange_url, fingerprint),),
+            policy=Policy(rekey_interval_s=self.rekey_s),
+        )
+        signed = load_charter(self.charter_path)
+        signed.verify()
+        return signed
+
+    @property
+    def charter(self) -> SignedCharter:
+        assert self.charter_path is not None, "commission() first"
+        return load_charter(self.charter_path)
+
+    def terminal_dir(self, terminal_id: str) -> Path:
+        return line_terminal_dir(self.root, terminal_id)
+
+    # --- processes -------------------------------------------------------------------------
+
+    async def spawn(self, name: str, *args: str) -> asyncio.subprocess.Process:
+        with (self.root / f"{name}.log").open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "hotline",
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.procs[name] = proc
+        return proc
+
+    async def start_exchange(self) -> None:
+        assert self.charter_path is not None, "commission() first"
+        await self.spawn(
+            "exchange",
+            "exchange",
+            "serve",
+            "--dir",
+            str(self.exchange_dir),
+            "--charter",
+            str(self.charter_path),
+            "--listen",
+            f"127.0.0.1:{self.exchange_port}",
+            "--db",
+            str(self.root / "exchange.sqlite"),
+        )
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # a liveness probe only; terminals pin the certificate
+        deadline = time.monotonic() + START_TIMEOUT_S
+        url = f"https://127.0.0.1:{self.exchange_port}/healthz"
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                self.check_alive("exchange")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(url, ssl=ctx) as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise ExchangeUnavailable("the exchange did not start in time; see exchange.log")
+
+    async def start_terminal(self, terminal_id: str, *extra: str) -> None:
+        assert self.charter_path is not None, "commission() first"
+        tdir = self.terminal_dir(terminal_id)
+        with contextlib.suppress(FileNotFoundError):
+            (tdir / "state" / "control.json").unlink()
+        await self.spawn(
+            terminal_id,
+            "terminal",
+            "run",
+            "--terminal",
+            str(tdir),
+            "--charter",
+            str(self.charter_path),
+            *extra,
+        )
+
+    async def wait_online(self, terminal_ids: Sequence[str]) -> None:
+        """Wait until every terminal's control API answers and sees all of them online."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        pending = set(terminal_ids)
+        while pending and time.monotonic() < deadline:
+            for tid in sorted(pending):
+                self.check_alive(tid)
+                with contextlib.suppress(HotlineError):
+                    url, token = read_control_file(self.terminal_dir(tid))
+                    async with ControlClient(url, token) as control:
+                        status = await control.request("GET", "/status")
+                    online = set(status["exchange"]["online"])
+                    if status["exchange"]["connected"] and set(terminal_ids) <= online:
+                        self.controls[tid] = (url, token)
+                        pending.discard(tid)
+            await asyncio.sleep(0.1)
+        if pending:
+            raise ExchangeUnavailable(
+                f"terminal(s) {', '.join(sorted(pending))} did not come online; see their logs"
+            )
+
+    def control(self, terminal_id: str) -> ControlClient:
+        return ControlClient(*self.controls[terminal_id])
+
+    async def status(self, terminal_id: str) -> dict[str, Any]:
+        async with self.control(terminal_id) as control:
+            result: dict[str, Any] = await control.request("GET", "/status")
+            return result
+
+    def check_alive(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.returncode is not None:
+            log = self.root / f"{name}.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise HotlineError(f"{name} exited with {proc.returncode}: {' | '.join(tail)}")
+
+    async def stop(self, name: str | None = None) -> None:
+        """Stop one process (SIGTERM, then SIGKILL after 10 s), or all of them."""
+        names = [name] if name else list(self.procs)
+        for n in names:
+            proc = self.procs[n]
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        for n in names:
+            proc = self.procs[n]
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def verify_log(self, terminal_id: str) -> VerifyReport:
+        """Verify a terminal's call log with the charter's keys only (as an auditor would)."""
+        charter = self.charter.charter
+        keys = {t.terminal_id: t.identity_key for t in charter.terminals}
+        with CallLog.open(log_path(self.terminal_dir(terminal_id)), terminal_id) as log:
+            return log.verify(keys[terminal_id], keys)

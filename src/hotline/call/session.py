@@ -417,7 +417,7 @@ class CallSession:
         now = time.monotonic()
         if now - self._last_frame_event.get(event.reason, -10.0) >= 1.0:  # at most 1/s/reason
             self._last_frame_event[event.reason] = now
-            self._on_event("frame_rejected", {"kind": event.kind, "reason": event.reason})
+            self._on_event("frame_rejected", {"media": event.kind, "reason": event.reason})
 
     async def stats(self) -> dict[str, Any]:
         media = await self.media_stats.snapshot()

@@ -111,7 +111,7 @@ class TerminalDaemon:
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         self._event_seq += 1
-        self.events.append({"seq": self._event_seq, "time": time.time(), "kind": kind, **data})
+        self.events.append({**data, "seq": self._event_seq, "time": time.time(), "kind": kind})
         log.info("%s %s", kind, data)
 
     def events_since(self, seq: int) -> list[dict[str, Any]]:

@@ -1,0 +1,200 @@
+"""Real calls: an exchange and terminals as separate processes on 127.0.0.1, through the CLI's
+own code paths (``hotline exchange serve``, ``hotline terminal run``, the control API)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotline.charter import Role
+from hotline.localline import LocalLine
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+WAIT_S = 45.0
+
+
+async def wait_for(
+    line: LocalLine,
+    tids: list[str],
+    check: Callable[[dict[str, dict[str, Any]]], bool],
+    what: str,
+    timeout: float = WAIT_S,
+) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        statuses = {tid: await line.status(tid) for tid in tids}
+        if check(statuses):
+            return statuses
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; last statuses: {statuses}")
+
+
+def call_of(status: dict[str, Any]) -> dict[str, Any]:
+    return status.get("call") or {}
+
+
+def sink(status: dict[str, Any], peer: str, kind: str) -> dict[str, Any]:
+    peers = call_of(status).get("peers") or {}
+    return (peers.get(peer) or {}).get(f"{kind}_sink") or {}
+
+
+def media_flows(statuses: dict[str, dict[str, Any]], pairs: list[tuple[str, str]]) -> bool:
+    """Every (receiver, sender) pair shows decoded video and audio frames."""
+    return all(
+        sink(statuses[rx], tx, "video").get("frames", 0) > 20
+        and sink(statuses[rx], tx, "audio").get("frames", 0) > 20
+        for rx, tx in pairs
+    )
+
+
+@pytest.fixture
+async def two_line(tmp_path: Path) -> AsyncIterator[LocalLine]:
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+        rekey_s=5,
+    )
+    line.commission()
+    try:
+        await line.start_exchange()
+        await line.start_terminal("alpha")
+        await line.start_terminal("bravo", "--auto-answer")
+        await line.wait_online(["alpha", "bravo"])
+        yield line
+    finally:
+        await line.stop()
+
+
+async def test_two_terminals_call_rekey_and_verified_logs(two_line: LocalLine) -> None:
+    line = two_line
+    async with line.control("alpha") as alpha:
+        await alpha.request("POST", "/call", {"target": "bravo"})
+        statuses = await wait_for(
+            line,
+            ["alpha", "bravo"],
+            lambda s: media_flows(s, [("alpha", "bravo"), ("bravo", "alpha")]),
+            "decrypted media both ways",
+        )
+        first_epoch = call_of(statuses["alpha"])["epoch"]
+        codes = {call_of(s)["security_code"] for s in statuses.values()}
+        assert len(codes) == 1 and None not in codes
+
+        # the charter's 5 s rekey interval brings a new epoch while media keeps flowing
+        statuses = await wait_for(
+            line,
+            ["alpha", "bravo"],
+            lambda s: (
+                all(call_of(x).get("epoch", 0) >= first_epoch + 1 for x in s.values())
+                and all(call_of(x).get("security_code") for x in s.values())
+            ),
+            "a rekey",
+        )
+        await asyncio.sleep(2.0)
+        statuses = {tid: await line.status(tid) for tid in ("alpha", "bravo")}
+        new_codes = {call_of(s)["security_code"] for s in statuses.values()}
+        assert len(new_codes) == 1 and new_codes != codes, "every epoch has its own code"
+        for rx, tx in (("alpha", "bravo"), ("bravo", "alpha")):
+            st = statuses[rx]
+            call = call_of(st)
+            assert call["e2ee"]["rejected"] == {}, call["e2ee"]
+            assert call["frames"]["video"]["decrypted"] > 60
+            assert call["frames"]["audio"]["decrypted"] > 100
+            video = sink(st, tx, "video")
+            # no media gap across the rekey: frame ids continuous, no long freeze
+            assert video["ids_read"] == video["frames"]
+            assert video["missing"] <= video["frames"] // 20, video
+            assert video["max_gap_ms"] < 1500, video
+            assert video["latency"]["p50_ms"] is not None
+
+        await alpha.request("POST", "/hangup")
+    await wait_for(
+        line,
+        ["alpha", "bravo"],
+        lambda s: all(call_of(x).get("cosigned") for x in s.values()),
+        "co-signed call summaries",
+    )
+    await line.stop()
+    for tid, peer in (("alpha", "bravo"), ("bravo", "alpha")):
+        report = line.verify_log(tid)
+        assert report.calls == 1
+        assert any(c.signer_id == peer for c in report.cosignatures)
+
+
+async def test_third_member_joins_and_leaves(tmp_path: Path) -> None:
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {
+            "east": [("alpha", Role.PRINCIPAL)],
+            "west": [("bravo", Role.PRINCIPAL), ("interp", Role.INTERPRETER)],
+        },
+    )
+    line.commission()
+    everyone = ["alpha", "bravo", "interp"]
+    try:
+        await line.start_exchange()
+        await line.start_terminal("alpha")
+        await line.start_terminal("bravo", "--auto-answer")
+        await line.start_terminal("interp", "--auto-answer")
+        await line.wait_online(everyone)
+        async with line.control("alpha") as alpha:
+            await alpha.request("POST", "/call", {"target": "bravo"})
+            await wait_for(
+                line,
+                ["alpha", "bravo"],
+                lambda s: media_flows(s, [("alpha", "bravo"), ("bravo", "alpha")]),
+                "a two-party call",
+            )
+            await alpha.request("POST", "/invite", {"target": "interp"})
+        pairs = [(a, b) for a in everyone for b in everyone if a != b]
+        three = await wait_for(
+            line,
+            everyone,
+            lambda s: (
+                media_flows(s, pairs)
+                and len({(call_of(x)["epoch"], call_of(x)["security_code"]) for x in s.values()})
+                == 1
+                and all(len(call_of(x)["members"]) == 3 for x in s.values())
+            ),
+            "three members on one epoch",
+        )
+        epoch3 = call_of(three["alpha"])["epoch"]
+        code3 = call_of(three["alpha"])["security_code"]
+
+        async with line.control("interp") as interp:
+            await interp.request("POST", "/hangup")
+        two = await wait_for(
+            line,
+            ["alpha", "bravo"],
+            lambda s: all(
+                len(call_of(x)["members"]) == 2 and call_of(x)["epoch"] > epoch3 for x in s.values()
+            ),
+            "a new epoch without the interpreter",
+        )
+        assert call_of(two["alpha"])["security_code"] == call_of(two["bravo"])["security_code"]
+        assert call_of(two["alpha"])["security_code"] != code3
+        new_epoch = call_of(two["alpha"])["epoch"]
+
+        left = call_of(await line.status("interp"))
+        assert left["state"] == "ended"
+        assert new_epoch not in left["e2ee"]["receive_epochs"]
+        decrypted_at_leave = left["e2ee"]["unprotected"]
+        await asyncio.sleep(2.0)  # the two others keep talking under the new epoch
+        after = call_of(await line.status("interp"))
+        assert after["e2ee"]["unprotected"] == decrypted_at_leave, "the leaver decrypts nothing"
+        assert max(after["epochs"]) < new_epoch
+        still = call_of(await line.status("alpha"))
+        assert (
+            still["frames"]["video"]["decrypted"]
+            > call_of(two["alpha"])["frames"]["video"]["decrypted"]
+        )
+    finally:
+        await line.stop()

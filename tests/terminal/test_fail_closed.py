@@ -175,7 +175,8 @@ def test_unenrolled_terminal_cannot_run(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hotline", "terminal", "run", "--terminal", str(rogue),
          "--charter", str(line.charter_path)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        check=False, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from hotline.charter import Role
+from hotline.charter import Policy, Role
 from hotline.errors import CallError, HotlineError, UsageError
 from hotline.localline import LocalLine
 from hotline.terminal.control import ControlClient
@@ -66,7 +66,7 @@ class Demo:
             root,
             LINE_ID,
             {"kremlin": [(CALLER, Role.PRINCIPAL)], "white-house": [(CALLEE, Role.PRINCIPAL)]},
-            rekey_s=rekey_s,
+            policy=Policy(rekey_interval_s=rekey_s),
         )
         self.duration = duration
         self.live = live

@@ -18,7 +18,14 @@ from typing import Any
 import aiohttp
 
 from hotline.calllog import CallLog, VerifyReport, log_path
-from hotline.charter import ExchangeEndpoint, Policy, Role, SignedCharter, load_charter
+from hotline.charter import (
+    DEFAULT_POLICY,
+    ExchangeEndpoint,
+    Policy,
+    Role,
+    SignedCharter,
+    load_charter,
+)
 from hotline.errors import ExchangeUnavailable, HotlineError
 from hotline.exchange.tls import create_certificate
 from hotline.provision import create_line, line_terminal_dir
@@ -42,12 +49,12 @@ class LocalLine:
         line_id: str,
         sites: Mapping[str, Sequence[tuple[str, Role]]],
         *,
-        rekey_s: int = 300,
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
         self.root = root
         self.line_id = line_id
         self.sites = sites
-        self.rekey_s = rekey_s
+        self.policy = policy
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.controls: dict[str, tuple[str, str]] = {}
         self.exchange_port = free_port()
@@ -64,7 +71,7 @@ class LocalLine:
             self.line_id,
             {site: list(terminals) for site, terminals in self.sites.items()},
             exchanges=(ExchangeEndpoint(self.exchange_url, fingerprint),),
-            policy=Policy(rekey_interval_s=self.rekey_s),
+            policy=self.policy,
         )
         signed = load_charter(self.charter_path)
         signed.verify()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hotline.charter import Role
+from hotline.charter import Policy, Role
 from hotline.localline import LocalLine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -60,7 +60,7 @@ async def two_line(tmp_path: Path) -> AsyncIterator[LocalLine]:
         tmp_path,
         "east-west",
         {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
-        rekey_s=5,
+        policy=Policy(rekey_interval_s=5),
     )
     line.commission()
     try:

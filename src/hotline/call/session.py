@@ -43,7 +43,7 @@ from hotline.errors import CallError, HotlineError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media import engine
 from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
-from hotline.media.sources import SyntheticAudioTrack, SyntheticVideoTrack
+from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
 
 log = logging.getLogger("hotline.call")
@@ -67,6 +67,8 @@ class PeerLink:
 
 @dataclass
 class MediaSettings:
+    #: what the terminal sends: see ``hotline.media.sources.SOURCE_HELP``
+    source: str = "synthetic"
     width: int = 640
     height: int = 360
     fps: int = 30
@@ -91,6 +93,7 @@ class CallSession:
         send: Sender,
         call_log: CallLog,
         media: MediaSettings,
+        source: MediaSource,
         on_event: Callable[[str, dict[str, Any]], None],
     ) -> None:
         self.call_id = call_id
@@ -127,10 +130,7 @@ class CallSession:
         self.crypto_stats = MediaCryptoStats(on_event=self._on_frame_event)
         self.media_stats = CallMediaStats(self.crypto_stats)
         self._relay = MediaRelay()
-        self._video = SyntheticVideoTrack(
-            self_name, width=media.width, height=media.height, fps=media.fps
-        )
-        self._audio = SyntheticAudioTrack()
+        self._source = source
         self._lock = asyncio.Lock()
 
     # --- inputs ----------------------------------------------------------------------------
@@ -296,8 +296,10 @@ class CallSession:
             video_sink=VideoFrameIdSink(),
             audio_sink=AudioChirpSink(),
         )
-        pc.addTrack(self._relay.subscribe(self._video))
-        pc.addTrack(self._relay.subscribe(self._audio))
+        # one source, fanned out to every peer connection of the mesh
+        for track in (self._source.video, self._source.audio):
+            if track is not None:
+                pc.addTrack(self._relay.subscribe(track))
         engine.force_e2ee_codecs(pc)
         self.media_stats.add_peer(peer_id, pc, link.video_sink, link.audio_sink)
 

@@ -136,6 +136,15 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     control_port: Annotated[
         int, typer.Option("--control-port", help="Port of the local control API (0: any free).")
     ] = 0,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help="What this terminal sends: synthetic[:tone|speech|silence] (a test pattern "
+            "with a frame id, and a tone with a chirp each second), file:PATH, or "
+            "device[:CAMERA[,MIC]] (e.g. device:/dev/video0,default).",
+        ),
+    ] = "synthetic",
     width: Annotated[int, typer.Option(help="Video width of the synthetic source.")] = 640,
     height: Annotated[int, typer.Option(help="Video height of the synthetic source.")] = 360,
     fps: Annotated[int, typer.Option(help="Video frames per second.")] = 30,
@@ -172,5 +181,6 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         width=width,
         height=height,
         fps=fps,
+        source=source,
     )
     run_daemon(config, control_port, verbose)

@@ -33,6 +33,7 @@ from hotline.exchange.client import (
     PresenceChanged,
 )
 from hotline.keys import SigningKey
+from hotline.media.sources import open_source
 
 log = logging.getLogger("hotline.terminal")
 
@@ -79,6 +80,15 @@ class TerminalDaemon:
             tls_fingerprint=config.tls_fingerprint,
             accept_charter=self.charters.accept,
         )
+        media = config.media
+        # opened once: every call of this terminal sends from the same source
+        self.source = open_source(
+            media.source,
+            name=self.terminal.name,
+            width=media.width,
+            height=media.height,
+            fps=media.fps,
+        )
         self.call: CallSession | None = None
         self.past_calls: list[dict[str, Any]] = []
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
@@ -105,6 +115,8 @@ class TerminalDaemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.client.close()
+        self.source.stop()
+        self.call_log.close()
         self._stop.set()
 
     # --- events for the control API --------------------------------------------------------
@@ -135,6 +147,7 @@ class TerminalDaemon:
             send=self._send,
             call_log=self.call_log,
             media=self.config.media,
+            source=self.source,
             on_event=self.emit,
         )
 
@@ -246,6 +259,7 @@ class TerminalDaemon:
             "terminal": self.terminal_id,
             "name": self.terminal.name,
             "role": str(self.terminal.role),
+            "media_source": self.source.description,
             "line": self.charter.charter.line_id,
             "charter_version": self.charter.charter.version,
             "exchange": {"connected": self.client.connected, "online": sorted(self.client.online)},

@@ -34,6 +34,7 @@ def build_config(
     width: int,
     height: int,
     fps: int,
+    source: str = "synthetic",
 ) -> DaemonConfig:
     signed = load_charter(charter_path)
     signed.verify()
@@ -63,7 +64,7 @@ def build_config(
         terminal_id=terminal.terminal_id,
         tls_fingerprint=tls_fingerprint,
         auto_answer=auto_answer,
-        media=MediaSettings(width=width, height=height, fps=fps, ice=ice),
+        media=MediaSettings(source=source, width=width, height=height, fps=fps, ice=ice),
         interfaces=interfaces,
     )
 

@@ -14,9 +14,10 @@ For each frame size (1 KB, 10 KB, 50 KB) and in the same run:
   a VP8 delta frame ("video") — the whole path the media engine calls, with its lock,
   counters and clear prefix.
 
-The four loops are interleaved, round after round; each figure is the fastest mean per
-call seen over all rounds (the least disturbed by other work on a shared machine). The
-target is ``media / baseline <= 1.5``.
+The four loops are interleaved, round after round (best of 3 runs of ``n`` calls each).
+Times shown are the fastest seen over all rounds; ratios are the median over rounds of
+each round's own ratio to the baseline measured just before it, which cancels most of the
+noise of a shared machine. The target is ``media / baseline <= 1.5``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -38,7 +40,7 @@ TARGET = 1.5
 
 def per_call(fn: Callable[[], object], n: int) -> float:
     best = float("inf")
-    for _ in range(5):
+    for _ in range(3):
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
@@ -47,7 +49,7 @@ def per_call(fn: Callable[[], object], n: int) -> float:
 
 
 def measure(size: int, rounds: int) -> dict[str, float]:
-    n = max(200, 400_000 // size)
+    n = max(1000, 400_000 // size)
     payload = os.urandom(size)
     key = os.urandom(16)
     aead = AESGCM(key)
@@ -78,13 +80,17 @@ def measure(size: int, rounds: int) -> dict[str, float]:
         rx.unprotect("video", tx.protect("video", vp8))
 
     results: dict[str, list[float]] = {"baseline": [], "sframe": [], "audio": [], "video": []}
-    for _ in range(rounds):  # interleave so that noise hits all of them alike
-        results["baseline"].append(per_call(baseline, n))
-        results["sframe"].append(per_call(core, n))
-        results["audio"].append(per_call(media_audio, n))
-        results["video"].append(per_call(media_video, n))
-    # the minimum is the least disturbed by other processes on a shared machine
-    return {k: min(v) for k, v in results.items()}
+    ratios: dict[str, list[float]] = {"sframe": [], "audio": [], "video": []}
+    for _ in range(rounds):  # interleaved, so that a busy moment hits neighbours alike
+        b = per_call(baseline, n)
+        results["baseline"].append(b)
+        for name, fn in (("sframe", core), ("audio", media_audio), ("video", media_video)):
+            t = per_call(fn, n)
+            results[name].append(t)
+            ratios[name].append(t / b)
+    out = {k: min(v) for k, v in results.items()}
+    out.update({f"{k}_ratio": statistics.median(v) for k, v in ratios.items()})
+    return out
 
 
 def main() -> None:
@@ -102,9 +108,9 @@ def main() -> None:
                 "sframe_us": r["sframe"] * 1e6,
                 "media_audio_us": r["audio"] * 1e6,
                 "media_video_us": r["video"] * 1e6,
-                "sframe_ratio": r["sframe"] / r["baseline"],
-                "media_audio_ratio": r["audio"] / r["baseline"],
-                "media_video_ratio": r["video"] / r["baseline"],
+                "sframe_ratio": r["sframe_ratio"],
+                "media_audio_ratio": r["audio_ratio"],
+                "media_video_ratio": r["video_ratio"],
             }
         )
     if args.json:

@@ -130,8 +130,16 @@ class MediaCrypto:
         try:
             if kind == AUDIO:
                 metadata, clear, payload = _AUDIO_AAD, b"", frame
+            elif kind == VIDEO and frame:
+                n = VP8_DELTA_FRAME_PREFIX if frame[0] & 0x01 else VP8_KEY_FRAME_PREFIX
+                if len(frame) < n:
+                    raise InvalidMediaFrame(f"VP8 frame of {len(frame)} bytes is shorter than {n}")
+                clear = frame[:n]
+                metadata, payload = _VIDEO_AAD + clear, memoryview(frame)[n:]
             else:
-                metadata, clear, payload = self._split_plain_video(kind, frame)
+                raise InvalidMediaFrame(
+                    "empty video frame" if kind == VIDEO else f"unknown media kind {kind!r}"
+                )
             with self._lock:
                 sender = self._send
                 if sender is None:
@@ -157,8 +165,14 @@ class MediaCrypto:
         try:
             if kind == AUDIO:
                 metadata, clear, start = _AUDIO_AAD, b"", 0
+            elif kind == VIDEO and data:
+                start = VP8_DELTA_FRAME_PREFIX if data[0] & 0x01 else VP8_KEY_FRAME_PREFIX
+                if len(data) <= start:
+                    raise MalformedFrame("protected VP8 frame ends inside its clear prefix")
+                clear = data[:start]
+                metadata = _VIDEO_AAD + clear
             else:
-                metadata, clear, start = self._split_protected_video(kind, data)
+                raise MalformedFrame("empty video frame" if kind == VIDEO else "unknown media kind")
             kid, ctr, hlen = sframe.decode_header(data, start)
             header_end = start + hlen
             with self._lock:
@@ -190,30 +204,6 @@ class MediaCrypto:
                 sending_epoch=self._send_epoch if self._send is not None else 0,
                 receive_epochs=tuple(sorted({sframe.kid_epoch(k) for k in self._store.kids()})),
             )
-
-    @staticmethod
-    def _split_plain_video(kind: str, frame: bytes) -> tuple[bytes, bytes, memoryview]:
-        """``(metadata, clear prefix, payload to encrypt)`` of a plain video frame."""
-        if kind != VIDEO:
-            raise InvalidMediaFrame(f"unknown media kind {kind!r} (expected 'video' or 'audio')")
-        if not frame:
-            raise InvalidMediaFrame("empty video frame")
-        n = vp8_clear_prefix_length(frame)
-        if len(frame) < n:
-            raise InvalidMediaFrame(f"VP8 frame of {len(frame)} bytes is shorter than {n}")
-        clear = frame[:n]
-        return _VIDEO_AAD + clear, clear, memoryview(frame)[n:]
-
-    @staticmethod
-    def _split_protected_video(kind: str, data: bytes) -> tuple[bytes, bytes, int]:
-        """``(metadata, clear prefix, where the SFrame ciphertext starts)``."""
-        if kind != VIDEO:
-            raise MalformedFrame(f"unknown media kind {kind!r}")
-        n = vp8_clear_prefix_length(data)
-        if len(data) <= n:
-            raise MalformedFrame("protected VP8 frame ends inside its clear prefix")
-        clear = data[:n]
-        return _VIDEO_AAD + clear, clear, n
 
     def _sender_name(self, kid: int | None) -> str | None:
         if kid is None:

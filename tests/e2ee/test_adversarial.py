@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -112,9 +113,9 @@ class ForgeEveryKind(Relay):
         self.previous: list[Delivery] = []
         self.on = True
 
-    def forgeries(self, d: Delivery, net: Net) -> list[tuple[str, Delivery, type]]:
+    def forgeries(self, d: Delivery, net: Net) -> list[tuple[str, Delivery, Any]]:
         others = [m for m in net.members if m not in (d.sender, d.recipient)]
-        out: list[tuple[str, Delivery, type]] = [
+        out: list[tuple[str, Delivery, Any]] = [
             (
                 "flip",
                 Delivery(d.sender, d.recipient, d.msg_type, flip(d.body, self.rand)),
@@ -180,7 +181,8 @@ class ForgeEveryKind(Relay):
                 )
             )
         # the same message for a later epoch, properly signed by its sender (only an insider
-        # can do that): nothing but a leader's start may open an epoch
+        # can do that): nothing but a leader's start may open an epoch (the leader may learn
+        # the number and start again above it, so the genuine one can then be stale)
         if d.msg_type != msgs.MSG_START:
             out.append(
                 (
@@ -196,7 +198,7 @@ class ForgeEveryKind(Relay):
                             epoch=net[d.recipient].session.epoch + 5,
                         ),
                     ),
-                    UnexpectedMessage,
+                    (UnexpectedMessage, EpochRollback),
                 )
             )
         for old in self.previous[-3:]:

@@ -55,6 +55,9 @@ def test_round_trip_and_signature(msg_type: str) -> None:
     msg = m.parse(msg_type, body)
     assert (msg.msg_type, msg.context, msg.epoch, msg.signer) == (msg_type, CTX, 2, "a")
     assert msg.body == body
+    outer = decode(body)
+    assert isinstance(outer, dict)
+    assert msg.signed == encode(outer["signed"])  # cut from the body, equal to re-encoding
     msg.verify(KEY.public)
     with pytest.raises(BadKeySignature):
         msg.verify(OTHER.public)

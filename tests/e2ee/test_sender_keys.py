@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hotline.e2ee import sender_keys as sk
 from hotline.errors import MalformedMessage, SealedKeyError, StateError, UsageError
@@ -147,3 +149,28 @@ def test_bad_public_keys() -> None:
         sk.seal(x, bytes(32), os.urandom(32), b"info")
     with pytest.raises(UsageError):
         sk.kem_by_name("P256")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(sk.KEMS)), st.binary(max_size=1300))
+def test_parse_public_key_arbitrary_bytes(kem_name: str, raw: bytes) -> None:
+    """Arbitrary bytes give a key or MalformedMessage, nothing else; and sealing to whatever
+    parsed gives a sealed key or SealedKeyError."""
+    kem = sk.kem_by_name(kem_name)
+    try:
+        sk.parse_public_key(kem, raw)
+    except MalformedMessage:
+        return
+    try:
+        sealed = sk.seal(kem, raw, bytes(32), b"info")
+    except SealedKeyError:
+        return
+    assert len(sealed) == kem.sealed_size
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=1200))
+def test_open_arbitrary_bytes(data: bytes) -> None:
+    pair = sk.EphemeralKeyPair.generate(sk.kem_by_name(sk.KEM_X25519), os.urandom)
+    with pytest.raises(SealedKeyError):
+        pair.open(data, b"info")

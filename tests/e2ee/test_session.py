@@ -425,3 +425,35 @@ def test_receive_arbitrary_input_gives_only_key_agreement_errors(
     with pytest.raises(KeyAgreementError):
         s.receive(sender, msg_type, body, 0)
     assert sum(s.rejections.values()) == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sets(st.sampled_from("abd")),  # who besides c the call layer says is in
+            st.sets(st.sampled_from("abcd"), min_size=1),  # whose call layer hears it now
+            st.floats(min_value=0, max_value=40),  # then this much time passes
+        ),
+        max_size=6,
+    ),
+    st.sets(st.sampled_from("abd"), min_size=1),
+)
+def test_any_sequence_of_views_converges(
+    steps: list[tuple[set[str], set[str], float]], final_others: set[str]
+) -> None:
+    """Call layers that disagree for a while, in any order, with time passing: afterwards
+    the members always agree, and no timer spins without progress."""
+    net = Net("abcd", ack_timeout_s=5, rekey_interval_s=30)
+    for others, hearing, dt in steps:
+        view = {"c", *others}  # the leader changes as a and b come and go
+        net.set_view(view, at=sorted((hearing & view) or {"c"}))
+        net.advance(dt)
+    final = sorted({"c", *final_others})
+    net.set_view(final, at=final)
+    net.advance(60)
+    net.set_view(final, at=final)
+    net.advance(20)
+    net.agreed(final)
+    net.frames_flow(final)
+    net.assert_keys_authentic()

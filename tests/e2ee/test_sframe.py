@@ -205,8 +205,11 @@ def test_unprotect_arbitrary_bytes(data: bytes, suite_value: int) -> None:
     assert type(info.value) in {MalformedFrame, UnknownKeyId, BadFrameTag}
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(0, sframe.MAX_FIELD), st.integers(0, sframe.MAX_FIELD))
 def test_header_round_trip(kid: int, ctr: int) -> None:
     header = sframe.encode_header(kid, ctr)
     assert sframe.decode_header(header) == (kid, ctr, len(header))
+    assert sframe.decode_header(b"clear" + header, 5) == (kid, ctr, len(header))
+    # the per-key fast path writes the same bytes
+    assert sframe.SFrameKey(SUITE, kid, b"k" * 32).header(ctr) == header

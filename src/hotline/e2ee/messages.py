@@ -25,6 +25,7 @@ import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Final, TypedDict
 
 from hotline.e2ee.sframe import MAX_EPOCH, MAX_SENDERS
@@ -50,7 +51,7 @@ MAX_MEMBERS: Final = MAX_SENDERS
 MAX_ID_LENGTH: Final = 128
 MAX_REASON_LENGTH: Final = 64
 MAX_NAME_LENGTH: Final = 64
-#: largest message body accepted (a 256-member hybrid roster is ~330 KB)
+#: largest message body accepted (a 256-member hybrid roster is ~360 KB)
 MAX_MESSAGE_SIZE: Final = 1 << 20
 HASH_SIZE: Final = 32
 NONCE_SIZE: Final = 32
@@ -98,7 +99,7 @@ class Message:
         """Raise :class:`BadKeySignature` unless ``key`` signed this message."""
         _verify(key, self.signature, self.signed, self.msg_type)
 
-    @property
+    @cached_property
     def digest(self) -> bytes:
         return hashlib.sha256(self.body).digest()
 
@@ -144,7 +145,7 @@ class RosterProposal(Message):
     def members(self) -> tuple[str, ...]:
         return tuple(e.member for e in self.entries)
 
-    @property
+    @cached_property
     def roster_hash(self) -> bytes:
         return hashlib.sha256(ROSTER_HASH_LABEL + self.signed).digest()
 
@@ -366,6 +367,22 @@ def _sorted_ids(items: Sequence[str], t: str, what: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+#: where the signed part starts in a body: the outer dict's keys are sorted, so "signed"
+#: comes last, after "sig" (and "roster_sig"), whose values have fixed sizes
+_SIGNED_KEY: Final = b"s\x00\x00\x00\x06signed"
+_SIG_ENTRY: Final = 1 + 4 + 3 + 1 + 4 + SIGNATURE_SIZE
+_ROSTER_SIG_ENTRY: Final = 1 + 4 + 10 + 1 + 4 + SIGNATURE_SIZE
+
+
+def _signed_bytes(body: bytes, t: str) -> bytes:
+    """The bytes of the signed part, cut from a body that already decoded canonically
+    (so they equal ``encode(signed)``, without encoding again)."""
+    start = 5 + _SIG_ENTRY + (_ROSTER_SIG_ENTRY if t == MSG_SENDER_KEY else 0)
+    if body[start : start + len(_SIGNED_KEY)] != _SIGNED_KEY:  # pragma: no cover - canonical
+        raise _bad(t, "signed part not where canonical encoding puts it")
+    return body[start + len(_SIGNED_KEY) :]
+
+
 class _Common(TypedDict):
     msg_type: str
     context: Context
@@ -400,7 +417,7 @@ def parse(msg_type: str, body: bytes) -> Message:
         ),
         "epoch": _int(signed, "epoch", t, 1, MAX_EPOCH),
         "signer": _id(signed, "from", t),
-        "signed": encode(signed),
+        "signed": _signed_bytes(body, t),
         "signature": _bytes(outer, "sig", t, size=SIGNATURE_SIZE),
         "body": body,
     }

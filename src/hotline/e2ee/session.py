@@ -167,6 +167,7 @@ class CallKeySession:
         self._next_rekey_at: float | None = None
         self._rekey_lag_reported = False
         self._out: list[Outgoing] = []
+        self._last_own: Outgoing | None = None  # the newest message we signed
         self._events: list[E2EEEvent] = []
         self._rejections: Counter[str] = Counter()
         self.duplicates = 0
@@ -271,15 +272,22 @@ class CallKeySession:
         return events
 
     def next_timer(self) -> float | None:
+        """When :meth:`handle_timer` has something to do (None: nothing scheduled). Every
+        time returned here is one that ``handle_timer`` acts on, so calling it does not
+        return the same past time again."""
         times: list[float] = [t for t, _ in self._retiring]
-        a = self._pending
+        a, active, rekey_at = self._pending, self._active, self._next_rekey_at
         if a is not None:
             times.append(a.started_at + self._ack_timeout * (a.timeouts + 1))
-        elif self._active is not None and self._next_rekey_at is not None:
-            if self._leads(self._active.members):
-                times.append(self._next_rekey_at)
+        elif (
+            active is not None
+            and rekey_at is not None
+            and self._participants == frozenset(active.members)
+        ):
+            if self._leads(active.members):
+                times.append(rekey_at)
             elif not self._rekey_lag_reported:
-                times.append(self._next_rekey_at + self._ack_timeout)
+                times.append(rekey_at + self._ack_timeout)
         if a is None and self._awaiting_since is not None and not self._awaiting_reported:
             times.append(self._awaiting_since + self._ack_timeout)
         return min(times) if times else None
@@ -350,6 +358,7 @@ class CallKeySession:
     def _emit(self, a: Attempt | None, recipient: str | None, msg_type: str, body: bytes) -> None:
         out = Outgoing(recipient, msg_type, body)
         self._out.append(out)
+        self._last_own = out
         if a is not None:
             a.sent.append(out)
 
@@ -590,7 +599,29 @@ class CallKeySession:
             raise Equivocation(
                 f"{sender[:64]} signed two different {msg_type} messages for epoch {msg.epoch}"
             )
+        self._learn_epoch(msg, now)
         self._dispatch(msg, now)
+
+    def _learn_epoch(self, msg: m.Message, now: float) -> None:
+        """Any message a member of this call signed tells us an epoch number in use. If we
+        lead an epoch that a member has already passed, it will refuse our start as a
+        rollback: start again above it at once instead of waiting for the timeout."""
+        ceiling = max(self._highest, self._newest_heard)
+        if msg.epoch <= self._newest_heard or (ceiling and msg.epoch > ceiling + MAX_EPOCH_STEP):
+            return
+        self._newest_heard = msg.epoch
+        a = self._pending
+        if (
+            a is not None
+            and a.leader == self.self_id
+            and a.state is State.COLLECTING_EPHEMERALS
+            and msg.signer in a.members
+            and msg.epoch >= a.epoch
+            and not (msg.epoch == a.epoch and isinstance(msg, m.Ephemeral))
+        ):
+            reason = a.reason
+            self._abandon(a, f"{msg.signer[:64]} is already at epoch {msg.epoch}")
+            self._begin_as_leader(now, reason)
 
     def _duplicate(self, msg: m.Message) -> None:
         """An exact copy of a message we already processed: maybe its sender is missing
@@ -612,6 +643,17 @@ class CallKeySession:
         for out in sent:
             if out.recipient in (None, msg.signer):
                 self._out.append(Outgoing(msg.signer, out.msg_type, out.body))
+
+    def _tell_epoch(self, leader: str) -> None:
+        """A leader proposed an epoch we are already past (it missed our newer epochs): send
+        it our latest signed message, from which it learns the number (a few times per
+        leader and epoch, like the answers to retransmissions)."""
+        out = self._last_own
+        key = (leader, self._highest)
+        if out is None or leader == self.self_id or self._nudges[key] >= MAX_NUDGES:
+            return
+        self._nudges[key] += 1
+        self._out.append(Outgoing(leader, out.msg_type, out.body))
 
     def _dispatch(self, msg: m.Message, now: float) -> None:
         if isinstance(msg, m.EpochStart):
@@ -638,10 +680,6 @@ class CallKeySession:
         raise EpochRollback(f"{msg.msg_type} for epoch {msg.epoch}, which is over or abandoned")
 
     def _on_start(self, start: m.EpochStart, now: float) -> None:
-        if start.epoch <= self._highest:
-            raise EpochRollback(f"epoch {start.epoch} is not newer than epoch {self._highest}")
-        if self._highest > 0 and start.epoch > self._highest + MAX_EPOCH_STEP:
-            raise UnexpectedMessage(f"epoch {start.epoch} jumps too far past {self._highest}")
         check_start(
             start,
             self_id=self.self_id,
@@ -649,7 +687,11 @@ class CallKeySession:
             kem=self._kem,
             suite=self._suite_name,
         )
-        self._newest_heard = max(self._newest_heard, start.epoch)
+        if start.epoch <= self._highest:
+            self._tell_epoch(start.signer)
+            raise EpochRollback(f"epoch {start.epoch} is not newer than epoch {self._highest}")
+        if self._highest > 0 and start.epoch > self._highest + MAX_EPOCH_STEP:
+            raise UnexpectedMessage(f"epoch {start.epoch} jumps too far past {self._highest}")
         if frozenset(start.members) != self._participants:
             # the right leader for that member set, but our call layer does not (yet) agree:
             # keep it until set_participants says the same, never sign it before

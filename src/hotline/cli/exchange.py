@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -99,6 +100,20 @@ def _charter_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def _raise_fd_limit(max_connections: int) -> None:
+    """Every connection is a file descriptor: lift the soft limit as far as allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + 256
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    if hard < want:
+        logging.getLogger("hotline.exchange").warning(
+            "the file descriptor limit (%d) is below --max-connections %d; raise it with ulimit -n",
+            hard,
+            max_connections,
+        )
+
+
 @app.command("serve")
 def serve(  # noqa: PLR0917 (typer maps options to parameters)
     directory: DirOption,
@@ -174,6 +189,7 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     host, port = parse_listen(listen)
+    _raise_fd_limit(max_connections)
     limits = Limits(
         max_envelope_size=max_envelope_size,
         rate_per_s=rate,

@@ -190,6 +190,16 @@ class ExchangeServer:
     # --- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            self.store.close()
+            raise
+
+    async def _start(self) -> None:
         now = time.time()
         for signed in self.store.charters_held():
             self._apply_charter(signed)
@@ -219,7 +229,6 @@ class ExchangeServer:
         try:
             await site.start()
         except OSError as exc:
-            await self._runner.cleanup()
             raise UsageError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
             ) from exc

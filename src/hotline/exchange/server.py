@@ -90,7 +90,7 @@ class ServerConfig:
     insecure_loopback: bool = False
     limits: Limits = field(default_factory=Limits)
     #: how often accepted envelopes are committed to the store (and senders told)
-    flush_interval_s: float = 0.05
+    flush_interval_s: float = 0.1
     #: how often the window is enforced in memory and in the store
     expire_interval_s: float = 1.0
 

@@ -42,6 +42,8 @@ CHALLENGE_SIZE = 32
 FRAME_OVERHEAD = 1024
 #: largest frame before authentication (the hello)
 MAX_HELLO_SIZE = 4096
+#: a charter pushed by a terminal costs this many messages of its rate (at most the burst)
+CHARTER_PUSH_COST = 10.0
 
 # WebSocket close codes (RFC 6455 §7.4.1, plus the private range 4000-4999)
 CLOSE_NORMAL = 1000

@@ -1,7 +1,7 @@
 """Exchange benchmark: routing throughput per core against a bare relay, memory per idle
 connection, and 10,000 idle authenticated connections.
 
-    python bench/bench_exchange.py                 # full run (writes bench/results/exchange.json)
+    python bench/bench_exchange.py                 # full run; prints JSON (--out FILE: also there)
     python bench/bench_exchange.py --quick         # smaller, for a smoke test
 
 Both servers run as their own process (``python -m hotline exchange serve`` and the bare
@@ -62,7 +62,6 @@ from hotline.exchange.frames import (
 )
 from hotline.keys import SigningKey
 
-ROOT = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ACK_DELAY_S = 0.05  # as ExchangeClient's default ack_delay_s
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -443,15 +442,15 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold")
     parser.add_argument("--rounds", type=int, default=3, help="throughput runs of each server")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "exchange.json")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.envelopes, args.idle, args.rounds = 2, 500, 200, 1
     results = asyncio.run(run(args))
     text = json.dumps(results, indent=2)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    if args.out is not None:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

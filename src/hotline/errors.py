@@ -199,6 +199,168 @@ class SummaryMismatch(CallError):
     reason = "summary_mismatch"
 
 
+# media (hotline.media): the aiortc media engine and its frame-encryption seam
+
+
+class CodecRefused(E2EEError):
+    """A negotiated codec that cannot carry per-frame E2EE here (anything but VP8 and Opus)."""
+
+    reason = "codec_refused"
+
+
+class MediaUnbound(StateError):
+    """Media on a peer connection that has no frame crypto bound: nothing is sent or shown."""
+
+    reason = "unbound"
+
+
+class AiortcIncompatible(LocalError):
+    """The installed aiortc is not the version whose internals ``media.aiortc_patch`` patches."""
+
+    reason = "aiortc_incompatible"
+
+
+class MediaDeviceError(LocalError):
+    """A camera, microphone or media file is missing or cannot be opened."""
+
+    reason = "media_device"
+
+
+class SdpError(CallError):
+    """A session description is malformed or lacks what the call needs (fingerprint, codecs)."""
+
+    reason = "sdp"
+
+
+class FingerprintMismatch(SdpError):
+    """The DTLS fingerprint in an SDP differs from the one bound in the signed envelope."""
+
+    reason = "dtls_fingerprint"
+
+
+# --- e2ee (hotline.e2ee): frames -----------------------------------------------------------
+
+
+class MalformedFrame(SFrameError):
+    """An SFrame ciphertext (or a media frame around it) cannot be parsed: truncated header,
+    too short for the tag, a VP8 clear prefix cut short."""
+
+    reason = "malformed_frame"
+
+
+class UnknownKeyId(SFrameError):
+    """No key for this KID: an epoch or sender we never had keys for."""
+
+    reason = "unknown_kid"
+
+
+class BadFrameTag(SFrameError):
+    """The authentication tag does not verify: forged, altered, or the wrong key."""
+
+    reason = "bad_tag"
+
+
+class ReplayedFrame(SFrameError):
+    """A counter already seen under this KID, or older than the replay window."""
+
+    reason = "replay"
+
+
+class ExpiredKey(SFrameError):
+    """The KID belongs to an epoch whose keys were erased (after the grace period)."""
+
+    reason = "expired_key"
+
+
+class NoMediaKey(StateError):
+    """Nothing to protect with: no epoch is active yet, or sending is paused while a member
+    leaves. Media must not flow (fail closed)."""
+
+    reason = "no_media_key"
+
+
+class InvalidMediaFrame(UsageError):
+    """The caller handed ``protect`` a frame it cannot protect (unknown kind, too short)."""
+
+    reason = "invalid_media_frame"
+
+
+# --- e2ee (hotline.e2ee): key agreement ------------------------------------------------------
+
+
+class MalformedMessage(KeyAgreementError):
+    """An ``e2ee.*`` message body is not a valid encoding of its structure."""
+
+    reason = "malformed_message"
+
+
+class BadKeySignature(KeyAgreementError):
+    """A signature in an ``e2ee.*`` message does not verify with the signer's identity key."""
+
+    reason = "e2ee_bad_signature"
+
+
+class NotInDirectory(KeyAgreementError):
+    """A terminal that is not in the charter's directory (or was removed from it)."""
+
+    reason = "not_in_directory"
+
+
+class SenderMismatch(KeyAgreementError):
+    """The transport sender is not the member that signed the message."""
+
+    reason = "sender_mismatch"
+
+
+class WrongContext(KeyAgreementError):
+    """A message for another line, call or charter version."""
+
+    reason = "wrong_context"
+
+
+class DowngradeRefused(KeyAgreementError):
+    """A KEM or cipher suite other than the charter's policy."""
+
+    reason = "downgrade"
+
+
+class EpochRollback(KeyAgreementError):
+    """An epoch not newer than one already seen: a replayed or rolled-back epoch."""
+
+    reason = "epoch_rollback"
+
+
+class RosterMismatch(KeyAgreementError):
+    """A proposed roster we do not sign: wrong members, wrong proposer, our own key
+    substituted, or a member's ephemeral key not signed by that member."""
+
+    reason = "roster_mismatch"
+
+
+class UnexpectedMessage(KeyAgreementError):
+    """A well-formed message that does not fit the current state (wrong epoch, wrong step)."""
+
+    reason = "unexpected_message"
+
+
+class Equivocation(KeyAgreementError):
+    """A member signed two different messages for the same step of the same epoch."""
+
+    reason = "equivocation"
+
+
+class SealedKeyError(KeyAgreementError):
+    """A sealed base key does not open, has the wrong size, or its commitment does not match."""
+
+    reason = "sealed_key"
+
+
+class TranscriptMismatch(KeyAgreementError):
+    """A member acknowledged a different epoch transcript than ours."""
+
+    reason = "transcript_mismatch"
+
+
 # --- exchange and envelopes (hotline.envelope, hotline.exchange) ---------------------------
 
 

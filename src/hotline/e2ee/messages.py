@@ -1,0 +1,485 @@
+"""Wire formats of the ``e2ee.*`` messages: build (and sign), parse (strictly).
+
+Every body is one canonical HCE value (:mod:`hotline.encoding`)::
+
+    {"signed": {...}, "sig": <64-byte Ed25519 signature over encode(signed)>}
+
+and a sender key message also has ``"roster_sig"``: the sender's detached signature over
+the roster (see :func:`roster_signature_payload`). Every ``signed`` dict starts with the
+same fields, which bind it to one line, call, charter version, epoch and signer::
+
+    t      str   the message's label, "hotline.e2ee.v1.<kind>" (domain separation)
+    line   str   line id           call  str  call id        cv  int  charter version
+    epoch  int   1 .. 2^56-1       from  str  the signing terminal's id
+
+and then its own fields (docs/protocol.md has the full table). Parsers check the exact set
+of keys, every type and size, sortedness of lists, and raise only
+:class:`~hotline.errors.MalformedMessage`; signatures are checked by :meth:`Message.verify`
+(raising :class:`~hotline.errors.BadKeySignature`). Context (line, call, epoch, members)
+is checked by the session, which knows what to expect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Final, TypedDict
+
+from hotline.e2ee.sframe import MAX_EPOCH, MAX_SENDERS
+from hotline.encoding import Value, decode, encode
+from hotline.errors import BadKeySignature, EncodingError, MalformedMessage, SignatureError
+from hotline.keys import PublicKey, SigningKey
+
+MSG_START: Final = "e2ee.start"
+MSG_EPHEMERAL: Final = "e2ee.ephemeral"
+MSG_ROSTER: Final = "e2ee.roster"
+MSG_SENDER_KEY: Final = "e2ee.sender_key"
+MSG_ACK: Final = "e2ee.ack"
+MSG_TYPES: Final = (MSG_START, MSG_EPHEMERAL, MSG_ROSTER, MSG_SENDER_KEY, MSG_ACK)
+
+LABEL_PREFIX: Final = "hotline.e2ee.v1."
+LABELS: Final = {t: LABEL_PREFIX + t.removeprefix("e2ee.") for t in MSG_TYPES}
+ROSTER_SIG_LABEL: Final = LABEL_PREFIX + "roster-signature"
+ROSTER_HASH_LABEL: Final = b"hotline.e2ee.v1.roster-hash"
+COMMIT_LABEL: Final = LABEL_PREFIX + "commit"
+
+#: a roster has at most this many members (the KID's sender index has 8 bits)
+MAX_MEMBERS: Final = MAX_SENDERS
+MAX_ID_LENGTH: Final = 128
+MAX_REASON_LENGTH: Final = 64
+MAX_NAME_LENGTH: Final = 64
+#: largest message body accepted (a 256-member hybrid roster is ~360 KB)
+MAX_MESSAGE_SIZE: Final = 1 << 20
+HASH_SIZE: Final = 32
+NONCE_SIZE: Final = 32
+SIGNATURE_SIZE: Final = 64
+IDENTITY_KEY_SIZE: Final = 32
+MAX_PUBLIC_KEY_SIZE: Final = 4096
+MAX_SEALED_SIZE: Final = 4096
+
+_COMMON: Final = frozenset({"t", "line", "call", "cv", "epoch", "from"})
+_FIELDS: Final = {
+    MSG_START: _COMMON | {"members", "kem", "suite", "reason"},
+    MSG_EPHEMERAL: _COMMON | {"kem", "ek", "commit"},
+    MSG_ROSTER: _COMMON | {"kem", "suite", "members"},
+    MSG_SENDER_KEY: _COMMON | {"roster", "reveal", "sealed"},
+    MSG_ACK: _COMMON | {"roster", "transcript"},
+}
+_ENTRY_FIELDS: Final = frozenset({"id", "ik", "ek", "commit", "ek_sig"})
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every message is bound to: the line, the call and the charter version."""
+
+    line_id: str
+    call_id: str
+    charter_version: int
+
+
+# --- parsed messages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    msg_type: str
+    context: Context
+    epoch: int
+    signer: str
+    #: the exact bytes the signature covers: ``encode(signed)``
+    signed: bytes
+    signature: bytes
+    #: the whole message body as received (duplicate detection)
+    body: bytes
+
+    def verify(self, key: PublicKey) -> None:
+        """Raise :class:`BadKeySignature` unless ``key`` signed this message."""
+        _verify(key, self.signature, self.signed, self.msg_type)
+
+    @cached_property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.body).digest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochStart(Message):
+    """The leader opens epoch ``epoch`` for ``members`` (sorted ids, the leader first)."""
+
+    members: tuple[str, ...]
+    kem: str
+    suite: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ephemeral(Message):
+    """A member's ephemeral public key for one epoch, and its commitment to a nonce."""
+
+    kem: str
+    ek: bytes
+    commit: bytes
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    member: str
+    identity_key: bytes
+    ek: bytes
+    commit: bytes
+    #: the member's own signature of its ephemeral message (``ephemeral_signed_bytes``)
+    ek_sig: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class RosterProposal(Message):
+    """The epoch's roster as the leader proposes it; members sign its hash."""
+
+    kem: str
+    suite: str
+    entries: tuple[RosterEntry, ...]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return tuple(e.member for e in self.entries)
+
+    @cached_property
+    def roster_hash(self) -> bytes:
+        return hashlib.sha256(ROSTER_HASH_LABEL + self.signed).digest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SenderKey(Message):
+    """A sender's base key of the epoch, sealed to every other member; its roster signature
+    and the reveal of the nonce it committed to."""
+
+    roster_hash: bytes
+    reveal: bytes
+    sealed: Mapping[str, bytes]
+    roster_signature: bytes
+
+    def verify_roster_signature(self, key: PublicKey) -> None:
+        payload = roster_signature_payload(self.context, self.epoch, self.roster_hash)
+        _verify(key, self.roster_signature, payload, "roster signature")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack(Message):
+    """A member has every key of the epoch and the transcript ``transcript_hash``."""
+
+    roster_hash: bytes
+    transcript_hash: bytes
+
+
+def _verify(key: PublicKey, signature: bytes, message: bytes, what: str) -> None:
+    try:
+        key.verify(signature, message, what=what)
+    except SignatureError as exc:
+        raise BadKeySignature(f"{what}: signature does not verify") from exc
+
+
+# --- signed payloads shared between messages --------------------------------------------------
+
+
+def _common(label: str, ctx: Context, epoch: int, signer: str) -> dict[str, Value]:
+    return {
+        "t": label,
+        "line": ctx.line_id,
+        "call": ctx.call_id,
+        "cv": ctx.charter_version,
+        "epoch": epoch,
+        "from": signer,
+    }
+
+
+def _ephemeral_dict(
+    ctx: Context, *, epoch: int, member: str, kem: str, ek: bytes, commit: bytes
+) -> dict[str, Value]:
+    d = _common(LABELS[MSG_EPHEMERAL], ctx, epoch, member)
+    d.update({"kem": kem, "ek": ek, "commit": commit})
+    return d
+
+
+def ephemeral_signed_bytes(
+    ctx: Context, *, epoch: int, member: str, kem: str, ek: bytes, commit: bytes
+) -> bytes:
+    """What a member signs for its ephemeral key (also checked for each roster entry)."""
+    return encode(_ephemeral_dict(ctx, epoch=epoch, member=member, kem=kem, ek=ek, commit=commit))
+
+
+def roster_signature_payload(ctx: Context, epoch: int, roster_hash: bytes) -> bytes:
+    """What every member signs to approve the roster ``roster_hash`` of ``epoch``."""
+    d = _common(ROSTER_SIG_LABEL, ctx, epoch, "")
+    del d["from"]
+    d["roster"] = roster_hash
+    return encode(d)
+
+
+def commitment(epoch: int, member: str, reveal: bytes) -> bytes:
+    """The commitment a member publishes (ephemeral message) to the nonce it reveals later
+    (sender key message); the security code depends on every revealed nonce."""
+    return hashlib.sha256(
+        encode({"t": COMMIT_LABEL, "epoch": epoch, "from": member, "reveal": reveal})
+    ).digest()
+
+
+def _signed_body(key: SigningKey, signed: dict[str, Value], **extra: Value) -> bytes:
+    data = encode(signed)
+    out: dict[str, Value] = {"signed": signed, "sig": key.sign(data)}
+    out.update(extra)
+    return encode(out)
+
+
+# --- builders (each returns a body; parse it back to get the Message) -------------------------
+
+
+def build_start(
+    key: SigningKey,
+    ctx: Context,
+    *,
+    epoch: int,
+    signer: str,
+    members: Sequence[str],
+    kem: str,
+    suite: str,
+    reason: str,
+) -> bytes:
+    d = _common(LABELS[MSG_START], ctx, epoch, signer)
+    d.update({"members": list(members), "kem": kem, "suite": suite, "reason": reason})
+    return _signed_body(key, d)
+
+
+def build_ephemeral(
+    key: SigningKey, ctx: Context, *, epoch: int, signer: str, kem: str, ek: bytes, commit: bytes
+) -> bytes:
+    d = _ephemeral_dict(ctx, epoch=epoch, member=signer, kem=kem, ek=ek, commit=commit)
+    return _signed_body(key, d)
+
+
+def build_roster(
+    key: SigningKey,
+    ctx: Context,
+    *,
+    epoch: int,
+    signer: str,
+    kem: str,
+    suite: str,
+    entries: Sequence[RosterEntry],
+) -> bytes:
+    d = _common(LABELS[MSG_ROSTER], ctx, epoch, signer)
+    members: list[Value] = [
+        {"id": e.member, "ik": e.identity_key, "ek": e.ek, "commit": e.commit, "ek_sig": e.ek_sig}
+        for e in entries
+    ]
+    d.update({"kem": kem, "suite": suite, "members": members})
+    return _signed_body(key, d)
+
+
+def build_sender_key(
+    key: SigningKey,
+    ctx: Context,
+    *,
+    epoch: int,
+    signer: str,
+    roster_hash: bytes,
+    reveal: bytes,
+    sealed: Mapping[str, bytes],
+) -> bytes:
+    d = _common(LABELS[MSG_SENDER_KEY], ctx, epoch, signer)
+    sealed_value: dict[str, Value] = dict(sealed)
+    d.update({"roster": roster_hash, "reveal": reveal, "sealed": sealed_value})
+    roster_sig = key.sign(roster_signature_payload(ctx, epoch, roster_hash))
+    return _signed_body(key, d, roster_sig=roster_sig)
+
+
+def build_ack(
+    key: SigningKey,
+    ctx: Context,
+    *,
+    epoch: int,
+    signer: str,
+    roster_hash: bytes,
+    transcript_hash: bytes,
+) -> bytes:
+    d = _common(LABELS[MSG_ACK], ctx, epoch, signer)
+    d.update({"roster": roster_hash, "transcript": transcript_hash})
+    return _signed_body(key, d)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def _bad(msg_type: str, what: str) -> MalformedMessage:
+    return MalformedMessage(f"{msg_type}: {what}")
+
+
+def _str(d: Mapping[str, Value], key: str, t: str, max_len: int) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or len(v) > max_len:
+        raise _bad(t, f"field {key!r} must be a string of at most {max_len} characters")
+    return v
+
+
+def _id_value(v: Value, t: str, what: str) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= MAX_ID_LENGTH:
+        raise _bad(t, f"{what} must be a terminal id of 1 to {MAX_ID_LENGTH} characters")
+    return v
+
+
+def _id(d: Mapping[str, Value], key: str, t: str) -> str:
+    return _id_value(d.get(key), t, f"field {key!r}")
+
+
+def _int(d: Mapping[str, Value], key: str, t: str, lo: int, hi: int) -> int:
+    v = d.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _bad(t, f"field {key!r} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _bytes(d: Mapping[str, Value], key: str, t: str, *, size: int = -1, max_size: int = 0) -> bytes:
+    v = d.get(key)
+    if not isinstance(v, bytes):
+        raise _bad(t, f"field {key!r} must be bytes")
+    if size >= 0 and len(v) != size:
+        raise _bad(t, f"field {key!r} must be {size} bytes")
+    if size < 0 and not 0 < len(v) <= max_size:
+        raise _bad(t, f"field {key!r} must be 1 to {max_size} bytes")
+    return v
+
+
+def _dict(v: Value, t: str, what: str, keys: frozenset[str]) -> dict[str, Value]:
+    if not isinstance(v, dict):
+        raise _bad(t, f"{what} must be a dict")
+    if set(v) != keys:
+        raise _bad(t, f"{what} must have exactly the fields {sorted(keys)}")
+    return v
+
+
+def _sorted_ids(items: Sequence[str], t: str, what: str) -> tuple[str, ...]:
+    if not 1 <= len(items) <= MAX_MEMBERS:
+        raise _bad(t, f"{what}: 1 to {MAX_MEMBERS} members")
+    for a, b in itertools.pairwise(items):
+        if not a < b:
+            raise _bad(t, f"{what}: members must be sorted and unique")
+    return tuple(items)
+
+
+#: where the signed part starts in a body: the outer dict's keys are sorted, so "signed"
+#: comes last, after "sig" (and "roster_sig"), whose values have fixed sizes
+_SIGNED_KEY: Final = b"s\x00\x00\x00\x06signed"
+_SIG_ENTRY: Final = 1 + 4 + 3 + 1 + 4 + SIGNATURE_SIZE
+_ROSTER_SIG_ENTRY: Final = 1 + 4 + 10 + 1 + 4 + SIGNATURE_SIZE
+
+
+def _signed_bytes(body: bytes, t: str) -> bytes:
+    """The bytes of the signed part, cut from a body that already decoded canonically
+    (so they equal ``encode(signed)``, without encoding again)."""
+    start = 5 + _SIG_ENTRY + (_ROSTER_SIG_ENTRY if t == MSG_SENDER_KEY else 0)
+    if body[start : start + len(_SIGNED_KEY)] != _SIGNED_KEY:  # pragma: no cover - canonical
+        raise _bad(t, "signed part not where canonical encoding puts it")
+    return body[start + len(_SIGNED_KEY) :]
+
+
+class _Common(TypedDict):
+    msg_type: str
+    context: Context
+    epoch: int
+    signer: str
+    signed: bytes
+    signature: bytes
+    body: bytes
+
+
+def parse(msg_type: str, body: bytes) -> Message:
+    """Parse an ``e2ee.*`` body of type ``msg_type``; raises only
+    :class:`MalformedMessage`. Does not check signatures or context."""
+    if msg_type not in _FIELDS:
+        raise MalformedMessage(f"unknown message type {msg_type[:40]!r}")
+    t = msg_type
+    try:
+        value = decode(body, max_size=MAX_MESSAGE_SIZE)
+    except EncodingError as exc:
+        raise _bad(t, f"not canonical HCE ({exc})") from None
+    outer_keys = {"signed", "sig", "roster_sig"} if t == MSG_SENDER_KEY else {"signed", "sig"}
+    outer = _dict(value, t, "body", frozenset(outer_keys))
+    signed = _dict(outer["signed"], t, "signed part", _FIELDS[t])
+    if signed["t"] != LABELS[t]:
+        raise _bad(t, "label does not match the message type")
+    common: _Common = {
+        "msg_type": t,
+        "context": Context(
+            _str(signed, "line", t, MAX_ID_LENGTH),
+            _str(signed, "call", t, MAX_ID_LENGTH),
+            _int(signed, "cv", t, 0, (1 << 63) - 1),
+        ),
+        "epoch": _int(signed, "epoch", t, 1, MAX_EPOCH),
+        "signer": _id(signed, "from", t),
+        "signed": _signed_bytes(body, t),
+        "signature": _bytes(outer, "sig", t, size=SIGNATURE_SIZE),
+        "body": body,
+    }
+    if t == MSG_START:
+        raw_members = signed["members"]
+        if not isinstance(raw_members, list):
+            raise _bad(t, "members must be a list")
+        ids = [_id_value(m, t, "member") for m in raw_members]
+        return EpochStart(
+            **common,
+            members=_sorted_ids(ids, t, "members"),
+            kem=_str(signed, "kem", t, MAX_NAME_LENGTH),
+            suite=_str(signed, "suite", t, MAX_NAME_LENGTH),
+            reason=_str(signed, "reason", t, MAX_REASON_LENGTH),
+        )
+    if t == MSG_EPHEMERAL:
+        return Ephemeral(
+            **common,
+            kem=_str(signed, "kem", t, MAX_NAME_LENGTH),
+            ek=_bytes(signed, "ek", t, max_size=MAX_PUBLIC_KEY_SIZE),
+            commit=_bytes(signed, "commit", t, size=HASH_SIZE),
+        )
+    if t == MSG_ROSTER:
+        raw_entries = signed["members"]
+        if not isinstance(raw_entries, list):
+            raise _bad(t, "members must be a list")
+        entries = []
+        for raw in raw_entries:
+            e = _dict(raw, t, "roster entry", _ENTRY_FIELDS)
+            entries.append(
+                RosterEntry(
+                    member=_id(e, "id", t),
+                    identity_key=_bytes(e, "ik", t, size=IDENTITY_KEY_SIZE),
+                    ek=_bytes(e, "ek", t, max_size=MAX_PUBLIC_KEY_SIZE),
+                    commit=_bytes(e, "commit", t, size=HASH_SIZE),
+                    ek_sig=_bytes(e, "ek_sig", t, size=SIGNATURE_SIZE),
+                )
+            )
+        _sorted_ids([e.member for e in entries], t, "members")
+        return RosterProposal(
+            **common,
+            kem=_str(signed, "kem", t, MAX_NAME_LENGTH),
+            suite=_str(signed, "suite", t, MAX_NAME_LENGTH),
+            entries=tuple(entries),
+        )
+    if t == MSG_SENDER_KEY:
+        raw_sealed = signed["sealed"]
+        if not isinstance(raw_sealed, dict) or len(raw_sealed) >= MAX_MEMBERS:
+            raise _bad(t, f"sealed must be a dict of fewer than {MAX_MEMBERS} entries")
+        sealed = {
+            _id_value(r, t, "recipient"): _bytes(raw_sealed, r, t, max_size=MAX_SEALED_SIZE)
+            for r in raw_sealed
+        }
+        return SenderKey(
+            **common,
+            roster_hash=_bytes(signed, "roster", t, size=HASH_SIZE),
+            reveal=_bytes(signed, "reveal", t, size=NONCE_SIZE),
+            sealed=sealed,
+            roster_signature=_bytes(outer, "roster_sig", t, size=SIGNATURE_SIZE),
+        )
+    return Ack(
+        **common,
+        roster_hash=_bytes(signed, "roster", t, size=HASH_SIZE),
+        transcript_hash=_bytes(signed, "transcript", t, size=HASH_SIZE),
+    )

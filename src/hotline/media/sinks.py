@@ -1,0 +1,261 @@
+"""Media sinks: consume a remote track and measure what arrived.
+
+- :class:`VideoFrameIdSink` reads the frame id of every decoded video frame
+  (:mod:`~hotline.media.frame_id`): frames, readable ids, gaps, reordering, freezes, and the
+  one-way latency ``now - send time`` (valid when both ends share ``CLOCK_MONOTONIC``, i.e.
+  run on one host).
+- :class:`AudioChirpSink` counts decoded audio frames and finds the once-a-second chirp of
+  :class:`~hotline.media.sources.SyntheticAudioTrack`; the spacing of the chirps reveals lost
+  or concealed audio.
+
+Each sink has a pure ``on_frame(frame, now_ms)`` and a small asyncio driver (:meth:`start`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from hotline.media.frame_id import FrameIdLayout, latency_ms, monotonic_ms
+from hotline.media.stats import LatencyRecorder
+
+logger = logging.getLogger("hotline.media")
+
+#: a gap between two displayed video frames longer than this is a freeze
+FREEZE_MS = 250
+#: latencies above this mean the two ends do not share a clock: not recorded
+MAX_PLAUSIBLE_LATENCY_MS = 30_000
+#: a chirp is where the first channel exceeds half of full scale
+CHIRP_THRESHOLD = 16384
+#: after a chirp, ignore the next 0.5 s (its own tail)
+CHIRP_REFRACTORY_S = 0.5
+
+
+class _TrackConsumer:
+    """Runs ``on_frame`` for every frame of a track until it ends or :meth:`stop`."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self.ended = False
+
+    def on_frame(self, frame: Any, now_ms: int) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def start(self, track: MediaStreamTrack) -> asyncio.Task[None]:
+        self._task = asyncio.ensure_future(self._run(track))
+        return self._task
+
+    async def _run(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.on_frame(frame, self._clock())
+        except MediaStreamError:
+            pass
+        finally:
+            self.ended = True
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class VideoFrameIdSink(_TrackConsumer):
+    """Decodes frame ids from displayed frames: counts, gaps, freezes, one-way latency."""
+
+    def __init__(self, clock: Callable[[], int] = monotonic_ms, freeze_ms: int = FREEZE_MS):
+        super().__init__(clock)
+        self.freeze_ms = freeze_ms
+        self.frames = 0
+        self.readable = 0
+        self.unreadable = 0
+        self.missing = 0
+        self.out_of_order = 0
+        self.freezes = 0
+        self.freeze_total_ms = 0
+        self.max_gap_ms = 0
+        self.latency = LatencyRecorder()
+        self.implausible_latency = 0
+        self.first_counter: int | None = None
+        self.last_counter: int | None = None
+        self.first_frame_ms: int | None = None
+        self._last_frame_ms: int | None = None
+        self._layout: tuple[int, int, FrameIdLayout] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def _layout_for(self, width: int, height: int) -> FrameIdLayout:
+        if self._layout is None or self._layout[:2] != (width, height):
+            self._layout = (width, height, FrameIdLayout.for_size(width, height))
+        return self._layout[2]
+
+    def on_frame(self, frame: av.VideoFrame, now_ms: int) -> None:
+        self.frames += 1
+        if self.first_frame_ms is None:
+            self.first_frame_ms = now_ms
+        if self._last_frame_ms is not None:
+            gap = (now_ms - self._last_frame_ms) % (1 << 32)
+            self.max_gap_ms = max(self.max_gap_ms, gap)
+            if gap > self.freeze_ms:
+                self.freezes += 1
+                self.freeze_total_ms += gap
+        self._last_frame_ms = now_ms
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        plane = frame.planes[0]
+        try:
+            frame_id = self._layout_for(frame.width, frame.height).read(
+                bytes(plane), plane.line_size
+            )
+        except ValueError:  # a frame too small to hold an id
+            frame_id = None
+        if frame_id is None:
+            self.unreadable += 1
+        else:
+            self.readable += 1
+            self._track_counter(frame_id.counter)
+            latency = latency_ms(frame_id.send_ms, now_ms)
+            if latency <= MAX_PLAUSIBLE_LATENCY_MS:
+                self.latency.add(latency)
+            else:
+                self.implausible_latency += 1
+        self._wake()
+
+    def _track_counter(self, counter: int) -> None:
+        if self.first_counter is None:
+            self.first_counter = counter
+        last = self.last_counter
+        if last is not None:
+            if counter > last + 1:
+                self.missing += counter - last - 1
+            elif counter <= last:
+                self.out_of_order += 1
+                return
+        self.last_counter = counter
+
+    def _wake(self) -> None:
+        for entry in list(self._waiters):
+            count, fut = entry
+            if self.readable >= count and not fut.done():
+                fut.set_result(None)
+                self._waiters.remove(entry)
+
+    async def wait_for(self, readable: int, timeout: float) -> bool:
+        """Wait until ``readable`` frame ids were read; ``False`` on timeout."""
+        if self.readable >= readable:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((readable, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "ids_read": self.readable,
+            "ids_unreadable": self.unreadable,
+            "first_id": self.first_counter,
+            "last_id": self.last_counter,
+            "missing": self.missing,
+            "out_of_order": self.out_of_order,
+            "freezes": self.freezes,
+            "freeze_total_ms": self.freeze_total_ms,
+            "max_gap_ms": self.max_gap_ms,
+            "latency": self.latency.to_dict(),
+            "implausible_latency": self.implausible_latency,
+        }
+
+
+class AudioChirpSink(_TrackConsumer):
+    """Counts decoded audio frames and finds the once-a-second chirps in them."""
+
+    def __init__(self, clock: Callable[[], int] = monotonic_ms) -> None:
+        super().__init__(clock)
+        self.frames = 0
+        self.samples = 0
+        self.sample_rate: int | None = None
+        self.chirps: list[int] = []  #: sample position of each chirp onset
+        self.chirp_times_ms: list[int] = []
+        self.first_frame_ms: int | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._resampler: av.AudioResampler | None = None
+
+    def on_frame(self, frame: av.AudioFrame, now_ms: int) -> None:
+        self.frames += 1
+        if self.first_frame_ms is None:
+            self.first_frame_ms = now_ms
+        self.sample_rate = frame.sample_rate
+        channels = len(frame.layout.channels)
+        step = 1 if frame.format.is_planar else channels
+        if frame.format.name not in ("s16", "s16p"):
+            if self._resampler is None:
+                self._resampler = av.AudioResampler(format="s16p", layout=frame.layout)
+            converted = self._resampler.resample(frame)
+            if not converted:
+                return
+            frame, step = converted[0], 1
+        pcm = array("h", bytes(frame.planes[0])[: 2 * frame.samples * step])
+        first = pcm[::step] if step > 1 else pcm
+        start = self.samples
+        self.samples += len(first)
+        if max(first, default=0) < CHIRP_THRESHOLD and -min(first, default=0) < CHIRP_THRESHOLD:
+            return
+        refractory = int(CHIRP_REFRACTORY_S * (frame.sample_rate or 48000))
+        for i, value in enumerate(first):
+            if abs(value) >= CHIRP_THRESHOLD:
+                position = start + i
+                if self.chirps and position - self.chirps[-1] < refractory:
+                    return
+                self.chirps.append(position)
+                self.chirp_times_ms.append(now_ms)
+                self._wake()
+                return
+
+    def _wake(self) -> None:
+        for entry in list(self._waiters):
+            count, fut = entry
+            if len(self.chirps) >= count and not fut.done():
+                fut.set_result(None)
+                self._waiters.remove(entry)
+
+    async def wait_for(self, chirps: int, timeout: float) -> bool:
+        """Wait until ``chirps`` chirps were found; ``False`` on timeout."""
+        if len(self.chirps) >= chirps:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((chirps, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def interval_errors_ms(self) -> list[float]:
+        """How far each chirp-to-chirp spacing is from one second, in ms (audio lost/added)."""
+        rate = self.sample_rate or 48000
+        return [
+            ((b - a) - rate) * 1000 / rate
+            for a, b in zip(self.chirps, self.chirps[1:], strict=False)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        errors = self.interval_errors_ms()
+        return {
+            "frames": self.frames,
+            "seconds": round(self.samples / (self.sample_rate or 48000), 2),
+            "chirps": len(self.chirps),
+            "chirp_spacing_ok": sum(1 for e in errors if abs(e) <= 1.0),
+            "max_chirp_spacing_error_ms": round(max((abs(e) for e in errors), default=0.0), 2),
+        }

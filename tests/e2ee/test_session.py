@@ -1,0 +1,459 @@
+"""The key session with in-memory members (2, 3 and 10): join, leave, rekey, laggards,
+directory changes, erasure of secrets. The hostile relay has its own file."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hotline.e2ee import messages as msgs
+from hotline.e2ee import sframe
+from hotline.e2ee.epochs import State
+from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.session import MAX_TIMEOUTS, CallKeySession
+from hotline.errors import (
+    CounterExhausted,
+    EpochRollback,
+    ExpiredKey,
+    KeyAgreementError,
+    NoMediaKey,
+    NotInDirectory,
+    StateError,
+    UnknownKeyId,
+    UsageError,
+    WrongContext,
+)
+from hotline.keys import SigningKey
+
+from .net import Delivery, Net, Relay
+
+OPUS = b"\xfc" + b"opus-frame" * 8
+
+
+def events_of(net: Net, member: str, kind: type) -> list:  # type: ignore[type-arg]
+    return [e for e in net[member].events if isinstance(e, kind)]
+
+
+@pytest.mark.parametrize("kem", ["X25519", "MLKEM768_X25519"])
+def test_two_members_agree_and_media_flows(kem: str) -> None:
+    net = Net(["alice", "bob"], kem=kem)
+    net.set_view(["alice", "bob"])
+    assert net.agreed(["alice", "bob"]) == 1
+    net.frames_flow(["alice", "bob"])
+    net.assert_keys_authentic()
+    for who in ("alice", "bob"):
+        (act,) = net.activations(who)
+        assert act.members == ("alice", "bob")
+        assert act.security_code == net[who].session.security_code
+        assert not net[who].errors
+        assert net[who].session.rejections == {}
+
+
+def test_single_member_epoch() -> None:
+    net = Net(["alice"])
+    net.set_view(["alice"])
+    assert net.agreed(["alice"]) == 1
+
+
+def test_no_media_before_the_first_epoch() -> None:
+    net = Net(["alice", "bob"])
+    with pytest.raises(NoMediaKey):
+        net["alice"].session.media.protect("audio", OPUS)
+
+
+def test_join_then_leave_three_members() -> None:
+    net = Net(["a", "b", "c"])
+    net.set_view(["a", "b"], at=["a", "b"])
+    e1 = net.agreed("ab")
+    old_frame = net["a"].session.media.protect("audio", OPUS)
+    code1 = net["a"].session.security_code
+
+    net.set_view(["a", "b", "c"])  # c joins
+    e2 = net.agreed("abc")
+    assert e2 == e1 + 1 and net["a"].session.security_code != code1
+    net.frames_flow("abc")
+    net.assert_keys_authentic()
+    with pytest.raises(UnknownKeyId):  # the joiner gets nothing from before it joined
+        net["c"].session.media.unprotect("audio", old_frame)
+    c_frame = net["c"].session.media.protect("audio", OPUS)
+
+    net.set_view(["a", "b"], at=["a", "b"])  # c leaves
+    e3 = net.agreed("ab")
+    assert e3 == e2 + 1
+    net.frames_flow("ab")
+    new_frame = net["a"].session.media.protect("audio", OPUS)
+    with pytest.raises(UnknownKeyId):  # the one who left cannot read the next epoch
+        net["c"].session.media.unprotect("audio", new_frame)
+    with pytest.raises(ExpiredKey):  # and its keys were erased at once at the others
+        net["b"].session.media.unprotect("audio", c_frame)
+    assert net["c"].session.epoch == e2  # c's session never learnt of epoch 3
+    assert not any(net[x].errors for x in "abc")
+
+
+def test_sending_pauses_when_a_member_leaves() -> None:
+    net = Net(["a", "b", "c"])
+    net.set_view("abc")
+    net.agreed("abc")
+    # only a's call layer has seen c leave so far: a stops sending at once
+    net.set_view(["a", "b"], at=["a"])
+    with pytest.raises(NoMediaKey, match="c left"):
+        net["a"].session.media.protect("audio", OPUS)
+    assert net["a"].session.pending_state is State.COLLECTING_EPHEMERALS
+    # b's call layer has not caught up: the start is kept, not signed
+    assert net["b"].session.pending_epoch is None
+    net.set_view(["a", "b"], at=["b"])
+    net.agreed("ab")
+    net.frames_flow("ab")
+
+
+def test_leader_leaves_and_the_next_one_leads() -> None:
+    net = Net(["a", "b", "c"])
+    net.set_view("abc")
+    net.agreed("abc")
+    net.set_view(["b", "c"], at=["b", "c"])
+    assert net.agreed("bc") == 2
+    start = [d for d in net.log if d.msg_type == msgs.MSG_START][-1]
+    assert start.sender == "b"
+
+
+def test_ten_members_hybrid_join_and_leave() -> None:
+    ids = [f"t{i:02d}" for i in range(10)]
+    net = Net(ids, kem="MLKEM768_X25519")
+    net.set_view(ids[:9], at=ids[:9])
+    net.agreed(ids[:9])
+    net.set_view(ids)  # the tenth joins
+    net.agreed(ids)
+    net.frames_flow([ids[0], ids[5], ids[9]])
+    net.assert_keys_authentic()
+    net.set_view(ids[1:], at=ids[1:])  # the leader leaves
+    net.agreed(ids[1:])
+    frame = net[ids[1]].session.media.protect("audio", OPUS)
+    with pytest.raises(UnknownKeyId):
+        net[ids[0]].session.media.unprotect("audio", frame)
+    assert len({net[i].session.security_code for i in ids[1:]}) == 1
+
+
+def test_staggered_views_on_join() -> None:
+    """The leader hears of the joiner before the others do: they keep its start until
+    their own call layer agrees, then finish the epoch."""
+    net = Net(["a", "b", "c"])
+    net.set_view(["a", "b"], at=["a", "b"])
+    net.agreed("ab")
+    net.set_view(["a", "b", "c"], at=["a", "c"])
+    assert net["b"].session.epoch == 1 and net["a"].session.epoch == 1
+    net.set_view(["a", "b", "c"], at=["b"])
+    net.agreed("abc")
+
+
+def test_waiting_for_a_leader_that_never_starts() -> None:
+    net = Net(["a", "b", "c"], ack_timeout_s=5)
+    net.set_view("abc")
+    net.agreed("abc")
+    net.set_view(["a", "b"], at=["b"])  # a (the leader) never hears that c left
+    net.advance(5.1)
+    (lag,) = events_of(net, "b", MemberLagging)
+    assert lag == MemberLagging(2, ("a",))
+
+
+def test_periodic_rekey_and_erasure_after_grace() -> None:
+    net = Net(["a", "b", "c"], rekey_interval_s=300, grace_s=10)
+    net.set_view("abc")
+    e1 = net.agreed("abc")
+    code1 = net["a"].session.security_code
+    old = net["b"].session.media.protect("audio", OPUS)
+    net.advance(299)
+    assert net.agreed("abc") == e1
+    net.advance(2)  # the leader's rekey timer fires at 300 s
+    e2 = net.agreed("abc")
+    assert e2 == e1 + 1 and net["a"].session.security_code != code1
+    assert net["a"].events[-1] == EpochActivated(
+        e2, ("a", "b", "c"), net["a"].session.security_code
+    )
+    assert net["a"].session.media.unprotect("audio", old) == OPUS  # grace: still accepted
+    net.advance(10)
+    late = net["b"].session.media.protect("audio", OPUS)  # now under e2
+    assert net["a"].session.media.unprotect("audio", late) == OPUS
+    # the keys of e1 are gone everywhere
+    assert sframe.make_kid(e1, 1) not in net["a"].session.media.receive_kids()
+    with pytest.raises(ExpiredKey):
+        net["c"].session.media.unprotect("audio", old)
+    assert net["b"].session.media.stats().receive_epochs == (e2,)
+    net.advance(600)
+    assert net.agreed("abc") == e2 + 2  # and again every 300 s
+
+
+def test_member_that_never_acknowledges() -> None:
+    class DropAcksFromC(Relay):
+        def route(self, d: Delivery, net: Net) -> list[Delivery]:
+            return [] if d.sender == "c" and d.msg_type == msgs.MSG_ACK else [d]
+
+    net = Net(["a", "b", "c"], relay=DropAcksFromC(), ack_timeout_s=5)
+    net.set_view(["a", "b"], at=["a", "b"])
+    e1 = net.agreed("ab")
+    net.set_view("abc")  # c joins but its acknowledgements never arrive
+    assert net["a"].session.epoch == e1 and net["a"].session.pending_state is State.AWAITING_ACKS
+    net.frames_flow("ab")  # meanwhile a and b keep talking under the old epoch
+    net.advance(5.5)
+    assert events_of(net, "a", MemberLagging) == [MemberLagging(e1 + 1, ("c",))]
+    assert events_of(net, "b", MemberLagging) == [MemberLagging(e1 + 1, ("c",))]
+    net.advance(5 * MAX_TIMEOUTS)
+    (failed,) = events_of(net, "b", EpochFailed)
+    assert failed.epoch == e1 + 1 and "c" in failed.reason
+    # the call layer drops the laggard: a and b stay in the epoch c never had keys for
+    net.set_view(["a", "b"], at=["a", "b"])
+    assert net.agreed("ab") == e1
+    net.frames_flow("ab")
+    with pytest.raises(UnknownKeyId):
+        net["c"].session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))
+    net.assert_keys_authentic()
+
+
+def test_lost_start_is_retransmitted() -> None:
+    class DropFirstStart(Relay):
+        dropped = False
+
+        def route(self, d: Delivery, net: Net) -> list[Delivery]:
+            if d.msg_type == msgs.MSG_START and not self.dropped:
+                self.dropped = True
+                return []
+            return [d]
+
+    net = Net(["a", "b"], relay=DropFirstStart(), ack_timeout_s=5)
+    net.set_view("ab")
+    assert net["a"].session.epoch == 0
+    net.advance(5.1)
+    assert net.agreed("ab") == 1
+    assert events_of(net, "a", MemberLagging) == [MemberLagging(1, ("b",))]
+
+
+def test_member_removed_from_the_directory() -> None:
+    net = Net(["a", "b", "c"])
+    net.set_view("abc")
+    e1 = net.agreed("abc")
+    c_old = [d for d in net.log if d.sender == "c" and d.msg_type == msgs.MSG_ACK][-1]
+    new_directory = {k: v for k, v in net.directory.items() if k != "c"}
+    for x in "ab":
+        net[x].view = frozenset("ab")
+        net[x].session.update_directory(new_directory, 2, net.now)
+    net.pump()
+    e2 = net.agreed("ab")
+    assert e2 == e1 + 1
+    assert net["a"].session.charter_version == 2
+    frame = net["a"].session.media.protect("audio", OPUS)
+    with pytest.raises(UnknownKeyId):
+        net["c"].session.media.unprotect("audio", frame)
+    # c still holds its identity key, but nothing it signs is accepted any more
+    with pytest.raises(NotInDirectory):
+        net["a"].session.receive("c", c_old.msg_type, c_old.body, net.now)
+    forged = msgs.build_start(
+        net.keys["c"],
+        msgs.Context("line-sochi-washington", "call-2021-12-07", 2),
+        epoch=e2 + 1,
+        signer="c",
+        members=["a", "b", "c"],
+        kem="X25519",
+        suite="AES_128_GCM_SHA256_128",
+        reason="join",
+    )
+    with pytest.raises(NotInDirectory):
+        net["b"].session.receive("c", msgs.MSG_START, forged, net.now)
+    # and the call layer cannot bring c back in
+    with pytest.raises(NotInDirectory):
+        net["a"].session.set_participants({"a", "b", "c"}, net.now)
+    assert net["a"].session.participants == frozenset("ab")
+
+
+def test_charter_version_change_rekeys_and_binds_the_version() -> None:
+    net = Net(["a", "b"])
+    net.set_view("ab")
+    net.agreed("ab")
+    net["a"].session.update_directory(net.directory, 2, net.now)
+    net.pump()
+    # b is still on version 1: it refuses a's version-2 start
+    assert any(isinstance(e, WrongContext) for e in net["b"].errors)
+    net["b"].session.update_directory(net.directory, 2, net.now)
+    net.advance(5.1)  # a retransmits
+    assert net.agreed("ab") == 2
+    with pytest.raises(UsageError):
+        net["a"].session.update_directory(net.directory, 1, net.now)
+
+
+def test_self_removed_from_directory_erases_everything() -> None:
+    net = Net(["a", "b"])
+    net.set_view("ab")
+    net.agreed("ab")
+    with pytest.raises(StateError):
+        net["b"].session.update_directory({"a": net.directory["a"]}, 2, net.now)
+    with pytest.raises(NoMediaKey):
+        net["b"].session.media.protect("audio", OPUS)
+    assert net["b"].session.media.receive_kids() == []
+
+
+def test_ephemeral_private_keys_and_old_base_keys_are_erased() -> None:
+    net = Net(["a", "b"], grace_s=10)
+    net.set_view("ab")
+    net.agreed("ab")
+    frame_e1 = net["a"].session.media.protect("audio", OPUS)
+    # start a rekey by hand and stop right after b has opened every key
+    session_b = net["b"].session
+    net["a"].session.handle_timer(net.now + 300)
+    net.now += 300
+    captured: dict[str, object] = {}
+
+    original_keys_complete = session_b._keys_complete
+
+    def spy(a, now):  # type: ignore[no-untyped-def]
+        captured["ephemeral"] = weakref.ref(a.ephemeral)
+        captured["seed"] = a.ephemeral.seed_view()
+        captured["own_base_key"] = a.base_key
+        captured["base_keys"] = list(a.base_keys.values())
+        assert a.ephemeral.seed_view() is not None and any(a.ephemeral.seed_view())
+        assert all(any(k) for k in a.base_keys.values())
+        original_keys_complete(a, now)
+
+    session_b._keys_complete = spy  # type: ignore[method-assign]
+    net.pump()
+    e2 = net.agreed("ab")
+    # the ephemeral private key: seed overwritten, object gone
+    seed = captured["seed"]
+    assert isinstance(seed, bytearray) and not any(seed)
+    gc.collect()
+    ref = captured["ephemeral"]
+    assert isinstance(ref, weakref.ref) and ref() is None
+    # the base keys handed to the media crypto were overwritten in place
+    assert all(not any(k) for k in captured["base_keys"])  # type: ignore[attr-defined]
+    own = captured["own_base_key"]
+    assert isinstance(own, bytearray) and not any(own)
+    # the previous epoch's keys survive the grace period only
+    assert net["b"].session.media.unprotect("audio", frame_e1) == OPUS
+    net.advance(10.5)
+    assert [sframe.kid_epoch(k) for k in net["b"].session.media.receive_kids()] == [e2]
+    with pytest.raises(ExpiredKey):
+        net["b"].session.media.unprotect("audio", frame_e1)
+
+
+def test_old_epoch_messages_are_refused_and_counted() -> None:
+    net = Net(["a", "b"])
+    net.set_view("ab")
+    net.agreed("ab")
+    old = [d for d in net.log if d.recipient == "b"]
+    net.advance(301)
+    assert net.agreed("ab") == 2
+    for d in old:
+        with pytest.raises(EpochRollback):
+            net["b"].session.receive(d.sender, d.msg_type, d.body, net.now)
+    assert net["b"].session.rejections == {"epoch_rollback": len(old)}
+    rejected = events_of(net, "b", KeyRejected) + [
+        e for e in net["b"].session.events() if isinstance(e, KeyRejected)
+    ]
+    assert {(e.sender, e.reason) for e in rejected} == {("a", "epoch_rollback")}
+
+
+def test_duplicates_are_ignored_and_counted() -> None:
+    net = Net(["a", "b"])
+    net.set_view("ab")
+    net.agreed("ab")
+    for d in [d for d in net.log if d.recipient == "b"]:
+        net.deliver(d)
+    assert not net["b"].errors and net["b"].session.duplicates > 0
+    net.pump()  # b answered with its own messages once; a treats them as duplicates too
+    assert net.agreed("ab") == 1
+
+
+def test_counter_limit_is_enforced_through_the_session() -> None:
+    net = Net(["a", "b"], counter_limit=2)
+    net.set_view("ab")
+    net.agreed("ab")
+    for _ in range(3):
+        net["a"].session.media.protect("audio", OPUS)
+    with pytest.raises(CounterExhausted):
+        net["a"].session.media.protect("audio", OPUS)
+
+
+def test_bad_construction() -> None:
+    key = SigningKey.generate()
+    with pytest.raises(UsageError):
+        CallKeySession(
+            line_id="l", call_id="c", self_id="a", identity_key=key, directory={}, charter_version=1
+        )
+    with pytest.raises(UsageError):
+        CallKeySession(
+            line_id="l",
+            call_id="c",
+            self_id="a",
+            identity_key=key,
+            directory={"a": key.public},
+            charter_version=1,
+            kem="RSA",
+        )
+    s = CallKeySession(
+        line_id="l",
+        call_id="c",
+        self_id="a",
+        identity_key=key,
+        directory={"a": key.public},
+        charter_version=1,
+    )
+    with pytest.raises(UsageError):
+        s.set_participants({"b"}, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([*msgs.MSG_TYPES, "e2ee.other", ""]),
+    st.sampled_from(["a", "b", "mallory"]),
+    st.binary(max_size=300),
+)
+def test_receive_arbitrary_input_gives_only_key_agreement_errors(
+    msg_type: str, sender: str, body: bytes
+) -> None:
+    key = SigningKey.generate()
+    s = CallKeySession(
+        line_id="l",
+        call_id="c",
+        self_id="a",
+        identity_key=key,
+        directory={"a": key.public, "b": SigningKey.generate().public},
+        charter_version=1,
+        kem="X25519",
+    )
+    s.set_participants({"a", "b"}, 0)
+    with pytest.raises(KeyAgreementError):
+        s.receive(sender, msg_type, body, 0)
+    assert sum(s.rejections.values()) == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sets(st.sampled_from("abd")),  # who besides c the call layer says is in
+            st.sets(st.sampled_from("abcd"), min_size=1),  # whose call layer hears it now
+            st.floats(min_value=0, max_value=40),  # then this much time passes
+        ),
+        max_size=6,
+    ),
+    st.sets(st.sampled_from("abd"), min_size=1),
+)
+def test_any_sequence_of_views_converges(
+    steps: list[tuple[set[str], set[str], float]], final_others: set[str]
+) -> None:
+    """Call layers that disagree for a while, in any order, with time passing: afterwards
+    the members always agree, and no timer spins without progress."""
+    net = Net("abcd", ack_timeout_s=5, rekey_interval_s=30)
+    for others, hearing, dt in steps:
+        view = {"c", *others}  # the leader changes as a and b come and go
+        net.set_view(view, at=sorted((hearing & view) or {"c"}))
+        net.advance(dt)
+    final = sorted({"c", *final_others})
+    net.set_view(final, at=final)
+    net.advance(60)
+    net.set_view(final, at=final)
+    net.advance(20)
+    net.agreed(final)
+    net.frames_flow(final)
+    net.assert_keys_authentic()

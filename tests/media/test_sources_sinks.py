@@ -1,0 +1,149 @@
+"""Sources and sinks without a network: synthetic tracks, Opus round trip, files, devices."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
+
+from hotline.errors import MediaDeviceError, UsageError
+from hotline.media import sources
+from hotline.media.frame_id import FrameId, monotonic_ms
+from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
+from hotline.media.sources import (
+    AUDIO_RATE,
+    AUDIO_SAMPLES,
+    SyntheticAudioTrack,
+    SyntheticVideoTrack,
+    open_source,
+    synthetic_second,
+)
+
+
+async def test_video_track_is_paced_and_carries_ids_and_send_times() -> None:
+    track = SyntheticVideoTrack("sochi", 320, 180, 20)
+    sink = VideoFrameIdSink()
+    start = time.monotonic()
+    for _ in range(6):
+        frame = await track.recv()
+        assert (frame.width, frame.height, frame.format.name) == (320, 180, "yuv420p")
+        sink.on_frame(frame, monotonic_ms())
+    elapsed = time.monotonic() - start
+    assert elapsed >= 0.2  # 5 intervals of 50 ms: paced, not as fast as possible
+    assert frame.time_base == Fraction(1, 90000) and frame.pts == 5 * 4500
+    assert (sink.readable, sink.first_counter, sink.last_counter, sink.missing) == (6, 0, 5, 0)
+    assert sink.latency.p(95) is not None and sink.latency.p(95) < 100
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+def test_video_sink_counts_gaps_reordering_and_freezes() -> None:
+    track_frames = []
+    pattern = SyntheticVideoTrack("x", 320, 180, 30).pattern
+    for n in (0, 1, 2, 5, 4, 6):
+        y, u, v = pattern.render(n, FrameId(n, 1000 + n), "t")
+        frame = av.VideoFrame(320, 180, "yuv420p")
+        for plane, data in zip(frame.planes, (y, u, v), strict=True):
+            plane.update(data)
+        track_frames.append(frame)
+    sink = VideoFrameIdSink(freeze_ms=250)
+    times = [1010, 1040, 1070, 1400, 1430, 1460]
+    for frame, now in zip(track_frames, times, strict=True):
+        sink.on_frame(frame, now)
+    d = sink.to_dict()
+    assert d["missing"] == 2 and d["out_of_order"] == 1 and d["last_id"] == 6
+    assert d["freezes"] == 1 and d["max_gap_ms"] == 330
+    assert sink.latency.samples == [10, 39, 68, 395, 426, 454]
+
+
+def test_synthetic_second_has_one_chirp_at_the_start() -> None:
+    for signal in ("tone", "speech", "silence"):
+        pcm = synthetic_second(signal)
+        assert len(pcm) == 2 * AUDIO_RATE
+        sink = AudioChirpSink()
+        for i in range(0, AUDIO_RATE, AUDIO_SAMPLES):
+            frame = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_SAMPLES)
+            frame.planes[0].update(pcm[2 * i : 2 * (i + AUDIO_SAMPLES)])
+            frame.sample_rate = AUDIO_RATE
+            sink.on_frame(frame, 0)
+        assert len(sink.chirps) == 1 and sink.chirps[0] < 48  # within the first ms
+    assert synthetic_second("tone", chirp=False) != synthetic_second("tone")
+    with pytest.raises(UsageError):
+        synthetic_second("noise")
+
+
+async def test_chirps_are_found_through_aiortc_opus_one_second_apart() -> None:
+    track = SyntheticAudioTrack("speech")
+    track._pacer.interval = 0.0  # no real-time pacing for an offline codec check
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    sink = AudioChirpSink()
+    for _ in range(3 * 50):
+        payloads, timestamp = encoder.encode(await track.recv())
+        for payload in payloads:
+            for frame in decoder.decode(JitterFrame(payload, timestamp)):
+                sink.on_frame(frame, 0)
+    assert len(sink.chirps) == 3
+    assert all(abs(e) <= 1.0 for e in sink.interval_errors_ms())  # sample-exact spacing
+    assert sink.to_dict()["chirp_spacing_ok"] == 2
+
+
+def test_source_specs() -> None:
+    src = open_source("synthetic:speech", name="sochi", width=320, height=180, fps=15)
+    assert isinstance(src.video, SyntheticVideoTrack) and src.video.fps == 15
+    assert isinstance(src.audio, SyntheticAudioTrack) and src.audio.signal == "speech"
+    src.stop()
+    assert src.video.readyState == "ended"
+    for bad in ("webcam", "file:", "synthetic:noise"):
+        with pytest.raises(UsageError):
+            open_source(bad)
+    with pytest.raises(UsageError):
+        SyntheticVideoTrack(fps=0)
+
+
+def test_missing_file_and_devices_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(MediaDeviceError, match="not found"):
+        open_source(f"file:{tmp_path / 'nope.webm'}")
+    (tmp_path / "junk.webm").write_bytes(b"not media at all")
+    with pytest.raises(MediaDeviceError, match="cannot open"):
+        open_source(f"file:{tmp_path / 'junk.webm'}")
+    with pytest.raises(MediaDeviceError, match="no camera"):
+        sources.open_camera(str(tmp_path / "video9"))
+    with pytest.raises(UsageError):
+        sources.open_microphone(backend="oss")
+    found = sources.detect_devices()
+    assert set(found) == {"cameras", "microphone_backends"}
+    assert all(c.startswith("/dev/video") for c in found["cameras"])
+    if not found["cameras"]:  # no camera here: asking for one fails with a clear error
+        with pytest.raises(MediaDeviceError):
+            open_source("device")
+
+
+async def test_file_source_plays_a_real_file(tmp_path: Path) -> None:
+    path = tmp_path / "clip.webm"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        video = SyntheticVideoTrack("file", 320, 180, 60)
+        for _ in range(10):
+            frame = await video.recv()
+            frame.pts = None
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        video.stop()
+    src = open_source(f"file:{path}")
+    assert src.audio is None and src.video is not None
+    frame = await src.video.recv()
+    assert (frame.width, frame.height) == (320, 180)
+    sink = VideoFrameIdSink()
+    sink.on_frame(frame, monotonic_ms())
+    assert sink.readable == 1 and sink.first_counter == 0
+    src.stop()

@@ -17,7 +17,6 @@ from hotline.cli.common import console, print_json
 from hotline.errors import UsageError
 from hotline.exchange import tls
 from hotline.exchange.routing import Limits
-from hotline.exchange.server import ExchangeServer, ServerConfig, listening_line
 
 app = typer.Typer(
     help=(
@@ -182,6 +181,13 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
 
     Prints the URL it listens on once terminals can connect; with --json, one line:
     {"event": "listening", "url": ..., "port": ..., "exchange_id": ..., "lines": [...]}."""
+    # aiohttp's server is imported only here: every other `hotline` command starts faster
+    from hotline.exchange.server import (  # noqa: PLC0415
+        ExchangeServer,
+        ServerConfig,
+        listening_line,
+    )
+
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise UsageError(f"--log-level {log_level!r}: expected debug, info, warning or error")

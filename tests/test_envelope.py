@@ -6,12 +6,13 @@ import contextlib
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hotline.encoding import decode, encode
 from hotline.envelope import (
     DEFAULT_MAX_ENVELOPE_SIZE,
+    ENVELOPE_LABEL,
     SEQ_SHIFT,
     Envelope,
     SequenceCounter,
@@ -216,3 +217,84 @@ def test_equality_ignores_raw() -> None:
 
 def test_default_limit_is_generous_for_signalling() -> None:
     assert DEFAULT_MAX_ENVELOPE_SIZE >= 32 * 1024
+
+
+def _reference_parse(data: bytes) -> dict[str, object]:
+    """The envelope as the generic canonical decoder reads it."""
+    obj = decode(data)
+    if not isinstance(obj, dict) or set(obj) != {
+        "v",
+        "line",
+        "from",
+        "to",
+        "seq",
+        "ts",
+        "type",
+        "body",
+        "sig",
+    }:
+        raise EncodingError("not an envelope")
+    types = {
+        "v": int,
+        "line": str,
+        "from": str,
+        "seq": int,
+        "ts": int,
+        "type": str,
+        "body": bytes,
+        "sig": bytes,
+    }
+    for key, kind in types.items():
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise EncodingError(key)
+    if obj["to"] is not None and not isinstance(obj["to"], str):
+        raise EncodingError("to")
+    return obj
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=400),
+    st.binary(min_size=1, max_size=4),
+    st.sampled_from(["flip", "insert", "delete"]),
+    st.booleans(),
+)
+def test_fast_parser_accepts_exactly_the_canonical_layout(
+    where: int, patch: bytes, how: str, broadcast: bool
+) -> None:
+    data = _env(recipient=None if broadcast else "b", body=b"\x00" * 40).to_bytes()
+    where %= len(data)
+    if how == "flip":
+        mutated = data[:where] + bytes(b ^ 0x55 for b in patch) + data[where + len(patch) :]
+    elif how == "insert":
+        mutated = data[:where] + patch + data[where:]
+    else:
+        mutated = data[:where] + data[where + len(patch) :]
+    try:
+        reference: dict[str, object] | None = _reference_parse(mutated)
+    except EncodingError:
+        reference = None
+    try:
+        fast = Envelope.from_bytes(mutated)
+    except EncodingError:
+        fast = None
+    if reference is None:
+        assert fast is None
+        return
+    if fast is None:  # the field checks (ids, type names, sizes) refused it: same as before
+        return
+    assert (fast.line_id, fast.sender, fast.recipient, fast.seq, fast.timestamp_ms) == (
+        reference["line"],
+        reference["from"],
+        reference["to"],
+        reference["seq"],
+        reference["ts"],
+    )
+    assert (fast.msg_type, fast.body, fast.signature) == (
+        reference["type"],
+        reference["body"],
+        reference["sig"],
+    )
+    # the signed bytes cut from the wire are the canonical encoding without the signature
+    without = {k: v for k, v in reference.items() if k != "sig"}
+    assert fast.signed_bytes() == ENVELOPE_LABEL + encode(without)

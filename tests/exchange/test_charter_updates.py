@@ -80,3 +80,14 @@ async def test_lower_version_is_refused(tmp_path: Path, harness: Harness) -> Non
     harness.servers.remove(server)
     again = await harness.server([v1], db=server.config.db_path)
     assert again.charters[v1.line_id].version == 2
+
+
+async def test_charter_push_fits_a_small_burst(tmp_path: Path, harness: Harness) -> None:
+    v1 = make_line(tmp_path, 2)
+    server = await harness.server([v1], rate_per_s=5.0, burst=4)
+    t0 = await harness.client(server, v1, "t0")
+    t1 = await harness.client(server, v1, "t1")
+    await t0.update_charter(v1.with_version(2).signed)
+    events = await _events_until(t1, CharterUpdated)
+    assert isinstance(events[-1], CharterUpdated) and events[-1].charter.version == 2
+    assert t0.connected and t0.stats["reconnects"] == 0

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hotline.cli.exchange import parse_listen
-from hotline.encoding import encode
+from hotline.encoding import decode, encode
 from hotline.errors import FrameError, TooLarge, UsageError
 from hotline.exchange.frames import (
     Accepted,
@@ -186,3 +186,22 @@ def test_metrics_text_format() -> None:
         metrics.inc("envelopes_routed_total", "x")
     with pytest.raises(KeyError):
         metrics.inc("no_such_metric")
+
+
+@given(st.binary(max_size=100), st.integers(min_value=1, max_value=2**63 - 1))
+def test_hot_path_frames_match_the_generic_decoder(env: bytes, delivery_id: int) -> None:
+    send = encode_frame(Send(env))
+    assert decode(send) == {"t": "env", "env": env}
+    assert decode_client_frame(send, 1 << 20) == Send(env)
+    deliver = encode_deliver(delivery_id, env)
+    assert decode(deliver) == {"t": "deliver", "id": delivery_id, "env": env}
+    assert decode_server_frame(deliver, 1 << 20) == Deliver(delivery_id, env)
+    # damaged hot-path frames fall through to the generic decoder, which refuses them
+    for damaged in (send[:-1], send + b"x"):
+        with pytest.raises(FrameError):
+            decode_client_frame(damaged, 1 << 20)
+    for damaged in (deliver[:-1], deliver + b"\x00"):
+        with pytest.raises(FrameError):
+            decode_server_frame(damaged, 1 << 20)
+    with pytest.raises(FrameError):
+        decode_server_frame(encode_deliver(-delivery_id, env), 1 << 20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +17,6 @@ from hotline.cli.common import console, print_json
 from hotline.errors import UsageError
 from hotline.exchange import tls
 from hotline.exchange.routing import Limits
-from hotline.exchange.server import ExchangeServer, ServerConfig, listening_line
 
 app = typer.Typer(
     help=(
@@ -99,6 +99,20 @@ def _charter_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def _raise_fd_limit(max_connections: int) -> None:
+    """Every connection is a file descriptor: lift the soft limit as far as allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + 256
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    if hard < want:
+        logging.getLogger("hotline.exchange").warning(
+            "the file descriptor limit (%d) is below --max-connections %d; raise it with ulimit -n",
+            hard,
+            max_connections,
+        )
+
+
 @app.command("serve")
 def serve(  # noqa: PLR0917 (typer maps options to parameters)
     directory: DirOption,
@@ -167,6 +181,13 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
 
     Prints the URL it listens on once terminals can connect; with --json, one line:
     {"event": "listening", "url": ..., "port": ..., "exchange_id": ..., "lines": [...]}."""
+    # aiohttp's server is imported only here: every other `hotline` command starts faster
+    from hotline.exchange.server import (  # noqa: PLC0415
+        ExchangeServer,
+        ServerConfig,
+        listening_line,
+    )
+
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise UsageError(f"--log-level {log_level!r}: expected debug, info, warning or error")
@@ -174,6 +195,7 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     host, port = parse_listen(listen)
+    _raise_fd_limit(max_connections)
     limits = Limits(
         max_envelope_size=max_envelope_size,
         rate_per_s=rate,

@@ -63,6 +63,7 @@ from hotline.errors import (
 )
 from hotline.exchange import tls
 from hotline.exchange.frames import (
+    CHARTER_PUSH_COST,
     CLOSE_POLICY,
     CLOSE_REMOVED,
     CLOSE_SUPERSEDED,
@@ -94,8 +95,6 @@ logger = logging.getLogger("hotline.exchange.client")
 
 #: pace at this share of the exchange's advertised rate, to stay clear of its limit
 PACE_MARGIN = 0.9
-#: a pushed charter costs this many tokens at the exchange (see server.CHARTER_PUSH_COST)
-CHARTER_PUSH_COST = 10.0
 
 
 # --- events --------------------------------------------------------------------------------
@@ -514,6 +513,10 @@ class ExchangeClient:
         await self._emit(ConnectionChanged(True, "connected"))
         await self._set_online(welcome.online)
 
+    def _emit_nowait(self, event: ClientEvent) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(_Item(event))
+
     async def _drop_connection(self, reason: str) -> None:
         for task in self._io:
             task.cancel()
@@ -528,7 +531,9 @@ class ExchangeClient:
         if self._connected:
             self._connected = False
             logger.info("disconnected from %s: %s", self.url, reason)
-            if not self._closed or reason == "closed":
+            if self._closed:  # close() must not wait for the application
+                self._emit_nowait(ConnectionChanged(False, reason))
+            else:
                 await self._emit(ConnectionChanged(False, reason))
 
     # --- reading ------------------------------------------------------------------------
@@ -663,7 +668,8 @@ class ExchangeClient:
     async def _write_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
             now = time.monotonic()
-            if self._charter_push is not None and self._take(now, CHARTER_PUSH_COST):
+            charter_cost = min(CHARTER_PUSH_COST, self._bucket.burst if self._bucket else 1.0)
+            if self._charter_push is not None and self._take(now, charter_cost):
                 data, self._charter_push = self._charter_push, None
                 await ws.send_bytes(encode_frame(CharterFrame(data)))
                 continue
@@ -684,8 +690,12 @@ class ExchangeClient:
                 self._sent += 1
                 await ws.send_bytes(encode_frame(Send(env.raw)))
                 continue
-            timeout = None if self._ack_due is None else max(0.0, self._ack_due - now)
-            await self._sleep(timeout)
+            waits = []
+            if self._ack_due is not None:
+                waits.append(max(0.0, self._ack_due - now))
+            if self._charter_push is not None and self._bucket is not None:
+                waits.append(self._bucket.delay(now, charter_cost))
+            await self._sleep(min(waits) if waits else None)
 
     def _take(self, now: float, cost: float) -> bool:
         if not self._pace or self._bucket is None:

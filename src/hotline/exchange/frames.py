@@ -13,6 +13,7 @@ This module does no I/O.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
@@ -41,6 +42,8 @@ CHALLENGE_SIZE = 32
 FRAME_OVERHEAD = 1024
 #: largest frame before authentication (the hello)
 MAX_HELLO_SIZE = 4096
+#: a charter pushed by a terminal costs this many messages of its rate (at most the burst)
+CHARTER_PUSH_COST = 10.0
 
 # WebSocket close codes (RFC 6455 §7.4.1, plus the private range 4000-4999)
 CLOSE_NORMAL = 1000
@@ -238,8 +241,17 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def encode_deliver(delivery_id: int, envelope: bytes) -> bytes:
-    """``encode_frame(Deliver(...))`` without the intermediate object (the hot path)."""
-    return encode({"t": "deliver", "id": delivery_id, "env": envelope})
+    """``encode_frame(Deliver(...))``, written directly (the hot path)."""
+    return b"".join(
+        (
+            _DELIVER_HEAD,
+            _U32.pack(len(envelope)),
+            envelope,
+            _DELIVER_TAIL,
+            _I64.pack(delivery_id),
+            _DELIVER_END,
+        )
+    )
 
 
 def _parse(data: bytes, max_size: int) -> tuple[str, dict[str, Value]]:
@@ -273,8 +285,50 @@ def _optional_int(obj: Mapping[str, Value], key: str, what: str) -> int | None:
     return v
 
 
+# The two frames on the hot path, read without the generic decoder: their canonical
+# encodings are {"env": <bytes>, "t": "env"} and {"env": <bytes>, "id": <int>, "t": "deliver"}.
+_ENV_HEAD = b"d\x00\x00\x00\x02s\x00\x00\x00\x03envb"
+_ENV_TAIL = b"s\x00\x00\x00\x01ts\x00\x00\x00\x03env"
+_DELIVER_HEAD = b"d\x00\x00\x00\x03s\x00\x00\x00\x03envb"
+_DELIVER_TAIL = b"s\x00\x00\x00\x02idi"
+_DELIVER_END = b"s\x00\x00\x00\x01ts\x00\x00\x00\x07deliver"
+_U32 = struct.Struct(">I")
+_I64 = struct.Struct(">q")
+
+
+def _fast_send(data: bytes) -> Send | None:
+    if not data.startswith(_ENV_HEAD) or not data.endswith(_ENV_TAIL):
+        return None
+    start = len(_ENV_HEAD) + 4
+    (n,) = _U32.unpack_from(data, len(_ENV_HEAD))
+    if start + n + len(_ENV_TAIL) != len(data):
+        return None
+    return Send(data[start : start + n])
+
+
+def _fast_deliver(data: bytes) -> Deliver | None:
+    if not data.startswith(_DELIVER_HEAD) or not data.endswith(_DELIVER_END):
+        return None
+    start = len(_DELIVER_HEAD) + 4
+    (n,) = _U32.unpack_from(data, len(_DELIVER_HEAD))
+    tail = start + n
+    if tail + len(_DELIVER_TAIL) + 8 + len(_DELIVER_END) != len(data):
+        return None
+    if not data.startswith(_DELIVER_TAIL, tail):
+        return None
+    (delivery_id,) = _I64.unpack_from(data, tail + len(_DELIVER_TAIL))
+    if delivery_id <= 0:
+        raise FrameError("deliver: ids are positive")
+    return Deliver(delivery_id, data[start:tail])
+
+
 def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
     """Parse a frame the exchange sent. Raises :class:`FrameError` or :class:`TooLarge`."""
+    if len(data) > max_size:
+        raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
+    fast = _fast_deliver(data)
+    if fast is not None:
+        return fast
     kind, obj = _parse(data, max_size)
     try:
         if kind == "deliver":
@@ -325,6 +379,11 @@ def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
 
 def decode_client_frame(data: bytes, max_size: int) -> ClientFrame:
     """Parse a frame a terminal sent. Raises :class:`FrameError` or :class:`TooLarge`."""
+    if len(data) > max_size:
+        raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
+    fast = _fast_send(data)
+    if fast is not None:
+        return fast
     kind, obj = _parse(data, max_size)
     try:
         if kind == "env":

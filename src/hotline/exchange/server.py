@@ -40,6 +40,7 @@ from hotline.errors import (
 from hotline.exchange import tls
 from hotline.exchange.frames import (
     CHALLENGE_SIZE,
+    CHARTER_PUSH_COST,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
@@ -69,8 +70,6 @@ from hotline.exchange.store import Event, ExchangeStore, WriteBatch
 
 logger = logging.getLogger("hotline.exchange")
 
-#: a pushed charter costs this many tokens of the terminal's message budget
-CHARTER_PUSH_COST = 10.0
 _DELIVER_BATCH = 64
 
 
@@ -90,7 +89,7 @@ class ServerConfig:
     insecure_loopback: bool = False
     limits: Limits = field(default_factory=Limits)
     #: how often accepted envelopes are committed to the store (and senders told)
-    flush_interval_s: float = 0.05
+    flush_interval_s: float = 0.1
     #: how often the window is enforced in memory and in the store
     expire_interval_s: float = 1.0
 
@@ -190,6 +189,16 @@ class ExchangeServer:
     # --- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            self.store.close()
+            raise
+
+    async def _start(self) -> None:
         now = time.time()
         for signed in self.store.charters_held():
             self._apply_charter(signed)
@@ -219,7 +228,6 @@ class ExchangeServer:
         try:
             await site.start()
         except OSError as exc:
-            await self._runner.cleanup()
             raise UsageError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
             ) from exc
@@ -306,9 +314,7 @@ class ExchangeServer:
         try:
             await ws.prepare(request)
             await self._serve(conn)
-        except _Closed:
-            pass
-        except (ConnectionError, asyncio.CancelledError):
+        except (_Closed, ConnectionError):
             pass
         except Exception:  # a bug must not take the exchange down
             logger.exception("connection from %s failed", source)
@@ -435,12 +441,12 @@ class ExchangeServer:
             return None
         if kind is WSMsgType.ERROR:
             error = getattr(msg, "data", None)
+            # aiohttp has already closed the connection (1009 for a frame too large)
             if isinstance(error, WebSocketError) and error.code == CLOSE_TOO_BIG:
-                # aiohttp has already closed the connection with code 1009
                 self._count_violation(conn, TooLarge("a frame over the size limit"))
-                raise _Closed
-            self._count_violation(conn, FrameError(f"WebSocket error: {error}"))
-            raise _Closed
+            elif isinstance(error, WebSocketError):  # broken WebSocket framing
+                self._count_violation(conn, FrameError(f"WebSocket protocol error: {error}"))
+            raise _Closed  # otherwise the connection failed: nobody's fault
         await self._violation(conn, FrameError("only binary frames are accepted"))
         raise _Closed  # unreachable: _violation raises
 
@@ -550,7 +556,7 @@ class ExchangeServer:
             await self._violation(conn, exc)
 
     async def _on_charter(self, conn: _Conn, session: Session, data: bytes) -> None:
-        if not session.bucket.take(time.time(), CHARTER_PUSH_COST):
+        if not session.bucket.take(time.time(), min(CHARTER_PUSH_COST, self.limits.burst)):
             await self._violation(
                 conn, LimitExceeded("charter pushes too fast", reason="rate_limited")
             )

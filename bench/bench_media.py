@@ -3,7 +3,7 @@
 Each sample is a fresh process holding a two-way call: two RTCPeerConnections on 127.0.0.1,
 each sending synthetic 640x360@30 VP8 video (frame ids carry the send time) and Opus audio,
 each receiving and decoding the other's. ``plain`` is bare aiortc (no seams installed);
-``e2ee`` binds an AES-128-GCM frame crypto to both ends through media.aiortc_patch. After a
+``e2ee`` binds the project's SFrame ``MediaCrypto`` to both ends through media.aiortc_patch. After a
 warm-up, the process CPU time (``time.process_time``: all threads) and the one-way video
 latency of every decoded frame are recorded over a fixed window. Runs alternate between
 the two modes so that load drifts on a shared host hit both alike.
@@ -39,11 +39,20 @@ MODES = ("plain", "e2ee")
 
 
 def _frame_crypto_pair() -> tuple[Any, Any]:
-    """A real AES-128-GCM frame crypto (the test one: 9-byte header, counter nonces)."""
-    sys.path.insert(0, str(ROOT))
-    from tests.media.aesgcm_crypto import crypto_pair
+    """The project's real frame crypto: two ``MediaCrypto`` (SFrame, RFC 9605, the default
+    AES_128_GCM_SHA256_128 suite, VP8 clear prefix) holding each other's epoch-1 keys, as
+    the key session leaves them once an epoch is active."""
+    from hotline.e2ee.media import MediaCrypto
+    from hotline.e2ee.sender_keys import BASE_KEY_SIZE
 
-    return crypto_pair()
+    roster = ("a", "b")
+    keys = {member: os.urandom(BASE_KEY_SIZE) for member in roster}
+    pair = (MediaCrypto(), MediaCrypto())
+    for index, (member, crypto) in enumerate(zip(roster, pair, strict=True)):
+        crypto.activate_send(1, index, keys[member])
+        other = roster[1 - index]
+        crypto.install_receive_keys(1, roster, {other: keys[other]})
+    return pair
 
 
 class _WallTimed:

@@ -4,6 +4,10 @@ own code paths (``hotline exchange serve``, ``hotline terminal run``, the contro
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -198,3 +202,53 @@ async def test_third_member_joins_and_leaves(tmp_path: Path) -> None:
         )
     finally:
         await line.stop()
+
+
+def hotline_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hotline", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+async def test_call_commands_from_the_command_line(two_line: LocalLine) -> None:
+    alpha = str(two_line.terminal_dir("alpha"))
+    bravo = str(two_line.terminal_dir("bravo"))
+
+    def one_line_error(result: subprocess.CompletedProcess[str], text: str) -> None:
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr, result
+
+    result = await asyncio.to_thread(hotline_cli, "call", "answer", "--terminal", bravo)
+    one_line_error(result, "no call is ringing")
+    result = await asyncio.to_thread(hotline_cli, "call", "dial", "nobody", "--terminal", alpha)
+    one_line_error(result, "nobody")
+
+    result = await asyncio.to_thread(
+        hotline_cli, "call", "dial", "bravo", "--terminal", alpha, "--wait", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    dialled = json.loads(result.stdout)
+    assert dialled["call"].startswith("call-") and dialled["epoch"] >= 1
+    assert len(dialled["security_code"].split()) >= 3
+
+    result = await asyncio.to_thread(hotline_cli, "call", "status", "--terminal", bravo, "--json")
+    status = json.loads(result.stdout)
+    assert status["call"]["call"] == dialled["call"]
+    assert status["call"]["security_code"] == dialled["security_code"]
+    result = await asyncio.to_thread(hotline_cli, "call", "status", "--terminal", bravo)
+    assert dialled["security_code"] in result.stdout
+
+    result = await asyncio.to_thread(hotline_cli, "call", "hangup", "--terminal", alpha)
+    assert result.returncode == 0, result.stderr
+    await wait_for(
+        two_line,
+        ["alpha", "bravo"],
+        lambda s: all(call_of(x).get("state") == "ended" for x in s.values()),
+        "the call to end on both sides",
+    )

@@ -181,7 +181,7 @@ class TerminalDaemon:
 
     def _require_call(self) -> CallSession:
         if self.call is None:
-            raise StateError("no call")
+            raise StateError("no call is ringing or running on this terminal")
         return self.call
 
     def _archive(self) -> None:

@@ -28,34 +28,11 @@ from pathlib import Path
 from bench.bench_setup_bare import bare_setup_samples
 from hotline.charter import Policy, Role
 from hotline.localline import LocalLine
-from hotline.media import aiortc_patch, engine
-from hotline.terminal.daemon import TerminalDaemon
-from hotline.terminal.main import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _daemon(line: LocalLine, tid: str, auto_answer: bool) -> TerminalDaemon:
-    assert line.charter_path is not None
-    config = build_config(
-        terminal_dir=line.terminal_dir(tid),
-        charter_path=line.charter_path,
-        exchange_url=None,
-        passphrase_file=None,
-        auto_answer=auto_answer,
-        interfaces="loopback",
-        width=640,
-        height=360,
-        fps=30,
-    )
-    daemon = TerminalDaemon(config)
-    await daemon.start()
-    return daemon
-
-
 async def measure_once(kem: str) -> dict[str, float]:
-    aiortc_patch.install()
-    engine.set_ice_addresses(["loopback"])
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
         line = LocalLine(
             Path(tmp),
@@ -65,8 +42,8 @@ async def measure_once(kem: str) -> dict[str, float]:
         )
         line.commission()
         await line.start_exchange()
-        alpha = await _daemon(line, "alpha", False)
-        bravo = await _daemon(line, "bravo", True)
+        alpha = await line.start_in_process("alpha")
+        bravo = await line.start_in_process("bravo", auto_answer=True)
         try:
             deadline = time.monotonic() + 30
             while "bravo" not in alpha.client.online and time.monotonic() < deadline:

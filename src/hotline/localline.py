@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -30,6 +30,9 @@ from hotline.errors import ExchangeUnavailable, HotlineError
 from hotline.exchange.tls import create_certificate
 from hotline.provision import create_line, line_terminal_dir
 from hotline.terminal.control import ControlClient, read_control_file
+
+if TYPE_CHECKING:
+    from hotline.terminal.daemon import TerminalDaemon
 
 START_TIMEOUT_S = 60.0
 
@@ -168,6 +171,40 @@ class LocalLine:
             raise ExchangeUnavailable(
                 f"terminal(s) {', '.join(sorted(pending))} did not come online; see their logs"
             )
+
+    async def start_in_process(
+        self,
+        terminal_id: str,
+        *,
+        auto_answer: bool = False,
+        width: int = 640,
+        height: int = 360,
+        fps: int = 30,
+    ) -> TerminalDaemon:
+        """A terminal daemon in this process (tests inject faults into it; the benchmark
+        times it), on loopback ICE, connected to this line's exchange."""
+        # aiortc loads only here: the demo's command line stays quick to start
+        from hotline.media import aiortc_patch, engine  # noqa: PLC0415
+        from hotline.terminal.daemon import TerminalDaemon  # noqa: PLC0415
+        from hotline.terminal.main import build_config  # noqa: PLC0415
+
+        assert self.charter_path is not None, "commission() first"
+        config = build_config(
+            terminal_dir=self.terminal_dir(terminal_id),
+            charter_path=self.charter_path,
+            exchange_url=None,
+            passphrase_file=None,
+            auto_answer=auto_answer,
+            interfaces="loopback",
+            width=width,
+            height=height,
+            fps=fps,
+        )
+        aiortc_patch.install()
+        engine.set_ice_addresses(["loopback"])
+        daemon = TerminalDaemon(config)
+        await daemon.start()
+        return daemon
 
     def control(self, terminal_id: str) -> ControlClient:
         return ControlClient(*self.controls[terminal_id])

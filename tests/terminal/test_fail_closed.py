@@ -21,29 +21,12 @@ from hotline.media import aiortc_patch, engine
 from hotline.media.aiortc_patch import RtpView
 from hotline.provision import enroll_terminal, line_site_dir
 from hotline.terminal.daemon import TerminalDaemon
-from hotline.terminal.main import build_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 async def started(line: LocalLine, tid: str, auto_answer: bool = False) -> TerminalDaemon:
-    assert line.charter_path is not None
-    config = build_config(
-        terminal_dir=line.terminal_dir(tid),
-        charter_path=line.charter_path,
-        exchange_url=None,
-        passphrase_file=None,
-        auto_answer=auto_answer,
-        interfaces="loopback",
-        width=320,
-        height=180,
-        fps=15,
-    )
-    aiortc_patch.install()
-    engine.set_ice_addresses(["loopback"])
-    daemon = TerminalDaemon(config)
-    await daemon.start()
-    return daemon
+    return await line.start_in_process(tid, auto_answer=auto_answer, width=320, height=180, fps=15)
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> None:

@@ -132,6 +132,7 @@ class CallSession:
         self._relay = MediaRelay()
         self._source = source
         self._lock = asyncio.Lock()
+        self._background: set[asyncio.Future[None]] = set()
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -316,9 +317,24 @@ class CallSession:
             if pc.connectionState == "failed":
                 self._log_event("transport_failure", {"peer": peer_id})
                 self._on_event("transport_failure", {"peer": peer_id})
+                if link.offerer and self.peers.get(peer_id) is link:
+                    # aiortc has no ICE restart: rebuild the transport, keep call and keys
+                    task = asyncio.ensure_future(self._rebuild(peer_id, link))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
 
         self.peers[peer_id] = link
         return link
+
+    async def _rebuild(self, peer_id: str, failed: PeerLink) -> None:
+        async with self._lock:
+            if self.peers.get(peer_id) is not failed or self.machine.state != CallState.ACTIVE:
+                return
+            await self._close_peer(self.peers.pop(peer_id))
+            link = self._new_peer(peer_id, offerer=True)
+            await link.pc.setLocalDescription(await link.pc.createOffer())
+            await self._send_sdp(peer_id, link.pc.localDescription)
+        self._on_event("transport_rebuilt", {"peer": peer_id})
 
     async def _send_sdp(self, peer_id: str, desc: RTCSessionDescription) -> None:
         body = encode(

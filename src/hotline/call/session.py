@@ -133,6 +133,7 @@ class CallSession:
         self._source = source
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future[None]] = set()
+        self._closed = False
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -409,6 +410,10 @@ class CallSession:
         await link.pc.close()
 
     async def close(self) -> None:
+        """Close every peer connection and log the statistics summary (once)."""
+        if self._closed:
+            return
+        self._closed = True
         for link in list(self.peers.values()):
             await self._close_peer(link)
         self.peers.clear()

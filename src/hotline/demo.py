@@ -275,7 +275,7 @@ class Demo:
             return "—"
 
         table.add_row("video latency", latency(CALLER), latency(CALLEE))
-        lines = "\n".join(self.log_lines[-8:])
+        lines = "\n".join(self.log_lines[-14:])
         return Group(table, Panel(lines or "starting…", title="events"))
 
 

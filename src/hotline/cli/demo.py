@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console
-from hotline.demo import run_demo
+from hotline.demo import DemoResult, run_demo
 
 
 def command(
@@ -33,14 +35,41 @@ def command(
     )
     if not json_out:
         if result.ok:
-            codes = set(result.security_code.values())
-            console.print(
-                f"[bold green]call completed[/]: set-up {result.setup_ms:.0f} ms; "
-                f"security code {codes.pop()} equal on both sides; epochs {result.epochs}; "
-                f"frames {result.frames}; video latency {result.video_latency_ms}; "
-                f"call logs verified {result.log_verified}"
-            )
+            console.print()
+            console.print(summary_table(result))
         else:
-            err_console.print(f"[bold red]demo failed:[/] {result.failure}")
+            err_console.print(f"[bold red]demo failed:[/] {escape(str(result.failure))}")
     if not result.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def summary_table(result: DemoResult) -> Table:
+    """What the call showed, side by side."""
+    table = Table(
+        title=f"call completed — set-up {result.setup_ms:.0f} ms (dial to media both ways)"
+    )
+    table.add_column("")
+    sides = list(result.frames)
+    for side in sides:
+        table.add_column(side)
+
+    def row(label: str, values: list[object]) -> None:
+        table.add_row(label, *(str(v) for v in values))
+
+    row("security code", [result.security_code[s] for s in sides])
+    row("epochs", [", ".join(map(str, result.epochs[s])) for s in sides])
+    for key, label in (
+        ("sent", "frames protected"),
+        ("decrypted", "frames decrypted"),
+        ("rejected", "frames rejected"),
+    ):
+        row(label, [result.frames[s][key] for s in sides])
+    row(
+        "video latency p50 / p95",
+        [
+            f"{result.video_latency_ms[s]['p50']} / {result.video_latency_ms[s]['p95']} ms"
+            for s in sides
+        ],
+    )
+    row("call log verified, co-signed", [result.log_verified.get(s) for s in sides])
+    return table

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +16,7 @@ from hotline.cli.common import console, print_json
 from hotline.errors import UsageError
 from hotline.exchange import tls
 from hotline.exchange.routing import Limits
+from hotline.signals import until_terminated
 
 app = typer.Typer(
     help=(
@@ -229,12 +229,8 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         else:
             console.print(f"exchange {server.exchange_id}")
             console.print(f"listening on {server.url}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await until_terminated()
         finally:
             await server.stop()
 

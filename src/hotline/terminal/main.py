@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from hotline.errors import UsageError
 from hotline.keys import read_passphrase
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal
+from hotline.signals import until_terminated
 from hotline.terminal.control import make_app, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
 
@@ -88,12 +88,8 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
         json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
     )
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_terminated()
     finally:
         await daemon.stop()
         await runner.cleanup()

@@ -119,3 +119,27 @@ def test_illegal_local_commands() -> None:
         m.hangup(0)
     with pytest.raises(StateError):
         m.dial("a", 0)
+
+
+def test_members_removed_from_the_charter_leave_at_once() -> None:
+    net = Net("a", "b", "c")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].answer(0)
+    net.pump()
+    net.m["a"].invite("c", 1)
+    net.pump()
+    net.m["c"].answer(2)
+    net.pump()
+    net.m["a"].remove({"c"}, 3)
+    assert net.m["a"].members == {"a", "b"}
+    assert net.m["a"].state == CallState.ACTIVE
+    net.m["a"].remove({"b"}, 4)
+    assert net.m["a"].state == CallState.ENDED
+    assert net.m["a"].outgoing() == [], "nothing is sent to removed terminals"
+
+    ringing = Net("a", "b")
+    ringing.m["a"].dial("b", 0)
+    ringing.pump()
+    ringing.m["b"].remove({"a"}, 1)
+    assert ringing.m["b"].state == CallState.ENDED

@@ -22,7 +22,9 @@ from hotline.errors import (
     KeyAgreementError,
     NoMediaKey,
     NotInDirectory,
+    SFrameError,
     StateError,
+    UnexpectedMessage,
     UnknownKeyId,
     UsageError,
     WrongContext,
@@ -457,3 +459,26 @@ def test_any_sequence_of_views_converges(
     net.agreed(final)
     net.frames_flow(final)
     net.assert_keys_authentic()
+
+
+def test_close_erases_every_key_and_ends_rekeys() -> None:
+    net = Net(["alice", "bob"], rekey_interval_s=5)
+    net.set_view(["alice", "bob"])
+    assert net.agreed(["alice", "bob"]) == 1
+    frame = net["bob"].session.media.protect("audio", OPUS)
+    alice = net["alice"].session
+    assert alice.media.receive_kids() and alice.next_timer() is not None
+    alice.close()
+    assert alice.closed
+    assert alice.media.receive_kids() == [], "receive keys erased"
+    with pytest.raises(NoMediaKey):
+        alice.media.protect("audio", OPUS)
+    with pytest.raises(SFrameError):
+        alice.media.unprotect("audio", frame)
+    assert alice.next_timer() is None, "no rekey after the call"
+    alice.handle_timer(net.now + 3600)
+    assert alice.outgoing() == []
+    with pytest.raises(UnexpectedMessage):
+        alice.receive("bob", "e2ee.ack", b"anything", net.now)
+    with pytest.raises(StateError):
+        alice.set_participants(["alice", "bob"], net.now)

@@ -4,6 +4,7 @@ own code paths (``hotline exchange serve``, ``hotline terminal run``, the contro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -58,13 +59,14 @@ def media_flows(statuses: dict[str, dict[str, Any]], pairs: list[tuple[str, str]
     )
 
 
-@pytest.fixture
-async def two_line(tmp_path: Path) -> AsyncIterator[LocalLine]:
+@contextlib.asynccontextmanager
+async def running_line(root: Path, policy: Policy) -> AsyncIterator[LocalLine]:
+    """An exchange and two terminals, alpha and bravo (who answers at once)."""
     line = LocalLine(
-        tmp_path,
+        root,
         "east-west",
         {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
-        policy=Policy(rekey_interval_s=5),
+        policy=policy,
     )
     line.commission()
     try:
@@ -75,6 +77,20 @@ async def two_line(tmp_path: Path) -> AsyncIterator[LocalLine]:
         yield line
     finally:
         await line.stop()
+
+
+@pytest.fixture
+async def two_line(tmp_path: Path) -> AsyncIterator[LocalLine]:
+    """Rekeying every 5 s, so that a short call sees a rekey."""
+    async with running_line(tmp_path, Policy(rekey_interval_s=5)) as line:
+        yield line
+
+
+@pytest.fixture
+async def steady_line(tmp_path: Path) -> AsyncIterator[LocalLine]:
+    """The default rekey interval: the security code holds for the whole test."""
+    async with running_line(tmp_path, Policy()) as line:
+        yield line
 
 
 async def test_two_terminals_call_rekey_and_verified_logs(two_line: LocalLine) -> None:
@@ -215,7 +231,8 @@ def hotline_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_call_commands_from_the_command_line(two_line: LocalLine) -> None:
+async def test_call_commands_from_the_command_line(steady_line: LocalLine) -> None:
+    two_line = steady_line
     alpha = str(two_line.terminal_dir("alpha"))
     bravo = str(two_line.terminal_dir("bravo"))
 

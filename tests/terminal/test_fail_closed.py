@@ -15,12 +15,19 @@ from typing import Any
 
 import pytest
 
-from hotline.charter import Policy, Role
+from hotline.charter import Policy, Role, load_charter
+from hotline.encoding import encode
 from hotline.errors import StateError
 from hotline.localline import LocalLine
 from hotline.media import aiortc_patch, engine
 from hotline.media.aiortc_patch import RtpView
-from hotline.provision import enroll_terminal, line_site_dir
+from hotline.provision import (
+    enroll_terminal,
+    line_site_dir,
+    propose_line,
+    sign_charter,
+    write_draft,
+)
 from hotline.terminal.daemon import TerminalDaemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -197,4 +204,135 @@ async def test_the_charter_caps_the_number_of_members(tmp_path: Path) -> None:
     finally:
         await alpha.stop()
         await bravo.stop()
+        await line.stop()
+
+
+async def test_hostile_signalling_from_charter_terminals_is_refused(tmp_path: Path) -> None:
+    """Terminals of the charter that break the call protocol: a bad ring, a repeated SDP
+    answer, key messages from a terminal outside the call. Each is refused and counted, and
+    the terminal keeps working; after the call every key is gone."""
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {
+            "east": [("alpha", Role.PRINCIPAL)],
+            "west": [("bravo", Role.PRINCIPAL), ("mallory", Role.AIDE)],
+        },
+    )
+    line.commission()
+    await line.start_exchange()
+    alpha = await started(line, "alpha")
+    bravo = await started(line, "bravo", auto_answer=True)
+    mallory = await started(line, "mallory")
+    try:
+        await until(lambda: _online(alpha, "mallory"), "everyone online")
+        # a ring that breaks the protocol leaves nothing behind: alpha is not busy after it
+        await mallory.client.send("alpha", "call.ring", encode({"call": "call-x", "members": []}))
+
+        async def refused_ring() -> bool:
+            return alpha.rejected.get("call_protocol", 0) >= 1
+
+        await until(refused_ring, "the bad ring to be refused")
+        assert alpha.call is None
+        await alpha.dial("bravo")
+
+        async def secured() -> bool:
+            call = (await alpha.status())["call"]
+            return bool(call and call["security_code"] and call["frames"]["video"]["decrypted"])
+
+        await until(secured, "an encrypted call")
+        assert alpha.call is not None and bravo.call is not None
+        call_id = alpha.call.call_id
+        # key messages from a terminal of the line that is not in the call
+        await mallory.client.send(
+            "alpha", "e2ee.ack", encode({"call": call_id, "data": b"\x00" * 64})
+        )
+        # the member repeats its SDP answer (the offer was answered long ago)
+        answer = bravo.call.peers["alpha"].pc.localDescription.sdp
+        prints = [str(f) for f in engine.sdp_fingerprints(answer)]
+        body = {"call": call_id, "type": "answer", "sdp": answer, "fingerprints": prints}
+        await bravo.client.send("alpha", "call.sdp", encode(body))
+
+        async def both_refused() -> bool:
+            return alpha.call is not None and alpha.call.rejected.get("call_protocol", 0) >= 2
+
+        await until(both_refused, "both messages to be refused")
+        assert alpha.call.epoch == bravo.call.epoch
+        # the terminal still follows the protocol: bravo's hang-up ends the call at alpha
+        await bravo.hangup()
+
+        async def ended() -> bool:
+            return alpha.call is not None and alpha.call.machine.state.value == "ended"
+
+        await until(ended, "the hang-up to reach alpha")
+        for daemon in (alpha, bravo):
+            assert daemon.call is not None
+            assert daemon.call.keys.closed
+            assert daemon.call.keys.media.receive_kids() == [], "every key erased"
+            assert daemon.rejected.get("internal", 0) == 0
+    finally:
+        for daemon in (alpha, bravo, mallory):
+            await daemon.stop()
+        await line.stop()
+
+
+async def test_a_terminal_removed_from_the_charter_leaves_the_running_call(
+    tmp_path: Path,
+) -> None:
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {
+            "east": [("alpha", Role.PRINCIPAL)],
+            "west": [("bravo", Role.PRINCIPAL), ("charlie", Role.INTERPRETER)],
+        },
+    )
+    v1 = line.commission()
+    await line.start_exchange()
+    alpha = await started(line, "alpha")
+    bravo = await started(line, "bravo", auto_answer=True)
+    charlie = await started(line, "charlie", auto_answer=True)
+    try:
+        await until(lambda: _online(alpha, "charlie"), "everyone online")
+        await alpha.dial("bravo")
+
+        async def members(daemon: TerminalDaemon, n: int, epoch_above: int = 0) -> bool:
+            call = daemon.call
+            return (
+                call is not None
+                and len(call.machine.members) == n
+                and (call.epoch or 0) > epoch_above
+            )
+
+        await until(lambda: members(alpha, 2), "a two-party call")
+        await alpha.invite("charlie")
+        await until(lambda: members(bravo, 3), "charlie in the call")
+        await until(lambda: members(charlie, 3, 1), "charlie holding the three-member epoch")
+        assert alpha.call is not None and charlie.call is not None
+        three = alpha.call.epoch or 0
+
+        # version 2 of the charter, signed by both sites, no longer lists charlie
+        charter = v1.charter
+        v2_path = tmp_path / "v2.charter.json"
+        draft = propose_line(
+            charter.line_id,
+            [line_site_dir(tmp_path, s.site_id) for s in charter.sites],
+            [t for t in charter.terminals if t.terminal_id != "charlie"],
+            exchanges=charter.exchanges,
+            policy=charter.policy,
+            version=2,
+        )
+        write_draft(v2_path, draft)
+        for site in charter.sites:
+            sign_charter(v2_path, line_site_dir(tmp_path, site.site_id))
+        await alpha.install_charter(load_charter(v2_path))
+
+        await until(lambda: members(alpha, 2, three), "alpha's new epoch without charlie")
+        await until(lambda: members(bravo, 2, three), "bravo's new epoch without charlie")
+        assert alpha.call.security_code == bravo.call.security_code  # type: ignore[union-attr]
+        assert alpha.call.epoch not in charlie.call.keys.media.stats().receive_epochs
+        assert "charlie" not in alpha.call.peers, "no transport to the removed terminal"
+    finally:
+        for daemon in (alpha, bravo, charlie):
+            await daemon.stop()
         await line.stop()

@@ -45,7 +45,7 @@ active               hang up (local)            ended
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -268,6 +268,25 @@ class CallMachine:
         self._events.append(MembersChanged(self.members, frozenset(), frozenset({sender})))
         if self.members == {self.self_id} and not self.pending:
             self._end(f"{sender} hung up: {reason_text}")
+
+    def remove(self, ids: Collection[str], now: float) -> None:
+        """Terminals that left the charter leave the call at once: no message from them is
+        needed (nor would one be accepted any more)."""
+        gone = frozenset(ids) - {self.self_id}
+        if self.state in (CallState.IDLE, CallState.ENDED) or not gone:
+            return
+        self.pending = {t: p for t, p in self.pending.items() if t not in gone and p[0] not in gone}
+        if self.state == CallState.INCOMING and self.caller in gone:
+            self._end(f"{self.caller} is no longer in the charter")
+            return
+        left = self.members & gone
+        if left:
+            self.members = self.members - left
+            self._events.append(MembersChanged(self.members, frozenset(), left))
+        if self.state == CallState.OUTGOING and not self.pending:
+            self._end("the terminal called is no longer in the charter")
+        elif self.state == CallState.ACTIVE and self.members == {self.self_id} and not self.pending:
+            self._end("every other member left the charter")
 
     # --- timers ---------------------------------------------------------------------------
 

@@ -39,9 +39,9 @@ from hotline.calllog import CallLog
 from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
 from hotline.e2ee.session import CallKeySession
 from hotline.encoding import Value, decode, encode, expect_dict
-from hotline.errors import CallError, HotlineError
+from hotline.errors import CallError, HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
-from hotline.media import engine
+from hotline.media import aiortc_patch, engine
 from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
 from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
@@ -49,6 +49,8 @@ from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
 log = logging.getLogger("hotline.call")
 
 MSG_SDP = "call.sdp"
+#: a call whose members agree no epoch within this time is ended (it never carried media)
+KEY_AGREEMENT_TIMEOUT_S = 60.0
 MSG_SUMMARY = "call.summary"
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -134,6 +136,7 @@ class CallSession:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future[None]] = set()
         self._closed = False
+        self.active_since: float | None = None
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -162,11 +165,30 @@ class CallSession:
         self.machine.hangup(time.monotonic(), reason)
         await self.flush()
 
+    async def on_charter(self, directory: Mapping[str, PublicKey], charter_version: int) -> None:
+        """A newer charter: terminals it no longer lists leave the call at once, the keys
+        move to a new epoch bound to the new version; if we were removed, the call ends."""
+        now = time.monotonic()
+        removed = set(self.directory) - set(directory)
+        self.directory = dict(directory)
+        self.charter_version = charter_version
+        if self.machine.state in (CallState.IDLE, CallState.ENDED):
+            return
+        try:
+            self.keys.update_directory(directory, charter_version, now)
+        except StateError:
+            self.machine.hangup(now, "this terminal is no longer in the charter")
+        else:
+            self.machine.remove(removed, now)
+        await self.flush()
+
     async def receive(self, sender: str, msg_type: str, body: bytes) -> None:
         """A verified envelope for this call. Refusals are counted, logged and surfaced."""
         now = time.monotonic()
         try:
             if msg_type.startswith("e2ee."):
+                if self.machine.state != CallState.ACTIVE or sender not in self.machine.members:
+                    raise CallProtocolError(f"{msg_type} from {sender}, not a member of this call")
                 fields = expect_dict(decode(body), msg_type)
                 inner = fields.get("data")
                 if not isinstance(inner, bytes):
@@ -185,6 +207,19 @@ class CallSession:
 
     async def tick(self) -> None:
         now = time.monotonic()
+        if self.machine.state == CallState.ENDED:
+            return
+        if (
+            self.machine.state == CallState.ACTIVE
+            and self.epoch is None
+            and self.active_since is not None
+            and now - self.active_since > KEY_AGREEMENT_TIMEOUT_S
+        ):
+            # fail closed: a call whose keys never agree carries no media; end it, say why
+            self._on_event("e2ee_failed", {"reason": "no epoch agreed in time"})
+            self.machine.hangup(now, "end-to-end encryption did not complete")
+            await self.flush()
+            return
         timer = self.machine.next_timer()
         if timer is not None and now >= timer:
             self.machine.handle_timer(now)
@@ -201,7 +236,7 @@ class CallSession:
             progressed = False
             for out in self.machine.outgoing():
                 progressed = True
-                await self._send(out.recipient, out.msg_type, encode(out.body))
+                await self._send_one(out.recipient, out.msg_type, encode(out.body))
             for event in self.machine.events():
                 progressed = True
                 await self._on_call_event(event)
@@ -210,12 +245,20 @@ class CallSession:
                 recipients = [kout.recipient] if kout.recipient else sorted(self._others())
                 wrapped = encode({"call": self.call_id, "data": kout.body})
                 for recipient in recipients:
-                    await self._send(recipient, kout.msg_type, wrapped)
+                    await self._send_one(recipient, kout.msg_type, wrapped)
             for kevent in self.keys.events():
                 progressed = True
                 self._on_key_event(kevent)
             if not progressed:
                 return
+
+    async def _send_one(self, recipient: str, msg_type: str, body: bytes) -> None:
+        """Send one message; a refusal (queue full, too large, not a member any more) is
+        counted and surfaced, and the other messages still go."""
+        try:
+            await self._send(recipient, msg_type, body)
+        except HotlineError as exc:
+            self._reject(f"send_{exc.reason}", f"{msg_type} to {recipient} not sent: {exc}")
 
     async def _on_call_event(self, event: object) -> None:
         if isinstance(event, Ringing):
@@ -238,6 +281,8 @@ class CallSession:
                 },
             )
             self._on_event("members", {"members": sorted(event.members)})
+            if self.machine.state == CallState.ACTIVE and self.active_since is None:
+                self.active_since = time.monotonic()
             if self.machine.state == CallState.ACTIVE and len(event.members) > 1:
                 # a call ending leaves no one to share keys with: no new epoch then
                 self.keys.set_participants(event.members, time.monotonic())
@@ -245,6 +290,7 @@ class CallSession:
         elif isinstance(event, CallEnded):
             self._log_event("hangup", {"reason": event.reason})
             self._on_event("ended", {"reason": event.reason})
+            self.keys.close(event.reason)  # erase every key now; no more epochs
             await self.close()
             await self._send_summaries()
 
@@ -283,10 +329,17 @@ class CallSession:
                     await self._close_peer(self.peers.pop(peer_id))
             for peer_id in sorted(members - {self.self_id}):
                 if peer_id not in self.peers and self.self_id < peer_id:
-                    link = self._new_peer(peer_id, offerer=True)
-                    offer = await link.pc.createOffer()
-                    await link.pc.setLocalDescription(offer)
-                    await self._send_sdp(peer_id, link.pc.localDescription)
+                    await self._offer(peer_id)
+
+    async def _offer(self, peer_id: str) -> None:
+        """Create the peer connection to ``peer_id`` and send it our offer (lock held)."""
+        link = self._new_peer(peer_id, offerer=True)
+        try:
+            await link.pc.setLocalDescription(await link.pc.createOffer())
+        except Exception as exc:  # aiortc raises its own and builtin errors
+            await self._close_peer(self.peers.pop(peer_id))
+            raise SdpError(f"cannot create an offer for {peer_id}: {exc}") from exc
+        await self._send_sdp(peer_id, link.pc.localDescription)
 
     def _new_peer(self, peer_id: str, *, offerer: bool) -> PeerLink:
         # every frame this connection carries goes through the call's SFrame keys
@@ -332,9 +385,11 @@ class CallSession:
             if self.peers.get(peer_id) is not failed or self.machine.state != CallState.ACTIVE:
                 return
             await self._close_peer(self.peers.pop(peer_id))
-            link = self._new_peer(peer_id, offerer=True)
-            await link.pc.setLocalDescription(await link.pc.createOffer())
-            await self._send_sdp(peer_id, link.pc.localDescription)
+            try:
+                await self._offer(peer_id)
+            except HotlineError as exc:
+                self._reject(exc.reason, f"rebuilding the transport to {peer_id}: {exc}")
+                return
         self._on_event("transport_rebuilt", {"peer": peer_id})
 
     async def _send_sdp(self, peer_id: str, desc: RTCSessionDescription) -> None:
@@ -363,24 +418,33 @@ class CallSession:
         engine.check_fingerprints(sdp, [str(p) for p in prints])
         async with self._lock:
             if kind == "offer":
-                if self.self_id < sender:
-                    raise CallProtocolError(f"offer from {sender}, but we are the offerer")
-                old = self.peers.pop(sender, None)
-                if old is not None:
-                    await self._close_peer(old)
-                link = self._new_peer(sender, offerer=False)
-                await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-                engine.force_e2ee_codecs(link.pc)
-                answer = await link.pc.createAnswer()
-                await link.pc.setLocalDescription(answer)
-                await self._send_sdp(sender, link.pc.localDescription)
-            else:
-                link_or_none = self.peers.get(sender)
-                if link_or_none is None or not link_or_none.offerer:
-                    raise CallProtocolError(f"answer from {sender} without our offer")
-                await link_or_none.pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=sdp, type="answer")
-                )
+                await self._answer_offer(sender, sdp)
+                return
+            link = self.peers.get(sender)
+            if link is None or not link.offerer or link.pc.signalingState != "have-local-offer":
+                raise CallProtocolError(f"answer from {sender} without an open offer of ours")
+            try:
+                await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError
+                await self._close_peer(self.peers.pop(sender))
+                raise SdpError(f"answer from {sender} refused by the media engine: {exc}") from exc
+
+    async def _answer_offer(self, sender: str, sdp: str) -> None:
+        """A (new) offer from ``sender``: replace any connection to it, answer (lock held)."""
+        if self.self_id < sender:
+            raise CallProtocolError(f"offer from {sender}, but we are the offerer")
+        old = self.peers.pop(sender, None)
+        if old is not None:
+            await self._close_peer(old)
+        link = self._new_peer(sender, offerer=False)
+        try:
+            await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            engine.force_e2ee_codecs(link.pc)
+            await link.pc.setLocalDescription(await link.pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError
+            await self._close_peer(self.peers.pop(sender))
+            raise SdpError(f"offer from {sender} refused by the media engine: {exc}") from exc
+        await self._send_sdp(sender, link.pc.localDescription)
 
     async def _send_summaries(self) -> None:
         """Sign the call summary for every member we shared an epoch with, and send it."""
@@ -404,6 +468,7 @@ class CallSession:
         self._on_event("cosigned", {"by": sender})
 
     async def _close_peer(self, link: PeerLink) -> None:
+        aiortc_patch.unbind(link.pc)  # not one more frame through this connection
         self.media_stats.remove_peer(link.peer_id)
         await link.video_sink.stop()
         await link.audio_sink.stop()
@@ -414,6 +479,8 @@ class CallSession:
         if self._closed:
             return
         self._closed = True
+        for task in self._background:
+            task.cancel()
         for link in list(self.peers.values()):
             await self._close_peer(link)
         self.peers.clear()

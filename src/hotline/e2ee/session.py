@@ -171,6 +171,7 @@ class CallKeySession:
         self._events: list[E2EEEvent] = []
         self._rejections: Counter[str] = Counter()
         self.duplicates = 0
+        self._closed = False
 
     # --- read-only state ---------------------------------------------------------------------
 
@@ -218,6 +219,8 @@ class CallKeySession:
         When a member of the active epoch is gone, sending pauses at once (``protect``
         raises NoMediaKey) and its receive keys are erased: the one who left gets nothing
         new. Raises :class:`NotInDirectory` (and changes nothing) for unknown terminals."""
+        if self._closed:
+            raise StateError("the call's key session is closed")
         new = frozenset(ids)
         if self.self_id not in new:
             raise UsageError("the participants must include this terminal")
@@ -251,12 +254,32 @@ class CallKeySession:
         self._drop_departed(now)
         self._reconcile(now)
 
+    def close(self, reason: str = "the call ended") -> None:
+        """The call is over: erase every key now and refuse everything from here on (no
+        more epochs, no more rekeys)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._erase_everything(reason)
+        self._participants = frozenset()
+        self._deferred = None
+        self._next_rekey_at = None
+        self._awaiting_since = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def receive(self, sender: str, msg_type: str, body: bytes, now: float) -> None:
         """Process one ``e2ee.*`` message from ``sender`` (as the exchange authenticated it).
 
         Raises a :class:`~hotline.errors.KeyAgreementError` subclass for anything refused;
         every refusal is counted (:attr:`rejections`), logged and reported as
         :class:`KeyRejected`. Exact duplicates are ignored (counted in ``duplicates``)."""
+        if self._closed:
+            refused = UnexpectedMessage("the call's key session is closed")
+            self._reject(sender, msg_type, refused)
+            raise refused
         try:
             self._receive(sender, msg_type, body, now)
         except E2EEError as exc:
@@ -275,6 +298,8 @@ class CallKeySession:
         """When :meth:`handle_timer` has something to do (None: nothing scheduled). Every
         time returned here is one that ``handle_timer`` acts on, so calling it does not
         return the same past time again."""
+        if self._closed:
+            return None
         times: list[float] = [t for t, _ in self._retiring]
         a, active, rekey_at = self._pending, self._active, self._next_rekey_at
         if a is not None:
@@ -293,6 +318,8 @@ class CallKeySession:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        if self._closed:
+            return
         # end of grace: erase old epochs' receive keys
         due = [e for t, e in self._retiring if t <= now]
         if due:
@@ -606,6 +633,8 @@ class CallKeySession:
         """Any message a member of this call signed tells us an epoch number in use. If we
         lead an epoch that a member has already passed, it will refuse our start as a
         rollback: start again above it at once instead of waiting for the timeout."""
+        if msg.signer not in self._participants:
+            return  # only members of this call may move our idea of the epoch in use
         ceiling = max(self._highest, self._newest_heard)
         if msg.epoch <= self._newest_heard or (ceiling and msg.epoch > ceiling + MAX_EPOCH_STEP):
             return

@@ -54,8 +54,8 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
             return {}
         try:
             data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError("request body is not JSON") from exc
+        except (ValueError, RecursionError, LookupError) as exc:  # bad JSON, nesting, charset
+            raise UsageError("request body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise UsageError("request body must be a JSON object")
         return data

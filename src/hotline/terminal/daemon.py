@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotline.call.machine import CallState
 from hotline.call.session import CallSession, MediaSettings, new_call_id
 from hotline.calllog import CallLog, log_path
 from hotline.charter import CharterStore, SignedCharter
@@ -41,6 +42,7 @@ TICK_S = 0.1
 #: at shutdown, how long the last messages (a hang-up) may take to leave, and tasks to end
 STOP_FLUSH_S = 3.0
 EVENT_HISTORY = 500
+LIVE_STATES = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
 
 
 @dataclass
@@ -92,6 +94,8 @@ class TerminalDaemon:
             fps=media.fps,
         )
         self.call: CallSession | None = None
+        #: every call id this terminal has taken part in: an old ring is never a new call
+        self._known_calls: set[str] = set(self.call_log.calls())
         self.past_calls: list[dict[str, Any]] = []
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._event_seq = 0
@@ -167,7 +171,8 @@ class TerminalDaemon:
         )
 
     def _busy(self) -> bool:
-        return self.call is not None and self.call.machine.state.value not in ("ended",)
+        """Ringing, being rung or in a call (a refused ring leaves nothing behind)."""
+        return self.call is not None and self.call.machine.state in LIVE_STATES
 
     async def dial(self, target: str) -> str:
         if self._busy():
@@ -176,10 +181,16 @@ class TerminalDaemon:
         if target == self.terminal_id:
             raise UsageError("a terminal cannot call itself")
         self._archive()
-        self.call = self._new_session(new_call_id(os.urandom))
-        self.emit("dialing", {"call": self.call.call_id, "target": target})
-        await self.call.dial(target)
-        return self.call.call_id
+        call = self._new_session(new_call_id(os.urandom))
+        self.call = call
+        self._known_calls.add(call.call_id)
+        self.emit("dialing", {"call": call.call_id, "target": target})
+        try:
+            await call.dial(target)
+        finally:
+            if call.machine.state == CallState.IDLE:  # the ring never left
+                self.call = None
+        return call.call_id
 
     async def answer(self) -> None:
         await self._require_call().answer()
@@ -223,6 +234,9 @@ class TerminalDaemon:
                 await self._on_exchange_event(event)
             except HotlineError as exc:
                 self._count_rejection(exc.reason, str(exc))
+            except Exception:  # a bug must not leave the terminal deaf to the exchange
+                log.exception("internal error handling an exchange event")
+                self._count_rejection("internal", "internal error handling an exchange event")
 
     async def _on_exchange_event(self, event: object) -> None:
         if isinstance(event, EnvelopeReceived):
@@ -232,14 +246,24 @@ class TerminalDaemon:
                 return
             call_id = _call_id_of(env.body)
             if env.msg_type == "call.ring" and not self._busy():
+                if call_id in self._known_calls:
+                    # an old ring again (a replay across our restart): never a new call
+                    self._count_rejection("replayed_ring", f"{call_id} from {env.sender}")
+                    return
                 if self._ring_over_limit(env.body):
                     await self._decline(env.sender, call_id, "full")
                     return
                 self._archive()
-                self.call = self._new_session(call_id)
-                await self.call.receive(env.sender, env.msg_type, env.body)
-                if self.config.auto_answer and self.call.machine.state.value == "incoming":
-                    await self.call.answer()
+                call = self._new_session(call_id)
+                await call.receive(env.sender, env.msg_type, env.body)
+                if call.machine.state != CallState.INCOMING:
+                    for reason, count in call.rejected.items():  # refused: no call remains
+                        self.rejected[reason] = self.rejected.get(reason, 0) + count
+                    return
+                self.call = call
+                self._known_calls.add(call_id)
+                if self.config.auto_answer:
+                    await call.answer()
                 return
             if self.call is None or call_id != self.call.call_id:
                 if env.msg_type == "call.ring":
@@ -251,14 +275,30 @@ class TerminalDaemon:
         elif isinstance(event, PresenceChanged):
             self.emit("presence", {"online": sorted(event.online)})
         elif isinstance(event, CharterUpdated):
-            self.charter = event.charter  # already accepted through self.charters
-            self.emit("charter", {"version": self.charter.charter.version})
+            await self._adopt_charter(event.charter)  # accepted by the store already
         elif isinstance(event, EnvelopeRejected):
             self._count_rejection(
                 f"exchange_{event.reason}", f"the exchange refused our envelope {event.seq}"
             )
         elif isinstance(event, ConnectionChanged):
             self.emit("exchange", {"connected": event.connected, "reason": event.reason})
+
+    async def install_charter(self, signed: SignedCharter) -> None:
+        """A newer charter from this terminal's operator: keep it (refusing an older one),
+        give it to the exchange, which hands it to every online terminal, and apply it."""
+        accepted = self.charters.accept(signed)
+        await self.client.update_charter(accepted)
+        await self._adopt_charter(accepted)
+
+    async def _adopt_charter(self, signed: SignedCharter) -> None:
+        """Use a verified, accepted charter from now on; a running call drops every terminal
+        it no longer lists (or ends, if that is us)."""
+        self.charter = signed
+        charter = signed.charter
+        self.emit("charter", {"version": charter.version})
+        if self.call is not None:
+            directory = {t.terminal_id: t.identity_key for t in charter.terminals}
+            await self.call.on_charter(directory, charter.version)
 
     async def _decline(self, caller: str, call_id: str, reason: str) -> None:
         await self._send(caller, "call.decline", encode({"call": call_id, "reason": reason}))
@@ -283,6 +323,9 @@ class TerminalDaemon:
                     await self.call.tick()
                 except HotlineError as exc:
                     self._count_rejection(exc.reason, str(exc))
+                except Exception:  # a bug must not stop the terminal's clock
+                    log.exception("internal error in the call timer")
+                    self._count_rejection("internal", "internal error in the call timer")
 
     # --- status ------------------------------------------------------------------------------
 

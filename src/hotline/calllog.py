@@ -139,6 +139,24 @@ def log_path(terminal_dir: Path) -> Path:
     return terminal_dir / LOG_FILENAME
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open a log for reading only. A log in WAL mode needs its folder writable even to be
+    read; an auditor's copy on read-only media is opened as immutable instead."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        pass  # a read-only folder (or file): read it as it is on disk
+    except sqlite3.Error as exc:
+        raise UsageError(f"{path}: cannot open call log: {exc}") from exc
+    try:
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error as exc:
+        raise UsageError(f"{path}: cannot open call log: {exc}") from exc
+
+
 # --- hashing and signing (pure) -------------------------------------------------------------
 
 
@@ -473,10 +491,7 @@ class CallLog:
         if key is None:
             if not path.is_file():
                 raise UsageError(f"{path}: no such call log file")
-            try:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            except sqlite3.Error as exc:
-                raise UsageError(f"{path}: cannot open call log: {exc}") from exc
+            conn = _connect_read_only(path)
         else:
             if terminal_id is None:
                 raise UsageError("a terminal id is needed to open a call log for writing")

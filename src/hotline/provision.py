@@ -254,7 +254,7 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
     copy = site_dir / ENROLMENTS_DIR / f"{name}.json"
     if copy.exists():
         raise UsageError(f"{copy}: site {site.site_id!r} already enrolled a terminal {name!r}")
-    out = out_dir if out_dir is not None else site_dir.parent / name
+    out = out_dir if out_dir is not None else site_dir.resolve().parent / name
     identity = SigningKey.generate()
     terminal_name = display_name or name
     unsigned = Terminal(name, site.site_id, terminal_name, role, identity.public, b"")

@@ -241,6 +241,12 @@ async def test_call_commands_from_the_command_line(steady_line: LocalLine) -> No
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr, result
 
+    assert two_line.charter_path is not None
+    charter = str(two_line.charter_path)
+    result = await asyncio.to_thread(
+        hotline_cli, "terminal", "run", "--terminal", alpha, "--charter", charter
+    )
+    one_line_error(result, "already running")
     result = await asyncio.to_thread(hotline_cli, "call", "answer", "--terminal", bravo)
     one_line_error(result, "no call is ringing")
     result = await asyncio.to_thread(hotline_cli, "call", "dial", "nobody", "--terminal", alpha)

@@ -804,6 +804,13 @@ def _check_url(url: object, schemes: Iterable[str], what: str) -> None:
     host = parts.hostname if parts.netloc else parts.path.split(":", 1)[0]
     if not host:
         raise CharterError(f"{what} {url!r} has no host")
+    if parts.netloc:
+        try:
+            port = parts.port
+        except ValueError as exc:  # not a number, or outside 0-65535
+            raise CharterError(f"{what} {url!r}: the port is not a number from 1 to 65535") from exc
+        if port == 0:
+            raise CharterError(f"{what} {url!r}: port 0 cannot be reached")
 
 
 def _digit_groups(digest: bytes) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
+import traceback
 
 import typer
 from rich.markup import escape
@@ -61,12 +64,30 @@ _register()
 
 
 def main() -> None:
-    """Entry point: every HotlineError becomes one line on stderr and a non-zero exit."""
+    """Entry point: every error becomes one line on stderr and a non-zero exit.
+
+    HotlineError is the expected case. An OSError that a command did not translate (a path
+    that is a file, a name too long, no permission, a port in use) still names the file and
+    the reason. Anything else is a bug: one line, exit 70, and the traceback only with
+    HOTLINE_DEBUG=1.
+    """
     try:
         app()
     except HotlineError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
-        sys.exit(EXIT_UNAVAILABLE if isinstance(exc, ExchangeUnavailable) else EXIT_ERROR)
+        _fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, ExchangeUnavailable) else EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        busy = exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+        _fail(f"{where}{exc.strerror or exc}", EXIT_UNAVAILABLE if busy else EXIT_ERROR)
+    except Exception as exc:
+        if os.environ.get("HOTLINE_DEBUG"):
+            traceback.print_exc()
+        _fail(f"internal error ({type(exc).__name__}: {exc}); set HOTLINE_DEBUG=1 for details", 70)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+    sys.exit(code)

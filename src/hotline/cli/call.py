@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from hotline.cli.common import console, print_json
-from hotline.errors import CallError
+from hotline.errors import CallError, UsageError
 from hotline.terminal.control import ControlClient
 
 app = typer.Typer(
@@ -41,17 +42,23 @@ async def _request(
 
 
 async def _wait_secure(terminal: Path, timeout: float) -> dict[str, Any]:
+    """Wait until the call is answered and encrypted; on timeout hang up and say why."""
     deadline = time.monotonic() + timeout
+    state = "outgoing"
     async with ControlClient.for_terminal(terminal) as control:
         while time.monotonic() < deadline:
             status = await control.request("GET", "/status")
             call = status.get("call") or {}
-            if call.get("state") == "ended":
+            state = call.get("state", state)
+            if state == "ended":
                 raise CallError("the call ended before it was secured")
             if call.get("security_code"):
                 return dict(status)
             await asyncio.sleep(0.2)
-    raise CallError(f"no end-to-end encryption within {timeout:.0f} s (no media flows)")
+        await control.request("POST", "/hangup")
+    if state == "outgoing":
+        raise CallError(f"not answered within {timeout:g} s; hung up")
+    raise CallError(f"no end-to-end encryption within {timeout:g} s (no media flowed); hung up")
 
 
 @app.command()
@@ -65,6 +72,8 @@ def dial(
     json_out: JsonOpt = False,
 ) -> None:
     """Ring TARGET. The call has no time limit; end it with `hotline call hangup`."""
+    if wait and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError("--timeout must be a positive number of seconds")
     result = _run(_request(terminal, "POST", "/call", {"target": target}))
     if wait:
         status = _run(_wait_secure(terminal, timeout))

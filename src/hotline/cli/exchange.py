@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import resource
 import sys
 from pathlib import Path
@@ -39,6 +40,9 @@ DirOption = Annotated[
     ),
 ]
 
+#: the largest value any limit option takes (a guard against typos and infinities)
+MAX_LIMIT = 1_000_000_000
+
 
 @app.command("init")
 def init(
@@ -53,7 +57,9 @@ def init(
     if json_output:
         print_json({"dir": str(directory), "tls_fingerprint": fingerprint})
     else:
-        console.print(f"created {directory / tls.CERT_FILE} and {directory / tls.KEY_FILE}")
+        console.print(
+            f"created {directory / tls.CERT_FILE} and {directory / tls.KEY_FILE}", markup=False
+        )
         console.print(f"TLS fingerprint: {fingerprint}", soft_wrap=True)
 
 
@@ -105,7 +111,7 @@ def _raise_fd_limit(max_connections: int) -> None:
     want = max_connections + 256
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-    if hard < want:
+    if hard < max_connections:
         logging.getLogger("hotline.exchange").warning(
             "the file descriptor limit (%d) is below --max-connections %d; raise it with ulimit -n",
             hard,
@@ -195,6 +201,19 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     host, port = parse_listen(listen)
+    for name, value in (
+        ("max-envelope-size", max_envelope_size),
+        ("rate", rate),
+        ("burst", burst),
+        ("max-connections-per-source", max_connections_per_source),
+        ("max-connections", max_connections),
+        ("max-queue", max_queue),
+        ("window", window),
+        ("auth-timeout", auth_timeout),
+        ("heartbeat", heartbeat),
+    ):
+        if not math.isfinite(value) or not 0 < value <= MAX_LIMIT:
+            raise UsageError(f"--{name} must be a number above 0 and at most {MAX_LIMIT:,}")
     _raise_fd_limit(max_connections)
     limits = Limits(
         max_envelope_size=max_envelope_size,

@@ -22,7 +22,8 @@ from hotline.charter import (
     load_charter,
 )
 from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console, print_json
-from hotline.errors import HotlineError
+from hotline.encoding import INT_MAX
+from hotline.errors import HotlineError, UsageError
 from hotline.keys import PASSPHRASE_ENV, read_passphrase
 from hotline.provision import propose_line, sign_charter, write_draft
 
@@ -110,6 +111,8 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
     Example: hotline line propose sochi-washington --site ./sochi --site ./washington
     --exchange wss://exchange.example:8443#sha256:<fp> --out line.json
     """
+    if version > INT_MAX:  # checked before anything is written (the model checks >= 1)
+        raise UsageError(f"--version {version} is too large (at most {INT_MAX})")
     policy = Policy(
         cipher_suite=cipher_suite,
         kem=kem,
@@ -241,10 +244,13 @@ def show(
     if json_output:
         print_json(info)
         return
-    created = datetime.datetime.fromtimestamp(info["created_at"], tz=datetime.UTC)
+    try:
+        created = datetime.datetime.fromtimestamp(info["created_at"], tz=datetime.UTC)
+        when = f"{created:%Y-%m-%d %H:%M:%S} UTC"
+    except (ValueError, OverflowError, OSError):  # the other side's clock or a forgery
+        when = f"at an impossible time ({info['created_at']} s since 1970)"
     console.print(
-        f"[bold]Line {escape(info['line_id'])}[/]  version {info['version']}  "
-        f"created {created:%Y-%m-%d %H:%M:%S} UTC"
+        f"[bold]Line {escape(info['line_id'])}[/]  version {info['version']}  created {when}"
     )
     console.print(f"Charter digest (read aloud): [bold]{info['digest_code']}[/]")
 

@@ -24,7 +24,7 @@ from hotline.call.session import CallSession, MediaSettings, new_call_id
 from hotline.calllog import CallLog, log_path
 from hotline.charter import CharterStore, SignedCharter
 from hotline.encoding import decode, encode, expect_dict
-from hotline.errors import HotlineError, StateError, UsageError
+from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
 from hotline.exchange.client import (
     CharterUpdated,
     ConnectionChanged,
@@ -180,6 +180,8 @@ class TerminalDaemon:
         self.charter.charter.terminal(target)  # raises UnknownMember
         if target == self.terminal_id:
             raise UsageError("a terminal cannot call itself")
+        if not self.client.connected:
+            raise ExchangeUnavailable("not connected to the exchange: the call cannot be placed")
         self._archive()
         call = self._new_session(new_call_id(os.urandom))
         self.call = call

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from hotline.call.session import MediaSettings
 from hotline.charter import load_charter
-from hotline.errors import UsageError
+from hotline.errors import StateError, UsageError
 from hotline.keys import read_passphrase
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal
@@ -69,7 +70,30 @@ def build_config(
     )
 
 
+LOCK_FILE = "terminal.lock"
+
+
+def hold_single_instance(state: Path) -> int:
+    """Take the terminal's lock (held until the process ends): two processes with one
+    identity would push each other off the exchange. Returns the lock's descriptor."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StateError(
+            f"{state.parent}: this terminal is already running (pid {other})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 async def serve(config: DaemonConfig, control_port: int = 0) -> None:
+    lock = hold_single_instance(config.state)
     aiortc_patch.install()
     engine.set_ice_addresses(["loopback" if config.interfaces == "loopback" else "host"])
     daemon = TerminalDaemon(config)
@@ -95,6 +119,7 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             control.unlink()
+        os.close(lock)
 
 
 def run(config: DaemonConfig, control_port: int = 0, verbose: bool = False) -> None:

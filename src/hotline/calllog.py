@@ -149,6 +149,10 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError:
         pass  # a read-only folder (or file): read it as it is on disk
+    except sqlite3.DatabaseError as exc:
+        raise BadLogEntry(
+            f"{path}: not a call log (SQLite says: {exc})", index=None, reason="corrupt"
+        ) from exc
     except sqlite3.Error as exc:
         raise UsageError(f"{path}: cannot open call log: {exc}") from exc
     try:

@@ -49,6 +49,7 @@ from hotline.errors import (
     CharterFormatError,
     HotlineError,
     KeyStorageError,
+    PassphraseError,
     SignatureError,
     StateError,
     UnknownMember,
@@ -250,7 +251,12 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
             role = parse_role(role, "role")
         except CharterFormatError as exc:
             raise UsageError(str(exc)) from None
-    site, operator = load_site(site_dir, site_passphrase)
+    try:
+        site, operator = load_site(site_dir, site_passphrase)
+    except PassphraseError as exc:
+        raise PassphraseError(
+            f"{exc} (for enrolment: the site's key passphrase is --site-passphrase-file)"
+        ) from exc
     copy = site_dir / ENROLMENTS_DIR / f"{name}.json"
     if copy.exists():
         raise UsageError(f"{copy}: site {site.site_id!r} already enrolled a terminal {name!r}")
@@ -267,12 +273,17 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
         operator.sign(unsigned.enrolment_bytes()),
         operator.public,
     )
-    _make_private_dir(out)
-    identity.save(out / TERMINAL_KEY_FILE, _passphrase_bytes(passphrase))
     data = record.to_file_bytes()
-    _write_new(out / TERMINAL_RECORD_FILE, data)
+    # the site's copy first: if the site folder cannot take it, nothing else exists yet
     (site_dir / ENROLMENTS_DIR).mkdir(mode=0o700, exist_ok=True)
     _write_new(copy, data)
+    try:
+        _make_private_dir(out)
+        identity.save(out / TERMINAL_KEY_FILE, _passphrase_bytes(passphrase))
+        _write_new(out / TERMINAL_RECORD_FILE, data)
+    except BaseException:
+        copy.unlink(missing_ok=True)  # no enrolment without its terminal
+        raise
     return out
 
 

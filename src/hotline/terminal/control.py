@@ -156,7 +156,10 @@ class ControlClient:
             async with self._session.request(method, self.url + path, json=data) as resp:
                 payload = await resp.json(content_type=None)
         except aiohttp.ClientError as exc:
-            raise ExchangeUnavailable(f"terminal control API at {self.url} unreachable") from exc
+            raise ExchangeUnavailable(
+                f"the terminal does not answer at {self.url}: not running? "
+                "(start it with `hotline terminal run`)"
+            ) from exc
         if resp.status >= 400:
             message = payload.get("error", "") if isinstance(payload, dict) else str(payload)
             if resp.status == 409:

@@ -28,7 +28,7 @@ def test_configuration_is_always_explicit() -> None:
     with pytest.raises(UsageError):
         IceSettings(relay_only=True)
     with pytest.raises(UsageError):
-        TurnRelay("stun:stun.example.org:3478", "u", "p")
+        TurnRelay("stun:127.0.0.1:3478", "u", "p")
 
 
 async def _offer_sdp(pc: RTCPeerConnection) -> str:

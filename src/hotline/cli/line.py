@@ -306,7 +306,12 @@ def verify(
 ) -> None:
     """Exit 0 only if the charter is complete and every signature verifies; 1 if a check
     fails; 2 if the file cannot be read."""
-    signed = load_charter(charter)
+    try:
+        signed = load_charter(charter)
+    except HotlineError as exc:
+        if json_output:  # a machine reading stdout still gets a verdict, and exit 2
+            print_json({"valid": False, "reason": exc.reason, "error": str(exc)})
+        raise
     try:
         signed.verify()
     except HotlineError as exc:

@@ -61,11 +61,15 @@ def media_flows(statuses: dict[str, dict[str, Any]], pairs: list[tuple[str, str]
 
 @contextlib.asynccontextmanager
 async def running_line(root: Path, policy: Policy) -> AsyncIterator[LocalLine]:
-    """An exchange and two terminals, alpha and bravo (who answers at once)."""
+    """An exchange and two terminals, alpha and bravo (who answers at once); charlie is
+    in the charter but never started."""
     line = LocalLine(
         root,
         "east-west",
-        {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+        {
+            "east": [("alpha", Role.PRINCIPAL)],
+            "west": [("bravo", Role.PRINCIPAL), ("charlie", Role.AIDE)],
+        },
         policy=policy,
     )
     line.commission()
@@ -251,6 +255,13 @@ async def test_call_commands_from_the_command_line(steady_line: LocalLine) -> No
     one_line_error(result, "no call is ringing")
     result = await asyncio.to_thread(hotline_cli, "call", "dial", "nobody", "--terminal", alpha)
     one_line_error(result, "nobody")
+
+    # nobody answers at charlie: --wait gives up, hangs up, and says so
+    result = await asyncio.to_thread(
+        hotline_cli, "call", "dial", "charlie", "--terminal", alpha, "--wait", "--timeout", "2"
+    )
+    one_line_error(result, "not answered within 2 s; hung up")
+    assert call_of(await two_line.status("alpha"))["state"] == "ended"
 
     result = await asyncio.to_thread(
         hotline_cli, "call", "dial", "bravo", "--terminal", alpha, "--wait", "--json"

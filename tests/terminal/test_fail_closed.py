@@ -5,6 +5,7 @@ injected) against a real exchange process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -336,3 +337,29 @@ async def test_a_terminal_removed_from_the_charter_leaves_the_running_call(
         for daemon in (alpha, bravo, charlie):
             await daemon.stop()
         await line.stop()
+
+
+async def test_a_restarted_terminal_resumes_its_exchange_state(line: LocalLine) -> None:
+    alpha = await started(line, "alpha")
+    bravo = await started(line, "bravo", auto_answer=True)
+    try:
+        await until(lambda: _online(alpha, "bravo"), "bravo online")
+        await alpha.dial("bravo")
+
+        async def answered() -> bool:
+            return alpha.call is not None and len(alpha.call.machine.members) == 2
+
+        await until(answered, "bravo to answer")
+        call_id = alpha.call.call_id if alpha.call else ""
+    finally:
+        await alpha.stop()
+    saved = json.loads((line.terminal_dir("alpha") / "state" / "exchange-client.json").read_text())
+    assert saved["last_seq"] > 0 and saved["store_id"]
+    again = await started(line, "alpha")
+    try:
+        assert again.client.state.last_seq >= saved["last_seq"], "no sequence number reused"
+        assert again.client.state.store_id == saved["store_id"]
+        assert call_id in again._known_calls, "an old ring of that call is never a new call"
+    finally:
+        await again.stop()
+        await bravo.stop()

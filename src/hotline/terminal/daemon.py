@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -27,6 +29,7 @@ from hotline.encoding import decode, encode, expect_dict
 from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
 from hotline.exchange.client import (
     CharterUpdated,
+    ClientState,
     ConnectionChanged,
     EnvelopeReceived,
     EnvelopeRejected,
@@ -39,6 +42,7 @@ from hotline.media.sources import open_source
 log = logging.getLogger("hotline.terminal")
 
 TICK_S = 0.1
+CLIENT_STATE_FILE = "exchange-client.json"
 #: at shutdown, how long the last messages (a hang-up) may take to leave, and tasks to end
 STOP_FLUSH_S = 3.0
 EVENT_HISTORY = 500
@@ -76,8 +80,10 @@ class TerminalDaemon:
         self.call_log = CallLog.open(
             log_path(config.terminal_dir), self.terminal_id, config.identity_key
         )
+        self._client_state_path = state / CLIENT_STATE_FILE
         self.client = ExchangeClient(
             config.exchange_url,
+            state=load_client_state(self._client_state_path),
             charter=self.charter,
             terminal_id=self.terminal_id,
             key=config.identity_key,
@@ -127,6 +133,7 @@ class TerminalDaemon:
         while self.client.outbox_size and self.client.connected and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await self.client.close()
+        save_client_state(self._client_state_path, self.client.state)
         for task in self._tasks:
             task.cancel()
         _, pending = await asyncio.wait(self._tasks, timeout=STOP_FLUSH_S)
@@ -353,6 +360,31 @@ def _call_id_of(body: bytes) -> str:
     if not isinstance(call_id, str) or not call_id or len(call_id) > 64:
         raise HotlineError("message without a valid call id", reason="malformed")
     return call_id
+
+
+def load_client_state(path: Path) -> ClientState | None:
+    """What the exchange client persisted at the last stop: sequence numbers go on above
+    it, and what was already taken is not taken again. Unreadable: start afresh (counted
+    in the log), since sequence numbers also start above the clock."""
+    try:
+        data = json.loads(path.read_text())
+        return ClientState(
+            last_seq=int(data["last_seq"]),
+            seen={str(k): int(v) for k, v in dict(data["seen"]).items()},
+            store_id=None if data["store_id"] is None else str(data["store_id"]),
+            delivered=int(data["delivered"]),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable exchange client state, starting afresh: %s", path, exc)
+        return None
+
+
+def save_client_state(path: Path, client_state: ClientState) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(client_state)))
+    os.replace(tmp, path)
 
 
 def new_token() -> str:

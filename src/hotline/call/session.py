@@ -39,7 +39,7 @@ from hotline.calllog import CallLog
 from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
 from hotline.e2ee.session import CallKeySession
 from hotline.encoding import Value, decode, encode, expect_dict
-from hotline.errors import CallError, HotlineError, SdpError, StateError
+from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media import aiortc_patch, engine
 from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
@@ -549,7 +549,3 @@ class CallSession:
 
 def new_call_id(rng: Callable[[int], bytes]) -> str:
     return "call-" + rng(8).hex()
-
-
-def ensure_call_error(exc: Exception) -> CallError:
-    return exc if isinstance(exc, CallError) else CallError(str(exc))

@@ -106,7 +106,6 @@ class TerminalDaemon:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._event_seq = 0
         self.rejected: dict[str, int] = {}
-        self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -143,7 +142,6 @@ class TerminalDaemon:
             await self.call.close()
         self.source.stop()
         self.call_log.close()
-        self._stop.set()
 
     # --- events for the control API --------------------------------------------------------
 

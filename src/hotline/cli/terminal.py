@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from hotline.charter import Role
 from hotline.cli.common import console, print_json
-from hotline.errors import UsageError
 from hotline.keys import PASSPHRASE_ENV, read_passphrase
 from hotline.provision import (
     ENROLMENTS_DIR,
@@ -130,7 +129,8 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         typer.Option(
             "--interfaces",
             help="Where ICE gathers host candidates: 'loopback' (127.0.0.1 only, the default: "
-            "tests and demos) or 'all' (every interface but loopback, as aioice does).",
+            "tests and demos), 'all' (every interface but loopback, as aioice does), or a "
+            "comma-separated list of this machine's IP addresses (e.g. 10.77.0.1).",
         ),
     ] = "loopback",
     control_port: Annotated[
@@ -166,11 +166,12 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     Example: hotline terminal run -t terminals/sochi --charter moscow-washington.charter.json
     """
     # aiortc loads only when a terminal really runs: the other commands stay quick
-    from hotline.terminal.main import build_config  # noqa: PLC0415
+    from hotline.media import engine  # noqa: PLC0415
+    from hotline.terminal.main import build_config, ice_address_policy  # noqa: PLC0415
     from hotline.terminal.main import run as run_daemon  # noqa: PLC0415
 
-    if interfaces not in ("loopback", "all"):
-        raise UsageError("--interfaces must be 'loopback' or 'all'")
+    engine.set_ice_addresses(ice_address_policy(interfaces))  # a bad address fails here
+
     config = build_config(
         terminal_dir=terminal,
         charter_path=charter,

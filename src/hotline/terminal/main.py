@@ -70,6 +70,19 @@ def build_config(
     )
 
 
+def ice_address_policy(interfaces: str) -> list[str]:
+    """``--interfaces`` as the media engine's host-address policy: 'loopback', 'all', or a
+    comma-separated list of local IP addresses (checked when the terminal starts)."""
+    if interfaces == "loopback":
+        return ["loopback"]
+    if interfaces == "all":
+        return ["host"]
+    addresses = [a.strip() for a in interfaces.split(",") if a.strip()]
+    if not addresses:
+        raise UsageError("--interfaces must be 'loopback', 'all' or IP addresses")
+    return addresses
+
+
 LOCK_FILE = "terminal.lock"
 
 
@@ -95,7 +108,7 @@ def hold_single_instance(state: Path) -> int:
 async def serve(config: DaemonConfig, control_port: int = 0) -> None:
     lock = hold_single_instance(config.state)
     aiortc_patch.install()
-    engine.set_ice_addresses(["loopback" if config.interfaces == "loopback" else "host"])
+    engine.set_ice_addresses(ice_address_policy(config.interfaces))
     daemon = TerminalDaemon(config)
     token = new_token()
     runner = web.AppRunner(make_app(daemon, token), access_log=None)

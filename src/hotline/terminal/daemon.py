@@ -57,6 +57,8 @@ class DaemonConfig:
     identity_key: SigningKey
     terminal_id: str
     tls_fingerprint: str | None = None
+    #: further exchanges to fail over to, in order: (url, pinned TLS fingerprint)
+    exchange_fallbacks: tuple[tuple[str, str | None], ...] = ()
     auto_answer: bool = False
     media: MediaSettings = field(default_factory=MediaSettings)
     state_dir: Path | None = None
@@ -88,6 +90,7 @@ class TerminalDaemon:
             terminal_id=self.terminal_id,
             key=config.identity_key,
             tls_fingerprint=config.tls_fingerprint,
+            fallbacks=config.exchange_fallbacks,
             accept_charter=self.charters.accept,
         )
         media = config.media
@@ -108,11 +111,15 @@ class TerminalDaemon:
         self.rejected: dict[str, int] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._exchange_reason = "connecting"
+        self._exchange_since = time.time()
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.client.start()
+        # without the exchange the terminal still starts, keeps trying in the background and
+        # says "exchange unreachable"; calls already running go on peer to peer
+        await self.client.start(require_connection=False)
         self._tasks.append(asyncio.create_task(self._pump_exchange()))
         self._tasks.append(asyncio.create_task(self._tick()))
         self.emit("started", {"terminal": self.terminal_id})
@@ -293,7 +300,12 @@ class TerminalDaemon:
                 f"exchange_{event.reason}", f"the exchange refused our envelope {event.seq}"
             )
         elif isinstance(event, ConnectionChanged):
-            self.emit("exchange", {"connected": event.connected, "reason": event.reason})
+            self._exchange_reason = event.reason
+            self._exchange_since = time.time()
+            self.emit(
+                "exchange",
+                {"connected": event.connected, "reason": event.reason, "url": self.client.url},
+            )
 
     async def install_charter(self, signed: SignedCharter) -> None:
         """A newer charter from this terminal's operator: keep it (refusing an older one),
@@ -349,7 +361,15 @@ class TerminalDaemon:
             "media_source": self.source.description,
             "line": self.charter.charter.line_id,
             "charter_version": self.charter.charter.version,
-            "exchange": {"connected": self.client.connected, "online": sorted(self.client.online)},
+            "exchange": {
+                "connected": self.client.connected,
+                "state": "connected" if self.client.connected else "unreachable",
+                "reason": self._exchange_reason,
+                "since": self._exchange_since,
+                "url": self.client.url,
+                "endpoints": self.client.endpoints,
+                "online": sorted(self.client.online),
+            },
             "call": await self.call.stats() if self.call is not None else None,
             "past_calls": self.past_calls[-10:],
             "rejected": dict(self.rejected),

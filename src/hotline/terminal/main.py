@@ -45,10 +45,16 @@ def build_config(
     if terminal.terminal_id != record.terminal_id or terminal != record.terminal:
         raise UsageError(f"{terminal_dir}: the charter lists this key under another terminal id")
     tls_fingerprint: str | None = None
+    fallbacks: tuple[tuple[str, str | None], ...] = ()
     if exchange_url is None:
         if not charter.exchanges:
             raise UsageError("the charter names no exchange; give --exchange URL")
+        # the charter's first exchange, then the others in order when it does not answer
         exchange_url = charter.exchanges[0].url
+        fallbacks = tuple((e.url, e.tls_fingerprint) for e in charter.exchanges[1:])
+        for url, pin in fallbacks:
+            if url.startswith("wss://") and pin is None:
+                raise UsageError(f"{url}: the charter pins no TLS certificate for it")
     for endpoint in charter.exchanges:
         if endpoint.url == exchange_url:
             tls_fingerprint = endpoint.tls_fingerprint
@@ -64,6 +70,7 @@ def build_config(
         identity_key=key,
         terminal_id=terminal.terminal_id,
         tls_fingerprint=tls_fingerprint,
+        exchange_fallbacks=fallbacks,
         auto_answer=auto_answer,
         media=MediaSettings(source=source, width=width, height=height, fps=fps, ice=ice),
         interfaces=interfaces,

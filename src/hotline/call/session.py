@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaRelay
 
 from hotline.call.machine import (
     Answered,
@@ -42,6 +41,7 @@ from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media import aiortc_patch, engine
+from hotline.media.fanout import FanoutTrack
 from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
 from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
@@ -64,6 +64,8 @@ class PeerLink:
     offerer: bool
     video_sink: VideoFrameIdSink
     audio_sink: AudioChirpSink
+    #: this connection's views of the terminal's source, stopped when it closes
+    tracks: list[FanoutTrack] = field(default_factory=list)
     state: str = "new"
 
 
@@ -131,7 +133,6 @@ class CallSession:
         self._last_frame_event: dict[str, float] = {}
         self.crypto_stats = MediaCryptoStats(on_event=self._on_frame_event)
         self.media_stats = CallMediaStats(self.crypto_stats)
-        self._relay = MediaRelay()
         self._source = source
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future[None]] = set()
@@ -351,10 +352,10 @@ class CallSession:
             video_sink=VideoFrameIdSink(),
             audio_sink=AudioChirpSink(),
         )
-        # one source, fanned out to every peer connection of the mesh
-        for track in (self._source.video, self._source.audio):
-            if track is not None:
-                pc.addTrack(self._relay.subscribe(track))
+        # one terminal-wide source, fanned out to every peer connection of every call
+        link.tracks = self._source.subscribe()
+        for track in link.tracks:
+            pc.addTrack(track)
         engine.force_e2ee_codecs(pc)
         self.media_stats.add_peer(peer_id, pc, link.video_sink, link.audio_sink)
 
@@ -472,6 +473,8 @@ class CallSession:
         self.media_stats.remove_peer(link.peer_id)
         await link.video_sink.stop()
         await link.audio_sink.stop()
+        for track in link.tracks:
+            track.stop()  # the source stops feeding this connection
         await link.pc.close()
 
     async def close(self) -> None:

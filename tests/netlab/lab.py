@@ -1,7 +1,7 @@
 """The network lab: hosts are network namespaces joined by a userspace link in this process.
 
-Each host is a namespace with ``lo`` up and a TUN device ``lab0`` holding one address of
-10.77.0.0/24. A forwarder thread reads every IPv4 packet a host sends into its TUN device and
+Each host is a namespace with ``lo`` up, IPv6 off, and a TUN device ``lab0`` holding one
+address of 10.77.0.0/24. A forwarder thread reads every IPv4 packet a host sends into its TUN device and
 writes it into the TUN device of the host that owns the destination address, after the
 sender's link ``egress`` direction and the receiver's link ``ingress`` direction
 (:mod:`tests.netlab.impair`) have delayed or dropped it. Drops happen inside the forwarder, so
@@ -93,6 +93,14 @@ def _open_tun() -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
     fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", TUN_NAME.encode(), _IFF_TUN | _IFF_NO_PI))
     return fd
+
+
+def _ipv4_only() -> None:
+    """No IPv6 in this namespace: the lab routes IPv4, and ICE then gathers no IPv6 candidate
+    that could never connect. (/proc/sys/net is that of the calling thread's namespace.)"""
+    for conf in ("all", "default"):
+        with contextlib.suppress(FileNotFoundError):  # a kernel without IPv6
+            Path(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6").write_text("1")
 
 
 def _ip(*args: str) -> None:
@@ -275,6 +283,7 @@ class Lab:
         addr = f"{self.subnet}.{len(self.hosts) + 1}"
         ns = f"{self.prefix}{name}"
         _ip("netns", "add", ns)
+        in_namespace(ns, _ipv4_only)
         fd = in_namespace(ns, _open_tun)
         try:
             _ip("-n", ns, "link", "set", "lo", "up")

@@ -317,6 +317,10 @@ class TerminalDaemon:
         count = len(members) if isinstance(members, list) else 0
         return count + 1 > self.charter.charter.policy.max_participants
 
+    def count_control_refusal(self, detail: str) -> None:
+        """A control API request from something other than the operator's tools."""
+        self._count_rejection("control_refused", f"control API: {detail}")
+
     def _count_rejection(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.warning("refused: %s", detail)

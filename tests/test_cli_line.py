@@ -416,3 +416,33 @@ def test_exchanges_terminals_refuse_fail_early(hotline: Run, exchange: str, mess
     assert result.code == EXIT_CHECK_FAILED, result.out
     assert message in result.err
     assert message in " ".join(hotline("line", "show", str(path)).out.split())
+
+
+def test_sign_refuses_a_charter_whose_other_signatures_fail(hotline: Run) -> None:
+    """A charter changed after a site signed it must not collect more signatures: `line
+    sign` says which signature fails and leaves the file alone (issue 9, point 18)."""
+    path = commission(hotline)
+    data = json.loads(path.read_text())
+    data["body"]["policy"]["rekey_interval_s"] = 86_400  # tampered after both signed
+    data["signatures"].pop("washington")
+    path.write_text(json.dumps(data))
+    before = path.read_bytes()
+    hotline("line", "sign", str(path), "--site", "washington").one_line_error(
+        "refusing to sign", "signature of site 'sochi'", "does not verify"
+    )
+    assert path.read_bytes() == before
+    # re-signing one's own (now stale) signature is how a site renews it: still allowed
+    # once every other signature verifies
+    data["signatures"] = {"sochi": data["signatures"]["sochi"]}
+    path.write_text(json.dumps(data))
+    assert hotline("line", "sign", str(path), "--site", "sochi").code == 0
+    assert hotline("line", "sign", str(path), "--site", "washington").code == 0
+    assert hotline("line", "verify", str(path)).code == 0
+    # a signature by a site the charter does not name is refused too
+    data = json.loads(path.read_text())
+    data["signatures"].pop("washington")
+    data["signatures"]["moscow"] = data["signatures"]["sochi"]
+    path.write_text(json.dumps(data))
+    hotline("line", "sign", str(path), "--site", "washington").one_line_error(
+        "refusing to sign", "'moscow'"
+    )

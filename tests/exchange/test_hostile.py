@@ -6,6 +6,9 @@ connection."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -251,3 +254,46 @@ async def test_auth_timeout(tmp_path: Path, harness: Harness) -> None:
     await raw.open()
     assert await raw.closed_with() == (CLOSE_POLICY, "timeout")
     await wait_for(lambda: server.metrics.get("auth_failures_total", "timeout") == 1)
+
+
+BAD_HTTP = {
+    "not_websocket": b"GET /v1/exchange HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header_too_large": b"GET /v1/exchange HTTP/1.1\r\nHost: x\r\nX-Big: "
+    + b"a" * 100_000
+    + b"\r\n\r\n",
+    "bad_request": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+}
+
+
+async def http_exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes to the exchange's port (plain TCP: the harness serves ws://) and
+    read the status line of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    return status
+
+
+async def test_malformed_http_logs_one_line_and_counts(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain GET on the WebSocket path and a 100 KB header: a 400 answer, one WARNING line
+    at most per request and no traceback, counted by reason (issue 9, point 14)."""
+    caplog.set_level(logging.DEBUG)
+    for reason, request in BAD_HTTP.items():
+        caplog.clear()
+        status = await http_exchange(scene.server.port, request)
+        assert status.startswith(b"HTTP/1.") and b" 400 " in status, (reason, status)
+        await asyncio.sleep(0.05)
+        noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(noisy) <= 1, (reason, [r.getMessage() for r in noisy])
+        assert all(r.levelno == logging.WARNING for r in noisy), reason
+        assert not any(r.exc_info for r in caplog.records), reason
+        assert all(len(r.getMessage()) < 300 for r in caplog.records), reason
+        assert scene.count("bad_http_requests_total", reason) == 1, reason
+    assert "hotline_exchange_bad_http_requests_total" in scene.server.metrics.render()
+    await scene.unaffected()

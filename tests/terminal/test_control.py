@@ -4,6 +4,7 @@ operator's browser cannot reach it, not even by DNS rebinding (issue 9, point 16
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,11 +14,12 @@ from aiohttp import web
 
 from hotline.charter import Role
 from hotline.localline import LocalLine
-from hotline.terminal.control import ControlClient, make_app
+from hotline.terminal.control import ControlClient, make_runner
 from hotline.terminal.daemon import TerminalDaemon
 from hotline.terminal.main import build_config
 
 TOKEN = "t0ken-for-the-test"
+DAEMONS: dict[Path, TerminalDaemon] = {}
 
 
 @pytest.fixture
@@ -39,7 +41,8 @@ async def control_url(tmp_path: Path) -> AsyncIterator[str]:
         fps=5,
     )
     daemon = TerminalDaemon(config)
-    runner = web.AppRunner(make_app(daemon, TOKEN), access_log=None)
+    DAEMONS[tmp_path] = daemon
+    runner = make_runner(daemon, TOKEN)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -56,10 +59,14 @@ async def control_url(tmp_path: Path) -> AsyncIterator[str]:
 
 async def raw_get(url: str, headers: dict[str, str]) -> int:
     """A GET with exactly these headers (aiohttp would set Host itself)."""
-    host, port = url.removeprefix("http://").split(":")
     lines = ["GET /status HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return await raw_request(url, ("\r\n".join(lines) + "\r\nConnection: close\r\n\r\n").encode())
+
+
+async def raw_request(url: str, request: bytes) -> int:
+    host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(("\r\n".join(lines) + "\r\nConnection: close\r\n\r\n").encode())
+    writer.write(request)
     status_line = await asyncio.wait_for(reader.readline(), 5)
     writer.close()
     await writer.wait_closed()
@@ -93,3 +100,30 @@ async def test_any_origin_is_refused(control_url: str) -> None:
                 control_url + "/hangup", headers={"Origin": origin}, data=b"{}"
             ) as resp:
                 assert resp.status == 403, origin
+
+
+async def test_malformed_http_is_one_counted_line(
+    control_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 100 KB header or a broken request: 400, no traceback, one WARNING line at most,
+    counted in the terminal's refusals (issue 9, point 14)."""
+    caplog.set_level(logging.DEBUG)
+    port = control_url.rsplit(":", 1)[1]
+    big = f"GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Big: {'a' * 100_000}\r\n\r\n"
+    bad = f"POST /hangup HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: -1\r\n\r\n"
+    for request in (big, bad):
+        caplog.clear()
+        assert await raw_request(control_url, request.encode()) == 400
+        await asyncio.sleep(0.05)
+        noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(noisy) <= 1 and all(r.levelno == logging.WARNING for r in noisy), noisy
+        assert not any(r.exc_info for r in caplog.records)
+    rejected = DAEMONS[tmp_path].rejected
+    assert rejected.get("control_header_too_large") == 1
+    assert rejected.get("control_bad_request") == 1
+    # a web page's requests are counted too, and a flood of them is not a flood of lines
+    caplog.clear()
+    for _ in range(20):
+        assert await raw_get(control_url, {"Host": "evil.example", "Origin": "x"}) == 403
+    assert rejected.get("control_not_local") == 20
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 2

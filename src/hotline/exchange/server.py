@@ -67,6 +67,7 @@ from hotline.exchange.frames import (
 from hotline.exchange.metrics import Metrics
 from hotline.exchange.routing import Limits, Refused, Router, Session
 from hotline.exchange.store import Event, ExchangeStore, WriteBatch
+from hotline.httplog import HttpErrorLog
 
 logger = logging.getLogger("hotline.exchange")
 
@@ -148,6 +149,9 @@ class ExchangeServer:
             assert config.tls_dir is not None
             self.exchange_id = tls.load_fingerprint(config.tls_dir)
             self._ssl = tls.server_context(config.tls_dir)
+        self.http_log = HttpErrorLog(
+            logger, lambda reason: self.metrics.inc("bad_http_requests_total", reason)
+        )
         self.metrics.gauge("connections", lambda: len(self._all))
         self.metrics.gauge("terminals_online", lambda: len(self._conns))
         self.metrics.gauge("lines", lambda: len(self.router.lines()))
@@ -219,7 +223,11 @@ class ExchangeServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            logger=self.http_log,
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -299,6 +307,11 @@ class ExchangeServer:
             autoping=True,
             compress=False,
         )
+        if not ws.can_prepare(request).ok:  # a plain GET: no WebSocket upgrade
+            self.http_log.malformed(source, "not_websocket", f"{request.method} {WS_PATH}")
+            return web.json_response(
+                {"error": "this is a WebSocket endpoint", "reason": "not_websocket"}, status=400
+            )
         try:
             self.router.sources.open(source, time.time())
         except LimitExceeded as exc:

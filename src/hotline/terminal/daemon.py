@@ -317,9 +317,11 @@ class TerminalDaemon:
         count = len(members) if isinstance(members, list) else 0
         return count + 1 > self.charter.charter.policy.max_participants
 
-    def count_control_refusal(self, detail: str) -> None:
-        """A control API request from something other than the operator's tools."""
-        self._count_rejection("control_refused", f"control API: {detail}")
+    def count_control_refusal(self, reason: str) -> None:
+        """A control API request refused before any handler: not from the operator's tools
+        (``not_local``) or malformed HTTP. Logged (rate-limited) by the control API."""
+        key = f"control_{reason}"
+        self.rejected[key] = self.rejected.get(key, 0) + 1
 
     def _count_rejection(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -65,6 +65,8 @@ class Limits:
     auth_failures_per_source: int = 10
     #: how long failed authentications count against their source
     auth_block_s: float = 60.0
+    #: time to authenticate for a connection from a blocked source
+    blocked_auth_timeout_s: float = 2.0
     #: WebSocket ping interval; a peer that misses two pongs is dropped
     heartbeat_s: float = 20.0
     #: rows kept in the exchange's event log (oldest dropped first)
@@ -83,6 +85,7 @@ class Limits:
             "auth_timeout_s": self.auth_timeout_s,
             "auth_failures_per_source": self.auth_failures_per_source,
             "auth_block_s": self.auth_block_s,
+            "blocked_auth_timeout_s": self.blocked_auth_timeout_s,
             "heartbeat_s": self.heartbeat_s,
             "max_event_log_rows": self.max_event_log_rows,
         }
@@ -158,11 +161,13 @@ class SourceGuard:
         self.total = 0
 
     def open(self, source: str, now: float) -> None:
-        """Count a new connection from ``source``, or refuse it."""
-        if self.blocked(source, now):
-            raise RateLimited(
-                f"{source}: too many failed authentications", reason="auth_rate_limited"
-            )
+        """Count a new connection from ``source``, or refuse it (too many connections).
+
+        A source :meth:`blocked` for failed authentications is NOT refused here: a terminal
+        behind the same address (a site's NAT) whose hello verifies must still get in. The
+        server gives a blocked source's connections a short time to authenticate and
+        refuses any of their hellos that fails (``auth_rate_limited``)."""
+        del now
         if self.total >= self._limits.max_connections:
             raise TooManyConnections("the exchange is at its connection limit")
         if self._open.get(source, 0) >= self._limits.max_connections_per_source:

@@ -353,6 +353,10 @@ class ExchangeServer:
 
     async def _serve(self, conn: _Conn) -> None:
         ws = conn.ws
+        blocked = self.router.sources.blocked(conn.source, time.time())
+        auth_timeout = self.limits.auth_timeout_s
+        if blocked:  # admitted only with a hello that verifies, and quickly
+            auth_timeout = min(auth_timeout, self.limits.blocked_auth_timeout_s)
         challenge = os.urandom(CHALLENGE_SIZE)
         await ws.send_bytes(
             encode_frame(
@@ -362,16 +366,18 @@ class ExchangeServer:
             )
         )
         try:
-            msg = await ws.receive(timeout=self.limits.auth_timeout_s)
+            msg = await ws.receive(timeout=auth_timeout)
         except TimeoutError:
-            await self._auth_failed(conn, AuthenticationError("no hello in time", reason="timeout"))
+            await self._auth_failed(
+                conn, AuthenticationError("no hello in time", reason="timeout"), blocked=blocked
+            )
             raise _Closed from None
         hello = await self._frame(conn, msg, MAX_HELLO_SIZE)
         if hello is None:
             return
         if not isinstance(hello, Hello):
             await self._auth_failed(
-                conn, AuthenticationError("expected a hello", reason="bad_frame")
+                conn, AuthenticationError("expected a hello", reason="bad_frame"), blocked=blocked
             )
             raise _Closed
         try:
@@ -383,7 +389,7 @@ class ExchangeServer:
                 signature=hello.signature,
             )
         except AuthenticationError as exc:
-            await self._auth_failed(conn, exc, hello)
+            await self._auth_failed(conn, exc, hello, blocked=blocked)
             raise _Closed from None
         now = time.time()
         connected = self.router.connect(
@@ -491,11 +497,26 @@ class ExchangeServer:
         raise _Closed
 
     async def _auth_failed(
-        self, conn: _Conn, exc: AuthenticationError, hello: Hello | None = None
+        self,
+        conn: _Conn,
+        exc: AuthenticationError,
+        hello: Hello | None = None,
+        *,
+        blocked: bool = False,
     ) -> None:
+        """Count, log and close a failed authentication. From a source that was already
+        blocked the close says ``auth_rate_limited`` (1013: try later), counted in
+        ``refused_connections_total``, and the log line is at INFO (the block was logged)."""
         now = time.time()
+        was_blocked = blocked
         blocked = self.router.sources.auth_failed(conn.source, now)
         self.metrics.inc("auth_failures_total", exc.reason)
+        if was_blocked:
+            self.metrics.inc("refused_connections_total", "auth_rate_limited")
+            self._event("refused", source=conn.source, reason="auth_rate_limited")
+            logger.info("refused %s (blocked source): %s", conn.source, exc.reason)
+            await self._close(conn, CLOSE_TRY_LATER, "auth_rate_limited")
+            return
         self._event(
             "auth_failed",
             line=hello.line_id if hello else None,

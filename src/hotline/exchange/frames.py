@@ -57,6 +57,9 @@ CLOSE_TRY_LATER = 1013
 CLOSE_SUPERSEDED = 4001
 #: a newer charter no longer lists this terminal (or changed its key)
 CLOSE_REMOVED = 4002
+#: refused: another connection of this terminal is online and they keep replacing each
+#: other (two copies of one terminal running)
+CLOSE_DUPLICATE = 4003
 
 
 def is_loopback(host: str) -> bool:

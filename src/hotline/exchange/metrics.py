@@ -42,6 +42,12 @@ FAMILIES: tuple[_Family, ...] = (
         "Malformed HTTP requests refused (not a WebSocket upgrade, header too large...).",
         "reason",
     ),
+    _Family(
+        "duplicate_terminals_total",
+        "counter",
+        "Connections refused because two copies of one terminal kept replacing each other.",
+        None,
+    ),
     _Family("envelopes_received_total", "counter", "Envelopes received from terminals.", None),
     _Family("envelopes_routed_total", "counter", "Envelopes accepted and routed.", None),
     _Family("deliveries_sent_total", "counter", "Deliveries written to terminals.", None),

@@ -30,6 +30,7 @@ from hotline.errors import (
     AuthenticationError,
     CharterError,
     CharterRollback,
+    DuplicateTerminal,
     FrameError,
     HotlineError,
     LimitExceeded,
@@ -41,6 +42,7 @@ from hotline.exchange import tls
 from hotline.exchange.frames import (
     CHALLENGE_SIZE,
     CHARTER_PUSH_COST,
+    CLOSE_DUPLICATE,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
@@ -392,13 +394,17 @@ class ExchangeServer:
             await self._auth_failed(conn, exc, hello, blocked=blocked)
             raise _Closed from None
         now = time.time()
-        connected = self.router.connect(
-            line_id=hello.line_id,
-            terminal_id=hello.terminal_id,
-            source=conn.source,
-            now=now,
-            resume=hello.resume,
-        )
+        try:
+            connected = self.router.connect(
+                line_id=hello.line_id,
+                terminal_id=hello.terminal_id,
+                source=conn.source,
+                now=now,
+                resume=hello.resume,
+            )
+        except DuplicateTerminal as exc:
+            await self._duplicate(conn, hello, exc)
+            raise _Closed from None
         session = conn.session = connected.session
         self._conns[session.session_id] = conn
         self._batch.add_removed(connected.dropped)
@@ -532,6 +538,33 @@ class ExchangeServer:
             " (source now blocked)" if blocked else "",
         )
         await self._close(conn, CLOSE_POLICY, exc.reason)
+
+    async def _duplicate(self, conn: _Conn, hello: Hello, exc: DuplicateTerminal) -> None:
+        """Refuse a newcomer that would replace a connection of the same terminal in a
+        supersede loop: counted, logged loudly, the incumbent told with a ``reject``."""
+        incumbent = self.router.session_of(hello.line_id, hello.terminal_id)
+        where = incumbent.source if incumbent is not None else "?"
+        self.metrics.inc("duplicate_terminals_total")
+        self._event(
+            "duplicate_terminal",
+            line=hello.line_id,
+            terminal=hello.terminal_id,
+            source=conn.source,
+            reason=f"already connected from {where}",
+        )
+        logger.warning(
+            "duplicate terminal %s of line %s: a connection from %s refused, the one from %s "
+            "kept (%s). Two copies of this terminal (one identity key) are running: stop one.",
+            hello.terminal_id,
+            hello.line_id,
+            conn.source,
+            where,
+            exc,
+        )
+        other = self._conns.get(incumbent.session_id) if incumbent is not None else None
+        if other is not None:
+            self._queue(other, encode_frame(Reject(None, exc.reason)))
+        await self._close(conn, CLOSE_DUPLICATE, exc.reason)
 
     async def _close(self, conn: _Conn, code: int, reason: str, *, counted: bool = False) -> None:
         if conn.closing:

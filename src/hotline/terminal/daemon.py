@@ -289,6 +289,8 @@ class TerminalDaemon:
             )
         elif isinstance(event, ConnectionChanged):
             self.emit("exchange", {"connected": event.connected, "reason": event.reason})
+            if event.reason == "duplicate_terminal":  # another copy of this terminal runs
+                self._count_rejection(event.reason, "another copy of this terminal is running")
 
     async def install_charter(self, signed: SignedCharter) -> None:
         """A newer charter from this terminal's operator: keep it (refusing an older one),

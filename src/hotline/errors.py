@@ -404,6 +404,13 @@ class TooManyConnections(LimitExceeded):
     reason = "too_many_connections"
 
 
+class DuplicateTerminal(LimitExceeded):
+    """Two connections with one terminal's identity keep replacing each other at the
+    exchange (two copies of one terminal folder running): the newcomer is refused."""
+
+    reason = "duplicate_terminal"
+
+
 class TLSPinMismatch(AuthenticationError):
     """The exchange's TLS certificate is not the one pinned in the charter."""
 

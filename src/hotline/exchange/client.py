@@ -52,6 +52,7 @@ from hotline.envelope import (
 )
 from hotline.errors import (
     AuthenticationError,
+    DuplicateTerminal,
     ExchangeUnavailable,
     FrameError,
     HotlineError,
@@ -67,6 +68,7 @@ from hotline.errors import (
 from hotline.exchange import tls
 from hotline.exchange.frames import (
     CHARTER_PUSH_COST,
+    CLOSE_DUPLICATE,
     CLOSE_POLICY,
     CLOSE_REMOVED,
     CLOSE_SUPERSEDED,
@@ -175,6 +177,12 @@ def _base_url(url: str) -> str:
 
 
 def _close_error(code: int | None, reason: str) -> HotlineError:
+    if code == CLOSE_DUPLICATE:
+        return DuplicateTerminal(
+            "the exchange refused this connection: another connection with this terminal's "
+            "identity is online and they kept replacing each other. Two copies of this "
+            "terminal folder are running (here and elsewhere): stop one."
+        )
     if code == CLOSE_TRY_LATER:
         return LimitExceeded(f"the exchange refused the connection: {reason}", reason=reason)
     if code in (CLOSE_POLICY, CLOSE_TOO_BIG):
@@ -473,7 +481,11 @@ class ExchangeClient:
                 self.stats["reconnects"] += 1
             except HotlineError as exc:
                 self.stats[f"connect_failed_{exc.reason}"] += 1
-                logger.info("connection to %s failed: %s", self.url, exc)
+                if isinstance(exc, DuplicateTerminal):
+                    logger.error("%s: %s", self.url, exc)
+                    await self._emit(ConnectionChanged(False, exc.reason))
+                else:
+                    logger.info("connection to %s failed: %s", self.url, exc)
                 if self._next_endpoint():
                     attempt = max(0, attempt - 1)  # the next exchange at once, not later
 
@@ -699,6 +711,15 @@ class ExchangeClient:
         await self._events.put(_Item(EnvelopeReceived(env), frame.delivery_id))
 
     async def _on_reject(self, frame: Reject) -> None:
+        if frame.seq is None and frame.reason == DuplicateTerminal.reason:
+            self.stats["duplicate_terminal"] += 1
+            logger.error(
+                "the exchange refused another connection with this terminal's identity, "
+                "which kept replacing this one: two copies of this terminal folder are "
+                "running (here and elsewhere); stop one"
+            )
+            await self._emit(ConnectionChanged(True, frame.reason))
+            return
         if frame.seq is None:
             self.stats[f"charter_refused_{frame.reason}"] += 1
             logger.warning("the exchange refused our charter: %s", frame.reason)
@@ -818,4 +839,6 @@ def _reason_of(ws: aiohttp.ClientWebSocketResponse) -> str:
         return "superseded"
     if code == CLOSE_REMOVED:
         return "removed_from_charter"
+    if code == CLOSE_DUPLICATE:
+        return DuplicateTerminal.reason
     return f"closed_{code}" if code is not None else "connection_lost"

@@ -20,7 +20,7 @@ from hotline.keys import read_passphrase
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal
 from hotline.signals import until_terminated
-from hotline.terminal.control import make_app, write_control_file
+from hotline.terminal.control import make_runner, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
 
 
@@ -118,7 +118,7 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
     engine.set_ice_addresses(ice_address_policy(config.interfaces))
     daemon = TerminalDaemon(config)
     token = new_token()
-    runner = web.AppRunner(make_app(daemon, token), access_log=None)
+    runner = make_runner(daemon, token)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", control_port)
     await site.start()

@@ -13,6 +13,7 @@ from hotline.call.machine import (
     Declined,
     MembersChanged,
     Ringing,
+    charter_departures,
 )
 from hotline.errors import StateError
 
@@ -143,3 +144,34 @@ def test_members_removed_from_the_charter_leave_at_once() -> None:
     ringing.pump()
     ringing.m["b"].remove({"a"}, 1)
     assert ringing.m["b"].state == CallState.ENDED
+
+
+def test_a_changed_identity_key_is_a_departure() -> None:
+    """A new charter that gives c a new identity key removes c exactly like one that drops
+    c: the old key holder is out, and the new one comes back only when rung and answering."""
+    old = {"a": b"key-a", "b": b"key-b", "c": b"key-c"}
+    new = {"a": b"key-a", "b": b"key-b", "c": b"key-c2"}
+    assert charter_departures(old, new) == {"c"}
+    assert charter_departures(old, {"a": b"key-a"}) == {"b", "c"}
+    assert charter_departures(old, old) == frozenset()
+
+    net = Net("a", "b", "c")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].answer(0)
+    net.pump()
+    net.m["a"].invite("c", 1)
+    net.pump()
+    net.m["c"].answer(2)
+    net.pump()
+    for x in "ab":
+        net.m[x].remove(charter_departures(old, new), 3)
+        assert net.m[x].members == {"a", "b"}
+    with pytest.raises(CallProtocolError):  # the new key holder must be rung again
+        net.m["a"].receive("c", "call.answer", {"call": "call-1"}, 4)
+    net.m["a"].invite("c", 5)
+    net.m["c"] = CallMachine("c", "call-1")  # the new key holder's terminal
+    net.pump()
+    net.m["c"].answer(6)
+    net.pump()
+    assert net.m["a"].members == net.m["b"].members == {"a", "b", "c"}

@@ -482,3 +482,72 @@ def test_close_erases_every_key_and_ends_rekeys() -> None:
         alice.receive("bob", "e2ee.ack", b"anything", net.now)
     with pytest.raises(StateError):
         alice.set_participants(["alice", "bob"], net.now)
+
+
+def rekey_c(net: Net) -> tuple[SigningKey, dict[str, object]]:
+    """A new charter (version 2) replaces c's identity key; a and b adopt it."""
+    new_key = SigningKey.generate()
+    new_directory = {**net.directory, "c": new_key.public}
+    for x in "ab":
+        net[x].session.update_directory(new_directory, 2, net.now)
+    return new_key, new_directory
+
+
+def test_rekeyed_terminal_leaves_like_a_departure() -> None:
+    """Same id, new identity key: the old key holder is out at once (sending paused, its
+    keys erased, it is no participant any more) and gets nothing of the next epoch; the new
+    key holder comes in only through a fresh epoch."""
+    net = Net(["a", "b", "c"])
+    net.set_view("abc")
+    e1 = net.agreed("abc")
+    old_c = net["c"]
+    c_frame = old_c.session.media.protect("audio", OPUS)
+    new_key, _ = rekey_c(net)
+    for x in "ab":
+        session = net[x].session
+        assert session.participants == frozenset("ab")
+        with pytest.raises(NoMediaKey):
+            session.media.protect("audio", OPUS)
+        with pytest.raises(ExpiredKey):
+            session.media.unprotect("audio", c_frame)
+        net[x].view = frozenset("ab")
+    net.pump()
+    e2 = net.agreed("ab")
+    assert e2 == e1 + 1
+    with pytest.raises(UnknownKeyId):
+        old_c.session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))
+    # the new key holder answers afresh: a new epoch, and the old holder still reads nothing
+    net.add_member("c", key=new_key, charter_version=2)
+    net.set_view("abc")
+    assert net.agreed("abc") == e2 + 1
+    net.frames_flow("abc")
+    with pytest.raises(UnknownKeyId):
+        old_c.session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))
+
+
+def test_rekeyed_terminal_readmitted_at_once_still_needs_a_new_epoch() -> None:
+    """The call layer lists c again straight away (it does not know the key changed): the
+    old key holder's keys are erased all the same, and the epoch that follows is sealed to
+    the new key holder only."""
+    net = Net(["a", "b", "c"])
+    net.set_view("abc")
+    e1 = net.agreed("abc")
+    old_c = net["c"]
+    c_frame = old_c.session.media.protect("audio", OPUS)
+    new_key, _ = rekey_c(net)
+    for x in "ab":
+        net[x].session.set_participants(frozenset("abc"), net.now)
+        with pytest.raises(NoMediaKey):
+            net[x].session.media.protect("audio", OPUS)
+        with pytest.raises(ExpiredKey):
+            net[x].session.media.unprotect("audio", c_frame)
+    net.pump()
+    # the old holder cannot complete the epoch (its signatures no longer verify)
+    assert net["a"].session.epoch == e1 and net["a"].session.pending_epoch is not None
+    net.add_member("c", key=new_key, charter_version=2)
+    net.set_view("abc")
+    net.advance(5.1)  # the leader retransmits its start, now to the new key holder
+    assert net.agreed("abc") > e1
+    net.frames_flow("abc")
+    with pytest.raises(UnknownKeyId):
+        old_c.session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))

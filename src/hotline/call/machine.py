@@ -48,6 +48,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from hotline.encoding import Value
 from hotline.errors import CallError, StateError
@@ -62,6 +63,16 @@ MSG_ANSWER = "call.answer"
 MSG_DECLINE = "call.decline"
 MSG_LEAVE = "call.leave"
 CALL_MESSAGES = frozenset({MSG_RING, MSG_INVITED, MSG_ANSWER, MSG_DECLINE, MSG_LEAVE})
+
+_Key = TypeVar("_Key")
+
+
+def charter_departures(old: Mapping[str, _Key], new: Mapping[str, _Key]) -> frozenset[str]:
+    """The terminals a new charter takes out of a running call: those it no longer lists,
+    and those whose identity key it changed (same id, new key). The holder of the old key
+    is out exactly as if it had left; the new key holder comes back only by being rung and
+    answering under its new key."""
+    return frozenset(t for t, key in old.items() if new.get(t) != key)
 
 
 class CallProtocolError(CallError):
@@ -270,8 +281,9 @@ class CallMachine:
             self._end(f"{sender} hung up: {reason_text}")
 
     def remove(self, ids: Collection[str], now: float) -> None:
-        """Terminals that left the charter leave the call at once: no message from them is
-        needed (nor would one be accepted any more)."""
+        """Terminals that left the charter (or whose identity key it changed, see
+        :func:`charter_departures`) leave the call at once: no message from them is needed
+        (nor would one be accepted any more)."""
         gone = frozenset(ids) - {self.self_id}
         if self.state in (CallState.IDLE, CallState.ENDED) or not gone:
             return

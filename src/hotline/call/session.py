@@ -34,6 +34,7 @@ from hotline.call.machine import (
     Declined,
     MembersChanged,
     Ringing,
+    charter_departures,
 )
 from hotline.calllog import CallLog
 from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
@@ -166,10 +167,11 @@ class CallSession:
         await self.flush()
 
     async def on_charter(self, directory: Mapping[str, PublicKey], charter_version: int) -> None:
-        """A newer charter: terminals it no longer lists leave the call at once, the keys
-        move to a new epoch bound to the new version; if we were removed, the call ends."""
+        """A newer charter: terminals it no longer lists, or whose identity key it changed,
+        leave the call at once, the keys move to a new epoch bound to the new version; if we
+        were removed, the call ends."""
         now = time.monotonic()
-        removed = set(self.directory) - set(directory)
+        removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
         self.charter_version = charter_version
         if self.machine.state in (CallState.IDLE, CallState.ENDED):

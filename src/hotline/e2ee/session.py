@@ -94,6 +94,8 @@ class _Active:
     activated_at: float
     charter_version: int
     sent: list[Outgoing]
+    #: member -> the identity key (raw) the epoch's roster was made for
+    identities: Mapping[str, bytes]
 
 
 class CallKeySession:
@@ -239,16 +241,22 @@ class CallKeySession:
         self, directory: Mapping[str, PublicKey], charter_version: int, now: float
     ) -> None:
         """A new charter: terminals no longer in it leave the call at once, and a new epoch
-        binds the new version. If we ourselves were removed, all keys are erased and
-        :class:`StateError` is raised (the call must end)."""
+        binds the new version. A terminal whose identity key changed (same id, new key) is
+        treated exactly like one that left: it is no participant any more (the call layer
+        must admit the new key holder afresh), sending pauses and its receive keys are
+        erased. If we ourselves were removed, all keys are erased and :class:`StateError`
+        is raised (the call must end)."""
         if charter_version < self._ctx.charter_version:
             raise UsageError("a charter version older than the one in use")
         if directory.get(self.self_id) != self._key.public:
             self._erase_everything("this terminal is no longer in the charter")
             raise StateError("this terminal is no longer in the charter; the call must end")
+        old = self._directory
         self._directory = dict(directory)
         self._ctx = m.Context(self._ctx.line_id, self._ctx.call_id, charter_version)
-        self._participants = frozenset(p for p in self._participants if p in directory)
+        self._participants = frozenset(
+            p for p in self._participants if p in directory and directory[p] == old.get(p)
+        )
         if self._deferred is not None and self._deferred.context != self._ctx:
             self._deferred = None
         self._drop_departed(now)
@@ -307,7 +315,7 @@ class CallKeySession:
         elif (
             active is not None
             and rekey_at is not None
-            and self._participants == frozenset(active.members)
+            and self._participants == self._current(active)
         ):
             if self._leads(active.members):
                 times.append(rekey_at)
@@ -349,7 +357,7 @@ class CallKeySession:
             self._pending is None
             and active is not None
             and rekey_at is not None
-            and self._participants == frozenset(active.members)
+            and self._participants == self._current(active)
             and now >= rekey_at
         ):
             if self._leads(active.members):
@@ -396,11 +404,22 @@ class CallKeySession:
         self._record(msg)
         self._dispatch(msg, now)
 
+    def _current(self, active: _Active) -> frozenset[str]:
+        """The active epoch's members that still hold the identity key it was made for."""
+        return frozenset(
+            p
+            for p in active.members
+            if (key := self._directory.get(p)) is not None and key.raw == active.identities[p]
+        )
+
     def _drop_departed(self, now: float) -> None:
+        """Members of the active epoch who left, or whose identity key changed (the old
+        key holder is out as if it had left): pause sending, erase their receive keys."""
         active = self._active
         if active is None:
             return
-        gone = [p for p in active.members if p not in self._participants]
+        current = self._current(active)
+        gone = [p for p in active.members if p not in self._participants or p not in current]
         if gone:
             log.info(
                 "e2ee: %s left epoch %d; sending paused until the next epoch", gone, self.epoch
@@ -420,7 +439,7 @@ class CallKeySession:
         """Start (as leader) or accept (a deferred start) the epoch the participants need."""
         target = self._participants
         active = self._active
-        current = frozenset(active.members) if active else frozenset()
+        current = self._current(active) if active else frozenset()
         charter_moved = active is not None and active.charter_version != self._ctx.charter_version
         a = self._pending
         if a is not None and (frozenset(a.members) != target or a.start.context != self._ctx):
@@ -588,6 +607,7 @@ class CallKeySession:
             activated_at=now,
             charter_version=a.start.context.charter_version,
             sent=a.sent,
+            identities={p: e.identity_key for p, e in a.roster.entries.items()},
         )
         self._pending = None
         if old is not None:

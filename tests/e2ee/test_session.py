@@ -551,3 +551,35 @@ def test_rekeyed_terminal_readmitted_at_once_still_needs_a_new_epoch() -> None:
     net.frames_flow("abc")
     with pytest.raises(UnknownKeyId):
         old_c.session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))
+
+
+def test_a_new_charter_policy_reaches_the_running_call() -> None:
+    """A charter that changes the KEM and the SFrame suite: the epoch bound to it uses both
+    (its ephemeral keys are hybrid, its frames suite 5); the old epoch's frames, sent
+    under suite 4, still open during the grace period."""
+    net = Net(["a", "b"], kem="X25519")
+    net.set_view("ab")
+    e1 = net.agreed("ab")
+    old_frame = net["a"].session.media.protect("audio", OPUS)
+    assert net["a"].session.media.stats().sending_suite == "AES_128_GCM_SHA256_128"
+    for x in "ab":
+        net[x].session.update_directory(
+            net.directory, 2, net.now, kem="MLKEM768_X25519", suite="AES_256_GCM_SHA512_128"
+        )
+    net.pump()
+    assert net.agreed("ab") == e1 + 1
+    ephemerals = [d for d in net.log if d.msg_type == msgs.MSG_EPHEMERAL]
+    last = msgs.parse(msgs.MSG_EPHEMERAL, ephemerals[-1].body)
+    assert isinstance(last, msgs.Ephemeral) and last.kem == "MLKEM768_X25519"
+    assert len(last.ek) == 1216
+    for x in "ab":
+        session = net[x].session
+        assert session.kem == "MLKEM768_X25519" and session.suite == "AES_256_GCM_SHA512_128"
+        assert session.media.stats().sending_suite == "AES_256_GCM_SHA512_128"
+    new_frame = net["a"].session.media.protect("audio", OPUS)
+    # 2-byte header, 16-byte tag either way; the keys differ in size, checked by the vectors:
+    # here the frame must open under the suite-5 key and not under a suite-4 derivation
+    assert net["b"].session.media.unprotect("audio", new_frame) == OPUS
+    assert net["b"].session.media.unprotect("audio", old_frame) == OPUS
+    kid = sframe.decode_header(new_frame)[0]
+    assert net["b"].session.media._store.entry(kid).key.suite.name == "AES_256_GCM_SHA512_128"

@@ -39,6 +39,7 @@ from hotline.call.machine import (
 from hotline.calllog import CallLog
 from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
 from hotline.e2ee.session import CallKeySession
+from hotline.e2ee.sframe import DEFAULT_SUITE
 from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
@@ -93,6 +94,7 @@ class CallSession:
         directory: Mapping[str, PublicKey],
         kem: str,
         rekey_interval_s: float,
+        suite: str = DEFAULT_SUITE.name,
         send: Sender,
         call_log: CallLog,
         media: MediaSettings,
@@ -114,6 +116,7 @@ class CallSession:
             directory=directory,
             charter_version=charter_version,
             kem=kem,
+            suite=suite,
             rekey_interval_s=rekey_interval_s,
         )
         self._send = send
@@ -166,10 +169,18 @@ class CallSession:
         self.machine.hangup(time.monotonic(), reason)
         await self.flush()
 
-    async def on_charter(self, directory: Mapping[str, PublicKey], charter_version: int) -> None:
+    async def on_charter(
+        self,
+        directory: Mapping[str, PublicKey],
+        charter_version: int,
+        *,
+        kem: str | None = None,
+        suite: str | None = None,
+    ) -> None:
         """A newer charter: terminals it no longer lists, or whose identity key it changed,
-        leave the call at once, the keys move to a new epoch bound to the new version; if we
-        were removed, the call ends."""
+        leave the call at once, the keys move to a new epoch bound to the new version and
+        its policy (``kem``, ``suite``; default unchanged); if we were removed, the call
+        ends."""
         now = time.monotonic()
         removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
@@ -177,7 +188,7 @@ class CallSession:
         if self.machine.state in (CallState.IDLE, CallState.ENDED):
             return
         try:
-            self.keys.update_directory(directory, charter_version, now)
+            self.keys.update_directory(directory, charter_version, now, kem=kem, suite=suite)
         except StateError:
             self.machine.hangup(now, "this terminal is no longer in the charter")
         else:
@@ -522,6 +533,8 @@ class CallSession:
             "epochs": [e["epoch"] for e in self.epochs],
             "security_code": self.security_code,
             "e2ee": {
+                "kem": self.keys.kem,
+                "suite": crypto.sending_suite,
                 "sending_epoch": crypto.sending_epoch,
                 "receive_epochs": list(crypto.receive_epochs),
                 "protected": crypto.protected,

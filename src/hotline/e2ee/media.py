@@ -84,6 +84,8 @@ class MediaStats:
     sending_epoch: int
     #: epochs we hold receive keys for
     receive_epochs: tuple[int, ...]
+    #: the SFrame cipher suite of our send key (None while we cannot send)
+    sending_suite: str | None = None
 
     @property
     def rejected_total(self) -> int:
@@ -203,6 +205,7 @@ class MediaCrypto:
                 last_rejected_sender=c.last_rejected_sender,
                 sending_epoch=self._send_epoch if self._send is not None else 0,
                 receive_epochs=tuple(sorted({sframe.kid_epoch(k) for k in self._store.kids()})),
+                sending_suite=self._send.key.suite.name if self._send is not None else None,
             )
 
     def _sender_name(self, kid: int | None) -> str | None:
@@ -218,21 +221,33 @@ class MediaCrypto:
     # --- the key session's side (the call's thread) ------------------------------------------
 
     def install_receive_keys(
-        self, epoch: int, roster: Sequence[str], keys: Mapping[str, bytes | bytearray]
+        self,
+        epoch: int,
+        roster: Sequence[str],
+        keys: Mapping[str, bytes | bytearray],
+        suite: CipherSuite | None = None,
     ) -> None:
         """Keep ``keys`` (member id -> base key of ``epoch``) for receiving. ``roster`` is the
-        epoch's member list sorted by id: a member's position is its KID sender index."""
+        epoch's member list sorted by id: a member's position is its KID sender index.
+        ``suite``: the epoch's SFrame suite (default: the one this object was made with)."""
         with self._lock:
             self._rosters[epoch] = tuple(roster)
             for old in sorted(self._rosters)[:-_ROSTER_MEMORY]:
                 del self._rosters[old]
             for member, base_key in keys.items():
                 kid = sframe.make_kid(epoch, roster.index(member))
-                self._store.add(kid, member, base_key)
+                self._store.add(kid, member, base_key, suite or self.suite)
 
-    def activate_send(self, epoch: int, sender_index: int, base_key: bytes | bytearray) -> None:
-        """Send from now on under our key of ``epoch`` (counters restart at 0)."""
-        key = SFrameKey(self.suite, sframe.make_kid(epoch, sender_index), base_key)
+    def activate_send(
+        self,
+        epoch: int,
+        sender_index: int,
+        base_key: bytes | bytearray,
+        suite: CipherSuite | None = None,
+    ) -> None:
+        """Send from now on under our key of ``epoch`` (counters restart at 0), in ``suite``
+        (default: the one this object was made with)."""
+        key = SFrameKey(suite or self.suite, sframe.make_kid(epoch, sender_index), base_key)
         with self._lock:
             old = self._send
             self._send = SFrameSender(key, counter_limit=self._counter_limit)

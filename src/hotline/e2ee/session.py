@@ -96,6 +96,9 @@ class _Active:
     sent: list[Outgoing]
     #: member -> the identity key (raw) the epoch's roster was made for
     identities: Mapping[str, bytes]
+    #: the charter policy the epoch was made under
+    kem: str
+    suite: str
 
 
 class CallKeySession:
@@ -212,6 +215,16 @@ class CallKeySession:
     def charter_version(self) -> int:
         return self._ctx.charter_version
 
+    @property
+    def kem(self) -> str:
+        """The charter's KEM that new epochs use."""
+        return self._kem.name
+
+    @property
+    def suite(self) -> str:
+        """The charter's SFrame cipher suite that new epochs use."""
+        return self._suite_name
+
     # --- the call layer's inputs -------------------------------------------------------------
 
     def set_participants(self, ids: Collection[str], now: float) -> None:
@@ -238,22 +251,35 @@ class CallKeySession:
         self._reconcile(now)
 
     def update_directory(
-        self, directory: Mapping[str, PublicKey], charter_version: int, now: float
+        self,
+        directory: Mapping[str, PublicKey],
+        charter_version: int,
+        now: float,
+        *,
+        kem: str | None = None,
+        suite: str | None = None,
     ) -> None:
         """A new charter: terminals no longer in it leave the call at once, and a new epoch
         binds the new version. A terminal whose identity key changed (same id, new key) is
         treated exactly like one that left: it is no participant any more (the call layer
         must admit the new key holder afresh), sending pauses and its receive keys are
         erased. If we ourselves were removed, all keys are erased and :class:`StateError`
-        is raised (the call must end)."""
+        is raised (the call must end).
+
+        ``kem`` and ``suite`` (default: unchanged) are the new charter's policy: the epoch
+        bound to the new version uses them; the old epoch keeps its own until it is retired.
+        """
         if charter_version < self._ctx.charter_version:
             raise UsageError("a charter version older than the one in use")
+        new_kem = kem_by_name(kem) if kem is not None else self._kem
+        new_suite = suite_by_name(suite).name if suite is not None else self._suite_name
         if directory.get(self.self_id) != self._key.public:
             self._erase_everything("this terminal is no longer in the charter")
             raise StateError("this terminal is no longer in the charter; the call must end")
         old = self._directory
         self._directory = dict(directory)
         self._ctx = m.Context(self._ctx.line_id, self._ctx.call_id, charter_version)
+        self._kem, self._suite_name = new_kem, new_suite
         self._participants = frozenset(
             p for p in self._participants if p in directory and directory[p] == old.get(p)
         )
@@ -440,7 +466,10 @@ class CallKeySession:
         target = self._participants
         active = self._active
         current = self._current(active) if active else frozenset()
-        charter_moved = active is not None and active.charter_version != self._ctx.charter_version
+        charter_moved = active is not None and (
+            active.charter_version != self._ctx.charter_version
+            or (active.kem, active.suite) != (self._kem.name, self._suite_name)
+        )
         a = self._pending
         if a is not None and (frozenset(a.members) != target or a.start.context != self._ctx):
             self._abandon(a, "the participants or the charter changed")
@@ -570,7 +599,8 @@ class CallKeySession:
         if a.ephemeral is not None:  # forward secrecy: nothing left to open
             a.ephemeral.erase()
             a.ephemeral = None
-        self.media.install_receive_keys(a.epoch, a.members, a.base_keys)
+        suite = suite_by_name(a.start.suite)  # the policy this epoch was checked against
+        self.media.install_receive_keys(a.epoch, a.members, a.base_keys, suite)
         a.keys_installed = True
         for key in a.base_keys.values():
             zeroize(key)
@@ -596,7 +626,8 @@ class CallKeySession:
         assert a.roster is not None and a.base_key is not None and a.security_code is not None
         a.advance(Event.ACKS_COMPLETE)
         old = self._active
-        self.media.activate_send(a.epoch, a.roster.index_of(self.self_id), a.base_key)
+        suite = suite_by_name(a.start.suite)
+        self.media.activate_send(a.epoch, a.roster.index_of(self.self_id), a.base_key, suite)
         zeroize(a.base_key)
         a.base_key = None
         self._active = _Active(
@@ -608,6 +639,8 @@ class CallKeySession:
             charter_version=a.start.context.charter_version,
             sent=a.sent,
             identities={p: e.identity_key for p, e in a.roster.entries.items()},
+            kem=a.start.kem,
+            suite=a.start.suite,
         )
         self._pending = None
         if old is not None:

@@ -528,12 +528,19 @@ class KeyStore:
         #: KIDs erased individually (history bound, removed sender), newest last, bounded
         self._evicted: deque[int] = deque(maxlen=4 * MAX_SENDERS)
 
-    def add(self, kid: int, sender: str, base_key: bytes | bytearray) -> None:
-        """Derive and keep the key of ``kid`` (``sender``'s, for one epoch)."""
+    def add(
+        self,
+        kid: int,
+        sender: str,
+        base_key: bytes | bytearray,
+        suite: CipherSuite | None = None,
+    ) -> None:
+        """Derive and keep the key of ``kid`` (``sender``'s, for one epoch), under ``suite``
+        (default: the store's; an epoch bound to a newer charter may use another)."""
         if kid in self._entries or kid_epoch(kid) <= self.erased_through:
             raise UsageError(f"KID {kid} is already known or already erased")
         self._entries[kid] = _ReceiveEntry(
-            SFrameKey(self.suite, kid, base_key), sender, ReplayWindow(self.replay_window)
+            SFrameKey(suite or self.suite, kid, base_key), sender, ReplayWindow(self.replay_window)
         )
         kids = self._by_sender.setdefault(sender, deque())
         kids.append(kid)

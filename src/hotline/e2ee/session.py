@@ -43,12 +43,15 @@ from hotline.e2ee.events import (
     Outgoing,
 )
 from hotline.e2ee.media import MediaCrypto
-from hotline.e2ee.roster import check_roster, check_start, leader_of
+from hotline.e2ee.roster import Roster, check_roster, check_start, leader_of
 from hotline.e2ee.security_code import security_code
 from hotline.e2ee.sender_keys import (
     BASE_KEY_SIZE,
     EphemeralKeyPair,
+    check_key_commitment,
     kem_by_name,
+    key_commit_info,
+    key_commitment,
     parse_public_key,
     seal,
     seal_info,
@@ -845,6 +848,7 @@ class CallKeySession:
             roster_hash=roster.roster_hash,
             reveal=a.reveal,
             sealed=sealed,
+            key_commit=key_commitment(base_key, self._commit_info(a.epoch, roster, self.self_id)),
         )
         self._send_own(a, m.MSG_SENDER_KEY, body, now)
         self._drain(a, now)
@@ -873,7 +877,16 @@ class CallKeySession:
                 recipient=self.self_id,
                 roster_hash=roster.roster_hash,
             )
-            a.base_keys[msg.signer] = bytearray(a.ephemeral.open(msg.sealed[self.self_id], info))
+            opened = bytearray(a.ephemeral.open(msg.sealed[self.self_id], info))
+            try:  # the same key as every other member opened: the one the sender committed to
+                info = self._commit_info(a.epoch, roster, msg.signer)
+                check_key_commitment(msg.key_commit, opened, info)
+            except SealedKeyError as exc:
+                zeroize(opened)
+                raise SealedKeyError(
+                    f"{msg.signer[:64]} sealed us a key other than the one it committed to"
+                ) from exc
+            a.base_keys[msg.signer] = opened
         self._record(msg)
         a.sender_keys[msg.signer] = msg
         if len(a.sender_keys) == len(a.members):
@@ -893,6 +906,16 @@ class CallKeySession:
         a.acks[msg.signer] = msg
         if len(a.acks) == len(a.members):
             self._activate(a, now)
+
+    def _commit_info(self, epoch: int, roster: Roster, sender: str) -> bytes:
+        return key_commit_info(
+            self._ctx.line_id,
+            self._ctx.call_id,
+            charter_version=self._ctx.charter_version,
+            epoch=epoch,
+            sender=sender,
+            roster_hash=roster.roster_hash,
+        )
 
     def _buffer(self, a: Attempt, msg: m.Message) -> None:
         """Keep a message that came before the one it depends on (the relay may reorder)."""

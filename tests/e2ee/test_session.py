@@ -31,7 +31,7 @@ from hotline.errors import (
 )
 from hotline.keys import SigningKey
 
-from .net import Delivery, Net, Relay
+from .net import CALL, LINE, Delivery, Net, Relay
 
 OPUS = b"\xfc" + b"opus-frame" * 8
 
@@ -583,3 +583,26 @@ def test_a_new_charter_policy_reaches_the_running_call() -> None:
     assert net["b"].session.media.unprotect("audio", old_frame) == OPUS
     kid = sframe.decode_header(new_frame)[0]
     assert net["b"].session.media._store.entry(kid).key.suite.name == "AES_256_GCM_SHA512_128"
+
+
+def test_max_participants_bounds_every_epoch() -> None:
+    """The charter allows two terminals: the call layer cannot list three, and a start
+    naming three (signed by its rightful leader) is refused and counted."""
+    net = Net(["a", "b", "c"], max_members=2)
+    with pytest.raises(UsageError, match="at most 2"):
+        net["a"].session.set_participants(frozenset("abc"), net.now)
+    body = msgs.build_start(
+        net.keys["a"],
+        msgs.Context(LINE, CALL, 1),
+        epoch=1,
+        signer="a",
+        members=["a", "b", "c"],
+        kem="X25519",
+        suite="AES_128_GCM_SHA256_128",
+        reason="start",
+    )
+    with pytest.raises(KeyAgreementError, match="at most 2"):
+        net["b"].session.receive("a", msgs.MSG_START, body, net.now)
+    assert net["b"].session.rejections == {"too_many_members": 1}
+    net.set_view("ab")
+    assert net.agreed("ab") == 1

@@ -38,6 +38,7 @@ from hotline.call.machine import (
 )
 from hotline.calllog import CallLog
 from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.messages import MAX_MEMBERS
 from hotline.e2ee.session import CallKeySession
 from hotline.e2ee.sframe import DEFAULT_SUITE
 from hotline.encoding import Value, decode, encode, expect_dict
@@ -95,6 +96,7 @@ class CallSession:
         kem: str,
         rekey_interval_s: float,
         suite: str = DEFAULT_SUITE.name,
+        max_participants: int = MAX_MEMBERS,
         send: Sender,
         call_log: CallLog,
         media: MediaSettings,
@@ -107,7 +109,7 @@ class CallSession:
         self.directory = dict(directory)
         self.self_id = self_id
         self.self_name = self_name
-        self.machine = CallMachine(self_id, call_id)
+        self.machine = CallMachine(self_id, call_id, max_members=max_participants)
         self.keys = CallKeySession(
             line_id=line_id,
             call_id=call_id,
@@ -117,6 +119,7 @@ class CallSession:
             charter_version=charter_version,
             kem=kem,
             suite=suite,
+            max_members=max_participants,
             rekey_interval_s=rekey_interval_s,
         )
         self._send = send
@@ -176,23 +179,40 @@ class CallSession:
         *,
         kem: str | None = None,
         suite: str | None = None,
+        max_participants: int | None = None,
     ) -> None:
         """A newer charter: terminals it no longer lists, or whose identity key it changed,
         leave the call at once, the keys move to a new epoch bound to the new version and
-        its policy (``kem``, ``suite``; default unchanged); if we were removed, the call
-        ends."""
+        its policy (``kem``, ``suite``, ``max_participants``; default unchanged); if we were
+        removed, or the call holds more terminals than the new limit, the call ends."""
         now = time.monotonic()
         removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
         self.charter_version = charter_version
         if self.machine.state in (CallState.IDLE, CallState.ENDED):
             return
+        if max_participants is not None:
+            self.machine.max_members = max_participants
         try:
-            self.keys.update_directory(directory, charter_version, now, kem=kem, suite=suite)
+            self.keys.update_directory(
+                directory,
+                charter_version,
+                now,
+                kem=kem,
+                suite=suite,
+                max_members=max_participants,
+            )
         except StateError:
             self.machine.hangup(now, "this terminal is no longer in the charter")
         else:
             self.machine.remove(removed, now)
+            count = len(self.machine.members)
+            if max_participants is not None and count > max_participants:
+                self.machine.hangup(
+                    now,
+                    f"the new charter allows at most {max_participants} terminals; {count}"
+                    " are in this call",
+                )
         await self.flush()
 
     async def receive(self, sender: str, msg_type: str, body: bytes) -> None:

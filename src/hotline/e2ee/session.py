@@ -114,6 +114,8 @@ class CallKeySession:
         charter_version: the charter's version (bound into every message).
         kem: "MLKEM768_X25519" (default, post-quantum hybrid) or "X25519".
         suite: the SFrame cipher suite name (RFC 9605 spelling).
+        max_members: the charter's max_participants: no epoch has more members (a start
+            naming more is refused as ``too_many_members``).
         rekey_interval_s: the leader starts a new epoch this long after each activation.
         ack_timeout_s: an epoch not complete after this long raises MemberLagging (and we
             retransmit our messages); after ``MAX_TIMEOUTS`` of them, EpochFailed.
@@ -133,6 +135,7 @@ class CallKeySession:
         charter_version: int,
         kem: str = "MLKEM768_X25519",
         suite: str = DEFAULT_SUITE.name,
+        max_members: int = m.MAX_MEMBERS,
         rekey_interval_s: float = 300,
         ack_timeout_s: float = 5,
         grace_s: float = 10,
@@ -145,6 +148,9 @@ class CallKeySession:
             raise UsageError(f"{self_id} with this identity key is not in the directory")
         if min(rekey_interval_s, ack_timeout_s, grace_s) <= 0:
             raise UsageError("rekey interval, acknowledgement timeout and grace must be > 0")
+        if not 1 <= max_members <= m.MAX_MEMBERS:
+            raise UsageError(f"max_members must be in 1..{m.MAX_MEMBERS}")
+        self._max_members = max_members
         self.self_id = self_id
         self._key = identity_key
         self._directory: dict[str, PublicKey] = dict(directory)
@@ -246,8 +252,8 @@ class CallKeySession:
         if unknown:
             self._rejections[NotInDirectory.reason] += 1
             raise NotInDirectory(f"participants not in the charter: {unknown}")
-        if len(new) > m.MAX_MEMBERS:
-            raise UsageError(f"at most {m.MAX_MEMBERS} participants")
+        if len(new) > self._max_members:
+            raise UsageError(f"the charter allows at most {self._max_members} participants")
         self._participants = new
         self._retries = 0
         self._drop_departed(now)
@@ -261,6 +267,7 @@ class CallKeySession:
         *,
         kem: str | None = None,
         suite: str | None = None,
+        max_members: int | None = None,
     ) -> None:
         """A new charter: terminals no longer in it leave the call at once, and a new epoch
         binds the new version. A terminal whose identity key changed (same id, new key) is
@@ -269,20 +276,25 @@ class CallKeySession:
         erased. If we ourselves were removed, all keys are erased and :class:`StateError`
         is raised (the call must end).
 
-        ``kem`` and ``suite`` (default: unchanged) are the new charter's policy: the epoch
-        bound to the new version uses them; the old epoch keeps its own until it is retired.
+        ``kem``, ``suite`` and ``max_members`` (default: unchanged) are the new charter's
+        policy: the epoch bound to the new version uses them; the old epoch keeps its own
+        suite until it is retired. A call with more participants than a lowered limit
+        cannot agree a new epoch: the call layer ends it.
         """
         if charter_version < self._ctx.charter_version:
             raise UsageError("a charter version older than the one in use")
         new_kem = kem_by_name(kem) if kem is not None else self._kem
         new_suite = suite_by_name(suite).name if suite is not None else self._suite_name
+        limit = self._max_members if max_members is None else max_members
+        if not 1 <= limit <= m.MAX_MEMBERS:
+            raise UsageError(f"max_members must be in 1..{m.MAX_MEMBERS}")
         if directory.get(self.self_id) != self._key.public:
             self._erase_everything("this terminal is no longer in the charter")
             raise StateError("this terminal is no longer in the charter; the call must end")
         old = self._directory
         self._directory = dict(directory)
         self._ctx = m.Context(self._ctx.line_id, self._ctx.call_id, charter_version)
-        self._kem, self._suite_name = new_kem, new_suite
+        self._kem, self._suite_name, self._max_members = new_kem, new_suite, limit
         self._participants = frozenset(
             p for p in self._participants if p in directory and directory[p] == old.get(p)
         )
@@ -771,6 +783,7 @@ class CallKeySession:
             directory=self._directory,
             kem=self._kem,
             suite=self._suite_name,
+            max_members=self._max_members,
         )
         if start.epoch <= self._highest:
             self._tell_epoch(start.signer)

@@ -168,6 +168,7 @@ class TerminalDaemon:
             directory=directory,
             kem=charter.policy.kem,
             suite=charter.policy.cipher_suite,
+            max_participants=charter.policy.max_participants,
             rekey_interval_s=float(charter.policy.rekey_interval_s),
             send=self._send,
             call_log=self.call_log,
@@ -308,7 +309,11 @@ class TerminalDaemon:
             directory = {t.terminal_id: t.identity_key for t in charter.terminals}
             policy = charter.policy
             await self.call.on_charter(
-                directory, charter.version, kem=policy.kem, suite=policy.cipher_suite
+                directory,
+                charter.version,
+                kem=policy.kem,
+                suite=policy.cipher_suite,
+                max_participants=policy.max_participants,
             )
 
     async def _decline(self, caller: str, call_id: str, reason: str) -> None:

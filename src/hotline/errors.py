@@ -272,6 +272,14 @@ class ExpiredKey(SFrameError):
     reason = "expired_key"
 
 
+class WrongSender(SFrameError):
+    """A frame under one member's KID arrived on the peer connection of another member
+    (mesh calls bind each connection to its peer's sender index): a forgery by a member, or
+    a frame relayed where it should not be."""
+
+    reason = "wrong_sender"
+
+
 class NoMediaKey(StateError):
     """Nothing to protect with: no epoch is active yet, or sending is paused while a member
     leaves. Media must not flow (fail closed)."""

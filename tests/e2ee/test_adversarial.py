@@ -43,6 +43,7 @@ from hotline.errors import (
     UnexpectedMessage,
     UnknownKeyId,
     WrongContext,
+    WrongSender,
 )
 from hotline.keys import SigningKey
 
@@ -676,3 +677,26 @@ def test_hostile_relay_ten_members_hybrid() -> None:
     for x in ids:
         assert all(isinstance(e, E2EEError) for e in net[x].errors)
     assert UnexpectedMessage is not None  # documented error family in use
+
+
+def test_mesh_member_cannot_forge_another_members_frames() -> None:
+    """Every member holds every other member's receive key, so c can make a frame under b's
+    KID that the shared key store accepts. In a mesh each frame arrives on one peer
+    connection: bound to the peer it comes from, a's frame crypto refuses it (counted)."""
+    net = Net("abc")
+    net.set_view("abc")
+    epoch = net.agreed("abc")
+    a_media = net["a"].session.media
+    kid_of_b = sframe.make_kid(epoch, 1)
+    forged = net["c"].session.media._store.entry(kid_of_b).key.protect(5000, OPUS, b"a")
+    with pytest.raises(WrongSender):
+        a_media.for_peer("c").unprotect("audio", forged)
+    stats = a_media.stats()
+    assert stats.rejected == {"wrong_sender": 1} and stats.last_rejected_sender == "c"
+    genuine = net["b"].session.media.protect("audio", OPUS)
+    with pytest.raises(WrongSender):  # b's real frame, relayed by c
+        a_media.for_peer("c").unprotect("audio", genuine)
+    assert a_media.for_peer("b").unprotect("audio", genuine) == OPUS
+    assert a_media.stats().rejected == {"wrong_sender": 2}
+    # unbound (the SFU path, protocol.md section 11) the forgery still opens: the limit
+    assert a_media.unprotect("audio", forged) == OPUS

@@ -376,7 +376,9 @@ class CallSession:
 
     def _new_peer(self, peer_id: str, *, offerer: bool) -> PeerLink:
         # every frame this connection carries goes through the call's SFrame keys
-        pc = engine.create_peer_connection(self.keys.media, self.crypto_stats, self._media.ice)
+        # bound to this peer: a frame under another member's KID is refused (wrong_sender)
+        crypto = self.keys.media.for_peer(peer_id)
+        pc = engine.create_peer_connection(crypto, self.crypto_stats, self._media.ice)
         link = PeerLink(
             peer_id=peer_id,
             pc=pc,

@@ -34,6 +34,7 @@ from hotline.errors import (
     MalformedFrame,
     NoMediaKey,
     SFrameError,
+    WrongSender,
 )
 
 log = logging.getLogger(__name__)
@@ -156,12 +157,16 @@ class MediaCrypto:
             log.debug("frame not protected: %s", exc.reason)
             raise
 
-    def unprotect(self, kind: str, data: bytes) -> bytes:
+    def unprotect(self, kind: str, data: bytes, peer: str | None = None) -> bytes:
         """Check and decrypt one protected frame; returns the encoded frame.
 
+        ``peer``: the member whose peer connection the frame arrived on (mesh calls, see
+        :meth:`for_peer`); a frame under any other member's KID is refused
+        (:class:`WrongSender`) before it is decrypted. None: no binding (an SFU path).
+
         Raises an :class:`SFrameError` subclass (also counted, with the sender if known).
-        Order: parse, find the key, authenticate and decrypt, then check and mark the
-        counter in the replay window (a forgery never moves the window).
+        Order: parse, find the key, check the binding, authenticate and decrypt, then check
+        and mark the counter in the replay window (a forgery never moves the window).
         """
         kid: int | None = None
         try:
@@ -179,6 +184,10 @@ class MediaCrypto:
             header_end = start + hlen
             with self._lock:
                 entry = self._store.lookup_entry(kid)
+                if peer is not None and entry.sender != peer:
+                    raise WrongSender(
+                        f"a frame under the KID of {entry.sender[:64]} came from {peer[:64]}"
+                    )
                 plaintext = entry.key.open(
                     data[start:header_end], ctr, memoryview(data)[header_end:], metadata
                 )
@@ -188,11 +197,16 @@ class MediaCrypto:
             with self._lock:
                 rejected = self._counters.rejected
                 rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
-                sender = self._sender_name(kid)
+                sender = peer if isinstance(exc, WrongSender) else self._sender_name(kid)
                 self._counters.last_rejected_sender = sender
             log.debug("frame rejected: %s (kid=%s, sender=%s)", exc.reason, kid, sender)
             raise
         return clear + plaintext if clear else plaintext
+
+    def for_peer(self, peer: str) -> PeerFrameCrypto:
+        """The frame crypto for the peer connection to ``peer`` (a mesh call): it protects
+        like this object and accepts only frames under ``peer``'s KIDs."""
+        return PeerFrameCrypto(self, peer)
 
     def stats(self) -> MediaStats:
         with self._lock:
@@ -288,3 +302,26 @@ class MediaCrypto:
     def receive_kids(self) -> list[int]:
         with self._lock:
             return self._store.kids()
+
+
+class PeerFrameCrypto:
+    """The :class:`FrameCrypto` of one peer connection of a mesh call: frames received on
+    it must be under a KID of ``peer`` (the KID's sender index is bound to the connection it
+    arrives on). Every member holds every sender key of its epoch, so without this binding a
+    member could forge another member's frames; with it, a frame from one connection under
+    another member's KID is refused as ``wrong_sender`` and counted."""
+
+    __slots__ = ("media", "peer")
+
+    def __init__(self, media: MediaCrypto, peer: str) -> None:
+        self.media = media
+        self.peer = peer
+
+    def protect(self, kind: str, frame: bytes) -> bytes:
+        return self.media.protect(kind, frame)
+
+    def unprotect(self, kind: str, data: bytes) -> bytes:
+        return self.media.unprotect(kind, data, self.peer)
+
+    def __repr__(self) -> str:
+        return f"PeerFrameCrypto(peer={self.peer!r})"

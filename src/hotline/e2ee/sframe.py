@@ -396,6 +396,9 @@ class SFrameKey:
         except InvalidTag:
             raise BadFrameTag("SFrame tag does not verify") from None
 
+    def __repr__(self) -> str:  # never the key or the salt
+        return f"SFrameKey({self.suite.name}, kid={self.kid}, erased={self._aead is None})"
+
     def erase(self) -> None:
         """Drop the derived key (the AEAD object) and the salt; later use raises."""
         self._aead = None
@@ -435,6 +438,9 @@ class SFrameSender:
         self.key = key
         self.next_counter = 0
         self._limit = counter_limit
+
+    def __repr__(self) -> str:
+        return f"SFrameSender({self.key!r}, next_counter={self.next_counter})"
 
     def reserve(self) -> int:
         """Take the next counter (raises :class:`CounterExhausted` past the limit)."""

@@ -326,6 +326,14 @@ class WrongContext(KeyAgreementError):
     reason = "wrong_context"
 
 
+class CharterVersionMismatch(WrongContext):
+    """A member's signed message is bound to another version of the line's charter than
+    ours: one of the two terminals has not got the newest charter yet. The message says
+    which version each side has."""
+
+    reason = "charter_version_mismatch"
+
+
 class DowngradeRefused(KeyAgreementError):
     """A KEM or cipher suite other than the charter's policy."""
 

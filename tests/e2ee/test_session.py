@@ -13,9 +13,16 @@ from hypothesis import strategies as st
 from hotline.e2ee import messages as msgs
 from hotline.e2ee import sframe
 from hotline.e2ee.epochs import State
-from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.events import (
+    EpochActivated,
+    EpochFailed,
+    KeyRejected,
+    MemberLagging,
+    PeerCharterVersion,
+)
 from hotline.e2ee.session import MAX_TIMEOUTS, CallKeySession
 from hotline.errors import (
+    CharterVersionMismatch,
     CounterExhausted,
     EpochRollback,
     ExpiredKey,
@@ -606,3 +613,40 @@ def test_max_participants_bounds_every_epoch() -> None:
     assert net["b"].session.rejections == {"too_many_members": 1}
     net.set_view("ab")
     assert net.agreed("ab") == 1
+
+
+def test_an_older_charter_is_named_with_both_versions() -> None:
+    """b still holds charter version 1 when a moves to version 2: b says which versions
+    differ (once per peer and version, as an event the call layer shows), not only
+    wrong_context; a claim that does not carry a's signature is not believed."""
+    net = Net(["a", "b"])
+    net.set_view("ab")
+    net.agreed("ab")
+    net["a"].session.update_directory(net.directory, 2, net.now)
+    net.pump()
+    (err,) = [e for e in net["b"].errors if isinstance(e, WrongContext)]
+    assert isinstance(err, CharterVersionMismatch)
+    assert "a has charter version 2; this terminal has 1" in str(err)
+    assert net["b"].session.rejections == {"charter_version_mismatch": 1}
+    assert events_of(net, "b", PeerCharterVersion) == [PeerCharterVersion("a", 2, 1)]
+    assert events_of(net, "b", PeerCharterVersion)[0].message == (
+        "peer a has charter version 2; this terminal has 1"
+    )
+    net.advance(5.1)  # a retransmits: counted again, shown once
+    assert len(events_of(net, "b", PeerCharterVersion)) == 1
+    # the same claim with a signature that is not a's: a plain wrong_context
+    forged = msgs.build_start(
+        SigningKey.generate(),
+        msgs.Context(LINE, CALL, 3),
+        epoch=9,
+        signer="a",
+        members=["a", "b"],
+        kem="X25519",
+        suite="AES_128_GCM_SHA256_128",
+        reason="charter",
+    )
+    with pytest.raises(WrongContext) as refused:
+        net["b"].session.receive("a", msgs.MSG_START, forged, net.now)
+    assert not isinstance(refused.value, CharterVersionMismatch)
+    net.pump()
+    assert len(events_of(net, "b", PeerCharterVersion)) == 1

@@ -37,7 +37,13 @@ from hotline.call.machine import (
     charter_departures,
 )
 from hotline.calllog import CallLog
-from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.events import (
+    EpochActivated,
+    EpochFailed,
+    KeyRejected,
+    MemberLagging,
+    PeerCharterVersion,
+)
 from hotline.e2ee.messages import MAX_MEMBERS
 from hotline.e2ee.session import CallKeySession
 from hotline.e2ee.sframe import DEFAULT_SUITE
@@ -349,6 +355,17 @@ class CallSession:
             self._on_event("e2ee_failed", {"reason": event.reason})
         elif isinstance(event, KeyRejected):
             self._reject("key_rejected", f"key material from {event.sender}: {event.reason}")
+        elif isinstance(event, PeerCharterVersion):
+            # the two terminals cannot agree keys until one gets the other's charter
+            facts: dict[str, Value] = {
+                "peer": event.sender,
+                "peer_version": event.peer_version,
+                "version": event.version,
+                "message": event.message,
+            }
+            log.warning("call %s: %s", self.call_id, event.message)
+            self._log_event("charter_mismatch", facts)
+            self._on_event("charter_mismatch", dict(facts))
 
     # --- transport ---------------------------------------------------------------------------
 

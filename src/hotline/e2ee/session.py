@@ -41,6 +41,7 @@ from hotline.e2ee.events import (
     KeyRejected,
     MemberLagging,
     Outgoing,
+    PeerCharterVersion,
 )
 from hotline.e2ee.media import MediaCrypto
 from hotline.e2ee.roster import Roster, check_roster, check_start, leader_of
@@ -59,6 +60,8 @@ from hotline.e2ee.sender_keys import (
 )
 from hotline.e2ee.sframe import DEFAULT_SUITE, MAX_EPOCH, suite_by_name
 from hotline.errors import (
+    BadKeySignature,
+    CharterVersionMismatch,
     DowngradeRefused,
     E2EEError,
     EpochRollback,
@@ -86,6 +89,8 @@ MAX_NUDGES: Final = MAX_TIMEOUTS
 #: after a timed-out join/leave epoch, the leader tries again this many times in a row
 MAX_RETRIES: Final = 2
 NONCE_SIZE: Final = m.NONCE_SIZE
+#: how many (member, charter version) pairs we report a version mismatch for, per call
+MAX_VERSION_REPORTS: Final = 64
 
 
 @dataclass
@@ -186,6 +191,7 @@ class CallKeySession:
         self._rejections: Counter[str] = Counter()
         self.duplicates = 0
         self._closed = False
+        self._version_reports: set[tuple[str, int]] = set()
 
     # --- read-only state ---------------------------------------------------------------------
 
@@ -683,6 +689,7 @@ class CallKeySession:
         if identity is None:
             raise NotInDirectory(f"{sender[:64]} is not in the charter")
         if msg.context != self._ctx:
+            self._check_charter_version(msg, identity)
             raise WrongContext(f"{msg_type} is for another line, call or charter version")
         if msg.digest in self._seen:
             self._duplicate(msg)
@@ -696,6 +703,28 @@ class CallKeySession:
             )
         self._learn_epoch(msg, now)
         self._dispatch(msg, now)
+
+    def _check_charter_version(self, msg: m.Message, identity: PublicKey) -> None:
+        """A message of this line and call under another charter version: if its sender
+        really signed it, say which versions differ (raise CharterVersionMismatch and report
+        it once); an unsigned claim is only a wrong context."""
+        ours, theirs = self._ctx, msg.context
+        if (theirs.line_id, theirs.call_id) != (ours.line_id, ours.call_id):
+            return
+        try:
+            msg.verify(identity)
+        except BadKeySignature:
+            return
+        key = (msg.signer, theirs.charter_version)
+        if key not in self._version_reports and len(self._version_reports) < MAX_VERSION_REPORTS:
+            self._version_reports.add(key)
+            event = PeerCharterVersion(msg.signer, theirs.charter_version, ours.charter_version)
+            log.warning("e2ee: %s", event.message)
+            self._events.append(event)
+        raise CharterVersionMismatch(
+            f"{msg.signer[:64]} has charter version {theirs.charter_version}; "
+            f"this terminal has {ours.charter_version}"
+        )
 
     def _learn_epoch(self, msg: m.Message, now: float) -> None:
         """Any message a member of this call signed tells us an epoch number in use. If we

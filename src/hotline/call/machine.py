@@ -314,6 +314,20 @@ class CallMachine:
         elif self.state == CallState.ACTIVE and self.members == {self.self_id} and not self.pending:
             self._end("every other member left the charter")
 
+    def drop_unreachable(self, ids: Collection[str], now: float) -> None:
+        """Members whose transport stayed lost past the charter's peer timeout leave the
+        call; each is told (a leave, if it can still hear), and a call left with no one else
+        ends saying who became unreachable."""
+        gone = (frozenset(ids) & self.members) - {self.self_id}
+        if self.state != CallState.ACTIVE or not gone:
+            return
+        for target in sorted(gone):
+            self._send(target, MSG_LEAVE, {"reason": "unreachable"})
+        self.members = self.members - gone
+        self._events.append(MembersChanged(self.members, frozenset(), gone))
+        if self.members == {self.self_id} and not self.pending:
+            self._end(f"{', '.join(sorted(gone))} unreachable")
+
     # --- timers ---------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:

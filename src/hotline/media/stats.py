@@ -299,6 +299,11 @@ class CallMediaStats:
             sinks["audio"] = audio_sink
         self._sinks[peer] = sinks
 
+    def peer_connection(self, peer: str) -> RTCPeerConnection | None:
+        """The connection whose statistics are shown for ``peer`` (the active one)."""
+        entry = self._peers.get(peer)
+        return entry[0] if entry is not None else None
+
     def remove_peer(self, peer: str) -> None:
         self._peers.pop(peer, None)
         self._sinks.pop(peer, None)

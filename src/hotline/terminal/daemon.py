@@ -172,7 +172,12 @@ class TerminalDaemon:
             rekey_interval_s=float(charter.policy.rekey_interval_s),
             send=self._send,
             call_log=self.call_log,
-            media=self.config.media,
+            media=dataclasses.replace(
+                self.config.media,
+                liveness=dataclasses.replace(
+                    self.config.media.liveness, peer_timeout=float(charter.policy.peer_timeout_s)
+                ),
+            ),
             source=self.source,
             on_event=self.emit,
         )

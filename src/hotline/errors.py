@@ -272,6 +272,14 @@ class ExpiredKey(SFrameError):
     reason = "expired_key"
 
 
+class WrongSender(SFrameError):
+    """A frame under one member's KID arrived on the peer connection of another member
+    (mesh calls bind each connection to its peer's sender index): a forgery by a member, or
+    a frame relayed where it should not be."""
+
+    reason = "wrong_sender"
+
+
 class NoMediaKey(StateError):
     """Nothing to protect with: no epoch is active yet, or sending is paused while a member
     leaves. Media must not flow (fail closed)."""
@@ -316,6 +324,14 @@ class WrongContext(KeyAgreementError):
     """A message for another line, call or charter version."""
 
     reason = "wrong_context"
+
+
+class CharterVersionMismatch(WrongContext):
+    """A member's signed message is bound to another version of the line's charter than
+    ours: one of the two terminals has not got the newest charter yet. The message says
+    which version each side has."""
+
+    reason = "charter_version_mismatch"
 
 
 class DowngradeRefused(KeyAgreementError):

@@ -34,10 +34,19 @@ from hotline.call.machine import (
     Declined,
     MembersChanged,
     Ringing,
+    charter_departures,
 )
 from hotline.calllog import CallLog
-from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.events import (
+    EpochActivated,
+    EpochFailed,
+    KeyRejected,
+    MemberLagging,
+    PeerCharterVersion,
+)
+from hotline.e2ee.messages import MAX_MEMBERS
 from hotline.e2ee.session import CallKeySession
+from hotline.e2ee.sframe import DEFAULT_SUITE
 from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
@@ -110,6 +119,8 @@ class CallSession:
         directory: Mapping[str, PublicKey],
         kem: str,
         rekey_interval_s: float,
+        suite: str = DEFAULT_SUITE.name,
+        max_participants: int = MAX_MEMBERS,
         send: Sender,
         call_log: CallLog,
         media: MediaSettings,
@@ -122,7 +133,7 @@ class CallSession:
         self.directory = dict(directory)
         self.self_id = self_id
         self.self_name = self_name
-        self.machine = CallMachine(self_id, call_id)
+        self.machine = CallMachine(self_id, call_id, max_members=max_participants)
         self.keys = CallKeySession(
             line_id=line_id,
             call_id=call_id,
@@ -131,6 +142,8 @@ class CallSession:
             directory=directory,
             charter_version=charter_version,
             kem=kem,
+            suite=suite,
+            max_members=max_participants,
             rekey_interval_s=rekey_interval_s,
         )
         self._send = send
@@ -185,21 +198,47 @@ class CallSession:
         self.machine.hangup(time.monotonic(), reason)
         await self.flush()
 
-    async def on_charter(self, directory: Mapping[str, PublicKey], charter_version: int) -> None:
-        """A newer charter: terminals it no longer lists leave the call at once, the keys
-        move to a new epoch bound to the new version; if we were removed, the call ends."""
+    async def on_charter(
+        self,
+        directory: Mapping[str, PublicKey],
+        charter_version: int,
+        *,
+        kem: str | None = None,
+        suite: str | None = None,
+        max_participants: int | None = None,
+    ) -> None:
+        """A newer charter: terminals it no longer lists, or whose identity key it changed,
+        leave the call at once, the keys move to a new epoch bound to the new version and
+        its policy (``kem``, ``suite``, ``max_participants``; default unchanged); if we were
+        removed, or the call holds more terminals than the new limit, the call ends."""
         now = time.monotonic()
-        removed = set(self.directory) - set(directory)
+        removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
         self.charter_version = charter_version
         if self.machine.state in (CallState.IDLE, CallState.ENDED):
             return
+        if max_participants is not None:
+            self.machine.max_members = max_participants
         try:
-            self.keys.update_directory(directory, charter_version, now)
+            self.keys.update_directory(
+                directory,
+                charter_version,
+                now,
+                kem=kem,
+                suite=suite,
+                max_members=max_participants,
+            )
         except StateError:
             self.machine.hangup(now, "this terminal is no longer in the charter")
         else:
             self.machine.remove(removed, now)
+            count = len(self.machine.members)
+            if max_participants is not None and count > max_participants:
+                self.machine.hangup(
+                    now,
+                    f"the new charter allows at most {max_participants} terminals; {count}"
+                    " are in this call",
+                )
         await self.flush()
 
     async def receive(self, sender: str, msg_type: str, body: bytes) -> None:
@@ -338,6 +377,17 @@ class CallSession:
             self._on_event("e2ee_failed", {"reason": event.reason})
         elif isinstance(event, KeyRejected):
             self._reject("key_rejected", f"key material from {event.sender}: {event.reason}")
+        elif isinstance(event, PeerCharterVersion):
+            # the two terminals cannot agree keys until one gets the other's charter
+            facts: dict[str, Value] = {
+                "peer": event.sender,
+                "peer_version": event.peer_version,
+                "version": event.version,
+                "message": event.message,
+            }
+            log.warning("call %s: %s", self.call_id, event.message)
+            self._log_event("charter_mismatch", facts)
+            self._on_event("charter_mismatch", dict(facts))
 
     # --- transport ---------------------------------------------------------------------------
     #
@@ -389,7 +439,9 @@ class CallSession:
 
     async def _new_peer(self, peer_id: str, *, offerer: bool, attempt: int) -> PeerLink:
         # every frame this connection carries goes through the call's SFrame keys
-        pc = engine.create_peer_connection(self.keys.media, self.crypto_stats, self._media.ice)
+        # bound to this peer: a frame under another member's KID is refused (wrong_sender)
+        crypto = self.keys.media.for_peer(peer_id)
+        pc = engine.create_peer_connection(crypto, self.crypto_stats, self._media.ice)
         link = PeerLink(
             peer_id=peer_id,
             pc=pc,
@@ -642,6 +694,8 @@ class CallSession:
             "epochs": [e["epoch"] for e in self.epochs],
             "security_code": self.security_code,
             "e2ee": {
+                "kem": self.keys.kem,
+                "suite": crypto.sending_suite,
                 "sending_epoch": crypto.sending_epoch,
                 "receive_epochs": list(crypto.receive_epochs),
                 "protected": crypto.protected,

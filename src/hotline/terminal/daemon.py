@@ -181,6 +181,8 @@ class TerminalDaemon:
             identity_key=self.config.identity_key,
             directory=directory,
             kem=charter.policy.kem,
+            suite=charter.policy.cipher_suite,
+            max_participants=charter.policy.max_participants,
             rekey_interval_s=float(charter.policy.rekey_interval_s),
             send=self._send,
             call_log=self.call_log,
@@ -351,7 +353,14 @@ class TerminalDaemon:
         self.emit("charter", {"version": charter.version})
         if self.call is not None:
             directory = {t.terminal_id: t.identity_key for t in charter.terminals}
-            await self.call.on_charter(directory, charter.version)
+            policy = charter.policy
+            await self.call.on_charter(
+                directory,
+                charter.version,
+                kem=policy.kem,
+                suite=policy.cipher_suite,
+                max_participants=policy.max_participants,
+            )
 
     async def _decline(self, caller: str, call_id: str, reason: str) -> None:
         await self._send(caller, "call.decline", encode({"call": call_id, "reason": reason}))

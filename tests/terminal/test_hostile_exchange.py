@@ -140,8 +140,10 @@ async def test_a_withheld_ring_released_after_hang_up_ends_at_once(scene: Scene)
     await asyncio.sleep(0.2)
     await alpha.hangup()
     await asyncio.sleep(1.0)
-    mitm.hold = lambda env: env.msg_type == "call.leave" and env.sender == "alpha" and not any(
-        e.msg_type == "call.answer" for e in mitm.sent
+    mitm.hold = lambda env: (
+        env.msg_type == "call.leave"
+        and env.sender == "alpha"
+        and not any(e.msg_type == "call.answer" for e in mitm.sent)
     )
     assert await mitm.release(lambda env: env.msg_type == "call.ring") == 1
     await until(lambda: "ringing" in scene.kinds(bravo), "bravo rung by the phantom")
@@ -159,9 +161,11 @@ async def test_a_withheld_ring_released_after_hang_up_ends_at_once(scene: Scene)
     mitm.hold = lambda env: False
     real = await alpha.dial("bravo")
     await until(
-        lambda: alpha.call is not None
-        and alpha.call.call_id == real
-        and alpha.call.machine.state.value == "active",
+        lambda: (
+            alpha.call is not None
+            and alpha.call.call_id == real
+            and alpha.call.machine.state.value == "active"
+        ),
         "the real call answered",
     )
     assert not [e for e in scene.events(alpha, "declined") if e.get("reason") == "busy"]

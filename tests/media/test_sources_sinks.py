@@ -60,7 +60,10 @@ def test_video_sink_counts_gaps_reordering_and_freezes() -> None:
     d = sink.to_dict()
     assert d["missing"] == 2 and d["out_of_order"] == 1 and d["last_id"] == 6
     assert d["freezes"] == 1 and d["max_gap_ms"] == 330
-    assert sink.latency.samples == [10, 39, 68, 395, 426, 454]
+    # 4 after 5 cannot be a real frame (receivers never reorder): corrupt, not fresh
+    assert d["shown"] == 6 and d["corrupt_shown"] == 1 and d["fresh"] == 5
+    assert d["longest_freeze_ms"] == 330
+    assert sink.latency.samples == [10, 39, 68, 395, 454]
 
 
 def test_synthetic_second_has_one_chirp_at_the_start() -> None:

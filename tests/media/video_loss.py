@@ -10,6 +10,7 @@ fresh frames, one-way latency; for an outage also how soon fresh frames come bac
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ def _window(log: list[tuple[int, int]], start_ms: int, end_ms: int) -> list[tupl
 
 def _longest_gap(times: list[int], start_ms: int, end_ms: int) -> int:
     points = [start_ms, *times, end_ms]
-    return max(b - a for a, b in zip(points, points[1:], strict=False))
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 async def run(

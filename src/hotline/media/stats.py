@@ -32,6 +32,10 @@ RECV = "recv"
 RTP_CLOCK_RATE = {"audio": 48000, "video": 90000}
 
 
+class SupportsCounters(Protocol):
+    def counters(self) -> dict[str, int]: ...
+
+
 @dataclass(frozen=True)
 class FrameEvent:
     """A frame the crypto seam refused to send or to show. Carries no frame bytes."""
@@ -63,6 +67,21 @@ class MediaCryptoStats:
         self._keyframe_requests: Counter[str] = Counter()
         self._forced_keyframes: Counter[str] = Counter()
         self._crypto_cpu_ns: Counter[str] = Counter()
+        self._guards: list[SupportsCounters] = []
+
+    def add_video_guard(self, guard: SupportsCounters) -> None:
+        """Report a video receiver's guard counters (``media.video_guard``) with these."""
+        with self._lock:
+            self._guards.append(guard)
+
+    def video_guard(self) -> dict[str, int]:
+        """The receive-side video guard's counters, summed over this call's receivers."""
+        with self._lock:
+            guards = list(self._guards)
+        total: Counter[str] = Counter()
+        for guard in guards:
+            total.update(guard.counters())
+        return dict(sorted(total.items()))
 
     # --- updates (any thread) -----------------------------------------------------------
 
@@ -144,6 +163,7 @@ class MediaCryptoStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot: ``{kind: {sent, received, decrypted, rejected: {...}}}``."""
+        guard = self.video_guard()
         with self._lock:
             out: dict[str, Any] = {}
             for kind in KINDS:
@@ -160,6 +180,7 @@ class MediaCryptoStats:
                     "keyframe_requests": self._keyframe_requests[kind],
                     "forced_keyframes": self._forced_keyframes[kind],
                 }
+            out["video"]["guard"] = guard
             out["crypto_cpu_ms"] = {
                 SEND: round(self._crypto_cpu_ns[SEND] / 1e6, 3),
                 RECV: round(self._crypto_cpu_ns[RECV] / 1e6, 3),

@@ -226,6 +226,13 @@ class MediaDeviceError(LocalError):
     reason = "media_device"
 
 
+class RelayUnavailable(LocalError):
+    """No TURN relay of the charter can be used with this site's credentials: every one is
+    down, unreachable, or refuses the credentials. The message names each relay's reason."""
+
+    reason = "relay_unavailable"
+
+
 class SdpError(CallError):
     """A session description is malformed or lacks what the call needs (fingerprint, codecs)."""
 

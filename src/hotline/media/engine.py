@@ -1,7 +1,8 @@
 """Building peer connections safely: ICE settings, DTLS fingerprints, VP8 + Opus only.
 
 - :func:`rtc_configuration` always passes ``iceServers`` explicitly: empty (host candidates
-  only) or the charter's TURN relay. aiortc falls back to a public STUN server when
+  only) or one of the charter's TURN relays, the one :func:`select_ice` (``media.turn``)
+  found alive. aiortc falls back to a public STUN server when
   ``iceServers`` is ``None``; this module never lets that happen.
 - :func:`set_ice_addresses` (a terminal setting) chooses the local addresses ICE gathers on;
   the default is loopback only, for tests and the demo.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,59 +33,43 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from hotline.errors import CodecRefused, FingerprintMismatch, SdpError, UsageError
+from hotline.errors import CodecRefused, FingerprintMismatch, SdpError
 from hotline.media import aiortc_patch
 from hotline.media.aiortc_patch import FrameCrypto
 from hotline.media.stats import MediaCryptoStats
+from hotline.media.turn import (
+    IceSettings,
+    SharedSecretCredentials,
+    StaticCredentials,
+    TurnRelay,
+    select_ice,
+)
+
+__all__ = [
+    "IceSettings",
+    "SharedSecretCredentials",
+    "StaticCredentials",
+    "TurnRelay",
+    "select_ice",
+]
 
 #: DTLS fingerprint hash functions we accept (RFC 8122 names); SHA-1 is not among them
 FINGERPRINT_ALGORITHMS = ("sha-256", "sha-384", "sha-512")
 #: the codecs allowed in an m-section under E2EE, by kind (RTX only as VP8's retransmission)
 ALLOWED_CODECS = {"video": ("vp8", "rtx"), "audio": ("opus",)}
-TURN_SCHEMES = ("turn:", "turns:")
 
 _FINGERPRINT_RE = re.compile(r"^a=fingerprint:(\S+)\s+([0-9A-Fa-f:]+)\s*$")
 _RTPMAP_RE = re.compile(r"^a=rtpmap:(\d+)\s+([^/\s]+)/")
 _MLINE_RE = re.compile(r"^m=(\w+)\s+\d+\s+\S+\s*(.*)$")
 
 
-@dataclass(frozen=True)
-class TurnRelay:
-    """A TURN relay named by the charter (aioice uses the first one only)."""
-
-    url: str  #: ``turn:host:port[?transport=udp|tcp]`` or ``turns:host:port``
-    username: str
-    credential: str
-
-    def __post_init__(self) -> None:
-        if not self.url.startswith(TURN_SCHEMES):
-            raise UsageError(f"a TURN relay URL starts with turn: or turns:, not {self.url!r}")
-
-
-@dataclass(frozen=True)
-class IceSettings:
-    """How a peer connection finds its path. The default: host candidates, no servers."""
-
-    turn: TurnRelay | None = None  #: the charter's relay, if it names one
-    relay_only: bool = False  #: only relayed candidates (hides host addresses); needs ``turn``
-
-    def __post_init__(self) -> None:
-        if self.relay_only and self.turn is None:
-            raise UsageError("relay-only ICE needs a TURN relay")
-
-
 def rtc_configuration(settings: IceSettings | None = None) -> RTCConfiguration:
     """An explicit ``RTCConfiguration``: never aiortc's default public STUN server."""
     settings = settings or IceSettings()
     servers: list[RTCIceServer] = []
-    if settings.turn is not None:
-        servers.append(
-            RTCIceServer(
-                urls=settings.turn.url,
-                username=settings.turn.username,
-                credential=settings.turn.credential,
-            )
-        )
+    if settings.turn is not None:  # aiortc would ignore any other relay
+        username, password = settings.turn.credentials.at(time.time())
+        servers.append(RTCIceServer(urls=settings.turn.url, username=username, credential=password))
     policy = RTCIceTransportPolicy.RELAY if settings.relay_only else RTCIceTransportPolicy.ALL
     return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 

@@ -202,6 +202,12 @@ class SummaryMismatch(CallError):
 # media (hotline.media): the aiortc media engine and its frame-encryption seam
 
 
+class ConfigError(UsageError):
+    """A site's local configuration file (``terminal.toml``) is missing, unsafe or invalid."""
+
+    reason = "config"
+
+
 class CodecRefused(E2EEError):
     """A negotiated codec that cannot carry per-frame E2EE here (anything but VP8 and Opus)."""
 

@@ -48,9 +48,10 @@ def make_side(
     name: str,
     crypto: FrameCrypto | None,
     tap: RtpTap | None = None,
+    ice: engine.IceSettings | None = None,
 ) -> Side:
     stats = MediaCryptoStats()
-    pc = engine.create_peer_connection(crypto, stats)
+    pc = engine.create_peer_connection(crypto, stats, ice)
     side = Side(name, pc, stats)
     stats.on_event = side.events.append
     if tap is not None:

@@ -333,7 +333,8 @@ class CallSession:
 
     async def _offer(self, peer_id: str) -> None:
         """Create the peer connection to ``peer_id`` and send it our offer (lock held)."""
-        link = self._new_peer(peer_id, offerer=True)
+        ice = await engine.select_ice(self._media.ice)  # the first live TURN relay, if any
+        link = self._new_peer(peer_id, offerer=True, ice=ice)
         try:
             await link.pc.setLocalDescription(await link.pc.createOffer())
         except Exception as exc:  # aiortc raises its own and builtin errors
@@ -341,9 +342,9 @@ class CallSession:
             raise SdpError(f"cannot create an offer for {peer_id}: {exc}") from exc
         await self._send_sdp(peer_id, link.pc.localDescription)
 
-    def _new_peer(self, peer_id: str, *, offerer: bool) -> PeerLink:
+    def _new_peer(self, peer_id: str, *, offerer: bool, ice: engine.IceSettings) -> PeerLink:
         # every frame this connection carries goes through the call's SFrame keys
-        pc = engine.create_peer_connection(self.keys.media, self.crypto_stats, self._media.ice)
+        pc = engine.create_peer_connection(self.keys.media, self.crypto_stats, ice)
         link = PeerLink(
             peer_id=peer_id,
             pc=pc,
@@ -436,7 +437,8 @@ class CallSession:
         old = self.peers.pop(sender, None)
         if old is not None:
             await self._close_peer(old)
-        link = self._new_peer(sender, offerer=False)
+        ice = await engine.select_ice(self._media.ice)
+        link = self._new_peer(sender, offerer=False, ice=ice)
         try:
             await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             engine.force_e2ee_codecs(link.pc)

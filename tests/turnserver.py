@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -94,6 +93,7 @@ class TurnServer:
             "log-file=stdout",
             "simple-log",
             "no-software-attribute",
+            "verbose",  # session lines: who allocated, and usage counters
         ]
         if self.shared_secret is not None:
             lines += ["use-auth-secret", f"static-auth-secret={self.shared_secret}"]
@@ -138,14 +138,6 @@ class TurnServer:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def relayed_bytes(self) -> int:
-        """Bytes coturn says it relayed for peers in closed sessions (its usage lines)."""
-        total = 0
-        for m in re.finditer(r"peer usage: realm=<[^>]*>, username=<[^>]*>, rp=\d+, rb=(\d+)",
-                             self.log_text()):  # fmt: skip
-            total += int(m.group(1))
-        return total
 
 
 def require_turnserver() -> None:

@@ -53,8 +53,10 @@ class LocalLine:
         sites: Mapping[str, Sequence[tuple[str, Role]]],
         *,
         policy: Policy = DEFAULT_POLICY,
+        turn_relays: Sequence[str] = (),
     ) -> None:
         self.root = root
+        self.turn_relays = tuple(turn_relays)
         self.line_id = line_id
         self.sites = sites
         self.policy = policy
@@ -75,6 +77,7 @@ class LocalLine:
             {site: list(terminals) for site, terminals in self.sites.items()},
             exchanges=(ExchangeEndpoint(self.exchange_url, fingerprint),),
             policy=self.policy,
+            turn_relays=self.turn_relays,
         )
         signed = load_charter(self.charter_path)
         signed.verify()

@@ -17,7 +17,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from hotline.errors import RelayUnavailable
-from hotline.media import turn
+from hotline.media import aiortc_patch, turn
 from hotline.media.aiortc_patch import RtpView
 from hotline.media.engine import IceSettings, SharedSecretCredentials, StaticCredentials, TurnRelay
 from tests.conftest import require
@@ -51,9 +51,9 @@ def dead_relay_url() -> str:
 
 def relayed_pair(pc: RTCPeerConnection) -> tuple[str, str]:
     """Types of the nominated ICE pair (local, remote) of a bundled peer connection."""
-    transport = pc.getTransceivers()[0].sender.transport.transport
-    pair = transport._connection._nominated[1]  # aioice's nominated pair of component 1
-    return pair.local_candidate.type, pair.remote_candidate.type
+    path = aiortc_patch.selected_path(pc)
+    assert path is not None
+    return path["local"], path["remote"]
 
 
 def candidate_types(sdp: str) -> set[str]:

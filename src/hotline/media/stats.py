@@ -304,9 +304,12 @@ class CallMediaStats:
         self._sinks.pop(peer, None)
 
     async def snapshot(self) -> dict[str, Any]:
+        from hotline.media import aiortc_patch  # noqa: PLC0415 (it imports this module)
+
         peers: dict[str, Any] = {}
         for peer, (pc, sampler) in self._peers.items():
             entry: dict[str, Any] = {"rtp": await sampler.sample(pc)}
+            entry["path"] = aiortc_patch.selected_path(pc)  # relayed or direct, once known
             for kind, sink in self._sinks.get(peer, {}).items():
                 entry[f"{kind}_sink"] = sink.to_dict()
             peers[peer] = entry

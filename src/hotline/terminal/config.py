@@ -91,15 +91,15 @@ class TerminalConfig:
         relays = tuple(
             TurnRelay(url, by_url[url].credentials) for url in charter.turn_relays if url in by_url
         )
-        for url in charter.turn_relays:
-            if url not in by_url:
-                log.warning("no credentials for the charter's TURN relay %s: not used", url)
         if charter.policy.relay_only and not relays:
             raise ConfigError(
                 f"the charter of line {charter.line_id!r} allows media only through its TURN "
                 "relays, and the site configuration has credentials for none of them "
                 f"({', '.join(charter.turn_relays)})"
             )
+        for url in charter.turn_relays:
+            if url not in by_url:
+                log.warning("no credentials for the charter's TURN relay %s: not used", url)
         return IceSettings(
             relays=relays,
             relay_only=charter.policy.relay_only,

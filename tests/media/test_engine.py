@@ -28,7 +28,7 @@ def test_configuration_is_always_explicit() -> None:
         ("turn:127.0.0.1:3478?transport=udp", "user", "secret")
     ]
     with pytest.raises(UsageError):
-        IceSettings(relay_only=True)
+        engine.rtc_configuration(IceSettings(relay_only=True))
     with pytest.raises(UsageError):
         TurnRelay("stun:127.0.0.1:3478", StaticCredentials("u", "p"))
     # URLs aiortc would silently skip are refused

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hotline.charter import Policy, Role
-from hotline.errors import ConfigError
-from hotline.media.turn import SharedSecretCredentials, StaticCredentials
+from hotline.errors import ConfigError, RelayUnavailable
+from hotline.media.turn import SharedSecretCredentials, StaticCredentials, select_ice
 from hotline.provision import create_line, line_terminal_dir
 from hotline.terminal.config import TerminalConfig, load_terminal_config, parse_terminal_config
 from tests.charters import make_charter
@@ -145,3 +145,19 @@ def test_terminal_run_refuses_a_bad_configuration_in_one_line(tmp_path: Path) ->
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     result = run("--config", str(tmp_path / "nope.toml"))
     assert "nope.toml: no such configuration file" in result.stderr
+
+
+async def test_a_newer_charter_while_running_uses_only_its_own_relays() -> None:
+    config = parse_terminal_config(GOOD.encode(), default_name="t")
+    # R2 left the charter: its credentials are ignored, not fatal, in a running terminal
+    ice = config.ice_settings(make_charter(turn_relays=(R1,)), strict=False)
+    assert [r.url for r in ice.relays] == [R1]
+    # a relay-only charter whose relays this site has no credentials for: nothing connects,
+    # and every peer connection that would be built is refused visibly
+    ice = config.ice_settings(
+        make_charter(turn_relays=("turn:elsewhere:3478",), policy=Policy(relay_only=True)),
+        strict=False,
+    )
+    assert ice.relays == () and ice.relay_only
+    with pytest.raises(RelayUnavailable, match="credentials for none of them"):
+        await select_ice(ice)

@@ -474,7 +474,7 @@ class CallSession:
         self.media_stats.remove_peer(link.peer_id)
         await link.video_sink.stop()
         await link.audio_sink.stop()
-        await link.pc.close()
+        await engine.close_peer_connection(link.pc)  # bounded: a dead relay never answers
 
     async def close(self) -> None:
         """Close every peer connection and log the statistics summary (once)."""

@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from hotline.errors import CodecRefused, FingerprintMismatch, SdpError
+from hotline.errors import CodecRefused, FingerprintMismatch, SdpError, UsageError
 from hotline.media import aiortc_patch
 from hotline.media.aiortc_patch import FrameCrypto
 from hotline.media.stats import MediaCryptoStats
@@ -58,6 +60,8 @@ FINGERPRINT_ALGORITHMS = ("sha-256", "sha-384", "sha-512")
 #: the codecs allowed in an m-section under E2EE, by kind (RTX only as VP8's retransmission)
 ALLOWED_CODECS = {"video": ("vp8", "rtx"), "audio": ("opus",)}
 
+log = logging.getLogger(__name__)
+
 _FINGERPRINT_RE = re.compile(r"^a=fingerprint:(\S+)\s+([0-9A-Fa-f:]+)\s*$")
 _RTPMAP_RE = re.compile(r"^a=rtpmap:(\d+)\s+([^/\s]+)/")
 _MLINE_RE = re.compile(r"^m=(\w+)\s+\d+\s+\S+\s*(.*)$")
@@ -70,6 +74,8 @@ def rtc_configuration(settings: IceSettings | None = None) -> RTCConfiguration:
     if settings.turn is not None:  # aiortc would ignore any other relay
         username, password = settings.turn.credentials.at(time.time())
         servers.append(RTCIceServer(urls=settings.turn.url, username=username, credential=password))
+    if settings.relay_only and not servers:
+        raise UsageError("relay-only ICE needs a TURN relay")  # it would gather nothing
     policy = RTCIceTransportPolicy.RELAY if settings.relay_only else RTCIceTransportPolicy.ALL
     return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
@@ -102,6 +108,28 @@ def create_peer_connection(
     if crypto is not None:
         aiortc_patch.bind(pc, crypto, stats if stats is not None else MediaCryptoStats())
     return pc
+
+
+#: how long closing a peer connection may hold up its caller; the rest goes on in background
+CLOSE_WAIT_S = 0.25
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def close_peer_connection(pc: RTCPeerConnection, wait_s: float = CLOSE_WAIT_S) -> None:
+    """Close ``pc``, waiting at most ``wait_s``; the close finishes in the background.
+
+    aiortc's ``close()`` waits until every TURN allocation is deleted, and a relay that died
+    never answers: aioice retransmits the deletion for about half a minute. A transport being
+    rebuilt because its relay died must not wait for that.
+    """
+    task = asyncio.ensure_future(pc.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    done, _ = await asyncio.wait({task}, timeout=wait_s)
+    if not done:
+        log.info(
+            "peer connection still closing after %.1f s (a relay that does not answer)", wait_s
+        )
 
 
 # --- codecs -----------------------------------------------------------------------------

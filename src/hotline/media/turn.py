@@ -122,14 +122,11 @@ class IceSettings:
     """
 
     relays: tuple[TurnRelay, ...] = ()
-    #: only relayed candidates (hides host addresses); needs a relay
+    #: only relayed candidates (hides host addresses). Without a relay nothing can connect:
+    #: :func:`select_ice` raises and no peer connection is built.
     relay_only: bool = False
     #: seconds one relay may take to answer the probe
     probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
-
-    def __post_init__(self) -> None:
-        if self.relay_only and not self.relays:
-            raise UsageError("relay-only ICE needs a TURN relay")
 
     @property
     def turn(self) -> TurnRelay | None:
@@ -202,6 +199,11 @@ async def select_ice(settings: IceSettings) -> IceSettings:
     with a warning logged.
     """
     if not settings.relays:
+        if settings.relay_only:
+            raise RelayUnavailable(
+                "media may go only through the charter's TURN relays, and this site has "
+                "credentials for none of them"
+            )
         return settings
     problems: list[str] = []
     for i, relay in enumerate(settings.relays):

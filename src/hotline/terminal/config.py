@@ -76,22 +76,28 @@ class TerminalConfig:
     #: seconds one relay may take to answer the probe when a peer connection picks a relay
     probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
 
-    def ice_settings(self, charter: Charter) -> IceSettings:
+    def ice_settings(self, charter: Charter, *, strict: bool = True) -> IceSettings:
         """ICE settings for calls on ``charter``: its relays, in its order, that this site has
-        credentials for, and its relay-only policy. Raises :class:`ConfigError` for
-        credentials of a relay the charter does not name, and when the policy is relay-only
-        but no relay of the charter has credentials here."""
+        credentials for, and its relay-only policy. With ``strict`` (a terminal starting)
+        raises :class:`ConfigError` for credentials of a relay the charter does not name,
+        and when the policy is relay-only but no relay of the charter has credentials here.
+        Without (a newer charter adopted while running) those credentials are ignored, and a
+        relay-only charter without usable relays lets no peer connection be built."""
         by_url = {e.url: e for e in self.turn}
         unknown = [u for u in by_url if u not in charter.turn_relays]
-        if unknown:
+        if unknown and strict:
             raise ConfigError(
                 f"TURN relay {unknown[0]!r} has credentials in the site configuration but is "
                 f"not in the charter of line {charter.line_id!r} (version {charter.version})"
             )
+        for url in unknown:
+            log.warning(
+                "TURN relay %s is not in charter version %d: not used", url, charter.version
+            )
         relays = tuple(
             TurnRelay(url, by_url[url].credentials) for url in charter.turn_relays if url in by_url
         )
-        if charter.policy.relay_only and not relays:
+        if charter.policy.relay_only and not relays and strict:
             raise ConfigError(
                 f"the charter of line {charter.line_id!r} allows media only through its TURN "
                 "relays, and the site configuration has credentials for none of them "

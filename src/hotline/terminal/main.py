@@ -73,6 +73,7 @@ def build_config(
         auto_answer=auto_answer,
         media=MediaSettings(source=source, width=width, height=height, fps=fps, ice=ice),
         interfaces=interfaces,
+        site=site,
     )
 
 

@@ -202,6 +202,12 @@ class SummaryMismatch(CallError):
 # media (hotline.media): the aiortc media engine and its frame-encryption seam
 
 
+class ConfigError(UsageError):
+    """A site's local configuration file (``terminal.toml``) is missing, unsafe or invalid."""
+
+    reason = "config"
+
+
 class CodecRefused(E2EEError):
     """A negotiated codec that cannot carry per-frame E2EE here (anything but VP8 and Opus)."""
 
@@ -224,6 +230,13 @@ class MediaDeviceError(LocalError):
     """A camera, microphone or media file is missing or cannot be opened."""
 
     reason = "media_device"
+
+
+class RelayUnavailable(LocalError):
+    """No TURN relay of the charter can be used with this site's credentials: every one is
+    down, unreachable, or refuses the credentials. The message names each relay's reason."""
+
+    reason = "relay_unavailable"
 
 
 class SdpError(CallError):

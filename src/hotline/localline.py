@@ -54,8 +54,10 @@ class LocalLine:
         *,
         policy: Policy = DEFAULT_POLICY,
         exchanges: int = 1,
+        turn_relays: Sequence[str] = (),
     ) -> None:
         self.root = root
+        self.turn_relays = tuple(turn_relays)
         self.line_id = line_id
         self.sites = sites
         self.policy = policy
@@ -81,6 +83,7 @@ class LocalLine:
             {site: list(terminals) for site, terminals in self.sites.items()},
             exchanges=endpoints,
             policy=self.policy,
+            turn_relays=self.turn_relays,
         )
         signed = load_charter(self.charter_path)
         signed.verify()

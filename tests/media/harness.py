@@ -72,9 +72,10 @@ def make_side(
     tap: RtpTap | None = None,
     *,
     video_guard: bool = True,
+    ice: engine.IceSettings | None = None,
 ) -> Side:
     stats = MediaCryptoStats()
-    pc = engine.create_peer_connection(crypto, stats)
+    pc = engine.create_peer_connection(crypto, stats, ice)
     aiortc_patch.set_video_guard(pc, video_guard)
     side = Side(name, pc, stats)
     stats.on_event = side.events.append

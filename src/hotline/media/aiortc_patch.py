@@ -1012,3 +1012,15 @@ def install_host_addresses() -> None:
 
 def installed() -> bool:
     return _installed
+
+
+def selected_path(pc: RTCPeerConnection) -> dict[str, str] | None:
+    """Candidate types of the ICE pair a peer connection uses (``{"local": "relay",
+    "remote": "host"}``), or None before one is nominated. aiortc has no public API for the
+    selected pair: this reads aioice's nominated pair of component 1 (bundled media)."""
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.sender.transport.transport
+        pair = getattr(getattr(ice, "_connection", None), "_nominated", {}).get(1)
+        if pair is not None:
+            return {"local": pair.local_candidate.type, "remote": pair.remote_candidate.type}
+    return None

@@ -332,12 +332,15 @@ class CallMediaStats:
     async def snapshot(self) -> dict[str, Any]:
         """Sample every peer. Peers may be removed (hang-up) while this awaits their
         ``getStats()``: it walks a copy, and leaves out a peer gone in the meantime."""
+        from hotline.media import aiortc_patch  # noqa: PLC0415 (it imports this module)
+
         peers: dict[str, Any] = {}
         for peer, (pc, sampler) in list(self._peers.items()):
             rtp = await sampler.sample(pc)
             if self._peers.get(peer, (None,))[0] is not pc:
                 continue  # removed (or replaced) while it was sampled
             entry: dict[str, Any] = {"rtp": rtp}
+            entry["path"] = aiortc_patch.selected_path(pc)  # relayed or direct, once known
             for kind, sink in self._sinks.get(peer, {}).items():
                 entry[f"{kind}_sink"] = sink.to_dict()
             peers[peer] = entry

@@ -38,6 +38,7 @@ from hotline.exchange.client import (
 )
 from hotline.keys import SigningKey
 from hotline.media.sources import open_source
+from hotline.terminal.config import TerminalConfig
 
 log = logging.getLogger("hotline.terminal")
 
@@ -67,6 +68,8 @@ class DaemonConfig:
     state_dir: Path | None = None
     #: where ICE gathers host candidates: "loopback" (127.0.0.1 only) or "all"
     interfaces: str = "loopback"
+    #: the site-local configuration (TURN credentials), applied to each charter adopted
+    site: TerminalConfig = field(default_factory=TerminalConfig)
 
     @property
     def state(self) -> Path:
@@ -351,6 +354,8 @@ class TerminalDaemon:
         self.charter = signed
         charter = signed.charter
         self.emit("charter", {"version": charter.version})
+        # its relays and relay-only policy for every peer connection built from now on
+        self.config.media.ice = self.config.site.ice_settings(charter, strict=False)
         if self.call is not None:
             directory = {t.terminal_id: t.identity_key for t in charter.terminals}
             policy = charter.policy

@@ -20,6 +20,11 @@ from hotline.keys import read_passphrase
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal
 from hotline.signals import until_terminated
+from hotline.terminal.config import (
+    TerminalConfig,
+    default_config_path,
+    load_terminal_config,
+)
 from hotline.terminal.control import make_runner, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
 
@@ -36,6 +41,7 @@ def build_config(
     height: int,
     fps: int,
     source: str = "synthetic",
+    config_path: Path | None = None,
 ) -> DaemonConfig:
     signed = load_charter(charter_path)
     signed.verify()
@@ -60,9 +66,9 @@ def build_config(
             tls_fingerprint = endpoint.tls_fingerprint
     if exchange_url.startswith("wss://") and tls_fingerprint is None:
         raise UsageError(f"{exchange_url}: not in the charter, so no pinned TLS certificate")
-    # TURN credentials live in each site's local configuration, never in the charter; until
-    # that configuration exists, terminals use host candidates only.
-    ice = engine.IceSettings()
+    # TURN credentials live in each site's local configuration, never in the charter
+    site = load_site_config(terminal_dir, config_path, terminal.terminal_id)
+    ice = site.ice_settings(charter)
     return DaemonConfig(
         terminal_dir=terminal_dir,
         charter=signed,
@@ -74,7 +80,19 @@ def build_config(
         auto_answer=auto_answer,
         media=MediaSettings(source=source, width=width, height=height, fps=fps, ice=ice),
         interfaces=interfaces,
+        site=site,
     )
+
+
+def load_site_config(
+    terminal_dir: Path, config_path: Path | None, terminal_id: str
+) -> TerminalConfig:
+    """``--config FILE``, else ``<terminal folder>/terminal.toml`` if there is one, else
+    an empty configuration (no TURN credentials)."""
+    path = config_path if config_path is not None else default_config_path(terminal_dir)
+    if config_path is None and not path.exists():
+        return TerminalConfig()
+    return load_terminal_config(path, default_name=terminal_id)
 
 
 def ice_address_policy(interfaces: str) -> list[str]:

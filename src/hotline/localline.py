@@ -73,9 +73,10 @@ class LocalLine:
     # --- commissioning -------------------------------------------------------------------
 
     def commission(self) -> SignedCharter:
+        urls = [self.exchange_url] + [f"wss://127.0.0.1:{p}" for p in self.exchange_ports[1:]]
         endpoints = tuple(
-            ExchangeEndpoint(f"wss://127.0.0.1:{port}", create_certificate(self._exchange_dir(i)))
-            for i, port in enumerate(self.exchange_ports)
+            ExchangeEndpoint(url, create_certificate(self._exchange_dir(i)))
+            for i, url in enumerate(urls)
         )
         self.charter_path = create_line(
             self.root,
@@ -124,7 +125,7 @@ class LocalLine:
     async def start_exchange(self, index: int = 0) -> None:
         assert self.charter_path is not None, "commission() first"
         name = self.exchange_name(index)
-        port = self.exchange_ports[index]
+        port = self.exchange_port if index == 0 else self.exchange_ports[index]
         await self.spawn(
             name,
             "exchange",

@@ -161,20 +161,19 @@ async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path) 
             assert "CHANNEL_BIND processed" in one.log_text()
             assert "CHANNEL_BIND processed" not in two.log_text()
 
-            one.stop()  # the first relay dies mid-call
             assert alpha.call is not None
             old = alpha.call.peers["bravo"]
-            # the call rebuilds the transport (as it does when it finds it dead): the new
+            one.stop()  # the first relay dies mid-call
+            # the call finds the transport dead (2 s without media) and rebuilds it: the new
             # peer connections on both sides take the next live relay of the charter
             start = time.monotonic()
-            await alpha.call._rebuild("bravo", old)
             await until(lambda: flowing(old, frames=1), "media through the second relay")
-            # probing the dead relay (0.5 s on each side), ICE and DTLS through the relay
+            # 2 s to find it lost, probing the dead relay (0.5 s on each side), ICE and DTLS
             took = time.monotonic() - start
             await until(lambda: flowing(old), "more media through the second relay")
             print(f"first frames each way through the second relay {took:.2f} s after the "
-                  f"rebuild began, 20 frames after {time.monotonic() - start:.2f} s")  # fmt: skip
-            assert took < 10, took
+                  f"relay died, 20 frames after {time.monotonic() - start:.2f} s")  # fmt: skip
+            assert took < 15, took
             log = two.log_text()
             for tid in ("alpha", "bravo"):
                 assert re.search(rf"user <{tid}>: incoming packet CHANNEL_BIND processed", log)

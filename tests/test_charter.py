@@ -148,9 +148,15 @@ def test_enrolment_is_bound_to_role() -> None:
         ({"exchanges": (ExchangeEndpoint("ftp://x"),)}, "scheme must be one of"),
         ({"exchanges": (ExchangeEndpoint("wss://h", "sha256:12"),)}, "TLS fingerprint"),
         (
-            {"exchanges": (ExchangeEndpoint("wss://h"), ExchangeEndpoint("wss://h"))},
+            {"exchanges": (ExchangeEndpoint("ws://[::1]"), ExchangeEndpoint("ws://[::1]"))},
             "duplicate exchange URL",
         ),
+        # exchange entries every terminal would refuse (issue 9, point 17)
+        ({"exchanges": (ExchangeEndpoint("wss://h.example:443"),)}, "no pinned TLS"),
+        ({"exchanges": (ExchangeEndpoint("ws://exchange.example:80"),)}, "loopback"),
+        ({"exchanges": (ExchangeEndpoint("ws://10.1.2.3:8765"),)}, "loopback"),
+        ({"exchanges": (ExchangeEndpoint("http://127.0.0.1:8765"),)}, "scheme must be one of"),
+        ({"exchanges": (ExchangeEndpoint("https://h", "sha256:" + "ab" * 32),)}, "scheme must"),
         ({"turn_relays": ("turn:user:pw@relay:3478",)}, "carries credentials"),
         ({"turn_relays": ("http://relay",)}, "scheme must be one of turn, turns"),
         ({"turn_relays": ("turn:",)}, "has no host"),
@@ -304,7 +310,7 @@ def charters(draw: st.DrawFn) -> tuple[Charter, dict[str, SigningKey]]:
         relay_only=draw(st.booleans()),
         peer_timeout_s=draw(st.integers(5, 3600)),
     )
-    fp = st.none() | st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
+    fp = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
     exchanges = tuple(
         ExchangeEndpoint(f"wss://{host}.example:443", draw(fp))
         for host in draw(st.lists(ids, max_size=2, unique=True))
@@ -380,7 +386,7 @@ def _field_changes(charter: Charter) -> list[Charter]:
             sites=(*charter.sites[1:], r(charter.sites[0], name=charter.sites[0].name + "x")),
         ),
         r(charter, turn_relays=(*charter.turn_relays, "turn:extra.example")),
-        r(charter, exchanges=(*charter.exchanges, ExchangeEndpoint("wss://extra.example"))),
+        r(charter, exchanges=(*charter.exchanges, ExchangeEndpoint("ws://127.0.0.2"))),
         r(
             charter,
             policy=r(charter.policy, recording_allowed=not charter.policy.recording_allowed),

@@ -7,6 +7,7 @@ wrong and where, a non-zero exit, and no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,10 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from hotline.charter import MAX_CHARTER_FILE_SIZE, SignedCharter, load_charter
+from hotline.charter import (
+    MAX_CHARTER_FILE_SIZE,
+    ExchangeEndpoint,
+    SignedCharter,
+    load_charter,
+    write_charter,
+)
 from hotline.cli import main
 from hotline.cli.common import EXIT_CHECK_FAILED, EXIT_ERROR
 from hotline.keys import SigningKey
+from hotline.provision import load_site
 
 
 @dataclass
@@ -397,3 +405,66 @@ def test_force_and_versions(hotline: Run) -> None:
     assert signed.version == 2 and signed.signatures == {}
     assert signed.charter.policy.max_participants == 6
     assert isinstance(signed, SignedCharter)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "message"),
+    [
+        ("wss://exchange.example:8443", "no pinned TLS certificate"),
+        ("ws://exchange.example:8765", "only to a loopback address"),
+        ("http://127.0.0.1:8765", "scheme must be one of ws, wss"),
+    ],
+)
+def test_exchanges_terminals_refuse_fail_early(hotline: Run, exchange: str, message: str) -> None:
+    """An exchange entry no terminal would connect to is refused at propose, and a charter
+    that holds one (signed before this check existed) does not verify (issue 9, point 17)."""
+    path = commission(hotline)
+    hotline("line", "propose", "l", "--site", "sochi", "--exchange", exchange, "--out", "x.json")\
+        .one_line_error(message)  # fmt: skip
+    assert not Path("x.json").exists()
+    # the same charter with that exchange entry, signed by both sites (as a tool without
+    # this check would have done)
+    signed = load_charter(path)
+    charter = dataclasses.replace(
+        signed.charter, exchanges=(ExchangeEndpoint(exchange, None),), version=2
+    )
+    bad = SignedCharter(charter)
+    for site in ("sochi", "washington"):
+        _, key = load_site(Path(site))
+        bad = bad.with_signature(site, key.sign(charter.to_bytes()))
+    write_charter(path, bad)
+    hotline("line", "sign", str(path), "--site", "sochi").one_line_error(message)
+    result = hotline("line", "verify", str(path))
+    assert result.code == EXIT_CHECK_FAILED, result.out
+    assert message in result.err
+    assert message in " ".join(hotline("line", "show", str(path)).out.split())
+
+
+def test_sign_refuses_a_charter_whose_other_signatures_fail(hotline: Run) -> None:
+    """A charter changed after a site signed it must not collect more signatures: `line
+    sign` says which signature fails and leaves the file alone (issue 9, point 18)."""
+    path = commission(hotline)
+    data = json.loads(path.read_text())
+    data["body"]["policy"]["rekey_interval_s"] = 86_400  # tampered after both signed
+    data["signatures"].pop("washington")
+    path.write_text(json.dumps(data))
+    before = path.read_bytes()
+    hotline("line", "sign", str(path), "--site", "washington").one_line_error(
+        "refusing to sign", "signature of site 'sochi'", "does not verify"
+    )
+    assert path.read_bytes() == before
+    # re-signing one's own (now stale) signature is how a site renews it: still allowed
+    # once every other signature verifies
+    data["signatures"] = {"sochi": data["signatures"]["sochi"]}
+    path.write_text(json.dumps(data))
+    assert hotline("line", "sign", str(path), "--site", "sochi").code == 0
+    assert hotline("line", "sign", str(path), "--site", "washington").code == 0
+    assert hotline("line", "verify", str(path)).code == 0
+    # a signature by a site the charter does not name is refused too
+    data = json.loads(path.read_text())
+    data["signatures"].pop("washington")
+    data["signatures"]["moscow"] = data["signatures"]["sochi"]
+    path.write_text(json.dumps(data))
+    hotline("line", "sign", str(path), "--site", "washington").one_line_error(
+        "refusing to sign", "'moscow'"
+    )

@@ -202,6 +202,12 @@ class SummaryMismatch(CallError):
 # media (hotline.media): the aiortc media engine and its frame-encryption seam
 
 
+class ConfigError(UsageError):
+    """A site's local configuration file (``terminal.toml``) is missing, unsafe or invalid."""
+
+    reason = "config"
+
+
 class CodecRefused(E2EEError):
     """A negotiated codec that cannot carry per-frame E2EE here (anything but VP8 and Opus)."""
 
@@ -224,6 +230,13 @@ class MediaDeviceError(LocalError):
     """A camera, microphone or media file is missing or cannot be opened."""
 
     reason = "media_device"
+
+
+class RelayUnavailable(LocalError):
+    """No TURN relay of the charter can be used with this site's credentials: every one is
+    down, unreachable, or refuses the credentials. The message names each relay's reason."""
+
+    reason = "relay_unavailable"
 
 
 class SdpError(CallError):
@@ -418,6 +431,13 @@ class QueueFull(LimitExceeded):
 
 class TooManyConnections(LimitExceeded):
     reason = "too_many_connections"
+
+
+class DuplicateTerminal(LimitExceeded):
+    """Two connections with one terminal's identity keep replacing each other at the
+    exchange (two copies of one terminal folder running): the newcomer is refused."""
+
+    reason = "duplicate_terminal"
 
 
 class TLSPinMismatch(AuthenticationError):

@@ -30,6 +30,7 @@ from pathlib import Path
 from hotline.charter import (
     DEFAULT_POLICY,
     MAX_NAME_LENGTH,
+    SIGNATURE_INVALID,
     Charter,
     ExchangeEndpoint,
     Policy,
@@ -444,9 +445,29 @@ def sign_charter(path: Path, site_dir: Path, passphrase: Passphrase = None) -> S
         check_draft(charter)
     except HotlineError as exc:
         raise type(exc)(f"{path}: refusing to sign: {exc}") from None
+    _check_other_signatures(path, signed, record.site_id)
     result = signed.with_signature(record.site_id, key.sign(charter.to_bytes()))
     write_charter(path, result)
     return result
+
+
+def _check_other_signatures(path: Path, signed: SignedCharter, own_site: str) -> None:
+    """Refuse to add a signature to a charter another site's signature no longer covers
+    (the body changed after it signed, or the signature was altered), or that carries a
+    signature by a site it does not name. The site's own old signature may be stale: signing
+    again is how it is renewed."""
+    check = signed.check()
+    for site_id, status in sorted(check.signatures.items()):
+        if site_id != own_site and status == SIGNATURE_INVALID:
+            raise SignatureError(
+                f"{path}: refusing to sign: the signature of site {site_id!r} does not verify "
+                "(the charter changed after that site signed it, or the signature was altered)"
+            )
+    if check.unknown_signers:
+        names = ", ".join(repr(s) for s in check.unknown_signers)
+        raise UnknownMember(
+            f"{path}: refusing to sign: it carries a signature by {names}, not a site of the line"
+        )
 
 
 def create_line(

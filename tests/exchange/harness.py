@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -13,17 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from hotline.envelope import Envelope
 from hotline.exchange.client import ClientEvent, EnvelopeReceived, ExchangeClient
 from hotline.exchange.frames import (
+    WS_PATH,
+    Accepted,
+    AdvertisedLimits,
     Challenge,
+    Deliver,
     Hello,
     Presence,
     Send,
     ServerFrame,
     Welcome,
     auth_message,
+    decode_client_frame,
     decode_server_frame,
     encode_frame,
 )
@@ -287,3 +294,96 @@ class Proxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class MitmExchange:
+    """A hostile exchange between real terminals (a man in the middle): it admits whoever
+    says hello (the terminals check everything themselves), relays what they send, and can
+    withhold (``hold``), release and inject envelopes, or misdeliver anything it likes. What
+    it chooses at random comes from ``seed`` (print it; replay a failure with the same one).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.hold: Callable[[Envelope], bool] = lambda env: False
+        self.held: list[Envelope] = []
+        #: every envelope the terminals sent, in order
+        self.sent: list[Envelope] = []
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+        self._delivery = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get(WS_PATH, self._handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"ws://127.0.0.1:{self.runner.addresses[0][1]}{WS_PATH}"
+
+    async def stop(self) -> None:
+        for ws in list(self.sockets.values()):
+            await ws.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        limits = AdvertisedLimits(65536, 1000.0, 1000, 60.0)
+        challenge = Challenge(self.rng.randbytes(32), "mitm", f"mitm-{self.seed}", limits)
+        await ws.send_bytes(encode_frame(challenge))
+        hello = decode_client_frame((await ws.receive()).data, 4096)
+        assert isinstance(hello, Hello)
+        terminal = hello.terminal_id
+        self.sockets[terminal] = ws
+        online = frozenset(self.sockets)
+        await ws.send_bytes(encode_frame(Welcome(terminal, online, None, hello.charter_version)))
+        await self._presence()
+        try:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.BINARY:
+                    continue
+                frame = decode_client_frame(msg.data, 1 << 20)
+                if isinstance(frame, Send):
+                    env = Envelope.from_bytes(frame.envelope)
+                    self.sent.append(env)
+                    await ws.send_bytes(encode_frame(Accepted(env.seq)))
+                    if self.hold(env):
+                        self.held.append(env)
+                    else:
+                        await self.deliver(env)
+        finally:
+            if self.sockets.get(terminal) is ws:
+                del self.sockets[terminal]
+        return ws
+
+    async def _presence(self) -> None:
+        frame = encode_frame(Presence(frozenset(self.sockets)))
+        for ws in list(self.sockets.values()):
+            await ws.send_bytes(frame)
+
+    async def deliver(self, env: Envelope, to: str | None = None) -> None:
+        """Deliver ``env`` to its recipient(s), or to ``to`` whatever it says."""
+        if to is not None:
+            recipients = [to]
+        elif env.recipient is not None:
+            recipients = [env.recipient]
+        else:
+            recipients = [t for t in self.sockets if t != env.sender]
+        for recipient in recipients:
+            ws = self.sockets.get(recipient)
+            if ws is not None:
+                self._delivery += 1
+                await ws.send_bytes(encode_frame(Deliver(self._delivery, env.raw)))
+
+    async def release(self, which: Callable[[Envelope], bool] = lambda env: True) -> int:
+        """Deliver the withheld envelopes ``which`` selects, in order; how many."""
+        chosen = [env for env in self.held if which(env)]
+        self.held = [env for env in self.held if not which(env)]
+        for env in chosen:
+            await self.deliver(env)
+        return len(chosen)

@@ -102,3 +102,29 @@ async def test_call_stats_snapshot_is_json() -> None:
     json.dumps(snap)
     call.remove_peer("situation-room")
     assert (await call.snapshot())["peers"] == {}
+
+
+async def test_snapshot_survives_a_peer_removed_while_it_samples() -> None:
+    """Hang-up closes peers while ``/status`` samples them (issue 9, point 12): the snapshot
+    must not fail with "dictionary changed size during iteration"."""
+    import asyncio
+
+    from hotline.media import engine
+
+    call = CallMediaStats(MediaCryptoStats())
+    pcs = []
+    for peer in ("situation-room", "kremlin", "interpreter"):
+        pc = engine.create_peer_connection(None)
+        pc.addTransceiver("audio")  # getStats() then awaits its sender and receiver
+        pcs.append(pc)
+        call.add_peer(peer, pc, video_sink=VideoFrameIdSink())
+    sampling = asyncio.ensure_future(call.snapshot())
+    await asyncio.sleep(0)  # the snapshot is inside the first peer's getStats()
+    call.remove_peer("kremlin")
+    await pcs[1].close()
+    snap = await sampling
+    for pc in pcs:
+        await pc.close()
+    assert "kremlin" not in snap["peers"]
+    assert {"situation-room", "interpreter"} <= set(snap["peers"])
+    json.dumps(snap)

@@ -441,7 +441,8 @@ class CallSession:
         # every frame this connection carries goes through the call's SFrame keys
         # bound to this peer: a frame under another member's KID is refused (wrong_sender)
         crypto = self.keys.media.for_peer(peer_id)
-        pc = engine.create_peer_connection(crypto, self.crypto_stats, self._media.ice)
+        ice = await engine.select_ice(self._media.ice)  # the first live TURN relay, if any
+        pc = engine.create_peer_connection(crypto, self.crypto_stats, ice)
         link = PeerLink(
             peer_id=peer_id,
             pc=pc,
@@ -644,7 +645,7 @@ class CallSession:
         await link.audio_sink.stop()
         for track in link.tracks:
             track.stop()  # the source stops feeding this connection
-        await link.pc.close()
+        await engine.close_peer_connection(link.pc)  # bounded: a dead relay never answers
 
     async def close(self) -> None:
         """Close every peer connection and log the statistics summary (once)."""

@@ -6,6 +6,7 @@ See :mod:`hotline.charter` for the overview and ``docs/charter.md`` for the form
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -62,7 +63,8 @@ TLS_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 KNOWN_CIPHER_SUITES = frozenset({"AES_128_GCM_SHA256_128", "AES_256_GCM_SHA512_128"})
 #: HPKE KEMs for sender keys: the post-quantum hybrid (default) or classic X25519
 KNOWN_KEMS = frozenset({"MLKEM768_X25519", "X25519"})
-EXCHANGE_SCHEMES = frozenset({"ws", "wss", "http", "https"})
+#: what a terminal connects to: wss:// with a pinned certificate, or ws:// on loopback only
+EXCHANGE_SCHEMES = frozenset({"ws", "wss"})
 TURN_SCHEMES = frozenset({"turn", "turns"})
 
 #: policy ranges (inclusive)
@@ -393,6 +395,7 @@ class Charter:
                 raise CharterError(
                     f"{where}: TLS fingerprint must be 'sha256:' and 64 lower-case hex digits"
                 )
+            _check_exchange_reachable(e, where)
         relays: set[str] = set()
         for i, url in enumerate(self.turn_relays):
             where = f"turn_relays[{i}]"
@@ -822,6 +825,32 @@ def _check_name(value: object, what: str) -> None:
 def _check_count(n: int, limit: int, what: str) -> None:
     if n > limit:
         raise CharterError(f"{n} {what} is more than the limit of {limit}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is a loopback address (plain ws:// is allowed only there)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exchange_reachable(endpoint: ExchangeEndpoint, where: str) -> None:
+    """Refuse an entry every terminal would refuse to connect to (``ExchangeClient``):
+    wss:// without a pinned certificate, plain ws:// to anything but loopback."""
+    parts = urlsplit(endpoint.url)
+    if parts.scheme == "wss" and endpoint.tls_fingerprint is None:
+        raise CharterError(
+            f"{where}: exchange {endpoint.url!r} has no pinned TLS certificate "
+            "(give it as URL#sha256:<64 hex>); terminals refuse an unpinned wss:// exchange"
+        )
+    if parts.scheme == "ws" and not is_loopback_host(parts.hostname or ""):
+        raise CharterError(
+            f"{where}: exchange {endpoint.url!r}: plain ws:// is allowed only to a loopback "
+            "address (127.0.0.1, ::1); use wss:// with a pinned certificate"
+        )
 
 
 def _check_url(url: object, schemes: Iterable[str], what: str) -> None:

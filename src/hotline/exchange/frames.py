@@ -12,12 +12,12 @@ This module does no I/O.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
+from hotline.charter.model import is_loopback_host
 from hotline.encoding import (
     Value,
     decode,
@@ -57,16 +57,15 @@ CLOSE_TRY_LATER = 1013
 CLOSE_SUPERSEDED = 4001
 #: a newer charter no longer lists this terminal (or changed its key)
 CLOSE_REMOVED = 4002
+#: refused: another connection of this terminal is online and they keep replacing each
+#: other (two copies of one terminal running)
+CLOSE_DUPLICATE = 4003
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (plain ws:// is allowed only there)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """Whether ``host`` is a loopback address (plain ws:// is allowed only there); the same
+    rule the charter applies to its exchange entries."""
+    return is_loopback_host(host)
 
 
 def auth_message(challenge: bytes, exchange_id: str, line_id: str, terminal_id: str) -> bytes:

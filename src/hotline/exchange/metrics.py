@@ -36,6 +36,18 @@ FAMILIES: tuple[_Family, ...] = (
         "Connections refused before authentication, by reason.",
         "reason",
     ),
+    _Family(
+        "bad_http_requests_total",
+        "counter",
+        "Malformed HTTP requests refused (not a WebSocket upgrade, header too large...).",
+        "reason",
+    ),
+    _Family(
+        "duplicate_terminals_total",
+        "counter",
+        "Connections refused because two copies of one terminal kept replacing each other.",
+        None,
+    ),
     _Family("envelopes_received_total", "counter", "Envelopes received from terminals.", None),
     _Family("envelopes_routed_total", "counter", "Envelopes accepted and routed.", None),
     _Family("deliveries_sent_total", "counter", "Deliveries written to terminals.", None),

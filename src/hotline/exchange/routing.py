@@ -24,6 +24,7 @@ from hotline.envelope import DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Membership, Se
 from hotline.errors import (
     AuthenticationError,
     CharterRollback,
+    DuplicateTerminal,
     HotlineError,
     MisroutedEnvelope,
     QueueFull,
@@ -65,6 +66,17 @@ class Limits:
     auth_failures_per_source: int = 10
     #: how long failed authentications count against their source
     auth_block_s: float = 60.0
+    #: time to authenticate for a connection from a blocked source
+    blocked_auth_timeout_s: float = 2.0
+    #: a superseded session younger than this is a sign of a supersede loop (two copies of
+    #: one terminal pushing each other off); an older one is a terminal that reconnected
+    supersede_young_s: float = 5.0
+    #: that many young supersedes within ``supersede_window_s``: refuse the newcomer
+    supersede_loop_count: int = 4
+    supersede_window_s: float = 30.0
+    #: once a loop is seen, newcomers are refused while the incumbent stays online, for
+    #: this long after the last refused attempt
+    duplicate_hold_s: float = 60.0
     #: WebSocket ping interval; a peer that misses two pongs is dropped
     heartbeat_s: float = 20.0
     #: rows kept in the exchange's event log (oldest dropped first)
@@ -83,6 +95,11 @@ class Limits:
             "auth_timeout_s": self.auth_timeout_s,
             "auth_failures_per_source": self.auth_failures_per_source,
             "auth_block_s": self.auth_block_s,
+            "blocked_auth_timeout_s": self.blocked_auth_timeout_s,
+            "supersede_young_s": self.supersede_young_s,
+            "supersede_loop_count": self.supersede_loop_count,
+            "supersede_window_s": self.supersede_window_s,
+            "duplicate_hold_s": self.duplicate_hold_s,
             "heartbeat_s": self.heartbeat_s,
             "max_event_log_rows": self.max_event_log_rows,
         }
@@ -158,11 +175,13 @@ class SourceGuard:
         self.total = 0
 
     def open(self, source: str, now: float) -> None:
-        """Count a new connection from ``source``, or refuse it."""
-        if self.blocked(source, now):
-            raise RateLimited(
-                f"{source}: too many failed authentications", reason="auth_rate_limited"
-            )
+        """Count a new connection from ``source``, or refuse it (too many connections).
+
+        A source :meth:`blocked` for failed authentications is NOT refused here: a terminal
+        behind the same address (a site's NAT) whose hello verifies must still get in. The
+        server gives a blocked source's connections a short time to authenticate and
+        refuses any of their hellos that fails (``auth_rate_limited``)."""
+        del now
         if self.total >= self._limits.max_connections:
             raise TooManyConnections("the exchange is at its connection limit")
         if self._open.get(source, 0) >= self._limits.max_connections_per_source:
@@ -207,6 +226,57 @@ class SourceGuard:
     def blocked(self, source: str, now: float) -> bool:
         failures = self._trim(source, now)
         return failures is not None and len(failures) >= self._limits.auth_failures_per_source
+
+
+class SupersedeGuard:
+    """Detects two connections with one terminal's identity replacing each other.
+
+    A terminal that reconnects supersedes its stale session once; two running copies of
+    one terminal folder supersede each other every reconnection delay, each session living
+    a fraction of a second. After ``supersede_loop_count`` supersedes of sessions younger
+    than ``supersede_young_s`` within ``supersede_window_s``, the newcomer is refused
+    (:class:`DuplicateTerminal`) and so is every further one while the incumbent stays
+    online, until ``duplicate_hold_s`` after the last attempt. Keys are authenticated
+    terminals only, so the maps are bounded by the charters."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._young: dict[tuple[str, str], deque[float]] = {}
+        self._held: dict[tuple[str, str], float] = {}
+
+    def check(self, line_id: str, terminal_id: str, incumbent: Session | None, now: float) -> None:
+        """Raise :class:`DuplicateTerminal` if a new session of the terminal must not
+        supersede ``incumbent`` (its current session)."""
+        if incumbent is None or incumbent.closed:
+            return
+        limits = self._limits
+        key = (line_id, terminal_id)
+        held = self._held.get(key)
+        if held is not None:
+            if now < held:
+                self._held[key] = now + limits.duplicate_hold_s
+                raise DuplicateTerminal(
+                    f"{terminal_id} of {line_id} is already connected from "
+                    f"{incumbent.source}, and copies of it keep replacing each other"
+                )
+            del self._held[key]
+        if now - incumbent.connected_at >= limits.supersede_young_s:
+            return
+        times = self._young.setdefault(key, deque())
+        while times and times[0] <= now - limits.supersede_window_s:
+            times.popleft()
+        times.append(now)
+        if len(times) >= limits.supersede_loop_count:
+            del self._young[key]
+            self._held[key] = now + limits.duplicate_hold_s
+            raise DuplicateTerminal(
+                f"{terminal_id} of {line_id}: {len(times)} connections replaced each other "
+                f"within {limits.supersede_window_s:g} s (the last from {incumbent.source})"
+            )
+
+    def held(self, line_id: str, terminal_id: str, now: float) -> bool:
+        until = self._held.get((line_id, terminal_id))
+        return until is not None and now < until
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +409,7 @@ class Router:
     ) -> None:
         self.limits = limits or Limits()
         self.sources = SourceGuard(self.limits)
+        self.supersedes = SupersedeGuard(self.limits)
         self._lines: dict[str, _Line] = {}
         self._next_delivery = next_delivery_id
         self._next_envelope = next_envelope_id
@@ -444,11 +515,14 @@ class Router:
     ) -> Connected:
         """Register an authenticated terminal. Returns its session, the session it
         supersedes (to be closed) if the terminal was already connected, and the mailbox
-        entries up to ``resume``, now dropped: the terminal says it processed them."""
+        entries up to ``resume``, now dropped: the terminal says it processed them.
+        Raises :class:`DuplicateTerminal` when two copies of the terminal keep replacing
+        each other (:class:`SupersedeGuard`); the incumbent stays."""
         line = self._lines.get(line_id)
         key = line.index.key(terminal_id) if line is not None else None
         if line is None or key is None:
             raise AuthenticationError(f"{terminal_id} is not a terminal of {line_id}")
+        self.supersedes.check(line_id, terminal_id, line.sessions.get(terminal_id), now)
         limits = self.limits
         session = Session(
             session_id=self._next_session,
@@ -485,6 +559,11 @@ class Router:
             mailbox.sent = 0
         self._dirty_presence.add(session.line_id)
         return True
+
+    def session_of(self, line_id: str, terminal_id: str) -> Session | None:
+        """The terminal's current session, if it is online."""
+        line = self._lines.get(line_id)
+        return line.sessions.get(terminal_id) if line is not None else None
 
     def online(self, line_id: str) -> frozenset[str]:
         line = self._lines.get(line_id)

@@ -30,6 +30,7 @@ from hotline.errors import (
     AuthenticationError,
     CharterError,
     CharterRollback,
+    DuplicateTerminal,
     FrameError,
     HotlineError,
     LimitExceeded,
@@ -41,6 +42,7 @@ from hotline.exchange import tls
 from hotline.exchange.frames import (
     CHALLENGE_SIZE,
     CHARTER_PUSH_COST,
+    CLOSE_DUPLICATE,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
@@ -67,6 +69,7 @@ from hotline.exchange.frames import (
 from hotline.exchange.metrics import Metrics
 from hotline.exchange.routing import Limits, Refused, Router, Session
 from hotline.exchange.store import Event, ExchangeStore, WriteBatch
+from hotline.httplog import HttpErrorLog
 
 logger = logging.getLogger("hotline.exchange")
 
@@ -148,6 +151,9 @@ class ExchangeServer:
             assert config.tls_dir is not None
             self.exchange_id = tls.load_fingerprint(config.tls_dir)
             self._ssl = tls.server_context(config.tls_dir)
+        self.http_log = HttpErrorLog(
+            logger, lambda reason: self.metrics.inc("bad_http_requests_total", reason)
+        )
         self.metrics.gauge("connections", lambda: len(self._all))
         self.metrics.gauge("terminals_online", lambda: len(self._conns))
         self.metrics.gauge("lines", lambda: len(self.router.lines()))
@@ -219,7 +225,11 @@ class ExchangeServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            logger=self.http_log,
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -299,6 +309,11 @@ class ExchangeServer:
             autoping=True,
             compress=False,
         )
+        if not ws.can_prepare(request).ok:  # a plain GET: no WebSocket upgrade
+            self.http_log.malformed(source, "not_websocket", f"{request.method} {WS_PATH}")
+            return web.json_response(
+                {"error": "this is a WebSocket endpoint", "reason": "not_websocket"}, status=400
+            )
         try:
             self.router.sources.open(source, time.time())
         except LimitExceeded as exc:
@@ -340,6 +355,10 @@ class ExchangeServer:
 
     async def _serve(self, conn: _Conn) -> None:
         ws = conn.ws
+        blocked = self.router.sources.blocked(conn.source, time.time())
+        auth_timeout = self.limits.auth_timeout_s
+        if blocked:  # admitted only with a hello that verifies, and quickly
+            auth_timeout = min(auth_timeout, self.limits.blocked_auth_timeout_s)
         challenge = os.urandom(CHALLENGE_SIZE)
         await ws.send_bytes(
             encode_frame(
@@ -349,16 +368,18 @@ class ExchangeServer:
             )
         )
         try:
-            msg = await ws.receive(timeout=self.limits.auth_timeout_s)
+            msg = await ws.receive(timeout=auth_timeout)
         except TimeoutError:
-            await self._auth_failed(conn, AuthenticationError("no hello in time", reason="timeout"))
+            await self._auth_failed(
+                conn, AuthenticationError("no hello in time", reason="timeout"), blocked=blocked
+            )
             raise _Closed from None
         hello = await self._frame(conn, msg, MAX_HELLO_SIZE)
         if hello is None:
             return
         if not isinstance(hello, Hello):
             await self._auth_failed(
-                conn, AuthenticationError("expected a hello", reason="bad_frame")
+                conn, AuthenticationError("expected a hello", reason="bad_frame"), blocked=blocked
             )
             raise _Closed
         try:
@@ -370,16 +391,20 @@ class ExchangeServer:
                 signature=hello.signature,
             )
         except AuthenticationError as exc:
-            await self._auth_failed(conn, exc, hello)
+            await self._auth_failed(conn, exc, hello, blocked=blocked)
             raise _Closed from None
         now = time.time()
-        connected = self.router.connect(
-            line_id=hello.line_id,
-            terminal_id=hello.terminal_id,
-            source=conn.source,
-            now=now,
-            resume=hello.resume,
-        )
+        try:
+            connected = self.router.connect(
+                line_id=hello.line_id,
+                terminal_id=hello.terminal_id,
+                source=conn.source,
+                now=now,
+                resume=hello.resume,
+            )
+        except DuplicateTerminal as exc:
+            await self._duplicate(conn, hello, exc)
+            raise _Closed from None
         session = conn.session = connected.session
         self._conns[session.session_id] = conn
         self._batch.add_removed(connected.dropped)
@@ -478,11 +503,26 @@ class ExchangeServer:
         raise _Closed
 
     async def _auth_failed(
-        self, conn: _Conn, exc: AuthenticationError, hello: Hello | None = None
+        self,
+        conn: _Conn,
+        exc: AuthenticationError,
+        hello: Hello | None = None,
+        *,
+        blocked: bool = False,
     ) -> None:
+        """Count, log and close a failed authentication. From a source that was already
+        blocked the close says ``auth_rate_limited`` (1013: try later), counted in
+        ``refused_connections_total``, and the log line is at INFO (the block was logged)."""
         now = time.time()
+        was_blocked = blocked
         blocked = self.router.sources.auth_failed(conn.source, now)
         self.metrics.inc("auth_failures_total", exc.reason)
+        if was_blocked:
+            self.metrics.inc("refused_connections_total", "auth_rate_limited")
+            self._event("refused", source=conn.source, reason="auth_rate_limited")
+            logger.info("refused %s (blocked source): %s", conn.source, exc.reason)
+            await self._close(conn, CLOSE_TRY_LATER, "auth_rate_limited")
+            return
         self._event(
             "auth_failed",
             line=hello.line_id if hello else None,
@@ -498,6 +538,33 @@ class ExchangeServer:
             " (source now blocked)" if blocked else "",
         )
         await self._close(conn, CLOSE_POLICY, exc.reason)
+
+    async def _duplicate(self, conn: _Conn, hello: Hello, exc: DuplicateTerminal) -> None:
+        """Refuse a newcomer that would replace a connection of the same terminal in a
+        supersede loop: counted, logged loudly, the incumbent told with a ``reject``."""
+        incumbent = self.router.session_of(hello.line_id, hello.terminal_id)
+        where = incumbent.source if incumbent is not None else "?"
+        self.metrics.inc("duplicate_terminals_total")
+        self._event(
+            "duplicate_terminal",
+            line=hello.line_id,
+            terminal=hello.terminal_id,
+            source=conn.source,
+            reason=f"already connected from {where}",
+        )
+        logger.warning(
+            "duplicate terminal %s of line %s: a connection from %s refused, the one from %s "
+            "kept (%s). Two copies of this terminal (one identity key) are running: stop one.",
+            hello.terminal_id,
+            hello.line_id,
+            conn.source,
+            where,
+            exc,
+        )
+        other = self._conns.get(incumbent.session_id) if incumbent is not None else None
+        if other is not None:
+            self._queue(other, encode_frame(Reject(None, exc.reason)))
+        await self._close(conn, CLOSE_DUPLICATE, exc.reason)
 
     async def _close(self, conn: _Conn, code: int, reason: str, *, counted: bool = False) -> None:
         if conn.closing:

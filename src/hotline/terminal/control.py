@@ -1,5 +1,9 @@
 """The terminal's local control API: HTTP + JSON on 127.0.0.1, protected by a bearer token.
 
+Only the operator's own tools get in: a request must name ``Host: 127.0.0.1:<port>``
+exactly and carry no ``Origin`` header, so that a web page in the operator's browser cannot
+reach the API, not even by DNS rebinding (HTTP 403, counted as ``control_not_local``).
+
 The token and URL are written to ``<terminal>/state/control.json`` (mode 0600) when the
 daemon is ready; the CLI (``hotline call ...``) and the demo read them from there.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,17 +34,46 @@ import aiohttp
 from aiohttp import web
 
 from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
+from hotline.httplog import HttpErrorLog
 
 if TYPE_CHECKING:
     from hotline.terminal.daemon import TerminalDaemon
 
+log = logging.getLogger("hotline.terminal.control")
+
 CONTROL_FILE = "control.json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HTTP_LOG = web.AppKey("http_log", HttpErrorLog)
+
+
+def local_origin_refusal(request: web.Request) -> str | None:
+    """Why this request may not come from the operator's own tools, or ``None``.
+
+    A web page in the operator's browser can send requests to 127.0.0.1. It always sends an
+    ``Origin`` header with them (our CLI never does), and by DNS rebinding it can reach
+    127.0.0.1 only under its own host name: so the ``Host`` must be exactly the address
+    and port this socket listens on, and any ``Origin`` is refused.
+    """
+    if "Origin" in request.headers:
+        return "requests with an Origin header (from a web page) are refused"
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return "unknown local address"
+    expected = f"{sockname[0]}:{sockname[1]}"
+    if request.headers.get("Host", "") != expected:
+        return f"Host must be {expected}"
+    return None
 
 
 def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
+    http_log = HttpErrorLog(log, daemon.count_control_refusal)
+
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refusal = local_origin_refusal(request)
+        if refusal is not None:
+            http_log.malformed(request.remote, "not_local", refusal)
+            return web.json_response({"error": refusal}, status=403)
         supplied = request.headers.get("Authorization", "")
         if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
             return web.json_response({"error": "missing or wrong control token"}, status=401)
@@ -97,6 +131,7 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
         return web.json_response({"ok": True})
 
     app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
+    app[HTTP_LOG] = http_log
     app.router.add_get("/status", status)
     app.router.add_get("/events", events)
     app.router.add_post("/call", call)
@@ -105,6 +140,13 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
     app.router.add_post("/invite", invite)
     app.router.add_post("/hangup", hangup)
     return app
+
+
+def make_runner(daemon: TerminalDaemon, token: str) -> web.AppRunner:
+    """The control API's runner: no access log; a malformed request is one counted line
+    (``control_<reason>`` in the terminal's refusals), never a traceback."""
+    app = make_app(daemon, token)
+    return web.AppRunner(app, access_log=None, logger=app[HTTP_LOG])
 
 
 def write_control_file(state_dir: Path, url: str, token: str, pid: int) -> Path:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hotline.call.machine import CallState
+from hotline.call.machine import RING_TIMEOUT_S, CallState
 from hotline.call.session import CallSession, MediaSettings, new_call_id
 from hotline.calllog import CallLog, log_path
 from hotline.charter import CharterStore, SignedCharter
@@ -38,6 +38,7 @@ from hotline.exchange.client import (
 )
 from hotline.keys import SigningKey
 from hotline.media.sources import open_source
+from hotline.terminal.config import TerminalConfig
 
 log = logging.getLogger("hotline.terminal")
 
@@ -47,6 +48,9 @@ CLIENT_STATE_FILE = "exchange-client.json"
 STOP_FLUSH_S = 3.0
 EVENT_HISTORY = 500
 LIVE_STATES = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
+#: messages for an ended call that need no answer (the summary is exchanged after the end)
+ENDED_CALL_TRAFFIC_OK = frozenset({"call.leave", "call.decline", "call.summary"})
+LEFT_REPLIED_MAX = 256
 
 
 @dataclass
@@ -57,11 +61,15 @@ class DaemonConfig:
     identity_key: SigningKey
     terminal_id: str
     tls_fingerprint: str | None = None
+    #: further exchanges to fail over to, in order: (url, pinned TLS fingerprint)
+    exchange_fallbacks: tuple[tuple[str, str | None], ...] = ()
     auto_answer: bool = False
     media: MediaSettings = field(default_factory=MediaSettings)
     state_dir: Path | None = None
     #: where ICE gathers host candidates: "loopback" (127.0.0.1 only) or "all"
     interfaces: str = "loopback"
+    #: the site-local configuration (TURN credentials), applied to each charter adopted
+    site: TerminalConfig = field(default_factory=TerminalConfig)
 
     @property
     def state(self) -> Path:
@@ -88,6 +96,7 @@ class TerminalDaemon:
             terminal_id=self.terminal_id,
             key=config.identity_key,
             tls_fingerprint=config.tls_fingerprint,
+            fallbacks=config.exchange_fallbacks,
             accept_charter=self.charters.accept,
         )
         media = config.media
@@ -106,13 +115,21 @@ class TerminalDaemon:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._event_seq = 0
         self.rejected: dict[str, int] = {}
+        #: the last ring this terminal took, with its age when it arrived
+        self.last_ring: dict[str, Any] | None = None
+        #: (call, sender) already answered with a leave for a call that has ended
+        self._left_replied: dict[tuple[str, str], None] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._exchange_reason = "connecting"
+        self._exchange_since = time.time()
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.client.start()
+        # without the exchange the terminal still starts, keeps trying in the background and
+        # says "exchange unreachable"; calls already running go on peer to peer
+        await self.client.start(require_connection=False)
         self._tasks.append(asyncio.create_task(self._pump_exchange()))
         self._tasks.append(asyncio.create_task(self._tick()))
         self.emit("started", {"terminal": self.terminal_id})
@@ -259,6 +276,16 @@ class TerminalDaemon:
                 self._count_rejection("unknown_type", f"{env.msg_type} from {env.sender}")
                 return
             call_id = _call_id_of(env.body)
+            ring_age_s = max(0.0, time.time() - env.timestamp_ms / 1000)
+            if env.msg_type == "call.ring" and ring_age_s > RING_TIMEOUT_S:
+                # released late by the exchange: its caller gave up long ago (a phantom)
+                self._known_calls.add(call_id)
+                self._count_rejection(
+                    "stale_ring",
+                    f"ring {call_id} from {env.sender}: {ring_age_s:.0f} s old "
+                    f"(rings time out after {RING_TIMEOUT_S:.0f} s)",
+                )
+                return
             if env.msg_type == "call.ring" and not self._busy():
                 if call_id in self._known_calls:
                     # an old ring again (a replay across our restart): never a new call
@@ -276,6 +303,12 @@ class TerminalDaemon:
                     return
                 self.call = call
                 self._known_calls.add(call_id)
+                self.last_ring = {
+                    "call": call_id,
+                    "from": env.sender,
+                    "age_s": round(ring_age_s, 1),
+                }
+                self.emit("ring", self.last_ring)
                 if self.config.auto_answer:
                     await call.answer()
                 return
@@ -283,8 +316,12 @@ class TerminalDaemon:
                 if env.msg_type == "call.ring":
                     await self._decline(env.sender, call_id, "busy")
                     return
+                if call_id in self._known_calls:
+                    await self._leave_ended(env.sender, call_id, env.msg_type)
                 self._count_rejection("no_such_call", f"{env.msg_type} from {env.sender}")
                 return
+            if self.call.machine.state == CallState.ENDED:
+                await self._leave_ended(env.sender, call_id, env.msg_type)
             await self.call.receive(env.sender, env.msg_type, env.body)
         elif isinstance(event, PresenceChanged):
             self.emit("presence", {"online": sorted(event.online)})
@@ -295,7 +332,14 @@ class TerminalDaemon:
                 f"exchange_{event.reason}", f"the exchange refused our envelope {event.seq}"
             )
         elif isinstance(event, ConnectionChanged):
-            self.emit("exchange", {"connected": event.connected, "reason": event.reason})
+            self._exchange_reason = event.reason
+            self._exchange_since = time.time()
+            self.emit(
+                "exchange",
+                {"connected": event.connected, "reason": event.reason, "url": self.client.url},
+            )
+            if event.reason == "duplicate_terminal":  # another copy of this terminal runs
+                self._count_rejection(event.reason, "another copy of this terminal is running")
 
     async def install_charter(self, signed: SignedCharter) -> None:
         """A newer charter from this terminal's operator: keep it (refusing an older one),
@@ -310,6 +354,8 @@ class TerminalDaemon:
         self.charter = signed
         charter = signed.charter
         self.emit("charter", {"version": charter.version})
+        # its relays and relay-only policy for every peer connection built from now on
+        self.config.media.ice = self.config.site.ice_settings(charter, strict=False)
         if self.call is not None:
             directory = {t.terminal_id: t.identity_key for t in charter.terminals}
             policy = charter.policy
@@ -325,11 +371,31 @@ class TerminalDaemon:
         await self._send(caller, "call.decline", encode({"call": call_id, "reason": reason}))
         self.emit("declined", {"call": call_id, "by": self.terminal_id, "reason": reason})
 
+    async def _leave_ended(self, sender: str, call_id: str, msg_type: str) -> None:
+        """Traffic for a call this terminal has left (a phantom: a ring the exchange
+        released late and another terminal answered): answer it with a leave, once per
+        call and sender, so that the other side's call ends at once."""
+        if msg_type in ENDED_CALL_TRAFFIC_OK or (call_id, sender) in self._left_replied:
+            return
+        self._left_replied[(call_id, sender)] = None
+        while len(self._left_replied) > LEFT_REPLIED_MAX:
+            del self._left_replied[next(iter(self._left_replied))]
+        self.emit("ended_call_traffic", {"call": call_id, "from": sender, "type": msg_type})
+        body = encode({"call": call_id, "reason": "this call has ended"})
+        with contextlib.suppress(HotlineError):
+            await self._send(sender, "call.leave", body)
+
     def _ring_over_limit(self, body: bytes) -> bool:
         """A ring into a call that already holds the charter's maximum of terminals."""
         members = expect_dict(decode(body), "call.ring").get("members")
         count = len(members) if isinstance(members, list) else 0
         return count + 1 > self.charter.charter.policy.max_participants
+
+    def count_control_refusal(self, reason: str) -> None:
+        """A control API request refused before any handler: not from the operator's tools
+        (``not_local``) or malformed HTTP. Logged (rate-limited) by the control API."""
+        key = f"control_{reason}"
+        self.rejected[key] = self.rejected.get(key, 0) + 1
 
     def _count_rejection(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -358,8 +424,17 @@ class TerminalDaemon:
             "media_source": self.source.description,
             "line": self.charter.charter.line_id,
             "charter_version": self.charter.charter.version,
-            "exchange": {"connected": self.client.connected, "online": sorted(self.client.online)},
+            "exchange": {
+                "connected": self.client.connected,
+                "state": "connected" if self.client.connected else "unreachable",
+                "reason": self._exchange_reason,
+                "since": self._exchange_since,
+                "url": self.client.url,
+                "endpoints": self.client.endpoints,
+                "online": sorted(self.client.online),
+            },
             "call": await self.call.stats() if self.call is not None else None,
+            "last_ring": self.last_ring,
             "past_calls": self.past_calls[-10:],
             "rejected": dict(self.rejected),
             "last_event": self._event_seq,

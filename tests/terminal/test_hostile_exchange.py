@@ -1,0 +1,172 @@
+"""Real terminal daemons (in this process) behind a hostile exchange double that relays,
+withholds, releases and injects envelopes (``tests/exchange/harness.py: MitmExchange``).
+Seeded: replay a run with ``HOTLINE_HOSTILE_SEED=<seed>`` (printed by every test)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotline.charter import Role
+from hotline.encoding import encode
+from hotline.envelope import Envelope
+from hotline.localline import LocalLine
+from hotline.media import aiortc_patch, engine
+from hotline.provision import load_terminal
+from hotline.terminal.daemon import TerminalDaemon
+from hotline.terminal.main import build_config
+from tests.exchange.harness import MitmExchange
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+SEED = int(os.environ.get("HOTLINE_HOSTILE_SEED", "1009"))
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (seed {SEED})")
+
+
+@dataclass
+class Scene:
+    line: LocalLine
+    mitm: MitmExchange
+    alpha: TerminalDaemon
+    bravo: TerminalDaemon
+
+    def kinds(self, daemon: TerminalDaemon) -> list[str]:
+        return [e["kind"] for e in daemon.events]
+
+    def events(self, daemon: TerminalDaemon, kind: str) -> list[dict[str, Any]]:
+        return [e for e in daemon.events if e["kind"] == kind]
+
+    def signed_by(self, tid: str, msg_type: str, body: dict[str, Any], age_s: float) -> Envelope:
+        """An envelope ``tid`` really signed ``age_s`` ago (one the exchange withheld)."""
+        _, key = load_terminal(self.line.terminal_dir(tid))
+        when = int((time.time() - age_s) * 1000)
+        return Envelope.create(
+            key,
+            line_id=self.line.line_id,
+            sender=tid,
+            recipient="bravo" if tid == "alpha" else "alpha",
+            seq=when << 20,
+            timestamp_ms=when,
+            msg_type=msg_type,
+            body=encode(body),
+        )
+
+
+async def daemon_for(line: LocalLine, tid: str, url: str, auto_answer: bool) -> TerminalDaemon:
+    assert line.charter_path is not None
+    config = build_config(
+        terminal_dir=line.terminal_dir(tid),
+        charter_path=line.charter_path,
+        exchange_url=url,
+        passphrase_file=None,
+        auto_answer=auto_answer,
+        interfaces="loopback",
+        width=320,
+        height=180,
+        fps=15,
+    )
+    daemon = TerminalDaemon(config)
+    await daemon.start()
+    return daemon
+
+
+@pytest.fixture
+async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
+    print(f"hostile exchange seed {SEED}")
+    aiortc_patch.install()
+    engine.set_ice_addresses(["loopback"])
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+    )
+    line.commission()
+    mitm = MitmExchange(SEED)
+    await mitm.start()
+    alpha = await daemon_for(line, "alpha", mitm.url, auto_answer=False)
+    bravo = await daemon_for(line, "bravo", mitm.url, auto_answer=True)
+    scene = Scene(line, mitm, alpha, bravo)
+    try:
+        await until(
+            lambda: {"alpha", "bravo"} <= alpha.client.online and "alpha" in bravo.client.online,
+            "both online",
+        )
+        yield scene
+    finally:
+        await alpha.stop()
+        await bravo.stop()
+        await mitm.stop()
+
+
+async def test_a_ring_older_than_the_ring_timeout_is_refused(scene: Scene) -> None:
+    """A ring alpha signed 200 s ago, withheld by the exchange until now: no call, counted,
+    and the refusal says how old it was (issue 9, point 10)."""
+    ring = scene.signed_by(
+        "alpha", "call.ring", {"call": "call-00000000000000aa", "members": ["alpha"]}, 200
+    )
+    await scene.mitm.deliver(ring)
+    await until(lambda: scene.bravo.rejected.get("stale_ring", 0) == 1, "the stale ring refused")
+    assert scene.bravo.call is None  # nothing rings, nothing is answered
+    refusal = next(e for e in scene.events(scene.bravo, "rejected") if e["reason"] == "stale_ring")
+    assert "200 s old" in refusal["detail"]
+    # released again later: still no call
+    await scene.mitm.deliver(ring)
+    await asyncio.sleep(0.3)
+    assert scene.bravo.call is None and "ringing" not in scene.kinds(scene.bravo)
+
+
+async def test_a_withheld_ring_released_after_hang_up_ends_at_once(scene: Scene) -> None:
+    """The exchange withholds alpha's ring and its cancel, and releases the ring after
+    alpha hung up: bravo answers a phantom, alpha answers the phantom's traffic with a leave,
+    the phantom ends at once, and the next real call goes through (issue 9, point 10)."""
+    alpha, bravo, mitm = scene.alpha, scene.bravo, scene.mitm
+    mitm.hold = lambda env: env.msg_type in ("call.ring", "call.leave")
+    phantom = await alpha.dial("bravo")
+    await asyncio.sleep(0.2)
+    await alpha.hangup()
+    await asyncio.sleep(1.0)
+    mitm.hold = lambda env: (
+        env.msg_type == "call.leave"
+        and env.sender == "alpha"
+        and not any(e.msg_type == "call.answer" for e in mitm.sent)
+    )
+    assert await mitm.release(lambda env: env.msg_type == "call.ring") == 1
+    await until(lambda: "ringing" in scene.kinds(bravo), "bravo rung by the phantom")
+    ring = scene.events(bravo, "ring")[-1]
+    assert ring["call"] == phantom and ring["age_s"] >= 1.0  # the ring's age is shown
+    # alpha answers the phantom's traffic with a leave; bravo's phantom ends at once
+    await until(
+        lambda: bravo.call is not None and bravo.call.machine.state.value == "ended",
+        "the phantom call ended",
+        timeout=5.0,
+    )
+    leaves = [e for e in mitm.sent if e.sender == "alpha" and e.msg_type == "call.leave"]
+    assert len(leaves) == 2  # the withheld cancel, and the answer to the phantom
+    # the next real call is not declined "busy"
+    mitm.hold = lambda env: False
+    real = await alpha.dial("bravo")
+    await until(
+        lambda: (
+            alpha.call is not None
+            and alpha.call.call_id == real
+            and alpha.call.machine.state.value == "active"
+        ),
+        "the real call answered",
+    )
+    assert not [e for e in scene.events(alpha, "declined") if e.get("reason") == "busy"]
+    await alpha.hangup()

@@ -403,9 +403,9 @@ def test_member_cannot_seal_different_keys_in_one_sender_key_message(
     and codes agree) that seals its real base key to a and another key to c: c would then
     not read b's frames, or read frames a cannot. The signed key commitment lets c see that
     the key sealed to it is not the one b committed to: refused, nobody switches."""
-    from hotline.e2ee import session as session_module
+    from hotline.e2ee import steps
 
-    genuine_seal = session_module.seal
+    genuine_seal = steps.seal
 
     def b_seals_another_key_to_c(kem: Any, pk: bytes, base_key: Any, info: bytes) -> bytes:
         fields = decode(info)
@@ -414,7 +414,7 @@ def test_member_cannot_seal_different_keys_in_one_sender_key_message(
             base_key = os.urandom(32)
         return genuine_seal(kem, pk, base_key, info)
 
-    monkeypatch.setattr(session_module, "seal", b_seals_another_key_to_c)
+    monkeypatch.setattr(steps, "seal", b_seals_another_key_to_c)
     net = Net("abc")
     net.set_view("abc")
     assert all(net[x].session.epoch == 0 for x in "abc"), [net[x].session.epoch for x in "abc"]

@@ -7,12 +7,14 @@ module                 concept
 ``sframe``             RFC 9605: header, key derivation, AEADs, counters, replay
                        window, key store; the KID layout (epoch << 8 | sender)
 ``media``              codec framing (VP8 clear prefix, Opus) and ``MediaCrypto``,
-                       the thread-safe ``FrameCrypto`` the media engine calls
-``sender_keys``        ephemeral KEM keys, HPKE sealing of base keys
+                       the thread-safe ``FrameCrypto`` the media engine calls;
+                       ``for_peer`` binds a mesh connection to its peer's KIDs
+``sender_keys``        ephemeral KEM keys, HPKE sealing of base keys, key commitments
 ``messages``           wire formats of the ``e2ee.*`` messages
 ``roster``             who proposes a roster, what a member checks before signing
 ``epochs``             the per-epoch state machine (transition table)
 ``security_code``      the code read aloud
+``steps``              the protocol steps of an epoch and the checks on each message
 ``session``            ``CallKeySession``: ties it together for the call layer
 ``events``             ``Outgoing`` and the events the session reports
 =====================  ==========================================================
@@ -27,8 +29,9 @@ from hotline.e2ee.events import (
     KeyRejected,
     MemberLagging,
     Outgoing,
+    PeerCharterVersion,
 )
-from hotline.e2ee.media import FrameCrypto, MediaCrypto, MediaStats
+from hotline.e2ee.media import FrameCrypto, MediaCrypto, MediaStats, PeerFrameCrypto
 from hotline.e2ee.session import CallKeySession
 
 __all__ = [
@@ -42,4 +45,6 @@ __all__ = [
     "MediaStats",
     "MemberLagging",
     "Outgoing",
+    "PeerCharterVersion",
+    "PeerFrameCrypto",
 ]

@@ -1,8 +1,8 @@
 """The network lab: hosts are network namespaces joined by a userspace link in this process.
 
 Each host is a namespace with ``lo`` up, IPv6 off, and a TUN device ``lab0`` holding one
-address of 10.77.0.0/24. A forwarder thread reads every IPv4 packet a host sends into its TUN device and
-writes it into the TUN device of the host that owns the destination address, after the
+address of 10.77.0.0/24. A forwarder thread reads every IPv4 packet a host sends into its TUN
+device and writes it into the TUN device of the host that owns the destination address, after the
 sender's link ``egress`` direction and the receiver's link ``ingress`` direction
 (:mod:`tests.netlab.impair`) have delayed or dropped it. Drops happen inside the forwarder, so
 a sender never sees an error (no EPERM, no ENETUNREACH): a lost packet is silently lost, as on

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,8 @@ from hotline.exchange.client import (
     PresenceChanged,
 )
 from hotline.exchange.frames import (
+    PROTOCOL_REASONS,
+    UNLISTED_REASON,
     WS_PATH,
     Ack,
     AdvertisedLimits,
@@ -178,3 +181,38 @@ async def test_exchange_id_must_match_the_pin(
         await client.start()
     assert info.value.reason == "exchange_id"
     assert exchange.received == []  # no hello was signed or sent
+
+
+async def test_forged_reject_reasons_become_a_fixed_set(
+    tmp_path: Path, hostile: list[HostileExchange]
+) -> None:
+    """Rejects with reasons and recipients of the exchange's making (seeded random text):
+    the client reports them with the protocol's reasons only, as terminals of the charter
+    only, and its counters stay a fixed set (issue 9, point 11)."""
+    seed = int(os.environ.get("HOTLINE_HOSTILE_SEED", "1011"))
+    print(f"hostile seed {seed}")
+    rng = random.Random(seed)
+    line = make_line(tmp_path, 3)
+    script: list[ServerFrame] = [
+        Reject(
+            rng.choice([None, rng.randrange(1, 10**6)]),
+            rng.choice(["replay", "queue_full", rng.randbytes(rng.randrange(1, 900)).hex()]),
+            rng.choice([None, "t1", rng.randbytes(20).hex()]),
+        )
+        for _ in range(400)
+    ]
+    exchange = HostileExchange(script)
+    hostile.append(exchange)
+    await exchange.start()
+    client = ExchangeClient(
+        exchange.url, charter=line.signed, terminal_id="t0", key=line.keys["t0"]
+    )
+    await client.start()
+    try:
+        events = [e for e in await _events(client) if isinstance(e, EnvelopeRejected)]
+        assert len(events) == 400  # every one reported, the charter rejects too
+        assert {e.reason for e in events} <= PROTOCOL_REASONS | {UNLISTED_REASON}
+        assert {e.recipient for e in events} <= {None, "t1"}
+        assert len(client.stats) <= 8, dict(client.stats)
+    finally:
+        await client.close()

@@ -5,7 +5,9 @@ Seeded: replay a run with ``HOTLINE_HOSTILE_SEED=<seed>`` (printed by every test
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import pytest
 from hotline.charter import Role
 from hotline.encoding import encode
 from hotline.envelope import Envelope
+from hotline.exchange.frames import Reject
 from hotline.localline import LocalLine
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal
@@ -140,8 +143,10 @@ async def test_a_withheld_ring_released_after_hang_up_ends_at_once(scene: Scene)
     await asyncio.sleep(0.2)
     await alpha.hangup()
     await asyncio.sleep(1.0)
-    mitm.hold = lambda env: env.msg_type == "call.leave" and env.sender == "alpha" and not any(
-        e.msg_type == "call.answer" for e in mitm.sent
+    mitm.hold = lambda env: (
+        env.msg_type == "call.leave"
+        and env.sender == "alpha"
+        and not any(e.msg_type == "call.answer" for e in mitm.sent)
     )
     assert await mitm.release(lambda env: env.msg_type == "call.ring") == 1
     await until(lambda: "ringing" in scene.kinds(bravo), "bravo rung by the phantom")
@@ -159,10 +164,36 @@ async def test_a_withheld_ring_released_after_hang_up_ends_at_once(scene: Scene)
     mitm.hold = lambda env: False
     real = await alpha.dial("bravo")
     await until(
-        lambda: alpha.call is not None
-        and alpha.call.call_id == real
-        and alpha.call.machine.state.value == "active",
+        lambda: (
+            alpha.call is not None
+            and alpha.call.call_id == real
+            and alpha.call.machine.state.value == "active"
+        ),
         "the real call answered",
     )
     assert not [e for e in scene.events(alpha, "declined") if e.get("reason") == "busy"]
     await alpha.hangup()
+
+
+async def test_forged_rejects_cannot_fill_memory_or_flush_the_history(scene: Scene) -> None:
+    """3000 rejects with forged reasons and recipients (random, up to 2 KB): the terminal's
+    counters stay a fixed set, its status stays small, and the events from before are still
+    in its history (issue 9, point 11)."""
+    rng = random.Random(SEED)
+    alpha, mitm = scene.alpha, scene.mitm
+    first = alpha.events_since(0)[0]
+    assert first["kind"] == "started"
+    for i in range(3000):
+        reason = rng.randbytes(rng.randrange(1, 1000)).hex()
+        to = rng.choice([None, "bravo", rng.randbytes(40).hex()])
+        await mitm.send_frame("alpha", Reject(rng.choice([None, i]), reason, to))
+    await until(lambda: sum(alpha.rejected.values()) >= 3000, "every reject counted")
+    assert len(alpha.rejected) <= 4, sorted(alpha.rejected)[:5]
+    assert all(len(k) <= 40 for k in alpha.rejected)
+    assert len(alpha.client.stats) <= 40
+    status = await alpha.status()
+    assert len(json.dumps(status)) < 20_000
+    history = alpha.events_since(0)
+    assert history[0] == first, "the exchange flushed the terminal's history"
+    assert len(json.dumps(history)) < 500_000
+    assert all(len(json.dumps(e)) < 1000 for e in history)

@@ -89,9 +89,11 @@ from hotline.exchange.frames import (
     decode_server_frame,
     encode_frame,
     is_loopback,
+    known_reason,
 )
 from hotline.exchange.routing import TokenBucket
 from hotline.keys import SigningKey
+from hotline.ratelog import LogGate
 
 logger = logging.getLogger("hotline.exchange.client")
 
@@ -133,9 +135,11 @@ class ConnectionChanged:
 @dataclass(frozen=True)
 class EnvelopeRejected:
     """The exchange refused an envelope this terminal sent (``seq``), or refused it only for
-    ``recipient`` (a broadcast to a full queue)."""
+    ``recipient`` (a broadcast to a full queue); ``seq`` None: the charter it pushed. The
+    reason is one of ``frames.PROTOCOL_REASONS`` or ``"unlisted"``; ``recipient`` is a
+    terminal of the charter or None."""
 
-    seq: int
+    seq: int | None
     reason: str
     recipient: str | None = None
 
@@ -280,6 +284,7 @@ class ExchangeClient:
         self._close_reason: str | None = None
         self._max_frame = (1 << 20) + FRAME_OVERHEAD
         self.stats: Counter[str] = Counter()
+        self._log_gate = LogGate()  # refusals are counted exactly; logged at most 1/s each
 
     # --- public -----------------------------------------------------------------------
 
@@ -475,7 +480,8 @@ class ExchangeClient:
             aiohttp.WSMsgType.CLOSING,
             aiohttp.WSMsgType.CLOSED,
         ):
-            raise _close_error(ws.close_code, str(msg.extra or "") or _reason_of(ws))
+            extra = str(msg.extra or "")
+            raise _close_error(ws.close_code, known_reason(extra) if extra else _reason_of(ws))
         raise FrameError(f"unexpected WebSocket message {msg.type!r} from the exchange")
 
     async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -560,7 +566,8 @@ class ExchangeClient:
                     aiohttp.WSMsgType.CLOSED,
                     aiohttp.WSMsgType.ERROR,
                 ):
-                    self._close_reason = str(msg.extra or "") or _reason_of(ws)
+                    extra = str(msg.extra or "")
+                    self._close_reason = known_reason(extra) if extra else _reason_of(ws)
                     return
                 continue
             try:
@@ -603,7 +610,8 @@ class ExchangeClient:
             self._tracker.accept(env)
         except HotlineError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
-            logger.warning("refused a delivery from the exchange (%s): %s", exc.reason, exc)
+            if self._log_gate.allow(f"rejected_{exc.reason}")[0]:  # counted exactly in stats
+                logger.warning("refused a delivery from the exchange (%s): %s", exc.reason, exc)
             await self._events.put(_Item(None, frame.delivery_id))
             return
         await self._events.put(_Item(EnvelopeReceived(env), frame.delivery_id))
@@ -618,11 +626,17 @@ class ExchangeClient:
             )
             await self._emit(ConnectionChanged(True, frame.reason))
             return
+        # frames.decode_server_frame has mapped the reason to the protocol's fixed set
         if frame.seq is None:
             self.stats[f"charter_refused_{frame.reason}"] += 1
-            logger.warning("the exchange refused our charter: %s", frame.reason)
+            if self._log_gate.allow(f"charter_refused_{frame.reason}")[0]:
+                logger.warning("the exchange refused our charter: %s", frame.reason)
+            await self._emit(EnvelopeRejected(None, frame.reason))
             return
         self.stats[f"refused_{frame.reason}"] += 1
+        recipient = frame.recipient
+        if recipient is not None and recipient not in self._members():
+            recipient = None  # not a terminal of the line: nothing to report it as
         if frame.recipient is None:
             for i, env in enumerate(self._outbox):
                 if env.seq == frame.seq:
@@ -630,7 +644,7 @@ class ExchangeClient:
                     if i < self._sent:
                         self._sent -= 1
                     break
-        await self._emit(EnvelopeRejected(frame.seq, frame.reason, frame.recipient))
+        await self._emit(EnvelopeRejected(frame.seq, frame.reason, recipient))
 
     async def _on_charter(self, data: bytes) -> None:
         try:
@@ -656,8 +670,11 @@ class ExchangeClient:
             signed = self._accept_charter(signed)
         self.charter = signed
 
+    def _members(self) -> set[str]:
+        return {t.terminal_id for t in self.charter.charter.terminals}
+
     async def _set_online(self, online: frozenset[str]) -> None:
-        members = {t.terminal_id for t in self.charter.charter.terminals}
+        members = self._members()
         online = frozenset(t for t in online if t in members)
         if online != self._online:
             self._online = online
@@ -739,4 +756,6 @@ def _reason_of(ws: aiohttp.ClientWebSocketResponse) -> str:
         return "removed_from_charter"
     if code == CLOSE_DUPLICATE:
         return DuplicateTerminal.reason
-    return f"closed_{code}" if code is not None else "connection_lost"
+    if code is None:
+        return "connection_lost"
+    return f"closed_{code}" if 1000 <= code <= 1015 or 4000 <= code <= 4010 else "closed_other"

@@ -93,7 +93,7 @@ from hotline.exchange.frames import (
 )
 from hotline.exchange.routing import TokenBucket
 from hotline.keys import SigningKey
-from hotline.ratelog import LogGate
+from hotline.ratelog import LogGate, clip
 
 logger = logging.getLogger("hotline.exchange.client")
 
@@ -144,9 +144,29 @@ class EnvelopeRejected:
     recipient: str | None = None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Something this terminal refused from the exchange: a delivery
+    (``delivery_<reason>``: replay, bad_signature, stale, misrouted...), a charter
+    (``charter_<reason>``), or the exchange itself on a reconnection (``tls_pin``,
+    ``exchange_id``). Counted in :attr:`ExchangeClient.stats` too."""
+
+    reason: str
+    #: what was refused, without contents (at most ``ratelog.MAX_DETAIL`` characters)
+    detail: str
+
+
 ClientEvent = Union[  # noqa: UP007
-    EnvelopeReceived, PresenceChanged, CharterUpdated, ConnectionChanged, EnvelopeRejected
+    EnvelopeReceived,
+    PresenceChanged,
+    CharterUpdated,
+    ConnectionChanged,
+    EnvelopeRejected,
+    Refusal,
 ]
+
+#: refusals of the exchange itself: logged at WARNING on every reconnection attempt
+_EXCHANGE_REFUSALS = frozenset({"tls_pin", "exchange_id"})
 
 
 @dataclass
@@ -416,6 +436,7 @@ class ExchangeClient:
         attempt = 0
         if first_error is not None:
             await self._emit(ConnectionChanged(False, first_error.reason))
+            await self._refused_exchange(first_error)
         while not self._closed:
             if self._connected:
                 reason = await self._wait_closed()
@@ -433,8 +454,17 @@ class ExchangeClient:
                 if isinstance(exc, DuplicateTerminal):
                     logger.error("%s: %s", self.url, exc)
                     await self._emit(ConnectionChanged(False, exc.reason))
-                else:
+                elif not await self._refused_exchange(exc):
                     logger.info("reconnection to %s failed: %s", self.url, exc)
+
+    async def _refused_exchange(self, exc: HotlineError) -> bool:
+        """A TLS pin mismatch or a foreign exchange id: someone else answers at the
+        exchange's address. Logged at WARNING and reported; True if it was one."""
+        if exc.reason not in _EXCHANGE_REFUSALS:
+            return False
+        logger.warning("refusing the exchange at %s (%s): %s", self.url, exc.reason, exc)
+        await self._emit(Refusal(exc.reason, clip(f"the exchange at {self.url}: {exc}")))
+        return True
 
     async def _wait_closed(self) -> str:
         done, _ = await asyncio.wait(self._io, return_when=asyncio.FIRST_COMPLETED)
@@ -612,7 +642,8 @@ class ExchangeClient:
             self.stats[f"rejected_{exc.reason}"] += 1
             if self._log_gate.allow(f"rejected_{exc.reason}")[0]:  # counted exactly in stats
                 logger.warning("refused a delivery from the exchange (%s): %s", exc.reason, exc)
-            await self._events.put(_Item(None, frame.delivery_id))
+            refusal = Refusal(f"delivery_{exc.reason}", clip(f"a delivery: {exc}"))
+            await self._events.put(_Item(refusal, frame.delivery_id))
             return
         await self._events.put(_Item(EnvelopeReceived(env), frame.delivery_id))
 
@@ -656,7 +687,9 @@ class ExchangeClient:
             self._adopt(signed)
         except HotlineError as exc:
             self.stats[f"charter_rejected_{exc.reason}"] += 1
-            logger.warning("refused a charter from the exchange: %s", exc)
+            if self._log_gate.allow(f"charter_rejected_{exc.reason}")[0]:
+                logger.warning("refused a charter from the exchange: %s", exc)
+            await self._emit(Refusal(f"charter_{exc.reason}", clip(f"a charter: {exc}")))
             return
         await self._emit(CharterUpdated(self.charter))
 

@@ -35,6 +35,7 @@ from hotline.exchange.client import (
     EnvelopeRejected,
     ExchangeClient,
     PresenceChanged,
+    Refusal,
 )
 from hotline.keys import SigningKey
 from hotline.media.sources import open_source
@@ -331,6 +332,8 @@ class TerminalDaemon:
         elif isinstance(event, EnvelopeRejected):
             what = "our charter" if event.seq is None else f"our envelope {event.seq}"
             self._count_rejection(f"exchange_{event.reason}", f"the exchange refused {what}")
+        elif isinstance(event, Refusal):  # a delivery, a charter, or the exchange itself
+            self._count_rejection(event.reason, event.detail)
         elif isinstance(event, ConnectionChanged):
             self.emit("exchange", {"connected": event.connected, "reason": event.reason})
             if event.reason == "duplicate_terminal":  # another copy of this terminal runs

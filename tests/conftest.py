@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.netlab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))
@@ -26,3 +31,17 @@ def vectors_dir() -> Path:
     path = Path(os.environ.get("HOTLINE_VECTORS", ROOT.parent / "shared" / "vectors"))
     require(path.is_dir(), f"test vectors not found at {path}")
     return path
+
+
+@pytest.fixture
+def netlab() -> Iterator[Lab]:
+    """An empty network lab (add hosts with ``netlab.add_host(name)``), closed after the test.
+    Needs root and /dev/net/tun: skips without them, fails in CI. Its random choices follow
+    ``$NETLAB_SEED`` (default 1), so a run replays."""
+    from tests.netlab import Lab, prerequisites
+
+    problem = prerequisites()
+    require(problem is None, problem or "")
+    with Lab(seed=int(os.environ.get("NETLAB_SEED", "1"))) as lab:
+        print(f"netlab seed {lab.seed}, namespaces {lab.prefix}*")
+        yield lab

@@ -307,13 +307,18 @@ def charters(draw: st.DrawFn) -> tuple[Charter, dict[str, SigningKey]]:
         max_participants=draw(st.integers(2, 64)),
         readiness_interval_s=draw(st.integers(1, 86_400)),
         recording_allowed=draw(st.booleans()),
+        relay_only=draw(st.booleans()),
+        peer_timeout_s=draw(st.integers(5, 3600)),
     )
     fp = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
     exchanges = tuple(
         ExchangeEndpoint(f"wss://{host}.example:443", draw(fp))
         for host in draw(st.lists(ids, max_size=2, unique=True))
     )
-    relays = tuple(f"turns:{h}.example:5349" for h in draw(st.lists(ids, max_size=2, unique=True)))
+    relays = tuple(
+        f"turns:{h}.example:5349"
+        for h in draw(st.lists(ids, min_size=int(policy.relay_only), max_size=2, unique=True))
+    )
     charter = Charter(
         line_id=draw(ids),
         version=draw(st.integers(1, 2**40)),
@@ -514,3 +519,88 @@ def test_lone_surrogates_are_refused() -> None:
         assert needle in VALID_FILE
         with pytest.raises(CharterFormatError, match="not valid Unicode"):
             SignedCharter.from_file_bytes(VALID_FILE.replace(needle, escaped, 1))
+
+
+# --- policy fields added after format 1 ------------------------------------------------------
+
+
+def test_a_charter_signed_before_the_new_policy_fields_still_parses_and_verifies() -> None:
+    """A charter body built by hand as format 1 had it (six policy fields), signed over its
+    bytes, parses with the defaults and verifies: the new fields are not encoded at their
+    defaults."""
+    charter = make_charter()
+    old_policy = {
+        "cipher_suite": "AES_128_GCM_SHA256_128",
+        "kem": "MLKEM768_X25519",
+        "rekey_interval_s": 300,
+        "max_participants": 4,
+        "readiness_interval_s": 3600,
+        "recording_allowed": False,
+    }
+    old_body = {**charter.to_value(), "policy": old_policy}
+    old_bytes = encode(old_body)
+    keys = {"sochi": KEYS[0], "washington": KEYS[1]}
+    old_signed = SignedCharter(
+        Charter.from_bytes(old_bytes), {sid: k.sign(old_bytes) for sid, k in keys.items()}
+    )
+    old_signed.verify()
+    assert old_signed.charter.policy.relay_only is False
+    assert old_signed.charter.policy.peer_timeout_s == 60
+    assert old_signed.charter.to_bytes() == old_bytes
+    again = SignedCharter.from_file_bytes(old_signed.to_file_bytes())
+    again.verify()
+    assert "relay_only" not in file_doc(again)["body"]["policy"]  # type: ignore[index]
+
+
+def test_new_policy_fields_are_signed_when_set() -> None:
+    policy = Policy(relay_only=True, peer_timeout_s=30)
+    signed = sign_all(make_charter(policy=policy))
+    signed.verify()
+    again = SignedCharter.from_file_bytes(signed.to_file_bytes())
+    assert again.charter.policy == policy
+    assert SignedCharter.from_wire(signed.to_wire()) == signed
+    value = signed.charter.to_value()["policy"]
+    assert isinstance(value, dict) and value["relay_only"] is True
+    assert value["peer_timeout_s"] == 30
+    # changing either field breaks every signature
+    for field in ({"relay_only": False}, {"peer_timeout_s": 31}):
+        doc = file_doc(signed)
+        doc["body"]["policy"].update(field)  # type: ignore[index]
+        if field.get("relay_only") is False:
+            del doc["body"]["policy"]["relay_only"]  # type: ignore[index]
+        with pytest.raises(SignatureError):
+            SignedCharter.from_file_bytes(json.dumps(doc).encode()).verify()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("relay_only", False, "relay_only is present with its default value"),
+        ("peer_timeout_s", 60, "peer_timeout_s is present with its default value"),
+        ("relay_only", 1, "relay_only must be true or false"),
+        ("peer_timeout_s", "60", "peer_timeout_s must be an integer"),
+        ("peer_timeout_s", True, "peer_timeout_s must be an integer"),
+        ("relay_always", True, "unknown field 'relay_always'"),
+    ],
+)
+def test_new_policy_fields_are_strict(field: str, value: object, message: str) -> None:
+    doc = file_doc(sign_all(make_charter()))
+    doc["body"]["policy"][field] = value  # type: ignore[index]
+    with pytest.raises(CharterFormatError, match=message):
+        SignedCharter.from_file_bytes(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"policy": Policy(peer_timeout_s=4)}, "peer_timeout_s = 4 is outside 5..3600"),
+        ({"policy": Policy(peer_timeout_s=3601)}, "peer_timeout_s = 3601 is outside"),
+        (
+            {"policy": Policy(relay_only=True), "turn_relays": ()},
+            "relay_only needs at least one TURN relay",
+        ),
+    ],
+)
+def test_new_policy_fields_are_validated(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(CharterError, match=message):
+        make_charter(**changes).validate()

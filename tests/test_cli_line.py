@@ -162,6 +162,24 @@ def test_show_for_people(hotline: Run) -> None:
     assert "VALID" in result.out
 
 
+def test_relay_only_and_peer_timeout(hotline: Run) -> None:
+    commission(hotline)
+    result = hotline(
+        "line", "propose", "l", "--site", "sochi", "--turn", "turn:127.0.0.1:3478",
+        "--relay-only", "--peer-timeout", "20", "--out", "relayed.json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    policy = load_charter(Path("relayed.json")).charter.policy
+    assert policy.relay_only and policy.peer_timeout_s == 20
+    shown = hotline("line", "show", "relayed.json")
+    assert "through the TURN relays only" in shown.out and "after 20 s" in shown.out
+    info = json.loads(hotline("line", "show", "relayed.json", "--json").out)
+    assert info["policy"]["relay_only"] is True and info["policy"]["peer_timeout_s"] == 20
+    info = json.loads(hotline("line", "show", "line.json", "--json").out)
+    assert info["policy"]["relay_only"] is False and info["policy"]["peer_timeout_s"] == 60
+    assert "direct or relayed" in hotline("line", "show", "line.json").out
+
+
 def test_verify_json(hotline: Run) -> None:
     path = commission(hotline)
     result = hotline("line", "verify", str(path), "--json")
@@ -363,6 +381,10 @@ def test_bad_arguments(hotline: Run) -> None:
             "--out", "a.json").one_line_error("64 hex digits")  # fmt: skip
     hotline("line", "propose", "l", "--site", "sochi", "--turn", "turn:user:pw@relay",
             "--out", "a.json").one_line_error("carries credentials")  # fmt: skip
+    hotline("line", "propose", "l", "--site", "sochi", "--peer-timeout", "1", "--out", "a.json")\
+        .one_line_error("peer_timeout_s = 1 is outside 5..3600")  # fmt: skip
+    hotline("line", "propose", "l", "--site", "sochi", "--relay-only", "--out", "a.json")\
+        .one_line_error("relay_only needs at least one TURN relay")  # fmt: skip
     hotline("line", "propose", "l", "--site", "sochi", "--version", "0", "--out", "a.json")\
         .one_line_error("version 0 must be an integer >= 1")  # fmt: skip
     hotline("line", "propose", "l", "--site", "sochi", "--out", "line.json").one_line_error(

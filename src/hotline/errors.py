@@ -202,6 +202,12 @@ class SummaryMismatch(CallError):
 # media (hotline.media): the aiortc media engine and its frame-encryption seam
 
 
+class ConfigError(UsageError):
+    """A site's local configuration file (``terminal.toml``) is missing, unsafe or invalid."""
+
+    reason = "config"
+
+
 class CodecRefused(E2EEError):
     """A negotiated codec that cannot carry per-frame E2EE here (anything but VP8 and Opus)."""
 
@@ -224,6 +230,13 @@ class MediaDeviceError(LocalError):
     """A camera, microphone or media file is missing or cannot be opened."""
 
     reason = "media_device"
+
+
+class RelayUnavailable(LocalError):
+    """No TURN relay of the charter can be used with this site's credentials: every one is
+    down, unreachable, or refuses the credentials. The message names each relay's reason."""
+
+    reason = "relay_unavailable"
 
 
 class SdpError(CallError):
@@ -272,6 +285,14 @@ class ExpiredKey(SFrameError):
     reason = "expired_key"
 
 
+class WrongSender(SFrameError):
+    """A frame under one member's KID arrived on the peer connection of another member
+    (mesh calls bind each connection to its peer's sender index): a forgery by a member, or
+    a frame relayed where it should not be."""
+
+    reason = "wrong_sender"
+
+
 class NoMediaKey(StateError):
     """Nothing to protect with: no epoch is active yet, or sending is paused while a member
     leaves. Media must not flow (fail closed)."""
@@ -316,6 +337,14 @@ class WrongContext(KeyAgreementError):
     """A message for another line, call or charter version."""
 
     reason = "wrong_context"
+
+
+class CharterVersionMismatch(WrongContext):
+    """A member's signed message is bound to another version of the line's charter than
+    ours: one of the two terminals has not got the newest charter yet. The message says
+    which version each side has."""
+
+    reason = "charter_version_mismatch"
 
 
 class DowngradeRefused(KeyAgreementError):

@@ -53,14 +53,19 @@ class LocalLine:
         sites: Mapping[str, Sequence[tuple[str, Role]]],
         *,
         policy: Policy = DEFAULT_POLICY,
+        exchanges: int = 1,
+        turn_relays: Sequence[str] = (),
     ) -> None:
         self.root = root
+        self.turn_relays = tuple(turn_relays)
         self.line_id = line_id
         self.sites = sites
         self.policy = policy
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.controls: dict[str, tuple[str, str]] = {}
-        self.exchange_port = free_port()
+        #: the charter's exchanges, in order; the first is "exchange", the next "exchange2"…
+        self.exchange_ports = [free_port() for _ in range(exchanges)]
+        self.exchange_port = self.exchange_ports[0]
         self.exchange_url = f"wss://127.0.0.1:{self.exchange_port}"
         self.exchange_dir = root / "exchange"
         self.charter_path: Path | None = None
@@ -68,13 +73,18 @@ class LocalLine:
     # --- commissioning -------------------------------------------------------------------
 
     def commission(self) -> SignedCharter:
-        fingerprint = create_certificate(self.exchange_dir)
+        urls = [self.exchange_url] + [f"wss://127.0.0.1:{p}" for p in self.exchange_ports[1:]]
+        endpoints = tuple(
+            ExchangeEndpoint(url, create_certificate(self._exchange_dir(i)))
+            for i, url in enumerate(urls)
+        )
         self.charter_path = create_line(
             self.root,
             self.line_id,
             {site: list(terminals) for site, terminals in self.sites.items()},
-            exchanges=(ExchangeEndpoint(self.exchange_url, fingerprint),),
+            exchanges=endpoints,
             policy=self.policy,
+            turn_relays=self.turn_relays,
         )
         signed = load_charter(self.charter_path)
         signed.verify()
@@ -105,35 +115,44 @@ class LocalLine:
         self.procs[name] = proc
         return proc
 
-    async def start_exchange(self) -> None:
+    def _exchange_dir(self, index: int) -> Path:
+        return self.exchange_dir if index == 0 else self.root / f"exchange{index + 1}"
+
+    @staticmethod
+    def exchange_name(index: int = 0) -> str:
+        return "exchange" if index == 0 else f"exchange{index + 1}"
+
+    async def start_exchange(self, index: int = 0) -> None:
         assert self.charter_path is not None, "commission() first"
+        name = self.exchange_name(index)
+        port = self.exchange_port if index == 0 else self.exchange_ports[index]
         await self.spawn(
-            "exchange",
+            name,
             "exchange",
             "serve",
             "--dir",
-            str(self.exchange_dir),
+            str(self._exchange_dir(index)),
             "--charter",
             str(self.charter_path),
             "--listen",
-            f"127.0.0.1:{self.exchange_port}",
+            f"127.0.0.1:{port}",
             "--db",
-            str(self.root / "exchange.sqlite"),
+            str(self.root / f"{name}.sqlite"),
         )
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # a liveness probe only; terminals pin the certificate
         deadline = time.monotonic() + START_TIMEOUT_S
-        url = f"https://127.0.0.1:{self.exchange_port}/healthz"
+        url = f"https://127.0.0.1:{port}/healthz"
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
-                self.check_alive("exchange")
+                self.check_alive(name)
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with http.get(url, ssl=ctx) as resp:
                         if resp.status == 200:
                             return
                 await asyncio.sleep(0.1)
-        raise ExchangeUnavailable("the exchange did not start in time; see exchange.log")
+        raise ExchangeUnavailable(f"the exchange did not start in time; see {name}.log")
 
     async def start_terminal(self, terminal_id: str, *extra: str) -> None:
         assert self.charter_path is not None, "commission() first"
@@ -150,6 +169,20 @@ class LocalLine:
             str(self.charter_path),
             *extra,
         )
+
+    async def wait_control(self, terminal_id: str) -> None:
+        """Wait until a terminal's control API answers (with or without the exchange)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.check_alive(terminal_id)
+            with contextlib.suppress(HotlineError):
+                url, token = read_control_file(self.terminal_dir(terminal_id))
+                async with ControlClient(url, token) as control:
+                    await control.request("GET", "/status")
+                self.controls[terminal_id] = (url, token)
+                return
+            await asyncio.sleep(0.1)
+        raise HotlineError(f"{terminal_id}'s control API did not answer; see its log")
 
     async def wait_online(self, terminal_ids: Sequence[str]) -> None:
         """Wait until every terminal's control API answers and sees all of them online."""

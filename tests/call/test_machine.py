@@ -13,6 +13,7 @@ from hotline.call.machine import (
     Declined,
     MembersChanged,
     Ringing,
+    charter_departures,
 )
 from hotline.errors import StateError
 
@@ -143,3 +144,72 @@ def test_members_removed_from_the_charter_leave_at_once() -> None:
     ringing.pump()
     ringing.m["b"].remove({"a"}, 1)
     assert ringing.m["b"].state == CallState.ENDED
+
+
+def test_a_changed_identity_key_is_a_departure() -> None:
+    """A new charter that gives c a new identity key removes c exactly like one that drops
+    c: the old key holder is out, and the new one comes back only when rung and answering."""
+    old = {"a": b"key-a", "b": b"key-b", "c": b"key-c"}
+    new = {"a": b"key-a", "b": b"key-b", "c": b"key-c2"}
+    assert charter_departures(old, new) == {"c"}
+    assert charter_departures(old, {"a": b"key-a"}) == {"b", "c"}
+    assert charter_departures(old, old) == frozenset()
+
+    net = Net("a", "b", "c")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].answer(0)
+    net.pump()
+    net.m["a"].invite("c", 1)
+    net.pump()
+    net.m["c"].answer(2)
+    net.pump()
+    for x in "ab":
+        net.m[x].remove(charter_departures(old, new), 3)
+        assert net.m[x].members == {"a", "b"}
+    with pytest.raises(CallProtocolError):  # the new key holder must be rung again
+        net.m["a"].receive("c", "call.answer", {"call": "call-1"}, 4)
+    net.m["a"].invite("c", 5)
+    net.m["c"] = CallMachine("c", "call-1")  # the new key holder's terminal
+    net.pump()
+    net.m["c"].answer(6)
+    net.pump()
+    assert net.m["a"].members == net.m["b"].members == {"a", "b", "c"}
+
+
+def test_max_participants_is_enforced_by_every_member() -> None:
+    """The charter allows two terminals: a member cannot invite a third, and a member whose
+    daemon would let one in (a malicious or buggy peer) cannot get it accepted by others."""
+    net = Net("a", "b", "c")
+    for machine in net.m.values():
+        machine.max_members = 2
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].answer(0)
+    net.pump()
+    with pytest.raises(StateError, match="at most 2"):
+        net.m["a"].invite("c", 1)
+    # b tells a it rang c; a refuses the invitation, and so c's answer
+    with pytest.raises(CallProtocolError, match="at most 2"):
+        net.m["a"].receive("b", "call.invited", {"call": "call-1", "target": "c"}, 1)
+    with pytest.raises(CallProtocolError):
+        net.m["a"].receive("c", "call.answer", {"call": "call-1"}, 2)
+    assert net.m["a"].members == {"a", "b"}
+    # c, rung into a call that already holds two terminals, refuses the ring
+    with pytest.raises(CallProtocolError, match="at most 2"):
+        net.m["c"].receive("b", "call.ring", {"call": "call-1", "members": ["a", "b"]}, 3)
+    assert net.m["c"].state == CallState.IDLE
+
+
+def test_an_answer_beyond_max_participants_is_refused() -> None:
+    """Even when an invitation got through (two members invited at once), the answer that
+    would pass the limit is refused."""
+    m = CallMachine("a", "call-1", max_members=3)
+    m.dial("b", 0)
+    m.receive("b", "call.answer", {"call": "call-1"}, 0)
+    m.invite("c", 1)
+    m.receive("b", "call.invited", {"call": "call-1", "target": "d"}, 1)  # a race with b
+    m.receive("c", "call.answer", {"call": "call-1"}, 2)
+    with pytest.raises(CallProtocolError, match="at most 3"):
+        m.receive("d", "call.answer", {"call": "call-1"}, 2)
+    assert m.members == {"a", "b", "c"}

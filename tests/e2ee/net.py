@@ -88,7 +88,10 @@ class Net:
 
         return rng, outputs
 
-    def add_member(self, member: str, key: SigningKey | None = None) -> Member:
+    def add_member(
+        self, member: str, key: SigningKey | None = None, *, charter_version: int = 1
+    ) -> Member:
+        """A member (again, when ``member`` exists: a new session replaces the old one)."""
         if key is not None:
             self.keys[member] = key
             self.directory[member] = key.public
@@ -99,7 +102,7 @@ class Net:
             self_id=member,
             identity_key=self.keys[member],
             directory=self.directory,
-            charter_version=1,
+            charter_version=charter_version,
             kem=self.kem,
             rng=rng,
             **self.session_kw,

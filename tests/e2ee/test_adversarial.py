@@ -43,6 +43,7 @@ from hotline.errors import (
     UnexpectedMessage,
     UnknownKeyId,
     WrongContext,
+    WrongSender,
 )
 from hotline.keys import SigningKey
 
@@ -326,9 +327,19 @@ def test_leader_cannot_substitute_an_ephemeral_key() -> None:
     check_invariants(net, {})
 
 
-def test_member_cannot_give_different_keys_to_different_members() -> None:
-    """b sends c a differently sealed key than a's (equivocation across members): the
-    transcripts differ, the acks do not match, and nobody switches to the epoch."""
+@pytest.mark.parametrize("recommit", [False, True])
+def test_member_cannot_give_different_keys_to_different_members(recommit: bool) -> None:
+    """b sends c a differently sealed key than a's (equivocation across members, two
+    messages). With the genuine key commitment, the key c opens does not match it; with a
+    commitment recomputed for the other key, the transcripts differ and the acks do not
+    match. Nobody switches to the epoch."""
+    from hotline.e2ee.sender_keys import (
+        kem_by_name,
+        key_commit_info,
+        key_commitment,
+        seal,
+        seal_info,
+    )
 
     def equivocate(d: Delivery, net: Net) -> bytes:
         if d.recipient != "c":
@@ -336,18 +347,18 @@ def test_member_cannot_give_different_keys_to_different_members() -> None:
         sk = msgs.parse(d.msg_type, d.body)
         assert isinstance(sk, msgs.SenderKey)
         # reseal a different base key to everyone, properly signed by b
-        from hotline.e2ee.sender_keys import kem_by_name, seal, seal_info
-
         roster = net["c"].session._pending.roster  # type: ignore[union-attr]
         kem = kem_by_name("X25519")
+        other_key = os.urandom(32)
+        ctx = sk.context
         sealed = {
             r: seal(
                 kem,
                 roster.entries[r].ek,
-                os.urandom(32),
+                other_key,
                 seal_info(
-                    sk.context.line_id,
-                    sk.context.call_id,
+                    ctx.line_id,
+                    ctx.call_id,
                     epoch=sk.epoch,
                     sender="b",
                     recipient=r,
@@ -356,21 +367,61 @@ def test_member_cannot_give_different_keys_to_different_members() -> None:
             )
             for r in sk.sealed
         }
+        info = key_commit_info(
+            ctx.line_id,
+            ctx.call_id,
+            charter_version=ctx.charter_version,
+            epoch=sk.epoch,
+            sender="b",
+            roster_hash=sk.roster_hash,
+        )
         return msgs.build_sender_key(
             net.keys["b"],
-            sk.context,
+            ctx,
             epoch=sk.epoch,
             signer="b",
             roster_hash=sk.roster_hash,
             reveal=sk.reveal,
             sealed=sealed,
+            key_commit=key_commitment(other_key, info) if recommit else sk.key_commit,
         )
 
     net = Net("abc", relay=Intercept("b", msgs.MSG_SENDER_KEY, equivocate), ack_timeout_s=5)
     net.set_view("abc")
     assert all(net[x].session.epoch == 0 for x in "abc")
-    assert any(isinstance(e, TranscriptMismatch) for e in net["a"].errors)
-    assert any(isinstance(e, TranscriptMismatch) for e in net["c"].errors)
+    if recommit:
+        assert any(isinstance(e, TranscriptMismatch) for e in net["a"].errors)
+        assert any(isinstance(e, TranscriptMismatch) for e in net["c"].errors)
+    else:
+        assert any(isinstance(e, SealedKeyError) for e in net["c"].errors)
+
+
+def test_member_cannot_seal_different_keys_in_one_sender_key_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """b signs one sender key message (the same bytes for everybody, so transcripts, acks
+    and codes agree) that seals its real base key to a and another key to c: c would then
+    not read b's frames, or read frames a cannot. The signed key commitment lets c see that
+    the key sealed to it is not the one b committed to: refused, nobody switches."""
+    from hotline.e2ee import session as session_module
+
+    genuine_seal = session_module.seal
+
+    def b_seals_another_key_to_c(kem: Any, pk: bytes, base_key: Any, info: bytes) -> bytes:
+        fields = decode(info)
+        assert isinstance(fields, dict)
+        if fields["from"] == "b" and fields["to"] == "c":
+            base_key = os.urandom(32)
+        return genuine_seal(kem, pk, base_key, info)
+
+    monkeypatch.setattr(session_module, "seal", b_seals_another_key_to_c)
+    net = Net("abc")
+    net.set_view("abc")
+    assert all(net[x].session.epoch == 0 for x in "abc"), [net[x].session.epoch for x in "abc"]
+    assert [type(e) for e in net["c"].errors] == [SealedKeyError]
+    assert net["c"].session.rejections == {"sealed_key": 1}
+    net.advance(20)
+    assert all(net[x].session.epoch == 0 for x in "abc")
 
 
 def test_member_cannot_skip_a_recipient_or_lie_about_its_nonce() -> None:
@@ -386,6 +437,7 @@ def test_member_cannot_skip_a_recipient_or_lie_about_its_nonce() -> None:
             roster_hash=sk.roster_hash,
             reveal=sk.reveal,
             sealed=sealed,
+            key_commit=sk.key_commit,
         )
 
     net = Net("abc", relay=Intercept("b", msgs.MSG_SENDER_KEY, skip_c))
@@ -403,6 +455,7 @@ def test_member_cannot_skip_a_recipient_or_lie_about_its_nonce() -> None:
             roster_hash=sk.roster_hash,
             reveal=bytes(32),
             sealed=sk.sealed,
+            key_commit=sk.key_commit,
         )
 
     net = Net("abc", relay=Intercept("b", msgs.MSG_SENDER_KEY, other_nonce))
@@ -624,3 +677,26 @@ def test_hostile_relay_ten_members_hybrid() -> None:
     for x in ids:
         assert all(isinstance(e, E2EEError) for e in net[x].errors)
     assert UnexpectedMessage is not None  # documented error family in use
+
+
+def test_mesh_member_cannot_forge_another_members_frames() -> None:
+    """Every member holds every other member's receive key, so c can make a frame under b's
+    KID that the shared key store accepts. In a mesh each frame arrives on one peer
+    connection: bound to the peer it comes from, a's frame crypto refuses it (counted)."""
+    net = Net("abc")
+    net.set_view("abc")
+    epoch = net.agreed("abc")
+    a_media = net["a"].session.media
+    kid_of_b = sframe.make_kid(epoch, 1)
+    forged = net["c"].session.media._store.entry(kid_of_b).key.protect(5000, OPUS, b"a")
+    with pytest.raises(WrongSender):
+        a_media.for_peer("c").unprotect("audio", forged)
+    stats = a_media.stats()
+    assert stats.rejected == {"wrong_sender": 1} and stats.last_rejected_sender == "c"
+    genuine = net["b"].session.media.protect("audio", OPUS)
+    with pytest.raises(WrongSender):  # b's real frame, relayed by c
+        a_media.for_peer("c").unprotect("audio", genuine)
+    assert a_media.for_peer("b").unprotect("audio", genuine) == OPUS
+    assert a_media.stats().rejected == {"wrong_sender": 2}
+    # unbound (the SFU path, protocol.md section 11) the forgery still opens: the limit
+    assert a_media.unprotect("audio", forged) == OPUS

@@ -40,7 +40,14 @@ def samples() -> dict[str, bytes]:
             KEY, CTX, epoch=2, signer="a", kem="X25519", suite="S", entries=[entry]
         ),
         m.MSG_SENDER_KEY: m.build_sender_key(
-            KEY, CTX, epoch=2, signer="a", roster_hash=H32, reveal=H32, sealed={"b": b"k" * 80}
+            KEY,
+            CTX,
+            epoch=2,
+            signer="a",
+            roster_hash=H32,
+            reveal=H32,
+            sealed={"b": b"k" * 80},
+            key_commit=H32,
         ),
         m.MSG_ACK: m.build_ack(KEY, CTX, epoch=2, signer="a", roster_hash=H32, transcript_hash=H32),
     }

@@ -13,9 +13,16 @@ from hypothesis import strategies as st
 from hotline.e2ee import messages as msgs
 from hotline.e2ee import sframe
 from hotline.e2ee.epochs import State
-from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.events import (
+    EpochActivated,
+    EpochFailed,
+    KeyRejected,
+    MemberLagging,
+    PeerCharterVersion,
+)
 from hotline.e2ee.session import MAX_TIMEOUTS, CallKeySession
 from hotline.errors import (
+    CharterVersionMismatch,
     CounterExhausted,
     EpochRollback,
     ExpiredKey,
@@ -31,7 +38,7 @@ from hotline.errors import (
 )
 from hotline.keys import SigningKey
 
-from .net import Delivery, Net, Relay
+from .net import CALL, LINE, Delivery, Net, Relay
 
 OPUS = b"\xfc" + b"opus-frame" * 8
 
@@ -482,3 +489,164 @@ def test_close_erases_every_key_and_ends_rekeys() -> None:
         alice.receive("bob", "e2ee.ack", b"anything", net.now)
     with pytest.raises(StateError):
         alice.set_participants(["alice", "bob"], net.now)
+
+
+def rekey_c(net: Net) -> tuple[SigningKey, dict[str, object]]:
+    """A new charter (version 2) replaces c's identity key; a and b adopt it."""
+    new_key = SigningKey.generate()
+    new_directory = {**net.directory, "c": new_key.public}
+    for x in "ab":
+        net[x].session.update_directory(new_directory, 2, net.now)
+    return new_key, new_directory
+
+
+def test_rekeyed_terminal_leaves_like_a_departure() -> None:
+    """Same id, new identity key: the old key holder is out at once (sending paused, its
+    keys erased, it is no participant any more) and gets nothing of the next epoch; the new
+    key holder comes in only through a fresh epoch."""
+    net = Net(["a", "b", "c"])
+    net.set_view("abc")
+    e1 = net.agreed("abc")
+    old_c = net["c"]
+    c_frame = old_c.session.media.protect("audio", OPUS)
+    new_key, _ = rekey_c(net)
+    for x in "ab":
+        session = net[x].session
+        assert session.participants == frozenset("ab")
+        with pytest.raises(NoMediaKey):
+            session.media.protect("audio", OPUS)
+        with pytest.raises(ExpiredKey):
+            session.media.unprotect("audio", c_frame)
+        net[x].view = frozenset("ab")
+    net.pump()
+    e2 = net.agreed("ab")
+    assert e2 == e1 + 1
+    with pytest.raises(UnknownKeyId):
+        old_c.session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))
+    # the new key holder answers afresh: a new epoch, and the old holder still reads nothing
+    net.add_member("c", key=new_key, charter_version=2)
+    net.set_view("abc")
+    assert net.agreed("abc") == e2 + 1
+    net.frames_flow("abc")
+    with pytest.raises(UnknownKeyId):
+        old_c.session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))
+
+
+def test_rekeyed_terminal_readmitted_at_once_still_needs_a_new_epoch() -> None:
+    """The call layer lists c again straight away (it does not know the key changed): the
+    old key holder's keys are erased all the same, and the epoch that follows is sealed to
+    the new key holder only."""
+    net = Net(["a", "b", "c"])
+    net.set_view("abc")
+    e1 = net.agreed("abc")
+    old_c = net["c"]
+    c_frame = old_c.session.media.protect("audio", OPUS)
+    new_key, _ = rekey_c(net)
+    for x in "ab":
+        net[x].session.set_participants(frozenset("abc"), net.now)
+        with pytest.raises(NoMediaKey):
+            net[x].session.media.protect("audio", OPUS)
+        with pytest.raises(ExpiredKey):
+            net[x].session.media.unprotect("audio", c_frame)
+    net.pump()
+    # the old holder cannot complete the epoch (its signatures no longer verify)
+    assert net["a"].session.epoch == e1 and net["a"].session.pending_epoch is not None
+    net.add_member("c", key=new_key, charter_version=2)
+    net.set_view("abc")
+    net.advance(5.1)  # the leader retransmits its start, now to the new key holder
+    assert net.agreed("abc") > e1
+    net.frames_flow("abc")
+    with pytest.raises(UnknownKeyId):
+        old_c.session.media.unprotect("audio", net["a"].session.media.protect("audio", OPUS))
+
+
+def test_a_new_charter_policy_reaches_the_running_call() -> None:
+    """A charter that changes the KEM and the SFrame suite: the epoch bound to it uses both
+    (its ephemeral keys are hybrid, its frames suite 5); the old epoch's frames, sent
+    under suite 4, still open during the grace period."""
+    net = Net(["a", "b"], kem="X25519")
+    net.set_view("ab")
+    e1 = net.agreed("ab")
+    old_frame = net["a"].session.media.protect("audio", OPUS)
+    assert net["a"].session.media.stats().sending_suite == "AES_128_GCM_SHA256_128"
+    for x in "ab":
+        net[x].session.update_directory(
+            net.directory, 2, net.now, kem="MLKEM768_X25519", suite="AES_256_GCM_SHA512_128"
+        )
+    net.pump()
+    assert net.agreed("ab") == e1 + 1
+    ephemerals = [d for d in net.log if d.msg_type == msgs.MSG_EPHEMERAL]
+    last = msgs.parse(msgs.MSG_EPHEMERAL, ephemerals[-1].body)
+    assert isinstance(last, msgs.Ephemeral) and last.kem == "MLKEM768_X25519"
+    assert len(last.ek) == 1216
+    for x in "ab":
+        session = net[x].session
+        assert session.kem == "MLKEM768_X25519" and session.suite == "AES_256_GCM_SHA512_128"
+        assert session.media.stats().sending_suite == "AES_256_GCM_SHA512_128"
+    new_frame = net["a"].session.media.protect("audio", OPUS)
+    # 2-byte header, 16-byte tag either way; the keys differ in size, checked by the vectors:
+    # here the frame must open under the suite-5 key and not under a suite-4 derivation
+    assert net["b"].session.media.unprotect("audio", new_frame) == OPUS
+    assert net["b"].session.media.unprotect("audio", old_frame) == OPUS
+    kid = sframe.decode_header(new_frame)[0]
+    assert net["b"].session.media._store.entry(kid).key.suite.name == "AES_256_GCM_SHA512_128"
+
+
+def test_max_participants_bounds_every_epoch() -> None:
+    """The charter allows two terminals: the call layer cannot list three, and a start
+    naming three (signed by its rightful leader) is refused and counted."""
+    net = Net(["a", "b", "c"], max_members=2)
+    with pytest.raises(UsageError, match="at most 2"):
+        net["a"].session.set_participants(frozenset("abc"), net.now)
+    body = msgs.build_start(
+        net.keys["a"],
+        msgs.Context(LINE, CALL, 1),
+        epoch=1,
+        signer="a",
+        members=["a", "b", "c"],
+        kem="X25519",
+        suite="AES_128_GCM_SHA256_128",
+        reason="start",
+    )
+    with pytest.raises(KeyAgreementError, match="at most 2"):
+        net["b"].session.receive("a", msgs.MSG_START, body, net.now)
+    assert net["b"].session.rejections == {"too_many_members": 1}
+    net.set_view("ab")
+    assert net.agreed("ab") == 1
+
+
+def test_an_older_charter_is_named_with_both_versions() -> None:
+    """b still holds charter version 1 when a moves to version 2: b says which versions
+    differ (once per peer and version, as an event the call layer shows), not only
+    wrong_context; a claim that does not carry a's signature is not believed."""
+    net = Net(["a", "b"])
+    net.set_view("ab")
+    net.agreed("ab")
+    net["a"].session.update_directory(net.directory, 2, net.now)
+    net.pump()
+    (err,) = [e for e in net["b"].errors if isinstance(e, WrongContext)]
+    assert isinstance(err, CharterVersionMismatch)
+    assert "a has charter version 2; this terminal has 1" in str(err)
+    assert net["b"].session.rejections == {"charter_version_mismatch": 1}
+    assert events_of(net, "b", PeerCharterVersion) == [PeerCharterVersion("a", 2, 1)]
+    assert events_of(net, "b", PeerCharterVersion)[0].message == (
+        "peer a has charter version 2; this terminal has 1"
+    )
+    net.advance(5.1)  # a retransmits: counted again, shown once
+    assert len(events_of(net, "b", PeerCharterVersion)) == 1
+    # the same claim with a signature that is not a's: a plain wrong_context
+    forged = msgs.build_start(
+        SigningKey.generate(),
+        msgs.Context(LINE, CALL, 3),
+        epoch=9,
+        signer="a",
+        members=["a", "b"],
+        kem="X25519",
+        suite="AES_128_GCM_SHA256_128",
+        reason="charter",
+    )
+    with pytest.raises(WrongContext) as refused:
+        net["b"].session.receive("a", msgs.MSG_START, forged, net.now)
+    assert not isinstance(refused.value, CharterVersionMismatch)
+    net.pump()
+    assert len(events_of(net, "b", PeerCharterVersion)) == 1

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from hotline.e2ee.media import MediaCrypto
 from hotline.media import aiortc_patch, engine
 from hotline.media.aiortc_patch import FrameCrypto, RtpTap
+from hotline.media.link_model import LinkModel, LinkSpec
 from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
 from hotline.media.sources import SyntheticAudioTrack, SyntheticVideoTrack
 from hotline.media.stats import FrameEvent, MediaCryptoStats
@@ -44,13 +47,36 @@ class Side:
         return out
 
 
+def sframe_pair() -> tuple[MediaCrypto, MediaCrypto]:
+    """The real E2EE (SFrame, VP8 header in clear) for a two-member call, epoch 1."""
+    roster = ("a", "b")
+    keys = {"a": os.urandom(32), "b": os.urandom(32)}
+    a, b = MediaCrypto(), MediaCrypto()
+    a.activate_send(1, 0, keys["a"])
+    b.activate_send(1, 1, keys["b"])
+    a.install_receive_keys(1, roster, {"b": keys["b"]})
+    b.install_receive_keys(1, roster, {"a": keys["a"]})
+    return a, b
+
+
+def impair(side: Side, spec: LinkSpec, seed: int) -> LinkModel:
+    """Impair what ``side`` receives (call after :func:`connect`); returns the link."""
+    link = LinkModel(spec, seed)
+    assert aiortc_patch.impair_ingress(side.pc, link.fate) >= 1
+    return link
+
+
 def make_side(
     name: str,
     crypto: FrameCrypto | None,
     tap: RtpTap | None = None,
+    *,
+    video_guard: bool = True,
+    ice: engine.IceSettings | None = None,
 ) -> Side:
     stats = MediaCryptoStats()
-    pc = engine.create_peer_connection(crypto, stats)
+    pc = engine.create_peer_connection(crypto, stats, ice)
+    aiortc_patch.set_video_guard(pc, video_guard)
     side = Side(name, pc, stats)
     stats.on_event = side.events.append
     if tap is not None:

@@ -20,11 +20,11 @@ import av
 import pytest
 from aiortc.codecs import get_capabilities
 from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from hotline.errors import AiortcIncompatible, CodecRefused
-from hotline.media import aiortc_patch
+from hotline.media import aiortc_patch, video_guard
 from hotline.media.sources import SyntheticVideoTrack
 from hotline.media.stats import MediaCryptoStats
 from tests.media.aesgcm_crypto import crypto_pair
@@ -143,3 +143,74 @@ def test_decoder_without_binding_shows_nothing() -> None:
     assert aiortc_patch.unbound_stats().rejected("audio", "unbound") == before + 1
     refusing = aiortc_patch.protected_decoder(H264)
     assert refusing.decode(JitterFrame(b"\x00\x00\x00\x01\x67", 0)) == []
+
+
+async def test_decoder_worker_withholds_deltas_after_a_gap_until_a_key_frame() -> None:
+    """aiortc's own decoder thread, fed by the video guard: no delta after a gap is decoded."""
+    aiortc_patch.install()
+    sender_crypto, receiver_crypto = crypto_pair()
+    stats = MediaCryptoStats()
+    loop = asyncio.get_running_loop()
+    input_q: queue.Queue[object] = queue.Queue()
+    output_q: asyncio.Queue[object] = asyncio.Queue()
+    decode_error = threading.Event()
+    aiortc_patch._queue_bindings[output_q] = aiortc_patch._Binding(receiver_crypto, stats)
+    aiortc_patch._queue_guards[output_q] = aiortc_patch._VideoGuard(stats)
+
+    track = SyntheticVideoTrack("canary", 320, 180, 30)
+    encoder = Vp8Encoder()
+    kinds = [True, False, False, False, False, True, False]  # key frames
+    frames = []
+    for i, key in enumerate(kinds):
+        payloads, _ts = encoder.encode(await track.recv(), force_keyframe=key)
+        encoded = b"".join(vp8_depayload(p) for p in payloads)
+        assert video_guard.is_vp8_keyframe(encoded) == key
+        frames.append(
+            video_guard.AssembledFrame(
+                data=sender_crypto.protect("video", encoded),
+                timestamp=i * 3000,
+                first_seq=i,
+                last_seq=i,
+                picture_id=i,
+                discontinuous=i == 3,  # frame 2 was lost before frame 3
+            )
+        )
+    track.stop()
+    worker = threading.Thread(
+        target=aiortc.rtcrtpreceiver.decoder_worker,
+        args=(loop, input_q, output_q, decode_error),
+    )
+    worker.start()
+    input_q.put((VP8, aiortc_patch._GuardedFrames([frames[0], frames[1]])))
+    input_q.put((VP8, aiortc_patch._GuardedFrames([frames[3], frames[4]])))  # withheld
+    input_q.put((VP8, aiortc_patch._GuardedFrames([frames[5]])))
+    input_q.put((VP8, aiortc_patch._GuardedFrames([frames[6]])))
+    input_q.put(None)
+    out = [await asyncio.wait_for(output_q.get(), 10) for _ in range(5)]
+    await asyncio.to_thread(worker.join, 10)
+    assert [type(f) for f in out] == [av.VideoFrame] * 4 + [type(None)]  # 0, 1, 5, 6
+    assert decode_error.is_set()  # the receiver sends a PLI with its next packet
+    guard = stats.video_guard()
+    assert guard["frames_withheld"] == 2 and guard["resumed_on_keyframe"] == 1
+    assert guard["keyframe_requests"] == 1 and stats.keyframe_requests("video") == 1
+    assert stats.decrypted("video") == 6 and stats.rejected("video") == 0
+
+
+async def test_a_bound_video_receiver_runs_the_guard_and_an_unguarded_one_does_not() -> None:
+    from tests.media.harness import close, connect, make_side
+
+    ca, cb = crypto_pair()
+    a, b = make_side("a", ca), make_side("b", cb, video_guard=False)
+    try:
+        await connect(a, b)
+        assert await a.video_sink.wait_for(3, timeout=15)
+        assert await b.video_sink.wait_for(3, timeout=15)
+        buffers = {}
+        for side in (a, b):
+            for t in side.pc.getTransceivers():
+                if t.kind == "video":
+                    buffers[side.name] = type(t.receiver._RTCRtpReceiver__jitter_buffer)
+        assert buffers == {"a": aiortc_patch._GuardJitterBuffer, "b": JitterBuffer}
+        assert a.stats.video_guard()["frames"] >= 3 and b.stats.video_guard() == {}
+    finally:
+        await close(a, b)

@@ -10,7 +10,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from hotline.errors import CodecRefused, FingerprintMismatch, SdpError, StateError, UsageError
 from hotline.media import aiortc_patch, engine
-from hotline.media.engine import DtlsFingerprint, IceSettings, TurnRelay
+from hotline.media.engine import DtlsFingerprint, IceSettings, StaticCredentials, TurnRelay
 from hotline.media.sources import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.media.aesgcm_crypto import crypto_pair
 
@@ -19,16 +19,22 @@ def test_configuration_is_always_explicit() -> None:
     config = engine.rtc_configuration()
     assert config.iceServers == []  # never aiortc's fallback public STUN server
     assert config.iceTransportPolicy is RTCIceTransportPolicy.ALL
-    turn = TurnRelay("turn:127.0.0.1:3478?transport=udp", "user", "secret")
-    relay = engine.rtc_configuration(IceSettings(turn=turn, relay_only=True))
+    turn = TurnRelay("turn:127.0.0.1:3478?transport=udp", StaticCredentials("user", "secret"))
+    other = TurnRelay("turn:127.0.0.2:3478", StaticCredentials("user2", "secret2"))
+    relay = engine.rtc_configuration(IceSettings(relays=(turn, other), relay_only=True))
     assert relay.iceTransportPolicy is RTCIceTransportPolicy.RELAY
+    # only the first relay: aiortc would use no other
     assert [(s.urls, s.username, s.credential) for s in relay.iceServers or []] == [
         ("turn:127.0.0.1:3478?transport=udp", "user", "secret")
     ]
     with pytest.raises(UsageError):
-        IceSettings(relay_only=True)
+        engine.rtc_configuration(IceSettings(relay_only=True))
     with pytest.raises(UsageError):
-        TurnRelay("stun:127.0.0.1:3478", "u", "p")
+        TurnRelay("stun:127.0.0.1:3478", StaticCredentials("u", "p"))
+    # URLs aiortc would silently skip are refused
+    for url in ("turn:h:3478?transport=sctp", "turns:h:5349?transport=udp"):
+        with pytest.raises(UsageError, match="supports turn: over udp or tcp"):
+            TurnRelay(url, StaticCredentials("u", "p"))
 
 
 async def _offer_sdp(pc: RTCPeerConnection) -> str:

@@ -60,7 +60,54 @@ def test_video_sink_counts_gaps_reordering_and_freezes() -> None:
     d = sink.to_dict()
     assert d["missing"] == 2 and d["out_of_order"] == 1 and d["last_id"] == 6
     assert d["freezes"] == 1 and d["max_gap_ms"] == 330
-    assert sink.latency.samples == [10, 39, 68, 395, 426, 454]
+    # 4 after 5 cannot be a real frame (receivers never reorder): corrupt, not fresh
+    assert d["shown"] == 6 and d["corrupt_shown"] == 1 and d["fresh"] == 5
+    assert d["longest_freeze_ms"] == 330
+    assert sink.latency.samples == [10, 39, 68, 395, 454]
+
+
+def _frame_with_id(frame_id: FrameId | None) -> av.VideoFrame:
+    pattern = SyntheticVideoTrack("x", 320, 180, 30).pattern
+    y, u, v = pattern.render(1, frame_id or FrameId(1, 1), "t")
+    if frame_id is None:
+        y = bytearray(y)
+        for row in range(8, 24):  # scribble over the id blocks: CRC-8 fails
+            y[row * 320 + 8 : row * 320 + 200] = bytes(range(192))
+    frame = av.VideoFrame(320, 180, "yuv420p")
+    for plane, data in zip(frame.planes, (y, u, v), strict=True):
+        plane.update(bytes(data))
+    return frame
+
+
+def test_video_sink_counts_corrupt_frames_and_the_longest_freeze() -> None:
+    sink = VideoFrameIdSink()
+    shown = [
+        (FrameId(10, 5000), 5060),
+        (FrameId(11, 5033), 5093),
+        (None, 5126),  # unreadable: corrupt
+        (FrameId(4_000_000, 5100), 5160),  # a CRC-valid id that jumps implausibly: corrupt
+        (FrameId(9, 5000), 5190),  # backwards: corrupt
+        (FrameId(13, 9_000_000), 5220),  # sent "in the future" (shared clock): corrupt
+        (FrameId(40, 5990), 6050),  # 29 frames on after ~1 s: a freeze, then fresh
+        (FrameId(41, 6023), 6083),
+    ]
+    for frame_id, now in shown:
+        sink.on_frame(_frame_with_id(frame_id), now)
+    d = sink.to_dict()
+    assert d["shown"] == 8 and d["corrupt_shown"] == 4 and d["fresh"] == 4
+    assert d["longest_freeze_ms"] == 6050 - 5093
+    assert sink.clock_shared is True
+    assert sink.latency.samples == [60, 60, 60, 60]
+    assert d["latency_p50_ms"] == 60 and d["latency_p95_ms"] == 60
+    assert sink.fresh_since(5990) == [(6050, 5990), (6083, 6023)]
+
+
+def test_video_sink_without_a_shared_clock_still_counts_corrupt_frames() -> None:
+    sink = VideoFrameIdSink()
+    for counter, now in ((1, 100), (2, 133), (5_000_000, 166), (3, 200)):
+        sink.on_frame(_frame_with_id(FrameId(counter, 3_000_000_000 + counter)), now)
+    assert sink.clock_shared is False and sink.latency.count == 0
+    assert (sink.fresh, sink.corrupt) == (3, 1)
 
 
 def test_synthetic_second_has_one_chirp_at_the_start() -> None:

@@ -152,6 +152,26 @@ async def test_two_terminals_call_rekey_and_verified_logs(two_line: LocalLine) -
         assert any(c.signer_id == peer for c in report.cosignatures)
 
 
+@pytest.mark.parametrize("suite", ["AES_128_GCM_SHA256_128", "AES_256_GCM_SHA512_128"])
+async def test_call_uses_the_charters_cipher_suite(tmp_path: Path, suite: str) -> None:
+    """Each SFrame suite a charter may name, end to end: the frames of the call are
+    protected under it (the send key's suite, as the status shows it) and media flows."""
+    policy = Policy(cipher_suite=suite, kem="X25519")
+    async with running_line(tmp_path, policy) as line, line.control("alpha") as alpha:
+        await alpha.request("POST", "/call", {"target": "bravo"})
+        statuses = await wait_for(
+            line,
+            ["alpha", "bravo"],
+            lambda s: media_flows(s, [("alpha", "bravo"), ("bravo", "alpha")]),
+            "decrypted media both ways",
+        )
+        for st in statuses.values():
+            e2ee = call_of(st)["e2ee"]
+            assert e2ee["suite"] == suite and e2ee["kem"] == "X25519", e2ee
+            assert e2ee["rejected"] == {}, e2ee
+        await alpha.request("POST", "/hangup")
+
+
 async def test_third_member_joins_and_leaves(tmp_path: Path) -> None:
     line = LocalLine(
         tmp_path,

@@ -5,6 +5,7 @@ injected) against a real exchange process."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,15 +17,17 @@ from typing import Any
 
 import pytest
 
-from hotline.charter import Policy, Role, load_charter
+from hotline.charter import Policy, Role, enrolment_bytes, load_charter
 from hotline.encoding import encode
 from hotline.errors import StateError
+from hotline.keys import SigningKey
 from hotline.localline import LocalLine
 from hotline.media import aiortc_patch, engine
 from hotline.media.aiortc_patch import RtpView
 from hotline.provision import (
     enroll_terminal,
     line_site_dir,
+    load_site,
     propose_line,
     sign_charter,
     write_draft,
@@ -333,6 +336,84 @@ async def test_a_terminal_removed_from_the_charter_leaves_the_running_call(
         assert alpha.call.security_code == bravo.call.security_code  # type: ignore[union-attr]
         assert alpha.call.epoch not in charlie.call.keys.media.stats().receive_epochs
         assert "charlie" not in alpha.call.peers, "no transport to the removed terminal"
+    finally:
+        for daemon in (alpha, bravo, charlie):
+            await daemon.stop()
+        await line.stop()
+
+
+async def test_a_re_keyed_terminal_leaves_the_running_call(tmp_path: Path) -> None:
+    """Version 2 of the charter gives charlie a new identity key. The old key holder
+    ignores the new charter (a stolen device would); alpha and bravo treat it exactly like a
+    departure: a new epoch without it, no transport to it, nothing of the new epoch for it."""
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {
+            "east": [("alpha", Role.PRINCIPAL)],
+            "west": [("bravo", Role.PRINCIPAL), ("charlie", Role.INTERPRETER)],
+        },
+    )
+    v1 = line.commission()
+    await line.start_exchange()
+    alpha = await started(line, "alpha")
+    bravo = await started(line, "bravo", auto_answer=True)
+    charlie = await started(line, "charlie", auto_answer=True)
+
+    async def keeps_the_old_charter(signed: object) -> None:
+        return None
+
+    charlie._adopt_charter = keeps_the_old_charter  # type: ignore[method-assign]
+    try:
+        await until(lambda: _online(alpha, "charlie"), "everyone online")
+        await alpha.dial("bravo")
+
+        async def members(daemon: TerminalDaemon, n: int, epoch_above: int = 0) -> bool:
+            call = daemon.call
+            return (
+                call is not None
+                and len(call.machine.members) == n
+                and (call.epoch or 0) > epoch_above
+            )
+
+        await until(lambda: members(alpha, 2), "a two-party call")
+        await alpha.invite("charlie")
+        await until(lambda: members(bravo, 3), "charlie in the call")
+        await until(lambda: members(charlie, 3, 1), "charlie holding the three-member epoch")
+        assert alpha.call is not None and charlie.call is not None
+        three = alpha.call.epoch or 0
+
+        # version 2, signed by both sites: charlie, same id, new identity key
+        charter = v1.charter
+        _, west_key = load_site(line_site_dir(tmp_path, "west"))
+        new_key = SigningKey.generate()
+        old = charter.terminal("charlie")
+        rekeyed = dataclasses.replace(
+            old,
+            identity_key=new_key.public,
+            enrolment_signature=west_key.sign(
+                enrolment_bytes(old.site_id, old.terminal_id, old.name, old.role, new_key.public)
+            ),
+        )
+        v2_path = tmp_path / "v2.charter.json"
+        draft = propose_line(
+            charter.line_id,
+            [line_site_dir(tmp_path, s.site_id) for s in charter.sites],
+            [rekeyed if t.terminal_id == "charlie" else t for t in charter.terminals],
+            exchanges=charter.exchanges,
+            policy=charter.policy,
+            version=2,
+        )
+        write_draft(v2_path, draft)
+        for site in charter.sites:
+            sign_charter(v2_path, line_site_dir(tmp_path, site.site_id))
+        await alpha.install_charter(load_charter(v2_path))
+
+        await until(lambda: members(alpha, 2, three), "alpha's new epoch without old charlie")
+        await until(lambda: members(bravo, 2, three), "bravo's new epoch without old charlie")
+        assert alpha.call.security_code == bravo.call.security_code  # type: ignore[union-attr]
+        assert alpha.call.epoch not in charlie.call.keys.media.stats().receive_epochs
+        assert "charlie" not in alpha.call.peers and "charlie" not in bravo.call.peers  # type: ignore[union-attr]
     finally:
         for daemon in (alpha, bravo, charlie):
             await daemon.stop()

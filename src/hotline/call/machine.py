@@ -18,7 +18,10 @@ type               body                                               sent to
 =================  =================================================  ======================
 
 A member accepts a newcomer's ``call.answer`` only if that newcomer was rung by a member
-(it rang it itself, or got ``call.invited`` from a member). Envelopes are signed and checked
+(it rang it itself, or got ``call.invited`` from a member). Every member enforces the
+charter's ``max_participants`` (``max_members``): it invites nobody once members and
+pending invitations reach it, refuses a ``call.invited`` or a newcomer's ``call.answer`` into
+a full call, and refuses a ring into a call that holds it already. Envelopes are signed and checked
 against the charter before they reach this machine, so ``sender`` is authentic; the machine
 checks that the protocol is followed, and raises :class:`CallProtocolError` when it is not.
 
@@ -48,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from hotline.encoding import Value
 from hotline.errors import CallError, StateError
@@ -62,6 +66,16 @@ MSG_ANSWER = "call.answer"
 MSG_DECLINE = "call.decline"
 MSG_LEAVE = "call.leave"
 CALL_MESSAGES = frozenset({MSG_RING, MSG_INVITED, MSG_ANSWER, MSG_DECLINE, MSG_LEAVE})
+
+_Key = TypeVar("_Key")
+
+
+def charter_departures(old: Mapping[str, _Key], new: Mapping[str, _Key]) -> frozenset[str]:
+    """The terminals a new charter takes out of a running call: those it no longer lists,
+    and those whose identity key it changed (same id, new key). The holder of the old key
+    is out exactly as if it had left; the new key holder comes back only by being rung and
+    answering under its new key."""
+    return frozenset(t for t, key in old.items() if new.get(t) != key)
 
 
 class CallProtocolError(CallError):
@@ -128,6 +142,8 @@ class CallMachine:
 
     self_id: str
     call_id: str
+    #: the charter's max_participants (None: no limit, for tests of other rules)
+    max_members: int | None = None
     state: CallState = CallState.IDLE
     members: frozenset[str] = frozenset()
     #: rung terminals not yet answered: target -> (inviter, deadline)
@@ -154,6 +170,8 @@ class CallMachine:
         self._require(CallState.ACTIVE, "invite")
         if target in self.members or target in self.pending:
             raise StateError(f"{target} is already in or invited to this call")
+        if self._full(len(self.members) + len(self.pending)):
+            raise StateError(f"the charter allows at most {self.max_members} terminals in a call")
         self.pending[target] = (self.self_id, now + INVITE_TIMEOUT_S)
         self._send(target, MSG_RING, {"members": list[Value](sorted(self.members))})
         for member in self._others():
@@ -217,6 +235,8 @@ class CallMachine:
         members = frozenset(str(m) for m in raw)
         if sender not in members or self.self_id in members:
             raise CallProtocolError("ring: the caller must be a member and we must not be one")
+        if self._full(len(members)):
+            raise self._full_error(f"ring from {sender} into a call of {len(members)}")
         self.state = CallState.INCOMING
         self.caller = sender
         self.members = members
@@ -228,6 +248,8 @@ class CallMachine:
         target = body.get("target")
         if not isinstance(target, str) or target in self.members:
             raise CallProtocolError("invited: target must be a terminal id not in the call")
+        if self._full(len(self.members)):
+            raise self._full_error(f"{sender} invited {target[:64]} into a full call")
         self.pending[target] = (sender, now + INVITE_TIMEOUT_S)
 
     def _on_answer(self, sender: str) -> None:
@@ -238,6 +260,9 @@ class CallMachine:
             raise CallProtocolError(f"answer from {sender} in state {self.state}")
         if sender not in self.pending:
             raise CallProtocolError(f"answer from {sender}, who was not rung by a member")
+        if self._full(len(self.members)):
+            del self.pending[sender]
+            raise self._full_error(f"answer from {sender} into a full call")
         del self.pending[sender]
         self.state = CallState.ACTIVE
         self.members = self.members | {sender}
@@ -270,8 +295,9 @@ class CallMachine:
             self._end(f"{sender} hung up: {reason_text}")
 
     def remove(self, ids: Collection[str], now: float) -> None:
-        """Terminals that left the charter leave the call at once: no message from them is
-        needed (nor would one be accepted any more)."""
+        """Terminals that left the charter (or whose identity key it changed, see
+        :func:`charter_departures`) leave the call at once: no message from them is needed
+        (nor would one be accepted any more)."""
         gone = frozenset(ids) - {self.self_id}
         if self.state in (CallState.IDLE, CallState.ENDED) or not gone:
             return
@@ -287,6 +313,20 @@ class CallMachine:
             self._end("the terminal called is no longer in the charter")
         elif self.state == CallState.ACTIVE and self.members == {self.self_id} and not self.pending:
             self._end("every other member left the charter")
+
+    def drop_unreachable(self, ids: Collection[str], now: float) -> None:
+        """Members whose transport stayed lost past the charter's peer timeout leave the
+        call; each is told (a leave, if it can still hear), and a call left with no one else
+        ends saying who became unreachable."""
+        gone = (frozenset(ids) & self.members) - {self.self_id}
+        if self.state != CallState.ACTIVE or not gone:
+            return
+        for target in sorted(gone):
+            self._send(target, MSG_LEAVE, {"reason": "unreachable"})
+        self.members = self.members - gone
+        self._events.append(MembersChanged(self.members, frozenset(), gone))
+        if self.members == {self.self_id} and not self.pending:
+            self._end(f"{', '.join(sorted(gone))} unreachable")
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -337,6 +377,16 @@ class CallMachine:
         self.pending.clear()
         self.ring_deadline = None
         self._events.append(CallEnded(reason))
+
+    def _full(self, count: int) -> bool:
+        """Whether ``count`` terminals leave no room for one more."""
+        return self.max_members is not None and count >= self.max_members
+
+    def _full_error(self, what: str) -> CallProtocolError:
+        return CallProtocolError(
+            f"{what}: the charter allows at most {self.max_members} terminals in a call",
+            reason="call_full",
+        )
 
     def _require(self, state: CallState, action: str) -> None:
         if self.state != state:

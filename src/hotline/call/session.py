@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaRelay
 
+from hotline.call.liveness import Action, LinkView, LivenessSettings, PeerLiveness
 from hotline.call.machine import (
     Answered,
     CallEnded,
@@ -34,14 +34,24 @@ from hotline.call.machine import (
     Declined,
     MembersChanged,
     Ringing,
+    charter_departures,
 )
 from hotline.calllog import CallLog
-from hotline.e2ee.events import EpochActivated, EpochFailed, KeyRejected, MemberLagging
+from hotline.e2ee.events import (
+    EpochActivated,
+    EpochFailed,
+    KeyRejected,
+    MemberLagging,
+    PeerCharterVersion,
+)
+from hotline.e2ee.messages import MAX_MEMBERS
 from hotline.e2ee.session import CallKeySession
+from hotline.e2ee.sframe import DEFAULT_SUITE
 from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media import aiortc_patch, engine
+from hotline.media.fanout import FanoutTrack
 from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
 from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
@@ -64,7 +74,22 @@ class PeerLink:
     offerer: bool
     video_sink: VideoFrameIdSink
     audio_sink: AudioChirpSink
+    #: this connection's views of the terminal's source, stopped when it closes
+    tracks: list[FanoutTrack] = field(default_factory=list)
     state: str = "new"
+    #: which offer of the pair this connection answers (1 for the first, then rebuilds)
+    attempt: int = 1
+    created: float = 0.0
+
+    @property
+    def media_total(self) -> int:
+        return self.video_sink.frames + self.audio_sink.frames
+
+
+def _view(link: PeerLink | None) -> LinkView | None:
+    if link is None:
+        return None
+    return LinkView(created=link.created, state=link.state, media_total=link.media_total)
 
 
 @dataclass
@@ -75,6 +100,8 @@ class MediaSettings:
     height: int = 360
     fps: int = 30
     ice: engine.IceSettings = field(default_factory=engine.IceSettings)
+    #: when a transport counts as lost, is rebuilt, and a peer is dropped
+    liveness: LivenessSettings = field(default_factory=LivenessSettings)
 
 
 class CallSession:
@@ -92,6 +119,8 @@ class CallSession:
         directory: Mapping[str, PublicKey],
         kem: str,
         rekey_interval_s: float,
+        suite: str = DEFAULT_SUITE.name,
+        max_participants: int = MAX_MEMBERS,
         send: Sender,
         call_log: CallLog,
         media: MediaSettings,
@@ -104,7 +133,7 @@ class CallSession:
         self.directory = dict(directory)
         self.self_id = self_id
         self.self_name = self_name
-        self.machine = CallMachine(self_id, call_id)
+        self.machine = CallMachine(self_id, call_id, max_members=max_participants)
         self.keys = CallKeySession(
             line_id=line_id,
             call_id=call_id,
@@ -113,6 +142,8 @@ class CallSession:
             directory=directory,
             charter_version=charter_version,
             kem=kem,
+            suite=suite,
+            max_members=max_participants,
             rekey_interval_s=rekey_interval_s,
         )
         self._send = send
@@ -120,6 +151,9 @@ class CallSession:
         self._media = media
         self._on_event = on_event
         self.peers: dict[str, PeerLink] = {}
+        #: replacements being built beside a lost transport, by peer
+        self.pending: dict[str, PeerLink] = {}
+        self.liveness: dict[str, PeerLiveness] = {}
         self.ever_members: set[str] = set()
         self.cosigned: set[str] = set()
         self.started = time.monotonic()
@@ -131,7 +165,6 @@ class CallSession:
         self._last_frame_event: dict[str, float] = {}
         self.crypto_stats = MediaCryptoStats(on_event=self._on_frame_event)
         self.media_stats = CallMediaStats(self.crypto_stats)
-        self._relay = MediaRelay()
         self._source = source
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future[None]] = set()
@@ -165,21 +198,47 @@ class CallSession:
         self.machine.hangup(time.monotonic(), reason)
         await self.flush()
 
-    async def on_charter(self, directory: Mapping[str, PublicKey], charter_version: int) -> None:
-        """A newer charter: terminals it no longer lists leave the call at once, the keys
-        move to a new epoch bound to the new version; if we were removed, the call ends."""
+    async def on_charter(
+        self,
+        directory: Mapping[str, PublicKey],
+        charter_version: int,
+        *,
+        kem: str | None = None,
+        suite: str | None = None,
+        max_participants: int | None = None,
+    ) -> None:
+        """A newer charter: terminals it no longer lists, or whose identity key it changed,
+        leave the call at once, the keys move to a new epoch bound to the new version and
+        its policy (``kem``, ``suite``, ``max_participants``; default unchanged); if we were
+        removed, or the call holds more terminals than the new limit, the call ends."""
         now = time.monotonic()
-        removed = set(self.directory) - set(directory)
+        removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
         self.charter_version = charter_version
         if self.machine.state in (CallState.IDLE, CallState.ENDED):
             return
+        if max_participants is not None:
+            self.machine.max_members = max_participants
         try:
-            self.keys.update_directory(directory, charter_version, now)
+            self.keys.update_directory(
+                directory,
+                charter_version,
+                now,
+                kem=kem,
+                suite=suite,
+                max_members=max_participants,
+            )
         except StateError:
             self.machine.hangup(now, "this terminal is no longer in the charter")
         else:
             self.machine.remove(removed, now)
+            count = len(self.machine.members)
+            if max_participants is not None and count > max_participants:
+                self.machine.hangup(
+                    now,
+                    f"the new charter allows at most {max_participants} terminals; {count}"
+                    " are in this call",
+                )
         await self.flush()
 
     async def receive(self, sender: str, msg_type: str, body: bytes) -> None:
@@ -226,6 +285,8 @@ class CallSession:
         timer = self.keys.next_timer()
         if timer is not None and now >= timer:
             self.keys.handle_timer(now)
+        if self.machine.state == CallState.ACTIVE:
+            await self._watch_transports(now)
         await self.flush()
 
     # --- outputs ---------------------------------------------------------------------------
@@ -316,47 +377,86 @@ class CallSession:
             self._on_event("e2ee_failed", {"reason": event.reason})
         elif isinstance(event, KeyRejected):
             self._reject("key_rejected", f"key material from {event.sender}: {event.reason}")
+        elif isinstance(event, PeerCharterVersion):
+            # the two terminals cannot agree keys until one gets the other's charter
+            facts: dict[str, Value] = {
+                "peer": event.sender,
+                "peer_version": event.peer_version,
+                "version": event.version,
+                "message": event.message,
+            }
+            log.warning("call %s: %s", self.call_id, event.message)
+            self._log_event("charter_mismatch", facts)
+            self._on_event("charter_mismatch", dict(facts))
 
     # --- transport ---------------------------------------------------------------------------
+    #
+    # Each other member has an active transport and, while it is lost, a pending replacement
+    # built beside it (``call.liveness`` decides; this section acts). Offers carry an attempt
+    # number: an answer is applied only to the transport of its own attempt, and an offer
+    # older than one already answered is refused, so messages delayed by an outage cannot
+    # replace a newer transport.
 
     def _others(self) -> set[str]:
         return set(self.machine.members) - {self.self_id}
+
+    def _liveness(self, peer_id: str) -> PeerLiveness:
+        live = self.liveness.get(peer_id)
+        if live is None:
+            live = self.liveness[peer_id] = PeerLiveness(
+                offerer=self.self_id < peer_id, settings=self._media.liveness
+            )
+        return live
 
     async def _sync_peers(self, members: frozenset[str]) -> None:
         async with self._lock:
             for peer_id in list(self.peers):
                 if peer_id not in members:
                     await self._close_peer(self.peers.pop(peer_id))
+            for peer_id in list(self.pending):
+                if peer_id not in members:
+                    await self._close_peer(self.pending.pop(peer_id))
+            for peer_id in list(self.liveness):
+                if peer_id not in members:
+                    del self.liveness[peer_id]
             for peer_id in sorted(members - {self.self_id}):
                 if peer_id not in self.peers and self.self_id < peer_id:
-                    await self._offer(peer_id)
+                    link = await self._offer(peer_id)
+                    self.peers[peer_id] = link
+                    self.media_stats.add_peer(peer_id, link.pc, link.video_sink, link.audio_sink)
 
-    async def _offer(self, peer_id: str) -> None:
-        """Create the peer connection to ``peer_id`` and send it our offer (lock held)."""
-        link = self._new_peer(peer_id, offerer=True)
+    async def _offer(self, peer_id: str) -> PeerLink:
+        """A new peer connection to ``peer_id`` and our offer for it (lock held)."""
+        attempt = self._liveness(peer_id).attempted(time.monotonic())
+        link = await self._new_peer(peer_id, offerer=True, attempt=attempt)
         try:
             await link.pc.setLocalDescription(await link.pc.createOffer())
         except Exception as exc:  # aiortc raises its own and builtin errors
-            await self._close_peer(self.peers.pop(peer_id))
+            await self._close_peer(link)
             raise SdpError(f"cannot create an offer for {peer_id}: {exc}") from exc
-        await self._send_sdp(peer_id, link.pc.localDescription)
+        await self._send_sdp(peer_id, link.pc.localDescription, attempt)
+        return link
 
-    def _new_peer(self, peer_id: str, *, offerer: bool) -> PeerLink:
+    async def _new_peer(self, peer_id: str, *, offerer: bool, attempt: int) -> PeerLink:
         # every frame this connection carries goes through the call's SFrame keys
-        pc = engine.create_peer_connection(self.keys.media, self.crypto_stats, self._media.ice)
+        # bound to this peer: a frame under another member's KID is refused (wrong_sender)
+        crypto = self.keys.media.for_peer(peer_id)
+        ice = await engine.select_ice(self._media.ice)  # the first live TURN relay, if any
+        pc = engine.create_peer_connection(crypto, self.crypto_stats, ice)
         link = PeerLink(
             peer_id=peer_id,
             pc=pc,
             offerer=offerer,
             video_sink=VideoFrameIdSink(),
             audio_sink=AudioChirpSink(),
+            attempt=attempt,
+            created=time.monotonic(),
         )
-        # one source, fanned out to every peer connection of the mesh
-        for track in (self._source.video, self._source.audio):
-            if track is not None:
-                pc.addTrack(self._relay.subscribe(track))
+        # one terminal-wide source, fanned out to every peer connection of every call
+        link.tracks = self._source.subscribe()
+        for track in link.tracks:
+            pc.addTrack(track)
         engine.force_e2ee_codecs(pc)
-        self.media_stats.add_peer(peer_id, pc, link.video_sink, link.audio_sink)
 
         @pc.on("track")
         def on_track(track: Any) -> None:
@@ -368,48 +468,97 @@ class CallSession:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             link.state = pc.connectionState
-            if pc.connectionState == "failed":
-                self._log_event("transport_failure", {"peer": peer_id})
-                self._on_event("transport_failure", {"peer": peer_id})
-                if link.offerer and self.peers.get(peer_id) is link:
-                    # aiortc has no ICE restart: rebuild the transport, keep call and keys
-                    task = asyncio.ensure_future(self._rebuild(peer_id, link))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
 
-        self.peers[peer_id] = link
         return link
 
-    async def _rebuild(self, peer_id: str, failed: PeerLink) -> None:
+    async def _watch_transports(self, now: float) -> None:
+        """Act on what liveness decides for each peer: show a loss, build a replacement,
+        promote it, record a recovery, drop a peer that stayed unreachable."""
+        dropped: set[str] = set()
         async with self._lock:
-            if self.peers.get(peer_id) is not failed or self.machine.state != CallState.ACTIVE:
-                return
-            await self._close_peer(self.peers.pop(peer_id))
-            try:
-                await self._offer(peer_id)
-            except HotlineError as exc:
-                self._reject(exc.reason, f"rebuilding the transport to {peer_id}: {exc}")
-                return
-        self._on_event("transport_rebuilt", {"peer": peer_id})
+            for peer_id in sorted(self._others()):
+                live = self._liveness(peer_id)
+                link, pending = self.peers.get(peer_id), self.pending.get(peer_id)
+                decisions = live.observe(
+                    now, _view(link), _view(pending), keys_ready=self.epoch is not None
+                )
+                for d in decisions:
+                    if d.action is Action.PROMOTE and pending is not None:
+                        del self.pending[peer_id]
+                        self.peers[peer_id] = pending
+                        if link is not None:
+                            await self._close_peer(link)
+                        self.media_stats.add_peer(
+                            peer_id, pending.pc, pending.video_sink, pending.audio_sink
+                        )
+                        link, pending = pending, None
+                        self._on_event("transport_rebuilt", {"peer": peer_id})
+                    elif d.action is Action.CANCEL and pending is not None:
+                        await self._close_peer(self.pending.pop(peer_id))
+                        pending = None
+                    elif d.action is Action.LOST:
+                        detail: dict[str, Value] = {"peer": peer_id, "reason": d.reason}
+                        log.warning(
+                            "call %s: transport to %s lost (%s)", self.call_id, peer_id, d.reason
+                        )
+                        self._log_event("transport_failure", detail)
+                        self._on_event("transport_lost", dict(detail))
+                    elif d.action is Action.RECOVERED:
+                        outage_ms = round(d.outage * 1000)
+                        detail = {
+                            "peer": peer_id,
+                            "outage_ms": outage_ms,
+                            "attempts": live.attempts,
+                        }
+                        log.warning(
+                            "call %s: transport to %s back after %d ms",
+                            self.call_id,
+                            peer_id,
+                            outage_ms,
+                        )
+                        self._log_event("transport_recovered", detail)
+                        self._on_event("transport_recovered", dict(detail))
+                    elif d.action is Action.ATTEMPT:
+                        if pending is not None:
+                            await self._close_peer(self.pending.pop(peer_id))
+                        try:
+                            pending = self.pending[peer_id] = await self._offer(peer_id)
+                        except HotlineError as exc:
+                            self._reject(
+                                exc.reason, f"rebuilding the transport to {peer_id}: {exc}"
+                            )
+                    elif d.action is Action.DROP:
+                        dropped.add(peer_id)
+                        detail = {"peer": peer_id, "reason": d.reason}
+                        self._log_event("peer_unreachable", detail)
+                        self._on_event("peer_unreachable", dict(detail))
+        if dropped:
+            self.machine.drop_unreachable(dropped, now)
+            await self.flush()
 
-    async def _send_sdp(self, peer_id: str, desc: RTCSessionDescription) -> None:
+    async def _send_sdp(self, peer_id: str, desc: RTCSessionDescription, attempt: int) -> None:
         body = encode(
             {
                 "call": self.call_id,
                 "type": desc.type,
                 "sdp": desc.sdp,
                 "fingerprints": list[Value](str(f) for f in engine.sdp_fingerprints(desc.sdp)),
+                "attempt": attempt,
             }
         )
-        await self._send(peer_id, MSG_SDP, body)
+        await self._send_one(peer_id, MSG_SDP, body)
 
     async def _on_sdp(self, sender: str, body: bytes) -> None:
         fields = expect_dict(decode(body), MSG_SDP)
         kind, sdp, prints = fields.get("type"), fields.get("sdp"), fields.get("fingerprints")
+        attempt = fields.get("attempt", 1)
         if (
             not isinstance(sdp, str)
             or kind not in ("offer", "answer")
             or not isinstance(prints, list)
+            or not isinstance(attempt, int)
+            or isinstance(attempt, bool)
+            or not 1 <= attempt < 1 << 32
         ):
             raise CallProtocolError("call.sdp: malformed body")
         if sender not in self.machine.members or self.machine.state != CallState.ACTIVE:
@@ -418,33 +567,54 @@ class CallSession:
         engine.check_fingerprints(sdp, [str(p) for p in prints])
         async with self._lock:
             if kind == "offer":
-                await self._answer_offer(sender, sdp)
+                await self._answer_offer(sender, sdp, attempt)
                 return
-            link = self.peers.get(sender)
+            link = next(
+                (
+                    candidate
+                    for candidate in (self.pending.get(sender), self.peers.get(sender))
+                    if candidate is not None and candidate.attempt == attempt
+                ),
+                None,
+            )
             if link is None or not link.offerer or link.pc.signalingState != "have-local-offer":
-                raise CallProtocolError(f"answer from {sender} without an open offer of ours")
+                raise CallProtocolError(
+                    f"answer from {sender} (attempt {attempt}) without an open offer of ours"
+                )
             try:
                 await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError
-                await self._close_peer(self.peers.pop(sender))
+                link.state = "failed"  # liveness replaces it
                 raise SdpError(f"answer from {sender} refused by the media engine: {exc}") from exc
 
-    async def _answer_offer(self, sender: str, sdp: str) -> None:
-        """A (new) offer from ``sender``: replace any connection to it, answer (lock held)."""
+    async def _answer_offer(self, sender: str, sdp: str, attempt: int) -> None:
+        """An offer from ``sender``: the first builds the transport; a later one (a rebuild)
+        builds a replacement beside the current transport, promoted once it connects."""
         if self.self_id < sender:
             raise CallProtocolError(f"offer from {sender}, but we are the offerer")
-        old = self.peers.pop(sender, None)
-        if old is not None:
-            await self._close_peer(old)
-        link = self._new_peer(sender, offerer=False)
+        live = self._liveness(sender)
+        if attempt <= live.attempts:
+            raise CallProtocolError(
+                f"offer from {sender} for attempt {attempt}, older than attempt {live.attempts}"
+            )
+        live.attempts = attempt
+        link = await self._new_peer(sender, offerer=False, attempt=attempt)
         try:
             await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             engine.force_e2ee_codecs(link.pc)
             await link.pc.setLocalDescription(await link.pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError
-            await self._close_peer(self.peers.pop(sender))
+            await self._close_peer(link)
             raise SdpError(f"offer from {sender} refused by the media engine: {exc}") from exc
-        await self._send_sdp(sender, link.pc.localDescription)
+        if sender in self.peers:
+            old_pending = self.pending.pop(sender, None)
+            if old_pending is not None:
+                await self._close_peer(old_pending)
+            self.pending[sender] = link
+        else:
+            self.peers[sender] = link
+            self.media_stats.add_peer(sender, link.pc, link.video_sink, link.audio_sink)
+        await self._send_sdp(sender, link.pc.localDescription, attempt)
 
     async def _send_summaries(self) -> None:
         """Sign the call summary for every member we shared an epoch with, and send it."""
@@ -469,10 +639,13 @@ class CallSession:
 
     async def _close_peer(self, link: PeerLink) -> None:
         aiortc_patch.unbind(link.pc)  # not one more frame through this connection
-        self.media_stats.remove_peer(link.peer_id)
+        if self.media_stats.peer_connection(link.peer_id) is link.pc:
+            self.media_stats.remove_peer(link.peer_id)
         await link.video_sink.stop()
         await link.audio_sink.stop()
-        await link.pc.close()
+        for track in link.tracks:
+            track.stop()  # the source stops feeding this connection
+        await engine.close_peer_connection(link.pc)  # bounded: a dead relay never answers
 
     async def close(self) -> None:
         """Close every peer connection and log the statistics summary (once)."""
@@ -481,9 +654,10 @@ class CallSession:
         self._closed = True
         for task in self._background:
             task.cancel()
-        for link in list(self.peers.values()):
+        for link in [*self.peers.values(), *self.pending.values()]:
             await self._close_peer(link)
         self.peers.clear()
+        self.pending.clear()
         self._log_event("stats_summary", self.stats_summary())
 
     # --- bookkeeping ---------------------------------------------------------------------------
@@ -515,11 +689,14 @@ class CallSession:
         return {
             "call": self.call_id,
             "state": str(self.machine.state),
+            "end_reason": self.machine.end_reason,
             "members": sorted(self.machine.members),
             "epoch": self.epoch,
             "epochs": [e["epoch"] for e in self.epochs],
             "security_code": self.security_code,
             "e2ee": {
+                "kem": self.keys.kem,
+                "suite": crypto.sending_suite,
                 "sending_epoch": crypto.sending_epoch,
                 "receive_epochs": list(crypto.receive_epochs),
                 "protected": crypto.protected,
@@ -530,12 +707,32 @@ class CallSession:
             },
             "frames": media["frames"],
             "peers": {
-                peer: {"transport": self.peers[peer].state if peer in self.peers else "closed", **v}
-                for peer, v in media["peers"].items()
+                peer: {**self._transport_status(peer), **media["peers"].get(peer, {})}
+                for peer in sorted(self._others() | set(media["peers"]))
             },
             "rejected": dict(self.rejected),
             "cosigned": sorted(self.cosigned),
         }
+
+    def _transport_status(self, peer: str) -> dict[str, Any]:
+        """What a person reads about the path to ``peer``: connected, or reconnecting since."""
+        link, live = self.peers.get(peer), self.liveness.get(peer)
+        out: dict[str, Any] = {"transport": link.state if link is not None else "closed"}
+        if live is not None:
+            lost_for = None if live.lost_since is None else time.monotonic() - live.lost_since
+            out.update(
+                {
+                    "reachable": lost_for is None,
+                    "reconnecting_since": None if lost_for is None else time.time() - lost_for,
+                    "lost_reason": live.lost_reason or None,
+                    "outages": live.outages,
+                    "attempts": live.attempts,
+                    "rebuilding": peer in self.pending,
+                }
+            )
+            if lost_for is not None:
+                out["transport"] = "reconnecting"
+        return out
 
     def stats_summary(self) -> dict[str, Value]:
         crypto = self.keys.media.stats()

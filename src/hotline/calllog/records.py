@@ -60,6 +60,8 @@ EVENT_EPOCH: Final = "epoch"
 EVENT_SECURITY_CODE: Final = "security_code"
 EVENT_REKEY: Final = "rekey"
 EVENT_TRANSPORT_FAILURE: Final = "transport_failure"
+EVENT_TRANSPORT_RECOVERED: Final = "transport_recovered"
+EVENT_PEER_UNREACHABLE: Final = "peer_unreachable"
 EVENT_E2EE_FAILURE: Final = "e2ee_failure"
 EVENT_HANGUP: Final = "hangup"
 EVENT_STATS_SUMMARY: Final = "stats_summary"
@@ -79,6 +81,8 @@ KNOWN_EVENTS: Final = frozenset(
         EVENT_SECURITY_CODE,
         EVENT_REKEY,
         EVENT_TRANSPORT_FAILURE,
+        EVENT_TRANSPORT_RECOVERED,
+        EVENT_PEER_UNREACHABLE,
         EVENT_E2EE_FAILURE,
         EVENT_HANGUP,
         EVENT_STATS_SUMMARY,

@@ -71,6 +71,7 @@ TURN_SCHEMES = frozenset({"turn", "turns"})
 REKEY_INTERVAL_RANGE = (1, 86_400)
 MAX_PARTICIPANTS_RANGE = (2, 64)
 READINESS_INTERVAL_RANGE = (1, 30 * 86_400)
+PEER_TIMEOUT_RANGE = (5, 3600)
 
 
 class Role(StrEnum):
@@ -178,6 +179,10 @@ class Policy:
     readiness_interval_s: int = 3600
     #: whether any terminal may record a call
     recording_allowed: bool = False
+    #: ICE only through the charter's TURN relays (no host or server-reflexive candidates)
+    relay_only: bool = False
+    #: seconds a member may be unreachable before it is dropped from a call
+    peer_timeout_s: int = 60
 
     def validate(self) -> None:
         if self.cipher_suite not in KNOWN_CIPHER_SUITES:
@@ -193,14 +198,20 @@ class Policy:
             ("rekey_interval_s", self.rekey_interval_s, REKEY_INTERVAL_RANGE),
             ("max_participants", self.max_participants, MAX_PARTICIPANTS_RANGE),
             ("readiness_interval_s", self.readiness_interval_s, READINESS_INTERVAL_RANGE),
+            ("peer_timeout_s", self.peer_timeout_s, PEER_TIMEOUT_RANGE),
         ):
             if not _is_int(value) or not low <= value <= high:
                 raise CharterError(f"policy: {name} = {value!r} is outside {low}..{high}")
         if not isinstance(self.recording_allowed, bool):
             raise CharterError("policy: recording_allowed must be true or false")
+        if not isinstance(self.relay_only, bool):
+            raise CharterError("policy: relay_only must be true or false")
 
     def to_value(self) -> dict[str, Value]:
-        return {
+        """The policy as signed. The fields of format 1 are always present; a field added
+        later (:data:`OPTIONAL_POLICY_DEFAULTS`) only when it differs from its default, so
+        that a charter signed before the field existed encodes, and verifies, as before."""
+        value: dict[str, Value] = {
             "cipher_suite": self.cipher_suite,
             "kem": self.kem,
             "rekey_interval_s": self.rekey_interval_s,
@@ -208,6 +219,17 @@ class Policy:
             "readiness_interval_s": self.readiness_interval_s,
             "recording_allowed": self.recording_allowed,
         }
+        for name, default in OPTIONAL_POLICY_DEFAULTS.items():
+            current = getattr(self, name)
+            if current != default or type(current) is not type(default):
+                value[name] = current
+        return value
+
+
+#: policy fields added after format 1, with their defaults: encoded only when they differ
+OPTIONAL_POLICY_DEFAULTS: Mapping[str, bool | int] = MappingProxyType(
+    {"relay_only": False, "peer_timeout_s": 60}
+)
 
 
 DEFAULT_POLICY = Policy()
@@ -384,6 +406,8 @@ class Charter:
         if not isinstance(self.policy, Policy):
             raise CharterError("policy is missing")
         self.policy.validate()
+        if self.policy.relay_only and not self.turn_relays:
+            raise CharterError("policy: relay_only needs at least one TURN relay in the charter")
 
 
 # --- signed charters ------------------------------------------------------------------------
@@ -727,9 +751,23 @@ def _parse_charter(value: object) -> Charter:
         if not isinstance(url, str):
             raise CharterFormatError(f"turn_relays[{i}] must be a string")
         relays.append(url)
-    p = _exact_fields(body["policy"], "policy", _POLICY_FIELDS)
+    p = _exact_fields(body["policy"], "policy", None)
+    missing = sorted(_POLICY_FIELDS - set(p))
+    extra = sorted(set(p) - _POLICY_FIELDS - set(OPTIONAL_POLICY_DEFAULTS))
+    if missing:
+        raise CharterFormatError(f"policy: missing field {missing[0]!r}")
+    if extra:
+        raise CharterFormatError(f"policy: unknown field {extra[0]!r}")
     if not isinstance(p["recording_allowed"], bool):
         raise CharterFormatError("policy: recording_allowed must be true or false")
+    relay_only = p.get("relay_only", False)
+    if not isinstance(relay_only, bool):
+        raise CharterFormatError("policy: relay_only must be true or false")
+    peer_timeout_s = _int(p, "peer_timeout_s", "policy") if "peer_timeout_s" in p else 60
+    for name, default in OPTIONAL_POLICY_DEFAULTS.items():
+        if name in p and p[name] == default:
+            # one encoding per charter: a field equal to its default is left out
+            raise CharterFormatError(f"policy: {name} is present with its default value")
     policy = Policy(
         cipher_suite=_str(p, "cipher_suite", "policy"),
         kem=_str(p, "kem", "policy"),
@@ -737,6 +775,8 @@ def _parse_charter(value: object) -> Charter:
         max_participants=_int(p, "max_participants", "policy"),
         readiness_interval_s=_int(p, "readiness_interval_s", "policy"),
         recording_allowed=p["recording_allowed"],
+        relay_only=relay_only,
+        peer_timeout_s=peer_timeout_s,
     )
     return Charter(
         line_id=_str(body, "line_id", "charter"),

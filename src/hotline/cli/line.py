@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -100,6 +101,20 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         bool,
         typer.Option("--recording/--no-recording", help="Whether calls may be recorded."),
     ] = DEFAULT_POLICY.recording_allowed,
+    relay_only: Annotated[
+        bool,
+        typer.Option(
+            "--relay-only/--no-relay-only",
+            help="Media only through the charter's TURN relays (needs --turn).",
+        ),
+    ] = DEFAULT_POLICY.relay_only,
+    peer_timeout: Annotated[
+        int,
+        typer.Option(
+            "--peer-timeout",
+            help="Seconds a member may be unreachable before it is dropped from a call.",
+        ),
+    ] = DEFAULT_POLICY.peer_timeout_s,
     version: Annotated[
         int,
         typer.Option("--version", help="Charter version; a new one must be higher than the last."),
@@ -120,6 +135,8 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         max_participants=max_participants,
         readiness_interval_s=readiness_interval,
         recording_allowed=recording,
+        relay_only=relay_only,
+        peer_timeout_s=peer_timeout,
     )
     charter = propose_line(
         line,
@@ -214,7 +231,7 @@ def _describe(signed: SignedCharter, check: CharterCheck) -> dict[str, Any]:
         ],
         "exchanges": [{"url": e.url, "tls_fingerprint": e.tls_fingerprint} for e in c.exchanges],
         "turn_relays": list(c.turn_relays),
-        "policy": c.policy.to_value(),
+        "policy": dataclasses.asdict(c.policy),
         "unknown_signers": list(check.unknown_signers),
         "complete": check.complete,
         "valid": check.ok,
@@ -281,7 +298,9 @@ def show(
         f"Policy: suite {p['cipher_suite']}, KEM {p['kem']}, "
         f"rekey every {p['rekey_interval_s']} s, at most {p['max_participants']} participants, "
         f"readiness check every {p['readiness_interval_s']} s, "
-        f"recording {'allowed' if p['recording_allowed'] else 'forbidden'}"
+        f"recording {'allowed' if p['recording_allowed'] else 'forbidden'}, "
+        f"media {'through the TURN relays only' if p['relay_only'] else 'direct or relayed'}, "
+        f"an unreachable member dropped after {p['peer_timeout_s']} s"
     )
     if info["exchanges"]:
         for e in info["exchanges"]:

@@ -154,6 +154,14 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             "--passphrase-file", help=f"Passphrase of the identity key (else ${PASSPHRASE_ENV})."
         ),
     ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The site's local configuration (TURN credentials), mode 0600. "
+            "Default: TERMINAL/terminal.toml if it exists.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log call events to stderr.")
     ] = False,
@@ -183,5 +191,6 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         height=height,
         fps=fps,
         source=source,
+        config_path=config_file,
     )
     run_daemon(config, control_port, verbose)

@@ -98,7 +98,8 @@ def transcript_hash(roster_hash: bytes, sender_keys: Mapping[str, bytes]) -> byt
 
 @dataclass
 class Attempt:
-    """One epoch at this member, from its start until it is active or abandoned."""
+    """One epoch at this member, from its start until it is active or abandoned. Its
+    secrets (ephemeral key pair, unrevealed nonce, base keys) are kept out of ``repr``."""
 
     epoch: int
     members: tuple[str, ...]
@@ -108,18 +109,18 @@ class Attempt:
     started_at: float
     state: State | None = None
     #: our ephemeral key pair; erased as soon as every sealed key is opened
-    ephemeral: EphemeralKeyPair | None = None
+    ephemeral: EphemeralKeyPair | None = field(default=None, repr=False)
     #: the nonce we committed to (revealed in our sender key message)
-    reveal: bytes = b""
+    reveal: bytes = field(default=b"", repr=False)
     commit: bytes = b""
     #: leader only: the members' ephemeral messages
     ephemerals: dict[str, Ephemeral] = field(default_factory=dict)
     roster: Roster | None = None
     #: our base key for this epoch, until it is handed to the media crypto
-    base_key: bytearray | None = None
+    base_key: bytearray | None = field(default=None, repr=False)
     sender_keys: dict[str, SenderKey] = field(default_factory=dict)
     #: other members' opened base keys, until they are handed to the media crypto
-    base_keys: dict[str, bytearray] = field(default_factory=dict)
+    base_keys: dict[str, bytearray] = field(default_factory=dict, repr=False)
     transcript: bytes | None = None
     security_code: str | None = None
     acks: dict[str, Ack] = field(default_factory=dict)

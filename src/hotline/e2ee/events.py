@@ -49,6 +49,24 @@ class EpochFailed(E2EEEvent):
 
 
 @dataclass(frozen=True)
+class PeerCharterVersion(E2EEEvent):
+    """``sender`` signed a message for this call under charter version ``peer_version``
+    while this terminal holds ``version``: one of them must get the newer charter before
+    they can agree keys. Reported once per sender and version."""
+
+    sender: str
+    peer_version: int
+    version: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"peer {self.sender} has charter version {self.peer_version}; "
+            f"this terminal has {self.version}"
+        )
+
+
+@dataclass(frozen=True)
 class KeyRejected(E2EEEvent):
     """A message from ``sender`` was refused; ``reason`` is the error's reason label."""
 

@@ -34,6 +34,7 @@ from hotline.errors import (
     MalformedFrame,
     NoMediaKey,
     SFrameError,
+    WrongSender,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class MediaStats:
     sending_epoch: int
     #: epochs we hold receive keys for
     receive_epochs: tuple[int, ...]
+    #: the SFrame cipher suite of our send key (None while we cannot send)
+    sending_suite: str | None = None
 
     @property
     def rejected_total(self) -> int:
@@ -154,12 +157,16 @@ class MediaCrypto:
             log.debug("frame not protected: %s", exc.reason)
             raise
 
-    def unprotect(self, kind: str, data: bytes) -> bytes:
+    def unprotect(self, kind: str, data: bytes, peer: str | None = None) -> bytes:
         """Check and decrypt one protected frame; returns the encoded frame.
 
+        ``peer``: the member whose peer connection the frame arrived on (mesh calls, see
+        :meth:`for_peer`); a frame under any other member's KID is refused
+        (:class:`WrongSender`) before it is decrypted. None: no binding (an SFU path).
+
         Raises an :class:`SFrameError` subclass (also counted, with the sender if known).
-        Order: parse, find the key, authenticate and decrypt, then check and mark the
-        counter in the replay window (a forgery never moves the window).
+        Order: parse, find the key, check the binding, authenticate and decrypt, then check
+        and mark the counter in the replay window (a forgery never moves the window).
         """
         kid: int | None = None
         try:
@@ -177,6 +184,10 @@ class MediaCrypto:
             header_end = start + hlen
             with self._lock:
                 entry = self._store.lookup_entry(kid)
+                if peer is not None and entry.sender != peer:
+                    raise WrongSender(
+                        f"a frame under the KID of {entry.sender[:64]} came from {peer[:64]}"
+                    )
                 plaintext = entry.key.open(
                     data[start:header_end], ctr, memoryview(data)[header_end:], metadata
                 )
@@ -186,11 +197,16 @@ class MediaCrypto:
             with self._lock:
                 rejected = self._counters.rejected
                 rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
-                sender = self._sender_name(kid)
+                sender = peer if isinstance(exc, WrongSender) else self._sender_name(kid)
                 self._counters.last_rejected_sender = sender
             log.debug("frame rejected: %s (kid=%s, sender=%s)", exc.reason, kid, sender)
             raise
         return clear + plaintext if clear else plaintext
+
+    def for_peer(self, peer: str) -> PeerFrameCrypto:
+        """The frame crypto for the peer connection to ``peer`` (a mesh call): it protects
+        like this object and accepts only frames under ``peer``'s KIDs."""
+        return PeerFrameCrypto(self, peer)
 
     def stats(self) -> MediaStats:
         with self._lock:
@@ -203,6 +219,7 @@ class MediaCrypto:
                 last_rejected_sender=c.last_rejected_sender,
                 sending_epoch=self._send_epoch if self._send is not None else 0,
                 receive_epochs=tuple(sorted({sframe.kid_epoch(k) for k in self._store.kids()})),
+                sending_suite=self._send.key.suite.name if self._send is not None else None,
             )
 
     def _sender_name(self, kid: int | None) -> str | None:
@@ -218,21 +235,33 @@ class MediaCrypto:
     # --- the key session's side (the call's thread) ------------------------------------------
 
     def install_receive_keys(
-        self, epoch: int, roster: Sequence[str], keys: Mapping[str, bytes | bytearray]
+        self,
+        epoch: int,
+        roster: Sequence[str],
+        keys: Mapping[str, bytes | bytearray],
+        suite: CipherSuite | None = None,
     ) -> None:
         """Keep ``keys`` (member id -> base key of ``epoch``) for receiving. ``roster`` is the
-        epoch's member list sorted by id: a member's position is its KID sender index."""
+        epoch's member list sorted by id: a member's position is its KID sender index.
+        ``suite``: the epoch's SFrame suite (default: the one this object was made with)."""
         with self._lock:
             self._rosters[epoch] = tuple(roster)
             for old in sorted(self._rosters)[:-_ROSTER_MEMORY]:
                 del self._rosters[old]
             for member, base_key in keys.items():
                 kid = sframe.make_kid(epoch, roster.index(member))
-                self._store.add(kid, member, base_key)
+                self._store.add(kid, member, base_key, suite or self.suite)
 
-    def activate_send(self, epoch: int, sender_index: int, base_key: bytes | bytearray) -> None:
-        """Send from now on under our key of ``epoch`` (counters restart at 0)."""
-        key = SFrameKey(self.suite, sframe.make_kid(epoch, sender_index), base_key)
+    def activate_send(
+        self,
+        epoch: int,
+        sender_index: int,
+        base_key: bytes | bytearray,
+        suite: CipherSuite | None = None,
+    ) -> None:
+        """Send from now on under our key of ``epoch`` (counters restart at 0), in ``suite``
+        (default: the one this object was made with)."""
+        key = SFrameKey(suite or self.suite, sframe.make_kid(epoch, sender_index), base_key)
         with self._lock:
             old = self._send
             self._send = SFrameSender(key, counter_limit=self._counter_limit)
@@ -273,3 +302,26 @@ class MediaCrypto:
     def receive_kids(self) -> list[int]:
         with self._lock:
             return self._store.kids()
+
+
+class PeerFrameCrypto:
+    """The :class:`FrameCrypto` of one peer connection of a mesh call: frames received on
+    it must be under a KID of ``peer`` (the KID's sender index is bound to the connection it
+    arrives on). Every member holds every sender key of its epoch, so without this binding a
+    member could forge another member's frames; with it, a frame from one connection under
+    another member's KID is refused as ``wrong_sender`` and counted."""
+
+    __slots__ = ("media", "peer")
+
+    def __init__(self, media: MediaCrypto, peer: str) -> None:
+        self.media = media
+        self.peer = peer
+
+    def protect(self, kind: str, frame: bytes) -> bytes:
+        return self.media.protect(kind, frame)
+
+    def unprotect(self, kind: str, data: bytes) -> bytes:
+        return self.media.unprotect(kind, data, self.peer)
+
+    def __repr__(self) -> str:
+        return f"PeerFrameCrypto(peer={self.peer!r})"

@@ -65,7 +65,7 @@ _FIELDS: Final = {
     MSG_START: _COMMON | {"members", "kem", "suite", "reason"},
     MSG_EPHEMERAL: _COMMON | {"kem", "ek", "commit"},
     MSG_ROSTER: _COMMON | {"kem", "suite", "members"},
-    MSG_SENDER_KEY: _COMMON | {"roster", "reveal", "sealed"},
+    MSG_SENDER_KEY: _COMMON | {"roster", "reveal", "sealed", "key_commit"},
     MSG_ACK: _COMMON | {"roster", "transcript"},
 }
 _ENTRY_FIELDS: Final = frozenset({"id", "ik", "ek", "commit", "ek_sig"})
@@ -158,6 +158,9 @@ class SenderKey(Message):
     roster_hash: bytes
     reveal: bytes
     sealed: Mapping[str, bytes]
+    #: the sender's commitment to its base key (``sender_keys.key_commitment``): every
+    #: recipient checks the key it opened against it, so all hold the same key
+    key_commit: bytes
     roster_signature: bytes
 
     def verify_roster_signature(self, key: PublicKey) -> None:
@@ -286,10 +289,13 @@ def build_sender_key(
     roster_hash: bytes,
     reveal: bytes,
     sealed: Mapping[str, bytes],
+    key_commit: bytes,
 ) -> bytes:
     d = _common(LABELS[MSG_SENDER_KEY], ctx, epoch, signer)
     sealed_value: dict[str, Value] = dict(sealed)
-    d.update({"roster": roster_hash, "reveal": reveal, "sealed": sealed_value})
+    d.update(
+        {"roster": roster_hash, "reveal": reveal, "sealed": sealed_value, "key_commit": key_commit}
+    )
     roster_sig = key.sign(roster_signature_payload(ctx, epoch, roster_hash))
     return _signed_body(key, d, roster_sig=roster_sig)
 
@@ -476,6 +482,7 @@ def parse(msg_type: str, body: bytes) -> Message:
             roster_hash=_bytes(signed, "roster", t, size=HASH_SIZE),
             reveal=_bytes(signed, "reveal", t, size=NONCE_SIZE),
             sealed=sealed,
+            key_commit=_bytes(signed, "key_commit", t, size=HASH_SIZE),
             roster_signature=_bytes(outer, "roster_sig", t, size=SIGNATURE_SIZE),
         )
     return Ack(

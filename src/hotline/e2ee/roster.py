@@ -81,6 +81,7 @@ def check_start(
     directory: Mapping[str, PublicKey],
     kem: Kem,
     suite: str,
+    max_members: int,
 ) -> None:
     """Checks on ``e2ee.start`` that do not depend on our participant set."""
     if start.signer != leader_of(start.members):
@@ -90,6 +91,12 @@ def check_start(
         )
     if self_id not in start.members:
         raise RosterMismatch(f"epoch {start.epoch} does not include us")
+    if len(start.members) > max_members:
+        raise RosterMismatch(
+            f"epoch {start.epoch} names {len(start.members)} members; the charter allows "
+            f"at most {max_members}",
+            reason="too_many_members",
+        )
     unknown = [m for m in start.members if m not in directory]
     if unknown:
         raise NotInDirectory(f"epoch {start.epoch} names terminals not in the charter: {unknown}")

@@ -21,11 +21,12 @@ with zeros before dropping the key objects. The encapsulation randomness of HPKE
 
 from __future__ import annotations
 
+import hmac as _stdlib_hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives import hashes, hmac, hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from hotline.encoding import encode
@@ -37,6 +38,8 @@ KEM_X25519: Final = "X25519"
 BASE_KEY_SIZE: Final = 32
 #: the HPKE ``info`` label (domain separation)
 SEAL_INFO_LABEL: Final = "hotline.e2ee.v1.sender-key"
+#: the label of a sender's commitment to its base key
+KEY_COMMIT_LABEL: Final = "hotline.e2ee.v1.key-commitment"
 
 _X25519_SIZE: Final = 32
 _MLKEM768_PUBLIC_SIZE: Final = 1184
@@ -196,6 +199,49 @@ def seal_info(
             "roster": roster_hash,
         }
     )
+
+
+def key_commit_info(
+    line_id: str,
+    call_id: str,
+    *,
+    charter_version: int,
+    epoch: int,
+    sender: str,
+    roster_hash: bytes,
+) -> bytes:
+    """What a sender's key commitment is bound to, canonically."""
+    return encode(
+        {
+            "t": KEY_COMMIT_LABEL,
+            "line": line_id,
+            "call": call_id,
+            "cv": charter_version,
+            "epoch": epoch,
+            "from": sender,
+            "roster": roster_hash,
+        }
+    )
+
+
+def key_commitment(base_key: bytes | bytearray, info: bytes) -> bytes:
+    """A sender's commitment to its base key of one epoch, signed in its sender key
+    message: ``HMAC-SHA256(key = base_key, msg = info)`` with ``info`` from
+    :func:`key_commit_info`. Every recipient recomputes it from the key it opened
+    (:func:`check_key_commitment`), so a member cannot seal different keys to different
+    members inside one signed message. It reveals nothing of the key (HMAC under a 256-bit
+    random key is a PRF); it binds because two keys with one commitment would be a SHA-256
+    collision."""
+    mac = hmac.HMAC(bytes(base_key), hashes.SHA256())
+    mac.update(info)
+    return mac.finalize()
+
+
+def check_key_commitment(commit: bytes, base_key: bytes | bytearray, info: bytes) -> None:
+    """Raise :class:`SealedKeyError` unless ``commit`` is the commitment to ``base_key``
+    (constant-time comparison)."""
+    if not _stdlib_hmac.compare_digest(key_commitment(base_key, info), commit):
+        raise SealedKeyError("the key sealed to us is not the one its sender committed to")
 
 
 def zeroize(buf: bytearray) -> None:

@@ -41,14 +41,18 @@ from hotline.e2ee.events import (
     KeyRejected,
     MemberLagging,
     Outgoing,
+    PeerCharterVersion,
 )
 from hotline.e2ee.media import MediaCrypto
-from hotline.e2ee.roster import check_roster, check_start, leader_of
+from hotline.e2ee.roster import Roster, check_roster, check_start, leader_of
 from hotline.e2ee.security_code import security_code
 from hotline.e2ee.sender_keys import (
     BASE_KEY_SIZE,
     EphemeralKeyPair,
+    check_key_commitment,
     kem_by_name,
+    key_commit_info,
+    key_commitment,
     parse_public_key,
     seal,
     seal_info,
@@ -56,6 +60,8 @@ from hotline.e2ee.sender_keys import (
 )
 from hotline.e2ee.sframe import DEFAULT_SUITE, MAX_EPOCH, suite_by_name
 from hotline.errors import (
+    BadKeySignature,
+    CharterVersionMismatch,
     DowngradeRefused,
     E2EEError,
     EpochRollback,
@@ -83,6 +89,8 @@ MAX_NUDGES: Final = MAX_TIMEOUTS
 #: after a timed-out join/leave epoch, the leader tries again this many times in a row
 MAX_RETRIES: Final = 2
 NONCE_SIZE: Final = m.NONCE_SIZE
+#: how many (member, charter version) pairs we report a version mismatch for, per call
+MAX_VERSION_REPORTS: Final = 64
 
 
 @dataclass
@@ -94,6 +102,11 @@ class _Active:
     activated_at: float
     charter_version: int
     sent: list[Outgoing]
+    #: member -> the identity key (raw) the epoch's roster was made for
+    identities: Mapping[str, bytes]
+    #: the charter policy the epoch was made under
+    kem: str
+    suite: str
 
 
 class CallKeySession:
@@ -106,6 +119,8 @@ class CallKeySession:
         charter_version: the charter's version (bound into every message).
         kem: "MLKEM768_X25519" (default, post-quantum hybrid) or "X25519".
         suite: the SFrame cipher suite name (RFC 9605 spelling).
+        max_members: the charter's max_participants: no epoch has more members (a start
+            naming more is refused as ``too_many_members``).
         rekey_interval_s: the leader starts a new epoch this long after each activation.
         ack_timeout_s: an epoch not complete after this long raises MemberLagging (and we
             retransmit our messages); after ``MAX_TIMEOUTS`` of them, EpochFailed.
@@ -125,6 +140,7 @@ class CallKeySession:
         charter_version: int,
         kem: str = "MLKEM768_X25519",
         suite: str = DEFAULT_SUITE.name,
+        max_members: int = m.MAX_MEMBERS,
         rekey_interval_s: float = 300,
         ack_timeout_s: float = 5,
         grace_s: float = 10,
@@ -137,6 +153,9 @@ class CallKeySession:
             raise UsageError(f"{self_id} with this identity key is not in the directory")
         if min(rekey_interval_s, ack_timeout_s, grace_s) <= 0:
             raise UsageError("rekey interval, acknowledgement timeout and grace must be > 0")
+        if not 1 <= max_members <= m.MAX_MEMBERS:
+            raise UsageError(f"max_members must be in 1..{m.MAX_MEMBERS}")
+        self._max_members = max_members
         self.self_id = self_id
         self._key = identity_key
         self._directory: dict[str, PublicKey] = dict(directory)
@@ -172,6 +191,7 @@ class CallKeySession:
         self._rejections: Counter[str] = Counter()
         self.duplicates = 0
         self._closed = False
+        self._version_reports: set[tuple[str, int]] = set()
 
     # --- read-only state ---------------------------------------------------------------------
 
@@ -210,6 +230,16 @@ class CallKeySession:
     def charter_version(self) -> int:
         return self._ctx.charter_version
 
+    @property
+    def kem(self) -> str:
+        """The charter's KEM that new epochs use."""
+        return self._kem.name
+
+    @property
+    def suite(self) -> str:
+        """The charter's SFrame cipher suite that new epochs use."""
+        return self._suite_name
+
     # --- the call layer's inputs -------------------------------------------------------------
 
     def set_participants(self, ids: Collection[str], now: float) -> None:
@@ -228,27 +258,52 @@ class CallKeySession:
         if unknown:
             self._rejections[NotInDirectory.reason] += 1
             raise NotInDirectory(f"participants not in the charter: {unknown}")
-        if len(new) > m.MAX_MEMBERS:
-            raise UsageError(f"at most {m.MAX_MEMBERS} participants")
+        if len(new) > self._max_members:
+            raise UsageError(f"the charter allows at most {self._max_members} participants")
         self._participants = new
         self._retries = 0
         self._drop_departed(now)
         self._reconcile(now)
 
     def update_directory(
-        self, directory: Mapping[str, PublicKey], charter_version: int, now: float
+        self,
+        directory: Mapping[str, PublicKey],
+        charter_version: int,
+        now: float,
+        *,
+        kem: str | None = None,
+        suite: str | None = None,
+        max_members: int | None = None,
     ) -> None:
         """A new charter: terminals no longer in it leave the call at once, and a new epoch
-        binds the new version. If we ourselves were removed, all keys are erased and
-        :class:`StateError` is raised (the call must end)."""
+        binds the new version. A terminal whose identity key changed (same id, new key) is
+        treated exactly like one that left: it is no participant any more (the call layer
+        must admit the new key holder afresh), sending pauses and its receive keys are
+        erased. If we ourselves were removed, all keys are erased and :class:`StateError`
+        is raised (the call must end).
+
+        ``kem``, ``suite`` and ``max_members`` (default: unchanged) are the new charter's
+        policy: the epoch bound to the new version uses them; the old epoch keeps its own
+        suite until it is retired. A call with more participants than a lowered limit
+        cannot agree a new epoch: the call layer ends it.
+        """
         if charter_version < self._ctx.charter_version:
             raise UsageError("a charter version older than the one in use")
+        new_kem = kem_by_name(kem) if kem is not None else self._kem
+        new_suite = suite_by_name(suite).name if suite is not None else self._suite_name
+        limit = self._max_members if max_members is None else max_members
+        if not 1 <= limit <= m.MAX_MEMBERS:
+            raise UsageError(f"max_members must be in 1..{m.MAX_MEMBERS}")
         if directory.get(self.self_id) != self._key.public:
             self._erase_everything("this terminal is no longer in the charter")
             raise StateError("this terminal is no longer in the charter; the call must end")
+        old = self._directory
         self._directory = dict(directory)
         self._ctx = m.Context(self._ctx.line_id, self._ctx.call_id, charter_version)
-        self._participants = frozenset(p for p in self._participants if p in directory)
+        self._kem, self._suite_name, self._max_members = new_kem, new_suite, limit
+        self._participants = frozenset(
+            p for p in self._participants if p in directory and directory[p] == old.get(p)
+        )
         if self._deferred is not None and self._deferred.context != self._ctx:
             self._deferred = None
         self._drop_departed(now)
@@ -307,7 +362,7 @@ class CallKeySession:
         elif (
             active is not None
             and rekey_at is not None
-            and self._participants == frozenset(active.members)
+            and self._participants == self._current(active)
         ):
             if self._leads(active.members):
                 times.append(rekey_at)
@@ -349,7 +404,7 @@ class CallKeySession:
             self._pending is None
             and active is not None
             and rekey_at is not None
-            and self._participants == frozenset(active.members)
+            and self._participants == self._current(active)
             and now >= rekey_at
         ):
             if self._leads(active.members):
@@ -396,11 +451,22 @@ class CallKeySession:
         self._record(msg)
         self._dispatch(msg, now)
 
+    def _current(self, active: _Active) -> frozenset[str]:
+        """The active epoch's members that still hold the identity key it was made for."""
+        return frozenset(
+            p
+            for p in active.members
+            if (key := self._directory.get(p)) is not None and key.raw == active.identities[p]
+        )
+
     def _drop_departed(self, now: float) -> None:
+        """Members of the active epoch who left, or whose identity key changed (the old
+        key holder is out as if it had left): pause sending, erase their receive keys."""
         active = self._active
         if active is None:
             return
-        gone = [p for p in active.members if p not in self._participants]
+        current = self._current(active)
+        gone = [p for p in active.members if p not in self._participants or p not in current]
         if gone:
             log.info(
                 "e2ee: %s left epoch %d; sending paused until the next epoch", gone, self.epoch
@@ -420,8 +486,11 @@ class CallKeySession:
         """Start (as leader) or accept (a deferred start) the epoch the participants need."""
         target = self._participants
         active = self._active
-        current = frozenset(active.members) if active else frozenset()
-        charter_moved = active is not None and active.charter_version != self._ctx.charter_version
+        current = self._current(active) if active else frozenset()
+        charter_moved = active is not None and (
+            active.charter_version != self._ctx.charter_version
+            or (active.kem, active.suite) != (self._kem.name, self._suite_name)
+        )
         a = self._pending
         if a is not None and (frozenset(a.members) != target or a.start.context != self._ctx):
             self._abandon(a, "the participants or the charter changed")
@@ -551,7 +620,8 @@ class CallKeySession:
         if a.ephemeral is not None:  # forward secrecy: nothing left to open
             a.ephemeral.erase()
             a.ephemeral = None
-        self.media.install_receive_keys(a.epoch, a.members, a.base_keys)
+        suite = suite_by_name(a.start.suite)  # the policy this epoch was checked against
+        self.media.install_receive_keys(a.epoch, a.members, a.base_keys, suite)
         a.keys_installed = True
         for key in a.base_keys.values():
             zeroize(key)
@@ -577,7 +647,8 @@ class CallKeySession:
         assert a.roster is not None and a.base_key is not None and a.security_code is not None
         a.advance(Event.ACKS_COMPLETE)
         old = self._active
-        self.media.activate_send(a.epoch, a.roster.index_of(self.self_id), a.base_key)
+        suite = suite_by_name(a.start.suite)
+        self.media.activate_send(a.epoch, a.roster.index_of(self.self_id), a.base_key, suite)
         zeroize(a.base_key)
         a.base_key = None
         self._active = _Active(
@@ -588,6 +659,9 @@ class CallKeySession:
             activated_at=now,
             charter_version=a.start.context.charter_version,
             sent=a.sent,
+            identities={p: e.identity_key for p, e in a.roster.entries.items()},
+            kem=a.start.kem,
+            suite=a.start.suite,
         )
         self._pending = None
         if old is not None:
@@ -615,6 +689,7 @@ class CallKeySession:
         if identity is None:
             raise NotInDirectory(f"{sender[:64]} is not in the charter")
         if msg.context != self._ctx:
+            self._check_charter_version(msg, identity)
             raise WrongContext(f"{msg_type} is for another line, call or charter version")
         if msg.digest in self._seen:
             self._duplicate(msg)
@@ -628,6 +703,28 @@ class CallKeySession:
             )
         self._learn_epoch(msg, now)
         self._dispatch(msg, now)
+
+    def _check_charter_version(self, msg: m.Message, identity: PublicKey) -> None:
+        """A message of this line and call under another charter version: if its sender
+        really signed it, say which versions differ (raise CharterVersionMismatch and report
+        it once); an unsigned claim is only a wrong context."""
+        ours, theirs = self._ctx, msg.context
+        if (theirs.line_id, theirs.call_id) != (ours.line_id, ours.call_id):
+            return
+        try:
+            msg.verify(identity)
+        except BadKeySignature:
+            return
+        key = (msg.signer, theirs.charter_version)
+        if key not in self._version_reports and len(self._version_reports) < MAX_VERSION_REPORTS:
+            self._version_reports.add(key)
+            event = PeerCharterVersion(msg.signer, theirs.charter_version, ours.charter_version)
+            log.warning("e2ee: %s", event.message)
+            self._events.append(event)
+        raise CharterVersionMismatch(
+            f"{msg.signer[:64]} has charter version {theirs.charter_version}; "
+            f"this terminal has {ours.charter_version}"
+        )
 
     def _learn_epoch(self, msg: m.Message, now: float) -> None:
         """Any message a member of this call signed tells us an epoch number in use. If we
@@ -715,6 +812,7 @@ class CallKeySession:
             directory=self._directory,
             kem=self._kem,
             suite=self._suite_name,
+            max_members=self._max_members,
         )
         if start.epoch <= self._highest:
             self._tell_epoch(start.signer)
@@ -792,6 +890,7 @@ class CallKeySession:
             roster_hash=roster.roster_hash,
             reveal=a.reveal,
             sealed=sealed,
+            key_commit=key_commitment(base_key, self._commit_info(a.epoch, roster, self.self_id)),
         )
         self._send_own(a, m.MSG_SENDER_KEY, body, now)
         self._drain(a, now)
@@ -820,7 +919,16 @@ class CallKeySession:
                 recipient=self.self_id,
                 roster_hash=roster.roster_hash,
             )
-            a.base_keys[msg.signer] = bytearray(a.ephemeral.open(msg.sealed[self.self_id], info))
+            opened = bytearray(a.ephemeral.open(msg.sealed[self.self_id], info))
+            try:  # the same key as every other member opened: the one the sender committed to
+                info = self._commit_info(a.epoch, roster, msg.signer)
+                check_key_commitment(msg.key_commit, opened, info)
+            except SealedKeyError as exc:
+                zeroize(opened)
+                raise SealedKeyError(
+                    f"{msg.signer[:64]} sealed us a key other than the one it committed to"
+                ) from exc
+            a.base_keys[msg.signer] = opened
         self._record(msg)
         a.sender_keys[msg.signer] = msg
         if len(a.sender_keys) == len(a.members):
@@ -840,6 +948,16 @@ class CallKeySession:
         a.acks[msg.signer] = msg
         if len(a.acks) == len(a.members):
             self._activate(a, now)
+
+    def _commit_info(self, epoch: int, roster: Roster, sender: str) -> bytes:
+        return key_commit_info(
+            self._ctx.line_id,
+            self._ctx.call_id,
+            charter_version=self._ctx.charter_version,
+            epoch=epoch,
+            sender=sender,
+            roster_hash=roster.roster_hash,
+        )
 
     def _buffer(self, a: Attempt, msg: m.Message) -> None:
         """Keep a message that came before the one it depends on (the relay may reorder)."""

@@ -396,6 +396,9 @@ class SFrameKey:
         except InvalidTag:
             raise BadFrameTag("SFrame tag does not verify") from None
 
+    def __repr__(self) -> str:  # never the key or the salt
+        return f"SFrameKey({self.suite.name}, kid={self.kid}, erased={self._aead is None})"
+
     def erase(self) -> None:
         """Drop the derived key (the AEAD object) and the salt; later use raises."""
         self._aead = None
@@ -435,6 +438,9 @@ class SFrameSender:
         self.key = key
         self.next_counter = 0
         self._limit = counter_limit
+
+    def __repr__(self) -> str:
+        return f"SFrameSender({self.key!r}, next_counter={self.next_counter})"
 
     def reserve(self) -> int:
         """Take the next counter (raises :class:`CounterExhausted` past the limit)."""
@@ -528,12 +534,19 @@ class KeyStore:
         #: KIDs erased individually (history bound, removed sender), newest last, bounded
         self._evicted: deque[int] = deque(maxlen=4 * MAX_SENDERS)
 
-    def add(self, kid: int, sender: str, base_key: bytes | bytearray) -> None:
-        """Derive and keep the key of ``kid`` (``sender``'s, for one epoch)."""
+    def add(
+        self,
+        kid: int,
+        sender: str,
+        base_key: bytes | bytearray,
+        suite: CipherSuite | None = None,
+    ) -> None:
+        """Derive and keep the key of ``kid`` (``sender``'s, for one epoch), under ``suite``
+        (default: the store's; an epoch bound to a newer charter may use another)."""
         if kid in self._entries or kid_epoch(kid) <= self.erased_through:
             raise UsageError(f"KID {kid} is already known or already erased")
         self._entries[kid] = _ReceiveEntry(
-            SFrameKey(self.suite, kid, base_key), sender, ReplayWindow(self.replay_window)
+            SFrameKey(suite or self.suite, kid, base_key), sender, ReplayWindow(self.replay_window)
         )
         kids = self._by_sender.setdefault(sender, deque())
         kids.append(kid)

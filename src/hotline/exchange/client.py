@@ -15,7 +15,10 @@ seen from that sender (so nothing is processed twice). TLS (wss) is pinned to th
 fingerprint in the charter; no certificate authority is trusted. Plain ws is allowed only to
 a loopback address.
 
-Reconnection: after a drop the client reconnects with exponential backoff and resumes.
+Reconnection: after a drop the client reconnects with exponential backoff (at most 4 s
+apart) and resumes. Given several exchanges (the charter's, in order), it tries the next at
+once when one does not answer, and while on a fallback it probes the first every few seconds
+and moves back to it as soon as it answers, so that the line's terminals meet on one.
 Envelopes it sends wait in an outbox until the exchange reports them stored (``accepted``)
 and are sent again on the next connection if not; the exchange tells at connect time the
 highest sequence number it already has, so nothing is sent twice. Deliveries are
@@ -33,7 +36,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 from urllib.parse import urlsplit, urlunsplit
@@ -211,8 +214,44 @@ def _close_error(code: int | None, reason: str) -> HotlineError:
     return ExchangeUnavailable(f"the exchange closed the connection ({code}) {reason}".strip())
 
 
+REASON_BACK_TO_PRIMARY = "back_to_primary"
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """One exchange a client may use: its URL and pinned certificate."""
+
+    url: str
+    tls_fingerprint: str | None
+    fingerprint: bytes | None
+
+    @classmethod
+    def make(cls, url: str, tls_fingerprint: str | None, charter: SignedCharter) -> _Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise UsageError(f"exchange URL {url!r}: expected ws:// or wss://host:port")
+        if parts.path in ("", "/"):
+            url = urlunsplit((parts.scheme, parts.netloc, WS_PATH, "", ""))
+        fingerprint: bytes | None = None
+        if parts.scheme == "wss":
+            if tls_fingerprint is None:
+                for endpoint in charter.charter.exchanges:
+                    if _base_url(endpoint.url) == _base_url(url) and endpoint.tls_fingerprint:
+                        tls_fingerprint = endpoint.tls_fingerprint
+            if tls_fingerprint is None:
+                raise UsageError(
+                    f"no pinned TLS fingerprint for {_base_url(url)}: the charter lists none "
+                    "and none was given"
+                )
+            fingerprint = tls.parse_fingerprint(tls_fingerprint)
+        elif not is_loopback(parts.hostname):
+            raise UsageError(f"plain ws:// is only allowed to a loopback address, not {url}")
+        return cls(url, tls_fingerprint, fingerprint)
+
+
 class ExchangeClient:
-    """A terminal's connection to one exchange. See the module docstring."""
+    """A terminal's connection to an exchange (the first of the charter's that answers).
+    See the module docstring."""
 
     def __init__(
         self,
@@ -222,10 +261,12 @@ class ExchangeClient:
         terminal_id: str,
         key: SigningKey,
         tls_fingerprint: str | None = None,
+        fallbacks: Sequence[tuple[str, str | None]] = (),
+        primary_probe_s: float = 3.0,
         state: ClientState | None = None,
         accept_charter: Callable[[SignedCharter], SignedCharter] | None = None,
         reconnect_min_s: float = 0.2,
-        reconnect_max_s: float = 10.0,
+        reconnect_max_s: float = 4.0,
         connect_timeout_s: float = 10.0,
         heartbeat_s: float = 20.0,
         max_outbox: int = 1000,
@@ -244,27 +285,13 @@ class ExchangeClient:
             raise UsageError(f"{terminal_id} is not a terminal of line {charter.line_id}") from exc
         if member.identity_key != key.public:
             raise UsageError(f"this key is not the identity key of {terminal_id} in the charter")
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise UsageError(f"exchange URL {url!r}: expected ws:// or wss://host:port")
-        if parts.path in ("", "/"):
-            url = urlunsplit((parts.scheme, parts.netloc, WS_PATH, "", ""))
-        self._fingerprint: bytes | None = None
-        self.tls_fingerprint = tls_fingerprint
-        if parts.scheme == "wss":
-            if self.tls_fingerprint is None:
-                for endpoint in charter.charter.exchanges:
-                    if _base_url(endpoint.url) == _base_url(url) and endpoint.tls_fingerprint:
-                        self.tls_fingerprint = endpoint.tls_fingerprint
-            if self.tls_fingerprint is None:
-                raise UsageError(
-                    f"no pinned TLS fingerprint for {_base_url(url)}: the charter lists none "
-                    "and none was given"
-                )
-            self._fingerprint = tls.parse_fingerprint(self.tls_fingerprint)
-        elif not is_loopback(parts.hostname):
-            raise UsageError(f"plain ws:// is only allowed to a loopback address, not {url}")
-        self.url = url
+        self._endpoints = [_Endpoint.make(url, tls_fingerprint, charter)]
+        for extra_url, extra_fingerprint in fallbacks:
+            endpoint = _Endpoint.make(extra_url, extra_fingerprint, charter)
+            if all(endpoint.url != e.url for e in self._endpoints):
+                self._endpoints.append(endpoint)
+        self._current = 0
+        self._primary_probe_s = primary_probe_s
         self.terminal_id = terminal_id
         self.charter = charter
         self._key = key
@@ -307,6 +334,24 @@ class ExchangeClient:
         self._log_gate = LogGate()  # refusals are counted exactly; logged at most 1/s each
 
     # --- public -----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The exchange this client uses now (or tries next)."""
+        return self._endpoints[self._current].url
+
+    @property
+    def tls_fingerprint(self) -> str | None:
+        return self._endpoints[self._current].tls_fingerprint
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every exchange this client may use, in order of preference."""
+        return [e.url for e in self._endpoints]
+
+    @property
+    def on_primary(self) -> bool:
+        return self._current == 0
 
     @property
     def online(self) -> frozenset[str]:
@@ -433,18 +478,29 @@ class ExchangeClient:
     # --- connection -------------------------------------------------------------------
 
     async def _run(self, first_error: HotlineError | None) -> None:
+        """Stay connected: after a drop, try every exchange in the charter's order (the
+        next one at once, a whole round with backoff); while on a fallback, probe the first
+        and go back to it as soon as it answers, so that all terminals meet on one."""
         attempt = 0
         if first_error is not None:
             await self._emit(ConnectionChanged(False, first_error.reason))
             await self._refused_exchange(first_error)
+            self._next_endpoint()
         while not self._closed:
             if self._connected:
-                reason = await self._wait_closed()
+                reason = await self._wait_closed_or_primary()
                 await self._drop_connection(reason)
                 attempt = 0
-            low, high = self._reconnect
-            delay = min(high, low * (2**attempt)) * self._rng.uniform(0.5, 1.0)
-            attempt = min(attempt + 1, 30)
+                if reason == REASON_BACK_TO_PRIMARY:
+                    self._current = 0
+                    delay = 0.0
+                else:
+                    self._next_endpoint()
+                    delay = self._reconnect[0] * self._rng.uniform(0.5, 1.0)
+            else:
+                low, high = self._reconnect
+                delay = min(high, low * (2**attempt)) * self._rng.uniform(0.5, 1.0)
+                attempt = min(attempt + 1, 30)
             await asyncio.sleep(delay)
             try:
                 await self._connect()
@@ -455,7 +511,52 @@ class ExchangeClient:
                     logger.error("%s: %s", self.url, exc)
                     await self._emit(ConnectionChanged(False, exc.reason))
                 elif not await self._refused_exchange(exc):
-                    logger.info("reconnection to %s failed: %s", self.url, exc)
+                    logger.info("connection to %s failed: %s", self.url, exc)
+                if self._next_endpoint():
+                    attempt = max(0, attempt - 1)  # the next exchange at once, not later
+
+    def _next_endpoint(self) -> bool:
+        """Move to the next exchange; True while the round of exchanges is not over."""
+        if len(self._endpoints) == 1:
+            return False
+        self._current = (self._current + 1) % len(self._endpoints)
+        return self._current != 0
+
+    async def _wait_closed_or_primary(self) -> str:
+        if self._current == 0 or self._primary_probe_s <= 0:
+            return await self._wait_closed()
+        waiter = asyncio.ensure_future(self._wait_closed())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=self._primary_probe_s)
+                if done:
+                    return waiter.result()
+                if await self._primary_answers():
+                    self.stats["back_to_primary"] += 1
+                    logger.warning(
+                        "the first exchange %s answers again: moving back from %s",
+                        self._endpoints[0].url,
+                        self.url,
+                    )
+                    return REASON_BACK_TO_PRIMARY
+        finally:
+            waiter.cancel()
+
+    async def _primary_answers(self) -> bool:
+        """Whether the first exchange accepts a connection (TLS pinned) and says it is up."""
+        assert self._http is not None
+        primary = self._endpoints[0]
+        parts = urlsplit(primary.url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        url = f"{scheme}://{parts.netloc}/healthz"
+        ssl = aiohttp.Fingerprint(primary.fingerprint) if primary.fingerprint else False
+        try:
+            async with self._http.get(
+                url, ssl=ssl, timeout=aiohttp.ClientTimeout(total=self._primary_probe_s)
+            ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
 
     async def _refused_exchange(self, exc: HotlineError) -> bool:
         """A TLS pin mismatch or a foreign exchange id: someone else answers at the
@@ -478,10 +579,11 @@ class ExchangeClient:
 
     async def _connect(self) -> None:
         assert self._http is not None
+        fingerprint = self._endpoints[self._current].fingerprint
         try:
             ws = await self._http.ws_connect(
                 self.url,
-                ssl=aiohttp.Fingerprint(self._fingerprint) if self._fingerprint else False,
+                ssl=aiohttp.Fingerprint(fingerprint) if fingerprint else False,
                 max_msg_size=self._max_frame,
                 heartbeat=self._heartbeat,
                 autoping=True,

@@ -53,6 +53,7 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 from av.frame import Frame
 from av.packet import Packet
 
@@ -64,6 +65,16 @@ from hotline.errors import (
     UsageError,
 )
 from hotline.media.stats import RECV, SEND, FrameEvent, MediaCryptoStats
+from hotline.media.video_guard import (
+    CAPACITY,
+    AssembledFrame,
+    FrameDecision,
+    PacketOutcome,
+    VideoPacket,
+    VideoReceiveGuard,
+    is_vp8_keyframe,
+    parse_vp8_descriptor,
+)
 
 logger = logging.getLogger("hotline.media")
 
@@ -239,12 +250,17 @@ class _PeerEntry:
     def __init__(self) -> None:
         self.binding: _Binding | None = None
         self.tap: RtpTap | None = None
+        self.video_guard = True
 
 
 _lock = threading.RLock()
 _peers: weakref.WeakKeyDictionary[RTCPeerConnection, _PeerEntry] = weakref.WeakKeyDictionary()
 #: receiver track queue -> binding resolved at ``receive()``, read by the decoder thread
 _queue_bindings: weakref.WeakKeyDictionary[asyncio.Queue[Any], _Binding | None] = (
+    weakref.WeakKeyDictionary()
+)
+#: receiver track queue -> its video guard, read by the decoder thread
+_queue_guards: weakref.WeakKeyDictionary[asyncio.Queue[Any], _VideoGuard] = (
     weakref.WeakKeyDictionary()
 )
 #: frames refused because their peer connection had no crypto bound (process-wide)
@@ -304,6 +320,55 @@ def tap_outgoing_rtp(pc: RTCPeerConnection, tap: RtpTap) -> None:
     install()
     with _lock:
         _peers.setdefault(pc, _PeerEntry()).tap = tap
+
+
+def set_video_guard(pc: RTCPeerConnection, enabled: bool) -> None:
+    """Switch the receive-side video guard (on by default) for ``pc``'s video receivers.
+
+    Off, aiortc's own jitter buffer and NACK generator run unchanged (the baseline of
+    ``bench/bench_video_loss.py``). Set it before the connection starts.
+    """
+    with _lock:
+        _peers.setdefault(pc, _PeerEntry()).video_guard = enabled
+
+
+#: ``fate(now) -> delay in seconds, or None to lose the datagram`` (``media.link_model``)
+IngressFate = Callable[[float], float | None]
+
+
+def impair_ingress(pc: RTCPeerConnection, fate: IngressFate) -> int:
+    """Test hook: pass every UDP datagram ``pc`` receives (STUN, DTLS, SRTP) through ``fate``.
+
+    Models an impaired link in process, on the receiver's ingress: a lost datagram is never
+    seen, a delayed one is handed to aioice later on the event loop. Call it after
+    ``setLocalDescription`` (the sockets exist once candidates are gathered); returns how
+    many sockets were wrapped.
+    """
+    loop = asyncio.get_running_loop()
+    protocols: list[Any] = []
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        protocols += [p for p in connection._protocols if p not in protocols]
+    for protocol in protocols:
+        if getattr(protocol, "_hotline_fate", None) is not None:
+            raise StateError("this peer connection's ingress is impaired already")
+        original: Callable[[bytes, Any], None] = protocol.datagram_received
+
+        def received(
+            data: bytes, addr: Any, original: Callable[[bytes, Any], None] = original
+        ) -> None:
+            now = loop.time()  # the loop's monotonic clock, so that call_at keeps FIFO order
+            delay = fate(now)
+            if delay is None:
+                return
+            if delay <= 0:
+                original(data, addr)
+            else:
+                loop.call_at(now + delay, original, data, addr)
+
+        protocol.datagram_received = received
+        protocol._hotline_fate = fate
+    return len(protocols)
 
 
 def _entry_of(member: RTCRtpSender | RTCRtpReceiver) -> _PeerEntry | None:
@@ -451,11 +516,15 @@ class _ProtectedDecoder(Decoder):
         self._loop = loop
         self._refusal = refusal
         self._last_request = -1e9
+        self._guard: _VideoGuard | None = getattr(_decoder_context, "guard", None)
+        self._decode_error: threading.Event | None = getattr(_decoder_context, "decode_error", None)
 
     def _stats(self) -> MediaCryptoStats:
         return self._binding.stats if self._binding is not None else _unbound_stats
 
     def decode(self, encoded_frame: JitterFrame) -> list[Frame]:
+        if isinstance(encoded_frame, _GuardedFrames) and self._guard is not None:
+            return self._decode_guarded(encoded_frame.frames, self._guard)
         if self._binding is None or self._inner is None:
             reason = self._refusal or REASON_UNBOUND
             stats = self._stats()
@@ -476,6 +545,36 @@ class _ProtectedDecoder(Decoder):
             raise FrameRejected(self._kind, f"decoder failed: {type(exc).__name__}") from exc
         self._binding.stats.count_decoded(self._kind, len(frames))
         return frames
+
+    def _decode_guarded(self, parts: list[AssembledFrame], guard: _VideoGuard) -> list[Frame]:
+        """Decode only frames whose references are all there (``media.video_guard``)."""
+        if self._binding is None or self._inner is None:
+            return self.decode(JitterFrame(b"", 0))  # counted as refused, shows nothing
+        out: list[Frame] = []
+        request = False
+        for part in parts:
+            try:
+                plain = self._binding.unprotect(self._kind, part.data, self._loop)
+            except HotlineError:
+                request |= guard.on_refused()
+                continue
+            decision = guard.on_frame(is_vp8_keyframe(plain), part.discontinuous)
+            request |= decision.request_keyframe
+            if not decision.show:
+                continue
+            try:
+                frames = self._inner.decode(JitterFrame(data=plain, timestamp=part.timestamp))
+            except Exception:  # no exception may end the decoder thread
+                self._binding.stats.count_decode_error(self._kind)
+                request |= guard.on_refused()
+                continue
+            self._binding.stats.count_decoded(self._kind, len(frames))
+            out.extend(frames)
+        if request:
+            self._stats().count_keyframe_request(self._kind)
+            if self._decode_error is not None:
+                self._decode_error.set()  # aiortc sends a PLI with the next RTP packet
+        return out
 
     def _rejected(self, reason: str) -> list[Frame]:
         if self._kind != VIDEO:
@@ -522,8 +621,90 @@ async def _receive(self: RTCRtpReceiver, parameters: Any) -> None:
     track = self._track
     if track is not None:
         with _lock:
-            _queue_bindings[track._queue] = entry.binding if entry is not None else None
+            binding = entry.binding if entry is not None else None
+            _queue_bindings[track._queue] = binding
+            started = self._RTCRtpReceiver__started  # type: ignore[attr-defined]
+            guarded = entry is not None and entry.video_guard and binding is not None
+            if guarded and not started and self._RTCRtpReceiver__kind == VIDEO:  # type: ignore[attr-defined]
+                assert binding is not None
+                guard = _VideoGuard(binding.stats)
+                _queue_guards[track._queue] = guard
+                self._RTCRtpReceiver__jitter_buffer = _GuardJitterBuffer(guard)  # type: ignore[attr-defined]
+                self._RTCRtpReceiver__nack_generator = _GuardNack(guard)  # type: ignore[attr-defined]
     await _ORIGINAL["receive"](self, parameters)
+
+
+class _VideoGuard:
+    """A :class:`VideoReceiveGuard` shared by the event loop (packets) and decoder thread."""
+
+    def __init__(self, stats: MediaCryptoStats) -> None:
+        self._lock = threading.Lock()
+        self._guard = VideoReceiveGuard()
+        stats.add_video_guard(self)
+
+    def on_nack_point(self, seq: int, timestamp: int) -> list[int]:
+        with self._lock:
+            return self._guard.on_nack_point(seq, timestamp, time.monotonic())
+
+    def on_packet(self, packet: VideoPacket) -> PacketOutcome:
+        with self._lock:
+            return self._guard.on_packet(packet, time.monotonic())
+
+    def on_frame(self, key: bool, discontinuous: bool) -> FrameDecision:
+        with self._lock:
+            return self._guard.gate.on_frame(key, discontinuous, time.monotonic())
+
+    def on_refused(self) -> bool:
+        with self._lock:
+            return self._guard.gate.on_refused(time.monotonic())
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return self._guard.counters()
+
+
+class _GuardedFrames(JitterFrame):
+    """The frames one packet completed, in order: one item on aiortc's decoder queue."""
+
+    def __init__(self, frames: list[AssembledFrame]) -> None:
+        super().__init__(data=b"", timestamp=frames[-1].timestamp)
+        self.frames = frames
+
+
+class _GuardJitterBuffer:
+    """Stands in for aiortc's video ``JitterBuffer``: ``add(packet) -> (pli, frame)``."""
+
+    capacity = CAPACITY
+
+    def __init__(self, guard: _VideoGuard) -> None:
+        self._guard = guard
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        try:
+            descriptor = parse_vp8_descriptor(packet.payload)
+        except ValueError:
+            return False, None
+        vp = VideoPacket(
+            seq=packet.sequence_number,
+            timestamp=packet.timestamp,
+            marker=bool(packet.marker),
+            descriptor=descriptor,
+            data=packet.payload[descriptor.size :],
+        )
+        out = self._guard.on_packet(vp)
+        return out.request_keyframe, _GuardedFrames(out.frames) if out.frames else None
+
+
+class _GuardNack:
+    """Stands in for aiortc's ``NackGenerator``: ``add(packet)``, then ``missing``."""
+
+    def __init__(self, guard: _VideoGuard) -> None:
+        self._guard = guard
+        self.missing: list[int] = []
+
+    def add(self, packet: RtpPacket) -> bool:
+        self.missing = self._guard.on_nack_point(packet.sequence_number, packet.timestamp)
+        return bool(self.missing)
 
 
 def _decoder_worker(
@@ -534,13 +715,18 @@ def _decoder_worker(
 ) -> None:
     with _lock:
         binding = _queue_bindings.get(output_q)
+        guard = _queue_guards.get(output_q)
     _decoder_context.binding = binding
     _decoder_context.loop = loop
+    _decoder_context.guard = guard
+    _decoder_context.decode_error = decode_error
     try:
         _ORIGINAL["decoder_worker"](loop, input_q, output_q, decode_error)
     finally:
         _decoder_context.binding = None
         _decoder_context.loop = None
+        _decoder_context.guard = None
+        _decoder_context.decode_error = None
 
 
 def _parse_rtp(data: bytes) -> RtpView | None:
@@ -748,6 +934,39 @@ def check_internals() -> list[str]:
         "aioice host-address gathering changed",
     )
     expect(_params(JitterFrame.__init__) == ["self", "data", "timestamp"], "JitterFrame changed")
+    # the video guard replaces the video receiver's jitter buffer and NACK generator
+    init_src = source(RTCRtpReceiver.__init__)
+    expect(
+        "self.__jitter_buffer = JitterBuffer(capacity=512, is_video=True)" in init_src
+        and "self.__nack_generator = NackGenerator()" in init_src
+        and "self.__kind = kind" in init_src
+        and "self.__started = False" in init_src,
+        "RTCRtpReceiver no longer keeps __jitter_buffer/__nack_generator/__kind/__started",
+    )
+    handle = source(RTCRtpReceiver._handle_rtp_packet)
+    expect(
+        "self.__nack_generator.add(packet)" in handle
+        and "sorted(self.__nack_generator.missing)" in handle
+        and "pli_flag, encoded_frame = self.__jitter_buffer.add(packet)" in handle
+        and "if pli_flag:" in handle
+        and "self.__decoder_queue.put((codec, encoded_frame))" in handle
+        and handle.index("unwrap_rtx(") < handle.index("self.__nack_generator.add(packet)"),
+        "RTCRtpReceiver._handle_rtp_packet no longer drives NACKs and the jitter buffer so",
+    )
+    probe = RtpPacket(payload_type=96, marker=1, sequence_number=7, timestamp=9, payload=b"x")
+    expect(
+        (probe.marker, probe.sequence_number, probe.timestamp, probe.payload) == (1, 7, 9, b"x"),
+        "RtpPacket fields changed",
+    )
+    # impair_ingress: aiortc's gatherer holds an aioice Connection whose StunProtocols
+    # receive every datagram through datagram_received
+    expect(
+        "self._connection = Connection(" in source(aiortc.RTCIceGatherer.__init__)
+        and "self._protocols += host_protocols"
+        in source(aioice.ice.Connection.get_component_candidates)
+        and _params(aioice.ice.StunProtocol.datagram_received) == ["self", "data", "addr"],
+        "aioice datagram path (RTCIceGatherer._connection._protocols) changed",
+    )
     return problems
 
 
@@ -793,3 +1012,15 @@ def install_host_addresses() -> None:
 
 def installed() -> bool:
     return _installed
+
+
+def selected_path(pc: RTCPeerConnection) -> dict[str, str] | None:
+    """Candidate types of the ICE pair a peer connection uses (``{"local": "relay",
+    "remote": "host"}``), or None before one is nominated. aiortc has no public API for the
+    selected pair: this reads aioice's nominated pair of component 1 (bundled media)."""
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.sender.transport.transport
+        pair = getattr(getattr(ice, "_connection", None), "_nominated", {}).get(1)
+        if pair is not None:
+            return {"local": pair.local_candidate.type, "remote": pair.remote_candidate.type}
+    return None

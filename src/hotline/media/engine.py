@@ -1,7 +1,8 @@
 """Building peer connections safely: ICE settings, DTLS fingerprints, VP8 + Opus only.
 
 - :func:`rtc_configuration` always passes ``iceServers`` explicitly: empty (host candidates
-  only) or the charter's TURN relay. aiortc falls back to a public STUN server when
+  only) or one of the charter's TURN relays, the one :func:`select_ice` (``media.turn``)
+  found alive. aiortc falls back to a public STUN server when
   ``iceServers`` is ``None``; this module never lets that happen.
 - :func:`set_ice_addresses` (a terminal setting) chooses the local addresses ICE gathers on;
   the default is loopback only, for tests and the demo.
@@ -15,8 +16,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,55 +39,43 @@ from hotline.errors import CodecRefused, FingerprintMismatch, SdpError, UsageErr
 from hotline.media import aiortc_patch
 from hotline.media.aiortc_patch import FrameCrypto
 from hotline.media.stats import MediaCryptoStats
+from hotline.media.turn import (
+    IceSettings,
+    SharedSecretCredentials,
+    StaticCredentials,
+    TurnRelay,
+    select_ice,
+)
+
+__all__ = [
+    "IceSettings",
+    "SharedSecretCredentials",
+    "StaticCredentials",
+    "TurnRelay",
+    "select_ice",
+]
 
 #: DTLS fingerprint hash functions we accept (RFC 8122 names); SHA-1 is not among them
 FINGERPRINT_ALGORITHMS = ("sha-256", "sha-384", "sha-512")
 #: the codecs allowed in an m-section under E2EE, by kind (RTX only as VP8's retransmission)
 ALLOWED_CODECS = {"video": ("vp8", "rtx"), "audio": ("opus",)}
-TURN_SCHEMES = ("turn:", "turns:")
+
+log = logging.getLogger(__name__)
 
 _FINGERPRINT_RE = re.compile(r"^a=fingerprint:(\S+)\s+([0-9A-Fa-f:]+)\s*$")
 _RTPMAP_RE = re.compile(r"^a=rtpmap:(\d+)\s+([^/\s]+)/")
 _MLINE_RE = re.compile(r"^m=(\w+)\s+\d+\s+\S+\s*(.*)$")
 
 
-@dataclass(frozen=True)
-class TurnRelay:
-    """A TURN relay named by the charter (aioice uses the first one only)."""
-
-    url: str  #: ``turn:host:port[?transport=udp|tcp]`` or ``turns:host:port``
-    username: str
-    credential: str
-
-    def __post_init__(self) -> None:
-        if not self.url.startswith(TURN_SCHEMES):
-            raise UsageError(f"a TURN relay URL starts with turn: or turns:, not {self.url!r}")
-
-
-@dataclass(frozen=True)
-class IceSettings:
-    """How a peer connection finds its path. The default: host candidates, no servers."""
-
-    turn: TurnRelay | None = None  #: the charter's relay, if it names one
-    relay_only: bool = False  #: only relayed candidates (hides host addresses); needs ``turn``
-
-    def __post_init__(self) -> None:
-        if self.relay_only and self.turn is None:
-            raise UsageError("relay-only ICE needs a TURN relay")
-
-
 def rtc_configuration(settings: IceSettings | None = None) -> RTCConfiguration:
     """An explicit ``RTCConfiguration``: never aiortc's default public STUN server."""
     settings = settings or IceSettings()
     servers: list[RTCIceServer] = []
-    if settings.turn is not None:
-        servers.append(
-            RTCIceServer(
-                urls=settings.turn.url,
-                username=settings.turn.username,
-                credential=settings.turn.credential,
-            )
-        )
+    if settings.turn is not None:  # aiortc would ignore any other relay
+        username, password = settings.turn.credentials.at(time.time())
+        servers.append(RTCIceServer(urls=settings.turn.url, username=username, credential=password))
+    if settings.relay_only and not servers:
+        raise UsageError("relay-only ICE needs a TURN relay")  # it would gather nothing
     policy = RTCIceTransportPolicy.RELAY if settings.relay_only else RTCIceTransportPolicy.ALL
     return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
@@ -116,6 +108,28 @@ def create_peer_connection(
     if crypto is not None:
         aiortc_patch.bind(pc, crypto, stats if stats is not None else MediaCryptoStats())
     return pc
+
+
+#: how long closing a peer connection may hold up its caller; the rest goes on in background
+CLOSE_WAIT_S = 0.25
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def close_peer_connection(pc: RTCPeerConnection, wait_s: float = CLOSE_WAIT_S) -> None:
+    """Close ``pc``, waiting at most ``wait_s``; the close finishes in the background.
+
+    aiortc's ``close()`` waits until every TURN allocation is deleted, and a relay that died
+    never answers: aioice retransmits the deletion for about half a minute. A transport being
+    rebuilt because its relay died must not wait for that.
+    """
+    task = asyncio.ensure_future(pc.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    done, _ = await asyncio.wait({task}, timeout=wait_s)
+    if not done:
+        log.info(
+            "peer connection still closing after %.1f s (a relay that does not answer)", wait_s
+        )
 
 
 # --- codecs -----------------------------------------------------------------------------

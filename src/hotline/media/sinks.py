@@ -1,9 +1,18 @@
 """Media sinks: consume a remote track and measure what arrived.
 
 - :class:`VideoFrameIdSink` reads the frame id of every decoded video frame
-  (:mod:`~hotline.media.frame_id`): frames, readable ids, gaps, reordering, freezes, and the
-  one-way latency ``now - send time`` (valid when both ends share ``CLOCK_MONOTONIC``, i.e.
-  run on one host).
+  (:mod:`~hotline.media.frame_id`) and counts what a person would see: frames shown, *corrupt*
+  frames shown, the longest freeze between fresh frames, and the one-way latency
+  ``now - send time`` (valid when both ends share ``CLOCK_MONOTONIC``, i.e. run on one host;
+  detected from the first id).
+
+  A shown frame is **corrupt** when its id is unreadable (CRC-8 fails) or implausible: the
+  id goes backwards or repeats, advances by more frames than the sender could have made in
+  the time since the last fresh frame (at most :data:`MAX_FPS`, plus slack), or (shared
+  clock) was sent in the future or more than 30 s ago. VP8 artefacts from a missing
+  reference garble the id blocks, which change every frame; CRC-8 alone lets ~1/256 of
+  garbled ids through, and the bounds catch nearly all of those. Every other shown frame
+  is **fresh**. The count is a lower bound: a frame corrupt only outside its id is missed.
 - :class:`AudioChirpSink` counts decoded audio frames and finds the once-a-second chirp of
   :class:`~hotline.media.sources.SyntheticAudioTrack`; the spacing of the chirps reveals lost
   or concealed audio.
@@ -17,19 +26,26 @@ import asyncio
 import contextlib
 import logging
 from array import array
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from hotline.media.frame_id import FrameIdLayout, latency_ms, monotonic_ms
+from hotline.media.frame_id import COUNTER_MOD, FrameId, FrameIdLayout, latency_ms, monotonic_ms
 from hotline.media.stats import LatencyRecorder
 
 logger = logging.getLogger("hotline.media")
 
 #: a gap between two displayed video frames longer than this is a freeze
 FREEZE_MS = 250
+#: no sender makes more frames per second than this (bounds a plausible id jump)
+MAX_FPS = 120
+#: receive-time slack for a plausible id jump (frames delayed, then released together)
+ID_JUMP_SLACK_MS = 1000
+#: fresh frames kept for :attr:`VideoFrameIdSink.fresh_log`
+FRESH_LOG = 100_000
 #: latencies above this mean the two ends do not share a clock: not recorded
 MAX_PLAUSIBLE_LATENCY_MS = 30_000
 #: a chirp is where the first channel exceeds half of full scale
@@ -89,6 +105,13 @@ class VideoFrameIdSink(_TrackConsumer):
         self.first_counter: int | None = None
         self.last_counter: int | None = None
         self.first_frame_ms: int | None = None
+        self.corrupt = 0
+        self.fresh = 0
+        self.longest_freeze_ms = 0
+        self.clock_shared: bool | None = None
+        #: (receive ms, send ms) of recent fresh frames, oldest first
+        self.fresh_log: deque[tuple[int, int]] = deque(maxlen=FRESH_LOG)
+        self._last_fresh: tuple[int, FrameId] | None = None  # (receive ms, id)
         self._last_frame_ms: int | None = None
         self._layout: tuple[int, int, FrameIdLayout] | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -120,15 +143,40 @@ class VideoFrameIdSink(_TrackConsumer):
             frame_id = None
         if frame_id is None:
             self.unreadable += 1
+            self.corrupt += 1
         else:
             self.readable += 1
             self._track_counter(frame_id.counter)
             latency = latency_ms(frame_id.send_ms, now_ms)
-            if latency <= MAX_PLAUSIBLE_LATENCY_MS:
-                self.latency.add(latency)
-            else:
+            if self.clock_shared is None:
+                self.clock_shared = latency <= MAX_PLAUSIBLE_LATENCY_MS
+            if latency > MAX_PLAUSIBLE_LATENCY_MS:
                 self.implausible_latency += 1
+            if self._plausible(frame_id, latency, now_ms):
+                self._fresh(frame_id, latency, now_ms)
+            else:
+                self.corrupt += 1
         self._wake()
+
+    def _plausible(self, frame_id: FrameId, latency: int, now_ms: int) -> bool:
+        if self.clock_shared and latency > MAX_PLAUSIBLE_LATENCY_MS:
+            return False
+        if self._last_fresh is None:
+            return True
+        last_ms, last = self._last_fresh
+        step = (frame_id.counter - last.counter) % COUNTER_MOD
+        elapsed = (now_ms - last_ms) % (1 << 32)
+        return 0 < step <= (elapsed + ID_JUMP_SLACK_MS) * MAX_FPS // 1000 + 2
+
+    def _fresh(self, frame_id: FrameId, latency: int, now_ms: int) -> None:
+        self.fresh += 1
+        if self._last_fresh is not None:
+            gap = (now_ms - self._last_fresh[0]) % (1 << 32)
+            self.longest_freeze_ms = max(self.longest_freeze_ms, gap)
+        self._last_fresh = (now_ms, frame_id)
+        self.fresh_log.append((now_ms, frame_id.send_ms))
+        if self.clock_shared:
+            self.latency.add(latency)
 
     def _track_counter(self, counter: int) -> None:
         if self.first_counter is None:
@@ -175,7 +223,17 @@ class VideoFrameIdSink(_TrackConsumer):
             "max_gap_ms": self.max_gap_ms,
             "latency": self.latency.to_dict(),
             "implausible_latency": self.implausible_latency,
+            "shown": self.frames,
+            "fresh": self.fresh,
+            "corrupt_shown": self.corrupt,
+            "longest_freeze_ms": self.longest_freeze_ms,
+            "latency_p50_ms": self.latency.to_dict()["p50_ms"],
+            "latency_p95_ms": self.latency.to_dict()["p95_ms"],
         }
+
+    def fresh_since(self, send_ms: int) -> list[tuple[int, int]]:
+        """Fresh frames sent at or after ``send_ms`` (same clock): (receive ms, send ms)."""
+        return [e for e in self.fresh_log if (e[1] - send_ms) % (1 << 32) < 1 << 31]
 
 
 class AudioChirpSink(_TrackConsumer):

@@ -28,6 +28,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from hotline.errors import MediaDeviceError, UsageError
+from hotline.media.fanout import FanoutTrack, TrackFanout
 from hotline.media.frame_id import COUNTER_MOD, FrameId, monotonic_ms
 from hotline.media.pattern import TestPattern
 
@@ -209,14 +210,37 @@ class SyntheticAudioTrack(MediaStreamTrack):
 
 @dataclass
 class MediaSource:
-    """The tracks a terminal sends, and what to close when the call ends."""
+    """The tracks a terminal sends, opened once and shared by every call of the terminal.
+
+    Peer connections never take ``audio``/``video`` directly: each takes its own
+    :meth:`subscribe` views and stops them when it closes (see :mod:`hotline.media.fanout`).
+    """
 
     audio: MediaStreamTrack | None
     video: MediaStreamTrack | None
     description: str
     _players: list[object] = field(default_factory=list)
+    _fanouts: dict[str, TrackFanout] = field(default_factory=dict)
+
+    def subscribe(self) -> list[FanoutTrack]:
+        """One view of each track for one peer connection; stop them when it closes."""
+        views = []
+        for track in (self.video, self.audio):
+            if track is None:
+                continue
+            fanout = self._fanouts.get(track.kind)
+            if fanout is None:
+                fanout = self._fanouts[track.kind] = TrackFanout(track)
+            views.append(fanout.subscribe())
+        return views
+
+    def fanout(self, kind: str) -> TrackFanout | None:
+        return self._fanouts.get(kind)
 
     def stop(self) -> None:
+        for fanout in self._fanouts.values():
+            for view in list(fanout._subscribers):
+                view.stop()
         for track in (self.audio, self.video):
             if track is not None:
                 track.stop()

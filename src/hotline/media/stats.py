@@ -32,6 +32,10 @@ RECV = "recv"
 RTP_CLOCK_RATE = {"audio": 48000, "video": 90000}
 
 
+class SupportsCounters(Protocol):
+    def counters(self) -> dict[str, int]: ...
+
+
 @dataclass(frozen=True)
 class FrameEvent:
     """A frame the crypto seam refused to send or to show. Carries no frame bytes."""
@@ -63,6 +67,21 @@ class MediaCryptoStats:
         self._keyframe_requests: Counter[str] = Counter()
         self._forced_keyframes: Counter[str] = Counter()
         self._crypto_cpu_ns: Counter[str] = Counter()
+        self._guards: list[SupportsCounters] = []
+
+    def add_video_guard(self, guard: SupportsCounters) -> None:
+        """Report a video receiver's guard counters (``media.video_guard``) with these."""
+        with self._lock:
+            self._guards.append(guard)
+
+    def video_guard(self) -> dict[str, int]:
+        """The receive-side video guard's counters, summed over this call's receivers."""
+        with self._lock:
+            guards = list(self._guards)
+        total: Counter[str] = Counter()
+        for guard in guards:
+            total.update(guard.counters())
+        return dict(sorted(total.items()))
 
     # --- updates (any thread) -----------------------------------------------------------
 
@@ -144,6 +163,7 @@ class MediaCryptoStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot: ``{kind: {sent, received, decrypted, rejected: {...}}}``."""
+        guard = self.video_guard()
         with self._lock:
             out: dict[str, Any] = {}
             for kind in KINDS:
@@ -160,6 +180,7 @@ class MediaCryptoStats:
                     "keyframe_requests": self._keyframe_requests[kind],
                     "forced_keyframes": self._forced_keyframes[kind],
                 }
+            out["video"]["guard"] = guard
             out["crypto_cpu_ms"] = {
                 SEND: round(self._crypto_cpu_ns[SEND] / 1e6, 3),
                 RECV: round(self._crypto_cpu_ns[RECV] / 1e6, 3),
@@ -299,6 +320,11 @@ class CallMediaStats:
             sinks["audio"] = audio_sink
         self._sinks[peer] = sinks
 
+    def peer_connection(self, peer: str) -> RTCPeerConnection | None:
+        """The connection whose statistics are shown for ``peer`` (the active one)."""
+        entry = self._peers.get(peer)
+        return entry[0] if entry is not None else None
+
     def remove_peer(self, peer: str) -> None:
         self._peers.pop(peer, None)
         self._sinks.pop(peer, None)
@@ -306,12 +332,15 @@ class CallMediaStats:
     async def snapshot(self) -> dict[str, Any]:
         """Sample every peer. Peers may be removed (hang-up) while this awaits their
         ``getStats()``: it walks a copy, and leaves out a peer gone in the meantime."""
+        from hotline.media import aiortc_patch  # noqa: PLC0415 (it imports this module)
+
         peers: dict[str, Any] = {}
         for peer, (pc, sampler) in list(self._peers.items()):
             rtp = await sampler.sample(pc)
             if self._peers.get(peer, (None,))[0] is not pc:
                 continue  # removed (or replaced) while it was sampled
             entry: dict[str, Any] = {"rtp": rtp}
+            entry["path"] = aiortc_patch.selected_path(pc)  # relayed or direct, once known
             for kind, sink in self._sinks.get(peer, {}).items():
                 entry[f"{kind}_sink"] = sink.to_dict()
             peers[peer] = entry

@@ -40,6 +40,7 @@ from hotline.exchange.client import (
 from hotline.keys import SigningKey
 from hotline.media.sources import open_source
 from hotline.ratelog import LogGate, clip
+from hotline.terminal.config import TerminalConfig
 
 log = logging.getLogger("hotline.terminal")
 
@@ -66,11 +67,15 @@ class DaemonConfig:
     identity_key: SigningKey
     terminal_id: str
     tls_fingerprint: str | None = None
+    #: further exchanges to fail over to, in order: (url, pinned TLS fingerprint)
+    exchange_fallbacks: tuple[tuple[str, str | None], ...] = ()
     auto_answer: bool = False
     media: MediaSettings = field(default_factory=MediaSettings)
     state_dir: Path | None = None
     #: where ICE gathers host candidates: "loopback" (127.0.0.1 only) or "all"
     interfaces: str = "loopback"
+    #: the site-local configuration (TURN credentials), applied to each charter adopted
+    site: TerminalConfig = field(default_factory=TerminalConfig)
 
     @property
     def state(self) -> Path:
@@ -97,6 +102,7 @@ class TerminalDaemon:
             terminal_id=self.terminal_id,
             key=config.identity_key,
             tls_fingerprint=config.tls_fingerprint,
+            fallbacks=config.exchange_fallbacks,
             accept_charter=self.charters.accept,
         )
         media = config.media
@@ -127,11 +133,15 @@ class TerminalDaemon:
         self._left_replied: dict[tuple[str, str], None] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._exchange_reason = "connecting"
+        self._exchange_since = time.time()
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.client.start()
+        # without the exchange the terminal still starts, keeps trying in the background and
+        # says "exchange unreachable"; calls already running go on peer to peer
+        await self.client.start(require_connection=False)
         self._tasks.append(asyncio.create_task(self._pump_exchange()))
         self._tasks.append(asyncio.create_task(self._tick()))
         self.emit("started", {"terminal": self.terminal_id})
@@ -193,10 +203,17 @@ class TerminalDaemon:
             identity_key=self.config.identity_key,
             directory=directory,
             kem=charter.policy.kem,
+            suite=charter.policy.cipher_suite,
+            max_participants=charter.policy.max_participants,
             rekey_interval_s=float(charter.policy.rekey_interval_s),
             send=self._send,
             call_log=self.call_log,
-            media=self.config.media,
+            media=dataclasses.replace(
+                self.config.media,
+                liveness=dataclasses.replace(
+                    self.config.media.liveness, peer_timeout=float(charter.policy.peer_timeout_s)
+                ),
+            ),
             source=self.source,
             on_event=self.emit,
         )
@@ -335,7 +352,12 @@ class TerminalDaemon:
         elif isinstance(event, Refusal):  # a delivery, a charter, or the exchange itself
             self._count_rejection(event.reason, event.detail)
         elif isinstance(event, ConnectionChanged):
-            self.emit("exchange", {"connected": event.connected, "reason": event.reason})
+            self._exchange_reason = event.reason
+            self._exchange_since = time.time()
+            self.emit(
+                "exchange",
+                {"connected": event.connected, "reason": event.reason, "url": self.client.url},
+            )
             if event.reason == "duplicate_terminal":  # another copy of this terminal runs
                 self._count_rejection(event.reason, "another copy of this terminal is running")
 
@@ -352,9 +374,18 @@ class TerminalDaemon:
         self.charter = signed
         charter = signed.charter
         self.emit("charter", {"version": charter.version})
+        # its relays and relay-only policy for every peer connection built from now on
+        self.config.media.ice = self.config.site.ice_settings(charter, strict=False)
         if self.call is not None:
             directory = {t.terminal_id: t.identity_key for t in charter.terminals}
-            await self.call.on_charter(directory, charter.version)
+            policy = charter.policy
+            await self.call.on_charter(
+                directory,
+                charter.version,
+                kem=policy.kem,
+                suite=policy.cipher_suite,
+                max_participants=policy.max_participants,
+            )
 
     async def _decline(self, caller: str, call_id: str, reason: str) -> None:
         await self._send(caller, "call.decline", encode({"call": call_id, "reason": reason}))
@@ -425,7 +456,15 @@ class TerminalDaemon:
             "media_source": self.source.description,
             "line": self.charter.charter.line_id,
             "charter_version": self.charter.charter.version,
-            "exchange": {"connected": self.client.connected, "online": sorted(self.client.online)},
+            "exchange": {
+                "connected": self.client.connected,
+                "state": "connected" if self.client.connected else "unreachable",
+                "reason": self._exchange_reason,
+                "since": self._exchange_since,
+                "url": self.client.url,
+                "endpoints": self.client.endpoints,
+                "online": sorted(self.client.online),
+            },
             "call": await self.call.stats() if self.call is not None else None,
             "last_ring": self.last_ring,
             "past_calls": self.past_calls[-10:],

@@ -20,6 +20,11 @@ from hotline.keys import read_passphrase
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal
 from hotline.signals import until_terminated
+from hotline.terminal.config import (
+    TerminalConfig,
+    default_config_path,
+    load_terminal_config,
+)
 from hotline.terminal.control import make_runner, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
 
@@ -36,6 +41,7 @@ def build_config(
     height: int,
     fps: int,
     source: str = "synthetic",
+    config_path: Path | None = None,
 ) -> DaemonConfig:
     signed = load_charter(charter_path)
     signed.verify()
@@ -45,18 +51,24 @@ def build_config(
     if terminal.terminal_id != record.terminal_id or terminal != record.terminal:
         raise UsageError(f"{terminal_dir}: the charter lists this key under another terminal id")
     tls_fingerprint: str | None = None
+    fallbacks: tuple[tuple[str, str | None], ...] = ()
     if exchange_url is None:
         if not charter.exchanges:
             raise UsageError("the charter names no exchange; give --exchange URL")
+        # the charter's first exchange, then the others in order when it does not answer
         exchange_url = charter.exchanges[0].url
+        fallbacks = tuple((e.url, e.tls_fingerprint) for e in charter.exchanges[1:])
+        for url, pin in fallbacks:
+            if url.startswith("wss://") and pin is None:
+                raise UsageError(f"{url}: the charter pins no TLS certificate for it")
     for endpoint in charter.exchanges:
         if endpoint.url == exchange_url:
             tls_fingerprint = endpoint.tls_fingerprint
     if exchange_url.startswith("wss://") and tls_fingerprint is None:
         raise UsageError(f"{exchange_url}: not in the charter, so no pinned TLS certificate")
-    # TURN credentials live in each site's local configuration, never in the charter; until
-    # that configuration exists, terminals use host candidates only.
-    ice = engine.IceSettings()
+    # TURN credentials live in each site's local configuration, never in the charter
+    site = load_site_config(terminal_dir, config_path, terminal.terminal_id)
+    ice = site.ice_settings(charter)
     return DaemonConfig(
         terminal_dir=terminal_dir,
         charter=signed,
@@ -64,10 +76,23 @@ def build_config(
         identity_key=key,
         terminal_id=terminal.terminal_id,
         tls_fingerprint=tls_fingerprint,
+        exchange_fallbacks=fallbacks,
         auto_answer=auto_answer,
         media=MediaSettings(source=source, width=width, height=height, fps=fps, ice=ice),
         interfaces=interfaces,
+        site=site,
     )
+
+
+def load_site_config(
+    terminal_dir: Path, config_path: Path | None, terminal_id: str
+) -> TerminalConfig:
+    """``--config FILE``, else ``<terminal folder>/terminal.toml`` if there is one, else
+    an empty configuration (no TURN credentials)."""
+    path = config_path if config_path is not None else default_config_path(terminal_dir)
+    if config_path is None and not path.exists():
+        return TerminalConfig()
+    return load_terminal_config(path, default_name=terminal_id)
 
 
 def ice_address_policy(interfaces: str) -> list[str]:

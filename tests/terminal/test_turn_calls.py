@@ -1,0 +1,199 @@
+"""Terminals calling through a real coturn: relay-only charters, credentials from each
+site's terminal.toml, the first relay of the charter down, wrong credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from hotline.charter import Policy, Role
+from hotline.localline import LocalLine
+from tests.terminal.test_calls import call_of, media_flows, wait_for
+from tests.turnserver import free_port, running_turnserver
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+SECRET = "east-west-relay-secret"
+
+
+def write_config(line: LocalLine, terminal_id: str, text: str) -> None:
+    path = line.terminal_dir(terminal_id) / "terminal.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+async def test_relay_only_call_between_terminals_uses_the_second_relay(tmp_path: Path) -> None:
+    dead = f"turn:127.0.0.1:{free_port()}?transport=udp"  # the charter's first relay: down
+    with running_turnserver(tmp_path / "relay", shared_secret=SECRET) as relay:
+        line = LocalLine(
+            tmp_path,
+            "east-west",
+            {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+            policy=Policy(relay_only=True),
+            turn_relays=(dead, relay.url),
+        )
+        line.commission()
+        for tid in ("alpha", "bravo"):
+            write_config(
+                line,
+                tid,
+                "[turn]\nprobe_timeout_s = 0.5\n\n"
+                f"[[turn.relay]]\nurl = '{dead}'\nusername = '{tid}'\npassword = 'pw'\n\n"
+                f"[[turn.relay]]\nurl = '{relay.url}'\nshared_secret = '{SECRET}'\n",
+            )
+        try:
+            await line.start_exchange()
+            await line.start_terminal("alpha")
+            await line.start_terminal("bravo", "--auto-answer")
+            await line.wait_online(["alpha", "bravo"])
+            async with line.control("alpha") as alpha:
+                await alpha.request("POST", "/call", {"target": "bravo"})
+                statuses = await wait_for(
+                    line,
+                    ["alpha", "bravo"],
+                    lambda s: media_flows(s, [("alpha", "bravo"), ("bravo", "alpha")]),
+                    "decrypted media both ways through the relay",
+                )
+                for tid, peer in (("alpha", "bravo"), ("bravo", "alpha")):
+                    call = call_of(statuses[tid])
+                    assert call["peers"][peer]["path"] == {"local": "relay", "remote": "relay"}
+                    assert call["e2ee"]["rejected"] == {}
+                    assert call["frames"]["video"]["decrypted"] > 20
+                await alpha.request("POST", "/hangup")
+        finally:
+            await line.stop()
+    # both terminals allocated on the live relay with time-limited credentials of their own
+    log = relay.log_text()
+    for tid in ("alpha", "bravo"):
+        # coturn's REST API user name: "<expiry>:<terminal id>"
+        assert re.search(rf"user <\d+:{tid}>: incoming packet ALLOCATE processed, success", log)
+        assert re.search(rf"user <\d+:{tid}>: incoming packet CHANNEL_BIND processed", log)
+
+
+async def test_wrong_credentials_are_a_visible_refusal(tmp_path: Path) -> None:
+    with running_turnserver(tmp_path / "relay", shared_secret=SECRET) as relay:
+        line = LocalLine(
+            tmp_path,
+            "east-west",
+            {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+            policy=Policy(relay_only=True),
+            turn_relays=(relay.url,),
+        )
+        line.commission()
+        for tid in ("alpha", "bravo"):
+            write_config(
+                line, tid, f"[[turn.relay]]\nurl = '{relay.url}'\nshared_secret = 'not-it'\n"
+            )
+        try:
+            await line.start_exchange()
+            await line.start_terminal("alpha")
+            await line.start_terminal("bravo", "--auto-answer")
+            await line.wait_online(["alpha", "bravo"])
+            async with line.control("alpha") as alpha:
+                await alpha.request("POST", "/call", {"target": "bravo"})
+                statuses = await wait_for(
+                    line,
+                    ["alpha"],
+                    lambda s: "relay_unavailable" in s["alpha"]["rejected"],
+                    "the refusal shown",
+                    timeout=15,
+                )
+                assert statuses["alpha"]["rejected"]["relay_unavailable"] >= 1
+                events = await alpha.request("GET", "/events?since=0")
+                await alpha.request("POST", "/hangup")
+        finally:
+            await line.stop()
+    details = [e.get("detail", "") for e in events if e["kind"] == "rejected"]
+    assert any("refused this site's credentials (401" in d for d in details), details
+    assert "not-it" not in " ".join(details)
+
+
+async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path) -> None:
+    users = {"alpha": "pw-alpha", "bravo": "pw-bravo"}
+    with (
+        running_turnserver(tmp_path / "one", users=users) as one,
+        running_turnserver(tmp_path / "two", users=users) as two,
+    ):
+        line = LocalLine(
+            tmp_path,
+            "east-west",
+            {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+            policy=Policy(relay_only=True),
+            turn_relays=(one.url, two.url),
+        )
+        line.commission()
+        for tid, password in users.items():
+            write_config(
+                line,
+                tid,
+                "[turn]\nprobe_timeout_s = 0.5\n"
+                + "".join(
+                    f"[[turn.relay]]\nurl = '{r.url}'\n"
+                    f"username = '{tid}'\npassword = '{password}'\n"
+                    for r in (one, two)
+                ),
+            )
+        await line.start_exchange()
+        small = {"width": 320, "height": 180, "fps": 15}
+        alpha = await line.start_in_process("alpha", **small)  # type: ignore[arg-type]
+        bravo = await line.start_in_process("bravo", auto_answer=True, **small)  # type: ignore[arg-type]
+        try:
+
+            async def flowing(old: object = None, frames: int = 20) -> bool:
+                for daemon, peer in ((alpha, bravo), (bravo, alpha)):
+                    call = (await daemon.status())["call"] or {}
+                    entry = (call.get("peers") or {}).get(peer.terminal_id) or {}
+                    if (entry.get("video_sink") or {}).get("frames", 0) < frames:
+                        return False
+                    if entry.get("path") != {"local": "relay", "remote": "relay"}:
+                        return False
+                assert alpha.call is not None
+                return alpha.call.peers["bravo"] is not old
+
+            await until(lambda: alpha.client.connected and "bravo" in alpha.client.online, "online")
+            await alpha.dial("bravo")
+            await until(flowing, "media through the first relay")
+            assert "CHANNEL_BIND processed" in one.log_text()
+            assert "CHANNEL_BIND processed" not in two.log_text()
+
+            one.stop()  # the first relay dies mid-call
+            assert alpha.call is not None
+            old = alpha.call.peers["bravo"]
+            # the call rebuilds the transport (as it does when it finds it dead): the new
+            # peer connections on both sides take the next live relay of the charter
+            start = time.monotonic()
+            await alpha.call._rebuild("bravo", old)
+            await until(lambda: flowing(old, frames=1), "media through the second relay")
+            # probing the dead relay (0.5 s on each side), ICE and DTLS through the relay
+            took = time.monotonic() - start
+            await until(lambda: flowing(old), "more media through the second relay")
+            print(f"first frames each way through the second relay {took:.2f} s after the "
+                  f"rebuild began, 20 frames after {time.monotonic() - start:.2f} s")  # fmt: skip
+            assert took < 10, took
+            log = two.log_text()
+            for tid in ("alpha", "bravo"):
+                assert re.search(rf"user <{tid}>: incoming packet CHANNEL_BIND processed", log)
+            status = await alpha.status()
+            assert status["call"]["state"] == "active"
+            assert status["call"]["e2ee"]["rejected"] == {}
+        finally:
+            await alpha.stop()
+            await bravo.stop()
+            await line.stop()
+
+
+async def until(
+    check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result is True or (not isinstance(result, bool) and await result):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

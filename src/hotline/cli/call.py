@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from hotline.cli.common import console, print_json
 from hotline.errors import CallError, UsageError
@@ -134,6 +135,12 @@ def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
         + ("connected" if ex["connected"] else "[red]disconnected[/]")
         + f"; online: {', '.join(ex['online']) or 'nobody'}"
     )
+    refused = result.get("rejected") or {}
+    if refused:  # what this terminal refused (from the exchange, peers, the control API)
+        console.print(
+            "[yellow]refused[/]: "
+            + ", ".join(f"{escape(str(k))} {v}" for k, v in sorted(refused.items()))
+        )
     call = result.get("call")
     if not call:
         console.print("no call")

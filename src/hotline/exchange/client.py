@@ -92,9 +92,11 @@ from hotline.exchange.frames import (
     decode_server_frame,
     encode_frame,
     is_loopback,
+    known_reason,
 )
 from hotline.exchange.routing import TokenBucket
 from hotline.keys import SigningKey
+from hotline.ratelog import LogGate, clip
 
 logger = logging.getLogger("hotline.exchange.client")
 
@@ -136,16 +138,38 @@ class ConnectionChanged:
 @dataclass(frozen=True)
 class EnvelopeRejected:
     """The exchange refused an envelope this terminal sent (``seq``), or refused it only for
-    ``recipient`` (a broadcast to a full queue)."""
+    ``recipient`` (a broadcast to a full queue); ``seq`` None: the charter it pushed. The
+    reason is one of ``frames.PROTOCOL_REASONS`` or ``"unlisted"``; ``recipient`` is a
+    terminal of the charter or None."""
 
-    seq: int
+    seq: int | None
     reason: str
     recipient: str | None = None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Something this terminal refused from the exchange: a delivery
+    (``delivery_<reason>``: replay, bad_signature, stale, misrouted...), a charter
+    (``charter_<reason>``), or the exchange itself on a reconnection (``tls_pin``,
+    ``exchange_id``). Counted in :attr:`ExchangeClient.stats` too."""
+
+    reason: str
+    #: what was refused, without contents (at most ``ratelog.MAX_DETAIL`` characters)
+    detail: str
+
+
 ClientEvent = Union[  # noqa: UP007
-    EnvelopeReceived, PresenceChanged, CharterUpdated, ConnectionChanged, EnvelopeRejected
+    EnvelopeReceived,
+    PresenceChanged,
+    CharterUpdated,
+    ConnectionChanged,
+    EnvelopeRejected,
+    Refusal,
 ]
+
+#: refusals of the exchange itself: logged at WARNING on every reconnection attempt
+_EXCHANGE_REFUSALS = frozenset({"tls_pin", "exchange_id"})
 
 
 @dataclass
@@ -307,6 +331,7 @@ class ExchangeClient:
         self._close_reason: str | None = None
         self._max_frame = (1 << 20) + FRAME_OVERHEAD
         self.stats: Counter[str] = Counter()
+        self._log_gate = LogGate()  # refusals are counted exactly; logged at most 1/s each
 
     # --- public -----------------------------------------------------------------------
 
@@ -459,6 +484,7 @@ class ExchangeClient:
         attempt = 0
         if first_error is not None:
             await self._emit(ConnectionChanged(False, first_error.reason))
+            await self._refused_exchange(first_error)
             self._next_endpoint()
         while not self._closed:
             if self._connected:
@@ -484,7 +510,7 @@ class ExchangeClient:
                 if isinstance(exc, DuplicateTerminal):
                     logger.error("%s: %s", self.url, exc)
                     await self._emit(ConnectionChanged(False, exc.reason))
-                else:
+                elif not await self._refused_exchange(exc):
                     logger.info("connection to %s failed: %s", self.url, exc)
                 if self._next_endpoint():
                     attempt = max(0, attempt - 1)  # the next exchange at once, not later
@@ -532,6 +558,15 @@ class ExchangeClient:
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
 
+    async def _refused_exchange(self, exc: HotlineError) -> bool:
+        """A TLS pin mismatch or a foreign exchange id: someone else answers at the
+        exchange's address. Logged at WARNING and reported; True if it was one."""
+        if exc.reason not in _EXCHANGE_REFUSALS:
+            return False
+        logger.warning("refusing the exchange at %s (%s): %s", self.url, exc.reason, exc)
+        await self._emit(Refusal(exc.reason, clip(f"the exchange at {self.url}: {exc}")))
+        return True
+
     async def _wait_closed(self) -> str:
         done, _ = await asyncio.wait(self._io, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -577,7 +612,8 @@ class ExchangeClient:
             aiohttp.WSMsgType.CLOSING,
             aiohttp.WSMsgType.CLOSED,
         ):
-            raise _close_error(ws.close_code, str(msg.extra or "") or _reason_of(ws))
+            extra = str(msg.extra or "")
+            raise _close_error(ws.close_code, known_reason(extra) if extra else _reason_of(ws))
         raise FrameError(f"unexpected WebSocket message {msg.type!r} from the exchange")
 
     async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -662,7 +698,8 @@ class ExchangeClient:
                     aiohttp.WSMsgType.CLOSED,
                     aiohttp.WSMsgType.ERROR,
                 ):
-                    self._close_reason = str(msg.extra or "") or _reason_of(ws)
+                    extra = str(msg.extra or "")
+                    self._close_reason = known_reason(extra) if extra else _reason_of(ws)
                     return
                 continue
             try:
@@ -705,8 +742,10 @@ class ExchangeClient:
             self._tracker.accept(env)
         except HotlineError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
-            logger.warning("refused a delivery from the exchange (%s): %s", exc.reason, exc)
-            await self._events.put(_Item(None, frame.delivery_id))
+            if self._log_gate.allow(f"rejected_{exc.reason}")[0]:  # counted exactly in stats
+                logger.warning("refused a delivery from the exchange (%s): %s", exc.reason, exc)
+            refusal = Refusal(f"delivery_{exc.reason}", clip(f"a delivery: {exc}"))
+            await self._events.put(_Item(refusal, frame.delivery_id))
             return
         await self._events.put(_Item(EnvelopeReceived(env), frame.delivery_id))
 
@@ -720,11 +759,17 @@ class ExchangeClient:
             )
             await self._emit(ConnectionChanged(True, frame.reason))
             return
+        # frames.decode_server_frame has mapped the reason to the protocol's fixed set
         if frame.seq is None:
             self.stats[f"charter_refused_{frame.reason}"] += 1
-            logger.warning("the exchange refused our charter: %s", frame.reason)
+            if self._log_gate.allow(f"charter_refused_{frame.reason}")[0]:
+                logger.warning("the exchange refused our charter: %s", frame.reason)
+            await self._emit(EnvelopeRejected(None, frame.reason))
             return
         self.stats[f"refused_{frame.reason}"] += 1
+        recipient = frame.recipient
+        if recipient is not None and recipient not in self._members():
+            recipient = None  # not a terminal of the line: nothing to report it as
         if frame.recipient is None:
             for i, env in enumerate(self._outbox):
                 if env.seq == frame.seq:
@@ -732,7 +777,7 @@ class ExchangeClient:
                     if i < self._sent:
                         self._sent -= 1
                     break
-        await self._emit(EnvelopeRejected(frame.seq, frame.reason, frame.recipient))
+        await self._emit(EnvelopeRejected(frame.seq, frame.reason, recipient))
 
     async def _on_charter(self, data: bytes) -> None:
         try:
@@ -744,7 +789,9 @@ class ExchangeClient:
             self._adopt(signed)
         except HotlineError as exc:
             self.stats[f"charter_rejected_{exc.reason}"] += 1
-            logger.warning("refused a charter from the exchange: %s", exc)
+            if self._log_gate.allow(f"charter_rejected_{exc.reason}")[0]:
+                logger.warning("refused a charter from the exchange: %s", exc)
+            await self._emit(Refusal(f"charter_{exc.reason}", clip(f"a charter: {exc}")))
             return
         await self._emit(CharterUpdated(self.charter))
 
@@ -758,8 +805,11 @@ class ExchangeClient:
             signed = self._accept_charter(signed)
         self.charter = signed
 
+    def _members(self) -> set[str]:
+        return {t.terminal_id for t in self.charter.charter.terminals}
+
     async def _set_online(self, online: frozenset[str]) -> None:
-        members = {t.terminal_id for t in self.charter.charter.terminals}
+        members = self._members()
         online = frozenset(t for t in online if t in members)
         if online != self._online:
             self._online = online
@@ -841,4 +891,6 @@ def _reason_of(ws: aiohttp.ClientWebSocketResponse) -> str:
         return "removed_from_charter"
     if code == CLOSE_DUPLICATE:
         return DuplicateTerminal.reason
-    return f"closed_{code}" if code is not None else "connection_lost"
+    if code is None:
+        return "connection_lost"
+    return f"closed_{code}" if 1000 <= code <= 1015 or 4000 <= code <= 4010 else "closed_other"

@@ -33,13 +33,16 @@ async def outage_and_back(netlab: Lab, tmp_path: Path, outage_s: float) -> dict[
         call_id = call_of(before["alpha"])["call"]
         epochs = {tid: call_of(s)["epoch"] for tid, s in before.items()}
         netlab.link("alpha").outage(outage_s)
-        await asyncio.sleep(min(outage_s, 4.0))
-        during = await line.snapshot(["alpha", "bravo"])
-        for rx, tx in BOTH_WAYS:  # shown as reconnecting while the link is down
-            assert peer(during[rx], tx).get("reachable") is False, during[rx]
-        await asyncio.sleep(max(0.0, outage_s - 4.0))
+        cut = time.monotonic()
+        # lost after 2 s without media; one CLI status call takes about a second under load
+        await asyncio.sleep(2.6)
+        during = await line.snapshot(["alpha"])
+        assert time.monotonic() - cut < outage_s, "the status came too late to judge"
+        assert peer(during["alpha"], "bravo").get("reachable") is False, during["alpha"]
+        assert call_of(during["alpha"])["peers"]["bravo"]["transport"] == "reconnecting"
+        await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - cut)))
         link_back = time.monotonic()
-        shown = {rx: frames(during[rx], tx, "video") for rx, tx in BOTH_WAYS}
+        shown = frames(during["alpha"], "bravo", "video")
 
         def flowing_again(statuses: dict[str, Any]) -> bool:
             return all(
@@ -61,10 +64,7 @@ async def outage_and_back(netlab: Lab, tmp_path: Path, outage_s: float) -> dict[
             video = sink(final[rx], tx, "video")
             assert video.get("corrupt_shown", 0) == 0, video
             assert peer(final[rx], tx)["outages"] >= 1
-        assert any(
-            frames(final[rx], tx, "video") > shown[rx] + 30 or peer(final[rx], tx)["attempts"] > 1
-            for rx, tx in BOTH_WAYS
-        ), (shown, final)
+        assert frames(final["alpha"], "bravo", "video") > shown + 60  # the same sink goes on
         await line.hangup("alpha")
         return {"back_s": back_s, "after": after, "final": final}
 

@@ -41,6 +41,18 @@ def test_shared_secret_credentials_follow_coturns_rest_scheme() -> None:
     assert "north-secret" not in repr(creds) and "pw" not in repr(StaticCredentials("u", "pw"))
 
 
+def test_relays_that_failed_lately_are_tried_last() -> None:
+    a, b, c = (TurnRelay(f"turn:r{i}:3478", StaticCredentials("u", "p")) for i in range(3))
+    history = turn.RelayHistory(remember_s=30)
+    assert history.order((a, b, c), now=100) == (a, b, c)
+    history.failed(a.url, now=100)
+    history.failed(b.url, now=110)
+    assert history.order((a, b, c), now=120) == (c, a, b)  # charter order among the failed
+    assert history.order((a, b, c), now=135) == (a, c, b)  # a's failure is forgotten
+    history.succeeded(b.url)
+    assert history.order((a, b, c), now=136) == (a, b, c)
+
+
 def static(url: str, user: str = "sochi", password: str = "pw-sochi") -> TurnRelay:
     return TurnRelay(url, StaticCredentials(user, password))
 
@@ -83,6 +95,13 @@ async def test_probe_and_select_in_charter_order(tmp_path: Path) -> None:
         assert chosen.turn is not None and chosen.turn.url == two.url
         assert chosen.relay_only
         assert time.monotonic() - start < settings.probe_timeout_s + 1.0
+        # the next choice (a rebuild, the next call) does not wait for the dead relay again
+        start = time.monotonic()
+        again = await turn.select_ice(settings)
+        assert again.turn is not None and again.turn.url == two.url
+        assert time.monotonic() - start < 0.3
+        # TURN over TCP to the same relay
+        assert await turn.probe_relay(static(f"turn:127.0.0.1:{two.port}?transport=tcp")) < 0.5
         # wrong credentials: a clear refusal at once, not a hang
         start = time.monotonic()
         with pytest.raises(RelayUnavailable, match=r"refused this site's credentials \(401"):

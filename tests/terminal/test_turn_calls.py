@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hotline.charter import Policy, Role
+from hotline.charter import Policy, Role, load_charter
+from hotline.errors import RelayUnavailable
 from hotline.localline import LocalLine
+from hotline.media.turn import select_ice
+from hotline.provision import line_site_dir, propose_line, sign_charter, write_draft
 from tests.terminal.test_calls import call_of, media_flows, wait_for
 from tests.turnserver import free_port, running_turnserver
 
@@ -197,3 +200,49 @@ async def until(
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_newer_charter_changes_the_relays_of_a_running_terminal(tmp_path: Path) -> None:
+    r1, r2 = "turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.2:3478?transport=udp"
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+        turn_relays=(r1,),
+    )
+    v1 = line.commission().charter
+    write_config(line, "alpha", f"[[turn.relay]]\nurl = '{r1}'\nusername = 'a'\npassword = 'p'\n")
+    await line.start_exchange()
+    alpha = await line.start_in_process("alpha")
+    try:
+        assert [r.url for r in alpha.config.media.ice.relays] == [r1]
+        assert not alpha.config.media.ice.relay_only
+
+        async def install(version: int, relays: tuple[str, ...], policy: Policy) -> None:
+            path = tmp_path / f"v{version}.charter.json"
+            draft = propose_line(
+                v1.line_id,
+                [line_site_dir(tmp_path, s.site_id) for s in v1.sites],
+                list(v1.terminals),
+                exchanges=v1.exchanges,
+                turn_relays=relays,
+                policy=policy,
+                version=version,
+            )
+            write_draft(path, draft)
+            for site in v1.sites:
+                sign_charter(path, line_site_dir(tmp_path, site.site_id))
+            await alpha.install_charter(load_charter(path))
+
+        # version 2 replaces the relay: alpha's credentials for r1 are no longer used
+        await install(2, (r2,), Policy())
+        assert alpha.config.media.ice.relays == ()
+        # version 3 is relay-only through r2, for which this site has no credentials:
+        # no peer connection can be built, and each attempt says why
+        await install(3, (r2,), Policy(relay_only=True))
+        assert alpha.config.media.ice.relay_only and alpha.config.media.ice.relays == ()
+        with pytest.raises(RelayUnavailable, match="credentials for none of them"):
+            await select_ice(alpha.config.media.ice)
+    finally:
+        await alpha.stop()
+        await line.stop()

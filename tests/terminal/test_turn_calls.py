@@ -116,7 +116,10 @@ async def test_wrong_credentials_are_a_visible_refusal(tmp_path: Path) -> None:
     assert "not-it" not in " ".join(details)
 
 
-async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", ["killed", "restarted"])
+async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path, fault: str) -> None:
+    """The first relay dies (the call moves to the second) or restarts, losing every
+    allocation (the call stays on it)."""
     users = {"alpha": "pw-alpha", "bravo": "pw-bravo"}
     with (
         running_turnserver(tmp_path / "one", users=users) as one,
@@ -164,23 +167,29 @@ async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path) 
             assert "CHANNEL_BIND processed" in one.log_text()
             assert "CHANNEL_BIND processed" not in two.log_text()
 
-            one.stop()  # the first relay dies mid-call
+            binds_before = one.log_text().count("CHANNEL_BIND processed")
+            one.stop()  # the first relay dies mid-call, or restarts without its allocations
+            if fault == "restarted":
+                one.start()
             assert alpha.call is not None
             old = alpha.call.peers["bravo"]
             # the call rebuilds the transport (as it does when it finds it dead): the new
-            # peer connections on both sides take the next live relay of the charter
+            # peer connections on both sides take the first live relay of the charter
             start = time.monotonic()
             await alpha.call._rebuild("bravo", old)
-            await until(lambda: flowing(old, frames=1), "media through the second relay")
-            # probing the dead relay (0.5 s on each side), ICE and DTLS through the relay
+            await until(lambda: flowing(old, frames=1), "media through a live relay")
             took = time.monotonic() - start
-            await until(lambda: flowing(old), "more media through the second relay")
-            print(f"first frames each way through the second relay {took:.2f} s after the "
-                  f"rebuild began, 20 frames after {time.monotonic() - start:.2f} s")  # fmt: skip
+            await until(lambda: flowing(old), "more media through the relay")
+            print(f"{fault}: first frames each way {took:.2f} s after the rebuild began, "
+                  f"20 frames after {time.monotonic() - start:.2f} s")  # fmt: skip
             assert took < 10, took
-            log = two.log_text()
+            now_on, other = (two, one) if fault == "killed" else (one, two)
+            log = now_on.log_text()
             for tid in ("alpha", "bravo"):
                 assert re.search(rf"user <{tid}>: incoming packet CHANNEL_BIND processed", log)
+            if fault == "restarted":
+                assert log.count("CHANNEL_BIND processed") > binds_before
+                assert "CHANNEL_BIND processed" not in other.log_text()
             status = await alpha.status()
             assert status["call"]["state"] == "active"
             assert status["call"]["e2ee"]["rejected"] == {}

@@ -85,7 +85,9 @@ async def test_probe_and_select_in_charter_order(tmp_path: Path) -> None:
     ):
         took = await turn.probe_relay(static(one.url))
         assert 0 < took < 0.5
-        settings = IceSettings(relays=(static(one.url), static(two.url)), relay_only=True)
+        settings = IceSettings(
+            relays=(static(one.url), static(two.url)), relay_only=True, probe_timeout_s=2.0
+        )
         chosen = await turn.select_ice(settings)
         assert chosen.turn is not None and chosen.turn.url == one.url
         # the first relay dies: the next peer connection built moves to the second
@@ -99,14 +101,14 @@ async def test_probe_and_select_in_charter_order(tmp_path: Path) -> None:
         start = time.monotonic()
         again = await turn.select_ice(settings)
         assert again.turn is not None and again.turn.url == two.url
-        assert time.monotonic() - start < 0.3
+        assert time.monotonic() - start < 1.0  # well under the dead relay's 2 s timeout
         # TURN over TCP to the same relay
         assert await turn.probe_relay(static(f"turn:127.0.0.1:{two.port}?transport=tcp")) < 0.5
         # wrong credentials: a clear refusal at once, not a hang
         start = time.monotonic()
         with pytest.raises(RelayUnavailable, match=r"refused this site's credentials \(401"):
             await turn.probe_relay(static(two.url, password="wrong"))
-        assert time.monotonic() - start < 0.5
+        assert time.monotonic() - start < 1.0
         bad = IceSettings(relays=(static(dead_relay_url()), static(two.url, password="x")),
                           relay_only=True, probe_timeout_s=0.3)  # fmt: skip
         with pytest.raises(RelayUnavailable) as refused:

@@ -146,7 +146,12 @@ async def test_relay_only_call_carries_e2ee_media_and_the_relay_sees_only_srtp(
                 await connect(a, b)
                 for side in (a, b):
                     # no host address of either side is ever offered
-                    assert candidate_types(side.pc.localDescription.sdp) == {"relay"}
+                    sdp = side.pc.localDescription.sdp
+                    assert candidate_types(sdp) == {"relay"}
+                    # nor its address as seen by the relay (the related address is hidden)
+                    related = [ln.split(" raddr ")[1].split()[0]
+                               for ln in sdp.splitlines() if " raddr " in ln]  # fmt: skip
+                    assert related and set(related) == {"0.0.0.0"}
                 assert await b.video_sink.wait_for(20, timeout=20)
                 assert await a.video_sink.wait_for(20, timeout=20)
                 assert await b.audio_sink.wait_for(2, timeout=10)

@@ -640,6 +640,7 @@ class _VideoGuard:
     def __init__(self, stats: MediaCryptoStats) -> None:
         self._lock = threading.Lock()
         self._guard = VideoReceiveGuard()
+        self._stats = stats
         stats.add_video_guard(self)
 
     def on_nack_point(self, seq: int, timestamp: int) -> list[int]:
@@ -648,7 +649,10 @@ class _VideoGuard:
 
     def on_packet(self, packet: VideoPacket) -> PacketOutcome:
         with self._lock:
-            return self._guard.on_packet(packet, time.monotonic())
+            out = self._guard.on_packet(packet, time.monotonic())
+        if out.request_keyframe:
+            self._stats.count_keyframe_request(VIDEO)
+        return out
 
     def on_frame(self, key: bool, discontinuous: bool) -> FrameDecision:
         with self._lock:

@@ -684,16 +684,18 @@ class _GuardJitterBuffer:
         self._guard = guard
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        try:
-            descriptor = parse_vp8_descriptor(packet.payload)
-        except ValueError:
-            return False, None
+        descriptor = None
+        if packet.payload:  # an empty payload is padding (bandwidth probes): it fills a gap
+            try:
+                descriptor = parse_vp8_descriptor(packet.payload)
+            except ValueError:
+                return False, None
         vp = VideoPacket(
             seq=packet.sequence_number,
             timestamp=packet.timestamp,
             marker=bool(packet.marker),
             descriptor=descriptor,
-            data=packet.payload[descriptor.size :],
+            data=packet.payload[descriptor.size :] if descriptor else b"",
         )
         out = self._guard.on_packet(vp)
         return out.request_keyframe, _GuardedFrames(out.frames) if out.frames else None

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 from aiortc.codecs.vpx import Vp8Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hotline.media import video_guard as vg
 from hotline.media.video_guard import (
@@ -281,3 +283,51 @@ def test_a_key_frame_behind_a_hole_ends_the_wait_at_once() -> None:
     assert [fr.timestamp // TS_STEP for fr in out] == [4]
     assert out[0].discontinuous and out[0].data == KEY
     assert asm.counters["holes_skipped_to_keyframe"] == 1
+
+
+def test_padding_packets_fill_their_sequence_numbers() -> None:
+    asm, u = FrameAssembler(), SeqUnwrapper()
+    f = stream(3, per_frame=1, seq0=10)
+    f1 = [VideoPacket(11, TS_STEP, False, None, b""), *f[1].packets]  # a probe between frames
+    f1[1] = VideoPacket(12, TS_STEP, True, f[1].packets[0].descriptor, f[1].packets[0].data)
+    f2 = VideoPacket(13, 2 * TS_STEP, True, f[2].packets[0].descriptor, f[2].packets[0].data)
+    frames = feed(asm, [*f[0].packets, *f1, f2], 0.0, u)
+    assert [fr.timestamp // TS_STEP for fr in frames] == [0, 1, 2]
+    assert not any(fr.discontinuous for fr in frames)
+    assert asm.counters["padding_packets"] == 1 and asm.counters["holes_abandoned"] == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.booleans(), min_size=60, max_size=60),  # lost or not, per packet
+    st.lists(st.integers(0, 3), min_size=60, max_size=60),  # reordering distance
+    st.lists(st.booleans(), min_size=60, max_size=60),  # duplicated or not
+    st.integers(0, 65535),
+)
+def test_no_released_frame_is_mixed_or_falsely_continuous(
+    lost: list[bool], shift: list[int], dup: list[bool], seq0: int
+) -> None:
+    """Whatever the network does, a frame marked continuous follows its real predecessor."""
+    guard = VideoReceiveGuard()
+    sent = stream(20, per_frame=3, seq0=seq0)
+    by_ts = {s.frame * TS_STEP: b"".join(p.data for p in s.packets) for s in sent}
+    wire = [p for s in sent for p in s.packets]
+    order = sorted(range(len(wire)), key=lambda i: i + shift[i])
+    arrivals = []
+    for i in order:
+        if not lost[i]:
+            arrivals.append(wire[i])
+            if dup[i]:
+                arrivals.append(wire[i])
+    released = []
+    for k, p in enumerate(arrivals):
+        released += guard.on_packet(p, k * 0.011).frames
+    previous = None
+    for frame in released:
+        assert frame.data == by_ts[frame.timestamp]  # never a mix of packets
+        index = frame.timestamp // TS_STEP
+        if previous is not None:
+            assert index > previous  # in order, each at most once
+        if not frame.discontinuous and previous is not None:
+            assert index == previous + 1  # continuous means: nothing lost in between
+        previous = index

@@ -157,7 +157,7 @@ class VideoPacket:
     seq: int  #: 16-bit RTP sequence number
     timestamp: int
     marker: bool
-    descriptor: Vp8Descriptor
+    descriptor: Vp8Descriptor | None  #: ``None``: a padding packet (no payload)
     data: bytes  #: the payload without its VP8 descriptor
 
     @property
@@ -168,7 +168,8 @@ class VideoPacket:
         shown as a key frame is decided on the decrypted frame (:class:`KeyframeGate`); a
         forged bit costs a freeze and a key-frame request, no more.
         """
-        return self.descriptor.frame_start and is_vp8_keyframe(self.data[:10])
+        d = self.descriptor
+        return d is not None and d.frame_start and is_vp8_keyframe(self.data[:10])
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ class _Packet:
     key: bool
     picture_id: int | None
     data: bytes
+    padding: bool
 
 
 class FrameAssembler:
@@ -224,14 +226,19 @@ class FrameAssembler:
             self.counters["late_packets"] += 1  # a duplicate, or behind an abandoned hole
             return []
         timestamp = packet.timestamp
+        d = packet.descriptor
         self._packets[seq] = _Packet(
             timestamp,
             packet.marker,
-            packet.descriptor.frame_start,
+            d is not None and d.frame_start,
             packet.keyframe_hint,
-            packet.descriptor.picture_id,
+            d.picture_id if d is not None else None,
             packet.data,
+            padding=d is None,
         )
+        if d is None:
+            self.counters["padding_packets"] += 1
+            return self.poll(now)  # a sequence number to fill, never a frame
         if self._newest_ts is None or 0 < (timestamp - self._newest_ts) % TS_MOD < TS_MOD // 2:
             self._newest_ts = timestamp
         return self.poll(now)
@@ -247,6 +254,10 @@ class FrameAssembler:
                 self._drop_before(min(starts))
                 self._next = min(starts)
             first = self._packets.get(self._next)
+            if first is not None and first.padding:
+                del self._packets[self._next]  # between frames: fills its sequence number
+                self._next += 1
+                continue
             if first is not None and not first.start:
                 # a frame's tail whose head was lost or abandoned: it can never be shown
                 self._drop_before(self._next + 1)

@@ -241,3 +241,42 @@ async def test_every_refusal_is_counted_and_shown(scene: Scene) -> None:
     shown = {e["reason"] for e in alpha.events_since(0) if e["kind"] == "rejected"}
     assert expected <= shown
     assert alpha.charter.version == charter.version  # nothing was adopted
+
+
+async def test_an_offer_delivered_after_the_key_agreement_still_makes_a_call(
+    scene: Scene,
+) -> None:
+    """The exchange holds alpha's SDP offer back and delivers the key agreement alpha sent
+    after it first: the envelopes are taken out of order (each once), and the call gets
+    media at once (issue 9, point 9). Before, bravo refused the offer as "behind": both
+    sides showed an epoch and a security code while no peer connection existed."""
+    alpha, bravo, mitm = scene.alpha, scene.bravo, scene.mitm
+    mitm.hold = lambda env: env.sender == "alpha" and env.msg_type == "call.sdp"
+    await alpha.dial("bravo")
+    await until(
+        lambda: (
+            bool(mitm.held)
+            and any(
+                e.sender == "alpha" and e.msg_type.startswith("e2ee.") and e.seq > mitm.held[0].seq
+                for e in mitm.sent
+                if e not in mitm.held
+            )
+        ),
+        "a key message sent after the offer delivered first",
+    )
+    await asyncio.sleep(0.3)
+    mitm.hold = lambda env: False
+    assert await mitm.release() >= 1
+    # well before the 10 s after which a transport without media is rebuilt
+    await until(
+        lambda: (
+            bravo.call is not None
+            and bravo.call._sinks_of("alpha")[0].frames > 10
+            and alpha.call is not None
+            and alpha.call._sinks_of("bravo")[0].frames > 10
+        ),
+        "decrypted video both ways",
+        timeout=8.0,
+    )
+    assert bravo.rejected.get("replay", 0) == 0, bravo.rejected
+    assert alpha.call.epoch == bravo.call.epoch

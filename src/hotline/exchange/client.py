@@ -215,6 +215,8 @@ def _close_error(code: int | None, reason: str) -> HotlineError:
 
 
 REASON_BACK_TO_PRIMARY = "back_to_primary"
+#: envelopes from one sender that may arrive out of order (each still exactly once)
+REORDER_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,7 @@ class ExchangeClient:
         self._rng = rng or random.Random()  # noqa: S311 (backoff jitter, not a secret)
         state = state or ClientState()
         self._counter = SequenceCounter(int(clock() * 1000), floor=state.last_seq)
-        self._tracker = SequenceTracker(state.seen)
+        self._tracker = SequenceTracker(state.seen, window=REORDER_WINDOW)
         self._taken: dict[str, int] = dict(state.seen)
         self._store_id = state.store_id
         self._delivered = state.delivered

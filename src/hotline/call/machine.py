@@ -60,6 +60,10 @@ RING_TIMEOUT_S = 60.0
 #: how long an invitation to a member of a running call stays valid
 INVITE_TIMEOUT_S = 60.0
 
+PURPOSE_CALL = "call"
+PURPOSE_CHECK = "check"
+PURPOSES = (PURPOSE_CALL, PURPOSE_CHECK)
+
 MSG_RING = "call.ring"
 MSG_INVITED = "call.invited"
 MSG_ANSWER = "call.answer"
@@ -104,6 +108,7 @@ class CallEvent:
 class Ringing(CallEvent):
     caller: str
     members: frozenset[str]
+    purpose: str = "call"
 
 
 @dataclass(frozen=True)
@@ -152,19 +157,28 @@ class CallMachine:
     caller: str | None = None
     ring_deadline: float | None = None
     end_reason: str | None = None
+    #: what the call is for: a person's call, or a readiness check (answered by the
+    #: terminal itself, never ringing the principal, pre-empted by any real call)
+    purpose: str = PURPOSE_CALL
     _out: list[Outgoing] = field(default_factory=list)
     _events: list[CallEvent] = field(default_factory=list)
 
     # --- local commands -----------------------------------------------------------------
 
-    def dial(self, target: str, now: float) -> None:
+    def dial(self, target: str, now: float, purpose: str = PURPOSE_CALL) -> None:
         self._require(CallState.IDLE, "dial")
         if target == self.self_id:
             raise StateError("a terminal cannot call itself")
+        if purpose not in PURPOSES:
+            raise StateError(f"a call is for one of {', '.join(PURPOSES)}, not {purpose!r}")
+        self.purpose = purpose
         self.members = frozenset({self.self_id})
         self.state = CallState.OUTGOING
         self.pending[target] = (self.self_id, now + RING_TIMEOUT_S)
-        self._send(target, MSG_RING, {"members": list[Value](sorted(self.members))})
+        ring: dict[str, Value] = {"members": list[Value](sorted(self.members))}
+        if purpose != PURPOSE_CALL:
+            ring["purpose"] = purpose
+        self._send(target, MSG_RING, ring)
 
     def invite(self, target: str, now: float) -> None:
         self._require(CallState.ACTIVE, "invite")
@@ -237,11 +251,15 @@ class CallMachine:
             raise CallProtocolError("ring: the caller must be a member and we must not be one")
         if self._full(len(members)):
             raise self._full_error(f"ring from {sender} into a call of {len(members)}")
+        purpose = body.get("purpose", PURPOSE_CALL)
+        if purpose not in PURPOSES:
+            raise CallProtocolError(f"ring: purpose must be one of {', '.join(PURPOSES)}")
         self.state = CallState.INCOMING
         self.caller = sender
         self.members = members
+        self.purpose = str(purpose)
         self.ring_deadline = now + RING_TIMEOUT_S
-        self._events.append(Ringing(sender, members))
+        self._events.append(Ringing(sender, members, self.purpose))
 
     def _on_invited(self, sender: str, body: Mapping[str, Value], now: float) -> None:
         self._require_member(sender, MSG_INVITED)

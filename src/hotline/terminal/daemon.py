@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hotline.call.machine import RING_TIMEOUT_S, CallState
+from hotline.call.machine import PURPOSE_CALL, PURPOSE_CHECK, CallState
 from hotline.call.session import CallSession, MediaSettings, new_call_id
 from hotline.calllog import CallLog, log_path
 from hotline.charter import CharterStore, SignedCharter
 from hotline.encoding import decode, encode, expect_dict
+from hotline.envelope import Envelope
 from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
 from hotline.exchange.client import (
     CharterUpdated,
@@ -41,6 +42,7 @@ from hotline.keys import SigningKey
 from hotline.media.sources import open_source
 from hotline.ratelog import LogGate, clip
 from hotline.terminal.config import TerminalConfig
+from hotline.terminal.dispatch import MSG_RING, CurrentCall, Route, dispatch
 
 log = logging.getLogger("hotline.terminal")
 
@@ -290,58 +292,7 @@ class TerminalDaemon:
 
     async def _on_exchange_event(self, event: object) -> None:
         if isinstance(event, EnvelopeReceived):
-            env = event.envelope
-            if not (env.msg_type.startswith("call.") or env.msg_type.startswith("e2ee.")):
-                self._count_rejection("unknown_type", f"{env.msg_type} from {env.sender}")
-                return
-            call_id = _call_id_of(env.body)
-            ring_age_s = max(0.0, time.time() - env.timestamp_ms / 1000)
-            if env.msg_type == "call.ring" and ring_age_s > RING_TIMEOUT_S:
-                # released late by the exchange: its caller gave up long ago (a phantom)
-                self._known_calls.add(call_id)
-                self._count_rejection(
-                    "stale_ring",
-                    f"ring {call_id} from {env.sender}: {ring_age_s:.0f} s old "
-                    f"(rings time out after {RING_TIMEOUT_S:.0f} s)",
-                )
-                return
-            if env.msg_type == "call.ring" and not self._busy():
-                if call_id in self._known_calls:
-                    # an old ring again (a replay across our restart): never a new call
-                    self._count_rejection("replayed_ring", f"{call_id} from {env.sender}")
-                    return
-                if self._ring_over_limit(env.body):
-                    await self._decline(env.sender, call_id, "full")
-                    return
-                self._archive()
-                call = self._new_session(call_id)
-                await call.receive(env.sender, env.msg_type, env.body)
-                if call.machine.state != CallState.INCOMING:
-                    for reason, count in call.rejected.items():  # refused: no call remains
-                        self.rejected[reason] = self.rejected.get(reason, 0) + count
-                    return
-                self.call = call
-                self._known_calls.add(call_id)
-                self.last_ring = {
-                    "call": call_id,
-                    "from": env.sender,
-                    "age_s": round(ring_age_s, 1),
-                }
-                self.emit("ring", self.last_ring)
-                if self.config.auto_answer:
-                    await call.answer()
-                return
-            if self.call is None or call_id != self.call.call_id:
-                if env.msg_type == "call.ring":
-                    await self._decline(env.sender, call_id, "busy")
-                    return
-                if call_id in self._known_calls:
-                    await self._leave_ended(env.sender, call_id, env.msg_type)
-                self._count_rejection("no_such_call", f"{env.msg_type} from {env.sender}")
-                return
-            if self.call.machine.state == CallState.ENDED:
-                await self._leave_ended(env.sender, call_id, env.msg_type)
-            await self.call.receive(env.sender, env.msg_type, env.body)
+            await self._on_envelope(event.envelope)
         elif isinstance(event, PresenceChanged):
             self.emit("presence", {"online": sorted(event.online)})
         elif isinstance(event, CharterUpdated):
@@ -360,6 +311,74 @@ class TerminalDaemon:
             )
             if event.reason == "duplicate_terminal":  # another copy of this terminal runs
                 self._count_rejection(event.reason, "another copy of this terminal is running")
+
+    async def _on_envelope(self, env: Envelope) -> None:
+        """One verified envelope: ``terminal.dispatch`` decides, this acts."""
+        call_id = _call_id_of(env.body)
+        age_s = max(0.0, time.time() - env.timestamp_ms / 1000)
+        members, purpose = 0, PURPOSE_CALL
+        if env.msg_type == MSG_RING:
+            members, purpose = _ring_facts(env.body)
+        current = None
+        if self.call is not None:
+            state = self.call.machine.state
+            current = CurrentCall(
+                self.call.call_id, state in LIVE_STATES, state == CallState.ENDED,
+                self.call.machine.purpose,
+            )  # fmt: skip
+        decision = dispatch(
+            msg_type=env.msg_type,
+            sender=env.sender,
+            call_id=call_id,
+            age_s=age_s,
+            ring_members=members,
+            ring_purpose=purpose,
+            current=current,
+            known_calls=self._known_calls,
+            max_participants=self.charter.charter.policy.max_participants,
+        )
+        route = decision.route
+        if route is Route.REFUSE:
+            if decision.reason == "stale_ring":
+                self._known_calls.add(call_id)
+            self._count_rejection(decision.reason, decision.detail)
+        elif route is Route.DECLINE:
+            await self._decline(env.sender, call_id, decision.reason)
+        elif route is Route.LEAVE_ENDED:
+            await self._leave_ended(env.sender, call_id, env.msg_type)
+            self._count_rejection(decision.reason, decision.detail)
+        elif route in (Route.NEW_CALL, Route.PREEMPT):
+            if route is Route.PREEMPT and self.call is not None:
+                self.emit("check_preempted", {"call": self.call.call_id, "by": env.sender})
+                await self.call.hangup("pre-empted by a call")
+            await self._take_ring(env, call_id, age_s)
+        else:
+            assert self.call is not None
+            if route is Route.TO_ENDED:
+                await self._leave_ended(env.sender, call_id, env.msg_type)
+            await self.call.receive(env.sender, env.msg_type, env.body)
+
+    async def _take_ring(self, env: Envelope, call_id: str, age_s: float) -> None:
+        self._archive()
+        call = self._new_session(call_id)
+        await call.receive(env.sender, env.msg_type, env.body)
+        if call.machine.state != CallState.INCOMING:
+            for reason, count in call.rejected.items():  # refused: no call remains
+                self.rejected[reason] = self.rejected.get(reason, 0) + count
+            return
+        self.call = call
+        self._known_calls.add(call_id)
+        purpose = call.machine.purpose
+        self.last_ring = {
+            "call": call_id,
+            "from": env.sender,
+            "age_s": round(age_s, 1),
+            "purpose": purpose,
+        }
+        self.emit("ring", self.last_ring)
+        # a readiness check is answered by the terminal itself: it never rings a person
+        if self.config.auto_answer or purpose == PURPOSE_CHECK:
+            await call.answer()
 
     async def install_charter(self, signed: SignedCharter) -> None:
         """A newer charter from this terminal's operator: keep it (refusing an older one),
@@ -404,12 +423,6 @@ class TerminalDaemon:
         body = encode({"call": call_id, "reason": "this call has ended"})
         with contextlib.suppress(HotlineError):
             await self._send(sender, "call.leave", body)
-
-    def _ring_over_limit(self, body: bytes) -> bool:
-        """A ring into a call that already holds the charter's maximum of terminals."""
-        members = expect_dict(decode(body), "call.ring").get("members")
-        count = len(members) if isinstance(members, list) else 0
-        return count + 1 > self.charter.charter.policy.max_participants
 
     def count_control_refusal(self, reason: str) -> None:
         """A control API request refused before any handler: not from the operator's tools
@@ -471,6 +484,14 @@ class TerminalDaemon:
             "rejected": dict(self.rejected),
             "last_event": self._event_seq,
         }
+
+
+def _ring_facts(body: bytes) -> tuple[int, str]:
+    """How many members a ring names, and its purpose (checked again by the call machine)."""
+    fields = expect_dict(decode(body), MSG_RING)
+    members = fields.get("members")
+    purpose = fields.get("purpose", PURPOSE_CALL)
+    return (len(members) if isinstance(members, list) else 0), str(purpose)
 
 
 def _call_id_of(body: bytes) -> str:

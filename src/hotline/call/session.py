@@ -62,6 +62,8 @@ MSG_SDP = "call.sdp"
 #: a call whose members agree no epoch within this time is ended (it never carried media)
 KEY_AGREEMENT_TIMEOUT_S = 60.0
 MSG_SUMMARY = "call.summary"
+#: a readiness check's report: each end's view of the check call, exchanged at its end
+MSG_CHECK_REPORT = "check.report"
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -160,6 +162,10 @@ class CallSession:
         self.pending: dict[str, PeerLink] = {}
         self.liveness: dict[str, PeerLiveness] = {}
         self._sinks: dict[str, tuple[VideoFrameIdSink, AudioChirpSink]] = {}
+        #: readiness check: the other ends' reports, and when media from each began
+        self.check_reports: dict[str, dict[str, Value]] = {}
+        self._report_sent: set[str] = set()
+        self._first_media: dict[str, float] = {}
         self.ever_members: set[str] = set()
         self.cosigned: set[str] = set()
         self.started = time.monotonic()
@@ -179,9 +185,12 @@ class CallSession:
 
     # --- inputs ----------------------------------------------------------------------------
 
-    async def dial(self, target: str) -> None:
-        self.machine.dial(target, time.monotonic())
-        self._log_event("ring", {**self._line_facts(), "target": target, "direction": "out"})
+    async def dial(self, target: str, purpose: str = "call") -> None:
+        self.machine.dial(target, time.monotonic(), purpose)
+        self._log_event(
+            "ring",
+            {**self._line_facts(), "target": target, "direction": "out", "purpose": purpose},
+        )
         await self.flush()
 
     async def answer(self) -> None:
@@ -261,6 +270,8 @@ class CallSession:
                 self.keys.receive(sender, msg_type, inner, now)
             elif msg_type == MSG_SDP:
                 await self._on_sdp(sender, body)
+            elif msg_type == MSG_CHECK_REPORT:
+                await self._on_check_report(sender, body)
             elif msg_type == MSG_SUMMARY:
                 self._on_summary(sender, body)
             else:
@@ -481,6 +492,44 @@ class CallSession:
 
         return link
 
+    # --- readiness checks --------------------------------------------------------------------
+
+    def check_view(self, peer: str) -> dict[str, Value]:
+        """This end's view of a check call with ``peer`` (integers only: it is signed)."""
+        video, audio = self._sinks_of(peer)
+        began = self._first_media.get(peer)
+        elapsed = time.monotonic() - began if began is not None else 0.0
+        crypto = self.keys.media.stats()
+        vs = video.to_dict()
+        return {
+            "security_code": self.security_code,
+            "epoch": self.epoch,
+            "charter_version": self.charter_version,
+            "video_frames": video.frames,
+            "audio_frames": audio.frames,
+            "video_fps": round(video.frames / elapsed) if elapsed > 0.5 else 0,
+            "audio_fps": round(audio.frames / elapsed) if elapsed > 0.5 else 0,
+            "corrupt_shown": int(vs.get("corrupt_shown") or 0),
+            "longest_freeze_ms": int(vs.get("longest_freeze_ms") or 0),
+            "frames_rejected": crypto.rejected_total,
+        }
+
+    async def send_check_report(self, peer: str) -> None:
+        self._report_sent.add(peer)
+        body = encode({"call": self.call_id, "view": self.check_view(peer)})
+        await self._send_one(peer, MSG_CHECK_REPORT, body)
+
+    async def _on_check_report(self, sender: str, body: bytes) -> None:
+        if self.machine.purpose != "check" or sender not in self.machine.members:
+            raise CallProtocolError(f"check.report from {sender} outside a check call")
+        view = expect_dict(decode(body), MSG_CHECK_REPORT).get("view")
+        if not isinstance(view, dict) or len(encode(view)) > 4096:
+            raise CallProtocolError("check.report: malformed view")
+        self.check_reports[sender] = view
+        self._log_event("check_report", {"from": sender, "view": view})
+        if sender not in self._report_sent:  # the callee answers with its own view
+            await self.send_check_report(sender)
+
     def _sinks_of(self, peer_id: str) -> tuple[VideoFrameIdSink, AudioChirpSink]:
         """What this terminal shows and plays of ``peer_id``: one pair of sinks per peer for
         the whole call, across rebuilt transports."""
@@ -497,6 +546,9 @@ class CallSession:
             for peer_id in sorted(self._others()):
                 live = self._liveness(peer_id)
                 link, pending = self.peers.get(peer_id), self.pending.get(peer_id)
+                sinks = self._sinks.get(peer_id, ())
+                if peer_id not in self._first_media and any(sink.frames for sink in sinks):
+                    self._first_media[peer_id] = now
                 decisions = live.observe(
                     now, _view(link), _view(pending), keys_ready=self.epoch is not None
                 )
@@ -710,6 +762,7 @@ class CallSession:
         return {
             "call": self.call_id,
             "state": str(self.machine.state),
+            "purpose": self.machine.purpose,
             "end_reason": self.machine.end_reason,
             "members": sorted(self.machine.members),
             "epoch": self.epoch,

@@ -36,6 +36,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("log", "log"),
     ("exchange", "exchange"),
     ("call", "call"),
+    ("check", "check"),
     ("demo", "demo"),
 ]
 

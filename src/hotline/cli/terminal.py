@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -124,6 +125,22 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         bool,
         typer.Option("--auto-answer", help="Answer every call at once (unattended terminals)."),
     ] = False,
+    scheduled_checks: Annotated[
+        bool,
+        typer.Option(
+            "--scheduled-checks/--no-scheduled-checks",
+            help="Run readiness checks on the charter's schedule (the lower id of each pair "
+            "calls). Check calls from others are answered either way.",
+        ),
+    ] = True,
+    alarm_hook: Annotated[
+        str | None,
+        typer.Option(
+            "--alarm-hook",
+            help="A command run when a readiness check is red (the alarm as JSON in "
+            "$HOTLINE_ALARM), e.g. a pager script.",
+        ),
+    ] = None,
     interfaces: Annotated[
         str,
         typer.Option(
@@ -193,4 +210,5 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         source=source,
         config_path=config_file,
     )
+    config = dataclasses.replace(config, scheduled_checks=scheduled_checks, alarm_hook=alarm_hook)
     run_daemon(config, control_port, verbose)

@@ -17,6 +17,8 @@ POST     /answer             answer the ringing call
 POST     /decline            decline the ringing call
 POST     /invite             ``{"target": ID}``: ring a terminal into the running call
 POST     /hangup             leave the call
+POST     /check              ``{"target": ID, "seconds": S}``: run a readiness check now
+GET      /checks             readiness results, newest last
 =======  ==================  ==========================================================
 """
 
@@ -130,6 +132,20 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
         await daemon.hangup()
         return web.json_response({"ok": True})
 
+    async def check(request: web.Request) -> web.Response:
+        data = await body(request)
+        seconds = data.get("seconds", 3)
+        if (
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not 1 <= seconds <= 60
+        ):
+            raise UsageError("seconds must be a number from 1 to 60")
+        return web.json_response(await daemon.check(target_of(data), float(seconds)))
+
+    async def checks(request: web.Request) -> web.Response:
+        return web.json_response(list(daemon.checks))
+
     app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
     app[HTTP_LOG] = http_log
     app.router.add_get("/status", status)
@@ -139,6 +155,8 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
     app.router.add_post("/decline", decline)
     app.router.add_post("/invite", invite)
     app.router.add_post("/hangup", hangup)
+    app.router.add_post("/check", check)
+    app.router.add_get("/checks", checks)
     return app
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from hotline.call.machine import PURPOSE_CALL, PURPOSE_CHECK, CallState
 from hotline.call.session import CallSession, MediaSettings, new_call_id
 from hotline.calllog import CallLog, log_path
 from hotline.charter import CharterStore, SignedCharter
+from hotline.check.metrics import Measurement
+from hotline.check.probe import DEFAULT_SECONDS, run_check
+from hotline.check.schedule import ReadinessSchedule
 from hotline.encoding import decode, encode, expect_dict
 from hotline.envelope import Envelope
 from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
@@ -51,6 +55,11 @@ CLIENT_STATE_FILE = "exchange-client.json"
 #: at shutdown, how long the last messages (a hang-up) may take to leave, and tasks to end
 STOP_FLUSH_S = 3.0
 EVENT_HISTORY = 500
+#: readiness results kept in memory (all of them stay in the call log)
+CHECK_HISTORY = 200
+#: a check due during a real call is tried again this much later
+CHECK_POSTPONE_S = 60.0
+HOOK_TIMEOUT_S = 30.0
 LIVE_STATES = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
 #: messages for an ended call that need no answer (the summary is exchanged after the end)
 #: event kinds the exchange or the network can trigger without any member's signature
@@ -76,6 +85,10 @@ class DaemonConfig:
     state_dir: Path | None = None
     #: where ICE gathers host candidates: "loopback" (127.0.0.1 only) or "all"
     interfaces: str = "loopback"
+    #: run readiness checks on the charter's schedule (the lower id of each pair calls)
+    scheduled_checks: bool = True
+    #: a command run when a check alarms (the alarm as JSON in $HOTLINE_ALARM)
+    alarm_hook: str | None = None
     #: the site-local configuration (TURN credentials), applied to each charter adopted
     site: TerminalConfig = field(default_factory=TerminalConfig)
 
@@ -137,6 +150,14 @@ class TerminalDaemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._exchange_reason = "connecting"
         self._exchange_since = time.time()
+        self.readiness = ReadinessSchedule(
+            self.terminal_id, float(self.charter.charter.policy.readiness_interval_s)
+        )
+        #: readiness results, newest last: from the call log at start, then as they come
+        self.checks: deque[dict[str, Any]] = deque(maxlen=CHECK_HISTORY)
+        self._load_checks()
+        self._check_task: asyncio.Task[Any] | None = None
+        self._hooks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -220,11 +241,15 @@ class TerminalDaemon:
             on_event=self.emit,
         )
 
+    @property
+    def busy(self) -> bool:
+        return self._busy()
+
     def _busy(self) -> bool:
         """Ringing, being rung or in a call (a refused ring leaves nothing behind)."""
         return self.call is not None and self.call.machine.state in LIVE_STATES
 
-    async def dial(self, target: str) -> str:
+    async def dial(self, target: str, purpose: str = PURPOSE_CALL) -> str:
         if self._busy():
             raise StateError("already in a call; hang up first")
         self.charter.charter.terminal(target)  # raises UnknownMember
@@ -236,9 +261,9 @@ class TerminalDaemon:
         call = self._new_session(new_call_id(os.urandom))
         self.call = call
         self._known_calls.add(call.call_id)
-        self.emit("dialing", {"call": call.call_id, "target": target})
+        self.emit("dialing", {"call": call.call_id, "target": target, "purpose": purpose})
         try:
-            await call.dial(target)
+            await call.dial(target, purpose)
         finally:
             if call.machine.state == CallState.IDLE:  # the ring never left
                 self.call = None
@@ -447,9 +472,116 @@ class TerminalDaemon:
         log.warning("refused (%s): %s%s", reason, detail, more)
         self.emit("rejected", {"reason": reason, "detail": detail, "held_back": held})
 
+    # --- readiness checks ----------------------------------------------------------------
+
+    async def check(self, target: str, seconds: float = DEFAULT_SECONDS) -> dict[str, Any]:
+        """Run one readiness check now (the CLI's `hotline check`); returns its result."""
+        self.charter.charter.terminal(target)  # raises UnknownMember
+        if target == self.terminal_id:
+            raise UsageError("a terminal cannot check the line to itself")
+        if self._check_task is not None and not self._check_task.done():
+            raise StateError("a readiness check is already running")
+        self._check_task = asyncio.ensure_future(run_check(self, target, seconds=seconds))
+        result: Measurement = await asyncio.shield(self._check_task)
+        return dict(result.to_value())
+
+    def record_check(self, m: Measurement) -> None:
+        """Keep a finished check: call log (hash-chained, signed), history, schedule, alarm."""
+        wall = time.time()
+        call_id = (
+            self.call.call_id
+            if self.call is not None and self.call.machine.purpose == PURPOSE_CHECK
+            else None
+        )
+        record = {**m.to_value(), "time": int(wall), "by": self.terminal_id}
+        self.call_log.append(
+            call_id or f"check-{os.urandom(8).hex()}", "check_result", record, wall
+        )
+        self.checks.append(record)
+        self.emit("check", {"peer": m.peer, "verdict": m.verdict, "reasons": list(m.reasons)})
+        alarm = self.readiness.done(m.peer, time.monotonic(), m.verdict, "; ".join(m.reasons), wall)
+        if alarm is not None:
+            data = {
+                "peer": alarm.peer,
+                "since": alarm.since,
+                "reason": alarm.reason,
+                "count": alarm.count,
+            }
+            log.warning("readiness alarm: line to %s is red: %s", alarm.peer, alarm.reason)
+            self.emit("alarm", data)
+            if self.config.alarm_hook:
+                task = asyncio.ensure_future(self._run_hook(data))
+                self._hooks.add(task)
+                task.add_done_callback(self._hooks.discard)
+
+    async def _run_hook(self, alarm: dict[str, Any]) -> None:
+        assert self.config.alarm_hook is not None
+        argv = shlex.split(self.config.alarm_hook)
+        env = {**os.environ, "HOTLINE_ALARM": json.dumps(alarm, sort_keys=True)}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            code = await asyncio.wait_for(proc.wait(), HOOK_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            log.warning("the alarm hook %r failed: %s", argv[0] if argv else "", exc)
+            return
+        if code != 0:
+            log.warning("the alarm hook %r exited with %d", argv[0], code)
+
+    def _load_checks(self) -> None:
+        for entry in self.call_log.entries():
+            if entry.event == "check_result":
+                with contextlib.suppress(HotlineError, ValueError):
+                    value = decode(entry.payload_bytes)
+                    if isinstance(value, dict):
+                        self.checks.append(dict(value))
+
+    def _maybe_check(self) -> None:
+        """Start the next scheduled check when one is due and the terminal is idle."""
+        if not self.config.scheduled_checks or self._stopping:
+            return
+        if self._check_task is not None and not self._check_task.done():
+            return
+        now = time.monotonic()
+        peer = self.readiness.next_due([t.terminal_id for t in self.charter.charter.terminals], now)
+        if peer is None:
+            return
+        if self._busy():  # a real call: the check waits (that is not a miss)
+            self.readiness.postpone(peer, now, CHECK_POSTPONE_S)
+            return
+        self._check_task = asyncio.ensure_future(self._scheduled_check(peer))
+
+    async def _scheduled_check(self, peer: str) -> None:
+        try:
+            await run_check(self, peer)
+        except StateError:  # a call began meanwhile
+            self.readiness.postpone(peer, time.monotonic(), CHECK_POSTPONE_S)
+        except Exception:  # a bug in a check must not stop the schedule
+            log.exception("internal error in a readiness check")
+
+    def readiness_status(self) -> dict[str, Any]:
+        now = time.time()
+        last = self.checks[-1] if self.checks else None
+        good = next((c for c in reversed(self.checks) if c.get("verdict") != "red"), None)
+        mono = time.monotonic()
+        return {
+            "interval_s": self.readiness.interval_s,
+            "last": last,
+            "last_good": None if good is None else {
+                "peer": good.get("peer"), "verdict": good.get("verdict"),
+                "time": good.get("time"), "age_s": round(now - int(good.get("time") or now)),
+            },
+            "alarms": [dataclasses.asdict(a) for a in self.readiness.alarms.values()],
+            "next_due_s": {p: round(t - mono) for p, t in sorted(self.readiness.due.items())},
+            "scheduled": self.config.scheduled_checks,
+        }  # fmt: skip
+
     async def _tick(self) -> None:
         while not self._stopping:
             await asyncio.sleep(TICK_S)
+            self._maybe_check()
             if self.call is not None:
                 try:
                     await self.call.tick()
@@ -479,6 +611,7 @@ class TerminalDaemon:
                 "online": sorted(self.client.online),
             },
             "call": await self.call.stats() if self.call is not None else None,
+            "readiness": self.readiness_status(),
             "last_ring": self.last_ring,
             "past_calls": self.past_calls[-10:],
             "rejected": dict(self.rejected),

@@ -1,0 +1,151 @@
+"""Run one readiness check: a real call with ``purpose`` "check", measured, then hung up.
+
+The caller dials with purpose "check"; the callee's terminal answers by itself (no person is
+rung). The check goes through everything a real call does — the exchange, the key
+agreement, ICE (through the relays when the policy says so), DTLS, SFrame — waits for
+decrypted media both ways, measures for a few seconds, then both ends exchange their views
+(``check.report``, signed envelopes) so that the caller can compare security codes, epochs
+and charter versions, and take the lower of the two frame rates. The verdict
+(``check.metrics``) and every figure go into the caller's call log (``check_result``); the
+callee logs the caller's report (``check_report``). Both logs are hash-chained and signed,
+and the call's summary is co-signed as for any call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from hotline.check.metrics import Measurement, Thresholds, verdict
+from hotline.errors import HotlineError, StateError
+
+if TYPE_CHECKING:
+    from hotline.terminal.daemon import TerminalDaemon
+
+#: how long a check may take to be answered, keyed and carry media both ways
+SETUP_TIMEOUT_S = 30.0
+#: how long the other end's report may take
+REPORT_TIMEOUT_S = 5.0
+DEFAULT_SECONDS = 3.0
+
+
+def _peer(stats: dict[str, Any], peer: str) -> dict[str, Any]:
+    return (stats.get("peers") or {}).get(peer) or {}
+
+
+def _frames(stats: dict[str, Any], peer: str, kind: str) -> int:
+    return int((_peer(stats, peer).get(f"{kind}_sink") or {}).get("frames", 0))
+
+
+async def run_check(
+    daemon: TerminalDaemon,
+    target: str,
+    *,
+    seconds: float = DEFAULT_SECONDS,
+    thresholds: Thresholds | None = None,
+) -> Measurement:
+    """One check from ``daemon`` to ``target``; never raises for a failed check (the
+    failure is the result), only :class:`StateError` when a call is running."""
+    if daemon.busy:
+        raise StateError("a call is running: a readiness check never interrupts it")
+    m = Measurement(peer=target)
+    started = time.monotonic()
+    try:
+        await _measure(daemon, target, seconds, m, started)
+    except HotlineError as exc:
+        m.failure = m.failure or str(exc)
+    finally:
+        call = daemon.call
+        if call is not None and call.machine.purpose == "check" and daemon.busy:
+            with contextlib.suppress(HotlineError):
+                await call.hangup("readiness check done")
+    verdict(m, thresholds)
+    daemon.record_check(m)
+    return m
+
+
+async def _measure(
+    daemon: TerminalDaemon, target: str, seconds: float, m: Measurement, started: float
+) -> None:
+    if not daemon.client.connected:
+        m.failure = "the exchange is unreachable"
+        return
+    if target not in daemon.client.online:
+        m.failure = f"{target} is not online"
+        return
+    call_id = await daemon.dial(target, purpose="check")
+    call = daemon.call
+    assert call is not None and call.call_id == call_id
+    deadline = started + SETUP_TIMEOUT_S
+    while True:
+        if call.machine.state.value == "ended":
+            m.failure = f"the check call ended: {call.machine.end_reason}"
+            return
+        stats = await call.stats()
+        if _frames(stats, target, "video") > 0 and _frames(stats, target, "audio") > 0:
+            break
+        if time.monotonic() > deadline:
+            state = call.machine.state.value
+            m.failure = (
+                f"{target} did not answer in {SETUP_TIMEOUT_S:g} s"
+                if state == "outgoing"
+                else f"no media from {target} {SETUP_TIMEOUT_S:g} s after dialling"
+            )
+            return
+        await asyncio.sleep(0.05)
+    m.setup_ms = round((time.monotonic() - started) * 1000)
+    before = await call.stats()
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    after = await call.stats()
+    dt = time.monotonic() - t0
+    ours_video = round((_frames(after, target, "video") - _frames(before, target, "video")) / dt)
+    ours_audio = round((_frames(after, target, "audio") - _frames(before, target, "audio")) / dt)
+    peer = _peer(after, target)
+    rtp = peer.get("rtp") or {}
+    audio_rtp, video_rtp = rtp.get("audio") or {}, rtp.get("video") or {}
+    rtt = audio_rtp.get("rtt_ms", video_rtp.get("rtt_ms"))
+    if rtt is not None:
+        m.rtt_ms = round(rtt)
+        m.one_way_ms = round(rtt / 2)
+    fractions = [
+        float(k["remote_fraction_lost"])
+        for k in (audio_rtp, video_rtp)
+        if k.get("remote_fraction_lost") is not None
+    ]
+    if fractions:
+        m.loss_permille = round(max(fractions) * 1000)
+    if audio_rtp.get("jitter_ms") is not None:
+        m.jitter_ms = round(float(audio_rtp["jitter_ms"]))
+    path = peer.get("path") or {}
+    m.path = path.get("local") if isinstance(path, dict) else None
+    video_sink = peer.get("video_sink") or {}
+    m.corrupt_shown = int(video_sink.get("corrupt_shown") or 0)
+    m.longest_freeze_ms = int(video_sink.get("longest_freeze_ms") or 0)
+    rejected = (after.get("e2ee") or {}).get("rejected") or {}
+    m.frames_rejected = sum(v for v in rejected.values() if isinstance(v, int))
+    sent = time.monotonic()
+    await call.send_check_report(target)
+    while target not in call.check_reports:
+        if time.monotonic() - sent > REPORT_TIMEOUT_S:
+            m.failure = f"{target} sent no check report"
+            return
+        await asyncio.sleep(0.02)
+    m.exchange_rtt_ms = round((time.monotonic() - sent) * 1000)
+    theirs = call.check_reports[target]
+    m.security_code_match = bool(
+        call.security_code
+        and theirs.get("security_code") == call.security_code
+        and theirs.get("epoch") == call.epoch
+    )
+    m.charter_version_match = theirs.get("charter_version") == call.charter_version
+    their_video, their_audio = theirs.get("video_fps"), theirs.get("audio_fps")
+    m.video_fps = min(ours_video, their_video) if isinstance(their_video, int) else ours_video
+    m.audio_fps = min(ours_audio, their_audio) if isinstance(their_audio, int) else ours_audio
+    for key in ("corrupt_shown", "frames_rejected"):
+        value = theirs.get(key)
+        if isinstance(value, int):
+            setattr(m, key, getattr(m, key) + value)
+    m.ok = True

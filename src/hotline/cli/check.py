@@ -1,0 +1,99 @@
+"""`hotline check ...`: readiness checks of the line through a running terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hotline.cli.common import console, print_json
+from hotline.errors import UsageError
+from hotline.terminal.control import ControlClient
+
+app = typer.Typer(
+    help=(
+        "Readiness checks: real calls between terminals, answered by the terminal itself, "
+        "measured (set-up, delay, loss, jitter, frame rates, E-model MOS, E2EE verified) and "
+        "kept in both call logs. Terminals also run them on the charter's schedule.\n\n"
+        "Example: `hotline check run --terminal sochi/ --to situation-room` checks the "
+        "line now and prints the verdict (green, amber or red) with its reasons."
+    ),
+    no_args_is_help=True,
+)
+
+TerminalOpt = Annotated[
+    Path, typer.Option("--terminal", "-t", help="the running terminal's folder", exists=True)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+COLOURS = {"green": "green", "amber": "yellow", "red": "red"}
+
+
+async def _request(terminal: Path, method: str, path: str, data: Any = None) -> Any:
+    async with ControlClient.for_terminal(terminal) as control:
+        return await control.request(method, path, data)
+
+
+def _ms(value: Any) -> str:
+    return "—" if value is None else f"{value} ms"
+
+
+@app.command("run")
+def run(
+    terminal: TerminalOpt,
+    to: Annotated[str, typer.Option("--to", help="the terminal to check the line to")],
+    seconds: Annotated[float, typer.Option(help="seconds of measured media (1-60)")] = 3.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run one readiness check now; exit 0 on green or amber, 1 on red."""
+    if not 1 <= seconds <= 60:
+        raise UsageError("--seconds must be from 1 to 60")
+    result = asyncio.run(_request(terminal, "POST", "/check", {"target": to, "seconds": seconds}))
+    if json_out:
+        print_json(result)
+    else:
+        verdict = str(result.get("verdict"))
+        colour = COLOURS.get(verdict, "white")
+        console.print(f"line check to {escape(to)}: [bold {colour}]{verdict.upper()}[/]")
+        for reason in result.get("reasons") or []:
+            console.print(f"  - {escape(str(reason))}")
+        if result.get("ok"):
+            console.print(
+                f"  set-up {_ms(result.get('setup_ms'))}, one-way ~{_ms(result.get('one_way_ms'))}"
+                f", loss {(result.get('loss_permille') or 0) / 10:g} %, jitter "
+                f"{_ms(result.get('jitter_ms'))}, video {result.get('video_fps')} fps, audio "
+                f"{result.get('audio_fps')} fps, MOS {(result.get('mos_x100') or 0) / 100:.2f}, "
+                f"path {result.get('path') or '?'}, security codes "
+                f"{'match' if result.get('security_code_match') else 'DIFFER'}"
+            )
+    if result.get("verdict") == "red":
+        raise typer.Exit(1)
+
+
+@app.command("history")
+def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
+    """The readiness results this terminal holds, newest last (all are in its call log)."""
+    results = asyncio.run(_request(terminal, "GET", "/checks"))
+    if json_out:
+        print_json(results)
+        return
+    table = Table("time (UTC)", "by", "to", "verdict", "set-up", "one-way", "loss", "MOS", "why")
+    for r in results:
+        when = dt.datetime.fromtimestamp(int(r.get("time") or 0), dt.UTC)
+        verdict = str(r.get("verdict"))
+        table.add_row(
+            when.strftime("%Y-%m-%d %H:%M:%S"),
+            escape(str(r.get("by"))),
+            escape(str(r.get("peer"))),
+            f"[{COLOURS.get(verdict, 'white')}]{verdict}[/]",
+            _ms(r.get("setup_ms")),
+            _ms(r.get("one_way_ms")),
+            f"{(r.get('loss_permille') or 0) / 10:g} %",
+            f"{(r.get('mos_x100') or 0) / 100:.2f}",
+            escape("; ".join(r.get("reasons") or [])),
+        )
+    console.print(table if results else "no readiness checks yet")

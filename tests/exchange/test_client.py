@@ -126,7 +126,9 @@ async def test_client_checks_everything_again(
     script: list[ServerFrame] = [
         Deliver(1, good.to_bytes()),
         Deliver(2, good.to_bytes()),  # replayed
-        Deliver(3, envelope(line, "t1", "t0", 9).to_bytes()),  # older number
+        # an older number never seen: taken (reordering within the window), but only once
+        Deliver(3, envelope(line, "t1", "t0", 9).to_bytes()),
+        Deliver(3, envelope(line, "t1", "t0", 9).to_bytes()),
         Deliver(4, envelope(line, "t1", "t0", 20, key=SigningKey.generate()).to_bytes()),
         Deliver(5, envelope(other, "t1", "t0", 21).to_bytes()),  # another line's terminal
         Deliver(6, envelope(line, "t1", "t2", 22).to_bytes()),  # for another terminal
@@ -150,7 +152,7 @@ async def test_client_checks_everything_again(
     try:
         events = await _events(client)
         received = [e.envelope for e in events if isinstance(e, EnvelopeReceived)]
-        assert [(e.sender, e.seq) for e in received] == [("t1", 10), ("t1", 30)]
+        assert [(e.sender, e.seq) for e in received] == [("t1", 10), ("t1", 9), ("t1", 30)]
         presence = [e.online for e in events if isinstance(e, PresenceChanged)]
         assert presence == [frozenset({"t1"})]  # strangers are not shown
         assert EnvelopeRejected(99, "queue_full", "t2") in events

@@ -24,8 +24,9 @@ from av.packet import Packet
 
 log = logging.getLogger("hotline.media")
 
-#: frames a subscriber may hold before its oldest is dropped (video ~0.1 s, audio 0.2 s)
-QUEUE_FRAMES = {"video": 3, "audio": 10}
+#: frames a subscriber may hold before its oldest is dropped (video 0.2 s, audio 0.4 s):
+#: enough for an encoder thread starved for a moment on a loaded machine, never a backlog
+QUEUE_FRAMES = {"video": 6, "audio": 20}
 
 
 class FanoutTrack(MediaStreamTrack):

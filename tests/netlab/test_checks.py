@@ -1,0 +1,58 @@
+"""Readiness checks across the lab's link: the measured figures and the verdict move when
+the link does (issue 12: "add loss or delay and see loss, latency and the verdict change")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netlab import Impairment, Lab
+from tests.netlab.line import LabLine, hotline_argv, lab_line
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+async def check(line: LabLine, seconds: int = 3) -> dict[str, Any]:
+    """``hotline check run`` in alpha's host; its JSON (exit 1 on red is a result too)."""
+    argv = [
+        *hotline_argv(), "check", "run", "--terminal", str(line.terminal_dir("alpha")),
+        "--to", "bravo", "--seconds", str(seconds), "--json",
+    ]  # fmt: skip
+    proc = await line.host("alpha").spawn(
+        argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode in (0, 1), out
+    result: dict[str, Any] = json.loads(out)
+    assert (proc.returncode == 1) == (result["verdict"] == "red")
+    return result
+
+
+async def test_check_figures_follow_the_link(netlab: Lab, tmp_path: Path) -> None:
+    async with lab_line(
+        netlab, tmp_path, auto_answer=(), extra={"alpha": ["--no-scheduled-checks"]}
+    ) as line:
+        link = netlab.link("alpha")
+        link.set(Impairment(delay_ms=30, jitter_ms=2))
+        clean = await check(line)
+        assert clean["ok"] and clean["security_code_match"], clean
+        assert clean["verdict"] == "green", clean
+        assert 20 <= clean["one_way_ms"] <= 60, clean  # 30 ms each way on alpha's link
+
+        link.set(Impairment(delay_ms=200, jitter_ms=2))
+        slow = await check(line)
+        assert slow["ok"], slow
+        assert 170 <= slow["one_way_ms"] <= 260, slow
+        assert slow["verdict"] == "amber", slow  # over G.114's 150 ms, under 400 ms
+        assert any("one-way delay" in r for r in slow["reasons"])
+
+        link.set(Impairment(delay_ms=30, jitter_ms=2, loss=0.12))
+        lossy = await check(line, seconds=4)
+        assert lossy["ok"], lossy
+        assert lossy["loss_permille"] >= 50, lossy  # the far end reports what it lost
+        assert lossy["verdict"] == "red", lossy
+        assert lossy["mos_x100"] < clean["mos_x100"]

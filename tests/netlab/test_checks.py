@@ -56,3 +56,22 @@ async def test_check_figures_follow_the_link(netlab: Lab, tmp_path: Path) -> Non
         assert lossy["loss_permille"] >= 50, lossy  # the far end reports what it lost
         assert lossy["verdict"] == "red", lossy
         assert lossy["mos_x100"] < clean["mos_x100"]
+
+
+async def test_a_real_call_warns_while_the_path_is_poor(netlab: Lab, tmp_path: Path) -> None:
+    """During a real call the same measurements run live: a round trip over 400 ms is shown
+    on the peer's status (and as an event) while it lasts, and clears when it ends."""
+    async with lab_line(netlab, tmp_path, extra={"alpha": ["--no-scheduled-checks"]}) as line:
+        link = netlab.link("alpha")
+        link.set(Impairment(delay_ms=260, jitter_ms=2))
+        await line.dial("alpha", "bravo")
+        await line.wait_media([("alpha", "bravo"), ("bravo", "alpha")], min_frames=10)
+
+        def warned(statuses: dict[str, Any]) -> bool:
+            peer = (statuses["alpha"].get("call") or {}).get("peers", {}).get("bravo", {})
+            return any("round trip" in w for w in peer.get("quality", []))
+
+        await line.wait_for(["alpha"], warned, "a round-trip warning", timeout=30)
+        link.set(Impairment(delay_ms=20, jitter_ms=2))
+        await line.wait_for(["alpha"], lambda s: not warned(s), "the warning cleared", timeout=30)
+        await line.hangup("alpha")

@@ -37,6 +37,7 @@ from hotline.call.machine import (
     charter_departures,
 )
 from hotline.calllog import CallLog
+from hotline.check.metrics import live_warnings
 from hotline.e2ee.events import (
     EpochActivated,
     EpochFailed,
@@ -54,11 +55,13 @@ from hotline.media import aiortc_patch, engine
 from hotline.media.fanout import FanoutTrack
 from hotline.media.sinks import AudioChirpSink, CountingTrack, VideoFrameIdSink
 from hotline.media.sources import MediaSource
-from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
+from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
 
 log = logging.getLogger("hotline.call")
 
 MSG_SDP = "call.sdp"
+#: how often the path to each peer is looked at for live quality warnings
+QUALITY_INTERVAL_S = 2.0
 #: a call whose members agree no epoch within this time is ended (it never carried media)
 KEY_AGREEMENT_TIMEOUT_S = 60.0
 MSG_SUMMARY = "call.summary"
@@ -166,6 +169,10 @@ class CallSession:
         self.check_reports: dict[str, dict[str, Value]] = {}
         self._report_sent: set[str] = set()
         self._first_media: dict[str, float] = {}
+        #: live quality warnings per peer (jitter, round trip, loss), looked at every 2 s
+        self.quality: dict[str, list[str]] = {}
+        self._quality_at = 0.0
+        self._quality_samplers: dict[str, RtcStatsSampler] = {}
         self.ever_members: set[str] = set()
         self.cosigned: set[str] = set()
         self.started = time.monotonic()
@@ -304,7 +311,32 @@ class CallSession:
             self.keys.handle_timer(now)
         if self.machine.state == CallState.ACTIVE:
             await self._watch_transports(now)
+            if now - self._quality_at >= QUALITY_INTERVAL_S:
+                self._quality_at = now
+                await self._watch_quality(now)
         await self.flush()
+
+    async def _watch_quality(self, now: float) -> None:
+        """Warn (event, status) while the path to a peer is poor: jitter, round trip, loss."""
+        for peer_id, link in list(self.peers.items()):
+            try:
+                report = await link.pc.getStats()
+            except Exception as exc:  # a closing connection has no statistics: look next time
+                log.debug("call %s: no statistics from %s: %r", self.call_id, peer_id, exc)
+                continue
+            rtp = self._quality_samplers.setdefault(peer_id, RtcStatsSampler()).digest(
+                report.values(), now
+            )
+            warnings = live_warnings(rtp)
+            if warnings != self.quality.get(peer_id, []):
+                if warnings:
+                    log.warning(
+                        "call %s: path to %s: %s", self.call_id, peer_id, "; ".join(warnings)
+                    )
+                    self._on_event("quality_warning", {"peer": peer_id, "warnings": warnings})
+                elif peer_id in self.quality:
+                    self._on_event("quality_ok", {"peer": peer_id})
+                self.quality[peer_id] = warnings
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -791,7 +823,10 @@ class CallSession:
     def _transport_status(self, peer: str) -> dict[str, Any]:
         """What a person reads about the path to ``peer``: connected, or reconnecting since."""
         link, live = self.peers.get(peer), self.liveness.get(peer)
-        out: dict[str, Any] = {"transport": link.state if link is not None else "closed"}
+        out: dict[str, Any] = {
+            "transport": link.state if link is not None else "closed",
+            "quality": self.quality.get(peer, []),
+        }
         if live is not None:
             lost_for = None if live.lost_since is None else time.monotonic() - live.lost_since
             out.update(

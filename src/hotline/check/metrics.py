@@ -138,3 +138,29 @@ def verdict(m: Measurement, t: Thresholds | None = None) -> Measurement:
             worse(AMBER, f"E-model MOS {mos:.2f} < {t.green_mos_x100 / 100:.2f}")
     m.verdict, m.reasons = level, reasons
     return m
+
+
+@dataclass(frozen=True)
+class LiveThresholds:
+    """Warnings during a real call (shown on the screen and as events), per remote peer."""
+
+    jitter_ms: float = 30.0
+    rtt_ms: float = 400.0
+    loss_fraction: float = 0.03
+
+
+def live_warnings(rtp: dict[str, dict[str, float]], t: LiveThresholds | None = None) -> list[str]:
+    """What is wrong with the path to one peer now, from its RTP statistics by media kind
+    (``jitter_ms``, ``rtt_ms``, ``remote_fraction_lost``, as ``media.stats`` digests them)."""
+    t = t or LiveThresholds()
+    out: list[str] = []
+    for kind in ("audio", "video"):
+        s = rtp.get(kind) or {}
+        jitter, rtt, lost = s.get("jitter_ms"), s.get("rtt_ms"), s.get("remote_fraction_lost")
+        if kind == "audio" and jitter is not None and jitter > t.jitter_ms:
+            out.append(f"audio jitter {jitter:.0f} ms > {t.jitter_ms:g} ms")
+        if rtt is not None and rtt > t.rtt_ms and not any("round trip" in w for w in out):
+            out.append(f"round trip {rtt:.0f} ms > {t.rtt_ms:g} ms")
+        if lost is not None and lost > t.loss_fraction:
+            out.append(f"{kind} loss {lost * 100:.1f} % > {t.loss_fraction * 100:g} %")
+    return out

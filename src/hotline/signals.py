@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 
-async def until_terminated() -> None:
-    """Return once the process receives SIGINT or SIGTERM (then shut down cleanly)."""
+async def until_terminated(ready: Callable[[], None] | None = None) -> None:
+    """Return once the process receives SIGINT or SIGTERM (then shut down cleanly).
+
+    ``ready`` (the "ready" line, the readiness notification to systemd) is called once the
+    handlers are in place: whoever is told the process is ready may stop it at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if ready is not None:
+            ready()
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

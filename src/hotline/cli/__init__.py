@@ -31,6 +31,7 @@ app = typer.Typer(
 # `command` (a single command function).
 _GROUPS: list[tuple[str, str]] = [
     ("site", "site"),
+    ("config", "config"),
     ("terminal", "terminal"),
     ("line", "line"),
     ("log", "log"),

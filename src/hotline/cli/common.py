@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from typing import Any
 
 from rich.console import Console
@@ -22,3 +23,19 @@ def print_json(data: Any) -> None:
     """Machine-readable output on stdout: one JSON document, keys sorted."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+class LogFormat(StrEnum):
+    """``--log-format``: a readable line, or one JSON object per line."""
+
+    text = "text"
+    json = "json"
+
+
+class LogLevel(StrEnum):
+    """``--log-level``."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import resource
 import sys
 from pathlib import Path
@@ -13,10 +12,17 @@ from typing import Annotated
 import typer
 
 from hotline.charter import SignedCharter, load_charter
-from hotline.cli.common import console, print_json
+from hotline.cli.common import LogFormat, LogLevel, console, print_json
 from hotline.errors import UsageError
 from hotline.exchange import tls
+from hotline.exchange.config import (
+    CONFIG_FILE,
+    DEFAULT_PORT,
+    EXCHANGE_OPTIONS,
+    exchange_settings,
+)
 from hotline.exchange.routing import Limits
+from hotline.logs import setup_logging
 from hotline.signals import until_terminated
 
 app = typer.Typer(
@@ -28,9 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DEFAULT_PORT = 7447
 DB_FILE = "exchange.db"
-_DEFAULTS = Limits()
 
 DirOption = Annotated[
     Path,
@@ -39,9 +43,6 @@ DirOption = Annotated[
         help="The exchange's folder: TLS certificate and key, and by default its database.",
     ),
 ]
-
-#: the largest value any limit option takes (a guard against typos and infinities)
-MAX_LIMIT = 1_000_000_000
 
 
 @app.command("init")
@@ -119,9 +120,24 @@ def _raise_fd_limit(max_connections: int) -> None:
         )
 
 
+def _opt(key: str) -> str:
+    option = _OPTIONS[key]
+    return f"{option.help[0].upper()}{option.help[1:]}. File: {key} (default: {option.default!r})."
+
+
+_OPTIONS = {o.key: o for o in EXCHANGE_OPTIONS}
+
+
 @app.command("serve")
 def serve(  # noqa: PLR0917 (typer maps options to parameters)
     directory: DirOption,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=f"The exchange's local configuration (default: DIR/{CONFIG_FILE} if it exists).",
+        ),
+    ] = None,
     charter: Annotated[
         list[Path] | None,
         typer.Option(
@@ -129,63 +145,47 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
             help=(
                 "A signed charter of a line to serve (repeat for several lines), or a folder "
                 "of *.charter.json files. Charters already held in the database are served "
-                "too, so a restart needs none."
+                "too, so a restart needs none. File: exchange.charter."
             ),
         ),
     ] = None,
-    listen: Annotated[
-        str,
-        typer.Option("--listen", help="ADDRESS:PORT to listen on; port 0 picks a free one."),
-    ] = f"127.0.0.1:{DEFAULT_PORT}",
-    db: Annotated[
-        Path | None,
-        typer.Option("--db", help=f"The SQLite database (default: DIR/{DB_FILE})."),
-    ] = None,
+    listen: Annotated[str | None, typer.Option("--listen", help=_opt("exchange.listen"))] = None,
+    db: Annotated[Path | None, typer.Option("--db", help=_opt("exchange.db"))] = None,
     insecure_loopback: Annotated[
-        bool,
-        typer.Option(
-            "--insecure-loopback",
-            help="Serve plain ws:// instead of wss:// (tests, demo). Only on a loopback address.",
-        ),
-    ] = False,
+        bool | None,
+        typer.Option("--insecure-loopback", help=_opt("exchange.insecure_loopback")),
+    ] = None,
     json_output: Annotated[
         bool,
         typer.Option("--json", help="When ready, print one JSON line: url, port, exchange id."),
     ] = False,
     max_envelope_size: Annotated[
-        int, typer.Option(help="Largest envelope in bytes; larger closes the connection.")
-    ] = _DEFAULTS.max_envelope_size,
-    rate: Annotated[
-        float, typer.Option(help="Envelopes per second per terminal (sustained).")
-    ] = _DEFAULTS.rate_per_s,
-    burst: Annotated[int, typer.Option(help="Envelopes a terminal may send at once.")] = (
-        _DEFAULTS.burst
-    ),
+        int | None, typer.Option(help=_opt("limits.max_envelope_size"))
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help=_opt("limits.rate"))] = None,
+    burst: Annotated[int | None, typer.Option(help=_opt("limits.burst"))] = None,
     max_connections_per_source: Annotated[
-        int, typer.Option(help="Open connections per source address.")
-    ] = _DEFAULTS.max_connections_per_source,
-    max_connections: Annotated[int, typer.Option(help="Open connections in total.")] = (
-        _DEFAULTS.max_connections
-    ),
-    max_queue: Annotated[
-        int, typer.Option(help="Stored, unacknowledged envelopes per terminal.")
-    ] = _DEFAULTS.max_queue,
-    window: Annotated[
-        float, typer.Option(help="Store-and-forward window in seconds.")
-    ] = _DEFAULTS.window_s,
-    auth_timeout: Annotated[
-        float, typer.Option(help="Seconds a new connection has to authenticate.")
-    ] = _DEFAULTS.auth_timeout_s,
-    heartbeat: Annotated[float, typer.Option(help="WebSocket ping interval in seconds.")] = (
-        _DEFAULTS.heartbeat_s
-    ),
+        int | None, typer.Option(help=_opt("limits.max_connections_per_source"))
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help=_opt("limits.max_connections"))
+    ] = None,
+    max_queue: Annotated[int | None, typer.Option(help=_opt("limits.max_queue"))] = None,
+    window: Annotated[float | None, typer.Option(help=_opt("limits.window"))] = None,
+    auth_timeout: Annotated[float | None, typer.Option(help=_opt("limits.auth_timeout"))] = None,
+    heartbeat: Annotated[float | None, typer.Option(help=_opt("limits.heartbeat"))] = None,
     log_level: Annotated[
-        str, typer.Option(help="debug, info, warning or error (logs go to stderr).")
-    ] = "info",
+        LogLevel | None, typer.Option("--log-level", help=_opt("log.level"))
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None, typer.Option("--log-format", help=_opt("log.format"))
+    ] = None,
 ) -> None:
     """Run the exchange until interrupted (Ctrl-C or SIGTERM).
 
-    Prints the URL it listens on once terminals can connect; with --json, one line:
+    Every option can also be set in DIR/exchange.toml (the command line wins; `hotline config
+    show --exchange DIR` prints the result). Prints the URL it listens on once terminals can
+    connect; with --json, one line:
     {"event": "listening", "url": ..., "port": ..., "exchange_id": ..., "lines": [...]}."""
     # aiohttp's server is imported only here: every other `hotline` command starts faster
     from hotline.exchange.server import (  # noqa: PLC0415
@@ -194,62 +194,73 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         listening_line,
     )
 
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise UsageError(f"--log-level {log_level!r}: expected debug, info, warning or error")
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    settings = exchange_settings(
+        directory,
+        config_file,
+        {
+            "exchange.listen": listen,
+            "exchange.charter": charter,
+            "exchange.db": db,
+            "exchange.insecure_loopback": insecure_loopback,
+            "limits.max_envelope_size": max_envelope_size,
+            "limits.rate": rate,
+            "limits.burst": burst,
+            "limits.max_connections_per_source": max_connections_per_source,
+            "limits.max_connections": max_connections,
+            "limits.max_queue": max_queue,
+            "limits.window": window,
+            "limits.auth_timeout": auth_timeout,
+            "limits.heartbeat": heartbeat,
+            "log.level": log_level.value if log_level else None,
+            "log.format": log_format.value if log_format else None,
+        },
     )
-    host, port = parse_listen(listen)
-    for name, value in (
-        ("max-envelope-size", max_envelope_size),
-        ("rate", rate),
-        ("burst", burst),
-        ("max-connections-per-source", max_connections_per_source),
-        ("max-connections", max_connections),
-        ("max-queue", max_queue),
-        ("window", window),
-        ("auth-timeout", auth_timeout),
-        ("heartbeat", heartbeat),
-    ):
-        if not math.isfinite(value) or not 0 < value <= MAX_LIMIT:
-            raise UsageError(f"--{name} must be a number above 0 and at most {MAX_LIMIT:,}")
-    _raise_fd_limit(max_connections)
+    value = settings.value
+    setup_logging(value("log.format"), value("log.level"), static={"component": "exchange"})
+    host, port = parse_listen(value("exchange.listen"))
+    _raise_fd_limit(value("limits.max_connections"))
     limits = Limits(
-        max_envelope_size=max_envelope_size,
-        rate_per_s=rate,
-        burst=burst,
-        max_connections_per_source=max_connections_per_source,
-        max_connections=max_connections,
-        max_queue=max_queue,
-        window_s=window,
-        auth_timeout_s=auth_timeout,
-        heartbeat_s=heartbeat,
+        max_envelope_size=value("limits.max_envelope_size"),
+        rate_per_s=value("limits.rate"),
+        burst=value("limits.burst"),
+        max_connections_per_source=value("limits.max_connections_per_source"),
+        max_connections=value("limits.max_connections"),
+        max_queue=value("limits.max_queue"),
+        window_s=value("limits.window"),
+        auth_timeout_s=value("limits.auth_timeout"),
+        heartbeat_s=value("limits.heartbeat"),
     )
-    charters: list[SignedCharter] = [load_charter(p) for p in _charter_files(charter or [])]
-    if not insecure_loopback:
+    charters: list[SignedCharter] = [
+        load_charter(p) for p in _charter_files(value("exchange.charter"))
+    ]
+    insecure = bool(value("exchange.insecure_loopback"))
+    if not insecure:
         tls.load_fingerprint(directory)  # a clear error before anything starts
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db_path = value("exchange.db") or directory / DB_FILE
     config = ServerConfig(
-        db_path=db if db is not None else directory / DB_FILE,
-        tls_dir=None if insecure_loopback else directory,
+        db_path=db_path,
+        tls_dir=None if insecure else directory,
         host=host,
         port=port,
-        insecure_loopback=insecure_loopback,
+        insecure_loopback=insecure,
         limits=limits,
     )
 
     async def run() -> None:
         server = ExchangeServer(config, charters)
         await server.start()
-        if json_output:
-            sys.stdout.write(listening_line(server) + "\n")
-            sys.stdout.flush()
-        else:
-            console.print(f"exchange {server.exchange_id}")
-            console.print(f"listening on {server.url}")
+
+        def ready() -> None:
+            if json_output:
+                sys.stdout.write(listening_line(server) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(f"exchange {server.exchange_id}", soft_wrap=True)
+                console.print(f"listening on {server.url}", soft_wrap=True)
+
         try:
-            await until_terminated()
+            await until_terminated(ready)
         finally:
             await server.stop()
 

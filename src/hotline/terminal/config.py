@@ -21,16 +21,31 @@ credentials only for relays every site signed::
     name = "sochi-principal"                   # optional, default: the terminal id
     ttl_s = 86400                              # optional, lifetime of each credential
 
-Later sections (interfaces, ports, media source, logging) extend :class:`TerminalConfig`.
+Beside ``[turn]``, the file holds the terminal's run options (``[terminal]``) and its logging
+(``[log]``), each also a flag of ``hotline terminal run`` (the flag wins; see
+:mod:`hotline.settings` and :data:`TERMINAL_OPTIONS`)::
+
+    [terminal]
+    charter = "sochi-washington.charter.json"  # relative to this file's folder
+    interfaces = "10.77.0.1"
+    control_port = 7450
+    source = "device:/dev/video0,default"
+    auto_answer = false
+
+    [log]
+    format = "json"
+    level = "info"
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import stat
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +60,7 @@ from hotline.media.turn import (
     TurnCredentials,
     TurnRelay,
 )
+from hotline.settings import Option, log_options, parse_tables, sections
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +69,54 @@ MAX_CONFIG_SIZE = 64 * 1024
 PROBE_TIMEOUT_RANGE = (0.05, 30.0)
 CREDENTIAL_TTL_RANGE = (60, 30 * 86_400)
 
-_TOP_KEYS = {"turn"}
+#: every run option of a terminal: ``[terminal]`` and ``[log]`` in the file, a flag of
+#: ``hotline terminal run``
+TERMINAL_OPTIONS: tuple[Option, ...] = (
+    Option("terminal.charter", "--charter", None, "the line's signed charter file", kind=Path),
+    Option(
+        "terminal.exchange",
+        "--exchange",
+        None,
+        "exchange URL (default: the charter's first exchange, then the others)",
+    ),
+    Option(
+        "terminal.interfaces",
+        "--interfaces",
+        "loopback",
+        "where ICE gathers host candidates: loopback, all, or IP addresses (a,b)",
+    ),
+    Option(
+        "terminal.control_port",
+        "--control-port",
+        0,
+        "port of the local control API on 127.0.0.1 (0: any free one)",
+        kind=int,
+        low=0,
+        high=65535,
+    ),
+    Option(
+        "terminal.source",
+        "--source",
+        "synthetic",
+        "what this terminal sends: synthetic[:tone|speech|silence], file:PATH, device[:CAM[,MIC]]",
+    ),
+    Option("terminal.width", "--width", 640, "synthetic video width", kind=int, low=16, high=4096),
+    Option(
+        "terminal.height", "--height", 360, "synthetic video height", kind=int, low=16, high=4096
+    ),
+    Option("terminal.fps", "--fps", 30, "video frames per second", kind=int, low=1, high=120),
+    Option("terminal.auto_answer", "--auto-answer", False, "answer every call at once", kind=bool),
+    Option(
+        "terminal.passphrase_file",
+        "--passphrase-file",
+        None,
+        "file holding the identity key's passphrase",
+        kind=Path,
+    ),
+    *log_options("warning"),
+)
+
+_TOP_KEYS = {"turn"} | sections(TERMINAL_OPTIONS)
 _TURN_KEYS = {"probe_timeout_s", "relay"}
 _STATIC_KEYS = {"url", "username", "password"}
 _SECRET_KEYS = {"url", "shared_secret", "name", "ttl_s"}
@@ -75,6 +138,10 @@ class TerminalConfig:
     turn: tuple[TurnEntry, ...] = ()
     #: seconds one relay may take to answer the probe when a peer connection picks a relay
     probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
+    #: the run options the file sets (``section.name`` -> checked value), see TERMINAL_OPTIONS
+    values: Mapping[str, object] = field(default_factory=dict)
+    #: the file read (None: no file)
+    path: Path | None = None
 
     def ice_settings(self, charter: Charter, *, strict: bool = True) -> IceSettings:
         """ICE settings for calls on ``charter``: its relays, in its order, that this site has
@@ -140,12 +207,15 @@ def load_terminal_config(path: Path, *, default_name: str) -> TerminalConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     try:
-        return parse_terminal_config(data, default_name=default_name)
+        config = parse_terminal_config(data, default_name=default_name, base=path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return dataclasses.replace(config, path=path)
 
 
-def parse_terminal_config(data: bytes, *, default_name: str) -> TerminalConfig:
+def parse_terminal_config(
+    data: bytes, *, default_name: str, base: Path | None = None
+) -> TerminalConfig:
     """Parse the TOML text of a terminal configuration (strict; see the module docstring)."""
     try:
         doc = tomllib.loads(data.decode("utf-8"))
@@ -154,6 +224,7 @@ def parse_terminal_config(data: bytes, *, default_name: str) -> TerminalConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
     _only(doc, _TOP_KEYS, "")
+    values = parse_tables(doc, TERMINAL_OPTIONS, base=base)
     turn = doc.get("turn", {})
     if not isinstance(turn, dict):
         raise ConfigError("turn must be a table ([turn])")
@@ -182,7 +253,7 @@ def parse_terminal_config(data: bytes, *, default_name: str) -> TerminalConfig:
             raise ConfigError(f"{where}: a second entry for {entry.url!r}")
         seen.add(entry.url)
         entries.append(entry)
-    return TerminalConfig(turn=tuple(entries), probe_timeout_s=float(timeout))
+    return TerminalConfig(turn=tuple(entries), probe_timeout_s=float(timeout), values=values)
 
 
 def _relay(item: dict[str, Any], where: str, default_name: str) -> TurnEntry:

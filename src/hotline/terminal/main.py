@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -17,10 +17,13 @@ from hotline.call.session import MediaSettings
 from hotline.charter import load_charter
 from hotline.errors import StateError, UsageError
 from hotline.keys import read_passphrase
+from hotline.logs import setup_logging
 from hotline.media import aiortc_patch, engine
-from hotline.provision import load_terminal
+from hotline.provision import load_terminal, load_terminal_record
+from hotline.settings import Settings, resolve
 from hotline.signals import until_terminated
 from hotline.terminal.config import (
+    TERMINAL_OPTIONS,
     TerminalConfig,
     default_config_path,
     load_terminal_config,
@@ -42,6 +45,7 @@ def build_config(
     fps: int,
     source: str = "synthetic",
     config_path: Path | None = None,
+    site: TerminalConfig | None = None,
 ) -> DaemonConfig:
     signed = load_charter(charter_path)
     signed.verify()
@@ -67,7 +71,8 @@ def build_config(
     if exchange_url.startswith("wss://") and tls_fingerprint is None:
         raise UsageError(f"{exchange_url}: not in the charter, so no pinned TLS certificate")
     # TURN credentials live in each site's local configuration, never in the charter
-    site = load_site_config(terminal_dir, config_path, terminal.terminal_id)
+    if site is None:
+        site = load_site_config(terminal_dir, config_path, terminal.terminal_id)
     ice = site.ice_settings(charter)
     return DaemonConfig(
         terminal_dir=terminal_dir,
@@ -93,6 +98,17 @@ def load_site_config(
     if config_path is None and not path.exists():
         return TerminalConfig()
     return load_terminal_config(path, default_name=terminal_id)
+
+
+def terminal_settings(
+    terminal_dir: Path, config_path: Path | None, command_line: dict[str, Any]
+) -> tuple[TerminalConfig, Settings]:
+    """The site configuration of the terminal in ``terminal_dir`` and its effective run
+    options: ``command_line`` (None: not given) over the file over the defaults."""
+    terminal_id = load_terminal_record(terminal_dir).terminal_id
+    site = load_site_config(terminal_dir, config_path, terminal_id)
+    label = str(site.path) if site.path is not None else None
+    return site, resolve(TERMINAL_OPTIONS, site.values, label, command_line)
 
 
 def ice_address_policy(interfaces: str) -> list[str]:
@@ -146,12 +162,15 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
     url = f"http://127.0.0.1:{port}"
     await daemon.start()
     control = write_control_file(config.state, url, token, os.getpid())
-    sys.stdout.write(
-        json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
-    )
-    sys.stdout.flush()
+
+    def ready() -> None:
+        sys.stdout.write(
+            json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
+        )
+        sys.stdout.flush()
+
     try:
-        await until_terminated()
+        await until_terminated(ready)
     finally:
         await daemon.stop()
         await runner.cleanup()
@@ -160,10 +179,18 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
         os.close(lock)
 
 
-def run(config: DaemonConfig, control_port: int = 0, verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format=f"%(asctime)s {config.terminal_id} %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
+def run(
+    config: DaemonConfig,
+    control_port: int = 0,
+    verbose: bool = False,
+    *,
+    log_format: str = "text",
+    log_level: str | None = None,
+) -> None:
+    setup_logging(
+        log_format,
+        log_level or ("info" if verbose else "warning"),
+        static={"component": "terminal", "terminal": config.terminal_id},
+        prefix=config.terminal_id,
     )
     asyncio.run(serve(config, control_port))

@@ -58,3 +58,47 @@ def exchange_dir(root: Path) -> Path:
     folder = root / "exchange"
     tls.create_certificate(folder)
     return folder
+
+
+class Serving:
+    """A ``hotline exchange serve`` process that has printed its ready line."""
+
+    def __init__(self, proc: subprocess.Popen[str], ready: dict[str, Any]) -> None:
+        self.proc = proc
+        self.ready = ready
+        self.url = str(ready["url"])
+        self.http = self.url.replace("ws://", "http://").split("/v1/")[0]
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, then the exit code and what it wrote on stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        assert self.proc.stderr is not None
+        return code, self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve_exchange(folder: Path, *args: str, env: dict[str, str] | None = None) -> Serving:
+    """Start ``hotline exchange serve --dir FOLDER --insecure-loopback --json`` on a free
+    port and wait for its ready line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotline", "exchange", "serve", "--dir", str(folder),
+         "--insecure-loopback", "--listen", "127.0.0.1:0", "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(10)
+        raise AssertionError(f"the exchange did not start: {proc.stderr.read()}")
+    return Serving(proc, json.loads(line))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from hotline import pidlock
 from hotline.charter import SignedCharter, load_charter
 from hotline.cli.common import LogFormat, LogLevel, console, print_json
 from hotline.errors import UsageError
@@ -238,6 +240,11 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         tls.load_fingerprint(directory)  # a clear error before anything starts
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     db_path = value("exchange.db") or directory / DB_FILE
+    # one server per store, for as long as this process lives
+    lock = pidlock.hold(
+        store_lock_path(db_path),
+        f"{db_path}: this exchange store is already served by another `hotline exchange serve`",
+    )
     config = ServerConfig(
         db_path=db_path,
         tls_dir=None if insecure else directory,
@@ -264,4 +271,12 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         finally:
             await server.stop()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        os.close(lock)
+
+
+def store_lock_path(db_path: Path) -> Path:
+    """The lock file of an exchange store: ``exchange.db.lock`` beside ``exchange.db``."""
+    return db_path.with_name(db_path.name + ".lock")

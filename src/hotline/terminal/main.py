@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -13,9 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from hotline import pidlock
 from hotline.call.session import MediaSettings
 from hotline.charter import load_charter
-from hotline.errors import StateError, UsageError
+from hotline.errors import UsageError
 from hotline.keys import read_passphrase
 from hotline.logs import setup_logging
 from hotline.media import aiortc_patch, engine
@@ -131,19 +131,7 @@ def hold_single_instance(state: Path) -> int:
     """Take the terminal's lock (held until the process ends): two processes with one
     identity would push each other off the exchange. Returns the lock's descriptor."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StateError(
-            f"{state.parent}: this terminal is already running (pid {other})"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
+    return pidlock.hold(state / LOCK_FILE, f"{state.parent}: this terminal is already running")
 
 
 async def serve(config: DaemonConfig, control_port: int = 0) -> None:

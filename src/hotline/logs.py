@@ -25,6 +25,8 @@ from typing import Any, TextIO
 _EVENT = "hotline_event"
 _FIELDS = "hotline_fields"
 _FIXED = ("ts", "level", "event", "logger", "message")
+#: the start and stop lines: always written, whatever the level (down to warning)
+LIFECYCLE = "hotline.lifecycle"
 
 
 def event(name: str, **fields: object) -> dict[str, Any]:
@@ -99,3 +101,9 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    logging.getLogger(LIFECYCLE).setLevel(min(logging.INFO, root.level))
+
+
+def lifecycle(name: str, message: str, **fields: object) -> None:
+    """A start or stop line (``terminal_started``, ``exchange_stopped``...)."""
+    logging.getLogger(LIFECYCLE).info(message, extra=event(name, **fields))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import resource
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from hotline import pidlock
+from hotline import __version__, pidlock
 from hotline.charter import SignedCharter, load_charter
 from hotline.cli.common import LogFormat, LogLevel, console, print_json
 from hotline.errors import UsageError
@@ -24,7 +27,8 @@ from hotline.exchange.config import (
     exchange_settings,
 )
 from hotline.exchange.routing import Limits
-from hotline.logs import setup_logging
+from hotline.exchange.store import read_events
+from hotline.logs import lifecycle, rfc3339, setup_logging
 from hotline.signals import until_terminated
 
 app = typer.Typer(
@@ -70,6 +74,72 @@ def init(
 def fingerprint(directory: DirOption) -> None:
     """Print the fingerprint of the exchange's TLS certificate."""
     console.print(tls.load_fingerprint(directory), soft_wrap=True)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> int:
+    """``--since``: a duration back from now (``90s``, ``15m``, ``2h``, ``7d``) or an RFC 3339
+    time (``2026-12-01T20:00:00Z``); milliseconds since the epoch."""
+    unit = _UNITS.get(text[-1:])
+    if unit is not None and text[:-1].replace(".", "", 1).isdigit():
+        return int((now - float(text[:-1]) * unit) * 1000)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: expected a duration (90s, 15m, 2h, 7d) or an RFC 3339 time "
+            "(2026-12-01T20:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise UsageError(f"--since {text!r}: give the time zone (Z for UTC)")
+    return int(moment.timestamp() * 1000)
+
+
+@app.command("events")
+def events(  # noqa: PLR0917 (typer maps options to parameters)
+    directory: DirOption,
+    db: Annotated[
+        Path | None, typer.Option("--db", help=f"The SQLite store (default: DIR/{DB_FILE}).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only events since: 15m, 2h, 7d, or 2026-12-01T20:00:00Z."),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="Only this kind (auth_failed, refused, duplicate_terminal…)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="At most.")] = 1000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the exchange's audit table: admissions, refusals, failed authentications,
+    duplicate terminals, closes, charter updates, starts and stops (oldest first). Safe
+    while the exchange runs (the store is opened read-only)."""
+    since_ms = parse_since(since, time.time()) if since is not None else None
+    rows = read_events(db or directory / DB_FILE, since_ms=since_ms, kind=kind, limit=limit)
+    if json_output:
+        print_json(
+            {
+                "schema": 1,
+                "ok": True,
+                "events": [{"ts": rfc3339(e.at_ms / 1000), **dataclasses.asdict(e)} for e in rows],
+            }
+        )
+        return
+    for e in rows:
+        fields = " ".join(
+            f"{name}={value}"
+            for name, value in (
+                ("line", e.line),
+                ("terminal", e.terminal),
+                ("source", e.source),
+                ("reason", e.reason),
+            )
+            if value is not None
+        )
+        typer.echo(f"{rfc3339(e.at_ms / 1000)} {e.kind} {fields}".rstrip())
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -257,8 +327,19 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
     async def run() -> None:
         server = ExchangeServer(config, charters)
         await server.start()
+        started = time.monotonic()
 
         def ready() -> None:
+            lifecycle(
+                "exchange_started",
+                f"exchange {server.exchange_id} started on {server.url}",
+                exchange_id=server.exchange_id,
+                url=server.url,
+                lines=server.router.lines(),
+                pid=os.getpid(),
+                version=__version__,
+                config={r["key"]: r["value"] for r in settings.rows()},
+            )
             if json_output:
                 sys.stdout.write(listening_line(server) + "\n")
                 sys.stdout.flush()
@@ -270,6 +351,12 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
             await until_terminated(ready)
         finally:
             await server.stop()
+            lifecycle(
+                "exchange_stopped",
+                f"exchange {server.exchange_id} stopped",
+                exchange_id=server.exchange_id,
+                uptime_s=round(time.monotonic() - started, 3),
+            )
 
     try:
         asyncio.run(run())

@@ -95,6 +95,7 @@ from hotline.exchange.frames import (
 )
 from hotline.exchange.routing import TokenBucket
 from hotline.keys import SigningKey
+from hotline.logs import event
 
 logger = logging.getLogger("hotline.exchange.client")
 
@@ -458,6 +459,7 @@ class ExchangeClient:
         and go back to it as soon as it answers, so that all terminals meet on one."""
         attempt = 0
         if first_error is not None:
+            self._log_connect_failure(first_error)
             await self._emit(ConnectionChanged(False, first_error.reason))
             self._next_endpoint()
         while not self._closed:
@@ -481,13 +483,35 @@ class ExchangeClient:
                 self.stats["reconnects"] += 1
             except HotlineError as exc:
                 self.stats[f"connect_failed_{exc.reason}"] += 1
+                self._log_connect_failure(exc)
                 if isinstance(exc, DuplicateTerminal):
-                    logger.error("%s: %s", self.url, exc)
                     await self._emit(ConnectionChanged(False, exc.reason))
-                else:
-                    logger.info("connection to %s failed: %s", self.url, exc)
                 if self._next_endpoint():
                     attempt = max(0, attempt - 1)  # the next exchange at once, not later
+
+    def _log_connect_failure(self, exc: HotlineError) -> None:
+        """A refusal that may be an attack or a misconfiguration (a certificate that is not
+        the pinned one, an exchange that does not admit us, a second copy of this terminal)
+        is a WARNING or above; an exchange that does not answer is INFO (it is retried)."""
+        fields = {"url": self.url, "reason": exc.reason}
+        if isinstance(exc, DuplicateTerminal):
+            logger.error("%s: %s", self.url, exc, extra=event("duplicate_terminal", **fields))
+        elif isinstance(exc, TLSPinMismatch):
+            logger.warning("%s: %s", self.url, exc, extra=event("tls_pin_mismatch", **fields))
+        elif isinstance(exc, AuthenticationError):
+            logger.warning(
+                "the exchange at %s did not admit us: %s",
+                self.url,
+                exc,
+                extra=event("exchange_refused", **fields),
+            )
+        else:
+            logger.info(
+                "connection to %s failed: %s",
+                self.url,
+                exc,
+                extra=event("exchange_unreachable", **fields),
+            )
 
     def _next_endpoint(self) -> bool:
         """Move to the next exchange; True while the round of exchanges is not over."""
@@ -705,7 +729,12 @@ class ExchangeClient:
             self._tracker.accept(env)
         except HotlineError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
-            logger.warning("refused a delivery from the exchange (%s): %s", exc.reason, exc)
+            logger.warning(
+                "refused a delivery from the exchange (%s): %s",
+                exc.reason,
+                exc,
+                extra=event("delivery_refused", reason=exc.reason),
+            )
             await self._events.put(_Item(None, frame.delivery_id))
             return
         await self._events.put(_Item(EnvelopeReceived(env), frame.delivery_id))
@@ -716,13 +745,18 @@ class ExchangeClient:
             logger.error(
                 "the exchange refused another connection with this terminal's identity, "
                 "which kept replacing this one: two copies of this terminal folder are "
-                "running (here and elsewhere); stop one"
+                "running (here and elsewhere); stop one",
+                extra=event("duplicate_terminal", url=self.url, reason=frame.reason),
             )
             await self._emit(ConnectionChanged(True, frame.reason))
             return
         if frame.seq is None:
             self.stats[f"charter_refused_{frame.reason}"] += 1
-            logger.warning("the exchange refused our charter: %s", frame.reason)
+            logger.warning(
+                "the exchange refused our charter: %s",
+                frame.reason,
+                extra=event("charter_refused_by_exchange", reason=frame.reason),
+            )
             return
         self.stats[f"refused_{frame.reason}"] += 1
         if frame.recipient is None:
@@ -744,7 +778,11 @@ class ExchangeClient:
             self._adopt(signed)
         except HotlineError as exc:
             self.stats[f"charter_rejected_{exc.reason}"] += 1
-            logger.warning("refused a charter from the exchange: %s", exc)
+            logger.warning(
+                "refused a charter from the exchange: %s",
+                exc,
+                extra=event("charter_refused", reason=exc.reason),
+            )
             return
         await self._emit(CharterUpdated(self.charter))
 

@@ -70,6 +70,7 @@ from hotline.exchange.metrics import Metrics
 from hotline.exchange.routing import Limits, Refused, Router, Session
 from hotline.exchange.store import Event, ExchangeStore, WriteBatch
 from hotline.httplog import HttpErrorLog
+from hotline.logs import event
 
 logger = logging.getLogger("hotline.exchange")
 
@@ -319,7 +320,12 @@ class ExchangeServer:
         except LimitExceeded as exc:
             self.metrics.inc("refused_connections_total", exc.reason)
             self._event("refused", source=source, reason=exc.reason)
-            logger.warning("refused a connection from %s: %s", source, exc)
+            logger.warning(
+                "refused a connection from %s: %s",
+                source,
+                exc,
+                extra=event("connection_refused", source=source, reason=exc.reason),
+            )
             await ws.prepare(request)
             await ws.close(code=CLOSE_TRY_LATER, message=exc.reason.encode())
             return ws
@@ -493,6 +499,13 @@ class ExchangeServer:
             session.terminal_id if session else conn.source,
             exc.reason,
             exc,
+            extra=event(
+                "protocol_violation",
+                line=session.line_id if session else None,
+                terminal=session.terminal_id if session else None,
+                source=conn.source,
+                reason=exc.reason,
+            ),
         )
 
     async def _violation(self, conn: _Conn, exc: HotlineError) -> None:
@@ -520,7 +533,12 @@ class ExchangeServer:
         if was_blocked:
             self.metrics.inc("refused_connections_total", "auth_rate_limited")
             self._event("refused", source=conn.source, reason="auth_rate_limited")
-            logger.info("refused %s (blocked source): %s", conn.source, exc.reason)
+            logger.info(  # the block itself was a WARNING; its repeats would flood the log
+                "refused %s (blocked source): %s",
+                conn.source,
+                exc.reason,
+                extra=event("connection_refused", source=conn.source, reason="auth_rate_limited"),
+            )
             await self._close(conn, CLOSE_TRY_LATER, "auth_rate_limited")
             return
         self._event(
@@ -536,6 +554,14 @@ class ExchangeServer:
             f" as {hello.terminal_id} of {hello.line_id}" if hello else "",
             exc.reason,
             " (source now blocked)" if blocked else "",
+            extra=event(
+                "auth_failed",
+                line=hello.line_id if hello else None,
+                terminal=hello.terminal_id if hello else None,
+                source=conn.source,
+                reason=exc.reason,
+                blocked=blocked,
+            ),
         )
         await self._close(conn, CLOSE_POLICY, exc.reason)
 
@@ -560,6 +586,13 @@ class ExchangeServer:
             conn.source,
             where,
             exc,
+            extra=event(
+                "duplicate_terminal",
+                line=hello.line_id,
+                terminal=hello.terminal_id,
+                source=conn.source,
+                incumbent=where,
+            ),
         )
         other = self._conns.get(incumbent.session_id) if incumbent is not None else None
         if other is not None:
@@ -594,7 +627,17 @@ class ExchangeServer:
             self._event(
                 "rejected", line=session.line_id, terminal=session.terminal_id, reason=reason
             )
-            logger.info("refused %s: %s", result.envelope.describe(), result.error)
+            logger.warning(
+                "refused %s: %s",
+                result.envelope.describe(),
+                result.error,
+                extra=event(
+                    "envelope_refused",
+                    line=session.line_id,
+                    terminal=session.terminal_id,
+                    reason=reason,
+                ),
+            )
             self._queue(conn, encode_frame(Reject(result.envelope.seq, reason)))
             return
         self.metrics.inc("envelopes_routed_total")
@@ -647,7 +690,17 @@ class ExchangeServer:
                 terminal=session.terminal_id,
                 reason=exc.reason,
             )
-            logger.warning("refused a charter from %s: %s", session.terminal_id, exc)
+            logger.warning(
+                "refused a charter from %s: %s",
+                session.terminal_id,
+                exc,
+                extra=event(
+                    "charter_refused",
+                    line=session.line_id,
+                    terminal=session.terminal_id,
+                    reason=exc.reason,
+                ),
+            )
             self._queue(conn, encode_frame(Reject(None, exc.reason)))
             return
         self._apply_charter(current)

@@ -7,17 +7,18 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from hotline import pidlock
+from hotline import __version__, pidlock
 from hotline.call.session import MediaSettings
 from hotline.charter import load_charter
 from hotline.errors import UsageError
 from hotline.keys import read_passphrase
-from hotline.logs import setup_logging
+from hotline.logs import lifecycle, setup_logging
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal, load_terminal_record
 from hotline.settings import Settings, resolve
@@ -151,7 +152,20 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
     await daemon.start()
     control = write_control_file(config.state, url, token, os.getpid())
 
+    started = time.monotonic()
+
     def ready() -> None:
+        lifecycle(
+            "terminal_started",
+            f"terminal {daemon.terminal_id} started; control API on {url}",
+            terminal=daemon.terminal_id,
+            line=config.charter.line_id,
+            charter_version=config.charter.version,
+            exchange=config.exchange_url,
+            control=url,
+            pid=os.getpid(),
+            version=__version__,
+        )
         sys.stdout.write(
             json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
         )
@@ -164,6 +178,12 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             control.unlink()
+        lifecycle(
+            "terminal_stopped",
+            f"terminal {daemon.terminal_id} stopped",
+            terminal=daemon.terminal_id,
+            uptime_s=round(time.monotonic() - started, 3),
+        )
         os.close(lock)
 
 

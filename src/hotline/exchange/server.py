@@ -1,7 +1,8 @@
 """The exchange server: the aiohttp adapter around :mod:`hotline.exchange.routing`.
 
-One WebSocket per terminal at :data:`~hotline.exchange.frames.WS_PATH`, plus ``/healthz``
-and ``/metrics``. The protocol is in ``docs/exchange.md``, the limits in ``docs/limits.md``.
+One WebSocket per terminal at :data:`~hotline.exchange.frames.WS_PATH`, plus ``/healthz``,
+``/livez``, ``/readyz`` and ``/metrics``. The protocol is in ``docs/exchange.md``, the limits
+in ``docs/limits.md``.
 Everything a terminal sends goes through the routing core; this module only moves bytes,
 keeps time, persists batches to :class:`~hotline.exchange.store.ExchangeStore` and counts.
 A connection that misbehaves is closed with a reason; nothing it sends can stop the server
@@ -66,7 +67,7 @@ from hotline.exchange.frames import (
     encode_frame,
     is_loopback,
 )
-from hotline.exchange.metrics import Metrics
+from hotline.exchange.metrics import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Metrics
 from hotline.exchange.routing import Limits, Refused, Router, Session
 from hotline.exchange.store import Event, ExchangeStore, WriteBatch
 from hotline.httplog import HttpErrorLog
@@ -155,7 +156,7 @@ class ExchangeServer:
         self.http_log = HttpErrorLog(
             logger, lambda reason: self.metrics.inc("bad_http_requests_total", reason)
         )
-        self.metrics.gauge("connections", lambda: len(self._all))
+        self.metrics.gauge("open_connections", lambda: len(self._all))
         self.metrics.gauge("terminals_online", lambda: len(self._conns))
         self.metrics.gauge("lines", lambda: len(self.router.lines()))
         self.metrics.gauge("pending_envelopes", self.router.pending_count)
@@ -225,6 +226,8 @@ class ExchangeServer:
         app.router.add_get(WS_PATH, self._ws_handler)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -292,13 +295,45 @@ class ExchangeServer:
         return web.json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        del request
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            text, content_type = self.metrics.render_openmetrics(), OPENMETRICS_CONTENT_TYPE
+        else:
+            text, content_type = self.metrics.render(), TEXT_CONTENT_TYPE
         return web.Response(
-            text=self.metrics.render(),
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=text.encode("utf-8"),
+            headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"},
         )
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        """The process answers (its event loop runs): restart it if this fails."""
+        del request
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready to serve terminals: 200 if every check passes, else 503 naming the failed
+        ones (route no terminal here, but do not restart: it may be the disk)."""
+        del request
+        checks = self.readiness()
+        ready = all(ok for ok, _ in checks.values())
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "checks": {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()},
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    def readiness(self) -> dict[str, tuple[bool, str]]:
+        """``/readyz``'s checks: the store answers, charters are loaded, the port listens."""
+        try:
+            self.store.check()
+            store = (True, str(self.config.db_path))
+        except StateError as exc:
+            store = (False, str(exc))
+        lines = self.router.lines()
+        return {
+            "store": store,
+            "charters": (bool(lines), f"{len(lines)} line(s)" if lines else "no charter"),
+            "listening": (self._runner is not None and self.port > 0, self.url or "not yet"),
+        }
 
     # --- connections --------------------------------------------------------------------
 
@@ -731,6 +766,7 @@ class ExchangeServer:
                     return
                 for p in entries:
                     await ws.send_bytes(encode_deliver(p.delivery_id, p.data))
+                    self.metrics.observe("delivery_latency_seconds", time.time() - p.accepted_at)
                 self.metrics.inc("deliveries_sent_total", n=len(entries))
         except (ConnectionError, RuntimeError):
             return  # the reader notices the closed connection and cleans up
@@ -763,7 +799,9 @@ class ExchangeServer:
                 reports.append((conn, conn.accepted_seq))
                 conn.accepted_seq = None
         if batch:
+            started = time.perf_counter()
             self.store.write(batch, next_ids=self.router.next_ids())
+            self.metrics.observe("store_flush_seconds", time.perf_counter() - started)
             self.metrics.inc("store_flushes_total")
         for conn, seq in reports:
             self._queue(conn, encode_frame(Accepted(seq)))

@@ -174,6 +174,13 @@ class ExchangeStore:
         self.charters.close()
         self._db.close()
 
+    def check(self) -> None:
+        """Raise :class:`StateError` unless the store answers a query (readiness)."""
+        try:
+            self._db.execute("SELECT COUNT(*) FROM exchange_meta").fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: the exchange store does not answer: {exc}") from exc
+
     # --- charters ----------------------------------------------------------------------
 
     def accept_charter(self, signed: SignedCharter, *, reanchor: bool = False) -> SignedCharter:

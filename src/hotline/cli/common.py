@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from hotline.errors import UsageError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -39,3 +42,22 @@ class LogLevel(StrEnum):
     info = "info"
     warning = "warning"
     error = "error"
+
+
+def install_unit(name: str, out: Path | None, command: str | None, force: bool) -> None:
+    """Print the systemd unit ``name`` on stdout, or write it to ``out`` (mode 0644)."""
+    from hotline.units import render  # noqa: PLC0415
+
+    text = render(name, command)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    if out.is_dir():
+        out = out / name
+    if out.exists() and not force:
+        raise UsageError(f"{out}: already exists; give --force to replace it")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(0o644)
+    tmp.replace(out)
+    err_console.print(f"wrote {out}; then: systemctl daemon-reload", markup=False, soft_wrap=True)

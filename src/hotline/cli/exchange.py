@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from hotline import __version__, pidlock
+from hotline import __version__, pidlock, sdnotify
 from hotline.charter import SignedCharter, load_charter
-from hotline.cli.common import LogFormat, LogLevel, console, print_json
+from hotline.cli.common import LogFormat, LogLevel, console, install_unit, print_json
 from hotline.errors import UsageError
 from hotline.exchange import tls
 from hotline.exchange.config import (
@@ -30,6 +30,7 @@ from hotline.exchange.routing import Limits
 from hotline.exchange.store import read_events
 from hotline.logs import lifecycle, rfc3339, setup_logging
 from hotline.signals import until_terminated
+from hotline.units import EXCHANGE_UNIT
 
 app = typer.Typer(
     help=(
@@ -68,6 +69,30 @@ def init(
             f"created {directory / tls.CERT_FILE} and {directory / tls.KEY_FILE}", markup=False
         )
         console.print(f"TLS fingerprint: {fingerprint}", soft_wrap=True)
+
+
+@app.command("install-unit")
+def install_unit_command(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the unit here (a file, or a folder such as /etc/systemd/system) "
+            "instead of printing it.",
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--hotline",
+            help="The command systemd runs (default: this installation's hotline, absolute).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """The systemd unit hotline-exchange.service (Type=notify, Restart=on-failure,
+    sandboxed): printed, or written to --out. Its comments say how to install it."""
+    install_unit(EXCHANGE_UNIT, out, command, force)
 
 
 @app.command("fingerprint")
@@ -340,6 +365,7 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
                 version=__version__,
                 config={r["key"]: r["value"] for r in settings.rows()},
             )
+            sdnotify.ready(f"serving {len(server.router.lines())} line(s) on {server.url}")
             if json_output:
                 sys.stdout.write(listening_line(server) + "\n")
                 sys.stdout.flush()
@@ -350,6 +376,7 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         try:
             await until_terminated(ready)
         finally:
+            sdnotify.stopping()
             await server.stop()
             lifecycle(
                 "exchange_stopped",

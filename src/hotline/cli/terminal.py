@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from hotline.charter import Role
-from hotline.cli.common import LogFormat, LogLevel, console, print_json
+from hotline.cli.common import LogFormat, LogLevel, console, install_unit, print_json
 from hotline.errors import UsageError
 from hotline.keys import PASSPHRASE_CREDENTIAL, PASSPHRASE_ENV, read_passphrase
 from hotline.provision import (
@@ -20,6 +20,7 @@ from hotline.provision import (
     load_terminal_record,
 )
 from hotline.terminal.config import TERMINAL_OPTIONS
+from hotline.units import TERMINAL_UNIT
 
 app = typer.Typer(
     help=(
@@ -115,6 +116,31 @@ def _opt(key: str, text: str | None = None) -> str:
     option = _OPTIONS[key]
     text = text or f"{option.help[0].upper()}{option.help[1:]}."
     return f"{text} File: {key} (default: {option.default!r})."
+
+
+@app.command("install-unit")
+def install_unit_command(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the unit here (a file, or a folder such as /etc/systemd/system) "
+            "instead of printing it.",
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--hotline",
+            help="The command systemd runs (default: this installation's hotline, absolute).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """The systemd unit hotline-terminal@.service, one instance per terminal id
+    (Type=notify, Restart=on-failure, sandboxed, the passphrase through LoadCredential=):
+    printed, or written to --out. Its comments say how to install it."""
+    install_unit(TERMINAL_UNIT, out, command, force)
 
 
 @app.command("run")

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hotline import __version__, pidlock
+from hotline import __version__, pidlock, sdnotify
 from hotline.call.session import MediaSettings
 from hotline.charter import load_charter
 from hotline.errors import UsageError
@@ -166,6 +166,7 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
             pid=os.getpid(),
             version=__version__,
         )
+        sdnotify.ready(f"terminal {daemon.terminal_id}; control API on {url}")
         sys.stdout.write(
             json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
         )
@@ -174,6 +175,7 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
     try:
         await until_terminated(ready)
     finally:
+        sdnotify.stopping()
         await daemon.stop()
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):

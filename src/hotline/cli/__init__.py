@@ -38,6 +38,8 @@ _GROUPS: list[tuple[str, str]] = [
     ("exchange", "exchange"),
     ("call", "call"),
     ("demo", "demo"),
+    ("backup", "backup"),
+    ("restore", "restore"),
 ]
 
 

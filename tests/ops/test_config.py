@@ -213,3 +213,12 @@ def test_terminal_run_takes_charter_and_port_from_its_file(tmp_path: Path) -> No
     result = hotline("terminal", "run", "-t", str(alpha))
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: no charter: give --charter FILE")
+
+
+@pytest.mark.slow
+def test_version_flag() -> None:
+    from hotline import __version__
+
+    for args in (["--version"], ["version"]):
+        result = hotline(*args)
+        assert result.returncode == 0 and result.stdout.strip() == __version__

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 import traceback
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -52,8 +53,24 @@ def _register() -> None:
             app.command(name=name)(module.command)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the Hotline version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Hotline: a secure, end-to-end encrypted video line between governments."""
 
 

@@ -4,10 +4,15 @@ A service with ``Type=notify`` tells systemd it is ready by sending ``READY=1`` 
 datagram to the unix socket named by ``$NOTIFY_SOCKET`` (a path, or ``@name`` for an
 abstract socket); ``STOPPING=1`` when it begins to stop, ``STATUS=...`` for ``systemctl
 status``. Without ``$NOTIFY_SOCKET`` (not under systemd) nothing is sent.
+
+With ``WatchdogSec=`` in the unit systemd sets ``$WATCHDOG_USEC``; :func:`keep_alive` then
+sends ``WATCHDOG=1`` at half that interval from the event loop, so that a process whose
+loop hangs is killed and restarted (``Restart=on-failure``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -47,3 +52,23 @@ def ready(status: str) -> bool:
 
 def stopping(status: str = "stopping") -> bool:
     return notify("STOPPING=1", f"STATUS={status}")
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between two ``WATCHDOG=1``: half of ``$WATCHDOG_USEC``, or None when systemd
+    asked for none (or asked another process: ``$WATCHDOG_PID``)."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+async def keep_alive() -> None:
+    """Feed systemd's watchdog until cancelled (returns at once if there is none)."""
+    interval = watchdog_interval()
+    if interval is None:
+        return
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

@@ -71,6 +71,16 @@ def test_sd_notify_on_a_real_socket(
     assert sdnotify.ready("x") is False  # logged, not fatal
 
 
+def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    assert sdnotify.watchdog_interval() is None
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    assert sdnotify.watchdog_interval() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # meant for another process
+    assert sdnotify.watchdog_interval() is None
+
+
 @pytest.mark.slow
 async def test_exchange_says_ready_only_when_it_is(
     tmp_path: Path, notify_socket: tuple[socket.socket, str]
@@ -78,19 +88,27 @@ async def test_exchange_says_ready_only_when_it_is(
     sock, path = notify_socket
     line = make_line(tmp_path, 2)
     serving = serve_exchange(
-        tmp_path / "x", "--charter", str(line.path), env={"NOTIFY_SOCKET": path}
+        tmp_path / "x",
+        "--charter",
+        str(line.path),
+        env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"},  # WatchdogSec=0.4s
     )
     try:
         ready = received(sock)
         assert ready["READY"] == "1" and ready["MAINPID"] == str(serving.proc.pid)
         assert ready["STATUS"] == f"serving 1 line(s) on {serving.url}"
+        # then the watchdog is fed, every 0.2 s
+        assert received(sock) == {"WATCHDOG": "1"}
+        assert received(sock) == {"WATCHDOG": "1"}
         # READY=1 meant it: readyz agrees
         async with aiohttp.ClientSession() as http, http.get(serving.http + "/readyz") as resp:
             assert resp.status == 200
     finally:
         code, _ = serving.stop()
     assert code == 0
-    assert received(sock)["STOPPING"] == "1"
+    while (last := received(sock)) == {"WATCHDOG": "1"}:
+        pass
+    assert last["STOPPING"] == "1"
 
 
 @pytest.mark.slow

@@ -96,6 +96,12 @@ def test_terminal_file_run_options_and_checks() -> None:
         parse_terminal_config(b"[terminal]\ncontrol_port = 70000", default_name="t")
     with pytest.raises(ConfigError, match=r"unknown setting terminal.colour"):
         parse_terminal_config(b"[terminal]\ncolour = 1", default_name="t")
+    # --no-auto-answer overrides a file's true (False is a value, not "not given")
+    off = resolve(
+        TERMINAL_OPTIONS, {"terminal.auto_answer": True}, "f", {"terminal.auto_answer": False}
+    )
+    assert off["terminal.auto_answer"].value is False
+    assert off["terminal.auto_answer"].source == COMMAND_LINE
     # the command line is checked as strictly, and names the flag
     with pytest.raises(UsageError, match=r"--control-port 99999: expected a number from 0"):
         resolve(TERMINAL_OPTIONS, {}, None, {"terminal.control_port": 99999})

@@ -250,7 +250,7 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
     db: Annotated[Path | None, typer.Option("--db", help=_opt("exchange.db"))] = None,
     insecure_loopback: Annotated[
         bool | None,
-        typer.Option("--insecure-loopback", help=_opt("exchange.insecure_loopback")),
+        typer.Option("--insecure-loopback/--tls", help=_opt("exchange.insecure_loopback")),
     ] = None,
     json_output: Annotated[
         bool,

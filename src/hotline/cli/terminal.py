@@ -173,7 +173,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     auto_answer: Annotated[
         bool | None,
         typer.Option(
-            "--auto-answer",
+            "--auto-answer/--no-auto-answer",
             help=_opt("terminal.auto_answer", "Answer every call at once (unattended)."),
         ),
     ] = None,

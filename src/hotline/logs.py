@@ -29,7 +29,7 @@ _FIXED = ("ts", "level", "event", "logger", "message")
 LIFECYCLE = "hotline.lifecycle"
 
 
-def event(name: str, **fields: object) -> dict[str, Any]:
+def event(name: str, /, **fields: object) -> dict[str, Any]:
     """``extra=`` for a logging call: ``log.warning("...", extra=event("refused", reason=r))``."""
     return {_EVENT: name, _FIELDS: fields}
 

@@ -47,11 +47,14 @@ def test_json_lines_are_one_object_each_and_fields_never_override() -> None:
         )
         log.info("plain")
         log.debug("hidden")
+        log.info("ringing", extra=event("ringing", name="Sochi", call={"id": "c1"}))
     finally:
         logging.getLogger().handlers.clear()
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    first, second = json_lines(stream.getvalue())
+    assert len(lines) == 3
+    first, second, third = json_lines(stream.getvalue())
+    assert third["event"] == "ringing" and third["name"] == "Sochi"
+    assert third["call"] == {"id": "c1"}
     assert first["event"] == "auth_failed" and first["source"] == "10.0.0.7"
     assert first["level"] == "warning" and first["message"] == "two\nlines x"
     assert first["component"] == "test" and first["logger"] == "hotline.test"

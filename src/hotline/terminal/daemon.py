@@ -37,6 +37,7 @@ from hotline.exchange.client import (
     PresenceChanged,
 )
 from hotline.keys import SigningKey
+from hotline.logs import event
 from hotline.media.sources import open_source
 from hotline.terminal.config import TerminalConfig
 
@@ -165,7 +166,7 @@ class TerminalDaemon:
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         self._event_seq += 1
         self.events.append({**data, "seq": self._event_seq, "time": time.time(), "kind": kind})
-        log.info("%s %s", kind, data)
+        log.info("%s %s", kind, data, extra=event(kind, **data))
 
     def events_since(self, seq: int) -> list[dict[str, Any]]:
         return [e for e in self.events if e["seq"] > seq]
@@ -399,7 +400,7 @@ class TerminalDaemon:
 
     def _count_rejection(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("refused: %s", detail)
+        log.warning("refused: %s", detail, extra=event("refused", reason=reason))
         self.emit("rejected", {"reason": reason, "detail": detail})
 
     async def _tick(self) -> None:

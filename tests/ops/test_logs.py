@@ -166,6 +166,8 @@ def test_terminal_json_logs_a_pin_mismatch_as_a_warning(tmp_path: Path) -> None:
     events = [d["event"] for d in lines]
     assert events[0] == "terminal_started" and events[-1] == "terminal_stopped", events
     assert lines[0]["terminal"] == "alpha" and lines[0]["exchange"] == url
+    assert lines[0]["config"]["log.format"] == "json"
+    assert lines[0]["config"]["terminal.charter"] == str(charter)
     mismatch = next(d for d in lines if d["event"] == "tls_pin_mismatch")
     assert mismatch["level"] == "warning" and mismatch["reason"] == "tls_pin"
     assert mismatch["url"] == url and mismatch["terminal"] == "alpha"

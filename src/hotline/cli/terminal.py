@@ -294,4 +294,5 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         value("terminal.control_port"),
         log_format=value("log.format"),
         log_level=value("log.level"),
+        settings={r["key"]: r["value"] for r in settings.rows()},
     )

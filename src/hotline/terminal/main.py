@@ -135,7 +135,9 @@ def hold_single_instance(state: Path) -> int:
     return pidlock.hold(state / LOCK_FILE, f"{state.parent}: this terminal is already running")
 
 
-async def serve(config: DaemonConfig, control_port: int = 0) -> None:
+async def serve(
+    config: DaemonConfig, control_port: int = 0, settings: dict[str, Any] | None = None
+) -> None:
     lock = hold_single_instance(config.state)
     aiortc_patch.install()
     engine.set_ice_addresses(ice_address_policy(config.interfaces))
@@ -165,6 +167,7 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
             control=url,
             pid=os.getpid(),
             version=__version__,
+            config=settings,
         )
         sdnotify.ready(f"terminal {daemon.terminal_id}; control API on {url}")
         sys.stdout.write(
@@ -196,6 +199,7 @@ def run(
     *,
     log_format: str = "text",
     log_level: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     setup_logging(
         log_format,
@@ -203,4 +207,4 @@ def run(
         static={"component": "terminal", "terminal": config.terminal_id},
         prefix=config.terminal_id,
     )
-    asyncio.run(serve(config, control_port))
+    asyncio.run(serve(config, control_port, settings))

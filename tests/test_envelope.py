@@ -298,3 +298,28 @@ def test_fast_parser_accepts_exactly_the_canonical_layout(
     # the signed bytes cut from the wire are the canonical encoding without the signature
     without = {k: v for k, v in reference.items() if k != "sig"}
     assert fast.signed_bytes() == ENVELOPE_LABEL + encode(without)
+
+
+def test_tracker_window_takes_reordered_envelopes_once() -> None:
+    """An exchange that swaps two envelopes (an SDP offer before the key agreement it
+    follows) must not break a call: within the window each is taken, each only once."""
+    tracker = SequenceTracker(window=4)
+    a = NAMES["a"]
+    tracker.record(a, 10)
+    tracker.record(a, 12)
+    tracker.record(a, 11)  # late, never seen: taken
+    with pytest.raises(ReplayError):
+        tracker.record(a, 11)  # but only once
+    with pytest.raises(ReplayError):
+        tracker.record(a, 12)
+    for seq in (13, 14, 15):
+        tracker.record(a, seq)
+    # the window holds 12..15 now: 10 and 11 fell out, anything at or below is refused
+    with pytest.raises(ReplayError):
+        tracker.record(a, 9)
+    assert tracker.highest(a) == 15
+    # after a restart from the snapshot: nothing at or below the highest, window or not
+    restored = SequenceTracker(tracker.snapshot(), window=4)
+    with pytest.raises(ReplayError):
+        restored.record(a, 14)
+    restored.record(a, 16)

@@ -28,6 +28,7 @@ This module does no I/O and imports no asyncio.
 
 from __future__ import annotations
 
+import bisect
 import re
 import struct
 from collections.abc import Mapping
@@ -408,26 +409,47 @@ class SequenceCounter:
 
 
 class SequenceTracker:
-    """Per-sender highest accepted sequence number; refuses duplicates and reordering."""
+    """Per-sender sequence numbers: refuses duplicates, and anything at or below the
+    highest number accepted — except, with ``window`` > 0, a number not seen yet among the
+    ``window`` most recent ones (an exchange, or a network, that reorders a few envelopes
+    must not break a call). Memory per sender is bounded by ``window``. After a restart
+    (constructed from :meth:`snapshot`) nothing at or below the persisted highest number is
+    accepted again."""
 
-    __slots__ = ("_highest",)
+    __slots__ = ("_floor", "_highest", "_recent", "_window")
 
-    def __init__(self, highest: Mapping[str, int] | None = None) -> None:
+    def __init__(self, highest: Mapping[str, int] | None = None, *, window: int = 0) -> None:
         self._highest: dict[str, int] = dict(highest or {})
+        self._floor: dict[str, int] = dict(self._highest)
+        self._recent: dict[str, list[int]] = {}
+        self._window = window
 
     def check(self, sender: str, seq: int) -> None:
-        """Raise :class:`ReplayError` unless ``seq`` is above every number accepted from
-        ``sender`` so far (reason ``replay``; the message says duplicate or behind)."""
+        """Raise :class:`ReplayError` unless ``seq`` may be accepted from ``sender`` (reason
+        ``replay``; the message says duplicate or behind)."""
         last = self._highest.get(sender)
         if last is None or seq > last:
             return
         if seq == last:
             raise ReplayError(f"duplicate sequence number from {sender}")
+        recent = self._recent.get(sender, [])
+        if seq in recent:
+            raise ReplayError(f"duplicate sequence number from {sender}")
+        floor = self._floor.get(sender)
+        if self._window and (floor is None or seq > floor):
+            return  # out of order, within the window, never seen: accepted
         raise ReplayError(f"sequence number from {sender} is behind {last}")
 
     def record(self, sender: str, seq: int) -> None:
         self.check(sender, seq)
-        self._highest[sender] = seq
+        if seq > self._highest.get(sender, seq - 1):
+            self._highest[sender] = seq
+        if self._window:
+            recent = self._recent.setdefault(sender, [])
+            bisect.insort(recent, seq)
+            if len(recent) > self._window:
+                evicted = recent.pop(0)  # from now on, nothing at or below it
+                self._floor[sender] = max(self._floor.get(sender, evicted), evicted)
 
     def accept(self, envelope: Envelope) -> None:
         """Check and record ``envelope``'s sequence number."""
@@ -442,3 +464,5 @@ class SequenceTracker:
 
     def forget(self, sender: str) -> None:
         self._highest.pop(sender, None)
+        self._floor.pop(sender, None)
+        self._recent.pop(sender, None)

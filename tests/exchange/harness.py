@@ -380,6 +380,10 @@ class MitmExchange:
                 self._delivery += 1
                 await ws.send_bytes(encode_frame(Deliver(self._delivery, env.raw)))
 
+    async def send_frame(self, terminal: str, frame: ServerFrame) -> None:
+        """Send any frame to ``terminal`` (a forged reject, presence...)."""
+        await self.sockets[terminal].send_bytes(encode_frame(frame))
+
     async def release(self, which: Callable[[Envelope], bool] = lambda env: True) -> int:
         """Deliver the withheld envelopes ``which`` selects, in order; how many."""
         chosen = [env for env in self.held if which(env)]

@@ -5,7 +5,9 @@ envelopes, presence of strangers and bad charters, and still acknowledges them."
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +23,11 @@ from hotline.exchange.client import (
     EnvelopeRejected,
     ExchangeClient,
     PresenceChanged,
+    Refusal,
 )
 from hotline.exchange.frames import (
+    PROTOCOL_REASONS,
+    UNLISTED_REASON,
     WS_PATH,
     Ack,
     AdvertisedLimits,
@@ -46,8 +51,11 @@ from .lines import Line, make_line
 class HostileExchange:
     """Admits anyone, then sends whatever frames the test scripted."""
 
-    def __init__(self, script: list[ServerFrame]) -> None:
+    def __init__(self, script: list[ServerFrame], exchange_ids: list[str] | None = None) -> None:
         self.script = script
+        #: the exchange id of each connection's challenge in turn (then the last again)
+        self.exchange_ids = exchange_ids or ["hostile"]
+        self.connections = 0
         self.received: list[object] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -65,8 +73,13 @@ class HostileExchange:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         limits = AdvertisedLimits(65536, 1000.0, 1000, 60.0)
-        await ws.send_bytes(encode_frame(Challenge(os.urandom(32), "hostile", "store", limits)))
-        hello = decode_client_frame((await ws.receive()).data, 4096)
+        exchange_id = self.exchange_ids[min(self.connections, len(self.exchange_ids) - 1)]
+        self.connections += 1
+        await ws.send_bytes(encode_frame(Challenge(os.urandom(32), exchange_id, "store", limits)))
+        msg = await ws.receive()
+        if msg.type is not WSMsgType.BINARY:
+            return ws  # the terminal refused the challenge
+        hello = decode_client_frame(msg.data, 4096)
         assert isinstance(hello, Hello)
         await ws.send_bytes(encode_frame(Welcome(hello.terminal_id, frozenset(), None, 1)))
         for frame in self.script:
@@ -178,3 +191,76 @@ async def test_exchange_id_must_match_the_pin(
         await client.start()
     assert info.value.reason == "exchange_id"
     assert exchange.received == []  # no hello was signed or sent
+
+
+async def test_forged_reject_reasons_become_a_fixed_set(
+    tmp_path: Path, hostile: list[HostileExchange]
+) -> None:
+    """Rejects with reasons and recipients of the exchange's making (seeded random text):
+    the client reports them with the protocol's reasons only, as terminals of the charter
+    only, and its counters stay a fixed set (issue 9, point 11)."""
+    seed = int(os.environ.get("HOTLINE_HOSTILE_SEED", "1011"))
+    print(f"hostile seed {seed}")
+    rng = random.Random(seed)
+    line = make_line(tmp_path, 3)
+    script: list[ServerFrame] = [
+        Reject(
+            rng.choice([None, rng.randrange(1, 10**6)]),
+            rng.choice(["replay", "queue_full", rng.randbytes(rng.randrange(1, 900)).hex()]),
+            rng.choice([None, "t1", rng.randbytes(20).hex()]),
+        )
+        for _ in range(400)
+    ]
+    exchange = HostileExchange(script)
+    hostile.append(exchange)
+    await exchange.start()
+    client = ExchangeClient(
+        exchange.url, charter=line.signed, terminal_id="t0", key=line.keys["t0"]
+    )
+    await client.start()
+    try:
+        events = [e for e in await _events(client) if isinstance(e, EnvelopeRejected)]
+        assert len(events) == 400  # every one reported, the charter rejects too
+        assert {e.reason for e in events} <= PROTOCOL_REASONS | {UNLISTED_REASON}
+        assert {e.recipient for e in events} <= {None, "t1"}
+        assert len(client.stats) <= 8, dict(client.stats)
+    finally:
+        await client.close()
+
+
+async def test_a_foreign_exchange_id_on_reconnection_is_loud(
+    tmp_path: Path, hostile: list[HostileExchange], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first connection names the pinned exchange; after a drop the same address
+    names another one (an exchange relaying another's challenge): refused, logged at
+    WARNING, reported as an event (issue 9, point 8)."""
+    line = make_line(tmp_path, 2)
+    pin = "sha256:" + "11" * 32
+    exchange = HostileExchange([], exchange_ids=[pin, "sha256:" + "22" * 32])
+    hostile.append(exchange)
+    await exchange.start()
+    client = ExchangeClient(
+        exchange.url,
+        charter=line.signed,
+        terminal_id="t0",
+        key=line.keys["t0"],
+        tls_fingerprint=pin,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    await client.start()
+    try:
+        assert exchange.runner is not None
+        for ws in list(exchange.runner.server.connections if exchange.runner.server else []):
+            ws.force_close()
+        events: list[ClientEvent] = []
+        for _ in range(40):
+            events += await _events(client, quiet=0.1)
+            if any(isinstance(e, Refusal) for e in events):
+                break
+        refusals = [e for e in events if isinstance(e, Refusal)]
+        assert refusals and refusals[0].reason == "exchange_id"
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any("exchange" in r.getMessage() and "id" in r.getMessage() for r in warnings)
+    finally:
+        await client.close()

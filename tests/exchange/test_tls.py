@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from hotline.errors import KeyStorageError, TLSPinMismatch, UsageError
 from hotline.exchange import tls
-from hotline.exchange.client import ExchangeClient
+from hotline.exchange.client import ExchangeClient, Refusal
 
 from .harness import Harness, free_port, receive_envelopes
 from .lines import make_line
@@ -96,3 +97,40 @@ def test_client_refuses_unpinned_or_plain_remote(tmp_path: Path) -> None:
         )
     ok = ExchangeClient("ws://localhost:9", **args)  # type: ignore[arg-type]
     assert ok.url == "ws://localhost:9/v1/exchange"
+
+
+async def test_a_pin_mismatch_on_reconnection_is_loud(
+    tmp_path: Path, harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exchange's certificate changes while a terminal is connected (another server on
+    its address): every reconnection is refused, logged at WARNING and reported as an
+    event the terminal counts (issue 9, point 8)."""
+    pinned = tls.create_certificate(tmp_path / "real")
+    impostor = tmp_path / "impostor"
+    tls.create_certificate(impostor)
+    port = free_port()
+    url = f"wss://127.0.0.1:{port}"
+    line = make_line(tmp_path, 2, exchanges=[f"{url}#{pinned}"])
+    real = await harness.server([line], tls_dir=tmp_path / "real", port=port)
+    client = await harness.client(url, line, "t0")
+    harness.servers.remove(real)
+    await real.stop()
+    await harness.server([line], tls_dir=impostor, port=port, db=tmp_path / "other.db")
+    refusals: list[Refusal] = []
+
+    async def refused() -> bool:
+        while True:
+            try:
+                event = await client.next_event(timeout=0.05)
+            except TimeoutError:
+                return bool(refusals)
+            if isinstance(event, Refusal):
+                refusals.append(event)
+
+    for _ in range(100):
+        if await refused():
+            break
+    assert refusals and refusals[0].reason == "tls_pin"
+    assert client.stats["tls_pin_mismatch"] >= 1
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("TLS" in r.getMessage() for r in warnings)

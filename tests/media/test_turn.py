@@ -41,6 +41,18 @@ def test_shared_secret_credentials_follow_coturns_rest_scheme() -> None:
     assert "north-secret" not in repr(creds) and "pw" not in repr(StaticCredentials("u", "pw"))
 
 
+def test_relays_that_failed_lately_are_tried_last() -> None:
+    a, b, c = (TurnRelay(f"turn:r{i}:3478", StaticCredentials("u", "p")) for i in range(3))
+    history = turn.RelayHistory(remember_s=30)
+    assert history.order((a, b, c), now=100) == (a, b, c)
+    history.failed(a.url, now=100)
+    history.failed(b.url, now=110)
+    assert history.order((a, b, c), now=120) == (c, a, b)  # charter order among the failed
+    assert history.order((a, b, c), now=135) == (a, c, b)  # a's failure is forgotten
+    history.succeeded(b.url)
+    assert history.order((a, b, c), now=136) == (a, b, c)
+
+
 def static(url: str, user: str = "sochi", password: str = "pw-sochi") -> TurnRelay:
     return TurnRelay(url, StaticCredentials(user, password))
 
@@ -73,7 +85,9 @@ async def test_probe_and_select_in_charter_order(tmp_path: Path) -> None:
     ):
         took = await turn.probe_relay(static(one.url))
         assert 0 < took < 0.5
-        settings = IceSettings(relays=(static(one.url), static(two.url)), relay_only=True)
+        settings = IceSettings(
+            relays=(static(one.url), static(two.url)), relay_only=True, probe_timeout_s=2.0
+        )
         chosen = await turn.select_ice(settings)
         assert chosen.turn is not None and chosen.turn.url == one.url
         # the first relay dies: the next peer connection built moves to the second
@@ -83,11 +97,18 @@ async def test_probe_and_select_in_charter_order(tmp_path: Path) -> None:
         assert chosen.turn is not None and chosen.turn.url == two.url
         assert chosen.relay_only
         assert time.monotonic() - start < settings.probe_timeout_s + 1.0
+        # the next choice (a rebuild, the next call) does not wait for the dead relay again
+        start = time.monotonic()
+        again = await turn.select_ice(settings)
+        assert again.turn is not None and again.turn.url == two.url
+        assert time.monotonic() - start < 1.0  # well under the dead relay's 2 s timeout
+        # TURN over TCP to the same relay
+        assert await turn.probe_relay(static(f"turn:127.0.0.1:{two.port}?transport=tcp")) < 0.5
         # wrong credentials: a clear refusal at once, not a hang
         start = time.monotonic()
         with pytest.raises(RelayUnavailable, match=r"refused this site's credentials \(401"):
             await turn.probe_relay(static(two.url, password="wrong"))
-        assert time.monotonic() - start < 0.5
+        assert time.monotonic() - start < 1.0
         bad = IceSettings(relays=(static(dead_relay_url()), static(two.url, password="x")),
                           relay_only=True, probe_timeout_s=0.3)  # fmt: skip
         with pytest.raises(RelayUnavailable) as refused:
@@ -125,7 +146,12 @@ async def test_relay_only_call_carries_e2ee_media_and_the_relay_sees_only_srtp(
                 await connect(a, b)
                 for side in (a, b):
                     # no host address of either side is ever offered
-                    assert candidate_types(side.pc.localDescription.sdp) == {"relay"}
+                    sdp = side.pc.localDescription.sdp
+                    assert candidate_types(sdp) == {"relay"}
+                    # nor its address as seen by the relay (the related address is hidden)
+                    related = [ln.split(" raddr ")[1].split()[0]
+                               for ln in sdp.splitlines() if " raddr " in ln]  # fmt: skip
+                    assert related and set(related) == {"0.0.0.0"}
                 assert await b.video_sink.wait_for(20, timeout=20)
                 assert await a.video_sink.wait_for(20, timeout=20)
                 assert await b.audio_sink.wait_for(2, timeout=10)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 from aiortc.codecs.vpx import Vp8Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hotline.media import video_guard as vg
 from hotline.media.video_guard import (
@@ -164,7 +166,7 @@ def test_nack_retries_with_a_bound_and_learns_the_round_trip() -> None:
     n.on_packet(11, TS_STEP, 0.09)  # answered on the first try after 80 ms
     assert n.rtt_s == pytest.approx(0.08)
     retry = n.retry_s
-    assert retry == pytest.approx(0.12)
+    assert retry == pytest.approx(1.1 * 0.08 + 0.01)
     assert n.due(0.01 + retry) == [12]  # 12 asked again
     t = 0.01 + retry
     asked = 3  # 11 and 12, then 12 again
@@ -218,21 +220,22 @@ def test_guard_sequence_loss_then_recovery() -> None:
     requests = 0
     nacks: list[int] = []
 
-    def deliver(s: Sent, now: float, key: bool = False) -> None:
+    keys = {0, 9}  # the frames the sender encoded as key frames
+
+    def deliver(s: Sent, now: float) -> None:
         nonlocal requests
         for p in s.packets:
             nacks.extend(guard.on_nack_point(p.seq, p.timestamp, now))
             out = guard.on_packet(p, now)
             requests += out.request_keyframe
             for frame in out.frames:
-                decision = guard.gate.on_frame(
-                    key and frame is out.frames[-1], frame.discontinuous, now
-                )
+                key = frame.timestamp // TS_STEP in keys
+                decision = guard.gate.on_frame(key, frame.discontinuous, now)
                 requests += decision.request_keyframe
                 if decision.show:
                     shown.append(frame.timestamp // TS_STEP)
 
-    deliver(f[0], 0.0, key=True)
+    deliver(f[0], 0.0)
     for s in f[1:4]:
         deliver(s, s.frame / 15)
     # frame 4 lost: 5, 6, 7, 8 arrive
@@ -241,9 +244,90 @@ def test_guard_sequence_loss_then_recovery() -> None:
     assert f[4].packets[0].seq in nacks and f[4].packets[1].seq in nacks
     assert shown == [0, 1, 2, 3]  # 5.. never shown: their reference (4) is missing
     assert requests >= 1
-    deliver(f[9], 9 / 15, key=True)  # the key frame asked for
+    deliver(f[9], 9 / 15)  # the key frame asked for
     deliver(f[10], 10 / 15)
     assert shown == [0, 1, 2, 3, 9, 10]
     c = guard.counters()
     assert c.get("holes_abandoned", 0) + c.get("stale_holes_skipped", 0) == 1
     assert c["frames_withheld"] >= 1 and c["nacked_packets"] >= 2
+
+
+def test_an_overdue_retransmission_asks_for_a_key_frame_while_the_hole_waits() -> None:
+    guard = VideoReceiveGuard()  # RTT 100 ms until measured: early after 140 ms
+    f = stream(10, per_frame=1)
+    for s in f[:2]:
+        assert guard.on_packet(s.packets[0], s.frame / 30).frames
+    requests = []
+    for s in f[3:7]:  # frame 2 lost; later frames held
+        out = guard.on_packet(s.packets[0], s.frame * 0.05)
+        assert out.frames == []
+        requests.append(out.request_keyframe)
+    assert requests == [False, False, False, True]  # 140 ms after the hole was seen
+    assert guard.assembler.counters["keyframes_asked_early"] == 1
+    out = guard.on_packet(f[2].packets[0], 0.33)  # the retry got through after all
+    assert [fr.timestamp // TS_STEP for fr in out.frames] == [2, 3, 4, 5, 6]
+    assert not any(fr.discontinuous for fr in out.frames)
+
+
+def test_a_key_frame_behind_a_hole_ends_the_wait_at_once() -> None:
+    asm, u = FrameAssembler(), SeqUnwrapper()
+    asm.wait_s = 10.0
+    f = stream(6, per_frame=1)
+    key_payload = Vp8Encoder._packetize(KEY, 12)[0]
+    d = parse_vp8_descriptor(key_payload)
+    key = VideoPacket(f[4].packets[0].seq, 4 * TS_STEP, True, d, key_payload[d.size :])
+    assert key.keyframe_hint and not f[3].packets[0].keyframe_hint
+    feed(asm, f[0].packets, 0.0, u)
+    assert feed(asm, f[2].packets + f[3].packets, 0.1, u) == []  # frame 1 lost: waiting
+    out = feed(asm, [key], 0.13, u)  # 30 ms later, far from any timeout
+    assert [fr.timestamp // TS_STEP for fr in out] == [4]
+    assert out[0].discontinuous and out[0].data == KEY
+    assert asm.counters["holes_skipped_to_keyframe"] == 1
+
+
+def test_padding_packets_fill_their_sequence_numbers() -> None:
+    asm, u = FrameAssembler(), SeqUnwrapper()
+    f = stream(3, per_frame=1, seq0=10)
+    f1 = [VideoPacket(11, TS_STEP, False, None, b""), *f[1].packets]  # a probe between frames
+    f1[1] = VideoPacket(12, TS_STEP, True, f[1].packets[0].descriptor, f[1].packets[0].data)
+    f2 = VideoPacket(13, 2 * TS_STEP, True, f[2].packets[0].descriptor, f[2].packets[0].data)
+    frames = feed(asm, [*f[0].packets, *f1, f2], 0.0, u)
+    assert [fr.timestamp // TS_STEP for fr in frames] == [0, 1, 2]
+    assert not any(fr.discontinuous for fr in frames)
+    assert asm.counters["padding_packets"] == 1 and asm.counters["holes_abandoned"] == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.booleans(), min_size=60, max_size=60),  # lost or not, per packet
+    st.lists(st.integers(0, 3), min_size=60, max_size=60),  # reordering distance
+    st.lists(st.booleans(), min_size=60, max_size=60),  # duplicated or not
+    st.integers(0, 65535),
+)
+def test_no_released_frame_is_mixed_or_falsely_continuous(
+    lost: list[bool], shift: list[int], dup: list[bool], seq0: int
+) -> None:
+    """Whatever the network does, a frame marked continuous follows its real predecessor."""
+    guard = VideoReceiveGuard()
+    sent = stream(20, per_frame=3, seq0=seq0)
+    by_ts = {s.frame * TS_STEP: b"".join(p.data for p in s.packets) for s in sent}
+    wire = [p for s in sent for p in s.packets]
+    order = sorted(range(len(wire)), key=lambda i: i + shift[i])
+    arrivals = []
+    for i in order:
+        if not lost[i]:
+            arrivals.append(wire[i])
+            if dup[i]:
+                arrivals.append(wire[i])
+    released = []
+    for k, p in enumerate(arrivals):
+        released += guard.on_packet(p, k * 0.011).frames
+    previous = None
+    for frame in released:
+        assert frame.data == by_ts[frame.timestamp]  # never a mix of packets
+        index = frame.timestamp // TS_STEP
+        if previous is not None:
+            assert index > previous  # in order, each at most once
+        if not frame.discontinuous and previous is not None:
+            assert index == previous + 1  # continuous means: nothing lost in between
+        previous = index

@@ -7,7 +7,7 @@
         a, b = lab.add_host("alpha"), lab.add_host("bravo")
         a.link.set(delay_ms=60, jitter_ms=10, loss=0.02)   # alpha's link, both directions
         a.link.outage(2.0)
-        a.run(["ping", "-c1", b.addr])
+        b.run(["ip", "addr"])  # inside bravo's namespace
 """
 
 from tests.netlab.impair import CLEAN, Counters, Direction, GilbertElliott, Impairment

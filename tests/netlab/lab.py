@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -263,6 +264,7 @@ class Lab:
         os.set_blocking(self._wake_r, False)
         self._stop = False
         self._closed = False
+        self.failure: BaseException | None = None
         reaper.sweep_stale()
         self._reaper = subprocess.Popen(
             [sys.executable, str(Path(reaper.__file__)), self.prefix],
@@ -308,6 +310,7 @@ class Lab:
 
     def counters(self) -> dict[str, dict[str, Counters]]:
         """A copy of every link's counters: ``counters()["alpha"]["egress"].forwarded``."""
+        self.check()
         return {name: h.link.counters() for name, h in self.hosts.items()}
 
     def report(self) -> dict[str, dict[str, dict[str, object]]]:
@@ -319,7 +322,19 @@ class Lab:
 
     # --- the forwarder --------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Raise if the forwarder has failed (then no packet moves: say so, loudly)."""
+        if self.failure is not None:
+            raise RuntimeError(f"the lab's forwarder failed: {self.failure!r}") from self.failure
+
     def _forward(self) -> None:
+        try:
+            self._forward_loop()
+        except BaseException as e:  # kept for check() and close(), and shown at once
+            self.failure = e
+            traceback.print_exc()
+
+    def _forward_loop(self) -> None:
         heap: list[tuple[float, int, int, bytes, Host]] = []
         seq = itertools.count()
         while not self._stop:
@@ -404,7 +419,7 @@ class Lab:
                 proc.terminate()
         for aproc in self.async_processes:
             if aproc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError, RuntimeError):  # loop gone
                     aproc.terminate()
         for proc in self.processes:
             try:
@@ -425,6 +440,7 @@ class Lab:
             self._reaper.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._reaper.wait(10)
+        self.check()
 
     def __enter__(self) -> Lab:
         return self

@@ -206,6 +206,7 @@ class LabLine(LocalLine):
         deadline = time.monotonic() + timeout
         statuses: Statuses = {}
         while time.monotonic() < deadline:
+            self.lab.check()
             for name in terminal_ids:
                 self.check_alive(name)
             with contextlib.suppress(HotlineError):

@@ -41,3 +41,17 @@ async def test_call_across_60ms_jitter_10ms(netlab: Lab, tmp_path: Path) -> None
 async def test_call_across_2_percent_loss(netlab: Lab, tmp_path: Path) -> None:
     await call_and_check(netlab, tmp_path, Impairment(delay_ms=60, jitter_ms=10, loss=0.02))
     assert netlab.counters()["alpha"]["egress"].dropped["loss"] > 0
+
+
+async def test_exchange_restart_and_a_killed_terminal(netlab: Lab, tmp_path: Path) -> None:
+    async with lab_line(netlab, tmp_path) as line:
+        await line.restart_exchange()
+        await line.wait_online(["alpha", "bravo"])  # both came back through the link
+        await line.kill("bravo")
+        assert line.procs["bravo"].returncode is not None
+        statuses = await line.wait_for(
+            ["alpha"],
+            lambda s: "bravo" not in s["alpha"]["exchange"]["online"],
+            "alpha sees bravo gone",
+        )
+        assert statuses["alpha"]["exchange"]["connected"]

@@ -193,3 +193,17 @@ def test_namespaces_are_removed_after_the_test_process_is_killed() -> None:
     while any(ns.startswith(prefix) for ns in reaper.namespaces()):
         assert time.monotonic() < deadline, "the reaper left the namespaces"
         time.sleep(0.1)
+
+
+def test_two_labs_at_once_stay_apart(netlab: Lab) -> None:
+    """Same host names and addresses, different namespaces: nothing crosses."""
+    echo_pair(netlab)
+    with Lab(seed=2) as other:
+        a2, b2 = other.add_host("alpha"), other.add_host("bravo")
+        assert (a2.addr, b2.addr) == (netlab["alpha"].addr, netlab["bravo"].addr)
+        assert a2.ns != netlab["alpha"].ns
+        r = result(start_send(a2, b2, 20, 5))  # no echo runs in the other lab's bravo
+        assert r.lost == 20
+        assert other.counters()["bravo"]["ingress"].forwarded == 20
+    assert send(netlab, 20, 5).lost == 0
+    assert netlab.counters()["bravo"]["ingress"].forwarded == 20

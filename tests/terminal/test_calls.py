@@ -137,6 +137,10 @@ async def test_two_terminals_call_rekey_and_verified_logs(two_line: LocalLine) -
             assert video["missing"] <= video["frames"] // 20, video
             assert video["max_gap_ms"] < 1500, video
             assert video["latency"]["p50_ms"] is not None
+            # what a person saw, in the terminal's status: no corrupt frame, no long freeze
+            assert video["corrupt_shown"] == 0 and video["fresh"] == video["shown"], video
+            assert video["longest_freeze_ms"] < 1500 and video["latency_p95_ms"] is not None
+            assert call["frames"]["video"]["guard"]["frames_passed"] > 60, call["frames"]
 
         await alpha.request("POST", "/hangup")
     await wait_for(

@@ -4,7 +4,10 @@ operator's browser cannot reach it, not even by DNS rebinding (issue 9, point 16
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,8 +16,9 @@ import pytest
 from aiohttp import web
 
 from hotline.charter import Role
+from hotline.cli import main
 from hotline.localline import LocalLine
-from hotline.terminal.control import ControlClient, make_runner
+from hotline.terminal.control import ControlClient, make_runner, write_control_file
 from hotline.terminal.daemon import TerminalDaemon
 from hotline.terminal.main import build_config
 
@@ -127,3 +131,31 @@ async def test_malformed_http_is_one_counted_line(
         assert await raw_get(control_url, {"Host": "evil.example", "Origin": "x"}) == 403
     assert rejected.get("control_not_local") == 20
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 2
+
+
+async def test_call_status_shows_the_refusals(
+    control_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hotline call status` (and --json) show what the terminal refused, by reason
+    (issue 9, point 8)."""
+    daemon = DAEMONS[tmp_path]
+    assert await raw_get(control_url, {"Host": "evil.example", "Origin": "x"}) == 403
+    write_control_file(daemon.config.state, control_url, TOKEN, os.getpid())
+    terminal = str(daemon.config.terminal_dir)
+
+    def cli(*args: str) -> str:
+        capsys.readouterr()
+        old = sys.argv
+        sys.argv = ["hotline", "call", "status", "--terminal", terminal, *args]
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+        finally:
+            sys.argv = old
+        return capsys.readouterr().out
+
+    text = await asyncio.to_thread(cli)
+    assert "refused" in text and "control_not_local 1" in text
+    as_json = json.loads(await asyncio.to_thread(cli, "--json"))
+    assert as_json["rejected"] == {"control_not_local": 1}

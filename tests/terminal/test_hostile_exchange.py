@@ -5,7 +5,10 @@ Seeded: replay a run with ``HOTLINE_HOSTILE_SEED=<seed>`` (printed by every test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from hotline.charter import Role
+from hotline.charter import Role, SignedCharter
 from hotline.encoding import encode
 from hotline.envelope import Envelope
+from hotline.exchange.frames import CharterFrame, Reject
+from hotline.keys import SigningKey
 from hotline.localline import LocalLine
 from hotline.media import aiortc_patch, engine
 from hotline.provision import load_terminal
@@ -170,3 +175,108 @@ async def test_a_withheld_ring_released_after_hang_up_ends_at_once(scene: Scene)
     )
     assert not [e for e in scene.events(alpha, "declined") if e.get("reason") == "busy"]
     await alpha.hangup()
+
+
+async def test_forged_rejects_cannot_fill_memory_or_flush_the_history(scene: Scene) -> None:
+    """3000 rejects with forged reasons and recipients (random, up to 2 KB): the terminal's
+    counters stay a fixed set, its status stays small, and the events from before are still
+    in its history (issue 9, point 11)."""
+    rng = random.Random(SEED)
+    alpha, mitm = scene.alpha, scene.mitm
+    first = alpha.events_since(0)[0]
+    assert first["kind"] == "started"
+    for i in range(3000):
+        reason = rng.randbytes(rng.randrange(1, 1000)).hex()
+        to = rng.choice([None, "bravo", rng.randbytes(40).hex()])
+        await mitm.send_frame("alpha", Reject(rng.choice([None, i]), reason, to))
+    await until(lambda: sum(alpha.rejected.values()) >= 3000, "every reject counted")
+    assert len(alpha.rejected) <= 4, sorted(alpha.rejected)[:5]
+    assert all(len(k) <= 40 for k in alpha.rejected)
+    assert len(alpha.client.stats) <= 40
+    status = await alpha.status()
+    assert len(json.dumps(status)) < 20_000
+    history = alpha.events_since(0)
+    assert history[0] == first, "the exchange flushed the terminal's history"
+    assert len(json.dumps(history)) < 500_000
+    assert all(len(json.dumps(e)) < 1000 for e in history)
+
+
+async def test_every_refusal_is_counted_and_shown(scene: Scene) -> None:
+    """Deliveries the terminal refuses (replayed, forged, stale, misrouted) and a charter it
+    refuses are counted by reason in the status and reported as events, not only logged
+    (issue 9, point 8)."""
+    alpha, mitm = scene.alpha, scene.mitm
+    leave = {"call": "call-00000000000000bb", "reason": "x"}
+    genuine = scene.signed_by("bravo", "call.leave", leave, 0)
+    await mitm.deliver(genuine, to="alpha")
+    await mitm.deliver(genuine, to="alpha")  # replayed
+    forged = Envelope.create(
+        SigningKey.generate(),
+        line_id=scene.line.line_id,
+        sender="bravo",
+        recipient="alpha",
+        seq=genuine.seq + 1,
+        timestamp_ms=genuine.timestamp_ms,
+        msg_type="call.leave",
+        body=encode(leave),
+    )
+    await mitm.deliver(forged, to="alpha")
+    await mitm.deliver(scene.signed_by("bravo", "call.leave", leave, 3600), to="alpha")  # stale
+    await mitm.deliver(scene.signed_by("alpha", "call.leave", leave, 0), to="alpha")  # misrouted
+    charter = scene.line.charter
+    tampered = SignedCharter(
+        dataclasses.replace(charter.charter, version=charter.version + 1), charter.signatures
+    )
+    await mitm.send_frame("alpha", CharterFrame(tampered.to_file_bytes()))
+    expected = {
+        "delivery_replay",
+        "delivery_bad_signature",
+        "delivery_stale",
+        "delivery_misrouted",
+        "charter_bad_signature",
+    }
+    await until(lambda: expected <= set(alpha.rejected), f"refusals {expected} counted")
+    status = await alpha.status()
+    assert all(status["rejected"][reason] == 1 for reason in expected), status["rejected"]
+    shown = {e["reason"] for e in alpha.events_since(0) if e["kind"] == "rejected"}
+    assert expected <= shown
+    assert alpha.charter.version == charter.version  # nothing was adopted
+
+
+async def test_an_offer_delivered_after_the_key_agreement_still_makes_a_call(
+    scene: Scene,
+) -> None:
+    """The exchange holds alpha's SDP offer back and delivers the key agreement alpha sent
+    after it first: the envelopes are taken out of order (each once), and the call gets
+    media at once (issue 9, point 9). Before, bravo refused the offer as "behind": both
+    sides showed an epoch and a security code while no peer connection existed."""
+    alpha, bravo, mitm = scene.alpha, scene.bravo, scene.mitm
+    mitm.hold = lambda env: env.sender == "alpha" and env.msg_type == "call.sdp"
+    await alpha.dial("bravo")
+    await until(
+        lambda: (
+            bool(mitm.held)
+            and any(
+                e.sender == "alpha" and e.msg_type.startswith("e2ee.") and e.seq > mitm.held[0].seq
+                for e in mitm.sent
+                if e not in mitm.held
+            )
+        ),
+        "a key message sent after the offer delivered first",
+    )
+    await asyncio.sleep(0.3)
+    mitm.hold = lambda env: False
+    assert await mitm.release() >= 1
+    # well before the 10 s after which a transport without media is rebuilt
+    await until(
+        lambda: (
+            bravo.call is not None
+            and bravo.call._sinks_of("alpha")[0].frames > 10
+            and alpha.call is not None
+            and alpha.call._sinks_of("bravo")[0].frames > 10
+        ),
+        "decrypted video both ways",
+        timeout=8.0,
+    )
+    assert bravo.rejected.get("replay", 0) == 0, bravo.rejected
+    assert alpha.call.epoch == bravo.call.epoch

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hotline.charter import Policy, Role
+from hotline.charter import Policy, Role, load_charter
+from hotline.errors import RelayUnavailable
 from hotline.localline import LocalLine
+from hotline.media.turn import select_ice
+from hotline.provision import line_site_dir, propose_line, sign_charter, write_draft
 from tests.terminal.test_calls import call_of, media_flows, wait_for
 from tests.turnserver import free_port, running_turnserver
 
@@ -113,7 +116,10 @@ async def test_wrong_credentials_are_a_visible_refusal(tmp_path: Path) -> None:
     assert "not-it" not in " ".join(details)
 
 
-async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", ["killed", "restarted"])
+async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path, fault: str) -> None:
+    """The first relay dies (the call moves to the second) or restarts, losing every
+    allocation (the call stays on it)."""
     users = {"alpha": "pw-alpha", "bravo": "pw-bravo"}
     with (
         running_turnserver(tmp_path / "one", users=users) as one,
@@ -161,22 +167,29 @@ async def test_a_rebuilt_transport_moves_to_the_next_live_relay(tmp_path: Path) 
             assert "CHANNEL_BIND processed" in one.log_text()
             assert "CHANNEL_BIND processed" not in two.log_text()
 
+            binds_before = one.log_text().count("CHANNEL_BIND processed")
             assert alpha.call is not None
             old = alpha.call.peers["bravo"]
-            one.stop()  # the first relay dies mid-call
-            # the call finds the transport dead (2 s without media) and rebuilds it: the new
-            # peer connections on both sides take the next live relay of the charter
+            one.stop()  # the first relay dies mid-call, or restarts without its allocations
             start = time.monotonic()
-            await until(lambda: flowing(old, frames=1), "media through the second relay")
-            # 2 s to find it lost, probing the dead relay (0.5 s on each side), ICE and DTLS
+            if fault == "restarted":
+                one.start()
+            # the call finds the transport dead (2 s without media) and rebuilds it: the new
+            # peer connections on both sides take the first live relay of the charter
+            await until(lambda: flowing(old, frames=1), "media through a live relay")
+            # 2 s to find it lost, probing a dead relay (0.5 s on each side), ICE and DTLS
             took = time.monotonic() - start
-            await until(lambda: flowing(old), "more media through the second relay")
-            print(f"first frames each way through the second relay {took:.2f} s after the "
-                  f"relay died, 20 frames after {time.monotonic() - start:.2f} s")  # fmt: skip
+            await until(lambda: flowing(old), "more media through the relay")
+            print(f"{fault}: first frames each way {took:.2f} s after the relay went down, "
+                  f"20 frames after {time.monotonic() - start:.2f} s")  # fmt: skip
             assert took < 15, took
-            log = two.log_text()
+            now_on, other = (two, one) if fault == "killed" else (one, two)
+            log = now_on.log_text()
             for tid in ("alpha", "bravo"):
                 assert re.search(rf"user <{tid}>: incoming packet CHANNEL_BIND processed", log)
+            if fault == "restarted":
+                assert log.count("CHANNEL_BIND processed") > binds_before
+                assert "CHANNEL_BIND processed" not in other.log_text()
             status = await alpha.status()
             assert status["call"]["state"] == "active"
             assert status["call"]["e2ee"]["rejected"] == {}
@@ -196,3 +209,49 @@ async def until(
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_newer_charter_changes_the_relays_of_a_running_terminal(tmp_path: Path) -> None:
+    r1, r2 = "turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.2:3478?transport=udp"
+    line = LocalLine(
+        tmp_path,
+        "east-west",
+        {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
+        turn_relays=(r1,),
+    )
+    v1 = line.commission().charter
+    write_config(line, "alpha", f"[[turn.relay]]\nurl = '{r1}'\nusername = 'a'\npassword = 'p'\n")
+    await line.start_exchange()
+    alpha = await line.start_in_process("alpha")
+    try:
+        assert [r.url for r in alpha.config.media.ice.relays] == [r1]
+        assert not alpha.config.media.ice.relay_only
+
+        async def install(version: int, relays: tuple[str, ...], policy: Policy) -> None:
+            path = tmp_path / f"v{version}.charter.json"
+            draft = propose_line(
+                v1.line_id,
+                [line_site_dir(tmp_path, s.site_id) for s in v1.sites],
+                list(v1.terminals),
+                exchanges=v1.exchanges,
+                turn_relays=relays,
+                policy=policy,
+                version=version,
+            )
+            write_draft(path, draft)
+            for site in v1.sites:
+                sign_charter(path, line_site_dir(tmp_path, site.site_id))
+            await alpha.install_charter(load_charter(path))
+
+        # version 2 replaces the relay: alpha's credentials for r1 are no longer used
+        await install(2, (r2,), Policy())
+        assert alpha.config.media.ice.relays == ()
+        # version 3 is relay-only through r2, for which this site has no credentials:
+        # no peer connection can be built, and each attempt says why
+        await install(3, (r2,), Policy(relay_only=True))
+        assert alpha.config.media.ice.relay_only and alpha.config.media.ice.relays == ()
+        with pytest.raises(RelayUnavailable, match="credentials for none of them"):
+            await select_ice(alpha.config.media.ice)
+    finally:
+        await alpha.stop()
+        await line.stop()

@@ -52,7 +52,7 @@ from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media import aiortc_patch, engine
 from hotline.media.fanout import FanoutTrack
-from hotline.media.sinks import AudioChirpSink, VideoFrameIdSink
+from hotline.media.sinks import AudioChirpSink, CountingTrack, VideoFrameIdSink
 from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats
 
@@ -81,9 +81,14 @@ class PeerLink:
     attempt: int = 1
     created: float = 0.0
 
+    #: what this connection's remote tracks delivered (the sinks are the peer's, shared
+    #: by its successive connections), and the tasks feeding them
+    received: list[CountingTrack] = field(default_factory=list)
+    consumers: list[asyncio.Task[None]] = field(default_factory=list)
+
     @property
     def media_total(self) -> int:
-        return self.video_sink.frames + self.audio_sink.frames
+        return sum(track.frames for track in self.received)
 
 
 def _view(link: PeerLink | None) -> LinkView | None:
@@ -154,6 +159,7 @@ class CallSession:
         #: replacements being built beside a lost transport, by peer
         self.pending: dict[str, PeerLink] = {}
         self.liveness: dict[str, PeerLiveness] = {}
+        self._sinks: dict[str, tuple[VideoFrameIdSink, AudioChirpSink]] = {}
         self.ever_members: set[str] = set()
         self.cosigned: set[str] = set()
         self.started = time.monotonic()
@@ -419,6 +425,10 @@ class CallSession:
             for peer_id in list(self.liveness):
                 if peer_id not in members:
                     del self.liveness[peer_id]
+            for peer_id in list(self._sinks):
+                if peer_id not in members:
+                    for sink in self._sinks.pop(peer_id):
+                        await sink.stop()
             for peer_id in sorted(members - {self.self_id}):
                 if peer_id not in self.peers and self.self_id < peer_id:
                     link = await self._offer(peer_id)
@@ -447,8 +457,8 @@ class CallSession:
             peer_id=peer_id,
             pc=pc,
             offerer=offerer,
-            video_sink=VideoFrameIdSink(),
-            audio_sink=AudioChirpSink(),
+            video_sink=self._sinks_of(peer_id)[0],
+            audio_sink=self._sinks_of(peer_id)[1],
             attempt=attempt,
             created=time.monotonic(),
         )
@@ -460,16 +470,24 @@ class CallSession:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            if track.kind == "video":
-                link.video_sink.start(track)
-            else:
-                link.audio_sink.start(track)
+            counted = CountingTrack(track)
+            link.received.append(counted)
+            sink = link.video_sink if track.kind == "video" else link.audio_sink
+            link.consumers.append(sink.start(counted))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             link.state = pc.connectionState
 
         return link
+
+    def _sinks_of(self, peer_id: str) -> tuple[VideoFrameIdSink, AudioChirpSink]:
+        """What this terminal shows and plays of ``peer_id``: one pair of sinks per peer for
+        the whole call, across rebuilt transports."""
+        sinks = self._sinks.get(peer_id)
+        if sinks is None:
+            sinks = self._sinks[peer_id] = (VideoFrameIdSink(), AudioChirpSink())
+        return sinks
 
     async def _watch_transports(self, now: float) -> None:
         """Act on what liveness decides for each peer: show a loss, build a replacement,
@@ -641,8 +659,8 @@ class CallSession:
         aiortc_patch.unbind(link.pc)  # not one more frame through this connection
         if self.media_stats.peer_connection(link.peer_id) is link.pc:
             self.media_stats.remove_peer(link.peer_id)
-        await link.video_sink.stop()
-        await link.audio_sink.stop()
+        for task in link.consumers:  # the peer's sinks go on with its next connection
+            task.cancel()
         for track in link.tracks:
             track.stop()  # the source stops feeding this connection
         await engine.close_peer_connection(link.pc)  # bounded: a dead relay never answers
@@ -658,6 +676,9 @@ class CallSession:
             await self._close_peer(link)
         self.peers.clear()
         self.pending.clear()
+        for sinks in self._sinks.values():
+            for sink in sinks:
+                await sink.stop()
         self._log_event("stats_summary", self.stats_summary())
 
     # --- bookkeeping ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from hotline.cli.common import console, print_json
 from hotline.errors import CallError, UsageError
@@ -41,8 +42,20 @@ async def _request(
         return await control.request(method, path, data)
 
 
+def _media_from_everyone(call: dict[str, Any]) -> bool:
+    """Decrypted media shown from every other member (a call with a security code but no
+    media is not secured for the person in front of the screen)."""
+    peers = call.get("peers") or {}
+    return bool(peers) and all(
+        (p.get("video_sink") or {}).get("frames", 0) > 0
+        or (p.get("audio_sink") or {}).get("frames", 0) > 0
+        for p in peers.values()
+    )
+
+
 async def _wait_secure(terminal: Path, timeout: float) -> dict[str, Any]:
-    """Wait until the call is answered and encrypted; on timeout hang up and say why."""
+    """Wait until the call is answered, encrypted and carrying decrypted media from every
+    other member; on timeout hang up and say why."""
     deadline = time.monotonic() + timeout
     state = "outgoing"
     async with ControlClient.for_terminal(terminal) as control:
@@ -52,7 +65,7 @@ async def _wait_secure(terminal: Path, timeout: float) -> dict[str, Any]:
             state = call.get("state", state)
             if state == "ended":
                 raise CallError("the call ended before it was secured")
-            if call.get("security_code"):
+            if call.get("security_code") and _media_from_everyone(call):
                 return dict(status)
             await asyncio.sleep(0.2)
         await control.request("POST", "/hangup")
@@ -66,7 +79,10 @@ def dial(
     target: Annotated[str, typer.Argument(help="terminal id to ring")],
     terminal: TerminalOpt,
     wait: Annotated[
-        bool, typer.Option(help="wait until answered and encrypted; print the security code")
+        bool,
+        typer.Option(
+            help="wait until answered, encrypted and media flows; print the security code"
+        ),
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 60.0,
     json_out: JsonOpt = False,
@@ -84,7 +100,7 @@ def dial(
         return
     console.print(f"ringing {target} (call {result['call']})")
     if wait:
-        console.print(f"end-to-end encrypted, epoch {result['epoch']}")
+        console.print(f"end-to-end encrypted, media flowing, epoch {result['epoch']}")
         console.print(f"security code: [bold]{result['security_code']}[/] — read it aloud")
 
 
@@ -134,6 +150,12 @@ def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
         + ("connected" if ex["connected"] else "[red]disconnected[/]")
         + f"; online: {', '.join(ex['online']) or 'nobody'}"
     )
+    refused = result.get("rejected") or {}
+    if refused:  # what this terminal refused (from the exchange, peers, the control API)
+        console.print(
+            "[yellow]refused[/]: "
+            + ", ".join(f"{escape(str(k))} {v}" for k, v in sorted(refused.items()))
+        )
     call = result.get("call")
     if not call:
         console.print("no call")

@@ -92,10 +92,12 @@ from hotline.exchange.frames import (
     decode_server_frame,
     encode_frame,
     is_loopback,
+    known_reason,
 )
 from hotline.exchange.routing import TokenBucket
 from hotline.keys import SigningKey
 from hotline.logs import event
+from hotline.ratelog import LogGate, clip
 
 logger = logging.getLogger("hotline.exchange.client")
 
@@ -137,16 +139,38 @@ class ConnectionChanged:
 @dataclass(frozen=True)
 class EnvelopeRejected:
     """The exchange refused an envelope this terminal sent (``seq``), or refused it only for
-    ``recipient`` (a broadcast to a full queue)."""
+    ``recipient`` (a broadcast to a full queue); ``seq`` None: the charter it pushed. The
+    reason is one of ``frames.PROTOCOL_REASONS`` or ``"unlisted"``; ``recipient`` is a
+    terminal of the charter or None."""
 
-    seq: int
+    seq: int | None
     reason: str
     recipient: str | None = None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Something this terminal refused from the exchange: a delivery
+    (``delivery_<reason>``: replay, bad_signature, stale, misrouted...), a charter
+    (``charter_<reason>``), or the exchange itself on a reconnection (``tls_pin``,
+    ``exchange_id``). Counted in :attr:`ExchangeClient.stats` too."""
+
+    reason: str
+    #: what was refused, without contents (at most ``ratelog.MAX_DETAIL`` characters)
+    detail: str
+
+
 ClientEvent = Union[  # noqa: UP007
-    EnvelopeReceived, PresenceChanged, CharterUpdated, ConnectionChanged, EnvelopeRejected
+    EnvelopeReceived,
+    PresenceChanged,
+    CharterUpdated,
+    ConnectionChanged,
+    EnvelopeRejected,
+    Refusal,
 ]
+
+#: refusals of the exchange itself: logged at WARNING on every reconnection attempt
+_EXCHANGE_REFUSALS = frozenset({"tls_pin", "exchange_id"})
 
 
 @dataclass
@@ -192,6 +216,8 @@ def _close_error(code: int | None, reason: str) -> HotlineError:
 
 
 REASON_BACK_TO_PRIMARY = "back_to_primary"
+#: envelopes from one sender that may arrive out of order (each still exactly once)
+REORDER_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -285,7 +311,7 @@ class ExchangeClient:
         self._rng = rng or random.Random()  # noqa: S311 (backoff jitter, not a secret)
         state = state or ClientState()
         self._counter = SequenceCounter(int(clock() * 1000), floor=state.last_seq)
-        self._tracker = SequenceTracker(state.seen)
+        self._tracker = SequenceTracker(state.seen, window=REORDER_WINDOW)
         self._taken: dict[str, int] = dict(state.seen)
         self._store_id = state.store_id
         self._delivered = state.delivered
@@ -308,6 +334,7 @@ class ExchangeClient:
         self._close_reason: str | None = None
         self._max_frame = (1 << 20) + FRAME_OVERHEAD
         self.stats: Counter[str] = Counter()
+        self._log_gate = LogGate()  # refusals are counted exactly; logged at most 1/s each
 
     # --- public -----------------------------------------------------------------------
 
@@ -461,6 +488,7 @@ class ExchangeClient:
         if first_error is not None:
             self._log_connect_failure(first_error)
             await self._emit(ConnectionChanged(False, first_error.reason))
+            await self._refused_exchange(first_error)
             self._next_endpoint()
         while not self._closed:
             if self._connected:
@@ -486,6 +514,8 @@ class ExchangeClient:
                 self._log_connect_failure(exc)
                 if isinstance(exc, DuplicateTerminal):
                     await self._emit(ConnectionChanged(False, exc.reason))
+                else:
+                    await self._refused_exchange(exc)
                 if self._next_endpoint():
                     attempt = max(0, attempt - 1)  # the next exchange at once, not later
 
@@ -496,8 +526,8 @@ class ExchangeClient:
         fields = {"url": self.url, "reason": exc.reason}
         if isinstance(exc, DuplicateTerminal):
             logger.error("%s: %s", self.url, exc, extra=event("duplicate_terminal", **fields))
-        elif isinstance(exc, TLSPinMismatch):
-            logger.warning("%s: %s", self.url, exc, extra=event("tls_pin_mismatch", **fields))
+        elif exc.reason in _EXCHANGE_REFUSALS:
+            return  # someone else answers there: _refused_exchange says so
         elif isinstance(exc, AuthenticationError):
             logger.warning(
                 "the exchange at %s did not admit us: %s",
@@ -556,6 +586,22 @@ class ExchangeClient:
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
 
+    async def _refused_exchange(self, exc: HotlineError) -> bool:
+        """A TLS pin mismatch or a foreign exchange id: someone else answers at the
+        exchange's address. Logged at WARNING and reported; True if it was one."""
+        if exc.reason not in _EXCHANGE_REFUSALS:
+            return False
+        name = "tls_pin_mismatch" if isinstance(exc, TLSPinMismatch) else "exchange_id_mismatch"
+        logger.warning(
+            "refusing the exchange at %s (%s): %s",
+            self.url,
+            exc.reason,
+            exc,
+            extra=event(name, url=self.url, reason=exc.reason),
+        )
+        await self._emit(Refusal(exc.reason, clip(f"the exchange at {self.url}: {exc}")))
+        return True
+
     async def _wait_closed(self) -> str:
         done, _ = await asyncio.wait(self._io, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -601,7 +647,8 @@ class ExchangeClient:
             aiohttp.WSMsgType.CLOSING,
             aiohttp.WSMsgType.CLOSED,
         ):
-            raise _close_error(ws.close_code, str(msg.extra or "") or _reason_of(ws))
+            extra = str(msg.extra or "")
+            raise _close_error(ws.close_code, known_reason(extra) if extra else _reason_of(ws))
         raise FrameError(f"unexpected WebSocket message {msg.type!r} from the exchange")
 
     async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -686,7 +733,8 @@ class ExchangeClient:
                     aiohttp.WSMsgType.CLOSED,
                     aiohttp.WSMsgType.ERROR,
                 ):
-                    self._close_reason = str(msg.extra or "") or _reason_of(ws)
+                    extra = str(msg.extra or "")
+                    self._close_reason = known_reason(extra) if extra else _reason_of(ws)
                     return
                 continue
             try:
@@ -729,13 +777,15 @@ class ExchangeClient:
             self._tracker.accept(env)
         except HotlineError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
-            logger.warning(
-                "refused a delivery from the exchange (%s): %s",
-                exc.reason,
-                exc,
-                extra=event("delivery_refused", reason=exc.reason),
-            )
-            await self._events.put(_Item(None, frame.delivery_id))
+            if self._log_gate.allow(f"rejected_{exc.reason}")[0]:  # counted exactly in stats
+                logger.warning(
+                    "refused a delivery from the exchange (%s): %s",
+                    exc.reason,
+                    exc,
+                    extra=event("delivery_refused", reason=exc.reason),
+                )
+            refusal = Refusal(f"delivery_{exc.reason}", clip(f"a delivery: {exc}"))
+            await self._events.put(_Item(refusal, frame.delivery_id))
             return
         await self._events.put(_Item(EnvelopeReceived(env), frame.delivery_id))
 
@@ -750,15 +800,21 @@ class ExchangeClient:
             )
             await self._emit(ConnectionChanged(True, frame.reason))
             return
+        # frames.decode_server_frame has mapped the reason to the protocol's fixed set
         if frame.seq is None:
             self.stats[f"charter_refused_{frame.reason}"] += 1
-            logger.warning(
-                "the exchange refused our charter: %s",
-                frame.reason,
-                extra=event("charter_refused_by_exchange", reason=frame.reason),
-            )
+            if self._log_gate.allow(f"charter_refused_{frame.reason}")[0]:
+                logger.warning(
+                    "the exchange refused our charter: %s",
+                    frame.reason,
+                    extra=event("charter_refused_by_exchange", reason=frame.reason),
+                )
+            await self._emit(EnvelopeRejected(None, frame.reason))
             return
         self.stats[f"refused_{frame.reason}"] += 1
+        recipient = frame.recipient
+        if recipient is not None and recipient not in self._members():
+            recipient = None  # not a terminal of the line: nothing to report it as
         if frame.recipient is None:
             for i, env in enumerate(self._outbox):
                 if env.seq == frame.seq:
@@ -766,7 +822,7 @@ class ExchangeClient:
                     if i < self._sent:
                         self._sent -= 1
                     break
-        await self._emit(EnvelopeRejected(frame.seq, frame.reason, frame.recipient))
+        await self._emit(EnvelopeRejected(frame.seq, frame.reason, recipient))
 
     async def _on_charter(self, data: bytes) -> None:
         try:
@@ -778,11 +834,13 @@ class ExchangeClient:
             self._adopt(signed)
         except HotlineError as exc:
             self.stats[f"charter_rejected_{exc.reason}"] += 1
-            logger.warning(
-                "refused a charter from the exchange: %s",
-                exc,
-                extra=event("charter_refused", reason=exc.reason),
-            )
+            if self._log_gate.allow(f"charter_rejected_{exc.reason}")[0]:
+                logger.warning(
+                    "refused a charter from the exchange: %s",
+                    exc,
+                    extra=event("charter_refused", reason=exc.reason),
+                )
+            await self._emit(Refusal(f"charter_{exc.reason}", clip(f"a charter: {exc}")))
             return
         await self._emit(CharterUpdated(self.charter))
 
@@ -796,8 +854,11 @@ class ExchangeClient:
             signed = self._accept_charter(signed)
         self.charter = signed
 
+    def _members(self) -> set[str]:
+        return {t.terminal_id for t in self.charter.charter.terminals}
+
     async def _set_online(self, online: frozenset[str]) -> None:
-        members = {t.terminal_id for t in self.charter.charter.terminals}
+        members = self._members()
         online = frozenset(t for t in online if t in members)
         if online != self._online:
             self._online = online
@@ -879,4 +940,6 @@ def _reason_of(ws: aiohttp.ClientWebSocketResponse) -> str:
         return "removed_from_charter"
     if code == CLOSE_DUPLICATE:
         return DuplicateTerminal.reason
-    return f"closed_{code}" if code is not None else "connection_lost"
+    if code is None:
+        return "connection_lost"
+    return f"closed_{code}" if 1000 <= code <= 1015 or 4000 <= code <= 4010 else "closed_other"

@@ -62,6 +62,52 @@ CLOSE_REMOVED = 4002
 CLOSE_DUPLICATE = 4003
 
 
+#: every reason the exchange gives in a ``reject`` frame or a close (``docs/exchange.md``).
+#: A terminal maps any other text to :data:`UNLISTED_REASON`: what a hostile exchange writes
+#: there never becomes a counter name, a log line or an event of its choosing.
+PROTOCOL_REASONS = frozenset(
+    {
+        # envelopes refused with the connection kept
+        "replay",
+        "unknown_recipient",
+        "misrouted",
+        "queue_full",
+        # charters pushed and refused
+        "too_large",
+        "charter",
+        "charter_format",
+        "charter_incomplete",
+        "charter_rollback",
+        "wrong_line",
+        "bad_signature",
+        "signature",
+        "unknown_member",
+        "encoding",
+        # closes
+        "bad_frame",
+        "sender_mismatch",
+        "rate_limited",
+        "stale",
+        "timeout",
+        "unknown_line",
+        "auth",
+        "auth_rate_limited",
+        "too_many_connections",
+        "superseded",
+        "removed_from_charter",
+        "duplicate_terminal",
+        "going_away",
+        "internal_error",
+    }
+)
+UNLISTED_REASON = "unlisted"
+
+
+def known_reason(text: str) -> str:
+    """``text`` if it is one of :data:`PROTOCOL_REASONS`, else :data:`UNLISTED_REASON`."""
+    return text if text in PROTOCOL_REASONS else UNLISTED_REASON
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address (plain ws:// is allowed only there); the same
     rule the charter applies to its exchange entries."""
@@ -341,9 +387,10 @@ def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
             to = obj.get("to")
             if to is not None and not isinstance(to, str):
                 raise FrameError("reject: 'to' must be a string or None")
-            return Reject(
-                _optional_int(obj, "seq", "reject"), field_str(obj, "reason", "reject"), to
-            )
+            if to is not None:
+                check_id(to, "reject: 'to'")
+            reason = known_reason(field_str(obj, "reason", "reject"))
+            return Reject(_optional_int(obj, "seq", "reject"), reason, to)
         if kind == "presence":
             return Presence(_ids(field_list(obj, "online", "presence"), "presence"))
         if kind == "charter":

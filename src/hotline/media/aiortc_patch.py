@@ -640,6 +640,7 @@ class _VideoGuard:
     def __init__(self, stats: MediaCryptoStats) -> None:
         self._lock = threading.Lock()
         self._guard = VideoReceiveGuard()
+        self._stats = stats
         stats.add_video_guard(self)
 
     def on_nack_point(self, seq: int, timestamp: int) -> list[int]:
@@ -648,7 +649,10 @@ class _VideoGuard:
 
     def on_packet(self, packet: VideoPacket) -> PacketOutcome:
         with self._lock:
-            return self._guard.on_packet(packet, time.monotonic())
+            out = self._guard.on_packet(packet, time.monotonic())
+        if out.request_keyframe:
+            self._stats.count_keyframe_request(VIDEO)
+        return out
 
     def on_frame(self, key: bool, discontinuous: bool) -> FrameDecision:
         with self._lock:
@@ -680,16 +684,18 @@ class _GuardJitterBuffer:
         self._guard = guard
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        try:
-            descriptor = parse_vp8_descriptor(packet.payload)
-        except ValueError:
-            return False, None
+        descriptor = None
+        if packet.payload:  # an empty payload is padding (bandwidth probes): it fills a gap
+            try:
+                descriptor = parse_vp8_descriptor(packet.payload)
+            except ValueError:
+                return False, None
         vp = VideoPacket(
             seq=packet.sequence_number,
             timestamp=packet.timestamp,
             marker=bool(packet.marker),
             descriptor=descriptor,
-            data=packet.payload[descriptor.size :],
+            data=packet.payload[descriptor.size :] if descriptor else b"",
         )
         out = self._guard.on_packet(vp)
         return out.request_keyframe, _GuardedFrames(out.frames) if out.frames else None

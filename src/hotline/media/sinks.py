@@ -54,20 +54,44 @@ CHIRP_THRESHOLD = 16384
 CHIRP_REFRACTORY_S = 0.5
 
 
+class CountingTrack(MediaStreamTrack):
+    """Passes a remote track's frames through, counting them (liveness per transport)."""
+
+    def __init__(self, inner: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self._inner = inner
+        self.frames = 0
+
+    async def recv(self) -> Any:
+        frame = await self._inner.recv()
+        self.frames += 1
+        return frame
+
+
 class _TrackConsumer:
-    """Runs ``on_frame`` for every frame of a track until it ends or :meth:`stop`."""
+    """Runs ``on_frame`` for every frame of its tracks until they end or :meth:`stop`.
+
+    A sink may consume several tracks one after another (or briefly at once): a call's
+    transport to a peer can be rebuilt, and what the person sees of that peer (frames, gaps,
+    freezes, latency) goes on in the same sink across the rebuild.
+    """
 
     def __init__(self, clock: Callable[[], int]) -> None:
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.ended = False
 
     def on_frame(self, frame: Any, now_ms: int) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def start(self, track: MediaStreamTrack) -> asyncio.Task[None]:
-        self._task = asyncio.ensure_future(self._run(track))
-        return self._task
+        """Consume ``track`` (cancel the returned task to stop consuming this one only)."""
+        self.ended = False
+        task = asyncio.ensure_future(self._run(track))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run(self, track: MediaStreamTrack) -> None:
         try:
@@ -77,13 +101,15 @@ class _TrackConsumer:
         except MediaStreamError:
             pass
         finally:
-            self.ended = True
+            self.ended = not self._tasks - {asyncio.current_task()}
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
 
 class VideoFrameIdSink(_TrackConsumer):

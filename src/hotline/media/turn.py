@@ -41,6 +41,8 @@ DEFAULT_PROBE_TIMEOUT_S = 1.0
 #: outlives them: coturn checks the expiry only when the allocation is made or refreshed
 #: with a new nonce, so keep this longer than a call)
 DEFAULT_CREDENTIAL_TTL_S = 24 * 3600
+#: a relay that failed a probe this recently is tried after the others
+RECENTLY_FAILED_S = 30.0
 #: lifetime asked for the probe's allocation (it is released right after)
 _PROBE_LIFETIME_S = 60
 
@@ -113,6 +115,29 @@ def relay_address(url: str) -> tuple[str, int, str, bool]:
     return str(parsed["host"]), int(parsed["port"]), str(transport), tls
 
 
+class RelayHistory:
+    """When each relay last failed a probe (monotonic seconds), so that the next choice tries
+    a relay that just failed after the others instead of waiting for it again. Pure: the
+    caller passes ``now``."""
+
+    def __init__(self, remember_s: float = RECENTLY_FAILED_S) -> None:
+        self.remember_s = remember_s
+        self._failed: dict[str, float] = {}
+
+    def failed(self, url: str, now: float) -> None:
+        self._failed[url] = now
+
+    def succeeded(self, url: str) -> None:
+        self._failed.pop(url, None)
+
+    def order(self, relays: tuple[TurnRelay, ...], now: float) -> tuple[TurnRelay, ...]:
+        """``relays`` in charter order, those that failed in the last ``remember_s`` last."""
+        recent = {u for u, t in self._failed.items() if now - t < self.remember_s}
+        return tuple(r for r in relays if r.url not in recent) + tuple(
+            r for r in relays if r.url in recent
+        )
+
+
 @dataclass(frozen=True)
 class IceSettings:
     """How a peer connection finds its path. The default: host candidates, no servers.
@@ -127,6 +152,8 @@ class IceSettings:
     relay_only: bool = False
     #: seconds one relay may take to answer the probe
     probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
+    #: which relays failed lately (shared by the settings :func:`select_ice` derives)
+    history: RelayHistory = field(default_factory=RelayHistory, compare=False, repr=False)
 
     @property
     def turn(self) -> TurnRelay | None:
@@ -193,11 +220,14 @@ async def probe_relay(
 async def select_ice(settings: IceSettings) -> IceSettings:
     """Settings that name the first relay (in charter order) that answers a probe.
 
-    Without relays the settings are returned as they are. When no relay works: with
-    ``relay_only`` a :class:`RelayUnavailable` naming every relay's reason (no media can
-    flow, and that must be visible); otherwise settings without relays (direct paths only),
-    with a warning logged.
+    A relay that failed a probe in the last :data:`RECENTLY_FAILED_S` seconds is tried after
+    the others (``settings.history``, kept per terminal): a rebuild, or the next call, does
+    not wait for a dead relay again. Without relays the settings are returned
+    as they are. When no relay works: with ``relay_only`` a :class:`RelayUnavailable` naming
+    every relay's reason (no media can flow, and that must be visible); otherwise settings
+    without relays (direct paths only), with a warning logged.
     """
+    history = settings.history
     if not settings.relays:
         if settings.relay_only:
             raise RelayUnavailable(
@@ -206,21 +236,24 @@ async def select_ice(settings: IceSettings) -> IceSettings:
             )
         return settings
     problems: list[str] = []
-    for i, relay in enumerate(settings.relays):
+    for relay in history.order(settings.relays, time.monotonic()):
         try:
             took = await probe_relay(relay, timeout_s=settings.probe_timeout_s)
         except RelayUnavailable as exc:
             log.warning("TURN relay not usable: %s", exc)
+            history.failed(relay.url, time.monotonic())
             problems.append(str(exc))
             continue
+        history.succeeded(relay.url)
         log.info("TURN relay %s chosen (allocation in %.1f ms)", relay.url, took * 1000)
-        rest = settings.relays[:i] + settings.relays[i + 1 :]
+        rest = tuple(r for r in settings.relays if r is not relay)
         return IceSettings(
             relays=(relay, *rest),
             relay_only=settings.relay_only,
             probe_timeout_s=settings.probe_timeout_s,
+            history=history,
         )
     if settings.relay_only:
         raise RelayUnavailable("no TURN relay can be used: " + "; ".join(problems))
     log.warning("no TURN relay can be used; direct paths only")
-    return IceSettings(probe_timeout_s=settings.probe_timeout_s)
+    return IceSettings(probe_timeout_s=settings.probe_timeout_s, history=history)

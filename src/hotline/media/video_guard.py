@@ -12,13 +12,17 @@ Three parts, one per concern, combined by :class:`VideoReceiveGuard`:
     Joins the packets of a frame (VP8 payload descriptor: S bit and partition 0 on the first
     packet, RTP marker on the last) and releases each frame as soon as it is complete and
     *continuous*: its first sequence number follows the last packet of the frame released
-    before it. A hole is waited for at most ``wait_s`` (see :func:`hole_wait_s`, 100-300 ms
-    from the measured round trip), or not at all once the packets behind it are more than
-    :data:`STALE_GAP_S` of media time newer (an outage: what was lost is too old to show).
-    Then the hole is abandoned, everything before the next frame start is dropped, and the
-    next released frame is flagged ``discontinuous``.
+    before it. A hole is waited for at most ``wait_s`` (see :func:`hole_wait_s`, 100-350 ms
+    from the measured round trip: time for one NACK retry), or not at all once the packets
+    behind it are more than :data:`STALE_GAP_S` of media time newer (an outage: what was lost
+    is too old to show). Then the hole is abandoned, everything before the next frame start
+    is dropped, and the next released frame is flagged ``discontinuous``. Once the first
+    retransmission is overdue (:func:`early_keyframe_s`) a key frame is asked for while the
+    hole is still waited for, so that a second loss costs no extra round trip; and as soon as
+    a key frame's first packet is behind the hole (its VP8 header is in clear), the hole is
+    skipped to it: nothing older is needed.
 :class:`NackScheduler` (replaces aiortc's ``NackGenerator``, which asks once per gap)
-    Asks for each missing packet again every ``max(20 ms, 1.5 x RTT)``, at most
+    Asks for each missing packet again every ``max(20 ms, 1.1 x RTT + 10 ms)``, at most
     :data:`NACK_MAX_TRIES` times, and never for packets lost in an outage (a gap spanning more
     than :data:`STALE_GAP_S` of media time, or more than :data:`NACK_MAX_GAP` packets). It
     measures the round trip from NACKs answered on their first try (Karn's rule).
@@ -40,12 +44,12 @@ from dataclasses import dataclass
 #: at most one key-frame request (PLI) per this many seconds: one round trip at 60 ms each
 #: way plus a key frame's encode and send time, so a lost key frame is asked for again soon
 KEYFRAME_REQUEST_INTERVAL_S = 0.25
-#: how long a hole may hold frames back: 2 x RTT + 30 ms, clamped to these bounds
+#: how long a hole may hold frames back: 2.2 x RTT + 40 ms, clamped to these bounds
 HOLE_WAIT_MIN_S = 0.10
-HOLE_WAIT_MAX_S = 0.30
+HOLE_WAIT_MAX_S = 0.35
 #: frames behind a hole whose media time is this much newer than the hole: abandon at once
-STALE_GAP_S = 0.30
-#: NACK retries: every max(NACK_RETRY_MIN_S, 1.5 x RTT), this many requests per packet
+STALE_GAP_S = 0.40
+#: NACK retries: every max(NACK_RETRY_MIN_S, 1.1 x RTT + 10 ms), this many requests per packet
 NACK_RETRY_MIN_S = 0.02
 NACK_MAX_TRIES = 4
 #: a gap of more packets than this is an outage, not loss: no NACK, the hole is abandoned
@@ -119,7 +123,12 @@ def is_vp8_keyframe(frame: bytes) -> bool:
 
 def hole_wait_s(rtt_s: float) -> float:
     """How long a hole may hold frames back: long enough for one NACK retry to arrive."""
-    return min(HOLE_WAIT_MAX_S, max(HOLE_WAIT_MIN_S, 2 * rtt_s + 0.03))
+    return min(HOLE_WAIT_MAX_S, max(HOLE_WAIT_MIN_S, 2.2 * rtt_s + 0.04))
+
+
+def early_keyframe_s(rtt_s: float) -> float:
+    """After this long a hole's first retransmission is overdue: ask for a key frame too."""
+    return 1.2 * rtt_s + 0.02
 
 
 class SeqUnwrapper:
@@ -148,8 +157,19 @@ class VideoPacket:
     seq: int  #: 16-bit RTP sequence number
     timestamp: int
     marker: bool
-    descriptor: Vp8Descriptor
+    descriptor: Vp8Descriptor | None  #: ``None``: a padding packet (no payload)
     data: bytes  #: the payload without its VP8 descriptor
+
+    @property
+    def keyframe_hint(self) -> bool:
+        """The first packet of a key frame, by the VP8 header the frame crypto leaves in clear.
+
+        Unauthenticated: used only to stop waiting for older packets. Whether the frame is
+        shown as a key frame is decided on the decrypted frame (:class:`KeyframeGate`); a
+        forged bit costs a freeze and a key-frame request, no more.
+        """
+        d = self.descriptor
+        return d is not None and d.frame_start and is_vp8_keyframe(self.data[:10])
 
 
 @dataclass(frozen=True)
@@ -170,8 +190,10 @@ class _Packet:
     timestamp: int
     marker: bool
     start: bool
+    key: bool
     picture_id: int | None
     data: bytes
+    padding: bool
 
 
 class FrameAssembler:
@@ -180,6 +202,10 @@ class FrameAssembler:
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
         self.wait_s = hole_wait_s(INITIAL_RTT_S)
+        self.early_s = early_keyframe_s(INITIAL_RTT_S)
+        #: set when a hole waited past ``early_s``: the caller asks for a key frame, clears it
+        self.want_keyframe = False
+        self._asked_early = False
         self._packets: dict[int, _Packet] = {}
         self._next: int | None = None  # first sequence number not yet released
         self._last_ts: int | None = None  # timestamp of the last frame released
@@ -200,13 +226,19 @@ class FrameAssembler:
             self.counters["late_packets"] += 1  # a duplicate, or behind an abandoned hole
             return []
         timestamp = packet.timestamp
+        d = packet.descriptor
         self._packets[seq] = _Packet(
             timestamp,
             packet.marker,
-            packet.descriptor.frame_start,
-            packet.descriptor.picture_id,
+            d is not None and d.frame_start,
+            packet.keyframe_hint,
+            d.picture_id if d is not None else None,
             packet.data,
+            padding=d is None,
         )
+        if d is None:
+            self.counters["padding_packets"] += 1
+            return self.poll(now)  # a sequence number to fill, never a frame
         if self._newest_ts is None or 0 < (timestamp - self._newest_ts) % TS_MOD < TS_MOD // 2:
             self._newest_ts = timestamp
         return self.poll(now)
@@ -222,6 +254,10 @@ class FrameAssembler:
                 self._drop_before(min(starts))
                 self._next = min(starts)
             first = self._packets.get(self._next)
+            if first is not None and first.padding:
+                del self._packets[self._next]  # between frames: fills its sequence number
+                self._next += 1
+                continue
             if first is not None and not first.start:
                 # a frame's tail whose head was lost or abandoned: it can never be shown
                 self._drop_before(self._next + 1)
@@ -241,6 +277,15 @@ class FrameAssembler:
                 break  # nothing known to be missing yet: the frame is still arriving
             if self._blocked_since is None:
                 self._blocked_since = now
+                self._asked_early = False
+            if not self._asked_early and now - self._blocked_since >= self.early_s:
+                self._asked_early = True
+                self.want_keyframe = True
+                self.counters["keyframes_asked_early"] += 1
+            hole = self._hole_end() + 1
+            if any(p.key for s, p in self._packets.items() if s > hole):
+                self._abandon("holes_skipped_to_keyframe", key=True)  # nothing older matters
+                continue
             stale = blocked_ts is not None and self._media_gap_s(blocked_ts) > STALE_GAP_S
             if not (
                 stale
@@ -297,11 +342,13 @@ class FrameAssembler:
         self.counters["frames"] += 1
         return frame
 
-    def _abandon(self, reason: str) -> None:
-        """Give up on the hole at ``_next``: skip to the next frame start behind it."""
+    def _abandon(self, reason: str, key: bool = False) -> None:
+        """Give up on the hole at ``_next``: skip to the next frame (or key frame) start."""
         assert self._next is not None
         hole = self._hole_end() + 1
-        starts = [s for s, p in self._packets.items() if p.start and s > hole]
+        starts = [
+            s for s, p in self._packets.items() if p.start and s > hole and (p.key or not key)
+        ]
         self.counters[reason] += 1
         self._discontinuity = True
         self._blocked_since = None
@@ -347,7 +394,7 @@ class NackScheduler:
 
     @property
     def retry_s(self) -> float:
-        return max(NACK_RETRY_MIN_S, 1.5 * self.rtt_s)
+        return max(NACK_RETRY_MIN_S, 1.1 * self.rtt_s + 0.01)
 
     def on_packet(self, seq: int, timestamp: int, now: float) -> None:
         """A packet arrived (``seq`` extended, after RTX unwrapping)."""
@@ -485,10 +532,13 @@ class VideoReceiveGuard:
         a = self.assembler
         abandoned = a.counters["holes_abandoned"] + a.counters["stale_holes_skipped"]
         a.wait_s = hole_wait_s(self.nack.rtt_s)
+        a.early_s = early_keyframe_s(self.nack.rtt_s)
         frames = a.add(self.seq.extend(packet.seq), packet, now)
         if a.next_seq is not None:
             self.nack.forget_before(a.next_seq)
         lost = a.counters["holes_abandoned"] + a.counters["stale_holes_skipped"] > abandoned
+        lost |= a.want_keyframe
+        a.want_keyframe = False
         request = self.gate.on_loss(now) if lost else self.gate.poll(now)
         return PacketOutcome(frames, request)
 

@@ -35,10 +35,12 @@ from hotline.exchange.client import (
     EnvelopeRejected,
     ExchangeClient,
     PresenceChanged,
+    Refusal,
 )
 from hotline.keys import SigningKey
 from hotline.logs import event
 from hotline.media.sources import open_source
+from hotline.ratelog import LogGate, clip
 from hotline.terminal.config import TerminalConfig
 
 log = logging.getLogger("hotline.terminal")
@@ -50,6 +52,10 @@ STOP_FLUSH_S = 3.0
 EVENT_HISTORY = 500
 LIVE_STATES = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
 #: messages for an ended call that need no answer (the summary is exchanged after the end)
+#: event kinds the exchange or the network can trigger without any member's signature
+EXCHANGE_EVENT_KINDS = frozenset({"rejected", "frame_rejected", "presence", "exchange"})
+#: distinct refusal reasons counted by name; beyond, they are counted as "other"
+MAX_REJECTION_REASONS = 128
 ENDED_CALL_TRAFFIC_OK = frozenset({"call.leave", "call.decline", "call.summary"})
 LEFT_REPLIED_MAX = 256
 
@@ -113,9 +119,15 @@ class TerminalDaemon:
         #: every call id this terminal has taken part in: an old ring is never a new call
         self._known_calls: set[str] = set(self.call_log.calls())
         self.past_calls: list[dict[str, Any]] = []
-        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        #: the terminal's own events (calls, keys, charters): nothing the exchange can
+        #: trigger on its own lands here, so it cannot flush them
+        self._history: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        #: events the exchange (or the network) can trigger at will: refusals, presence,
+        #: connection changes; bounded and rate-limited per reason on their own
+        self._exchange_history: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._event_seq = 0
         self.rejected: dict[str, int] = {}
+        self._refusal_gate = LogGate()
         #: the last ring this terminal took, with its age when it arrived
         self.last_ring: dict[str, Any] | None = None
         #: (call, sender) already answered with a leave for a call that has ended
@@ -165,8 +177,15 @@ class TerminalDaemon:
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         self._event_seq += 1
-        self.events.append({**data, "seq": self._event_seq, "time": time.time(), "kind": kind})
+        record = {**data, "seq": self._event_seq, "time": time.time(), "kind": kind}
+        history = self._exchange_history if kind in EXCHANGE_EVENT_KINDS else self._history
+        history.append(record)
         log.info("%s %s", kind, data, extra=event(kind, **data))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Both histories, in order."""
+        return sorted((*self._history, *self._exchange_history), key=lambda e: int(e["seq"]))
 
     def events_since(self, seq: int) -> list[dict[str, Any]]:
         return [e for e in self.events if e["seq"] > seq]
@@ -329,9 +348,10 @@ class TerminalDaemon:
         elif isinstance(event, CharterUpdated):
             await self._adopt_charter(event.charter)  # accepted by the store already
         elif isinstance(event, EnvelopeRejected):
-            self._count_rejection(
-                f"exchange_{event.reason}", f"the exchange refused our envelope {event.seq}"
-            )
+            what = "our charter" if event.seq is None else f"our envelope {event.seq}"
+            self._count_rejection(f"exchange_{event.reason}", f"the exchange refused {what}")
+        elif isinstance(event, Refusal):  # a delivery, a charter, or the exchange itself
+            self._count_rejection(event.reason, event.detail)
         elif isinstance(event, ConnectionChanged):
             self._exchange_reason = event.reason
             self._exchange_since = time.time()
@@ -399,9 +419,27 @@ class TerminalDaemon:
         self.rejected[key] = self.rejected.get(key, 0) + 1
 
     def _count_rejection(self, reason: str, detail: str) -> None:
+        """Count a refusal exactly; log it and report it as an event at most once a second
+        per reason (the next line says how many were held back). Reasons come from a
+        fixed set (ours, or the exchange's mapped by ``frames.known_reason``); a map of
+        them is capped all the same."""
+        reason = clip(reason, 64)
+        if reason not in self.rejected and len(self.rejected) >= MAX_REJECTION_REASONS:
+            reason = "other"
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("refused: %s", detail, extra=event("refused", reason=reason))
-        self.emit("rejected", {"reason": reason, "detail": detail})
+        now, held = self._refusal_gate.allow(reason)
+        if not now:
+            return
+        detail = clip(detail)
+        more = f" (and {held} more since the last line)" if held else ""
+        log.warning(
+            "refused (%s): %s%s",
+            reason,
+            detail,
+            more,
+            extra=event("refused", reason=reason, held_back=held),
+        )
+        self.emit("rejected", {"reason": reason, "detail": detail, "held_back": held})
 
     async def _tick(self) -> None:
         while not self._stopping:

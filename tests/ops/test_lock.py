@@ -29,6 +29,16 @@ def test_a_second_serve_on_one_store_is_refused_naming_the_pid(tmp_path: Path) -
                 f"error: {db}: this exchange store is already served by another "
                 f"`hotline exchange serve` (pid {pid})"
             ]
+        # another store on the same port: the environment (exit 3), not the command (2)
+        port = first.ready["port"]
+        taken = hotline(
+            "exchange", "serve", "--dir", str(tmp_path / "other"), "--insecure-loopback",
+            "--listen", f"127.0.0.1:{port}", "--charter", str(charter), "--log-level", "warning",
+        )  # fmt: skip
+        assert taken.returncode == 3, taken.stderr
+        assert taken.stderr.strip().splitlines() == [
+            f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        ]
         assert first.proc.poll() is None  # the first one is untouched
     finally:
         first.kill()

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from hotline import __version__
 from hotline.cli.common import EXIT_ERROR, EXIT_UNAVAILABLE, err_console
-from hotline.errors import ExchangeUnavailable, HotlineError
+from hotline.errors import AddressUnavailable, ExchangeUnavailable, HotlineError
 
 app = typer.Typer(
     name="hotline",
@@ -94,7 +94,8 @@ def main() -> None:
     try:
         app()
     except HotlineError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, ExchangeUnavailable) else EXIT_ERROR)
+        environment = isinstance(exc, (ExchangeUnavailable, AddressUnavailable))
+        _fail(str(exc), EXIT_UNAVAILABLE if environment else EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -15,8 +15,10 @@ from hotline.errors import UsageError
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-#: exit codes: 0 success, 1 a check failed (verify said no), 2 bad input or refused data,
-#: 3 an environment problem (exchange unreachable, ports), 130 interrupted
+#: exit codes: 0 success, 1 a check failed (verify said no), 2 bad input or refused data
+#: (including a folder already in use by a running process), 3 an environment problem
+#: (exchange unreachable, a port in use or an address not of this machine), 70 a bug,
+#: 130 interrupted
 EXIT_CHECK_FAILED = 1
 EXIT_ERROR = 2
 EXIT_UNAVAILABLE = 3

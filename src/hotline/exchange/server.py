@@ -28,6 +28,7 @@ from aiohttp.http_websocket import WebSocketError
 
 from hotline.charter import SignedCharter
 from hotline.errors import (
+    AddressUnavailable,
     AuthenticationError,
     CharterError,
     CharterRollback,
@@ -242,8 +243,9 @@ class ExchangeServer:
         try:
             await site.start()
         except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise AddressUnavailable(
+                f"cannot listen on {self.config.host}:{self.config.port}: {why}"
             ) from exc
         address = self._runner.addresses[0]
         self.port = int(address[1])

@@ -168,7 +168,8 @@ def test_install_unit_writes_a_unit_systemd_accepts(tmp_path: Path, group: str, 
     command = exec_start.removeprefix("ExecStart=").split()[0]
     assert os.path.isabs(command) and os.access(command, os.X_OK), exec_start
     for directive in (
-        "Type=notify", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
+        "Type=notify", "Restart=on-failure", "RestartPreventExitStatus=2",
+        "WatchdogSec=30s", "NoNewPrivileges=yes", "ProtectSystem=strict",
         "CapabilityBoundingSet=", "SystemCallFilter=@system-service", "--log-format json",
     ):  # fmt: skip
         assert directive in text, directive

@@ -195,3 +195,10 @@ def test_install_unit_writes_a_unit_systemd_accepts(tmp_path: Path, group: str, 
     )  # fmt: skip
     # verify exits 0 even for an unknown directive; it must not say anything either
     assert check.returncode == 0 and check.stderr.strip() == "", check.stderr
+    # systemd's own rating of the sandbox: exposure at most 2.5 of 10 (measured: exchange
+    # 1.7, terminal 1.9, "OK")
+    rating = subprocess.run(  # noqa: PLW1510 (checked below)
+        [analyze, "security", "--offline=yes", "--threshold=25", target.name],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert rating.returncode == 0, rating.stdout[-400:]

@@ -137,8 +137,21 @@ def _online_copy(source: Path, dest: Path) -> None:
         Path(str(dest) + side).unlink(missing_ok=True)
 
 
-def take_backup(kind: str, folder: Path, out: Path, *, now: float | None = None) -> Manifest:
-    """Back ``folder`` (a terminal, exchange or site folder) up into the new folder ``out``."""
+#: where, in a backup, an exchange store kept outside the exchange's folder goes
+STORE_DIR = "store"
+
+
+def take_backup(
+    kind: str,
+    folder: Path,
+    out: Path,
+    *,
+    outside_store: Path | None = None,
+    now: float | None = None,
+) -> Manifest:
+    """Back ``folder`` (a terminal, exchange or site folder) up into the new folder ``out``.
+    ``outside_store``: an exchange's database kept outside its folder (``exchange.db`` in
+    ``exchange.toml``), backed up too, as ``store/NAME``."""
     if kind not in KINDS:
         raise UsageError(f"unknown kind {kind!r}")
     if not folder.is_dir():
@@ -148,8 +161,12 @@ def take_backup(kind: str, folder: Path, out: Path, *, now: float | None = None)
     out.mkdir(mode=0o700, parents=True)
     files: dict[str, dict[str, Any]] = {}
     charters: dict[str, dict[str, int]] = {}
-    for path in _walk(folder):
-        rel = path.relative_to(folder)
+    sources = [(path, path.relative_to(folder)) for path in _walk(folder)]
+    if outside_store is not None:
+        if not outside_store.is_file():
+            raise UsageError(f"{outside_store}: the exchange's store is not there")
+        sources.append((outside_store, Path(STORE_DIR) / outside_store.name))
+    for path, rel in sources:
         dest = out / rel
         dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -167,6 +184,7 @@ def take_backup(kind: str, folder: Path, out: Path, *, now: float | None = None)
             "size": dest.stat().st_size,
             "mode": f"{mode:04o}",
             "sqlite": database,
+            "store": path == outside_store,
         }
     manifest = Manifest(
         kind=kind,
@@ -220,11 +238,22 @@ class Rollback:
     in_backup: int | None
 
 
-def rollbacks(manifest: Manifest, target: Path) -> list[Rollback]:
+def _destination(rel: str, entry: dict[str, Any], target: Path, store: Path | None) -> Path:
+    if entry.get("store"):
+        if store is None:
+            raise UsageError(
+                f"the backup holds an exchange store kept outside its folder ({rel}); "
+                "name the target's store in its exchange.toml (exchange.db) first"
+            )
+        return store
+    return target / rel
+
+
+def rollbacks(manifest: Manifest, target: Path, store: Path | None = None) -> list[Rollback]:
     """What restoring ``manifest`` over ``target`` would roll back."""
     found: list[Rollback] = []
     for rel, entry in manifest.files.items():
-        current = target / rel
+        current = _destination(rel, entry, target, store)
         if not entry["sqlite"] or not current.is_file() or not is_sqlite(current):
             continue
         backed = manifest.charters.get(rel, {})
@@ -235,16 +264,25 @@ def rollbacks(manifest: Manifest, target: Path) -> list[Rollback]:
 
 
 def restore(
-    backup: Path, kind: str, target: Path, *, keep_newer_charters: bool = False
+    backup: Path,
+    kind: str,
+    target: Path,
+    *,
+    keep_newer_charters: bool = False,
+    store: Path | None = None,
 ) -> tuple[Manifest, list[Rollback]]:
     """Restore ``backup`` (of ``kind``) into ``target``. Returns the manifest and the newer
-    charters kept. Raises :class:`StateError` while the target runs, or if it would roll a
-    charter back and ``keep_newer_charters`` is not given."""
+    charters kept. ``store``: where the target exchange keeps a store outside its folder.
+    Raises :class:`StateError` while the target runs, or if it would roll a charter back
+    and ``keep_newer_charters`` is not given."""
     manifest = read_manifest(backup)
     if manifest.kind != kind:
         raise UsageError(f"{backup}: a backup of a {manifest.kind}, not of a {kind}")
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for lock in lock_files(kind, target):
+    locks = lock_files(kind, target)
+    if store is not None:
+        locks.append(store.with_name(store.name + ".lock"))
+    for lock in locks:
         pid = pidlock.holder(lock)
         if pid is not None:
             raise StateError(f"{target}: the {kind} is running (pid {pid}); stop it first")
@@ -252,25 +290,27 @@ def restore(
         (target / "state").mkdir(mode=0o700, exist_ok=True)
     # held until the restore is done: a terminal or exchange started meanwhile is refused
     held = [
-        pidlock.hold(lock, f"{target}: the {kind} started during the restore")
-        for lock in lock_files(kind, target)
+        pidlock.hold(lock, f"{target}: the {kind} started during the restore") for lock in locks
     ]
     try:
-        back = rollbacks(manifest, target)
+        back = rollbacks(manifest, target, store)
         if back and not keep_newer_charters:
             first = back[0]
             was = f"version {first.in_backup}" if first.in_backup else "no charter"
+            where = _destination(first.database, manifest.files[first.database], target, store)
             raise StateError(
-                f"{target / first.database}: holds charter version {first.held} of line "
+                f"{where}: holds charter version {first.held} of line "
                 f"{first.line_id!r} and the backup has {was}: restoring would roll the charter "
                 "back. Give --keep-newer-charters to restore everything else and keep the "
                 "newer charters"
             )
-        newer = {
-            r.database: _charter_rows(target / r.database, {x.line_id for x in back}) for r in back
-        }
+        lines = {r.line_id for r in back}
+        newer: dict[Path, list[tuple[str, int, bytes, bytes]]] = {}
+        for r in back:
+            path = _destination(r.database, manifest.files[r.database], target, store)
+            newer[path] = _charter_rows(path, lines)
         for rel, entry in manifest.files.items():
-            dest = target / rel
+            dest = _destination(rel, entry, target, store)
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + ".restore.tmp")
             shutil.copyfile(backup / rel, tmp)
@@ -279,8 +319,8 @@ def restore(
                 for side in ("-wal", "-shm"):
                     Path(str(dest) + side).unlink(missing_ok=True)
             os.replace(tmp, dest)
-        for rel, rows in newer.items():
-            _put_charter_rows(target / rel, rows)
+        for path, rows in newer.items():
+            _put_charter_rows(path, rows)
     finally:
         for fd in held:
             os.close(fd)

@@ -174,3 +174,41 @@ def test_backup_of_a_running_terminal_and_a_damaged_backup(tmp_path: Path) -> No
     assert not (tmp_path / "t3").exists()
     exists = hotline("backup", "--terminal", str(alpha), "--out", str(tmp_path / "tb"))
     assert exists.returncode == 2 and "already exists" in exists.stderr
+
+
+async def test_an_exchange_store_outside_its_folder_is_backed_up_too(
+    tmp_path: Path, harness: Harness
+) -> None:
+    line = make_line(tmp_path, 2)
+    folder = tmp_path / "exchange"
+    folder.mkdir()
+    store = tmp_path / "data" / "store.db"
+    store.parent.mkdir()
+    (folder / "exchange.toml").write_text(f"[exchange]\ndb = '{store}'\n")
+    serving = serve_exchange(folder, "--charter", str(line.path))
+    try:
+        a = await harness.client(serving.url, line, "t0")
+        await a.send("t1", "n", b"outside")
+        await wait_for(lambda: a.outbox_size == 0)
+        taken = hotline_json(
+            "backup", "--exchange", str(folder), "--out", str(tmp_path / "b"), "--json"
+        )
+        assert taken["files"]["store/store.db"]["store"] is True
+        assert taken["charters"] == {"store/store.db": {line.line_id: 1}}
+        busy = hotline("restore", str(tmp_path / "b"), "--exchange", str(folder))
+        assert busy.returncode == 2 and f"(pid {serving.proc.pid})" in busy.stderr
+        await a.close()
+    finally:
+        serving.kill()
+    store.unlink()  # the data disk is lost
+    Path(str(store) + "-wal").unlink(missing_ok=True)
+    Path(str(store) + "-shm").unlink(missing_ok=True)
+    assert hotline("restore", str(tmp_path / "b"), "--exchange", str(folder)).returncode == 0
+    assert deliveries(store) == 1
+    again = serve_exchange(folder)
+    try:
+        b = await harness.client(again.url, line, "t1")
+        assert [e.body for e in await receive_envelopes(b, 1)] == [b"outside"]
+        await b.close()
+    finally:
+        again.stop()

@@ -21,6 +21,18 @@ def pick(terminal: Path | None, exchange: Path | None, site: Path | None) -> tup
     return given[0]
 
 
+def outside_store(kind: str, folder: Path) -> Path | None:
+    """An exchange's store when its exchange.toml keeps it outside the exchange's folder."""
+    if kind != "exchange":
+        return None
+    from hotline.exchange.config import exchange_settings  # noqa: PLC0415
+
+    db = exchange_settings(folder, None, {}).value("exchange.db")
+    if db is None or db.resolve().parent == folder.resolve():
+        return None
+    return Path(db)
+
+
 def command(
     out: Annotated[Path, typer.Option("--out", help="The backup folder to create (new).")],
     terminal: Annotated[
@@ -39,7 +51,7 @@ def command(
     BACKUP.json lists every file with its SHA-256 and the charter version of every line.
     Keep backups as safely as the keys they hold."""
     kind, folder = pick(terminal, exchange, site)
-    manifest = take_backup(kind, folder, out)
+    manifest = take_backup(kind, folder, out, outside_store=outside_store(kind, folder))
     if json_output:
         print_json({"schema": 1, "ok": True, "backup": str(out), **manifest.to_json()})
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from hotline.backup import restore
-from hotline.cli.backup import pick
+from hotline.cli.backup import outside_store, pick
 from hotline.cli.common import console, print_json
 
 
@@ -39,7 +39,14 @@ def command(  # noqa: PLR0917 (typer maps options to parameters)
     and when the target's charter store holds a newer charter version of a line than the
     backup: a restore never rolls a charter back."""
     kind, folder = pick(terminal, exchange, site)
-    manifest, kept = restore(backup, kind, folder, keep_newer_charters=keep_newer_charters)
+    manifest, kept = restore(
+        backup,
+        kind,
+        folder,
+        keep_newer_charters=keep_newer_charters,
+        # where the target keeps its store: its own exchange.toml, else the backup's
+        store=outside_store(kind, folder if (folder / "exchange.toml").is_file() else backup),
+    )
     if json_output:
         print_json(
             {

@@ -15,7 +15,8 @@ import pytest
 from hotline.errors import ConfigError, UsageError
 from hotline.exchange.config import EXCHANGE_OPTIONS, exchange_settings, load_exchange_config
 from hotline.settings import COMMAND_LINE, DEFAULT, resolve
-from hotline.terminal.config import TERMINAL_OPTIONS, parse_terminal_config
+from hotline.terminal.config import parse_terminal_config
+from hotline.terminal.options import TERMINAL_OPTIONS
 
 from .cli import exchange_dir, free_port, hotline, hotline_json, small_line, write_private
 

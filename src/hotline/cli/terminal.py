@@ -19,7 +19,7 @@ from hotline.provision import (
     enroll_terminal,
     load_terminal_record,
 )
-from hotline.terminal.config import TERMINAL_OPTIONS
+from hotline.terminal.options import TERMINAL_OPTIONS
 from hotline.units import TERMINAL_UNIT
 
 app = typer.Typer(

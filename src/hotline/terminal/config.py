@@ -60,7 +60,8 @@ from hotline.media.turn import (
     TurnCredentials,
     TurnRelay,
 )
-from hotline.settings import Option, log_options, parse_tables, sections
+from hotline.settings import parse_tables, sections
+from hotline.terminal.options import TERMINAL_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -68,53 +69,6 @@ CONFIG_FILE = "terminal.toml"
 MAX_CONFIG_SIZE = 64 * 1024
 PROBE_TIMEOUT_RANGE = (0.05, 30.0)
 CREDENTIAL_TTL_RANGE = (60, 30 * 86_400)
-
-#: every run option of a terminal: ``[terminal]`` and ``[log]`` in the file, a flag of
-#: ``hotline terminal run``
-TERMINAL_OPTIONS: tuple[Option, ...] = (
-    Option("terminal.charter", "--charter", None, "the line's signed charter file", kind=Path),
-    Option(
-        "terminal.exchange",
-        "--exchange",
-        None,
-        "exchange URL (default: the charter's first exchange, then the others)",
-    ),
-    Option(
-        "terminal.interfaces",
-        "--interfaces",
-        "loopback",
-        "where ICE gathers host candidates: loopback, all, or IP addresses (a,b)",
-    ),
-    Option(
-        "terminal.control_port",
-        "--control-port",
-        0,
-        "port of the local control API on 127.0.0.1 (0: any free one)",
-        kind=int,
-        low=0,
-        high=65535,
-    ),
-    Option(
-        "terminal.source",
-        "--source",
-        "synthetic",
-        "what this terminal sends: synthetic[:tone|speech|silence], file:PATH, device[:CAM[,MIC]]",
-    ),
-    Option("terminal.width", "--width", 640, "synthetic video width", kind=int, low=16, high=4096),
-    Option(
-        "terminal.height", "--height", 360, "synthetic video height", kind=int, low=16, high=4096
-    ),
-    Option("terminal.fps", "--fps", 30, "video frames per second", kind=int, low=1, high=120),
-    Option("terminal.auto_answer", "--auto-answer", False, "answer every call at once", kind=bool),
-    Option(
-        "terminal.passphrase_file",
-        "--passphrase-file",
-        None,
-        "file holding the identity key's passphrase",
-        kind=Path,
-    ),
-    *log_options("warning"),
-)
 
 _TOP_KEYS = {"turn"} | sections(TERMINAL_OPTIONS)
 _TURN_KEYS = {"probe_timeout_s", "relay"}

@@ -24,13 +24,13 @@ from hotline.provision import load_terminal, load_terminal_record
 from hotline.settings import Settings, resolve
 from hotline.signals import until_terminated
 from hotline.terminal.config import (
-    TERMINAL_OPTIONS,
     TerminalConfig,
     default_config_path,
     load_terminal_config,
 )
 from hotline.terminal.control import make_runner, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
+from hotline.terminal.options import TERMINAL_OPTIONS
 
 
 def build_config(

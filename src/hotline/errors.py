@@ -202,6 +202,13 @@ class SummaryMismatch(CallError):
 # media (hotline.media): the aiortc media engine and its frame-encryption seam
 
 
+class AddressUnavailable(LocalError):
+    """A port is in use, or an address is not this machine's: the environment, not the
+    command (exit code 3, like an exchange that cannot be reached)."""
+
+    reason = "address_unavailable"
+
+
 class ConfigError(UsageError):
     """A site's local configuration file (``terminal.toml``) is missing, unsafe or invalid."""
 

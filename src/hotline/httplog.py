@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import http_exceptions, web_exceptions
 
+from hotline.logs import event
+
 #: at most one log line per reason in this many seconds
 LOG_INTERVAL_S = 1.0
 #: longest message text of the peer's making that reaches a log line
@@ -72,6 +74,7 @@ class HttpErrorLog(logging.LoggerAdapter[logging.Logger]):
             reason,
             lines[0][:MAX_DETAIL],
             f" (and {more} more since the last line)" if more else "",
+            extra=event("bad_http_request", source=str(source), reason=reason, suppressed=more),
         )
 
     def _malformed(self, exc: BaseException, reason: str, args: tuple[Any, ...]) -> None:

@@ -26,6 +26,8 @@ FINGERPRINT_LABEL = b"hotline key fingerprint v1"
 MAX_KEY_FILE_SIZE = 16 * 1024
 #: environment variable holding the passphrase for unattended use
 PASSPHRASE_ENV = "HOTLINE_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
+#: the name of the systemd credential holding the passphrase (LoadCredential=passphrase:FILE)
+PASSPHRASE_CREDENTIAL = "passphrase"  # noqa: S105 (a name, not a secret)
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ class SigningKey:
 
 
 def read_passphrase(passphrase_file: Path | None) -> bytes | None:
-    """The passphrase from ``passphrase_file`` (first line), else from the environment."""
+    """The passphrase from ``passphrase_file`` (first line), else from the environment
+    (``$HOTLINE_PASSPHRASE``), else from the systemd credential ``passphrase``."""
     if passphrase_file is not None:
         try:
             text = passphrase_file.read_bytes()
@@ -177,4 +180,13 @@ def read_passphrase(passphrase_file: Path | None) -> bytes | None:
             raise PassphraseError(f"{passphrase_file}: the passphrase file is empty")
         return line
     env = os.environ.get(PASSPHRASE_ENV)
-    return env.encode("utf-8") if env else None
+    if env:
+        return env.encode("utf-8")
+    # a systemd service: LoadCredential=passphrase:/etc/hotline/NAME.passphrase puts the
+    # file in a private folder named by $CREDENTIALS_DIRECTORY, readable by the service only
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        path = Path(credentials) / PASSPHRASE_CREDENTIAL
+        if path.exists():
+            return read_passphrase(path)
+    return None

@@ -101,7 +101,7 @@ async def test_healthz_and_metrics(tmp_path: Path, harness: Harness) -> None:
             assert resp.content_type == "text/plain"
             text = await resp.text()
     assert health["status"] == "ok" and health["terminals_online"] == 1 and health["lines"] == 1
-    assert "# TYPE hotline_exchange_connections gauge" in text
-    assert "hotline_exchange_terminals_online 1" in text
-    assert "hotline_exchange_admitted_total 1" in text
+    assert "# TYPE hotline_exchange_open_connections gauge" in text
+    assert "hotline_exchange_terminals_online 1.0" in text
+    assert "hotline_exchange_admitted_total 1.0" in text
     await asyncio.sleep(0)

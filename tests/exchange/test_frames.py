@@ -172,14 +172,14 @@ def test_metrics_text_format() -> None:
     metrics.inc("envelopes_routed_total", n=3)
     metrics.inc("envelopes_rejected_total", "replay")
     metrics.inc("envelopes_rejected_total", 'odd"reason\\')
-    metrics.gauge("connections", lambda: 7)
+    metrics.gauge("open_connections", lambda: 7)
     text = metrics.render()
     assert "# TYPE hotline_exchange_envelopes_routed_total counter" in text
-    assert "hotline_exchange_envelopes_routed_total 3\n" in text
-    assert 'hotline_exchange_envelopes_rejected_total{reason="replay"} 1\n' in text
+    assert "hotline_exchange_envelopes_routed_total 3.0\n" in text
+    assert 'hotline_exchange_envelopes_rejected_total{reason="replay"} 1.0\n' in text
     assert 'reason="odd\\"reason\\\\"' in text
-    assert "hotline_exchange_connections 7\n" in text
-    assert metrics.get("connections") == 7
+    assert "hotline_exchange_open_connections 7.0\n" in text
+    assert metrics.get("open_connections") == 7
     with pytest.raises(ValueError):
         metrics.inc("envelopes_rejected_total")  # needs a reason
     with pytest.raises(ValueError):

@@ -7,13 +7,14 @@ import importlib
 import os
 import sys
 import traceback
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from hotline import __version__
 from hotline.cli.common import EXIT_ERROR, EXIT_UNAVAILABLE, err_console
-from hotline.errors import ExchangeUnavailable, HotlineError
+from hotline.errors import AddressUnavailable, ExchangeUnavailable, HotlineError
 
 app = typer.Typer(
     name="hotline",
@@ -31,6 +32,7 @@ app = typer.Typer(
 # `command` (a single command function).
 _GROUPS: list[tuple[str, str]] = [
     ("site", "site"),
+    ("config", "config"),
     ("terminal", "terminal"),
     ("line", "line"),
     ("log", "log"),
@@ -38,6 +40,8 @@ _GROUPS: list[tuple[str, str]] = [
     ("call", "call"),
     ("check", "check"),
     ("demo", "demo"),
+    ("backup", "backup"),
+    ("restore", "restore"),
 ]
 
 
@@ -50,8 +54,24 @@ def _register() -> None:
             app.command(name=name)(module.command)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the Hotline version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Hotline: a secure, end-to-end encrypted video line between governments."""
 
 
@@ -75,7 +95,8 @@ def main() -> None:
     try:
         app()
     except HotlineError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, ExchangeUnavailable) else EXIT_ERROR)
+        environment = isinstance(exc, (ExchangeUnavailable, AddressUnavailable))
+        _fail(str(exc), EXIT_UNAVAILABLE if environment else EXIT_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import math
+import os
 import resource
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from hotline import __version__, pidlock, sdnotify
 from hotline.charter import SignedCharter, load_charter
-from hotline.cli.common import console, print_json
+from hotline.cli.common import LogFormat, LogLevel, console, install_unit, print_json
 from hotline.errors import UsageError
 from hotline.exchange import tls
+from hotline.exchange.config import (
+    CONFIG_FILE,
+    DEFAULT_PORT,
+    EXCHANGE_OPTIONS,
+    exchange_settings,
+)
 from hotline.exchange.routing import Limits
+from hotline.exchange.store import read_events
+from hotline.logs import lifecycle, rfc3339, setup_logging
 from hotline.signals import until_terminated
+from hotline.units import EXCHANGE_UNIT
 
 app = typer.Typer(
     help=(
@@ -28,9 +41,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DEFAULT_PORT = 7447
 DB_FILE = "exchange.db"
-_DEFAULTS = Limits()
 
 DirOption = Annotated[
     Path,
@@ -39,9 +50,6 @@ DirOption = Annotated[
         help="The exchange's folder: TLS certificate and key, and by default its database.",
     ),
 ]
-
-#: the largest value any limit option takes (a guard against typos and infinities)
-MAX_LIMIT = 1_000_000_000
 
 
 @app.command("init")
@@ -63,10 +71,100 @@ def init(
         console.print(f"TLS fingerprint: {fingerprint}", soft_wrap=True)
 
 
+@app.command("install-unit")
+def install_unit_command(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the unit here (a file, or a folder such as /etc/systemd/system) "
+            "instead of printing it.",
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--hotline",
+            help="The command systemd runs (default: this installation's hotline, absolute).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """The systemd unit hotline-exchange.service (Type=notify, Restart=on-failure,
+    sandboxed): printed, or written to --out. Its comments say how to install it."""
+    install_unit(EXCHANGE_UNIT, out, command, force)
+
+
 @app.command("fingerprint")
 def fingerprint(directory: DirOption) -> None:
     """Print the fingerprint of the exchange's TLS certificate."""
     console.print(tls.load_fingerprint(directory), soft_wrap=True)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> int:
+    """``--since``: a duration back from now (``90s``, ``15m``, ``2h``, ``7d``) or an RFC 3339
+    time (``2026-12-01T20:00:00Z``); milliseconds since the epoch."""
+    unit = _UNITS.get(text[-1:])
+    if unit is not None and text[:-1].replace(".", "", 1).isdigit():
+        return int((now - float(text[:-1]) * unit) * 1000)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: expected a duration (90s, 15m, 2h, 7d) or an RFC 3339 time "
+            "(2026-12-01T20:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise UsageError(f"--since {text!r}: give the time zone (Z for UTC)")
+    return int(moment.timestamp() * 1000)
+
+
+@app.command("events")
+def events(  # noqa: PLR0917 (typer maps options to parameters)
+    directory: DirOption,
+    db: Annotated[
+        Path | None, typer.Option("--db", help=f"The SQLite store (default: DIR/{DB_FILE}).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only events since: 15m, 2h, 7d, or 2026-12-01T20:00:00Z."),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="Only this kind (auth_failed, refused, duplicate_terminal…)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="At most.")] = 1000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the exchange's audit table: admissions, refusals, failed authentications,
+    duplicate terminals, closes, charter updates, starts and stops (oldest first). Safe
+    while the exchange runs (the store is opened read-only)."""
+    since_ms = parse_since(since, time.time()) if since is not None else None
+    rows = read_events(db or directory / DB_FILE, since_ms=since_ms, kind=kind, limit=limit)
+    if json_output:
+        print_json(
+            {
+                "schema": 1,
+                "ok": True,
+                "events": [{"ts": rfc3339(e.at_ms / 1000), **dataclasses.asdict(e)} for e in rows],
+            }
+        )
+        return
+    for e in rows:
+        fields = " ".join(
+            f"{name}={value}"
+            for name, value in (
+                ("line", e.line),
+                ("terminal", e.terminal),
+                ("source", e.source),
+                ("reason", e.reason),
+            )
+            if value is not None
+        )
+        typer.echo(f"{rfc3339(e.at_ms / 1000)} {e.kind} {fields}".rstrip())
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -119,9 +217,24 @@ def _raise_fd_limit(max_connections: int) -> None:
         )
 
 
+def _opt(key: str) -> str:
+    option = _OPTIONS[key]
+    return f"{option.help[0].upper()}{option.help[1:]}. File: {key} (default: {option.default!r})."
+
+
+_OPTIONS = {o.key: o for o in EXCHANGE_OPTIONS}
+
+
 @app.command("serve")
 def serve(  # noqa: PLR0917 (typer maps options to parameters)
     directory: DirOption,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=f"The exchange's local configuration (default: DIR/{CONFIG_FILE} if it exists).",
+        ),
+    ] = None,
     charter: Annotated[
         list[Path] | None,
         typer.Option(
@@ -129,63 +242,47 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
             help=(
                 "A signed charter of a line to serve (repeat for several lines), or a folder "
                 "of *.charter.json files. Charters already held in the database are served "
-                "too, so a restart needs none."
+                "too, so a restart needs none. File: exchange.charter."
             ),
         ),
     ] = None,
-    listen: Annotated[
-        str,
-        typer.Option("--listen", help="ADDRESS:PORT to listen on; port 0 picks a free one."),
-    ] = f"127.0.0.1:{DEFAULT_PORT}",
-    db: Annotated[
-        Path | None,
-        typer.Option("--db", help=f"The SQLite database (default: DIR/{DB_FILE})."),
-    ] = None,
+    listen: Annotated[str | None, typer.Option("--listen", help=_opt("exchange.listen"))] = None,
+    db: Annotated[Path | None, typer.Option("--db", help=_opt("exchange.db"))] = None,
     insecure_loopback: Annotated[
-        bool,
-        typer.Option(
-            "--insecure-loopback",
-            help="Serve plain ws:// instead of wss:// (tests, demo). Only on a loopback address.",
-        ),
-    ] = False,
+        bool | None,
+        typer.Option("--insecure-loopback/--tls", help=_opt("exchange.insecure_loopback")),
+    ] = None,
     json_output: Annotated[
         bool,
         typer.Option("--json", help="When ready, print one JSON line: url, port, exchange id."),
     ] = False,
     max_envelope_size: Annotated[
-        int, typer.Option(help="Largest envelope in bytes; larger closes the connection.")
-    ] = _DEFAULTS.max_envelope_size,
-    rate: Annotated[
-        float, typer.Option(help="Envelopes per second per terminal (sustained).")
-    ] = _DEFAULTS.rate_per_s,
-    burst: Annotated[int, typer.Option(help="Envelopes a terminal may send at once.")] = (
-        _DEFAULTS.burst
-    ),
+        int | None, typer.Option(help=_opt("limits.max_envelope_size"))
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help=_opt("limits.rate"))] = None,
+    burst: Annotated[int | None, typer.Option(help=_opt("limits.burst"))] = None,
     max_connections_per_source: Annotated[
-        int, typer.Option(help="Open connections per source address.")
-    ] = _DEFAULTS.max_connections_per_source,
-    max_connections: Annotated[int, typer.Option(help="Open connections in total.")] = (
-        _DEFAULTS.max_connections
-    ),
-    max_queue: Annotated[
-        int, typer.Option(help="Stored, unacknowledged envelopes per terminal.")
-    ] = _DEFAULTS.max_queue,
-    window: Annotated[
-        float, typer.Option(help="Store-and-forward window in seconds.")
-    ] = _DEFAULTS.window_s,
-    auth_timeout: Annotated[
-        float, typer.Option(help="Seconds a new connection has to authenticate.")
-    ] = _DEFAULTS.auth_timeout_s,
-    heartbeat: Annotated[float, typer.Option(help="WebSocket ping interval in seconds.")] = (
-        _DEFAULTS.heartbeat_s
-    ),
+        int | None, typer.Option(help=_opt("limits.max_connections_per_source"))
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help=_opt("limits.max_connections"))
+    ] = None,
+    max_queue: Annotated[int | None, typer.Option(help=_opt("limits.max_queue"))] = None,
+    window: Annotated[float | None, typer.Option(help=_opt("limits.window"))] = None,
+    auth_timeout: Annotated[float | None, typer.Option(help=_opt("limits.auth_timeout"))] = None,
+    heartbeat: Annotated[float | None, typer.Option(help=_opt("limits.heartbeat"))] = None,
     log_level: Annotated[
-        str, typer.Option(help="debug, info, warning or error (logs go to stderr).")
-    ] = "info",
+        LogLevel | None, typer.Option("--log-level", help=_opt("log.level"))
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None, typer.Option("--log-format", help=_opt("log.format"))
+    ] = None,
 ) -> None:
     """Run the exchange until interrupted (Ctrl-C or SIGTERM).
 
-    Prints the URL it listens on once terminals can connect; with --json, one line:
+    Every option can also be set in DIR/exchange.toml (the command line wins; `hotline config
+    show --exchange DIR` prints the result). Prints the URL it listens on once terminals can
+    connect; with --json, one line:
     {"event": "listening", "url": ..., "port": ..., "exchange_id": ..., "lines": [...]}."""
     # aiohttp's server is imported only here: every other `hotline` command starts faster
     from hotline.exchange.server import (  # noqa: PLC0415
@@ -194,63 +291,106 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
         listening_line,
     )
 
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise UsageError(f"--log-level {log_level!r}: expected debug, info, warning or error")
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    settings = exchange_settings(
+        directory,
+        config_file,
+        {
+            "exchange.listen": listen,
+            "exchange.charter": charter,
+            "exchange.db": db,
+            "exchange.insecure_loopback": insecure_loopback,
+            "limits.max_envelope_size": max_envelope_size,
+            "limits.rate": rate,
+            "limits.burst": burst,
+            "limits.max_connections_per_source": max_connections_per_source,
+            "limits.max_connections": max_connections,
+            "limits.max_queue": max_queue,
+            "limits.window": window,
+            "limits.auth_timeout": auth_timeout,
+            "limits.heartbeat": heartbeat,
+            "log.level": log_level.value if log_level else None,
+            "log.format": log_format.value if log_format else None,
+        },
     )
-    host, port = parse_listen(listen)
-    for name, value in (
-        ("max-envelope-size", max_envelope_size),
-        ("rate", rate),
-        ("burst", burst),
-        ("max-connections-per-source", max_connections_per_source),
-        ("max-connections", max_connections),
-        ("max-queue", max_queue),
-        ("window", window),
-        ("auth-timeout", auth_timeout),
-        ("heartbeat", heartbeat),
-    ):
-        if not math.isfinite(value) or not 0 < value <= MAX_LIMIT:
-            raise UsageError(f"--{name} must be a number above 0 and at most {MAX_LIMIT:,}")
-    _raise_fd_limit(max_connections)
+    value = settings.value
+    setup_logging(value("log.format"), value("log.level"), static={"component": "exchange"})
+    host, port = parse_listen(value("exchange.listen"))
+    _raise_fd_limit(value("limits.max_connections"))
     limits = Limits(
-        max_envelope_size=max_envelope_size,
-        rate_per_s=rate,
-        burst=burst,
-        max_connections_per_source=max_connections_per_source,
-        max_connections=max_connections,
-        max_queue=max_queue,
-        window_s=window,
-        auth_timeout_s=auth_timeout,
-        heartbeat_s=heartbeat,
+        max_envelope_size=value("limits.max_envelope_size"),
+        rate_per_s=value("limits.rate"),
+        burst=value("limits.burst"),
+        max_connections_per_source=value("limits.max_connections_per_source"),
+        max_connections=value("limits.max_connections"),
+        max_queue=value("limits.max_queue"),
+        window_s=value("limits.window"),
+        auth_timeout_s=value("limits.auth_timeout"),
+        heartbeat_s=value("limits.heartbeat"),
     )
-    charters: list[SignedCharter] = [load_charter(p) for p in _charter_files(charter or [])]
-    if not insecure_loopback:
+    charters: list[SignedCharter] = [
+        load_charter(p) for p in _charter_files(value("exchange.charter"))
+    ]
+    insecure = bool(value("exchange.insecure_loopback"))
+    if not insecure:
         tls.load_fingerprint(directory)  # a clear error before anything starts
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db_path = value("exchange.db") or directory / DB_FILE
+    # one server per store, for as long as this process lives
+    lock = pidlock.hold(
+        store_lock_path(db_path),
+        f"{db_path}: this exchange store is already served by another `hotline exchange serve`",
+    )
     config = ServerConfig(
-        db_path=db if db is not None else directory / DB_FILE,
-        tls_dir=None if insecure_loopback else directory,
+        db_path=db_path,
+        tls_dir=None if insecure else directory,
         host=host,
         port=port,
-        insecure_loopback=insecure_loopback,
+        insecure_loopback=insecure,
         limits=limits,
     )
 
     async def run() -> None:
         server = ExchangeServer(config, charters)
         await server.start()
-        if json_output:
-            sys.stdout.write(listening_line(server) + "\n")
-            sys.stdout.flush()
-        else:
-            console.print(f"exchange {server.exchange_id}")
-            console.print(f"listening on {server.url}")
-        try:
-            await until_terminated()
-        finally:
-            await server.stop()
+        started = time.monotonic()
 
-    asyncio.run(run())
+        def ready() -> None:
+            lifecycle(
+                "exchange_started",
+                f"exchange {server.exchange_id} started on {server.url}",
+                exchange_id=server.exchange_id,
+                url=server.url,
+                lines=server.router.lines(),
+                pid=os.getpid(),
+                version=__version__,
+                config={r["key"]: r["value"] for r in settings.rows()},
+            )
+            sdnotify.ready(f"serving {len(server.router.lines())} line(s) on {server.url}")
+            if json_output:
+                sys.stdout.write(listening_line(server) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(f"exchange {server.exchange_id}", soft_wrap=True)
+                console.print(f"listening on {server.url}", soft_wrap=True)
+
+        try:
+            await until_terminated(ready)
+        finally:
+            sdnotify.stopping()
+            await server.stop()
+            lifecycle(
+                "exchange_stopped",
+                f"exchange {server.exchange_id} stopped",
+                exchange_id=server.exchange_id,
+                uptime_s=round(time.monotonic() - started, 3),
+            )
+
+    try:
+        asyncio.run(run())
+    finally:
+        os.close(lock)
+
+
+def store_lock_path(db_path: Path) -> Path:
+    """The lock file of an exchange store: ``exchange.db.lock`` beside ``exchange.db``."""
+    return db_path.with_name(db_path.name + ".lock")

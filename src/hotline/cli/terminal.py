@@ -10,8 +10,9 @@ import typer
 from rich.markup import escape
 
 from hotline.charter import Role
-from hotline.cli.common import console, print_json
-from hotline.keys import PASSPHRASE_ENV, read_passphrase
+from hotline.cli.common import LogFormat, LogLevel, console, install_unit, print_json
+from hotline.errors import UsageError
+from hotline.keys import PASSPHRASE_CREDENTIAL, PASSPHRASE_ENV, read_passphrase
 from hotline.provision import (
     ENROLMENTS_DIR,
     TERMINAL_KEY_FILE,
@@ -19,6 +20,8 @@ from hotline.provision import (
     enroll_terminal,
     load_terminal_record,
 )
+from hotline.terminal.options import TERMINAL_OPTIONS
+from hotline.units import TERMINAL_UNIT
 
 app = typer.Typer(
     help=(
@@ -107,108 +110,219 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
     )
 
 
+_OPTIONS = {o.key: o for o in TERMINAL_OPTIONS}
+
+
+def _opt(key: str, text: str | None = None) -> str:
+    option = _OPTIONS[key]
+    text = text or f"{option.help[0].upper()}{option.help[1:]}."
+    return f"{text} File: {key} (default: {option.default!r})."
+
+
+@app.command("install-unit")
+def install_unit_command(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the unit here (a file, or a folder such as /etc/systemd/system) "
+            "instead of printing it.",
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--hotline",
+            help="The command systemd runs (default: this installation's hotline, absolute).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """The systemd unit hotline-terminal@.service, one instance per terminal id
+    (Type=notify, Restart=on-failure, sandboxed, the passphrase through LoadCredential=):
+    printed, or written to --out. Its comments say how to install it."""
+    install_unit(TERMINAL_UNIT, out, command, force)
+
+
 @app.command("run")
 def run(  # noqa: PLR0917 (typer maps options to parameters)
     terminal: Annotated[
         Path, typer.Option("--terminal", "-t", help="The terminal's folder (identity key).")
     ],
-    charter: Annotated[Path, typer.Option("--charter", help="The line's signed charter file.")],
-    exchange: Annotated[
-        str | None,
-        typer.Option(
-            "--exchange",
-            help="Exchange URL (wss://… pinned by the charter; ws:// only on loopback). "
-            "Default: the charter's first exchange.",
-        ),
-    ] = None,
-    auto_answer: Annotated[
-        bool,
-        typer.Option("--auto-answer", help="Answer every call at once (unattended terminals)."),
-    ] = False,
-    scheduled_checks: Annotated[
-        bool,
-        typer.Option(
-            "--scheduled-checks/--no-scheduled-checks",
-            help="Run readiness checks on the charter's schedule (the lower id of each pair "
-            "calls). Check calls from others are answered either way.",
-        ),
-    ] = True,
-    alarm_hook: Annotated[
-        str | None,
-        typer.Option(
-            "--alarm-hook",
-            help="A command run when a readiness check is red (the alarm as JSON in "
-            "$HOTLINE_ALARM), e.g. a pager script.",
-        ),
-    ] = None,
-    interfaces: Annotated[
-        str,
-        typer.Option(
-            "--interfaces",
-            help="Where ICE gathers host candidates: 'loopback' (127.0.0.1 only, the default: "
-            "tests and demos), 'all' (every interface but loopback, as aioice does), or a "
-            "comma-separated list of this machine's IP addresses (e.g. 10.77.0.1).",
-        ),
-    ] = "loopback",
-    control_port: Annotated[
-        int, typer.Option("--control-port", help="Port of the local control API (0: any free).")
-    ] = 0,
-    source: Annotated[
-        str,
-        typer.Option(
-            "--source",
-            help="What this terminal sends: synthetic[:tone|speech|silence] (a test pattern "
-            "with a frame id, and a tone with a chirp each second), file:PATH, or "
-            "device[:CAMERA[,MIC]] (e.g. device:/dev/video0,default).",
-        ),
-    ] = "synthetic",
-    width: Annotated[int, typer.Option(help="Video width of the synthetic source.")] = 640,
-    height: Annotated[int, typer.Option(help="Video height of the synthetic source.")] = 360,
-    fps: Annotated[int, typer.Option(help="Video frames per second.")] = 30,
-    passphrase_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--passphrase-file", help=f"Passphrase of the identity key (else ${PASSPHRASE_ENV})."
-        ),
-    ] = None,
     config_file: Annotated[
         Path | None,
         typer.Option(
             "--config",
-            help="The site's local configuration (TURN credentials), mode 0600. "
+            help="The site's local configuration (TURN credentials, run options), mode 0600. "
             "Default: TERMINAL/terminal.toml if it exists.",
         ),
     ] = None,
+    charter: Annotated[
+        Path | None, typer.Option("--charter", help=_opt("terminal.charter"))
+    ] = None,
+    exchange: Annotated[
+        str | None,
+        typer.Option(
+            "--exchange",
+            help=_opt(
+                "terminal.exchange",
+                "Exchange URL (wss://… pinned by the charter; ws:// only on loopback). "
+                "Default: the charter's first exchange.",
+            ),
+        ),
+    ] = None,
+    auto_answer: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-answer/--no-auto-answer",
+            help=_opt("terminal.auto_answer", "Answer every call at once (unattended)."),
+        ),
+    ] = None,
+    scheduled_checks: Annotated[
+        bool | None,
+        typer.Option(
+            "--scheduled-checks/--no-scheduled-checks",
+            help=_opt(
+                "terminal.scheduled_checks",
+                "Run readiness checks on the charter's schedule (the lower id of each pair "
+                "calls). Check calls from others are answered either way.",
+            ),
+        ),
+    ] = None,
+    alarm_hook: Annotated[
+        str | None,
+        typer.Option(
+            "--alarm-hook",
+            help=_opt(
+                "terminal.alarm_hook",
+                "A command run when a readiness check is red (the alarm as JSON in "
+                "$HOTLINE_ALARM), e.g. a pager script.",
+            ),
+        ),
+    ] = None,
+    interfaces: Annotated[
+        str | None,
+        typer.Option(
+            "--interfaces",
+            help=_opt(
+                "terminal.interfaces",
+                "Where ICE gathers host candidates: 'loopback' (127.0.0.1 only: tests and "
+                "demos), 'all' (every interface but loopback, as aioice does), or a "
+                "comma-separated list of this machine's IP addresses (e.g. 10.77.0.1).",
+            ),
+        ),
+    ] = None,
+    control_port: Annotated[
+        int | None,
+        typer.Option("--control-port", help=_opt("terminal.control_port")),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help=_opt(
+                "terminal.source",
+                "What this terminal sends: synthetic[:tone|speech|silence] (a test pattern "
+                "with a frame id, and a tone with a chirp each second), file:PATH, or "
+                "device[:CAMERA[,MIC]] (e.g. device:/dev/video0,default).",
+            ),
+        ),
+    ] = None,
+    width: Annotated[int | None, typer.Option(help=_opt("terminal.width"))] = None,
+    height: Annotated[int | None, typer.Option(help=_opt("terminal.height"))] = None,
+    fps: Annotated[int | None, typer.Option(help=_opt("terminal.fps"))] = None,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help=_opt(
+                "terminal.passphrase_file",
+                f"Passphrase of the identity key (else ${PASSPHRASE_ENV}, else the systemd "
+                f"credential {PASSPHRASE_CREDENTIAL!r}).",
+            ),
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel | None, typer.Option("--log-level", help=_opt("log.level"))
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None, typer.Option("--log-format", help=_opt("log.format"))
+    ] = None,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log call events to stderr.")
+        bool, typer.Option("--verbose", "-v", help="Log call events to stderr (--log-level info).")
     ] = False,
 ) -> None:
     """Run a terminal: keep its exchange connection, answer or place calls, keep its call log.
 
-    The control API listens on 127.0.0.1; its URL and token are written to
-    TERMINAL/state/control.json (mode 0600) for `hotline call ...`.
+    Every option can also be set in TERMINAL/terminal.toml (the command line wins; `hotline
+    config show --terminal TERMINAL` prints the result). The control API listens on
+    127.0.0.1; its URL and token are written to TERMINAL/state/control.json (mode 0600) for
+    `hotline call ...`.
 
     Example: hotline terminal run -t terminals/sochi --charter moscow-washington.charter.json
     """
     # aiortc loads only when a terminal really runs: the other commands stay quick
     from hotline.media import engine  # noqa: PLC0415
-    from hotline.terminal.main import build_config, ice_address_policy  # noqa: PLC0415
+    from hotline.terminal.main import (  # noqa: PLC0415
+        build_config,
+        ice_address_policy,
+        terminal_settings,
+    )
     from hotline.terminal.main import run as run_daemon  # noqa: PLC0415
 
-    engine.set_ice_addresses(ice_address_policy(interfaces))  # a bad address fails here
+    if verbose and log_level is None:
+        log_level = LogLevel.info
+    site, settings = terminal_settings(
+        terminal,
+        config_file,
+        {
+            "terminal.charter": charter,
+            "terminal.exchange": exchange,
+            "terminal.interfaces": interfaces,
+            "terminal.control_port": control_port,
+            "terminal.source": source,
+            "terminal.width": width,
+            "terminal.height": height,
+            "terminal.fps": fps,
+            "terminal.auto_answer": auto_answer,
+            "terminal.scheduled_checks": scheduled_checks,
+            "terminal.alarm_hook": alarm_hook,
+            "terminal.passphrase_file": passphrase_file,
+            "log.level": log_level.value if log_level else None,
+            "log.format": log_format.value if log_format else None,
+        },
+    )
+    value = settings.value
+    charter_path = value("terminal.charter")
+    if charter_path is None:
+        raise UsageError(
+            "no charter: give --charter FILE or set terminal.charter in the terminal's "
+            "terminal.toml"
+        )
+    engine.set_ice_addresses(ice_address_policy(value("terminal.interfaces")))  # fails here
 
     config = build_config(
         terminal_dir=terminal,
-        charter_path=charter,
-        exchange_url=exchange,
-        passphrase_file=passphrase_file,
-        auto_answer=auto_answer,
-        interfaces=interfaces,
-        width=width,
-        height=height,
-        fps=fps,
-        source=source,
-        config_path=config_file,
+        charter_path=charter_path,
+        exchange_url=value("terminal.exchange"),
+        passphrase_file=value("terminal.passphrase_file"),
+        auto_answer=value("terminal.auto_answer"),
+        interfaces=value("terminal.interfaces"),
+        width=value("terminal.width"),
+        height=value("terminal.height"),
+        fps=value("terminal.fps"),
+        source=value("terminal.source"),
+        site=site,
     )
-    config = dataclasses.replace(config, scheduled_checks=scheduled_checks, alarm_hook=alarm_hook)
-    run_daemon(config, control_port, verbose)
+    config = dataclasses.replace(
+        config,
+        scheduled_checks=value("terminal.scheduled_checks"),
+        alarm_hook=value("terminal.alarm_hook"),
+    )
+    run_daemon(
+        config,
+        value("terminal.control_port"),
+        log_format=value("log.format"),
+        log_level=value("log.level"),
+        settings={r["key"]: r["value"] for r in settings.rows()},
+    )

@@ -96,6 +96,7 @@ from hotline.exchange.frames import (
 )
 from hotline.exchange.routing import TokenBucket
 from hotline.keys import SigningKey
+from hotline.logs import event
 from hotline.ratelog import LogGate, clip
 
 logger = logging.getLogger("hotline.exchange.client")
@@ -485,6 +486,7 @@ class ExchangeClient:
         and go back to it as soon as it answers, so that all terminals meet on one."""
         attempt = 0
         if first_error is not None:
+            self._log_connect_failure(first_error)
             await self._emit(ConnectionChanged(False, first_error.reason))
             await self._refused_exchange(first_error)
             self._next_endpoint()
@@ -509,13 +511,37 @@ class ExchangeClient:
                 self.stats["reconnects"] += 1
             except HotlineError as exc:
                 self.stats[f"connect_failed_{exc.reason}"] += 1
+                self._log_connect_failure(exc)
                 if isinstance(exc, DuplicateTerminal):
-                    logger.error("%s: %s", self.url, exc)
                     await self._emit(ConnectionChanged(False, exc.reason))
-                elif not await self._refused_exchange(exc):
-                    logger.info("connection to %s failed: %s", self.url, exc)
+                else:
+                    await self._refused_exchange(exc)
                 if self._next_endpoint():
                     attempt = max(0, attempt - 1)  # the next exchange at once, not later
+
+    def _log_connect_failure(self, exc: HotlineError) -> None:
+        """A refusal that may be an attack or a misconfiguration (a certificate that is not
+        the pinned one, an exchange that does not admit us, a second copy of this terminal)
+        is a WARNING or above; an exchange that does not answer is INFO (it is retried)."""
+        fields = {"url": self.url, "reason": exc.reason}
+        if isinstance(exc, DuplicateTerminal):
+            logger.error("%s: %s", self.url, exc, extra=event("duplicate_terminal", **fields))
+        elif exc.reason in _EXCHANGE_REFUSALS:
+            return  # someone else answers there: _refused_exchange says so
+        elif isinstance(exc, AuthenticationError):
+            logger.warning(
+                "the exchange at %s did not admit us: %s",
+                self.url,
+                exc,
+                extra=event("exchange_refused", **fields),
+            )
+        else:
+            logger.info(
+                "connection to %s failed: %s",
+                self.url,
+                exc,
+                extra=event("exchange_unreachable", **fields),
+            )
 
     def _next_endpoint(self) -> bool:
         """Move to the next exchange; True while the round of exchanges is not over."""
@@ -565,7 +591,14 @@ class ExchangeClient:
         exchange's address. Logged at WARNING and reported; True if it was one."""
         if exc.reason not in _EXCHANGE_REFUSALS:
             return False
-        logger.warning("refusing the exchange at %s (%s): %s", self.url, exc.reason, exc)
+        name = "tls_pin_mismatch" if isinstance(exc, TLSPinMismatch) else "exchange_id_mismatch"
+        logger.warning(
+            "refusing the exchange at %s (%s): %s",
+            self.url,
+            exc.reason,
+            exc,
+            extra=event(name, url=self.url, reason=exc.reason),
+        )
         await self._emit(Refusal(exc.reason, clip(f"the exchange at {self.url}: {exc}")))
         return True
 
@@ -745,7 +778,12 @@ class ExchangeClient:
         except HotlineError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
             if self._log_gate.allow(f"rejected_{exc.reason}")[0]:  # counted exactly in stats
-                logger.warning("refused a delivery from the exchange (%s): %s", exc.reason, exc)
+                logger.warning(
+                    "refused a delivery from the exchange (%s): %s",
+                    exc.reason,
+                    exc,
+                    extra=event("delivery_refused", reason=exc.reason),
+                )
             refusal = Refusal(f"delivery_{exc.reason}", clip(f"a delivery: {exc}"))
             await self._events.put(_Item(refusal, frame.delivery_id))
             return
@@ -757,7 +795,8 @@ class ExchangeClient:
             logger.error(
                 "the exchange refused another connection with this terminal's identity, "
                 "which kept replacing this one: two copies of this terminal folder are "
-                "running (here and elsewhere); stop one"
+                "running (here and elsewhere); stop one",
+                extra=event("duplicate_terminal", url=self.url, reason=frame.reason),
             )
             await self._emit(ConnectionChanged(True, frame.reason))
             return
@@ -765,7 +804,11 @@ class ExchangeClient:
         if frame.seq is None:
             self.stats[f"charter_refused_{frame.reason}"] += 1
             if self._log_gate.allow(f"charter_refused_{frame.reason}")[0]:
-                logger.warning("the exchange refused our charter: %s", frame.reason)
+                logger.warning(
+                    "the exchange refused our charter: %s",
+                    frame.reason,
+                    extra=event("charter_refused_by_exchange", reason=frame.reason),
+                )
             await self._emit(EnvelopeRejected(None, frame.reason))
             return
         self.stats[f"refused_{frame.reason}"] += 1
@@ -792,7 +835,11 @@ class ExchangeClient:
         except HotlineError as exc:
             self.stats[f"charter_rejected_{exc.reason}"] += 1
             if self._log_gate.allow(f"charter_rejected_{exc.reason}")[0]:
-                logger.warning("refused a charter from the exchange: %s", exc)
+                logger.warning(
+                    "refused a charter from the exchange: %s",
+                    exc,
+                    extra=event("charter_refused", reason=exc.reason),
+                )
             await self._emit(Refusal(f"charter_{exc.reason}", clip(f"a charter: {exc}")))
             return
         await self._emit(CharterUpdated(self.charter))

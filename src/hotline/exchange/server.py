@@ -1,7 +1,8 @@
 """The exchange server: the aiohttp adapter around :mod:`hotline.exchange.routing`.
 
-One WebSocket per terminal at :data:`~hotline.exchange.frames.WS_PATH`, plus ``/healthz``
-and ``/metrics``. The protocol is in ``docs/exchange.md``, the limits in ``docs/limits.md``.
+One WebSocket per terminal at :data:`~hotline.exchange.frames.WS_PATH`, plus ``/healthz``,
+``/livez``, ``/readyz`` and ``/metrics``. The protocol is in ``docs/exchange.md``, the limits
+in ``docs/limits.md``.
 Everything a terminal sends goes through the routing core; this module only moves bytes,
 keeps time, persists batches to :class:`~hotline.exchange.store.ExchangeStore` and counts.
 A connection that misbehaves is closed with a reason; nothing it sends can stop the server
@@ -27,6 +28,7 @@ from aiohttp.http_websocket import WebSocketError
 
 from hotline.charter import SignedCharter
 from hotline.errors import (
+    AddressUnavailable,
     AuthenticationError,
     CharterError,
     CharterRollback,
@@ -66,10 +68,11 @@ from hotline.exchange.frames import (
     encode_frame,
     is_loopback,
 )
-from hotline.exchange.metrics import Metrics
+from hotline.exchange.metrics import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Metrics
 from hotline.exchange.routing import Limits, Refused, Router, Session
 from hotline.exchange.store import Event, ExchangeStore, WriteBatch
 from hotline.httplog import HttpErrorLog
+from hotline.logs import event
 
 logger = logging.getLogger("hotline.exchange")
 
@@ -154,7 +157,7 @@ class ExchangeServer:
         self.http_log = HttpErrorLog(
             logger, lambda reason: self.metrics.inc("bad_http_requests_total", reason)
         )
-        self.metrics.gauge("connections", lambda: len(self._all))
+        self.metrics.gauge("open_connections", lambda: len(self._all))
         self.metrics.gauge("terminals_online", lambda: len(self._conns))
         self.metrics.gauge("lines", lambda: len(self.router.lines()))
         self.metrics.gauge("pending_envelopes", self.router.pending_count)
@@ -224,6 +227,8 @@ class ExchangeServer:
         app.router.add_get(WS_PATH, self._ws_handler)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -238,8 +243,9 @@ class ExchangeServer:
         try:
             await site.start()
         except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise AddressUnavailable(
+                f"cannot listen on {self.config.host}:{self.config.port}: {why}"
             ) from exc
         address = self._runner.addresses[0]
         self.port = int(address[1])
@@ -291,13 +297,45 @@ class ExchangeServer:
         return web.json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        del request
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            text, content_type = self.metrics.render_openmetrics(), OPENMETRICS_CONTENT_TYPE
+        else:
+            text, content_type = self.metrics.render(), TEXT_CONTENT_TYPE
         return web.Response(
-            text=self.metrics.render(),
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=text.encode("utf-8"),
+            headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"},
         )
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        """The process answers (its event loop runs): restart it if this fails."""
+        del request
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready to serve terminals: 200 if every check passes, else 503 naming the failed
+        ones (route no terminal here, but do not restart: it may be the disk)."""
+        del request
+        checks = self.readiness()
+        ready = all(ok for ok, _ in checks.values())
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "checks": {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()},
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    def readiness(self) -> dict[str, tuple[bool, str]]:
+        """``/readyz``'s checks: the store answers, charters are loaded, the port listens."""
+        try:
+            self.store.check()
+            store = (True, str(self.config.db_path))
+        except StateError as exc:
+            store = (False, str(exc))
+        lines = self.router.lines()
+        return {
+            "store": store,
+            "charters": (bool(lines), f"{len(lines)} line(s)" if lines else "no charter"),
+            "listening": (self._runner is not None and self.port > 0, self.url or "not yet"),
+        }
 
     # --- connections --------------------------------------------------------------------
 
@@ -319,7 +357,12 @@ class ExchangeServer:
         except LimitExceeded as exc:
             self.metrics.inc("refused_connections_total", exc.reason)
             self._event("refused", source=source, reason=exc.reason)
-            logger.warning("refused a connection from %s: %s", source, exc)
+            logger.warning(
+                "refused a connection from %s: %s",
+                source,
+                exc,
+                extra=event("connection_refused", source=source, reason=exc.reason),
+            )
             await ws.prepare(request)
             await ws.close(code=CLOSE_TRY_LATER, message=exc.reason.encode())
             return ws
@@ -493,6 +536,13 @@ class ExchangeServer:
             session.terminal_id if session else conn.source,
             exc.reason,
             exc,
+            extra=event(
+                "protocol_violation",
+                line=session.line_id if session else None,
+                terminal=session.terminal_id if session else None,
+                source=conn.source,
+                reason=exc.reason,
+            ),
         )
 
     async def _violation(self, conn: _Conn, exc: HotlineError) -> None:
@@ -520,7 +570,12 @@ class ExchangeServer:
         if was_blocked:
             self.metrics.inc("refused_connections_total", "auth_rate_limited")
             self._event("refused", source=conn.source, reason="auth_rate_limited")
-            logger.info("refused %s (blocked source): %s", conn.source, exc.reason)
+            logger.info(  # the block itself was a WARNING; its repeats would flood the log
+                "refused %s (blocked source): %s",
+                conn.source,
+                exc.reason,
+                extra=event("connection_refused", source=conn.source, reason="auth_rate_limited"),
+            )
             await self._close(conn, CLOSE_TRY_LATER, "auth_rate_limited")
             return
         self._event(
@@ -536,6 +591,14 @@ class ExchangeServer:
             f" as {hello.terminal_id} of {hello.line_id}" if hello else "",
             exc.reason,
             " (source now blocked)" if blocked else "",
+            extra=event(
+                "auth_failed",
+                line=hello.line_id if hello else None,
+                terminal=hello.terminal_id if hello else None,
+                source=conn.source,
+                reason=exc.reason,
+                blocked=blocked,
+            ),
         )
         await self._close(conn, CLOSE_POLICY, exc.reason)
 
@@ -560,6 +623,13 @@ class ExchangeServer:
             conn.source,
             where,
             exc,
+            extra=event(
+                "duplicate_terminal",
+                line=hello.line_id,
+                terminal=hello.terminal_id,
+                source=conn.source,
+                incumbent=where,
+            ),
         )
         other = self._conns.get(incumbent.session_id) if incumbent is not None else None
         if other is not None:
@@ -594,7 +664,17 @@ class ExchangeServer:
             self._event(
                 "rejected", line=session.line_id, terminal=session.terminal_id, reason=reason
             )
-            logger.info("refused %s: %s", result.envelope.describe(), result.error)
+            logger.warning(
+                "refused %s: %s",
+                result.envelope.describe(),
+                result.error,
+                extra=event(
+                    "envelope_refused",
+                    line=session.line_id,
+                    terminal=session.terminal_id,
+                    reason=reason,
+                ),
+            )
             self._queue(conn, encode_frame(Reject(result.envelope.seq, reason)))
             return
         self.metrics.inc("envelopes_routed_total")
@@ -647,7 +727,17 @@ class ExchangeServer:
                 terminal=session.terminal_id,
                 reason=exc.reason,
             )
-            logger.warning("refused a charter from %s: %s", session.terminal_id, exc)
+            logger.warning(
+                "refused a charter from %s: %s",
+                session.terminal_id,
+                exc,
+                extra=event(
+                    "charter_refused",
+                    line=session.line_id,
+                    terminal=session.terminal_id,
+                    reason=exc.reason,
+                ),
+            )
             self._queue(conn, encode_frame(Reject(None, exc.reason)))
             return
         self._apply_charter(current)
@@ -678,6 +768,7 @@ class ExchangeServer:
                     return
                 for p in entries:
                     await ws.send_bytes(encode_deliver(p.delivery_id, p.data))
+                    self.metrics.observe("delivery_latency_seconds", time.time() - p.accepted_at)
                 self.metrics.inc("deliveries_sent_total", n=len(entries))
         except (ConnectionError, RuntimeError):
             return  # the reader notices the closed connection and cleans up
@@ -710,7 +801,9 @@ class ExchangeServer:
                 reports.append((conn, conn.accepted_seq))
                 conn.accepted_seq = None
         if batch:
+            started = time.perf_counter()
             self.store.write(batch, next_ids=self.router.next_ids())
+            self.metrics.observe("store_flush_seconds", time.perf_counter() - started)
             self.metrics.inc("store_flushes_total")
         for conn, seq in reports:
             self._queue(conn, encode_frame(Accepted(seq)))

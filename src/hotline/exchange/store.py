@@ -174,6 +174,13 @@ class ExchangeStore:
         self.charters.close()
         self._db.close()
 
+    def check(self) -> None:
+        """Raise :class:`StateError` unless the store answers a query (readiness)."""
+        try:
+            self._db.execute("SELECT COUNT(*) FROM exchange_meta").fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: the exchange store does not answer: {exc}") from exc
+
     # --- charters ----------------------------------------------------------------------
 
     def accept_charter(self, signed: SignedCharter, *, reanchor: bool = False) -> SignedCharter:
@@ -358,3 +365,32 @@ class ExchangeStore:
             row = self._db.execute(f"SELECT COUNT(*) FROM exchange_{table}").fetchone()  # noqa: S608 (fixed names)
             out[table] = int(row[0])
         return out
+
+
+def read_events(
+    path: Path, *, since_ms: int | None = None, kind: str | None = None, limit: int = 1000
+) -> list[Event]:
+    """The most recent ``limit`` events of the store at ``path`` (oldest first), opened
+    read-only: safe while the exchange runs. Raises :class:`StateError`."""
+    if not path.is_file():
+        raise StateError(f"{path}: no exchange store here")
+    query = "SELECT at_ms, kind, line, terminal, source, reason FROM exchange_events WHERE 1"
+    args: list[object] = []
+    if since_ms is not None:
+        query += " AND at_ms >= ?"
+        args.append(since_ms)
+    if kind is not None:
+        query += " AND kind = ?"
+        args.append(kind)
+    query += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            rows = db.execute(query, args).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"{path}: cannot read the exchange's events: {exc}") from exc
+    return [Event(int(r[0]), str(r[1]), r[2], r[3], r[4], r[5]) for r in reversed(rows)]

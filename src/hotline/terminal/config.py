@@ -21,16 +21,31 @@ credentials only for relays every site signed::
     name = "sochi-principal"                   # optional, default: the terminal id
     ttl_s = 86400                              # optional, lifetime of each credential
 
-Later sections (interfaces, ports, media source, logging) extend :class:`TerminalConfig`.
+Beside ``[turn]``, the file holds the terminal's run options (``[terminal]``) and its logging
+(``[log]``), each also a flag of ``hotline terminal run`` (the flag wins; see
+:mod:`hotline.settings` and :data:`TERMINAL_OPTIONS`)::
+
+    [terminal]
+    charter = "sochi-washington.charter.json"  # relative to this file's folder
+    interfaces = "10.77.0.1"
+    control_port = 7450
+    source = "device:/dev/video0,default"
+    auto_answer = false
+
+    [log]
+    format = "json"
+    level = "info"
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import stat
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +60,8 @@ from hotline.media.turn import (
     TurnCredentials,
     TurnRelay,
 )
+from hotline.settings import parse_tables, sections
+from hotline.terminal.options import TERMINAL_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +70,7 @@ MAX_CONFIG_SIZE = 64 * 1024
 PROBE_TIMEOUT_RANGE = (0.05, 30.0)
 CREDENTIAL_TTL_RANGE = (60, 30 * 86_400)
 
-_TOP_KEYS = {"turn"}
+_TOP_KEYS = {"turn"} | sections(TERMINAL_OPTIONS)
 _TURN_KEYS = {"probe_timeout_s", "relay"}
 _STATIC_KEYS = {"url", "username", "password"}
 _SECRET_KEYS = {"url", "shared_secret", "name", "ttl_s"}
@@ -75,6 +92,10 @@ class TerminalConfig:
     turn: tuple[TurnEntry, ...] = ()
     #: seconds one relay may take to answer the probe when a peer connection picks a relay
     probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
+    #: the run options the file sets (``section.name`` -> checked value), see TERMINAL_OPTIONS
+    values: Mapping[str, object] = field(default_factory=dict)
+    #: the file read (None: no file)
+    path: Path | None = None
 
     def ice_settings(self, charter: Charter, *, strict: bool = True) -> IceSettings:
         """ICE settings for calls on ``charter``: its relays, in its order, that this site has
@@ -140,12 +161,15 @@ def load_terminal_config(path: Path, *, default_name: str) -> TerminalConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     try:
-        return parse_terminal_config(data, default_name=default_name)
+        config = parse_terminal_config(data, default_name=default_name, base=path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return dataclasses.replace(config, path=path)
 
 
-def parse_terminal_config(data: bytes, *, default_name: str) -> TerminalConfig:
+def parse_terminal_config(
+    data: bytes, *, default_name: str, base: Path | None = None
+) -> TerminalConfig:
     """Parse the TOML text of a terminal configuration (strict; see the module docstring)."""
     try:
         doc = tomllib.loads(data.decode("utf-8"))
@@ -154,6 +178,7 @@ def parse_terminal_config(data: bytes, *, default_name: str) -> TerminalConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
     _only(doc, _TOP_KEYS, "")
+    values = parse_tables(doc, TERMINAL_OPTIONS, base=base)
     turn = doc.get("turn", {})
     if not isinstance(turn, dict):
         raise ConfigError("turn must be a table ([turn])")
@@ -182,7 +207,7 @@ def parse_terminal_config(data: bytes, *, default_name: str) -> TerminalConfig:
             raise ConfigError(f"{where}: a second entry for {entry.url!r}")
         seen.add(entry.url)
         entries.append(entry)
-    return TerminalConfig(turn=tuple(entries), probe_timeout_s=float(timeout))
+    return TerminalConfig(turn=tuple(entries), probe_timeout_s=float(timeout), values=values)
 
 
 def _relay(item: dict[str, Any], where: str, default_name: str) -> TurnEntry:

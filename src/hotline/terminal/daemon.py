@@ -43,6 +43,7 @@ from hotline.exchange.client import (
     Refusal,
 )
 from hotline.keys import SigningKey
+from hotline.logs import event
 from hotline.media.sources import open_source
 from hotline.ratelog import LogGate, clip
 from hotline.terminal.config import TerminalConfig
@@ -199,10 +200,10 @@ class TerminalDaemon:
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         self._event_seq += 1
-        event = {**data, "seq": self._event_seq, "time": time.time(), "kind": kind}
+        record = {**data, "seq": self._event_seq, "time": time.time(), "kind": kind}
         history = self._exchange_history if kind in EXCHANGE_EVENT_KINDS else self._history
-        history.append(event)
-        log.info("%s %s", kind, data)
+        history.append(record)
+        log.info("%s %s", kind, data, extra=event(kind, **data))
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -469,7 +470,13 @@ class TerminalDaemon:
             return
         detail = clip(detail)
         more = f" (and {held} more since the last line)" if held else ""
-        log.warning("refused (%s): %s%s", reason, detail, more)
+        log.warning(
+            "refused (%s): %s%s",
+            reason,
+            detail,
+            more,
+            extra=event("refused", reason=reason, held_back=held),
+        )
         self.emit("rejected", {"reason": reason, "detail": detail, "held_back": held})
 
     # --- readiness checks ----------------------------------------------------------------

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
-import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from hotline import __version__, pidlock, sdnotify
 from hotline.call.session import MediaSettings
 from hotline.charter import load_charter
-from hotline.errors import StateError, UsageError
+from hotline.errors import UsageError
 from hotline.keys import read_passphrase
+from hotline.logs import lifecycle, setup_logging
 from hotline.media import aiortc_patch, engine
-from hotline.provision import load_terminal
+from hotline.provision import load_terminal, load_terminal_record
+from hotline.settings import Settings, resolve
 from hotline.signals import until_terminated
 from hotline.terminal.config import (
     TerminalConfig,
@@ -27,6 +30,7 @@ from hotline.terminal.config import (
 )
 from hotline.terminal.control import make_runner, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
+from hotline.terminal.options import TERMINAL_OPTIONS
 
 
 def build_config(
@@ -42,6 +46,7 @@ def build_config(
     fps: int,
     source: str = "synthetic",
     config_path: Path | None = None,
+    site: TerminalConfig | None = None,
 ) -> DaemonConfig:
     signed = load_charter(charter_path)
     signed.verify()
@@ -67,7 +72,8 @@ def build_config(
     if exchange_url.startswith("wss://") and tls_fingerprint is None:
         raise UsageError(f"{exchange_url}: not in the charter, so no pinned TLS certificate")
     # TURN credentials live in each site's local configuration, never in the charter
-    site = load_site_config(terminal_dir, config_path, terminal.terminal_id)
+    if site is None:
+        site = load_site_config(terminal_dir, config_path, terminal.terminal_id)
     ice = site.ice_settings(charter)
     return DaemonConfig(
         terminal_dir=terminal_dir,
@@ -95,6 +101,17 @@ def load_site_config(
     return load_terminal_config(path, default_name=terminal_id)
 
 
+def terminal_settings(
+    terminal_dir: Path, config_path: Path | None, command_line: dict[str, Any]
+) -> tuple[TerminalConfig, Settings]:
+    """The site configuration of the terminal in ``terminal_dir`` and its effective run
+    options: ``command_line`` (None: not given) over the file over the defaults."""
+    terminal_id = load_terminal_record(terminal_dir).terminal_id
+    site = load_site_config(terminal_dir, config_path, terminal_id)
+    label = str(site.path) if site.path is not None else None
+    return site, resolve(TERMINAL_OPTIONS, site.values, label, command_line)
+
+
 def ice_address_policy(interfaces: str) -> list[str]:
     """``--interfaces`` as the media engine's host-address policy: 'loopback', 'all', or a
     comma-separated list of local IP addresses (checked when the terminal starts)."""
@@ -115,22 +132,12 @@ def hold_single_instance(state: Path) -> int:
     """Take the terminal's lock (held until the process ends): two processes with one
     identity would push each other off the exchange. Returns the lock's descriptor."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StateError(
-            f"{state.parent}: this terminal is already running (pid {other})"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
+    return pidlock.hold(state / LOCK_FILE, f"{state.parent}: this terminal is already running")
 
 
-async def serve(config: DaemonConfig, control_port: int = 0) -> None:
+async def serve(
+    config: DaemonConfig, control_port: int = 0, settings: dict[str, Any] | None = None
+) -> None:
     lock = hold_single_instance(config.state)
     aiortc_patch.install()
     engine.set_ice_addresses(ice_address_policy(config.interfaces))
@@ -146,24 +153,58 @@ async def serve(config: DaemonConfig, control_port: int = 0) -> None:
     url = f"http://127.0.0.1:{port}"
     await daemon.start()
     control = write_control_file(config.state, url, token, os.getpid())
-    sys.stdout.write(
-        json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
-    )
-    sys.stdout.flush()
+
+    started = time.monotonic()
+
+    def ready() -> None:
+        lifecycle(
+            "terminal_started",
+            f"terminal {daemon.terminal_id} started; control API on {url}",
+            terminal=daemon.terminal_id,
+            line=config.charter.line_id,
+            charter_version=config.charter.version,
+            exchange=config.exchange_url,
+            control=url,
+            pid=os.getpid(),
+            version=__version__,
+            config=settings,
+        )
+        sdnotify.ready(f"terminal {daemon.terminal_id}; control API on {url}")
+        sys.stdout.write(
+            json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
+        )
+        sys.stdout.flush()
+
     try:
-        await until_terminated()
+        await until_terminated(ready)
     finally:
+        sdnotify.stopping()
         await daemon.stop()
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             control.unlink()
+        lifecycle(
+            "terminal_stopped",
+            f"terminal {daemon.terminal_id} stopped",
+            terminal=daemon.terminal_id,
+            uptime_s=round(time.monotonic() - started, 3),
+        )
         os.close(lock)
 
 
-def run(config: DaemonConfig, control_port: int = 0, verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format=f"%(asctime)s {config.terminal_id} %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
+def run(
+    config: DaemonConfig,
+    control_port: int = 0,
+    verbose: bool = False,
+    *,
+    log_format: str = "text",
+    log_level: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    setup_logging(
+        log_format,
+        log_level or ("info" if verbose else "warning"),
+        static={"component": "terminal", "terminal": config.terminal_id},
+        prefix=config.terminal_id,
     )
-    asyncio.run(serve(config, control_port))
+    asyncio.run(serve(config, control_port, settings))

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from tests.exchange.conftest import harness
+
+__all__ = ["harness"]

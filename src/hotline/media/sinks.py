@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import wave
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -236,11 +237,44 @@ class VideoFrameIdSink(_TrackConsumer):
         return [e for e in self.fresh_log if (e[1] - send_ms) % (1 << 32) < 1 << 31]
 
 
+class PcmCapture:
+    """Keeps the audio a sink played out: the first channel, 16-bit, in order of play.
+
+    With ``path``, also writes it to a mono 16-bit WAV as it comes (``close`` finishes the
+    file). Only for synthetic or check media, or when the charter allows recording.
+    """
+
+    def __init__(self, path: str | None = None, rate: int = 48000, keep: bool = True) -> None:
+        self.rate = rate
+        self.pcm = array("h")
+        self._keep = keep
+        self._wav: wave.Wave_write | None = None
+        if path is not None:
+            self._wav = wave.open(path, "wb")  # noqa: SIM115 - closed by close()
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(rate)
+
+    def write(self, mono: array[int]) -> None:
+        if self._keep:
+            self.pcm.extend(mono)
+        if self._wav is not None:
+            self._wav.writeframes(mono.tobytes())
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
+
+
 class AudioChirpSink(_TrackConsumer):
     """Counts decoded audio frames and finds the once-a-second chirps in them."""
 
-    def __init__(self, clock: Callable[[], int] = monotonic_ms) -> None:
+    def __init__(
+        self, clock: Callable[[], int] = monotonic_ms, capture: PcmCapture | None = None
+    ) -> None:
         super().__init__(clock)
+        self.capture = capture
         self.frames = 0
         self.samples = 0
         self.sample_rate: int | None = None
@@ -266,6 +300,8 @@ class AudioChirpSink(_TrackConsumer):
             frame, step = converted[0], 1
         pcm = array("h", bytes(frame.planes[0])[: 2 * frame.samples * step])
         first = pcm[::step] if step > 1 else pcm
+        if self.capture is not None:
+            self.capture.write(first)
         start = self.samples
         self.samples += len(first)
         if max(first, default=0) < CHIRP_THRESHOLD and -min(first, default=0) < CHIRP_THRESHOLD:

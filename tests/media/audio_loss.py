@@ -115,12 +115,15 @@ async def run_call(
     clip: array[int] | None = None,
     warmup: float = 2.0,
     capture_path: str | None = None,
+    copies: int | None = None,
 ) -> dict[str, Any]:
-    """One call: ``warmup`` s, then ``seconds`` s captured at B. Returns the capture and stats."""
+    """One call: ``warmup`` s, then ``seconds`` s captured at B (with ``copies`` and a clip:
+    long enough to hold that many whole copies of it). Frames are placed at their
+    timestamps (gaps become silence). Returns the capture and stats."""
     ca, cb = sframe_pair()
     a = make_side("a", ca, audio_path=audio_path)
     b = make_side("b", cb, audio_path=audio_path)
-    capture = PcmCapture(capture_path)
+    capture = PcmCapture(capture_path, by_pts=True)
     try:
         track = ClipTrack(clip) if clip is not None else SyntheticAudioTrack()
         await _connect_audio(a, b, track)
@@ -135,6 +138,9 @@ async def run_call(
         await asyncio.sleep(warmup)
         packets0, lost0 = link_b.packets, link_b.lost
         sent0 = track.sent if isinstance(track, ClipTrack) else 0
+        if copies is not None and clip is not None:
+            to_next = (len(clip) - (sent0 * SAMPLES) % len(clip)) % len(clip)
+            seconds = (to_next + copies * len(clip)) / RATE + 0.8
         b.audio_sink.capture = capture
         await asyncio.sleep(seconds)
         b.audio_sink.capture = None
@@ -147,6 +153,7 @@ async def run_call(
             "loss": round((link_b.lost - lost0) / max(1, link_b.packets - packets0), 4),
             "loss_to_a": round(link_a.lost / max(1, link_a.packets), 4),
             "path": paths[0].stats() if paths else None,
+            "gap_ms": round(capture.gap_samples * 1000 / RATE),
             "sent_fec_loss": _sender_loss(a),
         }
     finally:

@@ -162,6 +162,16 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             "Default: TERMINAL/terminal.toml if it exists.",
         ),
     ] = None,
+    capture_audio: Annotated[
+        Path | None,
+        typer.Option(
+            "--capture-audio",
+            help="Write the audio this terminal plays out of each remote peer to a WAV file "
+            "(48 kHz mono; the next peers or calls to FILE-2.wav, ...), for measuring speech "
+            "quality. Refused unless --source is synthetic or file:, or the charter allows "
+            "recording.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log call events to stderr.")
     ] = False,
@@ -192,5 +202,6 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         fps=fps,
         source=source,
         config_path=config_file,
+        capture_audio=capture_audio,
     )
     run_daemon(config, control_port, verbose)

@@ -47,8 +47,9 @@ logger = logging.getLogger("hotline.media")
 
 RATE = 48000
 TIME_BASE = fractions.Fraction(1, RATE)
-#: what the encoder sends: mono speech at 32 kbit/s (Chromium's rate), FEC on
-BITRATE = 32000
+#: what the encoder sends: mono at 64 kbit/s, FEC on (PESQ-WB of real speech through libopus
+#: 1.3.1, no network: 4.26 at 32 kbit/s, 4.47 at 48, 4.52 at 64; 5 % loss: 4.04, 4.32, 4.44)
+BITRATE = 64000
 #: the expected loss the encoder starts with (before any receiver report) and its floor
 INITIAL_LOSS_PERCENT = 5
 MIN_LOSS_PERCENT = 2

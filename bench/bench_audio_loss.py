@@ -16,7 +16,12 @@ FEC encoder at 64 kbit/s mono); ``aiortc`` is the same call with aiortc's own au
 ``set_audio_path(pc, False)``). Both modes run with the same seeds, alternating, in one
 process.
 
-Targets (issue 11): Hotline >= 4.4 / 3.9 / 3.8 at 0 / 2 / 5 %, >= 3.6 bursty.
+Then one call per mode with the synthetic tone on the clean and the 5 % link measures the
+one-way latency of what B plays out: each once-a-second chirp's play time minus its send time
+(both ends share the monotonic clock).
+
+Targets (issue 11): Hotline >= 4.4 / 3.9 / 3.8 at 0 / 2 / 5 %, >= 3.6 bursty; one-way audio
+latency on the 60 ms link <= 100 ms p50.
 
     .venv/bin/pip install numpy pesq      # bench only (pesq builds from source with gcc)
     .venv/bin/python -m bench.bench_audio_loss --calls 3 --copies 2
@@ -151,6 +156,27 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 round(statistics.median(r["pesq"]), 2) for r in mine if r["pesq"]
             ]
     results["table"] = table
+    if args.latency_seconds > 0:
+        # one-way latency of what is played out: the synthetic tone's chirps (one clock)
+        latency: dict[str, Any] = {}
+        for name in ("0%", "5%"):
+            for mode in MODES:
+                r = await run_call(
+                    SCENARIOS[name],
+                    audio_path=mode == "hotline",
+                    seconds=args.latency_seconds,
+                    seed=11,
+                    warmup=args.warmup,
+                )
+                values = sorted(r["latency_ms"])
+                latency[f"{name} {mode}"] = {
+                    "p50_ms": values[len(values) // 2] if values else None,
+                    "min_ms": values[0] if values else None,
+                    "max_ms": values[-1] if values else None,
+                    "n": len(values),
+                }
+                print(json.dumps({"latency": f"{name} {mode}", **latency[f"{name} {mode}"]}))
+        results["one_way_latency"] = latency
     return results
 
 
@@ -160,6 +186,9 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=2, help="clip copies scored per call")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--scenarios", default="", help="comma-separated: 0%%,2%%,5%%,bursty")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="tone call per mode (0: skip)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     results = asyncio.run(main_async(args))

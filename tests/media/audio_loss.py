@@ -22,6 +22,7 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from hotline.media import aiortc_patch, engine
+from hotline.media.frame_id import monotonic_ms
 from hotline.media.link_model import LinkSpec
 from hotline.media.sinks import PcmCapture
 from hotline.media.sources import SyntheticAudioTrack
@@ -90,6 +91,31 @@ class ClipTrack(MediaStreamTrack):
         return frame
 
 
+class ChirpTimedTrack(SyntheticAudioTrack):
+    """The synthetic tone, noting when each chirp (sample 0 of every second) is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chirps_sent_ms: list[int] = []
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        if ((self.frames_sent - 1) * SAMPLES) % RATE == 0:
+            self.chirps_sent_ms.append(monotonic_ms())
+        return frame
+
+
+def chirp_latencies_ms(sent: list[int], received: list[int]) -> list[int]:
+    """One-way latency of each chirp played out: its play time minus the latest chirp sent
+    before it (chirps are 1 s apart; both ends share the monotonic clock)."""
+    out = []
+    for r in received:
+        before = [s for s in sent if s <= r]
+        if before and r - before[-1] < 900:
+            out.append(r - before[-1])
+    return out
+
+
 async def _connect_audio(a: Side, b: Side, track_a: MediaStreamTrack) -> None:
     a.pc.addTrack(track_a)
     a.tracks.append(track_a)
@@ -125,7 +151,7 @@ async def run_call(
     b = make_side("b", cb, audio_path=audio_path)
     capture = PcmCapture(capture_path, by_pts=True)
     try:
-        track = ClipTrack(clip) if clip is not None else SyntheticAudioTrack()
+        track = ClipTrack(clip) if clip is not None else ChirpTimedTrack()
         await _connect_audio(a, b, track)
         link_b = impair(b, spec, seed)
         link_a = impair(a, spec, seed + 1000)
@@ -138,6 +164,7 @@ async def run_call(
         await asyncio.sleep(warmup)
         packets0, lost0 = link_b.packets, link_b.lost
         sent0 = track.sent if isinstance(track, ClipTrack) else 0
+        chirps0 = len(b.audio_sink.chirp_times_ms)
         if copies is not None and clip is not None:
             to_next = (len(clip) - (sent0 * SAMPLES) % len(clip)) % len(clip)
             seconds = (to_next + copies * len(clip)) / RATE + 0.8
@@ -155,6 +182,9 @@ async def run_call(
             "path": paths[0].stats() if paths else None,
             "gap_ms": round(capture.gap_samples * 1000 / RATE),
             "sent_fec_loss": _sender_loss(a),
+            "latency_ms": chirp_latencies_ms(
+                getattr(track, "chirps_sent_ms", []), b.audio_sink.chirp_times_ms[chirps0:]
+            ),
         }
     finally:
         capture.close()

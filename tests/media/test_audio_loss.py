@@ -29,6 +29,10 @@ def test_five_percent_loss_plays_without_gaps_and_recovers_with_fec() -> None:
     assert path["refused"] == 0
     assert path["target_delay_ms"] <= 80
     assert result["sent_fec_loss"] is not None and result["sent_fec_loss"] >= 2
+    # one-way latency of what is played out (chirps; one clock): the 60 ms link + the stack
+    latency = sorted(result["latency_ms"])
+    assert len(latency) >= 3
+    assert latency[len(latency) // 2] <= 60 + 80, latency
 
 
 @pytest.mark.slow

@@ -323,8 +323,8 @@ class AudioJitterBuffer:
         """Nothing at or after the next frame: conceal one frame, and maybe wait for it."""
         assert self._next_ts is not None
         x = self._next_ts
-        self._frames_since_loss = 0
-        self._target_cache = None
+        # (not counted as a loss for the FEC lookahead: only a frame missing while later
+        # ones are here is known lost; an underrun may be lateness, e.g. at the start)
         if not self._held and excess < frame / self.rate:
             # still worth waiting for: conceal one frame without moving on (the delay grows
             # by a frame; the frame or the next packet with its FEC may yet come)

@@ -22,10 +22,12 @@ TS0 = 0xFFFFFFFF - 960 * 50  # wraps after 50 frames
 
 
 def _packet(i: int) -> AudioPacket:
+    """Frame ``i``: speech (a large VBR packet), with a 200 ms pause every 2 s (small ones)."""
+    size = 40 if i % 100 >= 90 else 150
     return AudioPacket(
         seq=(1000 + i) & 0xFFFF,
         timestamp=(TS0 + i * FRAME_SAMPLES) & 0xFFFFFFFF,
-        data=bytes([0xF8]) + i.to_bytes(4, "big"),  # TOC: CELT 20 ms, one frame
+        data=bytes([0xF8]) + i.to_bytes(4, "big") + bytes(size),  # TOC: CELT 20 ms
     )
 
 
@@ -98,8 +100,9 @@ def test_clean_link_plays_everything_in_order_with_a_small_delay() -> None:
     assert jb.target_delay() <= 0.025  # a few tens of ms at most on a clean link
     # once settled, one frame every 20 ms: playout time of frame i minus its send time
     lags = [t - _index(p.data) * FRAME_S for t, p in out if p.action is Action.PLAY]
-    assert max(lags[50:]) - min(lags[50:]) < 0.012
-    assert max(lags[50:]) < 0.01 + 0.045
+    # (the start-up delay is shed in the first pause, frames 90-99)
+    assert max(lags[100:]) - min(lags[100:]) < 0.012
+    assert max(lags[100:]) < 0.01 + 0.045
 
 
 def test_random_loss_never_costs_a_good_frame_and_uses_fec() -> None:
@@ -186,6 +189,21 @@ def test_jitter_spike_grows_the_delay_and_it_shrinks_again() -> None:
     d = jb.delay()
     assert d is not None and d < jb.target_delay() + FRAME_S + 0.005
     assert jb.target_delay() <= MAX_DELAY_S
+
+
+def test_delay_is_shed_in_pauses_not_in_speech() -> None:
+    arrivals = link(1000, seed=6, delay=0.03, jitter=0.002)
+    for i in range(300, 306):  # a delay spike: the buffer stretches, then sheds it again
+        arrivals[i] = max(arrivals[i], 305 * FRAME_S + 0.09)
+    jb, out = simulate(arrivals, 1000)
+    played = frames_out(out)
+    assert played == sorted(played) and len(played) >= 1000 - 6  # the spike's head is late
+    merges = [p for _, p in out if p.action is Action.MERGE]
+    assert merges
+    in_pauses = [p for p in merges if _index(p.data) % 100 >= 90]
+    assert len(in_pauses) >= len(merges) - 1, [_index(p.data) for p in merges]
+    d = jb.delay()
+    assert d is not None and d - jb.target_delay() < FRAME_S + 0.005
 
 
 def test_late_and_duplicate_packets_are_counted_and_ignored() -> None:

@@ -13,7 +13,8 @@ duration, for the decoder thread to turn into samples:
 - ``PLC``: nothing usable: Opus packet-loss concealment (the decoder extrapolates).
 - ``SILENCE``: a long outage (more than :data:`PLC_LIMIT` frames in a row): zeros.
 - ``MERGE``: the buffer holds more than it needs: two frames are decoded and cross-faded
-  into one, which shortens the delay by one frame without a gap.
+  into one, which shortens the delay by one frame without a gap. It waits for two quiet
+  frames (small VBR packets: a pause in speech) unless the delay is three frames too long.
 
 The playout delay adapts to the measured jitter. Every packet's relative transit
 ``arrival - timestamp / rate`` is kept for a window; the smallest is the fastest path, and
@@ -53,6 +54,10 @@ LOSS_MEMORY_FRAMES = 250
 PLC_LIMIT = 10
 #: at most one MERGE (a delay cut of one frame with two good frames) this often
 MERGE_INTERVAL_S = 0.2
+#: a MERGE waits for two quiet frames (Opus VBR: a packet at most this fraction of the 90th
+#: percentile of recent sizes: a pause), unless the delay is this many frames too long
+QUIET_FRACTION = 0.5
+MERGE_ANYWAY_FRAMES = 3
 #: a timestamp this far (seconds of media) from the play position is a new stream: restart
 RESTART_S = 10.0
 #: the playout clock is restarted when a pull comes this late (a stalled event loop)
@@ -148,6 +153,8 @@ class AudioJitterBuffer:
         self._window = window
         self._packets: dict[int, AudioPacket] = {}  # extended timestamp -> packet
         self._transits: deque[float] = deque(maxlen=window)
+        self._sizes: deque[int] = deque(maxlen=window)
+        self._quiet_below: float | None = None
         self._last_ext: int | None = None  # extended timestamp of the newest packet pushed
         self._next_ts: int | None = None  # extended timestamp of the next frame to play
         self._play_at = 0.0  # when the next frame is due
@@ -193,6 +200,8 @@ class AudioJitterBuffer:
         if self._last_ext is None or ext > self._last_ext:
             self._last_ext = ext
         self._transits.append(now - ext / self.rate)
+        self._sizes.append(len(packet.data))
+        self._quiet_below = None
         self._target_cache = None
         if packet.samples > 0:
             self._frame = packet.samples
@@ -239,6 +248,14 @@ class AudioJitterBuffer:
         if self._next_ts is None or not self._transits:
             return None
         return self._play_at - (self._next_ts / self.rate + min(self._transits))
+
+    def _quiet(self, packet: AudioPacket) -> bool:
+        """A pause (a small VBR packet): where shedding delay is not heard."""
+        if self._quiet_below is None:
+            if len(self._sizes) < 10:
+                return False
+            self._quiet_below = QUIET_FRACTION * _quantile(list(self._sizes), 0.9)
+        return len(packet.data) <= self._quiet_below
 
     def buffered(self) -> int:
         return len(self._packets)
@@ -306,10 +323,15 @@ class AudioJitterBuffer:
         del self._packets[x]
         self._next_ts = x + packet.samples
         second = self._packets.get(self._next_ts)
+        frame_s = packet.samples / self.rate
         if (
             second is not None
-            and excess >= packet.samples / self.rate
+            and excess >= frame_s
             and self._play_at - self._last_merge >= MERGE_INTERVAL_S
+            and (
+                (self._quiet(packet) and self._quiet(second))
+                or excess >= MERGE_ANYWAY_FRAMES * frame_s
+            )
         ):
             del self._packets[self._next_ts]
             self._next_ts += second.samples

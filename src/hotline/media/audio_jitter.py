@@ -21,9 +21,12 @@ The playout delay adapts to the measured jitter. Every packet's relative transit
 how much later a packet came than that is its jitter. The target is a high quantile of the
 jitter plus a margin, plus one frame while packets are being lost (so that the next packet,
 which carries the FEC for a lost one, is usually already here), bounded by ``min_delay`` and
-``max_delay``. The delay the next frame actually gets is ``D = play time - fastest arrival``;
-it grows only when nothing is there to play (an underrun: one concealed frame is inserted
-and the missing frame is still waited for, at most one frame beyond the target) and shrinks
+``max_delay``. Spikes above the target are remembered for :data:`PEAK_HOLD_S`; once two
+have happened, the target covers the highest (a busy host stalls again). The delay the
+next frame actually gets is ``D = play time - fastest arrival``;
+it grows only when nothing is there to play (an underrun, waited on for
+:data:`UNDERRUN_GRACE_S` first: concealed frames are inserted and the missing frame is
+still waited for, up to the target, or once if the delay is at the target already) and shrinks
 by skipping missing frames that could only be concealed by PLC, or by a ``MERGE`` (at most
 every :data:`MERGE_INTERVAL_S`). A reordered packet that still comes before its play time is
 played in order; one that comes later (or a duplicate) is counted and ignored.
@@ -58,6 +61,13 @@ MERGE_INTERVAL_S = 0.2
 #: percentile of recent sizes: a pause), unless the delay is this many frames too long
 QUIET_FRACTION = 0.5
 MERGE_ANYWAY_FRAMES = 3
+#: jitter spikes above the target (a run of late packets is one spike) are remembered this
+#: long; from the second one on, the target covers the highest (NetEq's peak detector)
+PEAK_HOLD_S = 20.0
+PEAK_GAP_S = 0.2
+#: an underrun waits this long past the play time before concealing: packets that arrived
+#: while the event loop was busy may still be on their way through aiortc's tasks
+UNDERRUN_GRACE_S = 0.02
 #: a timestamp this far (seconds of media) from the play position is a new stream: restart
 RESTART_S = 10.0
 #: the playout clock is restarted when a pull comes this late (a stalled event loop)
@@ -154,6 +164,7 @@ class AudioJitterBuffer:
         self._packets: dict[int, AudioPacket] = {}  # extended timestamp -> packet
         self._transits: deque[float] = deque(maxlen=window)
         self._sizes: deque[int] = deque(maxlen=window)
+        self._peaks: deque[tuple[float, float]] = deque()  # (last seen, height) per spike
         self._quiet_below: float | None = None
         self._last_ext: int | None = None  # extended timestamp of the newest packet pushed
         self._next_ts: int | None = None  # extended timestamp of the next frame to play
@@ -164,6 +175,7 @@ class AudioJitterBuffer:
         self._last_merge = -1e9
         self._frames_since_loss = LOSS_MEMORY_FRAMES
         self._target_cache: float | None = None
+        self._base_cache: float | None = None
         self.counters: dict[str, int] = {
             "packets": 0,
             "played": 0,
@@ -199,10 +211,13 @@ class AudioJitterBuffer:
             ext = packet.timestamp
         if self._last_ext is None or ext > self._last_ext:
             self._last_ext = ext
-        self._transits.append(now - ext / self.rate)
+        transit = now - ext / self.rate
+        self._note_peak(transit - min(self._transits, default=transit), now)
+        self._transits.append(transit)
         self._sizes.append(len(packet.data))
         self._quiet_below = None
         self._target_cache = None
+        self._base_cache = None
         if packet.samples > 0:
             self._frame = packet.samples
         if self._next_ts is None:  # the first packet: start playing after the initial delay
@@ -217,10 +232,22 @@ class AudioJitterBuffer:
         self._packets[ext] = packet
         return True
 
+    def _note_peak(self, jitter: float, now: float) -> None:
+        while self._peaks and now - self._peaks[0][0] > PEAK_HOLD_S:
+            self._peaks.popleft()
+        if len(self._transits) < 10 or jitter <= self._base_jitter() + MARGIN_S:
+            return
+        if self._peaks and now - self._peaks[-1][0] <= PEAK_GAP_S:
+            self._peaks[-1] = (now, max(self._peaks[-1][1], jitter))  # the same spike
+        else:
+            self._peaks.append((now, jitter))
+
     def _restart(self) -> None:
         self.counters["restarts"] += 1
         self._packets.clear()
         self._transits.clear()
+        self._peaks.clear()
+        self._base_cache = None
         self._last_ext = None
         self._next_ts = None
         self._held = False
@@ -235,13 +262,21 @@ class AudioJitterBuffer:
         if len(self._transits) < 10:
             target = self.initial_delay
         else:
-            fastest = min(self._transits)
-            jitter = _quantile([t - fastest for t in self._transits], JITTER_QUANTILE)
+            jitter = self._base_jitter()
+            if len(self._peaks) >= 2:  # repeated spikes: cover them
+                jitter = max(jitter, *(height for _, height in self._peaks))
             target = jitter + MARGIN_S
         if self._frames_since_loss < LOSS_MEMORY_FRAMES:
             target += self._frame / self.rate  # the next packet (its FEC) is usually here
         self._target_cache = min(max(target, self.min_delay), self.max_delay)
         return self._target_cache
+
+    def _base_jitter(self) -> float:
+        """The jitter quantile of the window (without the spikes held)."""
+        if self._base_cache is None:
+            fastest = min(self._transits)
+            self._base_cache = _quantile([t - fastest for t in self._transits], JITTER_QUANTILE)
+        return self._base_cache
 
     def delay(self) -> float | None:
         """The delay the next frame gets: its play time minus its fastest arrival."""
@@ -275,9 +310,16 @@ class AudioJitterBuffer:
             self.counters["stalls"] += 1
             self._play_at = now
         while self._play_at <= now + 1e-9:
+            if now - self._play_at < UNDERRUN_GRACE_S and self._nothing_to_play():
+                break  # wait a moment: it may be in the event loop's queue
             out.append(self._step())
             self._play_at += out[-1].samples / self.rate
         return out
+
+    def _nothing_to_play(self) -> bool:
+        assert self._next_ts is not None
+        x = self._next_ts
+        return x not in self._packets and not any(t > x for t in self._packets)
 
     def _step(self) -> Playout:
         assert self._next_ts is not None
@@ -293,6 +335,11 @@ class AudioJitterBuffer:
             if not later:
                 return self._underrun(excess, frame)
             following = self._packets.get(x + frame)
+            if excess < -frame / self.rate / 2:
+                # well below the target (it just rose: a spike): the frame may be late, not
+                # lost, so wait for it as for an underrun
+                self.counters["stretched"] += 1
+                return self._conceal(x, frame)
             limit = (1 if following is None else 2) * frame / self.rate
             if excess >= limit:
                 # more delay than needed, and this frame could only be concealed (or the
@@ -347,9 +394,10 @@ class AudioJitterBuffer:
         x = self._next_ts
         # (not counted as a loss for the FEC lookahead: only a frame missing while later
         # ones are here is known lost; an underrun may be lateness, e.g. at the start)
-        if not self._held and excess < frame / self.rate:
+        if excess < 0 or (not self._held and excess < frame / self.rate):
             # still worth waiting for: conceal one frame without moving on (the delay grows
-            # by a frame; the frame or the next packet with its FEC may yet come)
+            # by a frame, up to the target, or once one frame beyond it: the frame, or the
+            # next packet with its FEC, may yet come)
             self._held = True
             self.counters["stretched"] += 1
             return self._conceal(x, frame)

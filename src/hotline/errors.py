@@ -239,6 +239,19 @@ class MediaDeviceError(LocalError):
     reason = "media_device"
 
 
+class OpusUnavailable(LocalError):
+    """libopus (Debian ``libopus0``) cannot be loaded, or refused to create an encoder or
+    decoder: the audio path's FEC, concealment and encoder settings need it."""
+
+    reason = "opus_unavailable"
+
+
+class OpusDecodeError(RemoteError):
+    """libopus refused an (authenticated) Opus packet as malformed."""
+
+    reason = "opus_decode"
+
+
 class RelayUnavailable(LocalError):
     """No TURN relay of the charter can be used with this site's credentials: every one is
     down, unreachable, or refuses the credentials. The message names each relay's reason."""

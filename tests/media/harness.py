@@ -72,11 +72,13 @@ def make_side(
     tap: RtpTap | None = None,
     *,
     video_guard: bool = True,
+    audio_path: bool = True,
     ice: engine.IceSettings | None = None,
 ) -> Side:
     stats = MediaCryptoStats()
     pc = engine.create_peer_connection(crypto, stats, ice)
     aiortc_patch.set_video_guard(pc, video_guard)
+    aiortc_patch.set_audio_path(pc, audio_path)
     side = Side(name, pc, stats)
     stats.on_event = side.events.append
     if tap is not None:

@@ -53,7 +53,13 @@ from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media import aiortc_patch, engine
 from hotline.media.fanout import FanoutTrack
-from hotline.media.sinks import AudioChirpSink, CountingTrack, VideoFrameIdSink
+from hotline.media.sinks import (
+    AudioChirpSink,
+    CaptureFiles,
+    CountingTrack,
+    PcmCapture,
+    VideoFrameIdSink,
+)
 from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
 
@@ -112,6 +118,9 @@ class MediaSettings:
     ice: engine.IceSettings = field(default_factory=engine.IceSettings)
     #: when a transport counts as lost, is rebuilt, and a peer is dropped
     liveness: LivenessSettings = field(default_factory=LivenessSettings)
+    #: write the audio played out of each remote peer to WAV (``--capture-audio``); only
+    #: with synthetic or file media, or when the charter allows recording
+    capture_audio: CaptureFiles | None = None
 
 
 class CallSession:
@@ -490,6 +499,16 @@ class CallSession:
         await self._send_sdp(peer_id, link.pc.localDescription, attempt)
         return link
 
+    def _audio_capture(self, peer_id: str) -> PcmCapture | None:
+        files = self._media.capture_audio
+        if files is None:
+            return None
+        path = files.next_path()
+        log.warning(
+            "call %s: writing the audio played out of %s to %s", self.call_id, peer_id, path
+        )
+        return PcmCapture(str(path), keep=False, by_pts=True)
+
     async def _new_peer(self, peer_id: str, *, offerer: bool, attempt: int) -> PeerLink:
         # every frame this connection carries goes through the call's SFrame keys
         # bound to this peer: a frame under another member's KID is refused (wrong_sender)
@@ -567,7 +586,10 @@ class CallSession:
         the whole call, across rebuilt transports."""
         sinks = self._sinks.get(peer_id)
         if sinks is None:
-            sinks = self._sinks[peer_id] = (VideoFrameIdSink(), AudioChirpSink())
+            sinks = self._sinks[peer_id] = (
+                VideoFrameIdSink(),
+                AudioChirpSink(capture=self._audio_capture(peer_id)),
+            )
         return sinks
 
     async def _watch_transports(self, now: float) -> None:

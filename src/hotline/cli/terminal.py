@@ -189,6 +189,19 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             ),
         ),
     ] = None,
+    capture_audio: Annotated[
+        Path | None,
+        typer.Option(
+            "--capture-audio",
+            help=_opt(
+                "terminal.capture_audio",
+                "Write the audio this terminal plays out of each remote peer to a WAV file "
+                "(48 kHz mono; the next peers or calls to FILE-2.wav, ...), for measuring "
+                "speech quality. Refused unless --source is synthetic or file:, or the charter "
+                "allows recording.",
+            ),
+        ),
+    ] = None,
     alarm_hook: Annotated[
         str | None,
         typer.Option(
@@ -287,6 +300,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             "terminal.auto_answer": auto_answer,
             "terminal.scheduled_checks": scheduled_checks,
             "terminal.alarm_hook": alarm_hook,
+            "terminal.capture_audio": capture_audio,
             "terminal.passphrase_file": passphrase_file,
             "log.level": log_level.value if log_level else None,
             "log.format": log_format.value if log_format else None,
@@ -313,6 +327,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         fps=value("terminal.fps"),
         source=value("terminal.source"),
         site=site,
+        capture_audio=value("terminal.capture_audio"),
     )
     config = dataclasses.replace(
         config,

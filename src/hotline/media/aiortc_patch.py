@@ -44,8 +44,10 @@ import aioice
 import aioice.ice
 import aiortc
 import aiortc.codecs
+import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+import aiortc.sdp
 import av.error
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.base import Decoder, Encoder
@@ -53,7 +55,7 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpRrPacket, RtcpSrPacket, RtpPacket
 from av.frame import Frame
 from av.packet import Packet
 
@@ -64,6 +66,7 @@ from hotline.errors import (
     StateError,
     UsageError,
 )
+from hotline.media.audio_path import AudioReceivePath, AudioSteps, FecOpusEncoder, LossFeedback
 from hotline.media.stats import RECV, SEND, FrameEvent, MediaCryptoStats
 from hotline.media.video_guard import (
     CAPACITY,
@@ -87,6 +90,9 @@ AUDIO = "audio"
 
 #: the only codecs that carry E2EE frames (their packetizers never read payload bytes)
 E2EE_CODECS = {"video/vp8": VIDEO, "audio/opus": AUDIO}
+
+#: the Opus fmtp every Hotline offer and answer carries: FEC is sent and used (also by browsers)
+OPUS_FMTP: dict[str, int] = {"minptime": 10, "useinbandfec": 1}
 
 #: a refused video frame asks for a key frame at most this often (aiortc does not throttle PLIs)
 KEYFRAME_REQUEST_INTERVAL_S = 0.2
@@ -251,6 +257,8 @@ class _PeerEntry:
         self.binding: _Binding | None = None
         self.tap: RtpTap | None = None
         self.video_guard = True
+        self.audio_path = True
+        self.audio_receivers: list[AudioReceivePath] = []
 
 
 _lock = threading.RLock()
@@ -262,6 +270,14 @@ _queue_bindings: weakref.WeakKeyDictionary[asyncio.Queue[Any], _Binding | None] 
 #: receiver track queue -> its video guard, read by the decoder thread
 _queue_guards: weakref.WeakKeyDictionary[asyncio.Queue[Any], _VideoGuard] = (
     weakref.WeakKeyDictionary()
+)
+#: receiver track queue -> its audio receive path, read by the decoder thread
+_queue_audio: weakref.WeakKeyDictionary[asyncio.Queue[Any], AudioReceivePath] = (
+    weakref.WeakKeyDictionary()
+)
+#: the loss feedback of the sender whose ``_run_rtp`` task is running (like the binding)
+_sender_feedback: contextvars.ContextVar[LossFeedback | None] = contextvars.ContextVar(
+    "hotline_sender_feedback"
 )
 #: frames refused because their peer connection had no crypto bound (process-wide)
 _unbound_stats = MediaCryptoStats()
@@ -330,6 +346,24 @@ def set_video_guard(pc: RTCPeerConnection, enabled: bool) -> None:
     """
     with _lock:
         _peers.setdefault(pc, _PeerEntry()).video_guard = enabled
+
+
+def set_audio_path(pc: RTCPeerConnection, enabled: bool) -> None:
+    """Switch Hotline's audio path (on by default) for ``pc``: its jitter buffer, FEC and
+    concealment on receive, the libopus FEC encoder on send (``media.audio_path``).
+
+    Off, aiortc's own audio jitter buffer, PyAV decoder and encoder run (the baseline of
+    ``bench/bench_audio_loss.py``); E2EE is the same. Set it before the connection starts.
+    """
+    with _lock:
+        _peers.setdefault(pc, _PeerEntry()).audio_path = enabled
+
+
+def audio_receivers(pc: RTCPeerConnection) -> list[AudioReceivePath]:
+    """The audio receive paths of ``pc`` (one per bound audio receiver once media started)."""
+    with _lock:
+        entry = _peers.get(pc)
+        return list(entry.audio_receivers) if entry is not None else []
 
 
 #: ``fate(now) -> delay in seconds, or None to lose the datagram`` (``media.link_model``)
@@ -489,6 +523,9 @@ def protected_encoder(codec: RTCRtpCodecParameters) -> Encoder:
     loop = asyncio.get_running_loop()
     if kind == VIDEO:
         return _ProtectedVp8Encoder(binding, loop)
+    feedback = _sender_feedback.get(None)
+    if feedback is not None:
+        return FecOpusEncoder(feedback, lambda p: binding.protect(AUDIO, p, loop))
     return _ProtectedOpusEncoder(binding, loop)
 
 
@@ -518,6 +555,7 @@ class _ProtectedDecoder(Decoder):
         self._last_request = -1e9
         self._guard: _VideoGuard | None = getattr(_decoder_context, "guard", None)
         self._decode_error: threading.Event | None = getattr(_decoder_context, "decode_error", None)
+        self._audio: AudioReceivePath | None = getattr(_decoder_context, "audio", None)
 
     def _stats(self) -> MediaCryptoStats:
         return self._binding.stats if self._binding is not None else _unbound_stats
@@ -525,6 +563,8 @@ class _ProtectedDecoder(Decoder):
     def decode(self, encoded_frame: JitterFrame) -> list[Frame]:
         if isinstance(encoded_frame, _GuardedFrames) and self._guard is not None:
             return self._decode_guarded(encoded_frame.frames, self._guard)
+        if isinstance(encoded_frame, AudioSteps) and self._audio is not None:
+            return self._decode_audio(encoded_frame, self._audio)
         if self._binding is None or self._inner is None:
             reason = self._refusal or REASON_UNBOUND
             stats = self._stats()
@@ -576,6 +616,17 @@ class _ProtectedDecoder(Decoder):
                 self._decode_error.set()  # aiortc sends a PLI with the next RTP packet
         return out
 
+    def _decode_audio(self, item: AudioSteps, path: AudioReceivePath) -> list[Frame]:
+        """Playout steps of the audio path: already decrypted when they were buffered."""
+        try:
+            frames = path.decode(item)
+        except Exception:  # no exception may end the decoder thread
+            logger.exception("audio playout decoding failed")
+            self._stats().count_decode_error(AUDIO)
+            return []
+        self._stats().count_decoded(AUDIO, len(frames))
+        return frames
+
     def _rejected(self, reason: str) -> list[Frame]:
         if self._kind != VIDEO:
             return []  # audio has no key frames: drop quietly (counted, surfaced)
@@ -609,11 +660,26 @@ async def _send(self: RTCRtpSender, parameters: Any) -> None:
     binding = entry.binding if entry is not None else None
     if entry is not None and entry.tap is not None:
         _wrap_transport(self.transport, entry.tap)
+    feedback = None
+    if binding is not None and entry is not None and entry.audio_path and self.kind == AUDIO:
+        feedback = LossFeedback()
+        self._hotline_loss = feedback  # type: ignore[attr-defined]
     token = _sender_binding.set(binding)
+    ftoken = _sender_feedback.set(feedback)
     try:
         await _ORIGINAL["send"](self, parameters)  # creates the _run_rtp task: copies context
     finally:
+        _sender_feedback.reset(ftoken)
         _sender_binding.reset(token)
+
+
+async def _handle_sender_rtcp(self: RTCRtpSender, packet: Any) -> None:
+    feedback: LossFeedback | None = getattr(self, "_hotline_loss", None)
+    if feedback is not None and isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+        for report in packet.reports:
+            if report.ssrc == self._ssrc:
+                feedback.on_report(report.fraction_lost)
+    await _ORIGINAL["sender_rtcp"](self, packet)
 
 
 async def _receive(self: RTCRtpReceiver, parameters: Any) -> None:
@@ -631,7 +697,58 @@ async def _receive(self: RTCRtpReceiver, parameters: Any) -> None:
                 _queue_guards[track._queue] = guard
                 self._RTCRtpReceiver__jitter_buffer = _GuardJitterBuffer(guard)  # type: ignore[attr-defined]
                 self._RTCRtpReceiver__nack_generator = _GuardNack(guard)  # type: ignore[attr-defined]
+            audio = entry is not None and entry.audio_path and binding is not None
+            if audio and not started and self._RTCRtpReceiver__kind == AUDIO:  # type: ignore[attr-defined]
+                assert binding is not None and entry is not None
+                path = _audio_path(binding)
+                entry.audio_receivers.append(path)
+                _queue_audio[track._queue] = path
+                self._RTCRtpReceiver__jitter_buffer = _AudioJitterAdapter(path, self)  # type: ignore[attr-defined]
     await _ORIGINAL["receive"](self, parameters)
+    path_started = _queue_audio.get(track._queue) if track is not None else None
+    if path_started is not None and getattr(self, "_hotline_playout", None) is None:
+        self._hotline_playout = asyncio.ensure_future(_audio_playout(self, path_started))  # type: ignore[attr-defined]
+
+
+def _audio_path(binding: _Binding) -> AudioReceivePath:
+    loop = asyncio.get_running_loop()
+    return AudioReceivePath(lambda data: binding.unprotect(AUDIO, data, loop), loop.time)
+
+
+class _AudioJitterAdapter:
+    """Stands in for aiortc's audio ``JitterBuffer``: every packet goes to the audio path
+    (decrypted, buffered); the playout task queues the frames, so ``add`` returns none."""
+
+    capacity = 16
+
+    def __init__(self, path: AudioReceivePath, receiver: RTCRtpReceiver) -> None:
+        self._path = path
+        self._receiver = receiver
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        codecs = self._receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        data = getattr(packet, "_data", packet.payload)
+        if data:
+            self._path.on_packet(
+                packet.sequence_number, packet.timestamp, data, codecs.get(packet.payload_type)
+            )
+        return False, None
+
+
+async def _audio_playout(receiver: RTCRtpReceiver, path: AudioReceivePath) -> None:
+    """Queue the audio path's due frames for the receiver's decoder thread, on time."""
+    loop = asyncio.get_running_loop()
+    queue = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+    try:
+        while receiver._RTCRtpReceiver__decoder_thread is not None:  # type: ignore[attr-defined]
+            steps = path.pull()
+            if steps and path.codec is not None:
+                queue.put((path.codec, AudioSteps(steps)))
+            due = path.next_due()
+            wait = 0.02 if due is None else due - loop.time()
+            await asyncio.sleep(min(0.02, max(0.001, wait)))
+    except asyncio.CancelledError:
+        pass
 
 
 class _VideoGuard:
@@ -722,6 +839,8 @@ def _decoder_worker(
     with _lock:
         binding = _queue_bindings.get(output_q)
         guard = _queue_guards.get(output_q)
+        audio = _queue_audio.get(output_q)
+    _decoder_context.audio = audio
     _decoder_context.binding = binding
     _decoder_context.loop = loop
     _decoder_context.guard = guard
@@ -732,6 +851,7 @@ def _decoder_worker(
         _decoder_context.binding = None
         _decoder_context.loop = None
         _decoder_context.guard = None
+        _decoder_context.audio = None
         _decoder_context.decode_error = None
 
 
@@ -838,10 +958,16 @@ _ORIGINAL: dict[str, Any] = {
     "send": RTCRtpSender.send,
     "receive": RTCRtpReceiver.receive,
     "decoder_worker": aiortc.rtcrtpreceiver.decoder_worker,
+    "sender_rtcp": RTCRtpSender._handle_rtcp_packet,
 }
 _ORIGINAL_HOST_ADDRESSES: Callable[..., list[str]] = aioice.ice.get_host_addresses
 _installed = False
 _host_installed = False
+
+
+def _opus_codec() -> RTCRtpCodecParameters:
+    """aiortc's Opus entry in its codec table (the offer and answer copy its parameters)."""
+    return next(c for c in aiortc.codecs.CODECS["audio"] if c.mimeType == "audio/opus")
 
 
 def _params(func: Any) -> list[str]:
@@ -964,6 +1090,37 @@ def check_internals() -> list[str]:
         (probe.marker, probe.sequence_number, probe.timestamp, probe.payload) == (1, 7, 9, b"x"),
         "RtpPacket fields changed",
     )
+    # the audio path replaces the audio receiver's jitter buffer and feeds its decoder queue
+    expect(
+        "self.__jitter_buffer = JitterBuffer(capacity=16, prefetch=4)" in init_src
+        and "self.__decoder_queue: queue.Queue = queue.Queue()" in init_src
+        and "self.__codecs: dict[int, RTCRtpCodecParameters] = {}" in init_src
+        and "self.__decoder_thread: Optional[threading.Thread] = None" in init_src,
+        "RTCRtpReceiver no longer keeps the audio __jitter_buffer/__decoder_queue/__codecs",
+    )
+    expect(
+        "packet._data = depayload(codec, packet.payload)" in handle
+        and handle.index("depayload(codec") < handle.index("self.__jitter_buffer.add(packet)"),
+        "RTCRtpReceiver._handle_rtp_packet no longer depayloads before the jitter buffer",
+    )
+    stop_src = source(getattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder", None))
+    expect(
+        "self.__decoder_queue.put(None)" in stop_src and "self.__decoder_thread = None" in stop_src,
+        "RTCRtpReceiver.__stop_decoder no longer ends the decoder thread so",
+    )
+    expect(
+        _params(_ORIGINAL["sender_rtcp"]) == ["self", "packet"]
+        and "packet.reports" in source(_ORIGINAL["sender_rtcp"])
+        and "x.ssrc == self._ssrc" in source(_ORIGINAL["sender_rtcp"]),
+        "RTCRtpSender._handle_rtcp_packet no longer reads receiver reports for its SSRC",
+    )
+    opus_entries = [c for c in aiortc.codecs.CODECS["audio"] if c.mimeType == "audio/opus"]
+    expect(
+        len(opus_entries) == 1
+        and "parameters_to_sdp(codec.parameters)" in source(aiortc.sdp.MediaDescription.__str__)
+        and "codec = copy.deepcopy(codec)" in source(aiortc.rtcpeerconnection.find_common_codecs),
+        "aiortc's Opus codec entry no longer carries the fmtp of offers and answers",
+    )
     # impair_ingress: aiortc's gatherer holds an aioice Connection whose StunProtocols
     # receive every datagram through datagram_received
     expect(
@@ -996,6 +1153,8 @@ def install() -> None:
         aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
         RTCRtpSender.send = _send  # type: ignore[method-assign]
         RTCRtpReceiver.receive = _receive  # type: ignore[method-assign]
+        RTCRtpSender._handle_rtcp_packet = _handle_sender_rtcp  # type: ignore[method-assign]
+        _opus_codec().parameters.update(OPUS_FMTP)
         _installed = True
         logger.debug("aiortc frame-crypto seams installed")
     install_host_addresses()

@@ -25,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import wave
 from array import array
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import av
@@ -262,11 +265,89 @@ class VideoFrameIdSink(_TrackConsumer):
         return [e for e in self.fresh_log if (e[1] - send_ms) % (1 << 32) < 1 << 31]
 
 
+class PcmCapture:
+    """Keeps the audio a sink played out: the first channel, 16-bit, in order of play.
+
+    With ``path``, also writes it to a mono 16-bit WAV as it comes (``close`` finishes the
+    file). With ``by_pts``, frames are placed at their timestamps: a gap between two frames
+    (audio the receive path never produced) is written as silence, as a timestamp-driven
+    player would play it. Only for synthetic or check media, or when the charter allows
+    recording.
+    """
+
+    #: the longest gap ``by_pts`` fills with silence (longer: a new stream, not filled)
+    MAX_GAP = 48000 * 10
+
+    def __init__(
+        self, path: str | None = None, rate: int = 48000, keep: bool = True, by_pts: bool = False
+    ) -> None:
+        self.rate = rate
+        self.pcm = array("h")
+        self.by_pts = by_pts
+        self.gap_samples = 0
+        self._next_pts: int | None = None
+        self._keep = keep
+        self._wav: wave.Wave_write | None = None
+        if path is not None:
+            self._wav = wave.open(path, "wb")  # noqa: SIM115 - closed by close()
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(rate)
+
+    def write(self, mono: array[int], pts: int | None = None) -> None:
+        if self.by_pts and pts is not None:
+            if self._next_pts is not None:
+                gap = pts - self._next_pts
+                if 0 < gap <= self.MAX_GAP:
+                    self.gap_samples += gap
+                    self._append(array("h", bytes(2 * gap)))
+                elif -len(mono) < gap < 0:
+                    mono = mono[-gap:]  # overlaps what was already written
+                elif gap <= -len(mono):
+                    return
+            self._next_pts = (
+                pts + len(mono) if self._next_pts is None else max(self._next_pts, pts + len(mono))
+            )
+        self._append(mono)
+
+    def _append(self, mono: array[int]) -> None:
+        if self._keep:
+            self.pcm.extend(mono)
+        if self._wav is not None:
+            self._wav.writeframes(mono.tobytes())
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
+
+
+class CaptureFiles:
+    """Where a terminal's ``--capture-audio FILE`` goes: the first remote audio track it
+    plays out to ``FILE``, the next ones to ``STEM-2.wav``, ``STEM-3.wav``, ..."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def next_path(self) -> Path:
+        with self._lock:
+            self._count += 1
+            n = self._count
+        if n == 1:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}-{n}{self.path.suffix or '.wav'}")
+
+
 class AudioChirpSink(_TrackConsumer):
     """Counts decoded audio frames and finds the once-a-second chirps in them."""
 
-    def __init__(self, clock: Callable[[], int] = monotonic_ms) -> None:
+    def __init__(
+        self, clock: Callable[[], int] = monotonic_ms, capture: PcmCapture | None = None
+    ) -> None:
         super().__init__(clock)
+        self.capture = capture
         self.frames = 0
         self.samples = 0
         self.sample_rate: int | None = None
@@ -292,6 +373,8 @@ class AudioChirpSink(_TrackConsumer):
             frame, step = converted[0], 1
         pcm = array("h", bytes(frame.planes[0])[: 2 * frame.samples * step])
         first = pcm[::step] if step > 1 else pcm
+        if self.capture is not None:
+            self.capture.write(first, frame.pts)
         start = self.samples
         self.samples += len(first)
         if max(first, default=0) < CHIRP_THRESHOLD and -min(first, default=0) < CHIRP_THRESHOLD:
@@ -325,6 +408,11 @@ class AudioChirpSink(_TrackConsumer):
             return True
         except TimeoutError:
             return False
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.capture is not None:
+            self.capture.close()
 
     def interval_errors_ms(self) -> list[float]:
         """How far each chirp-to-chirp spacing is from one second, in ms (audio lost/added)."""

@@ -341,6 +341,9 @@ class CallMediaStats:
                 continue  # removed (or replaced) while it was sampled
             entry: dict[str, Any] = {"rtp": rtp}
             entry["path"] = aiortc_patch.selected_path(pc)  # relayed or direct, once known
+            audio = aiortc_patch.audio_receivers(pc)
+            if audio:  # Hotline's audio receive path: jitter buffer, FEC, concealment
+                entry["audio_playout"] = audio[-1].stats()
             for kind, sink in self._sinks.get(peer, {}).items():
                 entry[f"{kind}_sink"] = sink.to_dict()
             peers[peer] = entry

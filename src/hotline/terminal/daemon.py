@@ -51,6 +51,17 @@ from hotline.terminal.dispatch import MSG_RING, CurrentCall, Route, dispatch
 
 log = logging.getLogger("hotline.terminal")
 
+#: sources of a measuring terminal, whose calls ``--capture-audio`` may always record
+CAPTURE_SOURCES = ("synthetic", "file")
+
+
+def capture_allowed(source: str, recording_allowed: bool) -> bool:
+    """``--capture-audio`` is for measuring: a terminal sending synthetic or file media, or
+    any terminal when the charter's policy allows recording. (What the *other* side sends
+    cannot be checked from here: the charter's policy is what binds both.)"""
+    return recording_allowed or source.split(":", 1)[0] in CAPTURE_SOURCES
+
+
 TICK_S = 0.1
 CLIENT_STATE_FILE = "exchange-client.json"
 #: at shutdown, how long the last messages (a hang-up) may take to leave, and tasks to end
@@ -218,6 +229,12 @@ class TerminalDaemon:
     def _new_session(self, call_id: str) -> CallSession:
         charter = self.charter.charter
         directory = {t.terminal_id: t.identity_key for t in charter.terminals}
+        media = self.config.media
+        if media.capture_audio is not None and not capture_allowed(
+            media.source, charter.policy.recording_allowed
+        ):
+            log.warning("the charter does not allow recording: this call's audio is not captured")
+            media = dataclasses.replace(media, capture_audio=None)
         return CallSession(
             call_id=call_id,
             line_id=charter.line_id,
@@ -233,9 +250,9 @@ class TerminalDaemon:
             send=self._send,
             call_log=self.call_log,
             media=dataclasses.replace(
-                self.config.media,
+                media,
                 liveness=dataclasses.replace(
-                    self.config.media.liveness, peer_timeout=float(charter.policy.peer_timeout_s)
+                    media.liveness, peer_timeout=float(charter.policy.peer_timeout_s)
                 ),
             ),
             source=self.source,

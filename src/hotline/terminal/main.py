@@ -20,6 +20,7 @@ from hotline.errors import UsageError
 from hotline.keys import read_passphrase
 from hotline.logs import lifecycle, setup_logging
 from hotline.media import aiortc_patch, engine
+from hotline.media.sinks import CaptureFiles
 from hotline.provision import load_terminal, load_terminal_record
 from hotline.settings import Settings, resolve
 from hotline.signals import until_terminated
@@ -29,7 +30,7 @@ from hotline.terminal.config import (
     load_terminal_config,
 )
 from hotline.terminal.control import make_runner, write_control_file
-from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
+from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, capture_allowed, new_token
 from hotline.terminal.options import TERMINAL_OPTIONS
 
 
@@ -47,9 +48,17 @@ def build_config(
     source: str = "synthetic",
     config_path: Path | None = None,
     site: TerminalConfig | None = None,
+    capture_audio: Path | None = None,
 ) -> DaemonConfig:
     signed = load_charter(charter_path)
     signed.verify()
+    if capture_audio is not None and not capture_allowed(
+        source, signed.charter.policy.recording_allowed
+    ):
+        raise UsageError(
+            "--capture-audio records what the other side says: only with a synthetic or "
+            "file source (a measuring terminal), or when the charter allows recording"
+        )
     record, key = load_terminal(terminal_dir, read_passphrase(passphrase_file))
     charter = signed.charter
     terminal = charter.terminal_by_key(key.public)
@@ -84,7 +93,14 @@ def build_config(
         tls_fingerprint=tls_fingerprint,
         exchange_fallbacks=fallbacks,
         auto_answer=auto_answer,
-        media=MediaSettings(source=source, width=width, height=height, fps=fps, ice=ice),
+        media=MediaSettings(
+            source=source,
+            width=width,
+            height=height,
+            fps=fps,
+            ice=ice,
+            capture_audio=CaptureFiles(capture_audio) if capture_audio is not None else None,
+        ),
         interfaces=interfaces,
         site=site,
     )

@@ -53,6 +53,13 @@ TERMINAL_OPTIONS: tuple[Option, ...] = (
         kind=bool,
     ),
     Option(
+        "terminal.capture_audio",
+        "--capture-audio",
+        None,
+        "a WAV file for the audio played out of each peer (measuring terminals only)",
+        kind=Path,
+    ),
+    Option(
         "terminal.alarm_hook",
         "--alarm-hook",
         None,

@@ -1,0 +1,199 @@
+"""Speech quality under packet loss (PESQ-WB): Hotline's audio path against aiortc's.
+
+Each run is an E2EE call (SFrame on), audio only, between two aiortc peer connections in one
+process on 127.0.0.1, each end's ingress passed through a seeded in-process link
+(``aiortc_patch.impair_ingress`` + ``media.link_model``; RTCP is impaired too): 60 ± 10 ms
+each way, and 0 % / 2 % / 5 % random loss or bursty loss (Gilbert-Elliott p = 1 %, r = 25 %:
+~3.8 % mean in bursts of ~4). A sends real recorded speech (Debian ``alsa-utils``' clips,
+joined, ~12.4 s with 0.5 s of silence at each end; the synthetic speech-like signal if the
+package is missing) in a loop; B captures every frame it plays out, placed at its timestamp.
+Each whole copy of the clip in the capture is one PESQ sample (P.862.2 wideband at 16 kHz,
+``pesq`` from PyPI), aligned by cross-correlation.
+
+``hotline`` is Hotline's audio path (``media.audio_path``: jitter buffer, libopus FEC/PLC,
+FEC encoder at 64 kbit/s mono); ``aiortc`` is the same call with aiortc's own audio path
+(its jitter buffer, PyAV's Opus at 96 kbit/s, no FEC, no concealment:
+``set_audio_path(pc, False)``). Both modes run with the same seeds, alternating, in one
+process.
+
+Then one call per mode with the synthetic tone on the clean and the 5 % link measures the
+one-way latency of what B plays out: each once-a-second chirp's play time minus its send time
+(both ends share the monotonic clock).
+
+Targets (issue 11): Hotline >= 4.4 / 3.9 / 3.8 at 0 / 2 / 5 %, >= 3.6 bursty; one-way audio
+latency on the 60 ms link <= 100 ms p50.
+
+    .venv/bin/pip install numpy pesq      # bench only (pesq builds from source with gcc)
+    .venv/bin/python -m bench.bench_audio_loss --calls 3 --copies 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+from array import array
+from typing import Any
+
+import av
+from tests.media.audio_loss import RATE, alsa_speech, run_call
+
+from hotline.media.link_model import LinkSpec
+from hotline.media.sources import synthetic_second
+
+SCENARIOS: dict[str, LinkSpec] = {
+    "0%": LinkSpec(delay_ms=60, jitter_ms=10),
+    "2%": LinkSpec(delay_ms=60, jitter_ms=10, loss=0.02),
+    "5%": LinkSpec(delay_ms=60, jitter_ms=10, loss=0.05),
+    "bursty": LinkSpec(delay_ms=60, jitter_ms=10, ge_p=0.01, ge_r=0.25),
+}
+MODES = ("aiortc", "hotline")
+
+
+def clip() -> tuple[array[int], str]:
+    speech = alsa_speech()
+    if speech is not None:
+        return speech, "alsa-utils speech"
+    one = array("h", synthetic_second("speech", chirp=False))
+    out = array("h", bytes(RATE))  # 0.5 s silence
+    for _ in range(10):
+        out.extend(one)
+    out.frombytes(bytes(RATE))
+    return out, "synthetic speech-like signal (alsa-utils missing)"
+
+
+def to16k(pcm: Any) -> Any:
+    import numpy as np
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm))
+    frame.planes[0].update(np.asarray(pcm, dtype=np.int16).tobytes())
+    frame.sample_rate = RATE
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.float32) / 32768.0
+
+
+def score(capture: array[int], reference: array[int], copies: int) -> list[float]:
+    """PESQ-WB of each whole copy of ``reference`` found in ``capture``."""
+    import numpy as np
+    from pesq import pesq
+
+    x = np.asarray(capture, dtype=np.float64)
+    y = np.asarray(reference, dtype=np.float64)
+    n = len(y)
+    if len(x) < n:
+        return []
+    size = 1 << (len(x) + n).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size)), size)
+    last_start = len(x) - n
+    search = corr[: min(last_start, n) + 1]
+    start = int(np.argmax(search))
+    ref16 = to16k(y)
+    scores = []
+    for k in range(copies):
+        s = start + k * n
+        if s + n > len(x):
+            break
+        deg16 = to16k(x[s : s + n])
+        m = min(len(ref16), len(deg16))
+        scores.append(float(pesq(16000, ref16[:m], deg16[:m], "wb")))
+    return scores
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+        "n": len(values),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    reference, source = clip()
+    names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    results: dict[str, Any] = {"clip": source, "clip_s": round(len(reference) / RATE, 2)}
+    runs: list[dict[str, Any]] = []
+    for name in names:
+        for call in range(args.calls):
+            for mode in MODES:
+                seed = 100 * call + 7
+                r = await run_call(
+                    SCENARIOS[name],
+                    audio_path=mode == "hotline",
+                    seconds=0,
+                    seed=seed,
+                    clip=reference,
+                    copies=args.copies,
+                    warmup=args.warmup,
+                )
+                scores = score(r["pcm"], reference, args.copies)
+                entry = {
+                    "scenario": name,
+                    "mode": mode,
+                    "seed": seed,
+                    "pesq": [round(v, 3) for v in scores],
+                    "loss": r["loss"],
+                    "gap_ms": r["gap_ms"],
+                    "path": r["path"],
+                    "sender_expected_loss": r["sent_fec_loss"],
+                }
+                runs.append(entry)
+                print(json.dumps(entry), flush=True)
+    table: dict[str, Any] = {}
+    for name in names:
+        table[name] = {}
+        for mode in MODES:
+            mine = [r for r in runs if r["scenario"] == name and r["mode"] == mode]
+            table[name][mode] = summary([v for r in mine for v in r["pesq"]])
+            table[name][mode]["loss"] = round(statistics.mean(r["loss"] for r in mine), 4)
+            table[name][mode]["call_medians"] = [
+                round(statistics.median(r["pesq"]), 2) for r in mine if r["pesq"]
+            ]
+    results["table"] = table
+    if args.latency_seconds > 0:
+        # one-way latency of what is played out: the synthetic tone's chirps (one clock)
+        latency: dict[str, Any] = {}
+        for name in ("0%", "5%"):
+            for mode in MODES:
+                r = await run_call(
+                    SCENARIOS[name],
+                    audio_path=mode == "hotline",
+                    seconds=args.latency_seconds,
+                    seed=11,
+                    warmup=args.warmup,
+                )
+                values = sorted(r["latency_ms"])
+                latency[f"{name} {mode}"] = {
+                    "p50_ms": values[len(values) // 2] if values else None,
+                    "min_ms": values[0] if values else None,
+                    "max_ms": values[-1] if values else None,
+                    "n": len(values),
+                }
+                print(json.dumps({"latency": f"{name} {mode}", **latency[f"{name} {mode}"]}))
+        results["one_way_latency"] = latency
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=3, help="calls per scenario and mode")
+    parser.add_argument("--copies", type=int, default=2, help="clip copies scored per call")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--scenarios", default="", help="comma-separated: 0%%,2%%,5%%,bursty")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="tone call per mode (0: skip)"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    results = asyncio.run(main_async(args))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -99,7 +99,14 @@ class PeerLink:
 
     @property
     def media_total(self) -> int:
-        return sum(track.frames for track in self.received)
+        """What arrived on this connection: video frames decoded, and audio *packets*
+        received (Hotline's audio path plays concealment when none come, so played audio
+        frames say nothing about the link)."""
+        audio_paths = aiortc_patch.audio_receivers(self.pc)
+        if not audio_paths:
+            return sum(track.frames for track in self.received)
+        packets = sum(int(path.stats().get("packets", 0)) for path in audio_paths)
+        return packets + sum(t.frames for t in self.received if t.kind == "video")
 
 
 def _view(link: PeerLink | None) -> LinkView | None:
@@ -550,6 +557,10 @@ class CallSession:
         video, audio = self._sinks_of(peer)
         began = self._first_media.get(peer)
         elapsed = time.monotonic() - began if began is not None else 0.0
+        link = self.peers.get(peer)
+        paths = aiortc_patch.audio_receivers(link.pc) if link is not None else []
+        # audio packets that arrived (played audio includes concealment of what did not)
+        audio_in = sum(int(p.stats().get("packets", 0)) for p in paths) if paths else audio.frames
         crypto = self.keys.media.stats()
         vs = video.to_dict()
         return {
@@ -557,9 +568,9 @@ class CallSession:
             "epoch": self.epoch,
             "charter_version": self.charter_version,
             "video_frames": video.frames,
-            "audio_frames": audio.frames,
+            "audio_frames": audio_in,
             "video_fps": round(video.frames / elapsed) if elapsed > 0.5 else 0,
-            "audio_fps": round(audio.frames / elapsed) if elapsed > 0.5 else 0,
+            "audio_fps": round(audio_in / elapsed) if elapsed > 0.5 else 0,
             "corrupt_shown": int(vs.get("corrupt_shown") or 0),
             "longest_freeze_ms": int(vs.get("longest_freeze_ms") or 0),
             "frames_rejected": crypto.rejected_total,

@@ -36,7 +36,12 @@ def _peer(stats: dict[str, Any], peer: str) -> dict[str, Any]:
 
 
 def _frames(stats: dict[str, Any], peer: str, kind: str) -> int:
-    return int((_peer(stats, peer).get(f"{kind}_sink") or {}).get("frames", 0))
+    """Video frames shown, or audio *packets* received (played audio includes concealment,
+    which flows even when nothing arrives)."""
+    entry = _peer(stats, peer)
+    if kind == "audio" and entry.get("audio_playout"):
+        return int(entry["audio_playout"].get("packets", 0))
+    return int((entry.get(f"{kind}_sink") or {}).get("frames", 0))
 
 
 async def run_check(

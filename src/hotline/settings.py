@@ -14,6 +14,7 @@ or a value out of range is refused with one line naming the file (or the flag) a
 from __future__ import annotations
 
 import math
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,3 +218,29 @@ def log_options(default_level: str) -> tuple[Option, ...]:
             choices=LOG_LEVELS,
         ),
     )
+
+
+def read_config_file(path: Path, *, forbidden: int, exposes: str, mode: str, limit: int) -> bytes:
+    """The bytes of a site's configuration file, refused in one line (:class:`ConfigError`,
+    naming the file) when it is missing, not a regular file, larger than ``limit``, or has
+    any of the ``forbidden`` permission bits (``exposes`` says what that would let others
+    do; ``mode`` is the ``chmod`` to suggest)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: not a regular file")
+    if st.st_mode & forbidden:
+        raise ConfigError(
+            f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} let others {exposes}; "
+            f"run: chmod {mode} {path}"
+        )
+    if st.st_size > limit:
+        raise ConfigError(f"{path}: {st.st_size} bytes is over the {limit}-byte limit")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None

@@ -21,14 +21,21 @@ not be writable by group or others::
 
 from __future__ import annotations
 
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from hotline.errors import ConfigError
 from hotline.exchange.routing import Limits
-from hotline.settings import Option, Settings, log_options, parse_tables, resolve, sections
+from hotline.settings import (
+    Option,
+    Settings,
+    log_options,
+    parse_tables,
+    read_config_file,
+    resolve,
+    sections,
+)
 
 CONFIG_FILE = "exchange.toml"
 MAX_CONFIG_SIZE = 64 * 1024
@@ -98,26 +105,16 @@ def default_config_path(directory: Path) -> Path:
 def load_exchange_config(path: Path) -> dict[str, Any]:
     """The values ``path`` sets (checked), keyed ``section.name``. Raises
     :class:`ConfigError` in one line naming the file."""
+    raw = read_config_file(
+        path,
+        forbidden=0o022,
+        exposes="change where the exchange listens and what it serves",
+        mode="644",
+        limit=MAX_CONFIG_SIZE,
+    )
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path}: not a regular file")
-    if st.st_mode & 0o022:
-        raise ConfigError(
-            f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} let others change where the "
-            f"exchange listens and what it serves; run: chmod 644 {path}"
-        )
-    if st.st_size > MAX_CONFIG_SIZE:
-        raise ConfigError(f"{path}: {st.st_size} bytes is over the {MAX_CONFIG_SIZE}-byte limit")
-    try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
         doc = tomllib.loads(text)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:

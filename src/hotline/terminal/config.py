@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ from hotline.media.turn import (
     TurnCredentials,
     TurnRelay,
 )
-from hotline.settings import parse_tables, sections
+from hotline.settings import parse_tables, read_config_file, sections
 from hotline.terminal.options import TERMINAL_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -141,25 +140,13 @@ def default_config_path(terminal_dir: Path) -> Path:
 def load_terminal_config(path: Path, *, default_name: str) -> TerminalConfig:
     """Read and check ``path``. ``default_name``: the name in shared-secret user names when
     the file gives none (the terminal id). Raises :class:`ConfigError` naming the file."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} let others read the TURN "
-            f"credentials; run: chmod 600 {path}"
-        )
-    if st.st_size > MAX_CONFIG_SIZE:
-        raise ConfigError(f"{path}: {st.st_size} bytes is over the {MAX_CONFIG_SIZE}-byte limit")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    data = read_config_file(
+        path,
+        forbidden=0o077,
+        exposes="read the TURN credentials",
+        mode="600",
+        limit=MAX_CONFIG_SIZE,
+    )
     try:
         config = parse_terminal_config(data, default_name=default_name, base=path.parent)
     except ConfigError as exc:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hotline.media import engine
+from hotline.media import aiortc_patch, engine
 from hotline.media.audio_jitter import MAX_DELAY_S
 from hotline.media.link_model import LinkSpec
 from hotline.media.sources import TONE_AMPLITUDE
@@ -69,3 +69,34 @@ def test_offers_carry_opus_in_band_fec() -> None:
         line for line in sdp.splitlines() if line.startswith("a=fmtp:") and "useinbandfec" in line
     ]
     assert fmtp and "useinbandfec=1" in fmtp[0] and "minptime=10" in fmtp[0]
+
+
+@pytest.mark.slow
+def test_audio_of_another_codec_is_refused_by_the_audio_path() -> None:
+    """A packet whose payload type is not Opus never reaches the buffer (fail closed)."""
+    from hotline.media.aiortc_patch import RtpView
+    from tests.media.harness import close, connect, make_side, sframe_pair
+
+    def as_pcmu(view: RtpView) -> bytes | None:
+        if view.payload_type != 96:  # Opus (aiortc's dynamic type); VP8 passes untouched
+            return view.data
+        return view.data[:1] + bytes([(view.data[1] & 0x80) | 0]) + view.data[2:]
+
+    async def call() -> tuple[int, int]:
+        ca, cb = sframe_pair()
+        a, b = make_side("a", ca, tap=as_pcmu), make_side("b", cb)
+        try:
+            await connect(a, b, force_codecs=False)  # PCMU is negotiated too
+            for _ in range(60):
+                if b.stats.rejected("audio", "codec_refused") >= 20:
+                    break
+                await asyncio.sleep(0.1)
+            paths = aiortc_patch.audio_receivers(b.pc)
+            buffered = paths[0].buffer.counters["packets"] if paths else -1
+            return b.stats.rejected("audio", "codec_refused"), buffered
+        finally:
+            await close(a, b)
+
+    refused, buffered = asyncio.run(call())
+    assert refused >= 20
+    assert buffered == 0

@@ -199,6 +199,16 @@ def _sender_loss(side: Side) -> int | None:
     return None
 
 
+def silent_ms(pcm: array[int], threshold: int, window: int = 480) -> float:
+    """How much of ``pcm`` is in ``window``-sample blocks whose peak stays under ``threshold``."""
+    blocks = 0
+    for i in range(0, len(pcm) - window + 1, window):
+        block = pcm[i : i + window]
+        if max(block) < threshold and -min(block) < threshold:
+            blocks += 1
+    return blocks * window * 1000 / RATE
+
+
 def longest_silence_ms(pcm: array[int], threshold: int, window: int = 480) -> float:
     """The longest run of ``window``-sample blocks whose peak stays under ``threshold``."""
     run = best = 0

@@ -86,9 +86,11 @@ async def test_terminal_writes_what_it_played_out(tmp_path: Path) -> None:
         pcm = array("h", w.readframes(w.getnframes()))
     assert len(pcm) >= 3 * 48000
     # bravo's synthetic tone carries a chirp once a second: the capture holds them, ~1 s
-    # apart (the jitter buffer may insert or shed a frame or two while a call starts)
+    # apart (the jitter buffer inserts or sheds frames when the shared host stalls, within
+    # its delay bound; on a quiet host every spacing is within a frame or two)
     loud = [i for i in range(0, len(pcm), 480) if max(pcm[i : i + 480]) >= CHIRP_THRESHOLD]
     onsets = [i for k, i in enumerate(loud) if k == 0 or i - loud[k - 1] > 24000]
     assert len(onsets) >= 3
     spacing = [b - a for a, b in itertools.pairwise(onsets)]
-    assert all(abs(s - 48000) <= 5 * 960 for s in spacing), spacing
+    assert all(abs(s - 48000) <= 48 * 300 for s in spacing), spacing
+    assert sorted(abs(s - 48000) for s in spacing)[len(spacing) // 2] <= 2 * 960, spacing

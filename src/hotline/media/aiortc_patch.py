@@ -703,7 +703,7 @@ async def _receive(self: RTCRtpReceiver, parameters: Any) -> None:
                 path = _audio_path(binding)
                 entry.audio_receivers.append(path)
                 _queue_audio[track._queue] = path
-                self._RTCRtpReceiver__jitter_buffer = _AudioJitterAdapter(path, self)  # type: ignore[attr-defined]
+                self._RTCRtpReceiver__jitter_buffer = _AudioJitterAdapter(path, self, binding)  # type: ignore[attr-defined]
     await _ORIGINAL["receive"](self, parameters)
     path_started = _queue_audio.get(track._queue) if track is not None else None
     if path_started is not None and getattr(self, "_hotline_playout", None) is None:
@@ -721,17 +721,27 @@ class _AudioJitterAdapter:
 
     capacity = 16
 
-    def __init__(self, path: AudioReceivePath, receiver: RTCRtpReceiver) -> None:
+    def __init__(self, path: AudioReceivePath, receiver: RTCRtpReceiver, binding: _Binding) -> None:
         self._path = path
         self._receiver = receiver
+        self._binding = binding
+        self._logged_codec = False
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         codecs = self._receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        codec = codecs.get(packet.payload_type)
+        if codec is None or codec.mimeType.lower() != "audio/opus":
+            # fail closed, as the decoder seam does for any other codec
+            self._binding.stats.count_received(AUDIO)
+            self._binding.stats.count_rejected(AUDIO, REASON_CODEC)
+            if not self._logged_codec:
+                self._logged_codec = True
+                name = codec.mimeType if codec is not None else packet.payload_type
+                logger.warning("media recv: audio codec %s refused (fail closed)", name)
+            return False, None
         data = getattr(packet, "_data", packet.payload)
         if data:
-            self._path.on_packet(
-                packet.sequence_number, packet.timestamp, data, codecs.get(packet.payload_type)
-            )
+            self._path.on_packet(packet.sequence_number, packet.timestamp, data, codec)
         return False, None
 
 

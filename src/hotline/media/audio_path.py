@@ -181,6 +181,9 @@ class AudioReceivePath:
             samples = opus_samples(plain)
         except ValueError:
             self.counters["malformed"] += 1
+            n = self.counters["malformed"]
+            if n == 1 or n % 100 == 0:
+                logger.warning("media recv: malformed Opus packet after decryption [#%d]", n)
             return
         with self._lock:
             self.buffer.push(AudioPacket(seq, timestamp, plain, samples), self._now())

@@ -165,6 +165,22 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log call events to stderr.")
     ] = False,
+    ui: Annotated[
+        str | None,
+        typer.Option(
+            "--ui",
+            help="Serve the terminal's screen (web UI) on 127.0.0.1:PORT (0: any free port); "
+            "a one-time login link is printed at start.",
+        ),
+    ] = None,
+    media_engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="The media engine: 'aiortc' (in this process, the default) or 'browser' "
+            "(the open UI page does WebRTC and the frame crypto; needs --ui).",
+        ),
+    ] = "aiortc",
 ) -> None:
     """Run a terminal: keep its exchange connection, answer or place calls, keep its call log.
 
@@ -192,5 +208,6 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         fps=fps,
         source=source,
         config_path=config_file,
+        media_engine=media_engine,
     )
-    run_daemon(config, control_port, verbose)
+    run_daemon(config, control_port, verbose, ui)

@@ -27,6 +27,8 @@ from hotline.terminal.config import (
 )
 from hotline.terminal.control import make_runner, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, new_token
+from hotline.ui.browser_engine import BrowserHub
+from hotline.ui.server import UiServer, parse_ui_address
 
 
 def build_config(
@@ -42,7 +44,10 @@ def build_config(
     fps: int,
     source: str = "synthetic",
     config_path: Path | None = None,
+    media_engine: str = "aiortc",
 ) -> DaemonConfig:
+    if media_engine not in ("aiortc", "browser"):
+        raise UsageError("--engine must be 'aiortc' or 'browser'")
     signed = load_charter(charter_path)
     signed.verify()
     record, key = load_terminal(terminal_dir, read_passphrase(passphrase_file))
@@ -81,6 +86,7 @@ def build_config(
         media=MediaSettings(source=source, width=width, height=height, fps=fps, ice=ice),
         interfaces=interfaces,
         site=site,
+        engine=media_engine,
     )
 
 
@@ -130,40 +136,66 @@ def hold_single_instance(state: Path) -> int:
     return fd
 
 
-async def serve(config: DaemonConfig, control_port: int = 0) -> None:
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    return int(server.sockets[0].getsockname()[1])
+
+
+async def serve(config: DaemonConfig, control_port: int = 0, ui: str | None = None) -> None:
+    """Run the daemon, its control API and (``ui``: ``[127.0.0.1:]PORT``) its web UI."""
+    ui_address = parse_ui_address(ui) if ui is not None else None
+    if config.engine == "browser" and ui_address is None:
+        raise UsageError("--engine browser needs --ui (the page is the media engine)")
     lock = hold_single_instance(config.state)
     aiortc_patch.install()
     engine.set_ice_addresses(ice_address_policy(config.interfaces))
     daemon = TerminalDaemon(config)
+    ui_server: UiServer | None = None
+    if ui_address is not None:
+        hub = BrowserHub() if config.engine == "browser" else None
+        daemon.browser_hub = hub
+        ui_server = UiServer(daemon, hub)
     token = new_token()
-    runner = make_runner(daemon, token)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", control_port)
-    await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    port = server.sockets[0].getsockname()[1]
+    runner = make_runner(daemon, token, ui_server)
+    port = await _listen(runner, "127.0.0.1", control_port)
     url = f"http://127.0.0.1:{port}"
+    ui_runner: web.AppRunner | None = None
+    ready: dict[str, object] = {"ready": True, "terminal": daemon.terminal_id, "control": url}
+    if ui_server is not None and ui_address is not None:
+        ui_runner = ui_server.make_runner()
+        ui_port = await _listen(ui_runner, *ui_address)
+        ui_server.origin = f"http://{ui_address[0]}:{ui_port}"
+        ready["ui"] = ui_server.origin
+        ready["ui_login"] = ui_server.login_url()
     await daemon.start()
     control = write_control_file(config.state, url, token, os.getpid())
-    sys.stdout.write(
-        json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
-    )
+    sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
+    if ui_server is not None:
+        sys.stderr.write(f"open the terminal's screen (one-time link): {ready['ui_login']}\n")
+        sys.stderr.flush()
     try:
         await until_terminated()
     finally:
         await daemon.stop()
+        if ui_runner is not None:
+            await ui_runner.cleanup()
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             control.unlink()
         os.close(lock)
 
 
-def run(config: DaemonConfig, control_port: int = 0, verbose: bool = False) -> None:
+def run(
+    config: DaemonConfig, control_port: int = 0, verbose: bool = False, ui: str | None = None
+) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format=f"%(asctime)s {config.terminal_id} %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(serve(config, control_port))
+    asyncio.run(serve(config, control_port, ui))

@@ -1,0 +1,184 @@
+// The terminal's screen: follows the daemon's event stream (WebSocket, no polling) and
+// drives the same commands as `hotline call ...`. With --engine browser it also loads the
+// page's media engine (engine.js), which the daemon keys over the same socket.
+
+const $ = (id) => document.getElementById(id);
+let status = null;
+let socket = null;
+let pageEngine = null;
+let activeSince = null;   // performance.now() of the call's activation (duration display)
+let lastProblem = "";
+
+function text(el, value) { el.textContent = value == null ? "" : String(value); }
+
+async function post(path, body) {
+  const resp = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body || {}),
+    credentials: "same-origin",
+  });
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) showBanner(data.error || `HTTP ${resp.status}`, true);
+  return data;
+}
+
+function showBanner(message, error) {
+  const el = $("banner");
+  if (!message) { el.classList.add("hidden"); return; }
+  text(el, message);
+  el.classList.toggle("error", !!error);
+  el.classList.remove("hidden");
+}
+
+function nameOf(id) {
+  const t = (status && status.terminals || []).find((x) => x.id === id);
+  return t ? `${t.name} (${t.role})` : id;
+}
+
+function render() {
+  if (!status) return;
+  const ex = status.exchange || {};
+  text($("line"), `${status.line} · charter v${status.charter_version}`);
+  text($("me"), `${status.name} — ${status.role}`);
+  const pill = $("exchange");
+  text(pill, ex.connected ? "exchange connected" : `exchange unreachable (${ex.reason || ""})`);
+  pill.className = "pill " + (ex.connected ? "ok" : "bad");
+
+  const online = new Set(ex.online || []);
+  const list = $("terminals");
+  list.replaceChildren();
+  const select = $("target");
+  const chosen = select.value;
+  select.replaceChildren();
+  for (const t of status.terminals || []) {
+    if (t.id === status.terminal) continue;
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "dot" + (online.has(t.id) ? " on" : "");
+    text(name, `${t.name}`);
+    const role = document.createElement("span");
+    role.className = "muted";
+    text(role, `${t.role} · ${t.site} · ${online.has(t.id) ? "online" : "offline"}`);
+    li.append(name, role);
+    list.append(li);
+    const opt = document.createElement("option");
+    opt.value = t.id;
+    text(opt, t.name);
+    select.append(opt);
+  }
+  if (chosen) select.value = chosen;
+
+  const call = status.call;
+  const state = call ? call.state : "idle";
+  const live = ["outgoing", "incoming", "active"].includes(state);
+  $("ring").classList.toggle("hidden", state !== "incoming");
+  if (state === "incoming" && status.last_ring) text($("ring-from"), nameOf(status.last_ring.from));
+  $("call").classList.toggle("hidden", !(state === "active" || state === "outgoing"));
+  $("idle").classList.toggle("hidden", live);
+  document.body.dataset.callState = state;
+
+  if (!call) { activeSince = null; return; }
+  if (state === "active" && call.active_s != null && activeSince == null) {
+    activeSince = performance.now() - call.active_s * 1000;
+  }
+  if (state !== "active") activeSince = null;
+  text($("call-state"), state === "outgoing" ? "Ringing…" : state);
+  const code = call.security_code;
+  const e2ee = $("e2ee");
+  if (code) {
+    const suite = (call.e2ee && call.e2ee.suite) || (status.policy && status.policy.suite);
+    text(e2ee, `End-to-end encrypted · ${suite} · ${call.e2ee.kem}`);
+    e2ee.classList.add("ok");
+    text($("code"), code);
+    text($("epoch"), `epoch ${call.epoch}`);
+  } else {
+    text(e2ee, state === "active" ? "Agreeing keys… no media until encrypted" : "Not yet encrypted");
+    e2ee.classList.remove("ok");
+    text($("code"), "— — —");
+    text($("epoch"), "");
+  }
+  $("code").dataset.code = code || "";
+  const members = $("members");
+  members.replaceChildren();
+  const problems = [];
+  for (const m of call.members || []) {
+    const li = document.createElement("li");
+    const who = document.createElement("span");
+    const peer = (call.peers || {})[m];
+    let st = m === status.terminal ? "this terminal" : "joined";
+    if (peer) {
+      st = peer.transport === "reconnecting" ? "reconnecting…" : (peer.transport || st);
+      if (peer.transport === "reconnecting") problems.push(`${nameOf(m)}: reconnecting (${peer.lost_reason || "no media"})`);
+    }
+    who.className = "dot on";
+    text(who, nameOf(m));
+    const s = document.createElement("span");
+    s.className = "muted";
+    text(s, st);
+    li.append(who, s);
+    members.append(li);
+  }
+  const rejected = (call.e2ee && call.e2ee.rejected) || {};
+  const rej = Object.entries(rejected).map(([k, v]) => `${k} ${v}`).join(", ");
+  text($("media"), `frames protected ${call.e2ee.protected} · decrypted ${call.e2ee.unprotected}` + (rej ? ` · rejected: ${rej}` : ""));
+  if (rej) problems.push(`frames rejected (${rej})`);
+  if (state === "active" && !code) problems.push("keys missing: no media until the call is encrypted");
+  const problem = problems.join(" · ");
+  if (problem !== lastProblem) { lastProblem = problem; showBanner(problem, false); }
+}
+
+function tickDuration() {
+  if (activeSince != null) {
+    const s = Math.floor((performance.now() - activeSince) / 1000);
+    text($("duration"), `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`);
+  }
+  requestAnimationFrame(tickDuration);
+}
+
+function onEvent(event) {
+  if (event.kind === "e2ee_failed") showBanner(`end-to-end encryption failed: ${event.reason}`, true);
+  if (event.kind === "ended") showBanner(`call ended: ${event.reason}`, false);
+  if (event.kind === "ring") showBanner("", false);
+  if (event.kind === "epoch") $("code").classList.add("changed");
+}
+
+async function startEngine() {
+  if (pageEngine || !status || status.engine !== "browser") return;
+  const { PageEngine } = await import("/static/engine.js");
+  pageEngine = new PageEngine((msg) => socket && socket.send(JSON.stringify(msg)), {
+    remote: $("remote"), self: $("self"), noVideo: $("no-video"),
+  });
+  window.hotlineEngine = pageEngine;
+  await pageEngine.start();
+  socket.send(JSON.stringify({ type: "engine_hello" }));
+}
+
+function connect() {
+  socket = new WebSocket(`ws://${location.host}/api/ws`);
+  socket.onmessage = async (m) => {
+    const data = JSON.parse(m.data);
+    if (data.type === "status" || data.type === "event") {
+      status = data.status;
+      if (data.type === "event") onEvent(data.event);
+      render();
+      if (data.type === "status") await startEngine();
+    } else if (pageEngine && (data.type === "engine" || data.type === "keys")) {
+      pageEngine.handle(data);
+    }
+  };
+  socket.onclose = () => {
+    showBanner("lost the connection to this terminal's daemon; reconnecting…", true);
+    if (pageEngine) { pageEngine.stopAll(); pageEngine = null; }
+    setTimeout(connect, 1000);
+  };
+  socket.onopen = () => showBanner("", false);
+}
+
+$("dial").onclick = () => post("/api/call", { target: $("target").value });
+$("answer").onclick = () => post("/api/answer");
+$("decline").onclick = () => post("/api/decline");
+$("hangup").onclick = () => post("/api/hangup");
+$("remote").classList.add("hidden");
+tickDuration();
+connect();

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 @contextlib.asynccontextmanager
-async def ui_line(root: Path, *alpha_args: str) -> AsyncIterator[LocalLine]:
-    """An exchange, alpha with its web UI, and bravo (aiortc, answers by command)."""
+async def ui_line(root: Path, *ui_args: str, ui: str = "alpha") -> AsyncIterator[LocalLine]:
+    """An exchange, alpha and bravo (aiortc, answering by command); ``ui`` runs the web UI
+    with ``ui_args``."""
     line = LocalLine(
         root,
         "east-west",
@@ -36,8 +37,9 @@ async def ui_line(root: Path, *alpha_args: str) -> AsyncIterator[LocalLine]:
     line.commission()
     try:
         await line.start_exchange()
-        await line.start_terminal("alpha", "--ui", "127.0.0.1:0", *alpha_args)
-        await line.start_terminal("bravo")
+        for name in ("alpha", "bravo"):
+            extra = ("--ui", "127.0.0.1:0", *ui_args) if name == ui else ()
+            await line.start_terminal(name, *extra)
         await line.wait_online(["alpha", "bravo"])
         yield line
     finally:

@@ -39,7 +39,14 @@ export class PageEngine {
     await new Promise((resolve) => {
       this.worker.onmessage = (e) => { if (e.data.type === "ready") resolve(); };
     });
-    this.worker.onmessage = (e) => { if (e.data.type === "stats") this.workerStats = e.data; };
+    this.worker.onmessage = (e) => {
+      if (e.data.type === "stats") {
+        this.workerStats = e.data;
+        const waiting = this.statsWaiters || [];
+        this.statsWaiters = [];
+        waiting.forEach((resolve) => resolve());
+      }
+    };
     this.local = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true },
       video: { width: 640, height: 480, frameRate: 20 },
@@ -89,12 +96,10 @@ export class PageEngine {
       link.stream.addTrack(e.track);
       if (this.shown === link.id) this.show(link);
     };
-    if (msg.offerer) {
-      for (const track of this.local.getTracks()) {
-        const t = pc.addTransceiver(track, { direction: "sendrecv", streams: [this.local] });
-        this.attachTransforms(link, t);
-      }
-    }
+    // addTrack (not addTransceiver): an answerer's remote offer takes these transceivers
+    // over (JSEP), so the transforms are in place before any SDP is applied
+    for (const track of this.local.getTracks()) pc.addTrack(track, this.local);
+    for (const t of pc.getTransceivers()) this.attachTransforms(link, t);
     return {};
   }
 
@@ -110,12 +115,12 @@ export class PageEngine {
     const pc = link.pc;
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
     for (const t of pc.getTransceivers()) {
-      const kind = t.receiver.track.kind;
-      const track = this.local.getTracks().find((x) => x.kind === kind);
+      if (!t.sender.transform || !t.receiver.transform) {
+        throw new Error("an offered media section without the frame crypto: refused");
+      }
       t.direction = "sendrecv";
-      if (track) await t.sender.replaceTrack(track);
-      t.sender.setStreams(this.local);
-      this.attachTransforms(link, t);
+      t.setCodecPreferences(t.receiver.track.kind === "video" ? only("video", VIDEO_CODECS)
+                                                               : only("audio", AUDIO_CODECS));
     }
     await pc.setLocalDescription(await pc.createAnswer());
     await gathered(pc);
@@ -160,15 +165,27 @@ export class PageEngine {
     return {};
   }
 
+  freshWorkerStats() {
+    return new Promise((resolve) => {
+      (this.statsWaiters = this.statsWaiters || []).push(resolve);
+      this.worker.postMessage({ type: "stats" });
+    });
+  }
+
   async report() {
-    this.worker.postMessage({ type: "stats" });
     const links = {};
     for (const [id, link] of this.links) {
+      let framesSent = 0;
+      let stats = null;
+      try {
+        stats = await link.pc.getStats();
+        stats.forEach((s) => { if (s.type === "outbound-rtp" && s.kind === "video") framesSent += s.framesSent || 0; });
+      } catch (e) { /* closed meanwhile */ }
+      await this.freshWorkerStats();  // read after the RTP counters: it has seen those frames
       const w = (this.workerStats.links || {})[id] || {};
       const entry = { decrypted: w.decrypted || 0, rejected: w.rejected || 0, sent: w.sent || 0,
                       state: link.pc.connectionState };
-      try {
-        const stats = await link.pc.getStats();
+      if (stats) {
         stats.forEach((s) => {
           if (s.type === "inbound-rtp") {
             entry[`${s.kind}_received`] = s.packetsReceived;
@@ -180,7 +197,15 @@ export class PageEngine {
             }
           }
         });
-      } catch (e) { /* closed meanwhile */ }
+        // fail closed: video frames leaving that never went through the worker mean a
+        // transform is not in place and this link's media is in clear: close it
+        if (framesSent > 10 && !w.sent_video) {
+          entry.state = "failed";
+          entry.refused = "transform_missing";
+          link.pc.close();
+          this.send({ type: "link", link: id, state: "failed" });
+        }
+      }
       if (id === this.shown) entry.shown = this.framesShown;
       links[id] = entry;
     }

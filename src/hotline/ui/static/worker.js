@@ -71,7 +71,9 @@ function sendTransform(kind, link) {
       const ctr = s.ctr; s.ctr += 1n;
       frame.data = (await sf.protectFrame(s.k, ctr, kind, new Uint8Array(frame.data))).buffer;
       counters.protected++;
-      linkStats(link).sent++;
+      const ls = linkStats(link);
+      ls.sent++;
+      ls[`sent_${kind}`] = (ls[`sent_${kind}`] || 0) + 1;
       controller.enqueue(frame);
     } catch (e) {
       count(counters.refused, e.reason || "error");
@@ -104,6 +106,7 @@ self.onrtctransform = (event) => {
   const t = event.transformer;
   const { side, kind, link, peer } = t.options;
   const fn = side === "send" ? sendTransform(kind, link) : receiveTransform(kind, link, peer);
+  linkStats(link)[`${side}_${kind}_transforms`] = (linkStats(link)[`${side}_${kind}_transforms`] || 0) + 1;
   if (side === "recv" && kind === "video") receivers.add(t);
   t.readable
     .pipeThrough(new TransformStream({ transform: fn }))

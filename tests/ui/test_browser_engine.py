@@ -1,0 +1,143 @@
+"""--engine browser: the page is the terminal's media engine, in calls with a Python one.
+
+The pair's offerer is the lower terminal id, so the two tests cover both directions of
+signalling: alpha's page offers to Python bravo; Python alpha offers to bravo's page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotline.localline import LocalLine
+from tests.ui.browser import chromium
+from tests.ui.png import region_stats
+from tests.ui.test_ui import cli, login_link, ui_line
+
+pytestmark = pytest.mark.slow
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last})")
+
+
+def call_of(status: dict[str, Any]) -> dict[str, Any]:
+    call: dict[str, Any] = status.get("call") or {}
+    return call
+
+
+async def open_engine_page(browser: Any, line: LocalLine, terminal: str) -> Any:
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    await page.goto(await login_link(line, terminal))
+    await wait_until(
+        lambda: page.evaluate("() => !!(window.hotlineEngine && window.hotlineEngine.local)"),
+        10,
+        "the page's media engine",
+    )
+    await wait_until(lambda: line.status(terminal), 5, "status")
+    return page
+
+
+async def check_call(
+    line: LocalLine, page: Any, web: str, python: str, tmp_path: Path, *, t0: float
+) -> None:
+    """Decrypted video and audio both ways, painted video, equal codes, status figures."""
+
+    async def flowing() -> bool:
+        w, p = call_of(await line.status(web)), call_of(await line.status(python))
+        page_link = (w.get("peers", {}).get(python) or {}).get("page") or {}
+        frames = p.get("frames") or {}
+        return (
+            page_link.get("video_decoded", 0) >= 20
+            and page_link.get("shown", 0) >= 20
+            and page_link.get("audio_received", 0) >= 20
+            and frames.get("video", {}).get("decrypted", 0) >= 20
+            and frames.get("audio", {}).get("decrypted", 0) >= 20
+        )
+
+    try:
+        await wait_until(flowing, 20, "media decrypted and shown both ways")
+    except AssertionError:
+        print(web, call_of(await line.status(web)))
+        print(python, call_of(await line.status(python)))
+        raise
+    elapsed = time.monotonic() - t0
+    w, p = call_of(await line.status(web)), call_of(await line.status(python))
+    page_link = w["peers"][python]["page"]
+    print(
+        f"{web} (browser) <-> {python} (aiortc): media both ways {elapsed:.1f} s after the "
+        f"answer; page: protected {w['e2ee']['protected']}, decrypted "
+        f"{w['e2ee']['unprotected']}, video decoded {page_link['video_decoded']}, shown "
+        f"{page_link['shown']}; python: video decrypted {p['frames']['video']['decrypted']}, "
+        f"audio {p['frames']['audio']['decrypted']}"
+    )
+    assert w["e2ee"]["protected"] > 0 and w["e2ee"]["rejected"] == {}
+    assert p["e2ee"]["rejected"] == {}
+    assert p["frames"]["video"]["decode_errors"] == 0
+    code = w["security_code"]
+    assert code and code == p["security_code"]
+    await page.wait_for_function(
+        "(c) => document.getElementById('code').dataset.code === c", arg=code, timeout=5000
+    )
+    by_cli = cli("call", "status", "--json", "-t", str(line.terminal_dir(web)))
+    assert by_cli["call"]["e2ee"]["protected"] > 0  # the page's counters, through the CLI
+    await page.screenshot(path=str(tmp_path / f"{web}-call-1280x720.png"))
+    box = await page.locator("#remote").bounding_box()
+    assert box is not None and box["width"] > 300
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    clip = {"x": cx - 120, "y": cy - 90, "width": 240, "height": 180}
+    center = await page.screenshot(clip=clip)
+    (tmp_path / f"{web}-video-center.png").write_bytes(center)
+    lit, colours = region_stats(center, (0, 0, 240, 180), step=2)
+    print(f"video pixels: {lit:.0%} lit, {colours} colours")
+    assert lit > 0.3 and colours > 8, "the remote video is blank"
+
+
+async def test_browser_terminal_calls_a_python_terminal(tmp_path: Path) -> None:
+    async with (
+        ui_line(tmp_path, "--engine", "browser", ui="alpha") as line,
+        chromium(tmp_path) as browser,
+    ):
+        page = await open_engine_page(browser, line, "alpha")
+        await page.select_option("#target", "bravo")
+        await page.click("#dial")
+        async with line.control("bravo") as bravo:
+
+            async def rung() -> bool:
+                return call_of(await bravo.request("GET", "/status")).get("state") == "incoming"
+
+            await wait_until(rung, 10, "bravo rung")
+            await bravo.request("POST", "/answer")
+        await check_call(line, page, "alpha", "bravo", tmp_path, t0=time.monotonic())
+        await page.click("#hangup")
+        await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
+        assert call_of(await line.status("bravo"))["state"] == "ended"
+
+
+async def test_python_terminal_calls_a_browser_terminal(tmp_path: Path) -> None:
+    async with (
+        ui_line(tmp_path, "--engine", "browser", ui="bravo") as line,
+        chromium(tmp_path) as browser,
+    ):
+        page = await open_engine_page(browser, line, "bravo")
+        page.on("console", lambda m: print("page:", m.text))
+        async with line.control("alpha") as alpha:
+            await alpha.request("POST", "/call", {"target": "bravo"})
+        await page.wait_for_selector("#ring:not(.hidden)", timeout=10_000)
+        await page.click("#answer")
+        await check_call(line, page, "bravo", "alpha", tmp_path, t0=time.monotonic())
+        async with line.control("alpha") as alpha:
+            await alpha.request("POST", "/hangup")
+        await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from hotline.charter import Policy
 from hotline.localline import LocalLine
 from tests.ui.browser import chromium
 from tests.ui.png import region_stats
@@ -31,6 +32,12 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: 
             return last
         await asyncio.sleep(0.2)
     raise AssertionError(f"{what}: not within {timeout} s (last: {last})")
+
+
+async def page_link(line: LocalLine, web: str, peer: str) -> dict[str, Any]:
+    """The page's figures for its link to ``peer``, as the daemon's status shows them."""
+    link: dict[str, Any] = call_of(await line.status(web))["peers"][peer]["page"]
+    return link
 
 
 def call_of(status: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +112,22 @@ async def check_call(
     assert lit > 0.3 and colours > 8, "the remote video is blank"
 
 
+#: replace the receive key of the other member's current KID in the page's worker
+WRONG_KEY = """(call) => {
+  const roster = [...call.members].sort();
+  const keys = {};
+  for (const m of roster) keys[m] = btoa(String.fromCharCode(...new Uint8Array(16).fill(7)));
+  window.hotlineEngine.worker.postMessage({type: 'keys', op: 'install', epoch: call.epoch,
+    roster, keys, suite: call.e2ee.suite});
+}"""
+
+
 async def test_browser_terminal_calls_a_python_terminal(tmp_path: Path) -> None:
+    """... and a rekey keeps the video going (freeze <= 500 ms on the page)."""
     async with (
-        ui_line(tmp_path, "--engine", "browser", ui="alpha") as line,
+        ui_line(
+            tmp_path, "--engine", "browser", ui="alpha", policy=Policy(rekey_interval_s=2)
+        ) as line,
         chromium(tmp_path) as browser,
     ):
         page = await open_engine_page(browser, line, "alpha")
@@ -121,6 +141,25 @@ async def test_browser_terminal_calls_a_python_terminal(tmp_path: Path) -> None:
             await wait_until(rung, 10, "bravo rung")
             await bravo.request("POST", "/answer")
         await check_call(line, page, "alpha", "bravo", tmp_path, t0=time.monotonic())
+        first = call_of(await line.status("alpha"))["epoch"]
+
+        async def rekeyed() -> bool:
+            return int(call_of(await line.status("alpha"))["epoch"]) >= first + 1
+
+        await wait_until(rekeyed, 10, "a rekey")
+        before = (await page_link(line, "alpha", "bravo"))["shown"]
+        await asyncio.sleep(1.0)  # video goes on under the new keys
+        after = await page_link(line, "alpha", "bravo")
+        code = call_of(await line.status("alpha"))["security_code"]
+        await page.wait_for_function(
+            "(c) => document.getElementById('code').dataset.code === c", arg=code, timeout=5000
+        )
+        print(
+            f"after the rekey: {after['shown'] - before} frames shown in 1 s, longest freeze "
+            f"{after['longest_freeze_ms']} ms"
+        )
+        assert after["shown"] - before >= 10
+        assert after["longest_freeze_ms"] <= 500
         await page.click("#hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
         assert call_of(await line.status("bravo"))["state"] == "ended"
@@ -138,6 +177,23 @@ async def test_python_terminal_calls_a_browser_terminal(tmp_path: Path) -> None:
         await page.wait_for_selector("#ring:not(.hidden)", timeout=10_000)
         await page.click("#answer")
         await check_call(line, page, "bravo", "alpha", tmp_path, t0=time.monotonic())
+        # a wrong receive key (as if the keys were tampered with): no media, and the screen
+        # says why
+        await page.evaluate(WRONG_KEY, call_of(await line.status("bravo")))
+        await page.wait_for_function(
+            "() => document.getElementById('banner').textContent.includes('rejected')",
+            timeout=5000,
+        )
+        banner = await page.inner_text("#banner")
+        before = (await page_link(line, "bravo", "alpha"))["video_decoded"]
+        await asyncio.sleep(1.0)
+        after = await page_link(line, "bravo", "alpha")
+        print(
+            f"wrong key: banner {banner!r}; video decoded in 1 s: {after['video_decoded'] - before}"
+        )
+        assert "bad_tag" in banner
+        assert after["video_decoded"] - before <= 1
+        await page.screenshot(path=str(tmp_path / "bravo-wrong-key-1280x720.png"))
         async with line.control("alpha") as alpha:
             await alpha.request("POST", "/hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)

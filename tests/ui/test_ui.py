@@ -25,14 +25,16 @@ pytestmark = pytest.mark.slow
 
 
 @contextlib.asynccontextmanager
-async def ui_line(root: Path, *ui_args: str, ui: str = "alpha") -> AsyncIterator[LocalLine]:
+async def ui_line(
+    root: Path, *ui_args: str, ui: str = "alpha", policy: Policy | None = None
+) -> AsyncIterator[LocalLine]:
     """An exchange, alpha and bravo (aiortc, answering by command); ``ui`` runs the web UI
     with ``ui_args``."""
     line = LocalLine(
         root,
         "east-west",
         {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
-        policy=Policy(),
+        policy=policy or Policy(),
     )
     line.commission()
     try:
@@ -138,6 +140,10 @@ async def test_the_page_rings_answers_shows_the_code_and_hangs_up(tmp_path: Path
         page = await browser.new_page(viewport={"width": 1280, "height": 720})
         await page.goto(await login_link(line))
         await page.wait_for_selector("#terminals li")
+        await page.screenshot(path=str(tmp_path / "line-1280x720.png"))
+        await page.set_viewport_size({"width": 1920, "height": 1080})
+        await page.screenshot(path=str(tmp_path / "line-1920x1080.png"))
+        await page.set_viewport_size({"width": 1280, "height": 720})
         async with line.control("bravo") as bravo:
             await bravo.request("POST", "/call", {"target": "alpha"})
         await page.wait_for_selector("#ring:not(.hidden)", timeout=10_000)
@@ -151,6 +157,8 @@ async def test_the_page_rings_answers_shows_the_code_and_hangs_up(tmp_path: Path
         assert shown == by_cli["call"]["security_code"]
         assert shown == (await line.status("bravo"))["call"]["security_code"]
         await page.screenshot(path=str(tmp_path / "call-1280x720.png"))
+        await page.set_viewport_size({"width": 1920, "height": 1080})
+        await page.screenshot(path=str(tmp_path / "call-1920x1080.png"))
         await page.click("#hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
         out, _ = await asyncio.wait_for(watch.communicate(), 20)

@@ -19,8 +19,9 @@ Security model (docs/ui.md):
 Paths: ``/login`` (the link), ``/`` (the page), ``/static/...`` (its files), ``/api/status``,
 ``/api/call`` ``{"target": ID}``, ``/api/answer``, ``/api/decline``, ``/api/hangup``, and
 ``/api/ws``: the WebSocket that carries every terminal event (the same as the control API's
-``/events``) with a status snapshot, and, when the page is the media engine, the engine's
-messages both ways.
+``/events``) with a status snapshot (and, during a call, a snapshot each second without an
+event: counters and link states move without events), and, when the page is the media
+engine, the engine's messages both ways.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from hotline.call.machine import CallState
 from hotline.errors import HotlineError, StateError, UsageError
 from hotline.httplog import HttpErrorLog
 
@@ -48,8 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("hotline.ui")
 
 COOKIE = "hotline_ui"
+#: during a call, a status snapshot is pushed this often when no event came
+REFRESH_S = 1.0
 STATIC_FILES = frozenset({"app.js", "style.css", "engine.js", "sframe.js", "worker.js"})
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+LIVE = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: the page's own files and its loopback origin only; no framing, no inline script
 CSP = (
@@ -269,7 +274,17 @@ class UiServer:
         self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any] | None]
     ) -> None:
         with contextlib.suppress(ConnectionResetError, RuntimeError):
-            while (event := await queue.get()) is not None:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), REFRESH_S)
+                except TimeoutError:
+                    # no event: during a call the counters and link states still move
+                    if self.daemon.call is not None and self.daemon.call.machine.state in LIVE:
+                        status = await self.full_status(media=False)
+                        await ws.send_json({"type": "status", "status": status})
+                    continue
+                if event is None:
+                    break
                 status = await self.full_status(media=False)
                 await ws.send_json({"type": "event", "event": event, "status": status})
             await ws.close()

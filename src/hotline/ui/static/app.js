@@ -83,7 +83,8 @@ function render() {
     activeSince = performance.now() - call.active_s * 1000;
   }
   if (state !== "active") activeSince = null;
-  text($("call-state"), state === "outgoing" ? "Ringing…" : state);
+  const others = (call.members || []).filter((m) => m !== status.terminal).map(nameOf);
+  text($("call-state"), state === "outgoing" ? "Ringing…" : `In call with ${others.join(", ")}`);
   const code = call.security_code;
   const e2ee = $("e2ee");
   if (code) {
@@ -122,7 +123,7 @@ function render() {
   const rejected = (call.e2ee && call.e2ee.rejected) || {};
   const rej = Object.entries(rejected).map(([k, v]) => `${k} ${v}`).join(", ");
   text($("media"), `frames protected ${call.e2ee.protected} · decrypted ${call.e2ee.unprotected}` + (rej ? ` · rejected: ${rej}` : ""));
-  if (rej) problems.push(`frames rejected (${rej})`);
+  if (rej) problems.push(`frames rejected, not shown: they do not decrypt (${rej})`);
   if (state === "active" && !code) problems.push("keys missing: no media until the call is encrypted");
   const problem = problems.join(" · ");
   if (problem !== lastProblem) { lastProblem = problem; showBanner(problem, false); }
@@ -143,15 +144,23 @@ function onEvent(event) {
   if (event.kind === "epoch") $("code").classList.add("changed");
 }
 
+let engineStarting = false;
 async function startEngine() {
-  if (pageEngine || !status || status.engine !== "browser") return;
-  const { PageEngine } = await import("/static/engine.js");
-  pageEngine = new PageEngine((msg) => socket && socket.send(JSON.stringify(msg)), {
-    remote: $("remote"), self: $("self"), noVideo: $("no-video"),
-  });
-  window.hotlineEngine = pageEngine;
-  await pageEngine.start();
-  socket.send(JSON.stringify({ type: "engine_hello" }));
+  if (engineStarting || pageEngine || !status || status.engine !== "browser") return;
+  engineStarting = true;
+  try {
+    const { PageEngine } = await import("/static/engine.js");
+    const engine = new PageEngine((msg) => {
+      if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(msg));
+    }, { remote: $("remote"), self: $("self"), noVideo: $("no-video") });
+    await engine.start();
+    pageEngine = window.hotlineEngine = engine;
+    socket.send(JSON.stringify({ type: "engine_hello" }));
+  } catch (e) {
+    showBanner(`this screen cannot be the media engine: ${e.message || e}`, true);
+  } finally {
+    engineStarting = false;
+  }
 }
 
 function connect() {
@@ -162,7 +171,7 @@ function connect() {
       status = data.status;
       if (data.type === "event") onEvent(data.event);
       render();
-      if (data.type === "status") await startEngine();
+      await startEngine();
     } else if (pageEngine && (data.type === "engine" || data.type === "keys")) {
       pageEngine.handle(data);
     }

@@ -57,8 +57,16 @@ export class PageEngine {
   }
 
   watchFrames() {
+    // frames painted, and the longest gap between two of them (a freeze) since the first
     const video = this.el.remote;
-    const onFrame = () => { this.framesShown++; video.requestVideoFrameCallback(onFrame); };
+    this.lastFrameAt = null;
+    this.maxGapMs = 0;
+    const onFrame = (now) => {
+      this.framesShown++;
+      if (this.lastFrameAt != null) this.maxGapMs = Math.max(this.maxGapMs, now - this.lastFrameAt);
+      this.lastFrameAt = now;
+      video.requestVideoFrameCallback(onFrame);
+    };
     video.requestVideoFrameCallback(onFrame);
   }
 
@@ -206,9 +214,18 @@ export class PageEngine {
           this.send({ type: "link", link: id, state: "failed" });
         }
       }
-      if (id === this.shown) entry.shown = this.framesShown;
+      if (id === this.shown) {
+        entry.shown = this.framesShown;
+        entry.longest_freeze_ms = Math.round(this.maxGapMs);
+      }
       links[id] = entry;
     }
+    // a frozen picture is never left looking live: dim it and say so
+    const stale = this.shown != null && this.lastFrameAt != null &&
+                  performance.now() - this.lastFrameAt > 1000;
+    this.el.remote.classList.toggle("stale", stale);
+    this.el.noVideo.classList.toggle("hidden", !stale && this.el.remote.srcObject != null);
+    if (stale) this.el.noVideo.textContent = "Video interrupted: no frame could be decrypted or received for over a second";
     const c = this.workerStats.counters || {};
     this.send({
       type: "stats", call: this.call,

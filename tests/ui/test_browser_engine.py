@@ -91,6 +91,11 @@ async def check_call(
         f"audio {p['frames']['audio']['decrypted']}"
     )
     assert w["e2ee"]["protected"] > 0 and w["e2ee"]["rejected"] == {}
+    # Opus in-band FEC stays on under E2EE in the page's own description
+    sdps = await page.evaluate(
+        "() => [...window.hotlineEngine.links.values()].map((l) => l.pc.localDescription.sdp)"
+    )
+    assert sdps and all("useinbandfec=1" in d for d in sdps)
     assert p["e2ee"]["rejected"] == {}
     assert p["frames"]["video"]["decode_errors"] == 0
     code = w["security_code"]

@@ -36,7 +36,8 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: 
 
 async def page_link(line: LocalLine, web: str, peer: str) -> dict[str, Any]:
     """The page's figures for its link to ``peer``, as the daemon's status shows them."""
-    link: dict[str, Any] = call_of(await line.status(web))["peers"][peer]["page"]
+    peers = call_of(await line.status(web)).get("peers") or {}
+    link: dict[str, Any] = (peers.get(peer) or {}).get("page") or {}
     return link
 
 
@@ -46,7 +47,8 @@ def call_of(status: dict[str, Any]) -> dict[str, Any]:
 
 
 async def open_engine_page(browser: Any, line: LocalLine, terminal: str) -> Any:
-    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    page = await browser.new_page()
+    await page.set_viewport_size({"width": 1280, "height": 720})
     await page.goto(await login_link(line, terminal))
     await wait_until(
         lambda: page.evaluate("() => !!(window.hotlineEngine && window.hotlineEngine.local)"),
@@ -202,3 +204,46 @@ async def test_python_terminal_calls_a_browser_terminal(tmp_path: Path) -> None:
         async with line.control("alpha") as alpha:
             await alpha.request("POST", "/hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
+
+
+async def test_two_browser_terminals_call_each_other(tmp_path: Path) -> None:
+    async with (
+        ui_line(tmp_path, "--engine", "browser", ui=("alpha", "bravo")) as line,
+        chromium(tmp_path) as browser,
+    ):
+        pages = {}
+        for name in ("alpha", "bravo"):
+            context = await browser.new_context(viewport={"width": 1280, "height": 720})
+            pages[name] = await open_engine_page(context, line, name)
+        await pages["bravo"].select_option("#target", "alpha")
+        await pages["bravo"].click("#dial")
+        await pages["alpha"].wait_for_selector("#ring:not(.hidden)", timeout=10_000)
+        await pages["alpha"].click("#answer")
+        t0 = time.monotonic()
+
+        async def flowing() -> bool:
+            links = [
+                await page_link(line, a, b) for a, b in (("alpha", "bravo"), ("bravo", "alpha"))
+            ]
+            return all(x.get("video_decoded", 0) >= 20 and x.get("shown", 0) >= 20 for x in links)
+
+        await wait_until(flowing, 20, "video decrypted and shown on both pages")
+        a, b = call_of(await line.status("alpha")), call_of(await line.status("bravo"))
+        print(
+            f"browser <-> browser: video both ways {time.monotonic() - t0:.1f} s after the "
+            f"answer; alpha decrypted {a['e2ee']['unprotected']}, bravo {b['e2ee']['unprotected']}"
+        )
+        assert a["security_code"] == b["security_code"]
+        print("dropped:", a["e2ee"]["rejected"], b["e2ee"]["rejected"])
+        for c in (a, b):  # only authentic repeats, never a failed frame
+            assert all(r.startswith("duplicate_") for r in c["e2ee"]["rejected"]), c["e2ee"]
+        for name, page in pages.items():
+            await page.wait_for_function(
+                "(c) => document.getElementById('code').dataset.code === c",
+                arg=a["security_code"],
+                timeout=5000,
+            )
+            await page.screenshot(path=str(tmp_path / f"{name}-browser-call.png"))
+        await pages["alpha"].click("#mute-cam")  # camera off: still encrypted, black frames
+        await pages["alpha"].click("#hangup")
+        await pages["bravo"].wait_for_selector("#idle:not(.hidden)", timeout=10_000)

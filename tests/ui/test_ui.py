@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @contextlib.asynccontextmanager
 async def ui_line(
-    root: Path, *ui_args: str, ui: str = "alpha", policy: Policy | None = None
+    root: Path, *ui_args: str, ui: str | tuple[str, ...] = "alpha", policy: Policy | None = None
 ) -> AsyncIterator[LocalLine]:
     """An exchange, alpha and bravo (aiortc, answering by command); ``ui`` runs the web UI
     with ``ui_args``."""
@@ -40,7 +40,11 @@ async def ui_line(
     try:
         await line.start_exchange()
         for name in ("alpha", "bravo"):
-            extra = ("--ui", "127.0.0.1:0", *ui_args) if name == ui else ()
+            extra = (
+                ("--ui", "127.0.0.1:0", *ui_args)
+                if name in (ui if isinstance(ui, tuple) else (ui,))
+                else ()
+            )
             await line.start_terminal(name, *extra)
         await line.wait_online(["alpha", "bravo"])
         yield line

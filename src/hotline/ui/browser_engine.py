@@ -323,7 +323,8 @@ class BrowserEngine:
             before = dict(self.crypto.get("rejected", {}))
             self.crypto = crypto
             for reason, count in dict(crypto.get("rejected", {})).items():
-                if isinstance(count, int) and count > before.get(reason, 0):
+                repeat = str(reason).startswith("duplicate_")  # authentic, received twice
+                if isinstance(count, int) and count > before.get(reason, 0) and not repeat:
                     self._on_frame_event(FrameEvent(RECV, "video", str(reason), 0))
         links = data.get("links")
         if isinstance(links, dict):

@@ -68,11 +68,37 @@ function render() {
     select.append(opt);
   }
   if (chosen) select.value = chosen;
+  document.body.dataset.engine = status.engine || "aiortc";
+  const recent = $("recent");
+  recent.replaceChildren();
+  for (const c of (status.past_calls || []).slice(-5).reverse()) {
+    const li = document.createElement("li");
+    const id = document.createElement("span");
+    text(id, c.call);
+    const end = document.createElement("span");
+    end.className = "muted";
+    text(end, c.end || "");
+    li.append(id, end);
+    recent.append(li);
+  }
+  const refusals = $("refusals");
+  refusals.replaceChildren();
+  for (const [reason, n] of Object.entries(status.rejected || {})) {
+    const li = document.createElement("li");
+    const r = document.createElement("span");
+    text(r, reason);
+    const c = document.createElement("span");
+    c.className = "muted";
+    text(c, String(n));
+    li.append(r, c);
+    refusals.append(li);
+  }
 
   const call = status.call;
   const state = call ? call.state : "idle";
   const live = ["outgoing", "incoming", "active"].includes(state);
   $("ring").classList.toggle("hidden", state !== "incoming");
+  ringTone(state === "incoming");
   if (state === "incoming" && status.last_ring) text($("ring-from"), nameOf(status.last_ring.from));
   $("call").classList.toggle("hidden", !(state === "active" || state === "outgoing"));
   $("idle").classList.toggle("hidden", live);
@@ -93,6 +119,7 @@ function render() {
     e2ee.classList.add("ok");
     text($("code"), code);
     text($("epoch"), `epoch ${call.epoch}`);
+    if (call.epoch_age_s != null) text($("rekey"), `keys renewed ${Math.round(call.epoch_age_s)} s ago`);
   } else {
     text(e2ee, state === "active" ? "Agreeing keys… no media until encrypted" : "Not yet encrypted");
     e2ee.classList.remove("ok");
@@ -121,12 +148,51 @@ function render() {
     members.append(li);
   }
   const rejected = (call.e2ee && call.e2ee.rejected) || {};
-  const rej = Object.entries(rejected).map(([k, v]) => `${k} ${v}`).join(", ");
-  text($("media"), `frames protected ${call.e2ee.protected} · decrypted ${call.e2ee.unprotected}` + (rej ? ` · rejected: ${rej}` : ""));
+  const all = Object.entries(rejected).map(([k, v]) => `${k} ${v}`).join(", ");
+  // authentic frames received twice are counted, but are no sign of trouble
+  const rej = Object.entries(rejected).filter(([k]) => !k.startsWith("duplicate_"))
+    .map(([k, v]) => `${k} ${v}`).join(", ");
+  text($("media"), `frames protected ${call.e2ee.protected} · decrypted ${call.e2ee.unprotected}` + (all ? ` · dropped: ${all}` : ""));
   if (rej) problems.push(`frames rejected, not shown: they do not decrypt (${rej})`);
   if (state === "active" && !code) problems.push("keys missing: no media until the call is encrypted");
   const problem = problems.join(" · ");
   if (problem !== lastProblem) { lastProblem = problem; showBanner(problem, false); }
+}
+
+// a soft two-tone ring while a call is waiting for an answer (stops when it is not)
+let ringing = null;
+function ringTone(on) {
+  if (on && !ringing) {
+    try {
+      const ctx = new AudioContext();
+      const gain = ctx.createGain();
+      gain.gain.value = 0;
+      gain.connect(ctx.destination);
+      for (const f of [440, 480]) {
+        const osc = ctx.createOscillator();
+        osc.frequency.value = f;
+        osc.connect(gain);
+        osc.start();
+      }
+      const beat = setInterval(() => {
+        gain.gain.setTargetAtTime(0.08, ctx.currentTime, 0.02);
+        gain.gain.setTargetAtTime(0, ctx.currentTime + 1.2, 0.05);
+      }, 3000);
+      ringing = { ctx, beat };
+    } catch (e) { ringing = null; }
+  } else if (!on && ringing) {
+    clearInterval(ringing.beat);
+    ringing.ctx.close();
+    ringing = null;
+  }
+}
+
+function toggleTrack(kind, button, onLabel, offLabel) {
+  if (!pageEngine || !pageEngine.local) return;
+  for (const t of pageEngine.local.getTracks()) if (t.kind === kind) t.enabled = !t.enabled;
+  const off = pageEngine.local.getTracks().some((t) => t.kind === kind && !t.enabled);
+  button.classList.toggle("on", off);
+  text(button, off ? onLabel : offLabel);
 }
 
 function tickDuration() {
@@ -188,6 +254,8 @@ $("dial").onclick = () => post("/api/call", { target: $("target").value });
 $("answer").onclick = () => post("/api/answer");
 $("decline").onclick = () => post("/api/decline");
 $("hangup").onclick = () => post("/api/hangup");
+$("mute-mic").onclick = () => toggleTrack("audio", $("mute-mic"), "Unmute mic", "Mute mic");
+$("mute-cam").onclick = () => toggleTrack("video", $("mute-cam"), "Camera on", "Camera off");
 $("remote").classList.add("hidden");
 tickDuration();
 connect();

@@ -167,6 +167,8 @@ export class ReplayWindow {
     if (this.top >= 0n && ctr + this.size <= this.top) throw new FrameError("replay", "too old");
     if (this.seen.has(ctr)) throw new FrameError("replay", "replayed frame");
   }
+  /** True if ctr was accepted already (an exact repeat, inside the window). */
+  has(ctr) { return this.seen.has(ctr); }
   accept(ctr) {
     this.check(ctr);
     this.seen.add(ctr);

@@ -88,8 +88,12 @@ function receiveTransform(kind, link, peer) {
       const entry = receive.get(parsed.kid);
       if (!entry) throw new sf.FrameError("unknown_kid");
       if (entry.member !== peer) throw new sf.FrameError("wrong_sender");
-      entry.window.check(parsed.ctr);
-      const plain = await sf.openFrame(entry.k, parsed);
+      const repeat = entry.window.has(parsed.ctr);
+      if (!repeat) entry.window.check(parsed.ctr);  // too old: refused before decryption
+      const plain = await sf.openFrame(entry.k, parsed);  // a forgery fails here (bad_tag)
+      // an authentic frame received twice (the browser can hand a frame over again after
+      // a retransmission): dropped and counted apart, it says nothing about an attack
+      if (repeat) throw new sf.FrameError(`duplicate_${kind}`);
       entry.window.accept(parsed.ctr);
       frame.data = plain.buffer;
       counters.decrypted++;

@@ -7,6 +7,7 @@ signalling: alpha's page offers to Python bravo; Python alpha offers to bravo's 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,11 +17,13 @@ import pytest
 
 from hotline.charter import Policy
 from hotline.localline import LocalLine
+from tests.turnserver import running_turnserver
 from tests.ui.browser import chromium
 from tests.ui.png import region_stats
 from tests.ui.test_ui import cli, login_link, ui_line
 
 pytestmark = pytest.mark.slow
+SECRET = "east-west-relay-secret"
 
 
 async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
@@ -206,9 +209,28 @@ async def test_python_terminal_calls_a_browser_terminal(tmp_path: Path) -> None:
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
 
 
-async def test_two_browser_terminals_call_each_other(tmp_path: Path) -> None:
+async def test_two_browser_terminals_call_each_other_through_a_relay(tmp_path: Path) -> None:
+    """A relay-only charter: both pages get the coturn relay (time-limited credentials made
+    by their daemons) and nothing else; media goes through it."""
+    with running_turnserver(tmp_path / "relay", shared_secret=SECRET) as relay:
+        await two_browsers_call(tmp_path, relay)
+    log = relay.log_text()
+    for tid in ("alpha", "bravo"):
+        assert re.search(rf"user <\d+:{tid}>: incoming packet ALLOCATE processed, success", log)
+
+
+async def two_browsers_call(tmp_path: Path, relay: Any) -> None:
+    config = f"[[turn.relay]]\nurl = '{relay.url}'\nshared_secret = '{SECRET}'\n"
     async with (
-        ui_line(tmp_path, "--engine", "browser", ui=("alpha", "bravo")) as line,
+        ui_line(
+            tmp_path,
+            "--engine",
+            "browser",
+            ui=("alpha", "bravo"),
+            policy=Policy(relay_only=True),
+            turn_relays=(relay.url,),
+            site_config=config,
+        ) as line,
         chromium(tmp_path) as browser,
     ):
         pages = {}
@@ -227,6 +249,12 @@ async def test_two_browser_terminals_call_each_other(tmp_path: Path) -> None:
             ]
             return all(x.get("video_decoded", 0) >= 20 and x.get("shown", 0) >= 20 for x in links)
 
+        async def paths() -> list[Any]:
+            return [
+                (await page_link(line, a, b)).get("path")
+                for a, b in (("alpha", "bravo"), ("bravo", "alpha"))
+            ]
+
         await wait_until(flowing, 20, "video decrypted and shown on both pages")
         a, b = call_of(await line.status("alpha")), call_of(await line.status("bravo"))
         print(
@@ -234,7 +262,8 @@ async def test_two_browser_terminals_call_each_other(tmp_path: Path) -> None:
             f"answer; alpha decrypted {a['e2ee']['unprotected']}, bravo {b['e2ee']['unprotected']}"
         )
         assert a["security_code"] == b["security_code"]
-        print("dropped:", a["e2ee"]["rejected"], b["e2ee"]["rejected"])
+        print("dropped:", a["e2ee"]["rejected"], b["e2ee"]["rejected"], "paths:", await paths())
+        assert all(p and p["local"] == "relay" for p in await paths())
         for c in (a, b):  # only authentic repeats, never a failed frame
             assert all(r.startswith("duplicate_") for r in c["e2ee"]["rejected"]), c["e2ee"]
         for name, page in pages.items():

@@ -26,7 +26,12 @@ pytestmark = pytest.mark.slow
 
 @contextlib.asynccontextmanager
 async def ui_line(
-    root: Path, *ui_args: str, ui: str | tuple[str, ...] = "alpha", policy: Policy | None = None
+    root: Path,
+    *ui_args: str,
+    ui: str | tuple[str, ...] = "alpha",
+    policy: Policy | None = None,
+    turn_relays: tuple[str, ...] = (),
+    site_config: str = "",
 ) -> AsyncIterator[LocalLine]:
     """An exchange, alpha and bravo (aiortc, answering by command); ``ui`` runs the web UI
     with ``ui_args``."""
@@ -35,8 +40,14 @@ async def ui_line(
         "east-west",
         {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]},
         policy=policy or Policy(),
+        turn_relays=turn_relays,
     )
     line.commission()
+    if site_config:  # each terminal's terminal.toml (TURN credentials)
+        for name in ("alpha", "bravo"):
+            path = line.terminal_dir(name) / "terminal.toml"
+            path.write_text(site_config)
+            path.chmod(0o600)
     try:
         await line.start_exchange()
         for name in ("alpha", "bravo"):

@@ -212,7 +212,7 @@ class TerminalDaemon:
             return None
         if self.browser_hub is None:
             raise StateError("--engine browser needs the UI (--ui)")
-        return browser_engine_factory(self.browser_hub, call_id)
+        return browser_engine_factory(self.browser_hub, call_id, self.config.media.ice)
 
     def _new_session(self, call_id: str) -> CallSession:
         charter = self.charter.charter

@@ -38,6 +38,7 @@ from hotline.e2ee.media import KeySink, MediaStats
 from hotline.e2ee.sframe import CipherSuite, suite_by_name
 from hotline.errors import SdpError, StateError
 from hotline.media.stats import RECV, FrameEvent
+from hotline.media.turn import IceSettings, select_ice
 
 log = logging.getLogger("hotline.ui.engine")
 
@@ -259,6 +260,7 @@ class BrowserEngine:
         call_id: str,
         suite: str,
         on_frame_event: Callable[[FrameEvent], None],
+        ice: IceSettings | None = None,
     ) -> None:
         if suite not in PAGE_SUITES:
             raise StateError(f"the browser engine does not implement the SFrame suite {suite}")
@@ -271,7 +273,20 @@ class BrowserEngine:
         self._shown: dict[str, BrowserLink] = {}
         self._ids = itertools.count(1)
         self.crypto: dict[str, Any] = {}
+        self._ice = ice or IceSettings()
         hub.engines[call_id] = self
+
+    async def _ice_config(self) -> dict[str, Any]:
+        """The page's ICE configuration: explicit servers only (never a public STUN
+        server), the first live TURN relay of the charter, relay-only if the charter says."""
+        settings = await select_ice(self._ice)  # raises RelayUnavailable for relay-only
+        servers: list[dict[str, str]] = []
+        if settings.turn is not None:
+            username, password = settings.turn.credentials.at(time.time())
+            servers.append(
+                {"urls": settings.turn.url, "username": username, "credential": password}
+            )
+        return {"ice_servers": servers, "ice_policy": "relay" if settings.relay_only else "all"}
 
     async def open_link(self, peer_id: str, *, offerer: bool, attempt: int) -> BrowserLink:
         link = BrowserLink(self, f"{peer_id}#{next(self._ids)}", peer_id, offerer, attempt)
@@ -283,6 +298,7 @@ class BrowserEngine:
                 "peer": peer_id,
                 "offerer": offerer,
                 "attempt": attempt,
+                **await self._ice_config(),
             }
         )
         self.links[link.link_id] = link
@@ -360,8 +376,10 @@ class BrowserEngine:
         self.hub.engines.pop(self.call_id, None)
 
 
-def browser_engine_factory(hub: BrowserHub, call_id: str) -> EngineFactory:
+def browser_engine_factory(
+    hub: BrowserHub, call_id: str, ice: IceSettings | None = None
+) -> EngineFactory:
     def make(suite: str, on_frame_event: Callable[[FrameEvent], None]) -> BrowserEngine:
-        return BrowserEngine(hub, call_id, suite, on_frame_event)
+        return BrowserEngine(hub, call_id, suite, on_frame_event, ice)
 
     return make

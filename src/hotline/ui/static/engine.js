@@ -94,7 +94,12 @@ export class PageEngine {
 
   async op_open(msg) {
     this.call = msg.call;
-    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
+    // the daemon's explicit servers only (never a public STUN server), relay-only if so
+    const pc = new RTCPeerConnection({
+      iceServers: msg.ice_servers || [],
+      iceTransportPolicy: msg.ice_policy === "relay" ? "relay" : "all",
+      bundlePolicy: "max-bundle",
+    });
     const link = { id: msg.link, peer: msg.peer, call: msg.call, pc, stream: new MediaStream() };
     this.links.set(msg.link, link);
     pc.onconnectionstatechange = () => {
@@ -194,6 +199,14 @@ export class PageEngine {
       const entry = { decrypted: w.decrypted || 0, rejected: w.rejected || 0, sent: w.sent || 0,
                       state: link.pc.connectionState };
       if (stats) {
+        let pairId = null;
+        stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
+        const pair = pairId && stats.get(pairId);
+        if (pair) {
+          const local = stats.get(pair.localCandidateId);
+          const remote = stats.get(pair.remoteCandidateId);
+          entry.path = { local: local && local.candidateType, remote: remote && remote.candidateType };
+        }
         stats.forEach((s) => {
           if (s.type === "inbound-rtp") {
             entry[`${s.kind}_received`] = s.packetsReceived;

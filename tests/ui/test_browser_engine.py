@@ -170,6 +170,24 @@ async def test_browser_terminal_calls_a_python_terminal(tmp_path: Path) -> None:
         )
         assert after["shown"] - before >= 10
         assert after["longest_freeze_ms"] <= 500
+        # the page reloads mid-call: the daemon gives the new page the keys again, and the
+        # transport is rebuilt (liveness); video is back on the new page
+        old_link = call_of(await line.status("alpha"))["peers"]["bravo"]["link"]
+        t_reload = time.monotonic()
+        await page.reload()
+
+        async def back() -> bool:
+            peer = call_of(await line.status("alpha"))["peers"]["bravo"]
+            link = peer.get("page") or {}
+            return (
+                peer.get("link") != old_link
+                and link.get("shown", 0) >= 10
+                and link.get("decrypted", 0) >= 10
+            )
+
+        await wait_until(back, 20, "video after a reload")
+        print(f"reload mid-call: video shown again {time.monotonic() - t_reload:.1f} s later")
+        assert call_of(await line.status("alpha"))["state"] == "active"
         await page.click("#hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
         assert call_of(await line.status("bravo"))["state"] == "ended"

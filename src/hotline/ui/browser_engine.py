@@ -35,7 +35,7 @@ from aiohttp import web
 
 from hotline.call.media_engine import EngineFactory, MediaLink
 from hotline.e2ee.media import KeySink, MediaStats
-from hotline.e2ee.sframe import CipherSuite, suite_by_name
+from hotline.e2ee.sframe import MAX_EPOCH, CipherSuite, suite_by_name
 from hotline.errors import SdpError, StateError
 from hotline.media.stats import RECV, FrameEvent
 from hotline.media.turn import IceSettings, select_ice
@@ -79,6 +79,8 @@ class BrowserHub:
             self._writer.cancel()
         self._writer = asyncio.create_task(self._write(ws, self._out))
         log.info("a page is this terminal's media engine")
+        for engine in self.engines.values():  # a call in progress: its keys, again
+            engine.sink.replay()
 
     def detach(self, ws: web.WebSocketResponse) -> None:
         if self._ws is ws:
@@ -190,7 +192,9 @@ class BrowserLink:
 
 class BrowserKeySink:
     """The key sink of a call whose frame crypto is in the page: every operation goes to the
-    page's worker, in order; a mirror of the epochs held is kept for the status."""
+    page's worker, in order. The keys the page holds are mirrored here (what the daemon's key
+    session holds anyway, and erased with it), so that a page that reloads, or another that
+    takes over, gets them again (:meth:`replay`)."""
 
     def __init__(self, hub: BrowserHub, call_id: str, suite: CipherSuite) -> None:
         self.hub = hub
@@ -200,9 +204,21 @@ class BrowserKeySink:
         self.send_suite: str | None = None
         self.epochs: set[int] = set()
         self.rosters: dict[int, tuple[str, ...]] = {}
+        #: the install message of each epoch held, and the current send key's message
+        self._installed: dict[int, dict[str, Any]] = {}
+        self._sending: dict[str, Any] | None = None
 
-    def _post(self, op: str, **fields: Any) -> None:
-        self.hub.post({"type": "keys", "op": op, "call": self.call_id, **fields})
+    def _post(self, op: str, **fields: Any) -> dict[str, Any]:
+        message = {"type": "keys", "op": op, "call": self.call_id, **fields}
+        self.hub.post(message)
+        return message
+
+    def replay(self) -> None:
+        """Give a (new) page every key it should hold now, in order."""
+        for epoch in sorted(self._installed):
+            self.hub.post(self._installed[epoch])
+        if self._sending is not None:
+            self.hub.post(self._sending)
 
     def install_receive_keys(
         self,
@@ -214,7 +230,7 @@ class BrowserKeySink:
         chosen = suite or self.suite
         self.epochs.add(epoch)
         self.rosters[epoch] = tuple(roster)
-        self._post(
+        self._installed[epoch] = self._post(
             "install",
             epoch=epoch,
             roster=list(roster),
@@ -231,23 +247,31 @@ class BrowserKeySink:
     ) -> None:
         chosen = suite or self.suite
         self.send_epoch, self.send_suite = epoch, chosen.name
-        self._post("send", epoch=epoch, index=sender_index, suite=chosen.name, key=_b64(base_key))
+        self._sending = self._post(
+            "send", epoch=epoch, index=sender_index, suite=chosen.name, key=_b64(base_key)
+        )
 
     def pause_sending(self, reason: str) -> None:
         self.send_epoch, self.send_suite = 0, None
+        self._sending = None
         self._post("pause", reason=reason)
 
     def erase_epochs_through(self, epoch: int) -> None:
         self.epochs = {e for e in self.epochs if e > epoch}
+        self._installed = {e: m for e, m in self._installed.items() if e > epoch}
         if self.send_epoch and self.send_epoch <= epoch:
             self.send_epoch, self.send_suite = 0, None
+            self._sending = None
         self._post("erase_through", epoch=epoch)
 
     def erase_epoch(self, epoch: int) -> None:
         self.epochs.discard(epoch)
+        self._installed.pop(epoch, None)
         self._post("erase", epoch=epoch)
 
     def forget_sender(self, member: str) -> None:
+        for message in self._installed.values():
+            message["keys"] = {m: k for m, k in message["keys"].items() if m != member}
         self._post("forget", member=member)
 
 
@@ -372,6 +396,7 @@ class BrowserEngine:
         )
 
     async def close(self) -> None:
+        self.sink.erase_epochs_through(MAX_EPOCH)  # nothing kept for a replay
         self.hub.post({"type": "engine", "op": "end", "call": self.call_id})
         self.hub.engines.pop(self.call_id, None)
 

@@ -294,3 +294,35 @@ async def two_browsers_call(tmp_path: Path, relay: Any) -> None:
         await pages["alpha"].click("#mute-cam")  # camera off: still encrypted, black frames
         await pages["alpha"].click("#hangup")
         await pages["bravo"].wait_for_selector("#idle:not(.hidden)", timeout=10_000)
+
+
+async def test_the_demo_with_one_side_in_a_browser(tmp_path: Path) -> None:
+    """`hotline demo --browser`: the demo hands out the callee's link; a page opens it and
+    the demo's call runs with the page as the callee's media engine."""
+    from hotline.demo import CALLEE, CALLER, run_demo
+
+    async with chromium(tmp_path) as browser:
+        pages: list[Any] = []
+
+        async def open_link(url: str) -> None:
+            page = await browser.new_page()
+            await page.goto(url)
+            pages.append(page)
+
+        result = await run_demo(
+            duration=2,
+            rekey_s=5,
+            keep=tmp_path / "demo",
+            live=False,
+            json_out=True,
+            browser=open_link,
+        )
+    print(f"demo with a browser: {result.to_json()}")
+    assert result.ok, result.failure
+    assert pages, "the demo gave out no link"
+    assert result.security_code[CALLER] == result.security_code[CALLEE]
+    for side in (CALLER, CALLEE):
+        assert result.frames[side]["video_decrypted"] > 0
+        assert result.frames[side]["audio_decrypted"] > 0
+        assert result.frames[side]["rejected"] == 0
+    assert result.log_verified == {CALLER: True, CALLEE: True}

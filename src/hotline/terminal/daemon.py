@@ -472,6 +472,7 @@ class TerminalDaemon:
             "role": str(self.terminal.role),
             "media_source": self.source.description,
             "engine": self.config.engine,
+            "page_engine": self.browser_hub is not None and self.browser_hub.connected,
             "line": self.charter.charter.line_id,
             "charter_version": self.charter.charter.version,
             "exchange": {

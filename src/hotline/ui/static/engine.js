@@ -197,6 +197,7 @@ export class PageEngine {
       await this.freshWorkerStats();  // read after the RTP counters: it has seen those frames
       const w = (this.workerStats.links || {})[id] || {};
       const entry = { decrypted: w.decrypted || 0, rejected: w.rejected || 0, sent: w.sent || 0,
+                      decrypted_video: w.decrypted_video || 0, decrypted_audio: w.decrypted_audio || 0,
                       state: link.pc.connectionState };
       if (stats) {
         let pairId = null;

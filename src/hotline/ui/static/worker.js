@@ -97,7 +97,9 @@ function receiveTransform(kind, link, peer) {
       entry.window.accept(parsed.ctr);
       frame.data = plain.buffer;
       counters.decrypted++;
-      linkStats(link).decrypted++;
+      const ls = linkStats(link);
+      ls.decrypted++;
+      ls[`decrypted_${kind}`] = (ls[`decrypted_${kind}`] || 0) + 1;
       controller.enqueue(frame);
     } catch (e) {
       count(counters.rejected, e.reason || "error");  // dropped, never shown

@@ -261,7 +261,10 @@ class UiServer:
                     engine_page = True
                     self.hub.attach(ws)
                 elif engine_page and self.hub is not None:
-                    self.hub.receive(ws, data)
+                    try:
+                        self.hub.receive(ws, data)
+                    except (ValueError, TypeError, KeyError, AttributeError):
+                        self._count("bad_engine_message")  # the page's bug: skip, go on
         finally:
             sender.cancel()
             self.daemon.unsubscribe(queue)

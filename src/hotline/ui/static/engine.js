@@ -52,6 +52,7 @@ export class PageEngine {
       video: { width: 640, height: 480, frameRate: 20 },
     });
     this.el.self.srcObject = this.local;
+    this.el.noVideo.textContent = "Waiting for the other side's video";
     this.watchFrames();
     this.timer = setInterval(() => this.report(), 500);
   }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -110,6 +112,13 @@ async def check_call(
     )
     by_cli = cli("call", "status", "--json", "-t", str(line.terminal_dir(web)))
     assert by_cli["call"]["e2ee"]["protected"] > 0  # the page's counters, through the CLI
+    human = subprocess.run(
+        [sys.executable, "-m", "hotline", "call", "status", "-t", str(line.terminal_dir(web))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "(in the browser page)" in human and "page decoded" in human, human
     await page.screenshot(path=str(tmp_path / f"{web}-call-1280x720.png"))
     box = await page.locator("#remote").bounding_box()
     assert box is not None and box["width"] > 300

@@ -201,3 +201,18 @@ def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
         f"call {call['call']}: {call['state']}, members {', '.join(call['members'])}, "
         f"epoch {call['epoch']}, security code {call['security_code'] or '—'}"
     )
+    e2ee = call.get("e2ee") or {}
+    rejected = ", ".join(f"{k} {v}" for k, v in (e2ee.get("rejected") or {}).items())
+    console.print(
+        f"  frames protected {e2ee.get('protected', 0)}, decrypted {e2ee.get('unprotected', 0)}"
+        + (f", rejected: {rejected}" if rejected else "")
+        + (" (in the browser page)" if result.get("engine") == "browser" else "")
+    )
+    for peer, info in (call.get("peers") or {}).items():
+        page = info.get("page")
+        if page:
+            console.print(
+                f"  {peer}: {info.get('transport')}; page decoded {page.get('video_decoded', 0)}"
+                f" video frames, showed {page.get('shown', 0)}, longest freeze "
+                f"{page.get('longest_freeze_ms', 0)} ms, path {page.get('path')}"
+            )

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hotline.charter import Policy
+from hotline.errors import StateError
 from hotline.localline import LocalLine
 from tests.turnserver import running_turnserver
 from tests.ui.browser import chromium
@@ -207,6 +208,10 @@ async def test_python_terminal_calls_a_browser_terminal(tmp_path: Path) -> None:
         ui_line(tmp_path, "--engine", "browser", ui="bravo") as line,
         chromium(tmp_path) as browser,
     ):
+        # fail closed: without its page, a browser-engine terminal places no call
+        async with line.control("bravo") as bravo:
+            with pytest.raises(StateError, match="no page is open"):
+                await bravo.request("POST", "/call", {"target": "alpha"})
         page = await open_engine_page(browser, line, "bravo")
         page.on("console", lambda m: print("page:", m.text))
         async with line.control("alpha") as alpha:

@@ -121,6 +121,9 @@ async def check_call(
     ).stdout
     assert "(in the browser page)" in human and "page decoded" in human, human
     await page.screenshot(path=str(tmp_path / f"{web}-call-1280x720.png"))
+    await page.set_viewport_size({"width": 1920, "height": 1080})
+    await page.screenshot(path=str(tmp_path / f"{web}-call-1920x1080.png"))
+    await page.set_viewport_size({"width": 1280, "height": 720})
     box = await page.locator("#remote").bounding_box()
     assert box is not None and box["width"] > 300
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2

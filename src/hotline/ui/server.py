@@ -202,9 +202,16 @@ class UiServer:
         status = await self.daemon.status(media=media)
         charter = self.daemon.charter.charter
         status["terminals"] = [
-            {"id": t.terminal_id, "name": t.name, "role": str(t.role), "site": t.site_id}
+            {
+                "id": t.terminal_id,
+                "name": t.name,
+                "role": str(t.role),
+                "site": t.site_id,
+                "fingerprint": t.identity_key.fingerprint,
+            }
             for t in charter.terminals
         ]
+        status["charter_digest"] = charter.digest_code
         status["policy"] = {"kem": charter.policy.kem, "suite": charter.policy.cipher_suite}
         status["engine"] = self.daemon.config.engine
         status["page_engine"] = self.hub is not None and self.hub.connected

@@ -40,6 +40,7 @@ function render() {
   if (!status) return;
   const ex = status.exchange || {};
   text($("line"), `${status.line} · charter v${status.charter_version}`);
+  text($("digest"), status.charter_digest || "");
   text($("me"), `${status.name} — ${status.role}`);
   const pill = $("exchange");
   text(pill, ex.connected ? "exchange connected" : `exchange unreachable (${ex.reason || ""})`);
@@ -60,6 +61,10 @@ function render() {
     const role = document.createElement("span");
     role.className = "muted";
     text(role, `${t.role} · ${t.site} · ${online.has(t.id) ? "online" : "offline"}`);
+    const fp = document.createElement("span");
+    fp.className = "fp mono muted";
+    text(fp, `key ${t.fingerprint}`);
+    name.append(fp);
     li.append(name, role);
     list.append(li);
     const opt = document.createElement("option");

@@ -167,7 +167,13 @@ async def serve(config: DaemonConfig, control_port: int = 0, ui: str | None = No
     ready: dict[str, object] = {"ready": True, "terminal": daemon.terminal_id, "control": url}
     if ui_server is not None and ui_address is not None:
         ui_runner = ui_server.make_runner()
-        ui_port = await _listen(ui_runner, *ui_address)
+        try:
+            ui_port = await _listen(ui_runner, *ui_address)
+        except OSError as exc:
+            await runner.cleanup()
+            daemon.call_log.close()
+            os.close(lock)
+            raise UsageError(f"--ui {ui}: cannot listen there ({exc.strerror or exc})") from exc
         ui_server.origin = f"http://{ui_address[0]}:{ui_port}"
         ready["ui"] = ui_server.origin
         ready["ui_login"] = ui_server.login_url()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ LINE_ID = "moscow-washington"
 CALLER = "sochi"
 CALLEE = "situation-room"
 START_TIMEOUT_S = 60.0
+#: --browser: how long the demo waits for a person to open the link
+PAGE_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -58,9 +62,39 @@ class DemoResult:
         }
 
 
+def media_counts(call: dict[str, Any]) -> dict[str, int]:
+    """Video and audio frames decrypted by one side, whichever its media engine: the Python
+    sinks' counters, or (``--engine browser``) what its page reports per link."""
+    peers = (call.get("peers") or {}).values()
+    if (call.get("frames") or {}).get("engine") == "browser":
+        pages = [peer.get("page") or {} for peer in peers]
+        return {
+            "video": sum(int(p.get("decrypted_video", 0)) for p in pages),
+            "audio": sum(int(p.get("decrypted_audio", 0)) for p in pages),
+        }
+    frames = call.get("frames") or {}
+    return {k: int((frames.get(k) or {}).get("decrypted", 0)) for k in ("video", "audio")}
+
+
+async def print_link(url: str) -> None:
+    """On stderr (stdout may carry the --json summary)."""
+    sys.stderr.write(
+        f"\n  Open this link in a browser on this machine to join the call as {CALLEE}"
+        f" (camera and microphone):\n\n    {url}\n\n"
+    )
+    sys.stderr.flush()
+
+
 class Demo:
     def __init__(
-        self, root: Path, duration: float, rekey_s: int, live: bool, json_out: bool
+        self,
+        root: Path,
+        duration: float,
+        rekey_s: int,
+        live: bool,
+        json_out: bool,
+        *,
+        browser: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.line = LocalLine(
             root,
@@ -74,6 +108,8 @@ class Demo:
         self.result = DemoResult()
         self.log_lines: list[str] = []
         self.event_seq: dict[str, int] = {}
+        #: with --browser: the callee's media is a page; this is given its one-time link
+        self.browser = browser
 
     def say(self, text: str) -> None:
         self.log_lines.append(text)
@@ -90,9 +126,12 @@ class Demo:
         )
         await self.line.start_exchange()
         await self.line.start_terminal(CALLER)
-        await self.line.start_terminal(CALLEE, "--auto-answer")
+        browser_args = ("--ui", "127.0.0.1:0", "--engine", "browser") if self.browser else ()
+        await self.line.start_terminal(CALLEE, "--auto-answer", *browser_args)
         await self.line.wait_online([CALLER, CALLEE])
         self.say("exchange and both terminals running as separate processes on 127.0.0.1")
+        if self.browser is not None:
+            await self.wait_for_page()
         statuses: dict[str, dict[str, Any]] = {}
         async with self.line.control(CALLER) as a, self.line.control(CALLEE) as b:
             clients = {CALLER: a, CALLEE: b}
@@ -149,6 +188,19 @@ class Demo:
                     live.stop()
         self.collect(final)
 
+    async def wait_for_page(self) -> None:
+        """--browser: hand out the callee's one-time link, wait until its page is open."""
+        assert self.browser is not None
+        async with self.line.control(CALLEE) as control:
+            url = (await control.request("POST", "/ui/link"))["url"]
+            await self.browser(url)
+            deadline = time.monotonic() + PAGE_TIMEOUT_S
+            while not (await control.request("GET", "/status")).get("page_engine"):
+                if time.monotonic() > deadline:
+                    raise CallError(f"no page opened the link within {PAGE_TIMEOUT_S:.0f} s")
+                await asyncio.sleep(0.2)
+        self.say(f"{CALLEE}'s screen is open in a browser: its media engine")
+
     async def _events(self, tid: str, client: ControlClient) -> None:
         """Narrate what a terminal reports: ringing, answered, epochs, refusals, hang-up."""
         since = self.event_seq.get(tid, 0)
@@ -180,10 +232,9 @@ class Demo:
             peers = call.get("peers") or {}
             if not peers:
                 return False
-            for peer in peers.values():
-                video, audio = peer.get("video_sink") or {}, peer.get("audio_sink") or {}
-                if not video.get("frames") or not audio.get("frames"):
-                    return False
+            counts = media_counts(call)
+            if not counts["video"] or not counts["audio"]:
+                return False
         return True
 
     def collect(self, statuses: dict[str, dict[str, Any]]) -> None:
@@ -191,15 +242,14 @@ class Demo:
         ok = True
         for tid, st in statuses.items():
             call = st.get("call") or {}
-            frames = call.get("frames") or {}
             e2ee = call.get("e2ee") or {}
-            sides = {kind: frames.get(kind) or {} for kind in ("video", "audio")}
+            counts = media_counts(call)
             self.result.frames[tid] = {
                 "sent": int(e2ee.get("protected", 0)),
                 "decrypted": int(e2ee.get("unprotected", 0)),
                 "rejected": int(sum((e2ee.get("rejected") or {}).values())),
-                "video_decrypted": int(sides["video"].get("decrypted", 0)),
-                "audio_decrypted": int(sides["audio"].get("decrypted", 0)),
+                "video_decrypted": counts["video"],
+                "audio_decrypted": counts["audio"],
             }
             self.result.security_code[tid] = call.get("security_code")
             for peer in (call.get("peers") or {}).values():
@@ -285,12 +335,16 @@ async def run_demo(
     keep: Path | None = None,
     live: bool = True,
     json_out: bool = False,
+    *,
+    browser: Callable[[str], Awaitable[None]] | None = None,
 ) -> DemoResult:
+    """``browser``: join as the callee from a browser page (``hotline demo --browser``):
+    called with the page's one-time link (``print_link`` prints it)."""
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise UsageError(f"{keep}: not empty; give a new folder to --keep")
     root = keep or Path(tempfile.mkdtemp(prefix="hotline-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root, duration, rekey_s, live and not json_out, json_out)
+    demo = Demo(root, duration, rekey_s, live and not json_out, json_out, browser=browser)
     demo.say(f"working in {root}" + ("" if keep else " (removed afterwards)"))
     try:
         await demo.call()

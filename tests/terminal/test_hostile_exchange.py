@@ -271,9 +271,9 @@ async def test_an_offer_delivered_after_the_key_agreement_still_makes_a_call(
     await until(
         lambda: (
             bravo.call is not None
-            and bravo.call._sinks_of("alpha")[0].frames > 10
+            and bravo.call.engine.received("alpha").video_frames > 10
             and alpha.call is not None
-            and alpha.call._sinks_of("bravo")[0].frames > 10
+            and alpha.call.engine.received("bravo").video_frames > 10
         ),
         "decrypted video both ways",
         timeout=8.0,

@@ -1,16 +1,17 @@
-"""One call as a terminal runs it: the call machine, the E2EE key session and one aiortc peer
-connection per other member, driven over signed envelopes.
+"""One call as a terminal runs it: the call machine, the E2EE key session and one transport
+per other member (a link of the call's media engine), driven over signed envelopes.
 
-This is the asyncio adapter around the pure parts (``call.machine``, ``e2ee``). It never
-sends anything itself except through the ``send`` callable it is given (the exchange client),
-and it never lets media out before the E2EE session has keys: the frame crypto bound to each
-peer connection refuses to protect a frame without a current epoch (fail closed).
+This is the asyncio adapter around the pure parts (``call.machine``, ``call.signalling``,
+``call.liveness``, ``e2ee``). It never sends anything itself except through the ``send``
+callable it is given (the exchange client), and it never lets media out before the E2EE
+session has keys: the key session hands its keys to the engine's key sink, and the engine's
+frame crypto refuses to protect a frame without a current epoch (fail closed).
 
-Signalling per pair of members: the member with the lower terminal id offers. Offer and answer
-travel in signed envelopes (``call.sdp``); the SDP carries the DTLS fingerprint, so the
-fingerprint is bound to the sender's charter identity. Each side also checks that the
-fingerprint in the body matches the SDP. aiortc gathers every candidate before
-``setLocalDescription`` returns, so candidates travel inside the SDP.
+The media engine (``call.media_engine``) is aiortc in this process by default
+(``call.aiortc_engine``) or the terminal's browser page; this module does not know which.
+Signalling per pair of members (``call.signalling``): the member with the lower terminal id
+offers; offer and answer travel in signed ``call.sdp`` envelopes that bind the SDP's DTLS
+fingerprints to the sender's charter identity.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
-
-from hotline.call.liveness import Action, LinkView, LivenessSettings, PeerLiveness
+from hotline.call import signalling
+from hotline.call.aiortc_engine import PeerLink, aiortc_engine_factory
+from hotline.call.liveness import Action, LinkView, PeerLiveness
 from hotline.call.machine import (
     Answered,
     CallEnded,
@@ -36,6 +36,7 @@ from hotline.call.machine import (
     Ringing,
     charter_departures,
 )
+from hotline.call.media_engine import EngineFactory, MediaEngine, MediaLink, MediaSettings
 from hotline.calllog import CallLog
 from hotline.check.metrics import live_warnings
 from hotline.e2ee.events import (
@@ -51,21 +52,12 @@ from hotline.e2ee.sframe import DEFAULT_SUITE
 from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
-from hotline.media import aiortc_patch, engine
-from hotline.media.fanout import FanoutTrack
-from hotline.media.sinks import (
-    AudioChirpSink,
-    CaptureFiles,
-    CountingTrack,
-    PcmCapture,
-    VideoFrameIdSink,
-)
 from hotline.media.sources import MediaSource
-from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
+from hotline.media.stats import FrameEvent
 
 log = logging.getLogger("hotline.call")
 
-MSG_SDP = "call.sdp"
+MSG_SDP = signalling.MSG_SDP
 #: how often the path to each peer is looked at for live quality warnings
 QUALITY_INTERVAL_S = 2.0
 #: a call whose members agree no epoch within this time is ended (it never carried media)
@@ -76,58 +68,13 @@ MSG_CHECK_REPORT = "check.report"
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
-@dataclass
-class PeerLink:
-    """The transport to one other member: one peer connection, rebuilt if it fails."""
-
-    peer_id: str
-    pc: RTCPeerConnection
-    offerer: bool
-    video_sink: VideoFrameIdSink
-    audio_sink: AudioChirpSink
-    #: this connection's views of the terminal's source, stopped when it closes
-    tracks: list[FanoutTrack] = field(default_factory=list)
-    state: str = "new"
-    #: which offer of the pair this connection answers (1 for the first, then rebuilds)
-    attempt: int = 1
-    created: float = 0.0
-
-    #: what this connection's remote tracks delivered (the sinks are the peer's, shared
-    #: by its successive connections), and the tasks feeding them
-    received: list[CountingTrack] = field(default_factory=list)
-    consumers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def media_total(self) -> int:
-        """What arrived on this connection: video frames decoded, and audio *packets*
-        received (Hotline's audio path plays concealment when none come, so played audio
-        frames say nothing about the link)."""
-        audio_paths = aiortc_patch.audio_receivers(self.pc)
-        if not audio_paths:
-            return sum(track.frames for track in self.received)
-        packets = sum(int(path.stats().get("packets", 0)) for path in audio_paths)
-        return packets + sum(t.frames for t in self.received if t.kind == "video")
+__all__ = ["CallSession", "MediaSettings", "PeerLink", "new_call_id"]
 
 
-def _view(link: PeerLink | None) -> LinkView | None:
+def _view(link: MediaLink | None) -> LinkView | None:
     if link is None:
         return None
     return LinkView(created=link.created, state=link.state, media_total=link.media_total)
-
-
-@dataclass
-class MediaSettings:
-    #: what the terminal sends: see ``hotline.media.sources.SOURCE_HELP``
-    source: str = "synthetic"
-    width: int = 640
-    height: int = 360
-    fps: int = 30
-    ice: engine.IceSettings = field(default_factory=engine.IceSettings)
-    #: when a transport counts as lost, is rebuilt, and a peer is dropped
-    liveness: LivenessSettings = field(default_factory=LivenessSettings)
-    #: write the audio played out of each remote peer to WAV (``--capture-audio``); only
-    #: with synthetic or file media, or when the charter allows recording
-    capture_audio: CaptureFiles | None = None
 
 
 class CallSession:
@@ -152,6 +99,7 @@ class CallSession:
         media: MediaSettings,
         source: MediaSource,
         on_event: Callable[[str, dict[str, Any]], None],
+        engine: EngineFactory | None = None,
     ) -> None:
         self.call_id = call_id
         self.line_id = line_id
@@ -160,6 +108,11 @@ class CallSession:
         self.self_id = self_id
         self.self_name = self_name
         self.machine = CallMachine(self_id, call_id, max_members=max_participants)
+        make_engine = (
+            engine if engine is not None else aiortc_engine_factory(media, source, call_id)
+        )
+        #: the call's media: links to the other members, frame crypto, statistics
+        self.engine: MediaEngine = make_engine(suite, self._on_frame_event)
         self.keys = CallKeySession(
             line_id=line_id,
             call_id=call_id,
@@ -171,16 +124,18 @@ class CallSession:
             suite=suite,
             max_members=max_participants,
             rekey_interval_s=rekey_interval_s,
+            key_sink=self.engine.key_sink,
         )
         self._send = send
         self._log = call_log
         self._media = media
         self._on_event = on_event
-        self.peers: dict[str, PeerLink] = {}
+        self.peers: dict[str, MediaLink] = {}
         #: replacements being built beside a lost transport, by peer
-        self.pending: dict[str, PeerLink] = {}
+        self.pending: dict[str, MediaLink] = {}
         self.liveness: dict[str, PeerLiveness] = {}
-        self._sinks: dict[str, tuple[VideoFrameIdSink, AudioChirpSink]] = {}
+        #: peers the engine made links to (what shows and plays them lives for the call)
+        self._media_peers: set[str] = set()
         #: readiness check: the other ends' reports, and when media from each began
         self.check_reports: dict[str, dict[str, Value]] = {}
         self._report_sent: set[str] = set()
@@ -188,7 +143,6 @@ class CallSession:
         #: live quality warnings per peer (jitter, round trip, loss), looked at every 2 s
         self.quality: dict[str, list[str]] = {}
         self._quality_at = 0.0
-        self._quality_samplers: dict[str, RtcStatsSampler] = {}
         self.ever_members: set[str] = set()
         self.cosigned: set[str] = set()
         self.started = time.monotonic()
@@ -198,13 +152,11 @@ class CallSession:
         self.epochs: list[dict[str, Value]] = []
         self.rejected: dict[str, int] = {}
         self._last_frame_event: dict[str, float] = {}
-        self.crypto_stats = MediaCryptoStats(on_event=self._on_frame_event)
-        self.media_stats = CallMediaStats(self.crypto_stats)
-        self._source = source
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future[None]] = set()
         self._closed = False
         self.active_since: float | None = None
+        self._epoch_at: float | None = None
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -336,13 +288,12 @@ class CallSession:
         """Warn (event, status) while the path to a peer is poor: jitter, round trip, loss."""
         for peer_id, link in list(self.peers.items()):
             try:
-                report = await link.pc.getStats()
+                rtp = await self.engine.path_quality(link, now)
             except Exception as exc:  # a closing connection has no statistics: look next time
                 log.debug("call %s: no statistics from %s: %r", self.call_id, peer_id, exc)
                 continue
-            rtp = self._quality_samplers.setdefault(peer_id, RtcStatsSampler()).digest(
-                report.values(), now
-            )
+            if rtp is None:  # this engine reports no RTP figures
+                continue
             warnings = live_warnings(rtp)
             if warnings != self.quality.get(peer_id, []):
                 if warnings:
@@ -422,6 +373,7 @@ class CallSession:
 
     def _on_key_event(self, event: object) -> None:
         if isinstance(event, EpochActivated):
+            self._epoch_at = time.monotonic()
             self.epoch = event.epoch
             self.security_code = event.security_code
             record: dict[str, Value] = {
@@ -469,7 +421,8 @@ class CallSession:
         live = self.liveness.get(peer_id)
         if live is None:
             live = self.liveness[peer_id] = PeerLiveness(
-                offerer=self.self_id < peer_id, settings=self._media.liveness
+                offerer=signalling.is_offerer(self.self_id, peer_id),
+                settings=self._media.liveness,
             )
         return live
 
@@ -484,95 +437,48 @@ class CallSession:
             for peer_id in list(self.liveness):
                 if peer_id not in members:
                     del self.liveness[peer_id]
-            for peer_id in list(self._sinks):
-                if peer_id not in members:
-                    for sink in self._sinks.pop(peer_id):
-                        await sink.stop()
+            for peer_id in sorted(self._media_peers - members):
+                self._media_peers.discard(peer_id)
+                await self.engine.peer_left(peer_id)  # its sinks stop
             for peer_id in sorted(members - {self.self_id}):
-                if peer_id not in self.peers and self.self_id < peer_id:
+                if peer_id not in self.peers and signalling.is_offerer(self.self_id, peer_id):
                     link = await self._offer(peer_id)
                     self.peers[peer_id] = link
-                    self.media_stats.add_peer(peer_id, link.pc, link.video_sink, link.audio_sink)
+                    self.engine.show(link)
 
-    async def _offer(self, peer_id: str) -> PeerLink:
-        """A new peer connection to ``peer_id`` and our offer for it (lock held)."""
+    async def _offer(self, peer_id: str) -> MediaLink:
+        """A new transport to ``peer_id`` and our offer for it (lock held)."""
         attempt = self._liveness(peer_id).attempted(time.monotonic())
-        link = await self._new_peer(peer_id, offerer=True, attempt=attempt)
+        link = await self.engine.open_link(peer_id, offerer=True, attempt=attempt)
+        self._media_peers.add(peer_id)
         try:
-            await link.pc.setLocalDescription(await link.pc.createOffer())
-        except Exception as exc:  # aiortc raises its own and builtin errors
+            sdp = await link.create_offer()
+        except Exception as exc:  # engines raise their own and builtin errors
             await self._close_peer(link)
             raise SdpError(f"cannot create an offer for {peer_id}: {exc}") from exc
-        await self._send_sdp(peer_id, link.pc.localDescription, attempt)
-        return link
-
-    def _audio_capture(self, peer_id: str) -> PcmCapture | None:
-        files = self._media.capture_audio
-        if files is None:
-            return None
-        path = files.next_path()
-        log.warning(
-            "call %s: writing the audio played out of %s to %s", self.call_id, peer_id, path
-        )
-        return PcmCapture(str(path), keep=False, by_pts=True)
-
-    async def _new_peer(self, peer_id: str, *, offerer: bool, attempt: int) -> PeerLink:
-        # every frame this connection carries goes through the call's SFrame keys
-        # bound to this peer: a frame under another member's KID is refused (wrong_sender)
-        crypto = self.keys.media.for_peer(peer_id)
-        ice = await engine.select_ice(self._media.ice)  # the first live TURN relay, if any
-        pc = engine.create_peer_connection(crypto, self.crypto_stats, ice)
-        link = PeerLink(
-            peer_id=peer_id,
-            pc=pc,
-            offerer=offerer,
-            video_sink=self._sinks_of(peer_id)[0],
-            audio_sink=self._sinks_of(peer_id)[1],
-            attempt=attempt,
-            created=time.monotonic(),
-        )
-        # one terminal-wide source, fanned out to every peer connection of every call
-        link.tracks = self._source.subscribe()
-        for track in link.tracks:
-            pc.addTrack(track)
-        engine.force_e2ee_codecs(pc)
-
-        @pc.on("track")
-        def on_track(track: Any) -> None:
-            counted = CountingTrack(track)
-            link.received.append(counted)
-            sink = link.video_sink if track.kind == "video" else link.audio_sink
-            link.consumers.append(sink.start(counted))
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            link.state = pc.connectionState
-
+        await self._send_sdp(peer_id, "offer", sdp, attempt)
         return link
 
     # --- readiness checks --------------------------------------------------------------------
 
     def check_view(self, peer: str) -> dict[str, Value]:
         """This end's view of a check call with ``peer`` (integers only: it is signed)."""
-        video, audio = self._sinks_of(peer)
+        got = self.engine.received(peer)
         began = self._first_media.get(peer)
         elapsed = time.monotonic() - began if began is not None else 0.0
-        link = self.peers.get(peer)
-        paths = aiortc_patch.audio_receivers(link.pc) if link is not None else []
         # audio packets that arrived (played audio includes concealment of what did not)
-        audio_in = sum(int(p.stats().get("packets", 0)) for p in paths) if paths else audio.frames
-        crypto = self.keys.media.stats()
-        vs = video.to_dict()
+        audio_in = got.audio_packets
+        crypto = self.engine.crypto_stats()
         return {
             "security_code": self.security_code,
             "epoch": self.epoch,
             "charter_version": self.charter_version,
-            "video_frames": video.frames,
+            "video_frames": got.video_frames,
             "audio_frames": audio_in,
-            "video_fps": round(video.frames / elapsed) if elapsed > 0.5 else 0,
+            "video_fps": round(got.video_frames / elapsed) if elapsed > 0.5 else 0,
             "audio_fps": round(audio_in / elapsed) if elapsed > 0.5 else 0,
-            "corrupt_shown": int(vs.get("corrupt_shown") or 0),
-            "longest_freeze_ms": int(vs.get("longest_freeze_ms") or 0),
+            "corrupt_shown": got.corrupt_shown,
+            "longest_freeze_ms": got.longest_freeze_ms,
             "frames_rejected": crypto.rejected_total,
         }
 
@@ -592,17 +498,6 @@ class CallSession:
         if sender not in self._report_sent:  # the callee answers with its own view
             await self.send_check_report(sender)
 
-    def _sinks_of(self, peer_id: str) -> tuple[VideoFrameIdSink, AudioChirpSink]:
-        """What this terminal shows and plays of ``peer_id``: one pair of sinks per peer for
-        the whole call, across rebuilt transports."""
-        sinks = self._sinks.get(peer_id)
-        if sinks is None:
-            sinks = self._sinks[peer_id] = (
-                VideoFrameIdSink(),
-                AudioChirpSink(capture=self._audio_capture(peer_id)),
-            )
-        return sinks
-
     async def _watch_transports(self, now: float) -> None:
         """Act on what liveness decides for each peer: show a loss, build a replacement,
         promote it, record a recovery, drop a peer that stayed unreachable."""
@@ -611,8 +506,7 @@ class CallSession:
             for peer_id in sorted(self._others()):
                 live = self._liveness(peer_id)
                 link, pending = self.peers.get(peer_id), self.pending.get(peer_id)
-                sinks = self._sinks.get(peer_id, ())
-                if peer_id not in self._first_media and any(sink.frames for sink in sinks):
+                if peer_id not in self._first_media and self.engine.received(peer_id).total:
                     self._first_media[peer_id] = now
                 decisions = live.observe(
                     now, _view(link), _view(pending), keys_ready=self.epoch is not None
@@ -623,9 +517,7 @@ class CallSession:
                         self.peers[peer_id] = pending
                         if link is not None:
                             await self._close_peer(link)
-                        self.media_stats.add_peer(
-                            peer_id, pending.pc, pending.video_sink, pending.audio_sink
-                        )
+                        self.engine.show(pending)
                         link, pending = pending, None
                         self._on_event("transport_rebuilt", {"peer": peer_id})
                     elif d.action is Action.CANCEL and pending is not None:
@@ -671,38 +563,19 @@ class CallSession:
             self.machine.drop_unreachable(dropped, now)
             await self.flush()
 
-    async def _send_sdp(self, peer_id: str, desc: RTCSessionDescription, attempt: int) -> None:
-        body = encode(
-            {
-                "call": self.call_id,
-                "type": desc.type,
-                "sdp": desc.sdp,
-                "fingerprints": list[Value](str(f) for f in engine.sdp_fingerprints(desc.sdp)),
-                "attempt": attempt,
-            }
-        )
-        await self._send_one(peer_id, MSG_SDP, body)
+    async def _send_sdp(self, peer_id: str, kind: str, sdp: str, attempt: int) -> None:
+        message = signalling.make_sdp_message(self.call_id, kind, sdp, attempt)
+        await self._send_one(peer_id, MSG_SDP, message.encode())
 
     async def _on_sdp(self, sender: str, body: bytes) -> None:
-        fields = expect_dict(decode(body), MSG_SDP)
-        kind, sdp, prints = fields.get("type"), fields.get("sdp"), fields.get("fingerprints")
-        attempt = fields.get("attempt", 1)
-        if (
-            not isinstance(sdp, str)
-            or kind not in ("offer", "answer")
-            or not isinstance(prints, list)
-            or not isinstance(attempt, int)
-            or isinstance(attempt, bool)
-            or not 1 <= attempt < 1 << 32
-        ):
-            raise CallProtocolError("call.sdp: malformed body")
+        message = signalling.parse_sdp_message(body)
         if sender not in self.machine.members or self.machine.state != CallState.ACTIVE:
             raise CallProtocolError(f"call.sdp from {sender}, not a member of the active call")
-        engine.check_codecs(sdp)
-        engine.check_fingerprints(sdp, [str(p) for p in prints])
+        signalling.check_binding(message)
+        attempt = message.attempt
         async with self._lock:
-            if kind == "offer":
-                await self._answer_offer(sender, sdp, attempt)
+            if message.kind == "offer":
+                await self._answer_offer(sender, message.sdp, attempt)
                 return
             link = next(
                 (
@@ -712,12 +585,12 @@ class CallSession:
                 ),
                 None,
             )
-            if link is None or not link.offerer or link.pc.signalingState != "have-local-offer":
+            if link is None or not link.offerer or not link.awaiting_answer():
                 raise CallProtocolError(
                     f"answer from {sender} (attempt {attempt}) without an open offer of ours"
                 )
             try:
-                await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+                await link.apply_answer(message.sdp)
             except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError
                 link.state = "failed"  # liveness replaces it
                 raise SdpError(f"answer from {sender} refused by the media engine: {exc}") from exc
@@ -725,7 +598,7 @@ class CallSession:
     async def _answer_offer(self, sender: str, sdp: str, attempt: int) -> None:
         """An offer from ``sender``: the first builds the transport; a later one (a rebuild)
         builds a replacement beside the current transport, promoted once it connects."""
-        if self.self_id < sender:
+        if signalling.is_offerer(self.self_id, sender):
             raise CallProtocolError(f"offer from {sender}, but we are the offerer")
         live = self._liveness(sender)
         if attempt <= live.attempts:
@@ -733,11 +606,10 @@ class CallSession:
                 f"offer from {sender} for attempt {attempt}, older than attempt {live.attempts}"
             )
         live.attempts = attempt
-        link = await self._new_peer(sender, offerer=False, attempt=attempt)
+        link = await self.engine.open_link(sender, offerer=False, attempt=attempt)
+        self._media_peers.add(sender)
         try:
-            await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            engine.force_e2ee_codecs(link.pc)
-            await link.pc.setLocalDescription(await link.pc.createAnswer())
+            answer = await link.accept_offer(sdp)
         except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError
             await self._close_peer(link)
             raise SdpError(f"offer from {sender} refused by the media engine: {exc}") from exc
@@ -748,8 +620,8 @@ class CallSession:
             self.pending[sender] = link
         else:
             self.peers[sender] = link
-            self.media_stats.add_peer(sender, link.pc, link.video_sink, link.audio_sink)
-        await self._send_sdp(sender, link.pc.localDescription, attempt)
+            self.engine.show(link)
+        await self._send_sdp(sender, "answer", answer, attempt)
 
     async def _send_summaries(self) -> None:
         """Sign the call summary for every member we shared an epoch with, and send it."""
@@ -772,15 +644,8 @@ class CallSession:
         self.cosigned.add(sender)
         self._on_event("cosigned", {"by": sender})
 
-    async def _close_peer(self, link: PeerLink) -> None:
-        aiortc_patch.unbind(link.pc)  # not one more frame through this connection
-        if self.media_stats.peer_connection(link.peer_id) is link.pc:
-            self.media_stats.remove_peer(link.peer_id)
-        for task in link.consumers:  # the peer's sinks go on with its next connection
-            task.cancel()
-        for track in link.tracks:
-            track.stop()  # the source stops feeding this connection
-        await engine.close_peer_connection(link.pc)  # bounded: a dead relay never answers
+    async def _close_peer(self, link: MediaLink) -> None:
+        await self.engine.close_link(link)
 
     async def close(self) -> None:
         """Close every peer connection and log the statistics summary (once)."""
@@ -793,9 +658,7 @@ class CallSession:
             await self._close_peer(link)
         self.peers.clear()
         self.pending.clear()
-        for sinks in self._sinks.values():
-            for sink in sinks:
-                await sink.stop()
+        await self.engine.close()
         self._log_event("stats_summary", self.stats_summary())
 
     # --- bookkeeping ---------------------------------------------------------------------------
@@ -821,9 +684,11 @@ class CallSession:
             self._last_frame_event[event.reason] = now
             self._on_event("frame_rejected", {"media": event.kind, "reason": event.reason})
 
-    async def stats(self) -> dict[str, Any]:
-        media = await self.media_stats.snapshot()
-        crypto = self.keys.media.stats()
+    async def stats(self, *, media: bool = True) -> dict[str, Any]:
+        """The call's state, keys and (``media=True``) sampled media statistics."""
+        snapshot = await self.engine.snapshot() if media else {"frames": {}, "peers": {}}
+        now = time.monotonic()
+        crypto = self.engine.crypto_stats()
         return {
             "call": self.call_id,
             "state": str(self.machine.state),
@@ -833,6 +698,8 @@ class CallSession:
             "epoch": self.epoch,
             "epochs": [e["epoch"] for e in self.epochs],
             "security_code": self.security_code,
+            "active_s": None if self.active_since is None else now - self.active_since,
+            "epoch_age_s": None if self._epoch_at is None else now - self._epoch_at,
             "e2ee": {
                 "kem": self.keys.kem,
                 "suite": crypto.sending_suite,
@@ -844,10 +711,10 @@ class CallSession:
                 "refused": dict(crypto.refused),
                 "key_messages_rejected": dict(self.keys.rejections),
             },
-            "frames": media["frames"],
+            "frames": snapshot["frames"],
             "peers": {
-                peer: {**self._transport_status(peer), **media["peers"].get(peer, {})}
-                for peer in sorted(self._others() | set(media["peers"]))
+                peer: {**self._transport_status(peer), **snapshot["peers"].get(peer, {})}
+                for peer in sorted(self._others() | set(snapshot["peers"]))
             },
             "rejected": dict(self.rejected),
             "cosigned": sorted(self.cosigned),
@@ -877,7 +744,7 @@ class CallSession:
         return out
 
     def stats_summary(self) -> dict[str, Value]:
-        crypto = self.keys.media.stats()
+        crypto = self.engine.crypto_stats()
         return {
             "frames_protected": crypto.protected,
             "frames_decrypted": crypto.unprotected,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -136,6 +139,61 @@ def invite(
         console.print(f"ringing {target} into the call")
 
 
+def describe_event(event: dict[str, Any]) -> str:
+    """One console line for one terminal event (what an operator reads)."""
+    kind = str(event.get("kind", "?"))
+    at = time.strftime("%H:%M:%S", time.localtime(float(event.get("time", 0))))
+    facts = {k: v for k, v in event.items() if k not in ("kind", "time", "seq")}
+    if kind == "ring":
+        text = f"incoming call from {facts.get('from')} (answer: `hotline call answer`)"
+    elif kind == "epoch":
+        roster = ", ".join(str(m) for m in facts.get("roster") or [])
+        text = (
+            f"end-to-end encrypted, epoch {facts.get('epoch')} ({roster}); "
+            f"security code {facts.get('security_code')}"
+        )
+    elif kind == "ended":
+        text = f"call ended: {facts.get('reason')}"
+    elif kind in ("transport_lost", "peer_unreachable"):
+        text = f"{facts.get('peer')}: {facts.get('reason')} (reconnecting)"
+    elif kind == "transport_recovered":
+        text = f"{facts.get('peer')}: back after {facts.get('outage_ms')} ms"
+    else:
+        text = " ".join(f"{k}={v}" for k, v in sorted(facts.items()))
+    return f"{at} {kind:<20} {text}"
+
+
+async def _watch(terminal: Path, until: str | None, history: bool, json_out: bool) -> None:
+    async with ControlClient.for_terminal(terminal) as control:
+        since = 0 if history else int((await control.request("GET", "/status"))["last_event"])
+        async for event in control.follow(since):
+            if json_out:  # one JSON object a line
+                sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(escape(describe_event(event)), highlight=False)
+            if until is not None and event.get("kind") == until:
+                return
+
+
+@app.command()
+def watch(
+    terminal: TerminalOpt,
+    until: Annotated[
+        str | None, typer.Option(help="stop after the first event of this kind (e.g. ended)")
+    ] = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="first the events kept so far (up to 500)")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Follow the terminal's events as they happen: rings, answers, new epochs and their
+    security codes, reconnections, refusals, the end of the call (the web UI shows the
+    same stream). Ctrl-C stops."""
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(_watch(terminal, until, history, json_out))
+
+
 @app.command()
 def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
     """Show the terminal, its exchange connection and the current call."""
@@ -164,3 +222,18 @@ def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
         f"call {call['call']}: {call['state']}, members {', '.join(call['members'])}, "
         f"epoch {call['epoch']}, security code {call['security_code'] or '—'}"
     )
+    e2ee = call.get("e2ee") or {}
+    rejected = ", ".join(f"{k} {v}" for k, v in (e2ee.get("rejected") or {}).items())
+    console.print(
+        f"  frames protected {e2ee.get('protected', 0)}, decrypted {e2ee.get('unprotected', 0)}"
+        + (f", rejected: {rejected}" if rejected else "")
+        + (" (in the browser page)" if result.get("engine") == "browser" else "")
+    )
+    for peer, info in (call.get("peers") or {}).items():
+        page = info.get("page")
+        if page:
+            console.print(
+                f"  {peer}: {info.get('transport')}; page decoded {page.get('video_decoded', 0)}"
+                f" video frames, showed {page.get('shown', 0)}, longest freeze "
+                f"{page.get('longest_freeze_ms', 0)} ms, path {page.get('path')}"
+            )

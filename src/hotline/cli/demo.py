@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console
-from hotline.demo import DemoResult, run_demo
+from hotline.demo import DemoResult, print_link, run_demo
 
 
 def command(
@@ -26,12 +26,27 @@ def command(
         typer.Option(help="keep everything (keys, charter, logs, call logs) in this folder"),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary only")] = False,
+    browser: Annotated[
+        bool,
+        typer.Option(
+            "--browser",
+            help="join as the callee from a browser on this machine, with its own camera and "
+            "microphone: the demo prints the link and waits for the page",
+        ),
+    ] = False,
 ) -> None:
     """Commission a line on this machine, start an exchange and two terminals ("sochi" and
     "situation-room") as separate processes, and place a real end-to-end encrypted call
     between them. Exits 0 only if decrypted audio and video flowed both ways."""
     result = asyncio.run(
-        run_demo(duration=duration, rekey_s=rekey, keep=keep, live=True, json_out=json_out)
+        run_demo(
+            duration=duration,
+            rekey_s=rekey,
+            keep=keep,
+            live=not browser,  # the link must stay readable
+            json_out=json_out,
+            browser=print_link if browser else None,
+        )
     )
     if not json_out:
         if result.ok:

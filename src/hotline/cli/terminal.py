@@ -264,6 +264,28 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log call events to stderr (--log-level info).")
     ] = False,
+    ui: Annotated[
+        str | None,
+        typer.Option(
+            "--ui",
+            help=_opt(
+                "terminal.ui",
+                "Serve the terminal's screen (web UI) on [127.0.0.1:]PORT (0: any free "
+                "port); a one-time login link is printed at start.",
+            ),
+        ),
+    ] = None,
+    media_engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help=_opt(
+                "terminal.engine",
+                "The media engine: 'aiortc' (in this process) or 'browser' (the open UI "
+                "page does WebRTC and the frame crypto; needs --ui).",
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Run a terminal: keep its exchange connection, answer or place calls, keep its call log.
 
@@ -302,6 +324,8 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             "terminal.alarm_hook": alarm_hook,
             "terminal.capture_audio": capture_audio,
             "terminal.passphrase_file": passphrase_file,
+            "terminal.ui": ui,
+            "terminal.engine": media_engine,
             "log.level": log_level.value if log_level else None,
             "log.format": log_format.value if log_format else None,
         },
@@ -328,6 +352,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         source=value("terminal.source"),
         site=site,
         capture_audio=value("terminal.capture_audio"),
+        media_engine=value("terminal.engine"),
     )
     config = dataclasses.replace(
         config,
@@ -340,4 +365,5 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         log_format=value("log.format"),
         log_level=value("log.level"),
         settings={r["key"]: r["value"] for r in settings.rows()},
+        ui=value("terminal.ui"),
     )

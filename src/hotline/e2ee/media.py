@@ -61,6 +61,36 @@ class FrameCrypto(Protocol):
     def unprotect(self, kind: str, data: bytes) -> bytes: ...
 
 
+class KeySink(Protocol):
+    """Where the key session puts the keys it agrees (on the call's thread); the frame
+    crypto behind it belongs to the media engine: :class:`MediaCrypto` in this process, or
+    a browser page's worker that the daemon keys over its local channel."""
+
+    def install_receive_keys(
+        self,
+        epoch: int,
+        roster: Sequence[str],
+        keys: Mapping[str, bytes | bytearray],
+        suite: CipherSuite | None = None,
+    ) -> None: ...
+
+    def activate_send(
+        self,
+        epoch: int,
+        sender_index: int,
+        base_key: bytes | bytearray,
+        suite: CipherSuite | None = None,
+    ) -> None: ...
+
+    def pause_sending(self, reason: str) -> None: ...
+
+    def erase_epochs_through(self, epoch: int) -> None: ...
+
+    def erase_epoch(self, epoch: int) -> None: ...
+
+    def forget_sender(self, member: str) -> None: ...
+
+
 def vp8_clear_prefix_length(frame: bytes) -> int:
     """How many leading bytes of a VP8 frame stay in clear: 10 on key frames, else 3."""
     if not frame:
@@ -102,7 +132,7 @@ class _Counters:
 
 class MediaCrypto:
     """Thread-safe SFrame protection of VP8 video and Opus audio frames (a
-    :class:`FrameCrypto`). With no active send key, ``protect`` raises
+    :class:`FrameCrypto` and a :class:`KeySink`). With no active send key, ``protect`` raises
     :class:`NoMediaKey`: no key, no media."""
 
     def __init__(

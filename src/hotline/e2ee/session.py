@@ -7,7 +7,7 @@ The call layer drives one :class:`CallKeySession` per call::
     session.handle_timer(now)                     # when session.next_timer() is due
     for o in session.outgoing(): send(o)          # messages to send (drained)
     for e in session.events(): show(e)            # EpochActivated, MemberLagging, ...
-    session.media                                 # the FrameCrypto the media engine calls
+    session.media                                 # the KeySink the keys go to (frame crypto)
 
 One epoch, at every member (docs/protocol.md has the full specification)::
 
@@ -34,7 +34,7 @@ from typing import Final
 from hotline.e2ee import messages as m
 from hotline.e2ee.epochs import Attempt, State
 from hotline.e2ee.events import E2EEEvent, MemberLagging, Outgoing
-from hotline.e2ee.media import MediaCrypto
+from hotline.e2ee.media import KeySink, MediaCrypto
 from hotline.e2ee.roster import leader_of
 from hotline.e2ee.sender_keys import kem_by_name
 from hotline.e2ee.sframe import DEFAULT_SUITE, MAX_EPOCH, suite_by_name
@@ -88,6 +88,9 @@ class CallKeySession(EpochSteps):
         grace_s: receive keys of the previous epoch are erased this long after a switch.
         rng: the random source (seeds of ephemeral keys, base keys, nonces).
         replay_window, key_history, counter_limit: passed to the media crypto.
+        key_sink: the media engine's frame crypto, which receives every key installed,
+            activated, paused or erased (default: a :class:`MediaCrypto` made here from
+            the three parameters above).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class CallKeySession(EpochSteps):
         replay_window: int = 1024,
         key_history: int = 3,
         counter_limit: int | None = None,
+        key_sink: KeySink | None = None,
     ) -> None:
         if directory.get(self_id) != identity_key.public:
             raise UsageError(f"{self_id} with this identity key is not in the directory")
@@ -128,8 +132,13 @@ class CallKeySession(EpochSteps):
         self._grace = grace_s
         self._rng = rng
         limit = {} if counter_limit is None else {"counter_limit": counter_limit}
-        self.media = MediaCrypto(
-            suite_by_name(suite), history=key_history, replay_window=replay_window, **limit
+        #: where the keys go (the media engine's frame crypto); by default a MediaCrypto
+        self.media: KeySink = (
+            key_sink
+            if key_sink is not None
+            else MediaCrypto(
+                suite_by_name(suite), history=key_history, replay_window=replay_window, **limit
+            )
         )
         self._participants: frozenset[str] = frozenset()
         self._active: Active | None = None

@@ -28,7 +28,7 @@ from hotline.e2ee.events import (
     Outgoing,
     PeerCharterVersion,
 )
-from hotline.e2ee.media import MediaCrypto
+from hotline.e2ee.media import KeySink
 from hotline.e2ee.roster import Roster, check_roster, check_start, leader_of
 from hotline.e2ee.security_code import security_code
 from hotline.e2ee.sender_keys import (
@@ -107,7 +107,7 @@ class EpochSteps:
     _rng: Callable[[int], bytes]
     _grace: float
     _rekey_interval: float
-    media: MediaCrypto
+    media: KeySink
     _participants: frozenset[str]
     _active: Active | None
     _pending: Attempt | None

@@ -12,6 +12,10 @@ method   path                what
 =======  ==================  ==========================================================
 GET      /status             terminal, exchange connection, current call and its stats
 GET      /events?since=N     events after sequence number N (ring, answered, epoch...)
+GET      /events?follow=1    the same, then every new event as it happens: one JSON
+                             object a line (``application/x-ndjson``), until the
+                             terminal stops (``hotline call watch``; the web UI
+                             follows the same events over its WebSocket)
 POST     /call               ``{"target": ID}``: ring another terminal of the line
 POST     /answer             answer the ringing call
 POST     /decline            decline the ringing call
@@ -19,16 +23,18 @@ POST     /invite             ``{"target": ID}``: ring a terminal into the runnin
 POST     /hangup             leave the call
 POST     /check              ``{"target": ID, "seconds": S}``: run a readiness check now
 GET      /checks             readiness results, newest last
+POST     /ui/link            a new one-time login link to the web UI (``--ui``)
 =======  ==================  ==========================================================
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +46,7 @@ from hotline.httplog import HttpErrorLog
 
 if TYPE_CHECKING:
     from hotline.terminal.daemon import TerminalDaemon
+    from hotline.ui.server import UiServer
 
 log = logging.getLogger("hotline.terminal.control")
 
@@ -67,7 +74,7 @@ def local_origin_refusal(request: web.Request) -> str | None:
     return None
 
 
-def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
+def make_app(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> web.Application:
     http_log = HttpErrorLog(log, daemon.count_control_refusal)
 
     @web.middleware
@@ -105,12 +112,14 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(await daemon.status())
 
-    async def events(request: web.Request) -> web.Response:
+    async def events(request: web.Request) -> web.StreamResponse:
         try:
             since = int(request.query.get("since", "0"))
         except ValueError as exc:
             raise UsageError("since must be an integer") from exc
-        return web.json_response(daemon.events_since(since))
+        if request.query.get("follow") not in ("1", "true"):
+            return web.json_response(daemon.events_since(since))
+        return await follow_events(request, daemon, since)
 
     async def call(request: web.Request) -> web.Response:
         call_id = await daemon.dial(target_of(await body(request)))
@@ -146,7 +155,13 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
     async def checks(request: web.Request) -> web.Response:
         return web.json_response(list(daemon.checks))
 
+    async def ui_link(request: web.Request) -> web.Response:
+        if ui is None:
+            raise StateError("this terminal runs without its web UI (start it with --ui)")
+        return web.json_response({"url": ui.login_url()})
+
     app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
+    app.router.add_post("/ui/link", ui_link)
     app[HTTP_LOG] = http_log
     app.router.add_get("/status", status)
     app.router.add_get("/events", events)
@@ -160,10 +175,32 @@ def make_app(daemon: TerminalDaemon, token: str) -> web.Application:
     return app
 
 
-def make_runner(daemon: TerminalDaemon, token: str) -> web.AppRunner:
+async def follow_events(
+    request: web.Request, daemon: TerminalDaemon, since: int
+) -> web.StreamResponse:
+    """Stream the events after ``since`` and then every new one, one JSON line each."""
+    queue = daemon.subscribe()  # before the history: no event falls between the two
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    try:
+        last = since
+        for event in daemon.events_since(since):
+            last = event["seq"]
+            await resp.write(json.dumps(event).encode() + b"\n")
+        while (live := await queue.get()) is not None:
+            if live["seq"] > last:
+                await resp.write(json.dumps(live).encode() + b"\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass  # the follower went away
+    finally:
+        daemon.unsubscribe(queue)
+    return resp
+
+
+def make_runner(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> web.AppRunner:
     """The control API's runner: no access log; a malformed request is one counted line
     (``control_<reason>`` in the terminal's refusals), never a traceback."""
-    app = make_app(daemon, token)
+    app = make_app(daemon, token, ui)
     return web.AppRunner(app, access_log=None, logger=app[HTTP_LOG])
 
 
@@ -209,6 +246,24 @@ class ControlClient:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def follow(self, since: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Every event after ``since``, then each new one as it happens, until the
+        terminal stops."""
+        assert self._session is not None, "use `async with ControlClient(...)`"
+        url = f"{self.url}/events?follow=1&since={since}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        try:
+            async with self._session.get(url, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise UsageError(f"HTTP {resp.status} from {self.url}/events")
+                async for line in resp.content:
+                    if line.strip():
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            yield event
+        except aiohttp.ClientError as exc:
+            raise ExchangeUnavailable(f"the terminal does not answer at {self.url}") from exc
 
     async def request(self, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
         assert self._session is not None, "use `async with ControlClient(...)`"

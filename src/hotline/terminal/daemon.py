@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hotline.call.machine import PURPOSE_CALL, PURPOSE_CHECK, CallState
+from hotline.call.media_engine import EngineFactory
 from hotline.call.session import CallSession, MediaSettings, new_call_id
 from hotline.calllog import CallLog, log_path
 from hotline.charter import CharterStore, SignedCharter
@@ -48,6 +49,7 @@ from hotline.media.sources import open_source
 from hotline.ratelog import LogGate, clip
 from hotline.terminal.config import TerminalConfig
 from hotline.terminal.dispatch import MSG_RING, CurrentCall, Route, dispatch
+from hotline.ui.browser_engine import BrowserHub, browser_engine_factory
 
 log = logging.getLogger("hotline.terminal")
 
@@ -103,6 +105,8 @@ class DaemonConfig:
     alarm_hook: str | None = None
     #: the site-local configuration (TURN credentials), applied to each charter adopted
     site: TerminalConfig = field(default_factory=TerminalConfig)
+    #: the media engine: "aiortc" (in this process) or "browser" (the open UI page)
+    engine: str = "aiortc"
 
     @property
     def state(self) -> Path:
@@ -152,6 +156,8 @@ class TerminalDaemon:
         #: connection changes; bounded and rate-limited per reason on their own
         self._exchange_history: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._event_seq = 0
+        #: live followers of the event stream (control API, web UI); each gets every event
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.rejected: dict[str, int] = {}
         self._refusal_gate = LogGate()
         #: the last ring this terminal took, with its age when it arrived
@@ -160,6 +166,8 @@ class TerminalDaemon:
         self._left_replied: dict[tuple[str, str], None] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        #: the UI page that is the media engine (``--engine browser``), set by the server
+        self.browser_hub: BrowserHub | None = None
         self._exchange_reason = "connecting"
         self._exchange_since = time.time()
         self.readiness = ReadinessSchedule(
@@ -189,6 +197,10 @@ class TerminalDaemon:
         waits on a task for more than a few seconds.
         """
         self._stopping = True
+        for queue in list(self._subscribers):  # followers' streams end
+            self._subscribers.discard(queue)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
         if self.call is not None and self.call.machine.state.value not in ("ended", "idle"):
             with contextlib.suppress(HotlineError):
                 await self.call.hangup("terminal shutting down")
@@ -215,6 +227,14 @@ class TerminalDaemon:
         history = self._exchange_history if kind in EXCHANGE_EVENT_KINDS else self._history
         history.append(record)
         log.info("%s %s", kind, data, extra=event(kind, **data))
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(record)
+            except asyncio.QueueFull:  # a follower that stopped reading: its stream ends
+                self._subscribers.discard(queue)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(None)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -224,7 +244,28 @@ class TerminalDaemon:
     def events_since(self, seq: int) -> list[dict[str, Any]]:
         return [e for e in self.events if e["seq"] > seq]
 
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        """A queue that receives every event from now on; ``None`` ends the stream (the
+        follower fell too far behind, or the terminal stops). Pair with :meth:`unsubscribe`."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=EVENT_HISTORY)
+        if self._stopping:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._subscribers.discard(queue)
+
     # --- commands ----------------------------------------------------------------------------
+
+    def _engine_for(self, call_id: str) -> EngineFactory | None:
+        """The media engine of a new call: the page's with ``--engine browser``."""
+        if self.config.engine != "browser":
+            return None
+        if self.browser_hub is None:
+            raise StateError("--engine browser needs the UI (--ui)")
+        return browser_engine_factory(self.browser_hub, call_id, self.config.media.ice)
 
     def _new_session(self, call_id: str) -> CallSession:
         charter = self.charter.charter
@@ -257,6 +298,7 @@ class TerminalDaemon:
             ),
             source=self.source,
             on_event=self.emit,
+            engine=self._engine_for(call_id),
         )
 
     @property
@@ -275,6 +317,10 @@ class TerminalDaemon:
             raise UsageError("a terminal cannot call itself")
         if not self.client.connected:
             raise ExchangeUnavailable("not connected to the exchange: the call cannot be placed")
+        if self.config.engine == "browser" and not (
+            self.browser_hub and self.browser_hub.connected
+        ):
+            raise StateError("no page is open as this terminal's media engine (open the UI link)")
         self._archive()
         call = self._new_session(new_call_id(os.urandom))
         self.call = call
@@ -617,12 +663,16 @@ class TerminalDaemon:
 
     # --- status ------------------------------------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, media: bool = True) -> dict[str, Any]:
+        """Everything about this terminal; ``media=False`` leaves out the sampled media
+        statistics of the call (quick: what the web UI gets with every event)."""
         return {
             "terminal": self.terminal_id,
             "name": self.terminal.name,
             "role": str(self.terminal.role),
             "media_source": self.source.description,
+            "engine": self.config.engine,
+            "page_engine": self.browser_hub is not None and self.browser_hub.connected,
             "line": self.charter.charter.line_id,
             "charter_version": self.charter.charter.version,
             "exchange": {
@@ -634,7 +684,7 @@ class TerminalDaemon:
                 "endpoints": self.client.endpoints,
                 "online": sorted(self.client.online),
             },
-            "call": await self.call.stats() if self.call is not None else None,
+            "call": await self.call.stats(media=media) if self.call is not None else None,
             "readiness": self.readiness_status(),
             "last_ring": self.last_ring,
             "past_calls": self.past_calls[-10:],

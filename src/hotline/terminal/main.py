@@ -32,6 +32,8 @@ from hotline.terminal.config import (
 from hotline.terminal.control import make_runner, write_control_file
 from hotline.terminal.daemon import DaemonConfig, TerminalDaemon, capture_allowed, new_token
 from hotline.terminal.options import TERMINAL_OPTIONS
+from hotline.ui.browser_engine import BrowserHub
+from hotline.ui.server import UiServer, parse_ui_address
 
 
 def build_config(
@@ -49,7 +51,10 @@ def build_config(
     config_path: Path | None = None,
     site: TerminalConfig | None = None,
     capture_audio: Path | None = None,
+    media_engine: str = "aiortc",
 ) -> DaemonConfig:
+    if media_engine not in ("aiortc", "browser"):
+        raise UsageError("--engine must be 'aiortc' or 'browser'")
     signed = load_charter(charter_path)
     signed.verify()
     if capture_audio is not None and not capture_allowed(
@@ -103,6 +108,7 @@ def build_config(
         ),
         interfaces=interfaces,
         site=site,
+        engine=media_engine,
     )
 
 
@@ -151,22 +157,56 @@ def hold_single_instance(state: Path) -> int:
     return pidlock.hold(state / LOCK_FILE, f"{state.parent}: this terminal is already running")
 
 
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    return int(server.sockets[0].getsockname()[1])
+
+
 async def serve(
-    config: DaemonConfig, control_port: int = 0, settings: dict[str, Any] | None = None
+    config: DaemonConfig,
+    control_port: int = 0,
+    settings: dict[str, Any] | None = None,
+    ui: str | None = None,
 ) -> None:
+    """Run the daemon, its control API and (``ui``: ``[127.0.0.1:]PORT``) its web UI."""
+    ui_address = parse_ui_address(ui) if ui is not None else None
+    if config.engine == "browser" and ui_address is None:
+        raise UsageError("--engine browser needs --ui (the page is the media engine)")
     lock = hold_single_instance(config.state)
     aiortc_patch.install()
     engine.set_ice_addresses(ice_address_policy(config.interfaces))
     daemon = TerminalDaemon(config)
+    ui_server: UiServer | None = None
+    if ui_address is not None:
+        hub = BrowserHub() if config.engine == "browser" else None
+        daemon.browser_hub = hub
+        ui_server = UiServer(daemon, hub)
     token = new_token()
-    runner = make_runner(daemon, token)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", control_port)
-    await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    port = server.sockets[0].getsockname()[1]
+    runner = make_runner(daemon, token, ui_server)
+    port = await _listen(runner, "127.0.0.1", control_port)
     url = f"http://127.0.0.1:{port}"
+    ui_runner: web.AppRunner | None = None
+    ready_line: dict[str, object] = {
+        "ready": True,
+        "terminal": daemon.terminal_id,
+        "control": url,
+    }
+    if ui_server is not None and ui_address is not None:
+        ui_runner = ui_server.make_runner()
+        try:
+            ui_port = await _listen(ui_runner, *ui_address)
+        except OSError as exc:
+            await runner.cleanup()
+            daemon.call_log.close()
+            os.close(lock)
+            raise UsageError(f"--ui {ui}: cannot listen there ({exc.strerror or exc})") from exc
+        ui_server.origin = f"http://{ui_address[0]}:{ui_port}"
+        ready_line["ui"] = ui_server.origin
+        ready_line["ui_login"] = ui_server.login_url()
     await daemon.start()
     control = write_control_file(config.state, url, token, os.getpid())
 
@@ -186,16 +226,21 @@ async def serve(
             config=settings,
         )
         sdnotify.ready(f"terminal {daemon.terminal_id}; control API on {url}")
-        sys.stdout.write(
-            json.dumps({"ready": True, "terminal": daemon.terminal_id, "control": url}) + "\n"
-        )
+        sys.stdout.write(json.dumps(ready_line) + "\n")
         sys.stdout.flush()
+        if ui_server is not None:
+            sys.stderr.write(
+                f"open the terminal's screen (one-time link): {ready_line['ui_login']}\n"
+            )
+            sys.stderr.flush()
 
     try:
         await until_terminated(ready)
     finally:
         sdnotify.stopping()
         await daemon.stop()
+        if ui_runner is not None:
+            await ui_runner.cleanup()
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             control.unlink()
@@ -216,6 +261,7 @@ def run(
     log_format: str = "text",
     log_level: str | None = None,
     settings: dict[str, Any] | None = None,
+    ui: str | None = None,
 ) -> None:
     setup_logging(
         log_format,
@@ -223,4 +269,4 @@ def run(
         static={"component": "terminal", "terminal": config.terminal_id},
         prefix=config.terminal_id,
     )
-    asyncio.run(serve(config, control_port, settings))
+    asyncio.run(serve(config, control_port, settings, ui))

@@ -66,6 +66,20 @@ TERMINAL_OPTIONS: tuple[Option, ...] = (
         "a command run when a readiness check is red (the alarm as JSON in $HOTLINE_ALARM)",
     ),
     Option(
+        "terminal.ui",
+        "--ui",
+        None,
+        "serve the terminal's screen (web UI) on [127.0.0.1:]PORT (0: any free port); a "
+        "one-time login link is printed at start",
+    ),
+    Option(
+        "terminal.engine",
+        "--engine",
+        "aiortc",
+        "the media engine: aiortc (in this process) or browser (the open UI page; needs --ui)",
+        choices=("aiortc", "browser"),
+    ),
+    Option(
         "terminal.passphrase_file",
         "--passphrase-file",
         None,

@@ -1,0 +1,232 @@
+"""The aiortc media engine: peer connections in this process, the Python frame crypto.
+
+Every frame a link carries goes through the call's :class:`~hotline.e2ee.media.MediaCrypto`
+bound to the link's peer (a frame under another member's KID is refused as
+``wrong_sender``); with no send key, nothing is sent (fail closed). aiortc gathers every
+candidate before ``setLocalDescription`` returns, so candidates travel inside the SDP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from hotline.call.media_engine import EngineFactory, MediaLink, MediaSettings, Received
+from hotline.e2ee.media import KeySink, MediaCrypto, MediaStats
+from hotline.e2ee.sframe import suite_by_name
+from hotline.media import aiortc_patch, engine
+from hotline.media.fanout import FanoutTrack
+from hotline.media.sinks import AudioChirpSink, CountingTrack, PcmCapture, VideoFrameIdSink
+from hotline.media.sources import MediaSource
+from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
+
+log = logging.getLogger("hotline.call")
+
+
+@dataclass
+class PeerLink:
+    """The transport to one other member: one aiortc peer connection. Its sinks are the
+    peer's, shared by its successive connections (see :meth:`AiortcEngine.sinks_of`)."""
+
+    peer_id: str
+    pc: RTCPeerConnection
+    offerer: bool
+    video_sink: VideoFrameIdSink
+    audio_sink: AudioChirpSink
+    #: this connection's views of the terminal's source, stopped when it closes
+    tracks: list[FanoutTrack] = field(default_factory=list)
+    state: str = "new"
+    attempt: int = 1
+    created: float = 0.0
+    #: what this connection's remote tracks delivered, and the tasks feeding the sinks
+    received: list[CountingTrack] = field(default_factory=list)
+    consumers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def media_total(self) -> int:
+        """What arrived on this connection: video frames decoded, and audio *packets*
+        received (Hotline's audio path plays concealment when none come, so played audio
+        frames say nothing about the link)."""
+        audio_paths = aiortc_patch.audio_receivers(self.pc)
+        if not audio_paths:
+            return sum(track.frames for track in self.received)
+        packets = sum(int(path.stats().get("packets", 0)) for path in audio_paths)
+        return packets + sum(t.frames for t in self.received if t.kind == "video")
+
+    def audio_packets(self) -> int | None:
+        """Audio packets received on this connection (None: no audio receive path yet)."""
+        paths = aiortc_patch.audio_receivers(self.pc)
+        return sum(int(p.stats().get("packets", 0)) for p in paths) if paths else None
+
+    def awaiting_answer(self) -> bool:
+        return bool(self.pc.signalingState == "have-local-offer")
+
+    async def create_offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_offer(self, sdp: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        engine.force_e2ee_codecs(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return str(self.pc.localDescription.sdp)
+
+    async def apply_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+
+class AiortcEngine:
+    """One call's aiortc media (a :class:`~hotline.call.media_engine.MediaEngine`)."""
+
+    def __init__(
+        self,
+        *,
+        media: MediaSettings,
+        source: MediaSource,
+        suite: str,
+        on_frame_event: Callable[[FrameEvent], None] | None = None,
+        call_id: str = "",
+    ) -> None:
+        self._media = media
+        self._call_id = call_id
+        self._source = source
+        self.crypto = MediaCrypto(suite_by_name(suite))
+        self.key_sink: KeySink = self.crypto
+        self.frame_stats = MediaCryptoStats(on_event=on_frame_event)
+        self.media_stats = CallMediaStats(self.frame_stats)
+        #: what this terminal shows and plays of each peer, for the whole call
+        self._sinks: dict[str, tuple[VideoFrameIdSink, AudioChirpSink]] = {}
+        self._shown: dict[str, PeerLink] = {}
+        self._samplers: dict[str, RtcStatsSampler] = {}
+
+    def _audio_capture(self, peer_id: str) -> PcmCapture | None:
+        files = self._media.capture_audio
+        if files is None:
+            return None
+        path = files.next_path()
+        log.warning(
+            "call %s: writing the audio played out of %s to %s", self._call_id, peer_id, path
+        )
+        return PcmCapture(str(path), keep=False, by_pts=True)
+
+    def sinks_of(self, peer_id: str) -> tuple[VideoFrameIdSink, AudioChirpSink]:
+        """What this terminal shows and plays of ``peer_id``: one pair of sinks per peer for
+        the whole call, across rebuilt transports."""
+        sinks = self._sinks.get(peer_id)
+        if sinks is None:
+            sinks = self._sinks[peer_id] = (
+                VideoFrameIdSink(),
+                AudioChirpSink(capture=self._audio_capture(peer_id)),
+            )
+        return sinks
+
+    async def open_link(self, peer_id: str, *, offerer: bool, attempt: int) -> PeerLink:
+        # bound to this peer: a frame under another member's KID is refused (wrong_sender)
+        crypto = self.crypto.for_peer(peer_id)
+        ice = await engine.select_ice(self._media.ice)  # the first live TURN relay, if any
+        pc = engine.create_peer_connection(crypto, self.frame_stats, ice)
+        link = PeerLink(
+            peer_id=peer_id,
+            pc=pc,
+            offerer=offerer,
+            video_sink=self.sinks_of(peer_id)[0],
+            audio_sink=self.sinks_of(peer_id)[1],
+            attempt=attempt,
+            created=time.monotonic(),
+        )
+        # one terminal-wide source, fanned out to every peer connection of every call
+        link.tracks = self._source.subscribe()
+        for track in link.tracks:
+            pc.addTrack(track)
+        engine.force_e2ee_codecs(pc)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            counted = CountingTrack(track)
+            link.received.append(counted)
+            sink = link.video_sink if track.kind == "video" else link.audio_sink
+            link.consumers.append(sink.start(counted))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            link.state = pc.connectionState
+
+        return link
+
+    def show(self, link: MediaLink) -> None:
+        assert isinstance(link, PeerLink)
+        self._shown[link.peer_id] = link
+        self.media_stats.add_peer(link.peer_id, link.pc, link.video_sink, link.audio_sink)
+
+    async def close_link(self, link: MediaLink) -> None:
+        assert isinstance(link, PeerLink)
+        aiortc_patch.unbind(link.pc)  # not one more frame through this connection
+        if self.media_stats.peer_connection(link.peer_id) is link.pc:
+            self.media_stats.remove_peer(link.peer_id)
+        if self._shown.get(link.peer_id) is link:
+            del self._shown[link.peer_id]
+        for task in link.consumers:  # the peer's sinks go on with its next connection
+            task.cancel()
+        for track in link.tracks:
+            track.stop()  # the source stops feeding this connection
+        await engine.close_peer_connection(link.pc)  # bounded: a dead relay never answers
+
+    async def snapshot(self) -> dict[str, Any]:
+        return await self.media_stats.snapshot()
+
+    def received(self, peer_id: str) -> Received:
+        sinks = self._sinks.get(peer_id)
+        if sinks is None:
+            return Received()
+        video, audio = sinks
+        link = self._shown.get(peer_id)
+        packets = link.audio_packets() if link is not None else None
+        vs = video.to_dict()
+        return Received(
+            video_frames=video.frames,
+            audio_packets=audio.frames if packets is None else packets,
+            corrupt_shown=int(vs.get("corrupt_shown") or 0),
+            longest_freeze_ms=int(vs.get("longest_freeze_ms") or 0),
+        )
+
+    async def path_quality(self, link: MediaLink, now: float) -> dict[str, dict[str, float]]:
+        assert isinstance(link, PeerLink)
+        report = await link.pc.getStats()
+        sampler = self._samplers.setdefault(link.peer_id, RtcStatsSampler())
+        digest: dict[str, dict[str, float]] = sampler.digest(report.values(), now)
+        return digest
+
+    async def peer_left(self, peer_id: str) -> None:
+        self._samplers.pop(peer_id, None)
+        for sink in self._sinks.pop(peer_id, ()):
+            await sink.stop()
+
+    def crypto_stats(self) -> MediaStats:
+        return self.crypto.stats()
+
+    async def close(self) -> None:
+        for peer_id in list(self._sinks):
+            await self.peer_left(peer_id)
+
+
+def aiortc_engine_factory(
+    media: MediaSettings, source: MediaSource, call_id: str = ""
+) -> EngineFactory:
+    """An :data:`~hotline.call.media_engine.EngineFactory` for aiortc engines."""
+
+    def make(suite: str, on_frame_event: Callable[[FrameEvent], None]) -> AiortcEngine:
+        return AiortcEngine(
+            media=media,
+            source=source,
+            suite=suite,
+            on_frame_event=on_frame_event,
+            call_id=call_id,
+        )
+
+    return make

@@ -1,0 +1,438 @@
+"""The browser media engine: the terminal's open web page does WebRTC and the frame crypto.
+
+The daemon keeps the identity key, the exchange, the call machine, the key agreement (HPKE)
+and the call log. The page (``static/engine.js``, ``static/worker.js``) makes the peer
+connections with the browser's own WebRTC (camera, microphone, jitter buffer, FEC) and
+protects every encoded frame with SFrame in an ``RTCRtpScriptTransform`` worker, in the
+same format as :mod:`hotline.e2ee.media`. What crosses the page's authenticated WebSocket:
+
+daemon -> page   ``{"type": "engine", "id": N, "op": "open"|"offer"|"accept"|"answer"|
+                 "show"|"close"|"end", "link": L, ...}`` (each answered by a reply), and
+                 ``{"type": "keys", "op": "install"|"send"|"pause"|"erase_through"|"erase"|
+                 "forget", ...}``: the call's SFrame base keys (base64), never a long-term key
+page -> daemon   ``{"type": "reply", "id": N, "ok": true, "sdp": ...}``,
+                 ``{"type": "link", "link": L, "state": S}`` (connection state), and
+                 ``{"type": "stats", ...}`` twice a second: per link the frames decrypted
+                 (liveness watches them) and shown; the worker's counters (frames
+                 protected, decrypted, rejected by reason, refused by reason)
+
+Fail closed: with no page open a link cannot be made (the call shows it); the page drops
+every frame it cannot protect or authenticate, and counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from hotline.call.media_engine import EngineFactory, MediaLink, Received
+from hotline.e2ee.media import KeySink, MediaStats
+from hotline.e2ee.sframe import MAX_EPOCH, CipherSuite, suite_by_name
+from hotline.errors import SdpError, StateError
+from hotline.media.stats import RECV, FrameEvent
+from hotline.media.turn import IceSettings, select_ice
+
+log = logging.getLogger("hotline.ui.engine")
+
+#: how long the page may take to answer an engine request (an offer gathers candidates)
+REQUEST_TIMEOUT_S = 10.0
+#: the suites the page's WebCrypto implements
+PAGE_SUITES = frozenset({"AES_128_GCM_SHA256_128", "AES_256_GCM_SHA512_128"})
+
+
+def _b64(data: bytes | bytearray) -> str:
+    return base64.b64encode(bytes(data)).decode()
+
+
+class BrowserHub:
+    """The one page that is this terminal's media engine, and the channel to it."""
+
+    def __init__(self) -> None:
+        self._ws: web.WebSocketResponse | None = None
+        self._out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self.engines: dict[str, BrowserEngine] = {}
+        #: the page's last statistics (also kept after the call)
+        self.last_stats: dict[str, Any] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    def attach(self, ws: web.WebSocketResponse) -> None:
+        """``ws`` (an authenticated page) is the media engine from now on."""
+        if self._ws is not None and self._ws is not ws:
+            self._fail_pending("another page took over as the media engine")
+        self._ws = ws
+        self._out = asyncio.Queue()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._writer = asyncio.create_task(self._write(ws, self._out))
+        log.info("a page is this terminal's media engine")
+        for engine in self.engines.values():  # a call in progress: its keys, again
+            engine.sink.replay()
+
+    def detach(self, ws: web.WebSocketResponse) -> None:
+        if self._ws is ws:
+            self._ws = None
+            if self._writer is not None:
+                self._writer.cancel()
+                self._writer = None
+            self._fail_pending("the page closed")
+            for engine in self.engines.values():
+                engine.page_gone()
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(SdpError(f"media engine page: {reason}"))
+        self._pending.clear()
+
+    async def _write(self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            while True:
+                await ws.send_json(await queue.get())
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Send in order, without waiting (key operations come from synchronous code)."""
+        if not self.connected:
+            log.warning(
+                "no media engine page: %s %s not delivered", message["type"], message.get("op")
+            )
+            return
+        self._out.put_nowait(message)
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not self.connected:
+            raise StateError("no page is open as this terminal's media engine (open the UI link)")
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._out.put_nowait({**message, "type": "engine", "id": request_id})
+        try:
+            reply = await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise SdpError(f"the page did not answer {message.get('op')} in time") from exc
+        finally:
+            self._pending.pop(request_id, None)
+        if not reply.get("ok"):
+            raise SdpError(f"the page refused {message.get('op')}: {reply.get('error')}")
+        return reply
+
+    def receive(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        if ws is not self._ws:
+            return
+        kind = data.get("type")
+        if kind == "reply":
+            future = self._pending.get(data.get("id", -1))
+            if future is not None and not future.done():
+                future.set_result(data)
+        elif kind == "link":
+            for engine in self.engines.values():
+                engine.on_link_state(str(data.get("link")), str(data.get("state")))
+        elif kind == "stats":
+            self.last_stats = data
+            target = self.engines.get(str(data.get("call")))
+            if target is not None:
+                target.on_stats(data)
+
+
+class BrowserLink:
+    """One peer connection in the page (a :class:`~hotline.call.media_engine.MediaLink`)."""
+
+    def __init__(
+        self, engine: BrowserEngine, link_id: str, peer_id: str, offerer: bool, attempt: int
+    ) -> None:
+        self.engine = engine
+        self.link_id = link_id
+        self.peer_id = peer_id
+        self.offerer = offerer
+        self.attempt = attempt
+        self.created = time.monotonic()
+        self.state = "new"
+        self.decrypted = 0
+        self.shown = 0
+        self.stats: dict[str, Any] = {}
+        self._offer_open = False
+
+    @property
+    def media_total(self) -> int:
+        """Frames the page's worker decrypted on this link: every one arrived (video frames
+        and audio packets; the browser's audio concealment never passes the worker)."""
+        return self.decrypted
+
+    def awaiting_answer(self) -> bool:
+        return self._offer_open
+
+    async def _ask(self, op: str, **fields: Any) -> dict[str, Any]:
+        return await self.engine.hub.request(
+            {"op": op, "call": self.engine.call_id, "link": self.link_id, **fields}
+        )
+
+    async def create_offer(self) -> str:
+        reply = await self._ask("offer")
+        self._offer_open = True
+        return str(reply["sdp"])
+
+    async def accept_offer(self, sdp: str) -> str:
+        return str((await self._ask("accept", sdp=sdp))["sdp"])
+
+    async def apply_answer(self, sdp: str) -> None:
+        await self._ask("answer", sdp=sdp)
+        self._offer_open = False
+
+
+class BrowserKeySink:
+    """The key sink of a call whose frame crypto is in the page: every operation goes to the
+    page's worker, in order. The keys the page holds are mirrored here (what the daemon's key
+    session holds anyway, and erased with it), so that a page that reloads, or another that
+    takes over, gets them again (:meth:`replay`)."""
+
+    def __init__(self, hub: BrowserHub, call_id: str, suite: CipherSuite) -> None:
+        self.hub = hub
+        self.call_id = call_id
+        self.suite = suite
+        self.send_epoch = 0
+        self.send_suite: str | None = None
+        self.epochs: set[int] = set()
+        self.rosters: dict[int, tuple[str, ...]] = {}
+        #: the install message of each epoch held, and the current send key's message
+        self._installed: dict[int, dict[str, Any]] = {}
+        self._sending: dict[str, Any] | None = None
+
+    def _post(self, op: str, **fields: Any) -> dict[str, Any]:
+        message = {"type": "keys", "op": op, "call": self.call_id, **fields}
+        self.hub.post(message)
+        return message
+
+    def replay(self) -> None:
+        """Give a (new) page every key it should hold now, in order."""
+        for epoch in sorted(self._installed):
+            self.hub.post(self._installed[epoch])
+        if self._sending is not None:
+            self.hub.post(self._sending)
+
+    def install_receive_keys(
+        self,
+        epoch: int,
+        roster: Sequence[str],
+        keys: Mapping[str, bytes | bytearray],
+        suite: CipherSuite | None = None,
+    ) -> None:
+        chosen = suite or self.suite
+        self.epochs.add(epoch)
+        self.rosters[epoch] = tuple(roster)
+        self._installed[epoch] = self._post(
+            "install",
+            epoch=epoch,
+            roster=list(roster),
+            suite=chosen.name,
+            keys={member: _b64(key) for member, key in keys.items()},
+        )
+
+    def activate_send(
+        self,
+        epoch: int,
+        sender_index: int,
+        base_key: bytes | bytearray,
+        suite: CipherSuite | None = None,
+    ) -> None:
+        chosen = suite or self.suite
+        self.send_epoch, self.send_suite = epoch, chosen.name
+        self._sending = self._post(
+            "send", epoch=epoch, index=sender_index, suite=chosen.name, key=_b64(base_key)
+        )
+
+    def pause_sending(self, reason: str) -> None:
+        self.send_epoch, self.send_suite = 0, None
+        self._sending = None
+        self._post("pause", reason=reason)
+
+    def erase_epochs_through(self, epoch: int) -> None:
+        self.epochs = {e for e in self.epochs if e > epoch}
+        self._installed = {e: m for e, m in self._installed.items() if e > epoch}
+        if self.send_epoch and self.send_epoch <= epoch:
+            self.send_epoch, self.send_suite = 0, None
+            self._sending = None
+        self._post("erase_through", epoch=epoch)
+
+    def erase_epoch(self, epoch: int) -> None:
+        self.epochs.discard(epoch)
+        self._installed.pop(epoch, None)
+        self._post("erase", epoch=epoch)
+
+    def forget_sender(self, member: str) -> None:
+        for message in self._installed.values():
+            message["keys"] = {m: k for m, k in message["keys"].items() if m != member}
+        self._post("forget", member=member)
+
+
+class BrowserEngine:
+    """One call's media in the page (a :class:`~hotline.call.media_engine.MediaEngine`)."""
+
+    def __init__(
+        self,
+        hub: BrowserHub,
+        call_id: str,
+        suite: str,
+        on_frame_event: Callable[[FrameEvent], None],
+        ice: IceSettings | None = None,
+    ) -> None:
+        if suite not in PAGE_SUITES:
+            raise StateError(f"the browser engine does not implement the SFrame suite {suite}")
+        self.hub = hub
+        self.call_id = call_id
+        self.sink = BrowserKeySink(hub, call_id, suite_by_name(suite))
+        self.key_sink: KeySink = self.sink
+        self._on_frame_event = on_frame_event
+        self.links: dict[str, BrowserLink] = {}
+        self._shown: dict[str, BrowserLink] = {}
+        self._ids = itertools.count(1)
+        self.crypto: dict[str, Any] = {}
+        self._ice = ice or IceSettings()
+        hub.engines[call_id] = self
+
+    async def _ice_config(self) -> dict[str, Any]:
+        """The page's ICE configuration: explicit servers only (never a public STUN
+        server), the first live TURN relay of the charter, relay-only if the charter says."""
+        settings = await select_ice(self._ice)  # raises RelayUnavailable for relay-only
+        servers: list[dict[str, str]] = []
+        if settings.turn is not None:
+            username, password = settings.turn.credentials.at(time.time())
+            servers.append(
+                {"urls": settings.turn.url, "username": username, "credential": password}
+            )
+        return {"ice_servers": servers, "ice_policy": "relay" if settings.relay_only else "all"}
+
+    async def open_link(self, peer_id: str, *, offerer: bool, attempt: int) -> BrowserLink:
+        link = BrowserLink(self, f"{peer_id}#{next(self._ids)}", peer_id, offerer, attempt)
+        await self.hub.request(
+            {
+                "op": "open",
+                "call": self.call_id,
+                "link": link.link_id,
+                "peer": peer_id,
+                "offerer": offerer,
+                "attempt": attempt,
+                **await self._ice_config(),
+            }
+        )
+        self.links[link.link_id] = link
+        return link
+
+    def show(self, link: MediaLink) -> None:
+        assert isinstance(link, BrowserLink)
+        self._shown[link.peer_id] = link
+        self.hub.post({"type": "engine", "op": "show", "call": self.call_id, "link": link.link_id})
+
+    async def close_link(self, link: MediaLink) -> None:
+        assert isinstance(link, BrowserLink)
+        self.links.pop(link.link_id, None)
+        if self._shown.get(link.peer_id) is link:
+            del self._shown[link.peer_id]
+        link.state = "closed"
+        self.hub.post({"type": "engine", "op": "close", "call": self.call_id, "link": link.link_id})
+
+    def page_gone(self) -> None:
+        for link in self.links.values():
+            link.state = "failed"  # liveness reports it, and rebuilds once a page is back
+
+    def on_link_state(self, link_id: str, state: str) -> None:
+        link = self.links.get(link_id)
+        if link is not None and state in (
+            "new",
+            "connecting",
+            "connected",
+            "disconnected",
+            "failed",
+            "closed",
+        ):
+            link.state = state
+
+    def on_stats(self, data: dict[str, Any]) -> None:
+        crypto = data.get("crypto")
+        if isinstance(crypto, dict):
+            before = dict(self.crypto.get("rejected", {}))
+            self.crypto = crypto
+            for reason, count in dict(crypto.get("rejected", {})).items():
+                repeat = str(reason).startswith("duplicate_")  # authentic, received twice
+                if isinstance(count, int) and count > before.get(reason, 0) and not repeat:
+                    self._on_frame_event(FrameEvent(RECV, "video", str(reason), 0))
+        links = data.get("links")
+        if isinstance(links, dict):
+            for link_id, entry in links.items():
+                link = self.links.get(str(link_id))
+                if link is not None and isinstance(entry, dict):
+                    link.decrypted = int(entry.get("decrypted", 0))
+                    link.shown = int(entry.get("shown", 0))
+                    link.stats = entry
+
+    async def snapshot(self) -> dict[str, Any]:
+        peers = {
+            peer: {"engine": "browser", "link": link.link_id, "page": link.stats}
+            for peer, link in self._shown.items()
+        }
+        return {"frames": {"engine": "browser", "page": self.crypto}, "peers": peers}
+
+    def received(self, peer_id: str) -> Received:
+        link = self._shown.get(peer_id)
+        if link is None:
+            return Received()
+        entry = link.stats
+
+        def count(*keys: str) -> int:
+            for key in keys:
+                value = entry.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+            return 0
+
+        return Received(
+            video_frames=count("video_decoded", "decrypted_video"),
+            audio_packets=count("audio_received", "decrypted_audio"),
+            longest_freeze_ms=count("longest_freeze_ms"),
+        )
+
+    async def path_quality(self, link: MediaLink, now: float) -> None:
+        """The page reports no far-end RTP figures (jitter, round trip, loss) yet."""
+        return None
+
+    async def peer_left(self, peer_id: str) -> None:
+        return None
+
+    def crypto_stats(self) -> MediaStats:
+        c = self.crypto
+        return MediaStats(
+            protected=int(c.get("protected", 0)),
+            unprotected=int(c.get("decrypted", 0)),
+            rejected={str(k): int(v) for k, v in dict(c.get("rejected", {})).items()},
+            refused={str(k): int(v) for k, v in dict(c.get("refused", {})).items()},
+            last_rejected_sender=None,
+            sending_epoch=self.sink.send_epoch,
+            receive_epochs=tuple(sorted(self.sink.epochs)),
+            sending_suite=self.sink.send_suite,
+        )
+
+    async def close(self) -> None:
+        self.sink.erase_epochs_through(MAX_EPOCH)  # nothing kept for a replay
+        self.hub.post({"type": "engine", "op": "end", "call": self.call_id})
+        self.hub.engines.pop(self.call_id, None)
+
+
+def browser_engine_factory(
+    hub: BrowserHub, call_id: str, ice: IceSettings | None = None
+) -> EngineFactory:
+    def make(suite: str, on_frame_event: Callable[[FrameEvent], None]) -> BrowserEngine:
+        return BrowserEngine(hub, call_id, suite, on_frame_event, ice)
+
+    return make

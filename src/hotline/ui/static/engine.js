@@ -1,0 +1,260 @@
+// The page as this terminal's media engine (--engine browser): the browser's WebRTC with
+// the camera and microphone, every frame through the SFrame worker. The daemon drives it
+// over the page's WebSocket (hotline/ui/browser_engine.py documents the messages); the
+// page never sees a long-term key, only the call's SFrame base keys.
+
+const VIDEO_CODECS = ["video/vp8", "video/rtx"];
+const AUDIO_CODECS = ["audio/opus"];
+const GATHER_TIMEOUT_MS = 3000;
+
+function only(kind, allowed) {
+  const caps = RTCRtpReceiver.getCapabilities(kind);
+  return caps.codecs.filter((c) => allowed.includes(c.mimeType.toLowerCase()));
+}
+
+function gathered(pc) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") { resolve(); return; }
+    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
+    pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
+    });
+  });
+}
+
+export class PageEngine {
+  constructor(send, elements) {
+    this.send = send;
+    this.el = elements;
+    this.links = new Map();  // link id -> {pc, peer, call, stream}
+    this.call = null;
+    this.shown = null;
+    this.framesShown = 0;
+    this.workerStats = { counters: { protected: 0, decrypted: 0, rejected: {}, refused: {} }, links: {} };
+    this.timer = null;
+  }
+
+  async start() {
+    this.worker = new Worker("/static/worker.js", { type: "module" });
+    await new Promise((resolve) => {
+      this.worker.onmessage = (e) => { if (e.data.type === "ready") resolve(); };
+    });
+    this.worker.onmessage = (e) => {
+      if (e.data.type === "stats") {
+        this.workerStats = e.data;
+        const waiting = this.statsWaiters || [];
+        this.statsWaiters = [];
+        waiting.forEach((resolve) => resolve());
+      }
+    };
+    this.local = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true },
+      video: { width: 640, height: 480, frameRate: 20 },
+    });
+    this.el.self.srcObject = this.local;
+    this.el.noVideo.textContent = "Waiting for the other side's video";
+    this.watchFrames();
+    this.timer = setInterval(() => this.report(), 500);
+  }
+
+  watchFrames() {
+    // frames painted, and the longest gap between two of them (a freeze) since the first
+    const video = this.el.remote;
+    this.lastFrameAt = null;
+    this.maxGapMs = 0;
+    const onFrame = (now) => {
+      this.framesShown++;
+      if (this.lastFrameAt != null) this.maxGapMs = Math.max(this.maxGapMs, now - this.lastFrameAt);
+      this.lastFrameAt = now;
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  async handle(msg) {
+    if (msg.type === "keys") { this.call = msg.call; this.worker.postMessage(msg); return; }
+    let reply = { type: "reply", id: msg.id, ok: true };
+    try {
+      const extra = await this[`op_${msg.op}`](msg);
+      reply = { ...reply, ...(extra || {}) };
+    } catch (e) {
+      reply = { type: "reply", id: msg.id, ok: false, error: String(e && e.message || e) };
+    }
+    if (msg.id != null) this.send(reply);
+  }
+
+  attachTransforms(link, transceiver) {
+    const kind = transceiver.receiver.track.kind;
+    transceiver.sender.transform = new RTCRtpScriptTransform(this.worker,
+      { side: "send", kind, link: link.id, peer: link.peer });
+    transceiver.receiver.transform = new RTCRtpScriptTransform(this.worker,
+      { side: "recv", kind, link: link.id, peer: link.peer });
+    transceiver.setCodecPreferences(kind === "video" ? only("video", VIDEO_CODECS)
+                                                     : only("audio", AUDIO_CODECS));
+  }
+
+  async op_open(msg) {
+    this.call = msg.call;
+    // the daemon's explicit servers only (never a public STUN server), relay-only if so
+    const pc = new RTCPeerConnection({
+      iceServers: msg.ice_servers || [],
+      iceTransportPolicy: msg.ice_policy === "relay" ? "relay" : "all",
+      bundlePolicy: "max-bundle",
+    });
+    const link = { id: msg.link, peer: msg.peer, call: msg.call, pc, stream: new MediaStream() };
+    this.links.set(msg.link, link);
+    pc.onconnectionstatechange = () => {
+      this.send({ type: "link", link: link.id, state: pc.connectionState });
+    };
+    pc.ontrack = (e) => {
+      link.stream.addTrack(e.track);
+      if (this.shown === link.id) this.show(link);
+    };
+    // addTrack (not addTransceiver): an answerer's remote offer takes these transceivers
+    // over (JSEP), so the transforms are in place before any SDP is applied
+    for (const track of this.local.getTracks()) pc.addTrack(track, this.local);
+    for (const t of pc.getTransceivers()) this.attachTransforms(link, t);
+    return {};
+  }
+
+  async op_offer(msg) {
+    const pc = this.links.get(msg.link).pc;
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    return { sdp: pc.localDescription.sdp };
+  }
+
+  async op_accept(msg) {
+    const link = this.links.get(msg.link);
+    const pc = link.pc;
+    await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    for (const t of pc.getTransceivers()) {
+      if (!t.sender.transform || !t.receiver.transform) {
+        throw new Error("an offered media section without the frame crypto: refused");
+      }
+      t.direction = "sendrecv";
+      t.setCodecPreferences(t.receiver.track.kind === "video" ? only("video", VIDEO_CODECS)
+                                                               : only("audio", AUDIO_CODECS));
+    }
+    await pc.setLocalDescription(await pc.createAnswer());
+    await gathered(pc);
+    return { sdp: pc.localDescription.sdp };
+  }
+
+  async op_answer(msg) {
+    await this.links.get(msg.link).pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+    return {};
+  }
+
+  async op_show(msg) {
+    this.shown = msg.link;
+    const link = this.links.get(msg.link);
+    if (link) this.show(link);
+    return {};
+  }
+
+  show(link) {
+    if (this.el.remote.srcObject !== link.stream) this.el.remote.srcObject = link.stream;
+    this.el.remote.classList.remove("hidden");
+    this.el.noVideo.classList.add("hidden");
+  }
+
+  async op_close(msg) {
+    const link = this.links.get(msg.link);
+    if (!link) return {};
+    this.links.delete(msg.link);
+    link.pc.close();
+    if (this.el.remote.srcObject === link.stream) {
+      this.el.remote.srcObject = null;
+      this.el.remote.classList.add("hidden");
+      this.el.noVideo.classList.remove("hidden");
+    }
+    return {};
+  }
+
+  async op_end(msg) {
+    for (const id of [...this.links.keys()]) await this.op_close({ link: id });
+    this.worker.postMessage({ type: "keys", op: "end" });
+    this.report();
+    return {};
+  }
+
+  freshWorkerStats() {
+    return new Promise((resolve) => {
+      (this.statsWaiters = this.statsWaiters || []).push(resolve);
+      this.worker.postMessage({ type: "stats" });
+    });
+  }
+
+  async report() {
+    const links = {};
+    for (const [id, link] of this.links) {
+      let framesSent = 0;
+      let stats = null;
+      try {
+        stats = await link.pc.getStats();
+        stats.forEach((s) => { if (s.type === "outbound-rtp" && s.kind === "video") framesSent += s.framesSent || 0; });
+      } catch (e) { /* closed meanwhile */ }
+      await this.freshWorkerStats();  // read after the RTP counters: it has seen those frames
+      const w = (this.workerStats.links || {})[id] || {};
+      const entry = { decrypted: w.decrypted || 0, rejected: w.rejected || 0, sent: w.sent || 0,
+                      decrypted_video: w.decrypted_video || 0, decrypted_audio: w.decrypted_audio || 0,
+                      state: link.pc.connectionState };
+      if (stats) {
+        let pairId = null;
+        stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
+        const pair = pairId && stats.get(pairId);
+        if (pair) {
+          const local = stats.get(pair.localCandidateId);
+          const remote = stats.get(pair.remoteCandidateId);
+          entry.path = { local: local && local.candidateType, remote: remote && remote.candidateType };
+        }
+        stats.forEach((s) => {
+          if (s.type === "inbound-rtp") {
+            entry[`${s.kind}_received`] = s.packetsReceived;
+            entry[`${s.kind}_lost`] = s.packetsLost;
+            if (s.kind === "video") {
+              entry.video_decoded = s.framesDecoded;
+              entry.video_width = s.frameWidth;
+              entry.keyframe_requests = s.pliCount;
+            }
+          }
+        });
+        // fail closed: video frames leaving that never went through the worker mean a
+        // transform is not in place and this link's media is in clear: close it
+        if (framesSent > 10 && !w.sent_video) {
+          entry.state = "failed";
+          entry.refused = "transform_missing";
+          link.pc.close();
+          this.send({ type: "link", link: id, state: "failed" });
+        }
+      }
+      if (id === this.shown) {
+        entry.shown = this.framesShown;
+        entry.longest_freeze_ms = Math.round(this.maxGapMs);
+      }
+      links[id] = entry;
+    }
+    // a frozen picture is never left looking live: dim it and say so
+    const stale = this.shown != null && this.lastFrameAt != null &&
+                  performance.now() - this.lastFrameAt > 1000;
+    this.el.remote.classList.toggle("stale", stale);
+    this.el.noVideo.classList.toggle("hidden", !stale && this.el.remote.srcObject != null);
+    if (stale) this.el.noVideo.textContent = "Video interrupted: no frame could be decrypted or received for over a second";
+    const c = this.workerStats.counters || {};
+    this.send({
+      type: "stats", call: this.call,
+      crypto: { protected: c.protected || 0, decrypted: c.decrypted || 0,
+                rejected: c.rejected || {}, refused: c.refused || {} },
+      links, frames_shown: this.framesShown,
+    });
+  }
+
+  stopAll() {
+    clearInterval(this.timer);
+    for (const link of this.links.values()) link.pc.close();
+    this.links.clear();
+    if (this.worker) this.worker.terminate();
+    if (this.local) this.local.getTracks().forEach((t) => t.stop());
+  }
+}

@@ -177,6 +177,7 @@ async def test_browser_terminal_calls_a_python_terminal(tmp_path: Path) -> None:
         await page.wait_for_function(
             "(c) => document.getElementById('code').dataset.code === c", arg=code, timeout=5000
         )
+        assert await page.is_visible("#code-changed")  # "compare it aloud again"
         print(
             f"after the rekey: {after['shown'] - before} frames shown in 1 s, longest freeze "
             f"{after['longest_freeze_ms']} ms"

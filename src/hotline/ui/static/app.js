@@ -151,7 +151,7 @@ function render() {
       st = peer.transport === "reconnecting" ? "reconnecting…" : (peer.transport || st);
       if (peer.transport === "reconnecting") problems.push(`${nameOf(m)}: reconnecting (${peer.lost_reason || "no media"})`);
     }
-    who.className = "dot on";
+    who.className = "dot " + (peer && peer.transport === "reconnecting" ? "warn" : "on");
     text(who, nameOf(m));
     const s = document.createElement("span");
     s.className = "muted";

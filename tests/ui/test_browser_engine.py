@@ -256,7 +256,6 @@ async def test_python_terminal_calls_a_browser_terminal(tmp_path: Path) -> None:
             with pytest.raises(StateError, match="no page is open"):
                 await bravo.request("POST", "/call", {"target": "alpha"})
         page = await open_engine_page(browser, line, "bravo")
-        page.on("console", lambda m: print("page:", m.text))
         async with line.control("alpha") as alpha:
             await alpha.request("POST", "/call", {"target": "bravo"})
         await page.wait_for_selector("#ring:not(.hidden)", timeout=10_000)

@@ -90,7 +90,8 @@ async def check_call(
         return (
             page_link.get("video_decoded", 0) >= 20
             and page_link.get("shown", 0) >= 20
-            and page_link.get("audio_received", 0) >= 20
+            and page_link.get("decrypted_audio", 0) >= 20
+            and page_link.get("audio_samples", 0) > 0  # decoded and played out
             and frames.get("video", {}).get("decrypted", 0) >= 20
             and frames.get("audio", {}).get("decrypted", 0) >= 20
         )

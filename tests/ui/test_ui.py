@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -174,11 +176,29 @@ async def test_the_page_rings_answers_shows_the_code_and_hangs_up(tmp_path: Path
         await page.screenshot(path=str(tmp_path / "call-1280x720.png"))
         await page.set_viewport_size({"width": 1920, "height": 1080})
         await page.screenshot(path=str(tmp_path / "call-1920x1080.png"))
+        await page.set_viewport_size({"width": 1280, "height": 720})
+        # bravo freezes (SIGSTOP): the screen says reconnecting, then connected again
+        bravo_pid = line.procs["bravo"].pid
+        os.kill(bravo_pid, signal.SIGSTOP)
+        try:
+            await page.wait_for_function(
+                "() => document.getElementById('members').textContent.includes('reconnecting')",
+                timeout=10_000,
+            )
+            banner = await page.inner_text("#banner")
+            await page.screenshot(path=str(tmp_path / "reconnecting-1280x720.png"))
+        finally:
+            os.kill(bravo_pid, signal.SIGCONT)
+        assert "reconnecting" in banner, banner
+        await page.wait_for_function(
+            "() => !document.getElementById('members').textContent.includes('reconnecting')",
+            timeout=15_000,
+        )
         await page.click("#hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
         out, _ = await asyncio.wait_for(watch.communicate(), 20)
         kinds = [json.loads(x)["kind"] for x in out.decode().splitlines()]
-        for kind in ("ring", "epoch", "ended"):
+        for kind in ("ring", "epoch", "transport_lost", "transport_recovered", "ended"):
             assert kind in kinds, kinds
         assert (await line.status("alpha"))["call"]["state"] == "ended"
         print(f"ui ring-answer-code-hangup ok at {time.strftime('%X')}")

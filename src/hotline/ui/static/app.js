@@ -8,6 +8,7 @@ let socket = null;
 let pageEngine = null;
 let activeSince = null;   // performance.now() of the call's activation (duration display)
 let lastProblem = "";
+let codeChangedAt = null;  // performance.now() when the security code last changed
 
 function text(el, value) { el.textContent = value == null ? "" : String(value); }
 
@@ -109,7 +110,7 @@ function render() {
   $("idle").classList.toggle("hidden", live);
   document.body.dataset.callState = state;
 
-  if (!call) { activeSince = null; return; }
+  if (!call) { activeSince = null; codeChangedAt = null; return; }
   if (state === "active" && call.active_s != null && activeSince == null) {
     activeSince = performance.now() - call.active_s * 1000;
   }
@@ -131,6 +132,12 @@ function render() {
     text($("code"), "— — —");
     text($("epoch"), "");
   }
+  const previous = $("code").dataset.code;
+  if (code && previous && previous !== code) {
+    codeChangedAt = performance.now();  // a new epoch: the code must be compared again
+  }
+  $("code-changed").classList.toggle("hidden",
+    codeChangedAt == null || performance.now() - codeChangedAt > 60000);
   $("code").dataset.code = code || "";
   const members = $("members");
   members.replaceChildren();
@@ -144,7 +151,7 @@ function render() {
       st = peer.transport === "reconnecting" ? "reconnecting…" : (peer.transport || st);
       if (peer.transport === "reconnecting") problems.push(`${nameOf(m)}: reconnecting (${peer.lost_reason || "no media"})`);
     }
-    who.className = "dot on";
+    who.className = "dot " + (peer && peer.transport === "reconnecting" ? "warn" : "on");
     text(who, nameOf(m));
     const s = document.createElement("span");
     s.className = "muted";

@@ -213,6 +213,7 @@ export class PageEngine {
           if (s.type === "inbound-rtp") {
             entry[`${s.kind}_received`] = s.packetsReceived;
             entry[`${s.kind}_lost`] = s.packetsLost;
+            if (s.kind === "audio") entry.audio_samples = s.totalSamplesReceived;
             if (s.kind === "video") {
               entry.video_decoded = s.framesDecoded;
               entry.video_width = s.frameWidth;

@@ -49,6 +49,8 @@ BASELINE_COMMIT = "f90468cc4a8aaed046c87d2f966c7ead80a59a5c"
 BASELINE_PACKAGE = "hotline_e2ee_pairwise"
 TARGETS_MS = {10: 30.0, 25: 100.0}
 TARGET_BYTES_25 = 500_000
+E2EE_DIR = "src/hotline/e2ee/"
+_IMPORT = re.compile(r"^(\s*)(from|import) hotline\.e2ee\b", re.M)
 ROOT = Path(__file__).resolve().parent.parent
 
 SessionClass = Callable[..., Any]
@@ -60,7 +62,7 @@ def load_pairwise() -> SessionClass:
     ``hotline.e2ee`` rewritten; everything else comes from this tree's ``hotline``)."""
     try:
         listing = subprocess.run(
-            ["git", "-C", str(ROOT), "ls-tree", "--name-only", BASELINE_COMMIT, "src/hotline/e2ee/"],
+            ["git", "-C", str(ROOT), "ls-tree", "--name-only", BASELINE_COMMIT, E2EE_DIR],
             check=True,
             capture_output=True,
             text=True,
@@ -81,7 +83,7 @@ def load_pairwise() -> SessionClass:
             capture_output=True,
             text=True,
         ).stdout
-        text = re.sub(r"^(\s*)(from|import) hotline\.e2ee\b", rf"\1\2 {BASELINE_PACKAGE}", text, flags=re.M)
+        text = _IMPORT.sub(rf"\1\2 {BASELINE_PACKAGE}", text)
         (target / Path(path).name).write_text(text)
     sys.path.insert(0, str(target.parent))
     module = importlib.import_module(f"{BASELINE_PACKAGE}.session")

@@ -130,7 +130,7 @@ def build(cls: SessionClass, n: int, kem: str) -> tuple[list[str], dict[str, Any
 
 def pump(ids: list[str], sessions: dict[str, Any], cost: EpochCost, now: float) -> None:
     while True:
-        queue = []
+        queue: list[tuple[str, str, str, bytes]] = []
         for s in ids:
             for o in sessions[s].outgoing():
                 targets = [o.recipient] if o.recipient else [r for r in ids if r != s]
@@ -224,11 +224,11 @@ def main() -> None:
         f"{'members':>7} {'design':<9} {'slowest':>8} {'median':>8} {'mean':>8} "
         f"{'sent KB':>9} {'deliv. KB':>10}"
     )
-    for n, row in results.items():
+    for size, row in results.items():
         for name in designs:
             r = row[name]
             print(
-                f"{n:>7} {name:<9} {r['slowest_member_ms']:8.2f} "
+                f"{size:>7} {name:<9} {r['slowest_member_ms']:8.2f} "
                 f"{r['median_slowest_member_ms']:8.2f} {r['mean_member_ms']:8.2f} "
                 f"{r['sent_bytes'] / 1e3:9.1f} {r['delivered_bytes'] / 1e3:10.1f}"
             )

@@ -335,6 +335,14 @@ class MalformedMessage(KeyAgreementError):
     reason = "malformed_message"
 
 
+class ProtocolVersionMismatch(MalformedMessage):
+    """An ``e2ee.*`` message of another version of the key agreement protocol (its label
+    names the version, e.g. ``hotline.e2ee.v1.start``): the two terminals run different
+    releases and cannot agree keys until both run the same protocol version."""
+
+    reason = "e2ee_version_mismatch"
+
+
 class BadKeySignature(KeyAgreementError):
     """A signature in an ``e2ee.*`` message does not verify with the signer's identity key."""
 

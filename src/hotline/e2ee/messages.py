@@ -439,6 +439,7 @@ def parse(msg_type: str, body: bytes) -> Message:
     try:
         value = decode(body, max_size=MAX_MESSAGE_SIZE)
     except EncodingError as exc:
+        _check_version(msg_type, None)
         if msg_type not in _FIELDS:
             raise MalformedMessage(f"unknown message type {msg_type[:40]!r}") from None
         raise _bad(t, f"not canonical HCE ({exc})") from None

@@ -407,7 +407,8 @@ class Equivocation(KeyAgreementError):
 
 
 class SealedKeyError(KeyAgreementError):
-    """A sealed base key does not open, has the wrong size, or its commitment does not match."""
+    """A sealed epoch secret does not open, has the wrong size, or does not match the
+    leader's commitment; or a revealed nonce does not match its commitment."""
 
     reason = "sealed_key"
 

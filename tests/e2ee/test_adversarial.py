@@ -814,3 +814,26 @@ def test_mesh_member_cannot_forge_another_members_frames() -> None:
     assert a_media.stats().rejected == {"wrong_sender": 2}
     # unbound (the SFU path, protocol.md section 11) the forgery still opens: the limit
     assert a_media.unprotect("audio", forged) == OPUS
+
+
+def test_a_terminal_of_the_previous_protocol_version_is_named() -> None:
+    """A version-1 terminal's start (label hotline.e2ee.v1.start, properly signed) and its
+    sender key message are refused as a version mismatch, counted and reported; the
+    session stays usable for the version-2 epoch that follows."""
+    from hotline.e2ee.events import KeyRejected
+    from hotline.errors import ProtocolVersionMismatch
+
+    net = Net("ab")
+    net.set_view("ab", at="a")
+    start = [d for d in net.log if d.msg_type == msgs.MSG_START][-1]
+    old_start = resign(start.body, start.msg_type, net.keys["a"], t="hotline.e2ee.v1.start")
+    session = net["b"].session
+    with pytest.raises(ProtocolVersionMismatch, match="protocol v1; this terminal speaks v2"):
+        session.receive("a", msgs.MSG_START, old_start, net.now)
+    with pytest.raises(ProtocolVersionMismatch):
+        session.receive("a", "e2ee.sender_key", b"\x00" * 40, net.now)
+    assert session.rejections == {"e2ee_version_mismatch": 2}
+    rejected = [e for e in session.events() if isinstance(e, KeyRejected)]
+    assert [e.reason for e in rejected] == ["e2ee_version_mismatch"] * 2
+    net.set_view("ab", at="b")
+    net.agreed("ab")

@@ -224,13 +224,6 @@ def _ephemeral_dict(
     return d
 
 
-def ephemeral_signed_bytes(
-    ctx: Context, *, epoch: int, member: str, kem: str, ek: bytes, commit: bytes
-) -> bytes:
-    """What a member signs for its ephemeral key (also checked for each roster entry)."""
-    return encode(_ephemeral_dict(ctx, epoch=epoch, member=member, kem=kem, ek=ek, commit=commit))
-
-
 def ephemeral_key_hash(ek: bytes) -> bytes:
     """What the roster lists for a member's ephemeral public key."""
     return hashlib.sha256(EK_HASH_LABEL + ek).digest()

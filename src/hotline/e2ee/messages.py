@@ -65,7 +65,7 @@ MAX_MEMBERS: Final = MAX_SENDERS
 MAX_ID_LENGTH: Final = 128
 MAX_REASON_LENGTH: Final = 64
 MAX_NAME_LENGTH: Final = 64
-#: largest message body accepted (a 256-member hybrid roster is ~360 KB)
+#: largest message body accepted (a 256-member roster is ~46 KB)
 MAX_MESSAGE_SIZE: Final = 1 << 20
 HASH_SIZE: Final = 32
 NONCE_SIZE: Final = 32

@@ -3,8 +3,16 @@
 The folder holds the whole configuration: only the VideoRoom plugin and the HTTP transport
 (symlinked from Debian's ``janus`` package into folders of their own, so no other plugin,
 transport, event handler or logger can load), the HTTP API on 127.0.0.1 at a free port, no
-admin API, no STUN, no public address, ICE on ``lo`` only. :func:`running_janus` skips when
-``janus`` is missing and fails in CI.
+admin API, no STUN, no public address. :func:`running_janus` skips when ``janus`` is missing
+and fails in CI.
+
+Janus never gathers ICE candidates on a loopback interface (it skips ``IFF_LOOPBACK``
+interfaces, and libnice then falls back to every other address of the host). So media tests
+run Janus *and* the terminals' peer connections inside one network namespace of the lab
+(``tests.netlab``): ``lo`` plus the lab's ``lab0`` device, whose address is local to that
+namespace; ICE is enforced to ``lab0`` and media never leaves the namespace. Without a
+namespace (``host=None``, signalling-only tests), ICE is enforced to ``lo`` and gathers on
+the host's addresses: use it only where no peer connection is made.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import require
+from tests.netlab import Host, in_namespace
 from tests.turnserver import free_port
 
 JANUS = shutil.which("janus") or "/usr/bin/janus"
@@ -39,7 +48,13 @@ class JanusServer:
     port: int = field(default_factory=free_port)
     #: RTP/ICE ports: a range of their own, so that parallel test runs do not collide
     rtp_ports: tuple[int, int] = (0, 0)
+    #: the lab namespace Janus runs in (None: this process's namespace)
+    host: Host | None = None
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ice_interface(self) -> str:
+        return "lab0" if self.host is not None else "lo"
 
     @property
     def url(self) -> str:
@@ -79,7 +94,7 @@ media: {{
     {rtp}
 }}
 nat: {{
-    ice_enforce_list = "lo"
+    ice_enforce_list = "{self.ice_interface}"
     ignore_mdns = true
     nice_debug = false
     full_trickle = false
@@ -134,8 +149,9 @@ cors: {{
     def start(self, timeout: float = 20.0) -> None:
         self.write_config()
         log = self.log_path.open("ab")
+        argv = [JANUS, "-F", str(self.folder), "-C", str(self.folder / "janus.jcfg"), "-o"]
         self.proc = subprocess.Popen(
-            [JANUS, "-F", str(self.folder), "-C", str(self.folder / "janus.jcfg"), "-o"],
+            self.host.argv(argv) if self.host is not None else argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -151,6 +167,11 @@ cors: {{
 
     def answers(self) -> bool:
         """Whether the HTTP API answers ``info`` as a Janus server."""
+        if self.host is not None:
+            return in_namespace(self.host.ns, self._answers)
+        return self._answers()
+
+    def _answers(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/info", timeout=1) as resp:
                 info = json.loads(resp.read())
@@ -183,9 +204,9 @@ def require_janus() -> None:
 
 
 @contextlib.contextmanager
-def running_janus(folder: Path) -> Iterator[JanusServer]:
+def running_janus(folder: Path, host: Host | None = None) -> Iterator[JanusServer]:
     require_janus()
-    server = JanusServer(folder)
+    server = JanusServer(folder, host=host)
     server.start()
     try:
         yield server

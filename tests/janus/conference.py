@@ -9,12 +9,14 @@ member a :class:`MediaCrypto` keyed by a real key agreement (``tests.e2ee.net``)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hotline.e2ee.media import MediaCrypto
 from hotline.media import engine
+from hotline.media.aiortc_patch import FrameCrypto
 from hotline.media.sources import MediaSource, SyntheticAudioTrack, SyntheticVideoTrack
 from hotline.sfu.conference import SfuConference
 from tests.e2ee.net import Net
@@ -40,9 +42,11 @@ def run_in_host(host: Host, main: Callable[[], Awaitable[T]]) -> T:
     return in_namespace(host.ns, target)
 
 
-def keyed_members(ids: Sequence[str], seed: int = 1) -> tuple[Net, dict[str, MediaCrypto]]:
+def keyed_members(
+    ids: Sequence[str], seed: int = 1, make: Callable[[], MediaCrypto] = MediaCrypto
+) -> tuple[Net, dict[str, MediaCrypto]]:
     """``ids`` agree an epoch (real HPKE, signed roster); each one's keys in its MediaCrypto."""
-    cryptos = {i: MediaCrypto() for i in ids}
+    cryptos = {i: make() for i in ids}
     net = Net(ids, seed=seed)
     for i in ids:
         net.session_kw = {"key_sink": cryptos[i]}
@@ -64,8 +68,45 @@ def room_id() -> int:
     return secrets.randbelow(1 << 40) + 1
 
 
+class RecordingCrypto(MediaCrypto):
+    """The real frame crypto, remembering the SHA-256 of every frame it protected (the
+    ciphertext that leaves for the SFU) and of every plaintext it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: set[bytes] = set()
+        self.plain: set[bytes] = set()
+
+    def protect(self, kind: str, frame: bytes) -> bytes:
+        out = super().protect(kind, frame)
+        self.plain.add(hashlib.sha256(frame).digest())
+        self.sent.add(hashlib.sha256(out).digest())
+        return out
+
+
+class RecordingPeer:
+    """A subscription's frame crypto that remembers the SHA-256 of every frame the SFU
+    delivered on it, before it is checked."""
+
+    def __init__(self, inner: FrameCrypto) -> None:
+        self.inner = inner
+        self.arrived: list[bytes] = []
+
+    def protect(self, kind: str, frame: bytes) -> bytes:
+        return self.inner.protect(kind, frame)
+
+    def unprotect(self, kind: str, data: bytes) -> bytes:
+        self.arrived.append(hashlib.sha256(data).digest())
+        return self.inner.unprotect(kind, data)
+
+
 def conference(
-    url: str, ids: Sequence[str], cryptos: dict[str, MediaCrypto], room: int, secret: str
+    url: str,
+    ids: Sequence[str],
+    cryptos: dict[str, MediaCrypto],
+    room: int,
+    secret: str,
+    **kwargs: Any,
 ) -> dict[str, SfuConference]:
     return {
         i: SfuConference(
@@ -76,6 +117,7 @@ def conference(
             crypto=cryptos[i],
             source=synthetic_source(i),
             members=ids,
+            **kwargs,
         )
         for i in ids
     }

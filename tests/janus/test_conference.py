@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 
+from hotline.e2ee.media import MediaCrypto
 from hotline.errors import JanusError
+from hotline.media.aiortc_patch import FrameCrypto
+from hotline.sfu.conference import SfuConference
 from tests.conftest import require
 from tests.janus.conference import (
+    RecordingCrypto,
+    RecordingPeer,
     conference,
     keyed_members,
     room_id,
@@ -102,3 +108,67 @@ def test_janus_refuses_a_publisher_without_e2ee(sfu_host: tuple[Host, JanusServe
             await t.session.close()
 
     assert run_in_host(host, main) == 433
+
+
+def test_the_sfu_forwards_ciphertext_byte_for_byte_and_a_keyless_subscriber_sees_nothing(
+    sfu_host: tuple[Host, JanusServer],
+) -> None:
+    """The hash audit: every frame a member received through Janus is, byte for byte, one
+    its sender protected; none is a plaintext frame. A subscriber without the epoch's keys
+    (what Janus, or anyone holding its feed, has) decodes no frame at all."""
+    host, janus = sfu_host
+    ids = IDS[:2]
+    _, cryptos = keyed_members(ids, seed=2, make=RecordingCrypto)
+    room, secret = room_id(), secrets.token_hex(16)
+    peers: dict[tuple[str, str], RecordingPeer] = {}
+
+    def recording(me: str) -> Callable[[str], FrameCrypto]:
+        def make(member: str) -> FrameCrypto:
+            peers[me, member] = RecordingPeer(cryptos[me].for_peer(member))
+            return peers[me, member]
+
+        return make
+
+    async def main() -> tuple[SfuConference, set[str]]:
+        terminals = {
+            i: conference(janus.url, ids, cryptos, room, secret, frame_crypto_for=recording(i))[i]
+            for i in ids
+        }
+        # a terminal that is no member of the epoch: it holds no key of it
+        outsider = SfuConference(
+            self_id="observer",
+            url=janus.url,
+            room=room,
+            secret=secret,
+            crypto=MediaCrypto(),
+            source=synthetic_source("observer"),
+            members=ids,
+        )
+        try:
+            await terminals[ids[0]].create_room(publishers=3)
+            for t in (*terminals.values(), outsider):
+                await t.join()
+            for t in terminals.values():
+                (other,) = set(ids) - {t.self_id}
+                assert await t.sinks_of(other)[0].wait_for(20, timeout=60), t.status()
+            for member in ids:
+                video, _ = outsider.sinks_of(member)
+                assert not await video.wait_for(1, timeout=3)
+            return outsider, set(outsider.downstream)
+        finally:
+            await asyncio.gather(*(t.close() for t in (*terminals.values(), outsider)))
+
+    outsider, subscribed = run_in_host(host, main)
+    for (me, member), peer in peers.items():
+        sent = cast(RecordingCrypto, cryptos[member])
+        assert len(peer.arrived) >= 20
+        assert set(peer.arrived) <= sent.sent, f"{me} got frames {member} never sent"
+        assert not set(peer.arrived) & sent.plain, "a plaintext frame crossed the SFU"
+    assert subscribed == set(ids)  # Janus gave the outsider both feeds
+    for member in ids:
+        assert outsider.received(member).video_frames == 0
+        assert outsider.received(member).audio_packets == 0
+    stats = outsider.crypto_stats()
+    assert stats.unprotected == 0
+    assert stats.rejected.get("unknown_kid", 0) >= 20, stats.rejected
+    assert stats.protected == 0  # no key, nothing sent

@@ -58,6 +58,8 @@ MAX_DISPLAY: Final = 256
 MAX_REASON: Final = 200
 #: Janus ids are JSON numbers: integers that a double holds exactly
 MAX_ID: Final = (1 << 53) - 1
+#: a long poll that returns faster than this is followed by a pause of this length
+MIN_POLL_S: Final = 0.02
 #: events waiting for a handle's reader; older ones are dropped (and counted) beyond this
 MAX_QUEUED_EVENTS: Final = 256
 
@@ -87,6 +89,18 @@ def _text(value: object, what: str, limit: int) -> str:
     if not isinstance(value, str) or len(value.encode()) > limit:
         raise SfuProtocolError(f"Janus {what}: expected text of at most {limit} bytes")
     return value
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The body of ``resp``, or :class:`SfuProtocolError` once it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16384):
+        size += len(chunk)
+        if size > limit:
+            raise SfuProtocolError(f"Janus answer passes {limit} bytes: too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_answer(body: bytes, what: str) -> dict[str, Any] | list[Any]:
@@ -252,7 +266,7 @@ class JanusSession:
                 ssl=self._ssl,
                 timeout=aiohttp.ClientTimeout(total=self._request_timeout),
             ) as resp:
-                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await read_limited(resp)
         except aiohttp.ServerFingerprintMismatch as exc:
             self._count("tls_pin_mismatch")
             raise SfuUnavailable(f"SFU {self.url}: TLS certificate is not the pinned one") from exc
@@ -305,11 +319,12 @@ class JanusSession:
         failures = 0
         url = f"{self.url}/{self.session_id}?maxev={MAX_EVENTS_PER_POLL}"
         while not self._closed:
+            began = asyncio.get_running_loop().time()
             try:
                 async with self._http.get(
                     url, ssl=self._ssl, timeout=aiohttp.ClientTimeout(total=self._poll_timeout)
                 ) as resp:
-                    raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                    raw = await read_limited(resp)
                 answer = parse_answer(raw, "events")
                 failures = 0
             except asyncio.CancelledError:
@@ -322,6 +337,10 @@ class JanusSession:
                     return
                 await asyncio.sleep(0.2 * failures)
                 continue
+            if asyncio.get_running_loop().time() - began < MIN_POLL_S:
+                await asyncio.sleep(
+                    MIN_POLL_S
+                )  # Janus holds a poll; an SFU that does not is not spun on
             events = answer if isinstance(answer, list) else [answer]
             if len(events) > MAX_EVENTS_PER_POLL:
                 self._count("too_many_events")

@@ -492,6 +492,7 @@ def create_line(
     turn_relays: Iterable[str] = (),
     version: int = 1,
     created_at: int | None = None,
+    sfus: Iterable[SfuEndpoint | str] = (),
 ) -> Path:
     """Provision a whole line under ``root`` through the functions above and return the
     path of its fully signed charter. Layout: ``root/sites/<site>/``,
@@ -512,6 +513,7 @@ def create_line(
         policy,
         version,
         created_at=created_at,
+        sfus=sfus,
     )
     path = root / f"{line_id}.charter.json"
     write_draft(path, charter)

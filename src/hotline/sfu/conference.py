@@ -35,7 +35,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from hotline.call.media_engine import Received
 from hotline.e2ee.media import MediaCrypto, MediaStats
-from hotline.errors import HotlineError, SfuError, SfuProtocolError
+from hotline.errors import HotlineError, JanusError, SfuError, SfuProtocolError
 from hotline.media import aiortc_patch, engine
 from hotline.media.aiortc_patch import FrameCrypto
 from hotline.media.fanout import FanoutTrack
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: how long to wait for a peer connection to Janus to connect
 CONNECT_TIMEOUT_S = 20.0
+#: JANUS_VIDEOROOM_ERROR_ROOM_EXISTS
+ROOM_EXISTS = 427
 
 
 @dataclass
@@ -115,6 +117,11 @@ class SfuConference:
         #: refusals and SFU failures by reason (shown in the call's status)
         self.refused: dict[str, int] = {}
         self.setup_ms: float | None = None
+        #: on close, destroy the room if nobody is left in it
+        self.destroy_when_empty = False
+        #: told of each subscription once it connects, and when it closes (statistics)
+        self.on_downstream: Callable[[Downstream], None] | None = None
+        self.on_downstream_closed: Callable[[Downstream], None] | None = None
 
     def _count(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
@@ -125,6 +132,14 @@ class SfuConference:
         """Make the call's ``require_e2ee`` room (the member that sets the call up does)."""
         handle = await self._ensure_control()
         await handle.create_room(self.room, publishers=publishers, secret=self._secret)
+
+    async def ensure_room(self, publishers: int) -> None:
+        """Make the call's room unless another member did already (Janus error 427)."""
+        try:
+            await self.create_room(publishers)
+        except JanusError as exc:
+            if exc.code != ROOM_EXISTS:
+                raise
 
     async def destroy_room(self) -> None:
         handle = await self._ensure_control()
@@ -216,6 +231,8 @@ class SfuConference:
             await handle.start(pc.localDescription.sdp)
             self.downstream[member] = down
             await self._connected(pc, "downstream")
+            if self.on_downstream is not None:
+                self.on_downstream(down)
         except BaseException:
             await self._close_downstream(down)
             raise
@@ -255,6 +272,8 @@ class SfuConference:
                 await self._close_downstream(down)
 
     async def _close_downstream(self, down: Downstream) -> None:
+        if self.on_downstream_closed is not None:
+            self.on_downstream_closed(down)
         aiortc_patch.unbind(down.pc)
         for task in down.consumers:
             task.cancel()
@@ -325,4 +344,8 @@ class SfuConference:
             await audio.stop()
         if self._control is not None and self.joined is not None:
             await self._control.leave()
+            if self.destroy_when_empty:
+                with contextlib.suppress(SfuError):  # the last one out removes the room
+                    if await self._control.participants(self.room) == 0:
+                        await self._control.destroy_room(self.room, secret=self._secret)
         await self.session.close()

@@ -538,6 +538,16 @@ class VideoRoomHandle:
         if data.get("videoroom") != "destroyed":
             raise SfuProtocolError("Janus destroy room: no 'destroyed'")
 
+    async def participants(self, room: int) -> int:
+        """How many participants the room has (``listparticipants``)."""
+        data = await self.handle.request(
+            {"request": "listparticipants", "room": room}, "listparticipants"
+        )
+        listed = data.get("participants")
+        if not isinstance(listed, list) or len(listed) > MAX_FEEDS:
+            raise SfuProtocolError("Janus listparticipants: expected a bounded list")
+        return len(listed)
+
     async def exists(self, room: int) -> bool:
         data = await self.handle.request({"request": "exists", "room": room}, "exists")
         return data.get("exists") is True

@@ -299,6 +299,8 @@ class TerminalDaemon:
             source=self.source,
             on_event=self.emit,
             engine=self._engine_for(call_id),
+            sfus=charter.sfus,
+            mesh_limit=charter.policy.mesh_limit,
         )
 
     @property

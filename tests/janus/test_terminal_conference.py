@@ -170,6 +170,19 @@ def test_a_call_moves_to_the_sfu_above_the_mesh_limit_and_back(
                 "back to a mesh of three",
             )
             assert call_of(three_again[IDS[0]])["epoch"] > call_of(four[IDS[0]])["epoch"]
+            await asyncio.sleep(3.0)
+            after = {tid: await line.status(tid) for tid in IDS[:3]}
+            # what each of the first three showed of the others over the whole call, through
+            # both moves (the call's sinks outlive the transports): the longest gap between
+            # fresh frames is the move's visible gap, at most
+            gaps = {
+                (rx, tx): call_of(after[rx])["peers"][tx]["video_sink"]["longest_freeze_ms"]
+                for rx, tx in pairs(IDS[:3])
+            }
+            print(f"longest video gap per pair across mesh -> SFU -> mesh: {gaps}")
+            for pair, gap in gaps.items():
+                assert gap < 15_000, (pair, gap)  # a bound for a busy host, not a target
+                assert call_of(after[pair[0]])["peers"][pair[1]]["video_sink"]["corrupt_shown"] == 0
         finally:
             await line.stop()
 

@@ -206,6 +206,7 @@ class AiortcEngine:
             tls_fingerprint=spec.tls_fingerprint,
             ice=self._media.ice,
             frame_stats=self.frame_stats,
+            sinks_of=self.sinks_of,  # what shows a member goes on across the move
         )
         conference.destroy_when_empty = True
 

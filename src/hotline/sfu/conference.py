@@ -93,6 +93,7 @@ class SfuConference:
         ice: IceSettings | None = None,
         frame_stats: MediaCryptoStats | None = None,
         frame_crypto_for: Callable[[str], FrameCrypto] | None = None,
+        sinks_of: Callable[[str], tuple[VideoFrameIdSink, AudioChirpSink]] | None = None,
     ) -> None:
         self.self_id = self_id
         self.room = room
@@ -111,6 +112,9 @@ class SfuConference:
         self._tracks: list[FanoutTrack] = []
         self.downstream: dict[str, Downstream] = {}
         self._sinks: dict[str, tuple[VideoFrameIdSink, AudioChirpSink]] = {}
+        #: where a member's media is shown and played: the call's own sinks when given (they
+        #: outlive a move between mesh and SFU), else sinks of this conference
+        self._shared_sinks = sinks_of
         self._watcher: asyncio.Task[None] | None = None
         self._subscribing: set[int] = set()
         self._pending: set[asyncio.Task[None]] = set()
@@ -181,6 +185,8 @@ class SfuConference:
             await asyncio.sleep(0.05)
 
     def sinks_of(self, member: str) -> tuple[VideoFrameIdSink, AudioChirpSink]:
+        if self._shared_sinks is not None:
+            return self._shared_sinks(member)
         sinks = self._sinks.get(member)
         if sinks is None:
             sinks = self._sinks[member] = (VideoFrameIdSink(), AudioChirpSink())
@@ -295,10 +301,9 @@ class SfuConference:
     # --- what the call shows ----------------------------------------------------------------
 
     def received(self, member: str) -> Received:
-        sinks = self._sinks.get(member)
-        if sinks is None:
+        if self._shared_sinks is None and member not in self._sinks:
             return Received()
-        video, audio = sinks
+        video, audio = self.sinks_of(member)
         vs = video.to_dict()
         return Received(
             video_frames=video.frames,

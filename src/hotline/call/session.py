@@ -212,6 +212,8 @@ class CallSession:
         kem: str | None = None,
         suite: str | None = None,
         max_participants: int | None = None,
+        sfus: Sequence[SfuEndpoint] | None = None,
+        mesh_limit: int | None = None,
     ) -> None:
         """A newer charter: terminals it no longer lists, or whose identity key it changed,
         leave the call at once, the keys move to a new epoch bound to the new version and
@@ -225,6 +227,11 @@ class CallSession:
             return
         if max_participants is not None:
             self.machine.max_members = max_participants
+            self.max_participants = max_participants
+        if sfus is not None:  # the topology follows at the next change of members
+            self.sfus = tuple(sfus)
+        if mesh_limit is not None:
+            self.mesh_limit = mesh_limit
         try:
             self.keys.update_directory(
                 directory,

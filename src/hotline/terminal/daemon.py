@@ -495,6 +495,8 @@ class TerminalDaemon:
                 kem=policy.kem,
                 suite=policy.cipher_suite,
                 max_participants=policy.max_participants,
+                sfus=charter.sfus,
+                mesh_limit=policy.mesh_limit,
             )
 
     async def _decline(self, caller: str, call_id: str, reason: str) -> None:

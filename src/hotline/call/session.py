@@ -38,6 +38,7 @@ from hotline.call.machine import (
 )
 from hotline.call.media_engine import EngineFactory, MediaEngine, MediaLink, MediaSettings
 from hotline.calllog import CallLog
+from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds
 from hotline.check.metrics import live_warnings
 from hotline.e2ee.events import (
     EpochActivated,
@@ -100,8 +101,11 @@ class CallSession:
         source: MediaSource,
         on_event: Callable[[str, dict[str, Any]], None],
         engine: EngineFactory | None = None,
+        thresholds: CheckThresholds = DEFAULT_CHECK_THRESHOLDS,
     ) -> None:
         self.call_id = call_id
+        #: the policy's limits for live quality warnings (``live_*``)
+        self.thresholds = thresholds
         self.line_id = line_id
         self.charter_version = charter_version
         self.directory = dict(directory)
@@ -294,7 +298,7 @@ class CallSession:
                 continue
             if rtp is None:  # this engine reports no RTP figures
                 continue
-            warnings = live_warnings(rtp)
+            warnings = live_warnings(rtp, self.thresholds)
             if warnings != self.quality.get(peer_id, []):
                 if warnings:
                     log.warning(

@@ -52,7 +52,8 @@ async def run_check(
     thresholds: Thresholds | None = None,
 ) -> Measurement:
     """One check from ``daemon`` to ``target``; never raises for a failed check (the
-    failure is the result), only :class:`StateError` when a call is running."""
+    failure is the result), only :class:`StateError` when a call is running. The verdict
+    uses ``thresholds``, by default those of the charter's policy."""
     if daemon.busy:
         raise StateError("a call is running: a readiness check never interrupts it")
     m = Measurement(peer=target)
@@ -66,7 +67,7 @@ async def run_check(
         if call is not None and call.machine.purpose == "check" and daemon.busy:
             with contextlib.suppress(HotlineError):
                 await call.hangup("readiness check done")
-    verdict(m, thresholds)
+    verdict(m, thresholds or daemon.charter.charter.policy.check_thresholds)
     daemon.record_check(m)
     return m
 

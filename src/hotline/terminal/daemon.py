@@ -299,6 +299,7 @@ class TerminalDaemon:
             source=self.source,
             on_event=self.emit,
             engine=self._engine_for(call_id),
+            thresholds=charter.policy.check_thresholds,
         )
 
     @property
@@ -487,6 +488,7 @@ class TerminalDaemon:
         if self.call is not None:
             directory = {t.terminal_id: t.identity_key for t in charter.terminals}
             policy = charter.policy
+            self.call.thresholds = policy.check_thresholds
             await self.call.on_charter(
                 directory,
                 charter.version,

@@ -106,6 +106,8 @@ class CallSession:
         self.call_id = call_id
         #: the policy's limits for live quality warnings (``live_*``)
         self.thresholds = thresholds
+        #: the latest RTP figures of the path to each peer, by media kind (for metrics)
+        self.path_figures: dict[str, dict[str, dict[str, float]]] = {}
         self.line_id = line_id
         self.charter_version = charter_version
         self.directory = dict(directory)
@@ -298,6 +300,7 @@ class CallSession:
                 continue
             if rtp is None:  # this engine reports no RTP figures
                 continue
+            self.path_figures[peer_id] = rtp
             warnings = live_warnings(rtp, self.thresholds)
             if warnings != self.quality.get(peer_id, []):
                 if warnings:

@@ -49,6 +49,7 @@ from hotline.media.sources import open_source
 from hotline.ratelog import LogGate, clip
 from hotline.terminal.config import TerminalConfig
 from hotline.terminal.dispatch import MSG_RING, CurrentCall, Route, dispatch
+from hotline.terminal.metrics import readiness
 from hotline.ui.browser_engine import BrowserHub, browser_engine_factory
 
 log = logging.getLogger("hotline.terminal")
@@ -178,6 +179,9 @@ class TerminalDaemon:
         self._load_checks()
         self._check_task: asyncio.Task[Any] | None = None
         self._hooks: set[asyncio.Task[None]] = set()
+        #: since start, for the metrics: calls by (purpose, direction), checks by verdict
+        self.call_counts: dict[tuple[str, str], int] = {}
+        self.check_counts: dict[str, int] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -327,6 +331,7 @@ class TerminalDaemon:
         self.call = call
         self._known_calls.add(call.call_id)
         self.emit("dialing", {"call": call.call_id, "target": target, "purpose": purpose})
+        self._count_call(purpose, "outgoing")
         try:
             await call.dial(target, purpose)
         finally:
@@ -459,6 +464,7 @@ class TerminalDaemon:
         self.call = call
         self._known_calls.add(call_id)
         purpose = call.machine.purpose
+        self._count_call(purpose, "incoming")
         self.last_ring = {
             "call": call_id,
             "from": env.sender,
@@ -515,6 +521,20 @@ class TerminalDaemon:
         with contextlib.suppress(HotlineError):
             await self._send(sender, "call.leave", body)
 
+    def _count_call(self, purpose: str, direction: str) -> None:
+        key = (purpose, direction)
+        self.call_counts[key] = self.call_counts.get(key, 0) + 1
+
+    @property
+    def running(self) -> bool:
+        """The terminal's own tasks (exchange pump, clock) still run (``/livez``)."""
+        return bool(self._tasks) and not self._stopping and all(not t.done() for t in self._tasks)
+
+    @property
+    def exchange_reason(self) -> str:
+        """Why the exchange connection is in its state (the client's last reason)."""
+        return self._exchange_reason
+
     def count_control_refusal(self, reason: str) -> None:
         """A control API request refused before any handler: not from the operator's tools
         (``not_local``) or malformed HTTP. Logged (rate-limited) by the control API."""
@@ -570,6 +590,7 @@ class TerminalDaemon:
             call_id or f"check-{os.urandom(8).hex()}", "check_result", record, wall
         )
         self.checks.append(record)
+        self.check_counts[m.verdict] = self.check_counts.get(m.verdict, 0) + 1
         self.emit("check", {"peer": m.peer, "verdict": m.verdict, "reasons": list(m.reasons)})
         alarm = self.readiness.done(m.peer, time.monotonic(), m.verdict, "; ".join(m.reasons), wall)
         if alarm is not None:
@@ -688,6 +709,9 @@ class TerminalDaemon:
             },
             "call": await self.call.stats(media=media) if self.call is not None else None,
             "readiness": self.readiness_status(),
+            "health": {
+                name: {"ok": ok, "detail": detail} for name, (ok, detail) in readiness(self).items()
+            },
             "last_ring": self.last_ring,
             "past_calls": self.past_calls[-10:],
             "rejected": dict(self.rejected),

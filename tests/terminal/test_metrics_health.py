@@ -77,7 +77,8 @@ async def test_metrics_health_and_status_follow_the_line(tmp_path: Path) -> None
         # the same page in OpenMetrics, for a scraper that asks for it
         code, om = await get(line, "alpha", "/metrics", Accept="application/openmetrics-text")
         assert code == 200 and om.rstrip().endswith("# EOF")
-        assert any(f.name == P + "checks" for f in parse_openmetrics(om))
+        families = parse_openmetrics(om)  # type: ignore[no-untyped-call]
+        assert any(f.name == P + "checks" for f in families)
         # no status without the token: only the open endpoints are open
         assert (await get(line, "alpha", "/status"))[0] == 401
         # a page in a browser is refused, and counted as a refusal

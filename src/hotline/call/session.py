@@ -373,7 +373,7 @@ class CallSession:
                 await self._sync_peers(event.members)
         elif isinstance(event, CallEnded):
             self._log_event("hangup", {"reason": event.reason})
-            self._on_event("ended", {"reason": event.reason})
+            self._on_event("ended", {"reason": event.reason, "purpose": self.machine.purpose})
             self.keys.close(event.reason)  # erase every key now; no more epochs
             await self.close()
             await self._send_summaries()

@@ -363,7 +363,10 @@ class TerminalDaemon:
 
     def _archive(self) -> None:
         if self.call is not None:
-            self.past_calls.append({"call": self.call.call_id, "end": self.call.machine.end_reason})
+            machine = self.call.machine
+            self.past_calls.append(
+                {"call": self.call.call_id, "end": machine.end_reason, "purpose": machine.purpose}
+            )
             self.call = None
 
     # --- exchange ----------------------------------------------------------------------------

@@ -85,6 +85,11 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
     results = log_events(line, "alpha", "check_result")
     assert len(results) == 2 and all(r["verdict"] != "red" for r in results)
     assert len(log_events(line, "bravo", "check_report")) == 2  # the caller's view, kept
+    kept = log_events(line, "bravo", "check_result")  # and the caller's verdicts, kept too
+    assert [(r["by"], r["peer"], r["verdict"]) for r in kept] == [
+        (r["by"], r["peer"], r["verdict"]) for r in results
+    ]
+    line.verify_log("bravo")
     report = line.verify_log("alpha")  # the check results are in the signed, chained log
     assert report.calls >= 3
 

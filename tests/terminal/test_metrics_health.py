@@ -100,6 +100,11 @@ async def test_metrics_health_and_status_follow_the_line(tmp_path: Path) -> None
         assert value(m, "refusals_total", reason="control_not_local") == 1.0
         m_bravo = await scrape(line, "bravo")
         assert value(m_bravo, "calls_total", purpose="check", direction="incoming") == 1.0
+        # the callee holds the caller's verdict: its line is known good too
+        assert value(m_bravo, "last_check_verdict", verdict=result["verdict"]) == 1.0
+        readiness = (await line.status("bravo"))["readiness"]
+        assert readiness["last_good"]["peer"] == "alpha" and readiness["last_good"]["by"] == "alpha"
+        assert readiness["last"]["with"] == "alpha" and readiness["alarms"] == []
 
         # a real call: the live path's figures become gauges
         async with line.control("alpha") as control:
@@ -139,7 +144,7 @@ async def test_metrics_health_and_status_follow_the_line(tmp_path: Path) -> None
         assert shown.returncode == 1, shown
         text = " ".join(shown.stdout.split())
         assert "NOT READY" in text and "red in a row" in text and "not online" in text
-        assert "last good check to bravo" in text
+        assert "last good check with bravo" in text
         assert "expires next" in text
         as_json = json.loads((await asyncio.to_thread(status_cli, line, "alpha", "--json")).stdout)
         assert as_json["ready"] is False and as_json["alarms"][0]["peer"] == "bravo"

@@ -80,6 +80,14 @@ async def test_checks_stay_discreet_are_preempted_and_alarm_on_the_line_screen(
             await page.wait_for_selector("#line-check", state="hidden", timeout=15_000)
             assert not await visible(page, "#banner"), await page.inner_text("#banner")
             assert "readiness check" not in await page.inner_text("#recent")  # not a call
+            # alpha answered it; bravo's verdict, sent to alpha, is on alpha's line screen
+            await page.wait_for_function(
+                "() => document.getElementById('line-ready').textContent.startsWith('line ')"
+                " && !document.getElementById('line-ready').textContent.includes('not yet')",
+                timeout=15_000,
+            )
+            good = await page.inner_text("#readiness")
+            assert f"with bravo (principal), {result['verdict']}" in good, good
 
             # a real call from charlie during a long check: the check ends, the ring shows
             async with line.control("bravo") as bravo, line.control("charlie") as charlie:
@@ -113,6 +121,6 @@ async def test_checks_stay_discreet_are_preempted_and_alarm_on_the_line_screen(
             alarms = await page.locator("#alarms").screenshot()
             assert share(alarms, RED, 60) > 0.001, "the alarm is not marked red"
             # the last good check is still told, with its age
-            assert "with" in await page.inner_text("#readiness")
+            assert "last good check: with bravo" in await page.inner_text("#readiness")
     finally:
         await line.stop()

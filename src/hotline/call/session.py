@@ -66,6 +66,9 @@ KEY_AGREEMENT_TIMEOUT_S = 60.0
 MSG_SUMMARY = "call.summary"
 #: a readiness check's report: each end's view of the check call, exchanged at its end
 MSG_CHECK_REPORT = "check.report"
+#: the caller's verdict of a check, sent to the callee before the hang-up: kept at both ends
+MSG_CHECK_RESULT = "check.result"
+CHECK_VERDICTS = frozenset({"green", "amber", "red"})
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -144,6 +147,7 @@ class CallSession:
         self._media_peers: set[str] = set()
         #: readiness check: the other ends' reports, and when media from each began
         self.check_reports: dict[str, dict[str, Value]] = {}
+        self._result_taken = False
         self._report_sent: set[str] = set()
         self._first_media: dict[str, float] = {}
         #: live quality warnings per peer (jitter, round trip, loss), looked at every 2 s
@@ -253,6 +257,8 @@ class CallSession:
                 await self._on_sdp(sender, body)
             elif msg_type == MSG_CHECK_REPORT:
                 await self._on_check_report(sender, body)
+            elif msg_type == MSG_CHECK_RESULT:
+                self._on_check_result(sender, body)
             elif msg_type == MSG_SUMMARY:
                 self._on_summary(sender, body)
             else:
@@ -504,6 +510,37 @@ class CallSession:
         self._log_event("check_report", {"from": sender, "view": view})
         if sender not in self._report_sent:  # the callee answers with its own view
             await self.send_check_report(sender)
+
+    async def send_check_result(self, peer: str, record: dict[str, Value]) -> None:
+        """The caller's result of this check (its call-log record), for the callee to keep."""
+        await self._send_one(
+            peer, MSG_CHECK_RESULT, encode({"call": self.call_id, "result": record})
+        )
+
+    def _on_check_result(self, sender: str, body: bytes) -> None:
+        """The caller's verdict about the line to us: logged in our chain too (signed by
+        us, as the caller's copy is by it) and handed to the terminal (``peer_check``)."""
+        if (
+            self.machine.purpose != "check"
+            or sender not in self.machine.members
+            or sender != self.machine.caller
+        ):
+            raise CallProtocolError(f"check.result from {sender}: not the caller of a check")
+        if self._result_taken:
+            raise CallProtocolError(f"check.result from {sender}: a second result")
+        record = expect_dict(decode(body), MSG_CHECK_RESULT).get("result")
+        if (
+            not isinstance(record, dict)
+            or len(encode(record)) > 8192
+            or record.get("by") != sender
+            or record.get("peer") != self.self_id
+            or record.get("verdict") not in CHECK_VERDICTS
+            or not isinstance(record.get("time"), int)
+        ):
+            raise CallProtocolError("check.result: malformed result")
+        self._result_taken = True
+        self._log_event("check_result", record)
+        self._on_event("peer_check", {"record": record})
 
     async def _watch_transports(self, now: float) -> None:
         """Act on what liveness decides for each peer: show a loss, build a replacement,

@@ -58,17 +58,25 @@ async def run_check(
         raise StateError("a call is running: a readiness check never interrupts it")
     m = Measurement(peer=target)
     started = time.monotonic()
+    wall = time.time()
     try:
-        await _measure(daemon, target, seconds, m, started)
-    except HotlineError as exc:
-        m.failure = m.failure or str(exc)
+        try:
+            await _measure(daemon, target, seconds, m, started)
+        except HotlineError as exc:
+            m.failure = m.failure or str(exc)
+        verdict(m, thresholds or daemon.charter.charter.policy.check_thresholds)
+        call = daemon.call
+        if m.ok and call is not None and call.machine.purpose == "check" and daemon.busy:
+            # the callee keeps the verdict too (in its own signed chain), sent before the
+            # hang-up so that it arrives while the call is still up
+            with contextlib.suppress(HotlineError):
+                await call.send_check_result(target, daemon.check_record(m, wall))
     finally:
         call = daemon.call
         if call is not None and call.machine.purpose == "check" and daemon.busy:
             with contextlib.suppress(HotlineError):
                 await call.hangup("readiness check done")
-    verdict(m, thresholds or daemon.charter.charter.policy.check_thresholds)
-    daemon.record_check(m)
+    daemon.record_check(m, wall)
     return m
 
 

@@ -122,7 +122,7 @@ def _print(result: dict[str, Any], ready: bool) -> None:
     good = r.get("last_good")
     if good:
         peer, verdict = escape(str(good.get("peer"))), good.get("verdict")
-        table.add_row("last good check", f"to {peer}, {verdict}, {_when(good.get('time'))}")
+        table.add_row("last good check", f"with {peer}, {verdict}, {_when(good.get('time'))}")
     else:
         table.add_row("last good check", "none yet")
     last = r.get("last")
@@ -131,7 +131,8 @@ def _print(result: dict[str, Any], ready: bool) -> None:
         why = "; ".join(str(x) for x in last.get("reasons") or [])
         table.add_row(
             "last verdict",
-            f"[{COLOURS.get(verdict, 'white')}]{verdict}[/] to {escape(str(last.get('peer')))}, "
+            f"[{COLOURS.get(verdict, 'white')}]{verdict}[/] with "
+            f"{escape(str(last.get('with', last.get('peer'))))}, "
             f"{_when(last.get('time'))}" + (f": {escape(why)}" if why else ""),
         )
     else:

@@ -301,7 +301,7 @@ class TerminalDaemon:
                 ),
             ),
             source=self.source,
-            on_event=self.emit,
+            on_event=self._on_call_event,
             engine=self._engine_for(call_id),
             thresholds=charter.policy.check_thresholds,
         )
@@ -580,15 +580,30 @@ class TerminalDaemon:
         result: Measurement = await asyncio.shield(self._check_task)
         return dict(result.to_value())
 
-    def record_check(self, m: Measurement) -> None:
+    def check_record(self, m: Measurement, wall: float) -> dict[str, Any]:
+        """A check's record as both call logs keep it."""
+        return {**m.to_value(), "time": int(wall), "by": self.terminal_id}
+
+    def _on_call_event(self, kind: str, data: dict[str, Any]) -> None:
+        """A call's event; the caller's result of a check it made to us joins our history."""
+        if kind == "peer_check":
+            record = dict(data["record"])
+            self.checks.append(record)
+            by = record.get("by")
+            self.emit("check", {"peer": by, "by": by, "verdict": record.get("verdict"),
+                                "reasons": list(record.get("reasons") or [])})  # fmt: skip
+            return
+        self.emit(kind, data)
+
+    def record_check(self, m: Measurement, wall: float | None = None) -> None:
         """Keep a finished check: call log (hash-chained, signed), history, schedule, alarm."""
-        wall = time.time()
+        wall = time.time() if wall is None else wall
         call_id = (
             self.call.call_id
             if self.call is not None and self.call.machine.purpose == PURPOSE_CHECK
             else None
         )
-        record = {**m.to_value(), "time": int(wall), "by": self.terminal_id}
+        record = self.check_record(m, wall)
         self.call_log.append(
             call_id or f"check-{os.urandom(8).hex()}", "check_result", record, wall
         )
@@ -657,16 +672,24 @@ class TerminalDaemon:
         except Exception:  # a bug in a check must not stop the schedule
             log.exception("internal error in a readiness check")
 
+    def _other_end(self, record: dict[str, Any]) -> Any:
+        """The terminal at the other end of a check record (we ran it, or it checked us)."""
+        return record.get("peer") if record.get("by") == self.terminal_id else record.get("by")
+
     def readiness_status(self) -> dict[str, Any]:
+        """The line's readiness as this terminal knows it: checks it ran and those the other
+        end ran to it (``by``), newest last; ``last.with`` and ``last_good.peer`` name the
+        other end."""
         now = time.time()
         last = self.checks[-1] if self.checks else None
         good = next((c for c in reversed(self.checks) if c.get("verdict") != "red"), None)
         mono = time.monotonic()
         return {
             "interval_s": self.readiness.interval_s,
-            "last": last,
+            "last": None if last is None else {**last, "with": self._other_end(last)},
             "last_good": None if good is None else {
-                "peer": good.get("peer"), "verdict": good.get("verdict"),
+                "peer": self._other_end(good), "by": good.get("by"),
+                "verdict": good.get("verdict"),
                 "time": good.get("time"), "age_s": round(now - int(good.get("time") or now)),
             },
             "alarms": [dataclasses.asdict(a) for a in self.readiness.alarms.values()],

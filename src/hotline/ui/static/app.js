@@ -229,7 +229,7 @@ function renderReadiness(r) {
   };
   line("last good check", good ? `with ${nameOf(good.peer)}, ${good.verdict}, ${ago(good.time)}` : "none yet");
   if (last && last !== good && (!good || last.time !== good.time)) {
-    line("last check", `with ${nameOf(last.peer)}: ${last.verdict} — ${(last.reasons || []).join("; ")}`,
+    line("last check", `with ${nameOf(last.with || last.peer)}: ${last.verdict} — ${(last.reasons || []).join("; ")}`,
       `verdict-${last.verdict}`);
   }
   const list = $("alarms");

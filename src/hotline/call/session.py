@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from hotline.call import signalling
-from hotline.call.aiortc_engine import PeerLink, aiortc_engine_factory
+from hotline.call.aiortc_engine import AiortcEngine, PeerLink, aiortc_engine_factory
 from hotline.call.liveness import Action, LinkView, PeerLiveness
 from hotline.call.machine import (
     Answered,
@@ -179,6 +179,9 @@ class CallSession:
         await self.flush()
 
     async def answer(self) -> None:
+        if self.machine.purpose == "check" and isinstance(self.engine, AiortcEngine):
+            # the caller measures the video round trip on its own clock (its own frame ids)
+            self.engine.loopback_video = True
         self.machine.answer(time.monotonic())
         self.answered_at = time.monotonic()
         self._log_event("answer", {**self._line_facts(), "by": self.self_id})
@@ -493,6 +496,7 @@ class CallSession:
             "corrupt_shown": got.corrupt_shown,
             "longest_freeze_ms": got.longest_freeze_ms,
             "frames_rejected": crypto.rejected_total,
+            "loopback": isinstance(self.engine, AiortcEngine) and self.engine.loopback_video,
         }
 
     async def send_check_report(self, peer: str) -> None:

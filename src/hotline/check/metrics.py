@@ -44,6 +44,9 @@ class Measurement:
     path: str | None = None  #: "host" or "relay" (the nominated ICE pair's local candidate)
     rtt_ms: int | None = None  #: RTCP round trip (audio, else video)
     one_way_ms: int | None = None  #: estimated as half the round trip
+    #: our own video looped back by the callee: the round trip through both encoders,
+    #: networks and jitter buffers, on our clock alone (median over the call)
+    video_rtt_ms: int | None = None
     loss_permille: int | None = None  #: what the far end reports losing, worst of the kinds
     jitter_ms: int | None = None
     video_fps: int | None = None  #: received, lower of the two ends

@@ -155,6 +155,9 @@ async def _measure(
         and theirs.get("epoch") == call.epoch
     )
     m.charter_version_match = theirs.get("charter_version") == call.charter_version
+    if theirs.get("loopback") is True:  # our frame ids came back: the round trip, our clock
+        p50 = video_sink.get("latency_p50_ms")
+        m.video_rtt_ms = round(p50) if isinstance(p50, int | float) else None
     their_video, their_audio = theirs.get("video_fps"), theirs.get("audio_fps")
     m.video_fps = min(ours_video, their_video) if isinstance(their_video, int) else ours_video
     m.audio_fps = min(ours_audio, their_audio) if isinstance(their_audio, int) else ours_audio

@@ -24,6 +24,7 @@ from hotline.charter import (
     enrolment_bytes,
     load_charter,
 )
+from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds
 from hotline.encoding import decode, encode
 from hotline.errors import (
     CharterError,
@@ -604,3 +605,63 @@ def test_new_policy_fields_are_strict(field: str, value: object, message: str) -
 def test_new_policy_fields_are_validated(changes: dict[str, object], message: str) -> None:
     with pytest.raises(CharterError, match=message):
         make_charter(**changes).validate()
+
+
+# --- readiness-check thresholds (policy field check_thresholds) -------------------------------
+
+
+def test_check_thresholds_are_left_out_at_their_defaults_and_signed_when_set() -> None:
+    default = make_charter()
+    value = default.to_value()["policy"]
+    assert isinstance(value, dict) and "check_thresholds" not in value
+    assert default.policy.check_thresholds == DEFAULT_CHECK_THRESHOLDS
+    t = CheckThresholds(green_one_way_ms=100, green_pesq_x100=380, live_rtt_ms=300)
+    signed = sign_all(make_charter(policy=Policy(check_thresholds=t)))
+    signed.verify()
+    value = signed.charter.to_value()["policy"]
+    assert isinstance(value, dict)
+    assert value["check_thresholds"] == {
+        "green_one_way_ms": 100, "green_pesq_x100": 380, "live_rtt_ms": 300,
+    }  # fmt: skip
+    again = SignedCharter.from_file_bytes(signed.to_file_bytes())
+    again.verify()
+    assert again.charter.policy.check_thresholds == t
+    assert SignedCharter.from_wire(signed.to_wire()) == signed
+    doc = file_doc(signed)
+    doc["body"]["policy"]["check_thresholds"]["green_one_way_ms"] = 120  # type: ignore[index]
+    with pytest.raises(SignatureError):
+        SignedCharter.from_file_bytes(json.dumps(doc).encode()).verify()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({}, "check_thresholds is present but empty"),
+        ({"green_one_way_ms": 150}, "green_one_way_ms is present with its default value"),
+        ({"green_one_way": 100}, "unknown field 'green_one_way'"),
+        ({"green_one_way_ms": "100"}, "green_one_way_ms must be an integer"),
+        ({"green_one_way_ms": True}, "green_one_way_ms must be an integer"),
+        ([100], "check_thresholds: expected an object"),
+    ],
+)
+def test_check_thresholds_are_strict(value: object, message: str) -> None:
+    doc = file_doc(sign_all(make_charter()))
+    doc["body"]["policy"]["check_thresholds"] = value  # type: ignore[index]
+    with pytest.raises(CharterFormatError, match=message):
+        SignedCharter.from_file_bytes(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"green_one_way_ms": 0}, r"check_thresholds.green_one_way_ms = 0 is outside 1..10000"),
+        ({"amber_loss_permille": 1001}, "amber_loss_permille = 1001 is outside 0..1000"),
+        ({"green_mos_x100": 460}, "green_mos_x100 = 460 is outside 100..450"),
+        ({"green_one_way_ms": 500}, "green_one_way_ms = 500 is above amber_one_way_ms = 400"),
+        ({"green_pesq_x100": 200}, "green_pesq_x100 = 200 is below amber_pesq_x100 = 250"),
+    ],
+)
+def test_check_thresholds_are_validated(fields: dict[str, int], message: str) -> None:
+    policy = Policy(check_thresholds=CheckThresholds(**fields))
+    with pytest.raises(CharterError, match=message):
+        make_charter(policy=policy).validate()

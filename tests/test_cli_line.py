@@ -468,3 +468,30 @@ def test_sign_refuses_a_charter_whose_other_signatures_fail(hotline: Run) -> Non
     hotline("line", "sign", str(path), "--site", "washington").one_line_error(
         "refusing to sign", "'moscow'"
     )
+
+
+def test_check_thresholds_in_the_policy(hotline: Run) -> None:
+    commission(hotline)
+    result = hotline(
+        "line", "propose", "l", "--site", "sochi", "--check-threshold", "green_one_way_ms=100",
+        "--check-threshold", "live_loss_permille=20", "--out", "strict.json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    t = load_charter(Path("strict.json")).charter.policy.check_thresholds
+    assert t.green_one_way_ms == 100 and t.live_loss_permille == 20 and t.amber_one_way_ms == 400
+    shown = " ".join(hotline("line", "show", "strict.json").out.split())  # unwrapped
+    assert "Check thresholds (signed in this charter)" in shown
+    assert "one-way delay <= 100 ms" in shown and "loss > 2 %" in shown
+    info = json.loads(hotline("line", "show", "strict.json", "--json").out)
+    assert info["policy"]["check_thresholds"]["green_one_way_ms"] == 100
+    assert "Check thresholds (defaults)" in hotline("line", "show", "line.json").out
+    propose = ("line", "propose", "m", "--site", "sochi", "--out", "m.json")
+    hotline(*propose, "--check-threshold", "green_one_way=1").one_line_error(
+        "--check-threshold 'green_one_way=1': give NAME=VALUE"
+    )
+    hotline(*propose, "--check-threshold", "green_one_way_ms=fast").one_line_error(
+        "the value must be an integer"
+    )
+    hotline(*propose, "--check-threshold", "green_one_way_ms=900").one_line_error(
+        "green_one_way_ms = 900 is above amber_one_way_ms = 400"
+    )

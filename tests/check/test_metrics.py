@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from hotline.charter.model import CheckThresholds
 from hotline.check.metrics import Measurement, e_model, live_warnings, verdict
 from hotline.check.schedule import ReadinessSchedule
 
@@ -73,3 +74,28 @@ def test_schedule_lower_id_calls_with_jitter_and_alarms() -> None:
     assert sched.done("bravo", 400.0, "amber", "", 4.0) is None and sched.alarms == {}
     sched.postpone("bravo", 500.0, 60)
     assert sched.due["bravo"] == 560.0
+
+
+def test_the_policy_thresholds_move_the_verdict_and_the_live_warnings() -> None:
+    strict = CheckThresholds(green_one_way_ms=15, amber_one_way_ms=18, live_jitter_ms=4)
+    m = verdict(good(), strict)  # 20 ms one way: red under these limits, green by default
+    assert good().verdict == "green"
+    assert m.verdict == "red" and m.reasons == ["one-way delay 20 ms > 18 ms"]
+    assert verdict(good(one_way_ms=16), strict).verdict == "amber"
+    rtp = {"audio": {"jitter_ms": 5.0, "rtt_ms": 80.0}}
+    assert live_warnings(rtp) == []
+    assert live_warnings(rtp, strict) == ["audio jitter 5 ms > 4 ms"]
+    lossy = {"video": {"remote_fraction_lost": 0.02}}
+    assert live_warnings(lossy) == []
+    assert live_warnings(lossy, CheckThresholds(live_loss_permille=10)) == [
+        "video loss 2.0 % > 1 %"
+    ]
+
+
+def test_pesq_counts_when_measured() -> None:
+    assert good(pesq_x100=None).verdict == "green"  # not measured: not judged
+    assert good(pesq_x100=400).verdict == "green"
+    amber = good(pesq_x100=320)
+    assert amber.verdict == "amber" and amber.reasons == ["PESQ 3.20 < 3.50"]
+    assert good(pesq_x100=200).verdict == "red"
+    assert verdict(good(pesq_x100=320), CheckThresholds(green_pesq_x100=300)).verdict == "green"

@@ -49,6 +49,12 @@ async def test_check_figures_follow_the_link(netlab: Lab, tmp_path: Path) -> Non
         assert 170 <= slow["one_way_ms"] <= 260, slow
         assert slow["verdict"] == "amber", slow  # over G.114's 150 ms, under 400 ms
         assert any("one-way delay" in r for r in slow["reasons"])
+        # the looped-back video's round trip (alpha's clock only) moves with the link too:
+        # 2 x 30 ms, then 2 x 200 ms, plus both ends' coding and buffering
+        assert clean["video_rtt_ms"] >= 55, clean
+        assert slow["video_rtt_ms"] - clean["video_rtt_ms"] >= 250, (clean, slow)
+        print(f"looped video round trip: {clean['video_rtt_ms']} ms at 2 x 30 ms, "
+              f"{slow['video_rtt_ms']} ms at 2 x 200 ms")  # fmt: skip
 
         link.set(Impairment(delay_ms=30, jitter_ms=2, loss=0.12))
         lossy = await check(line, seconds=4)

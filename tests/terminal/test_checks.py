@@ -54,6 +54,10 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
         assert result["video_fps"] >= 10 and result["audio_fps"] >= 30, result
         assert result["corrupt_shown"] == 0 and result["frames_rejected"] == 0
         assert result["path"] == "host"
+        # bravo looped alpha's video back: alpha read its own frame ids, on its own clock
+        assert result["video_rtt_ms"] is not None and 0 < result["video_rtt_ms"] < 3000, result
+        print(f"video round trip (looped back) {result['video_rtt_ms']} ms, "
+              f"RTCP round trip {result['rtt_ms']} ms")  # fmt: skip
         # loopback: a few ms each way, no loss: the E-model says excellent
         assert result["one_way_ms"] is None or result["one_way_ms"] < 50
         assert result["mos_x100"] is None or result["mos_x100"] >= 400
@@ -85,6 +89,11 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
     results = log_events(line, "alpha", "check_result")
     assert len(results) == 2 and all(r["verdict"] != "red" for r in results)
     assert len(log_events(line, "bravo", "check_report")) == 2  # the caller's view, kept
+    kept = log_events(line, "bravo", "check_result")  # and the caller's verdicts, kept too
+    assert [(r["by"], r["peer"], r["verdict"]) for r in kept] == [
+        (r["by"], r["peer"], r["verdict"]) for r in results
+    ]
+    line.verify_log("bravo")
     report = line.verify_log("alpha")  # the check results are in the signed, chained log
     assert report.calls >= 3
 

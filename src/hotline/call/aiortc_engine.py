@@ -13,15 +13,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from hotline.call.media_engine import EngineFactory, MediaLink, MediaSettings, Received
 from hotline.e2ee.media import KeySink, MediaCrypto, MediaStats
 from hotline.e2ee.sframe import suite_by_name
 from hotline.media import aiortc_patch, engine
-from hotline.media.fanout import FanoutTrack
 from hotline.media.sinks import AudioChirpSink, CountingTrack, PcmCapture, VideoFrameIdSink
 from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
@@ -29,6 +29,52 @@ from hotline.sfu.conference import Downstream, SfuConference
 from hotline.sfu.topology import ConferenceSpec
 
 log = logging.getLogger("hotline.call")
+
+#: RTP clock of video (what aiortc's VP8 encoder reads pts in)
+VIDEO_CLOCK = Fraction(1, 90_000)
+
+
+class LoopbackVideoTrack(MediaStreamTrack):
+    """A readiness check's callee sends the caller's own video back: the caller reads its
+    own frame ids (``media.frame_id``) and gets the video round trip — through both
+    encoders, both networks and both jitter buffers — on its own clock alone. Nothing is
+    sent before the caller's first frame; a slow encoder drops frames, never queues them."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+        self._start: float | None = None
+
+    def feed(self, frame: Any) -> None:
+        if self.readyState != "live":
+            return
+        if self._queue.full():
+            self._queue.get_nowait()  # the newest frame goes back, not a backlog
+        self._queue.put_nowait(frame)
+
+    async def recv(self) -> Any:
+        frame = await self._queue.get()
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        frame.pts, frame.time_base = int((now - self._start) * 90_000), VIDEO_CLOCK
+        return frame
+
+
+class TeeTrack(MediaStreamTrack):
+    """Passes a remote track's frames on, handing each to ``to`` as well."""
+
+    def __init__(self, inner: MediaStreamTrack, to: Callable[[Any], None]) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self._inner, self._to = inner, to
+
+    async def recv(self) -> Any:
+        frame = await self._inner.recv()
+        self._to(frame)
+        return frame
 
 
 @dataclass
@@ -42,7 +88,7 @@ class PeerLink:
     video_sink: VideoFrameIdSink
     audio_sink: AudioChirpSink
     #: this connection's views of the terminal's source, stopped when it closes
-    tracks: list[FanoutTrack] = field(default_factory=list)
+    tracks: list[MediaStreamTrack] = field(default_factory=list)
     state: str = "new"
     attempt: int = 1
     created: float = 0.0
@@ -108,6 +154,8 @@ class AiortcEngine:
         self._samplers: dict[str, RtcStatsSampler] = {}
         #: the call's conference through the SFU, while it uses one (else a mesh)
         self.conference: SfuConference | None = None
+        #: send each peer's video back to it instead of ours (a readiness check's callee)
+        self.loopback_video = False
 
     def _audio_capture(self, peer_id: str) -> PcmCapture | None:
         files = self._media.capture_audio
@@ -145,7 +193,14 @@ class AiortcEngine:
             created=time.monotonic(),
         )
         # one terminal-wide source, fanned out to every peer connection of every call
-        link.tracks = self._source.subscribe()
+        link.tracks = list[MediaStreamTrack](self._source.subscribe())
+        loop: LoopbackVideoTrack | None = None
+        if self.loopback_video:
+            loop = LoopbackVideoTrack()
+            for i, track in enumerate(link.tracks):
+                if track.kind == "video":
+                    track.stop()
+                    link.tracks[i] = loop
         for track in link.tracks:
             pc.addTrack(track)
         engine.force_e2ee_codecs(pc)
@@ -155,7 +210,8 @@ class AiortcEngine:
             counted = CountingTrack(track)
             link.received.append(counted)
             sink = link.video_sink if track.kind == "video" else link.audio_sink
-            link.consumers.append(sink.start(counted))
+            shown = TeeTrack(counted, loop.feed) if loop and track.kind == "video" else counted
+            link.consumers.append(sink.start(shown))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from hotline.call import signalling
-from hotline.call.aiortc_engine import PeerLink, aiortc_engine_factory
+from hotline.call.aiortc_engine import AiortcEngine, PeerLink, aiortc_engine_factory
 from hotline.call.liveness import Action, LinkView, PeerLiveness
 from hotline.call.machine import (
     Answered,
@@ -44,7 +44,7 @@ from hotline.call.media_engine import (
     MediaSettings,
 )
 from hotline.calllog import CallLog
-from hotline.charter.model import SfuEndpoint
+from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds, SfuEndpoint
 from hotline.check.metrics import live_warnings
 from hotline.e2ee.events import (
     EpochActivated,
@@ -73,6 +73,9 @@ KEY_AGREEMENT_TIMEOUT_S = 60.0
 MSG_SUMMARY = "call.summary"
 #: a readiness check's report: each end's view of the check call, exchanged at its end
 MSG_CHECK_REPORT = "check.report"
+#: the caller's verdict of a check, sent to the callee before the hang-up: kept at both ends
+MSG_CHECK_RESULT = "check.result"
+CHECK_VERDICTS = frozenset({"green", "amber", "red"})
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -110,6 +113,7 @@ class CallSession:
         engine: EngineFactory | None = None,
         sfus: Sequence[SfuEndpoint] = (),
         mesh_limit: int = 3,
+        thresholds: CheckThresholds = DEFAULT_CHECK_THRESHOLDS,
     ) -> None:
         self.call_id = call_id
         #: the charter's SFUs (the first is used) and the policy's mesh limit
@@ -118,6 +122,10 @@ class CallSession:
         #: "mesh" (a peer connection per pair) or "sfu" (through the charter's SFU)
         self.topology: topology.Topology = topology.MESH
         self.max_participants = max_participants
+        #: the policy's limits for live quality warnings (``live_*``)
+        self.thresholds = thresholds
+        #: the latest RTP figures of the path to each peer, by media kind (for metrics)
+        self.path_figures: dict[str, dict[str, dict[str, float]]] = {}
         self.line_id = line_id
         self.charter_version = charter_version
         self.directory = dict(directory)
@@ -154,6 +162,7 @@ class CallSession:
         self._media_peers: set[str] = set()
         #: readiness check: the other ends' reports, and when media from each began
         self.check_reports: dict[str, dict[str, Value]] = {}
+        self._result_taken = False
         self._report_sent: set[str] = set()
         self._first_media: dict[str, float] = {}
         #: live quality warnings per peer (jitter, round trip, loss), looked at every 2 s
@@ -185,6 +194,9 @@ class CallSession:
         await self.flush()
 
     async def answer(self) -> None:
+        if self.machine.purpose == "check" and isinstance(self.engine, AiortcEngine):
+            # the caller measures the video round trip on its own clock (its own frame ids)
+            self.engine.loopback_video = True
         self.machine.answer(time.monotonic())
         self.answered_at = time.monotonic()
         self._log_event("answer", {**self._line_facts(), "by": self.self_id})
@@ -270,6 +282,8 @@ class CallSession:
                 await self._on_sdp(sender, body)
             elif msg_type == MSG_CHECK_REPORT:
                 await self._on_check_report(sender, body)
+            elif msg_type == MSG_CHECK_RESULT:
+                self._on_check_result(sender, body)
             elif msg_type == MSG_SUMMARY:
                 self._on_summary(sender, body)
             else:
@@ -317,7 +331,8 @@ class CallSession:
                 continue
             if rtp is None:  # this engine reports no RTP figures
                 continue
-            warnings = live_warnings(rtp)
+            self.path_figures[peer_id] = rtp
+            warnings = live_warnings(rtp, self.thresholds)
             if warnings != self.quality.get(peer_id, []):
                 if warnings:
                     log.warning(
@@ -389,7 +404,7 @@ class CallSession:
                 await self._sync_peers(event.members)
         elif isinstance(event, CallEnded):
             self._log_event("hangup", {"reason": event.reason})
-            self._on_event("ended", {"reason": event.reason})
+            self._on_event("ended", {"reason": event.reason, "purpose": self.machine.purpose})
             self.keys.close(event.reason)  # erase every key now; no more epochs
             await self.close()
             await self._send_summaries()
@@ -560,6 +575,7 @@ class CallSession:
             "corrupt_shown": got.corrupt_shown,
             "longest_freeze_ms": got.longest_freeze_ms,
             "frames_rejected": crypto.rejected_total,
+            "loopback": isinstance(self.engine, AiortcEngine) and self.engine.loopback_video,
         }
 
     async def send_check_report(self, peer: str) -> None:
@@ -577,6 +593,37 @@ class CallSession:
         self._log_event("check_report", {"from": sender, "view": view})
         if sender not in self._report_sent:  # the callee answers with its own view
             await self.send_check_report(sender)
+
+    async def send_check_result(self, peer: str, record: dict[str, Value]) -> None:
+        """The caller's result of this check (its call-log record), for the callee to keep."""
+        await self._send_one(
+            peer, MSG_CHECK_RESULT, encode({"call": self.call_id, "result": record})
+        )
+
+    def _on_check_result(self, sender: str, body: bytes) -> None:
+        """The caller's verdict about the line to us: logged in our chain too (signed by
+        us, as the caller's copy is by it) and handed to the terminal (``peer_check``)."""
+        if (
+            self.machine.purpose != "check"
+            or sender not in self.machine.members
+            or sender != self.machine.caller
+        ):
+            raise CallProtocolError(f"check.result from {sender}: not the caller of a check")
+        if self._result_taken:
+            raise CallProtocolError(f"check.result from {sender}: a second result")
+        record = expect_dict(decode(body), MSG_CHECK_RESULT).get("result")
+        if (
+            not isinstance(record, dict)
+            or len(encode(record)) > 8192
+            or record.get("by") != sender
+            or record.get("peer") != self.self_id
+            or record.get("verdict") not in CHECK_VERDICTS
+            or not isinstance(record.get("time"), int)
+        ):
+            raise CallProtocolError("check.result: malformed result")
+        self._result_taken = True
+        self._log_event("check_result", record)
+        self._on_event("peer_check", {"record": record})
 
     async def _watch_transports(self, now: float) -> None:
         """Act on what liveness decides for each peer: show a loss, build a replacement,

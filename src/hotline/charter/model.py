@@ -168,6 +168,89 @@ class ExchangeEndpoint:
         return {"url": self.url, "tls_fingerprint": self.tls_fingerprint}
 
 
+# --- readiness-check thresholds: the policy's optional ``check_thresholds`` ------------------
+
+#: the policy key of :class:`CheckThresholds` (a dict of the fields that differ from default)
+CHECK_THRESHOLDS_FIELD = "check_thresholds"
+
+
+@dataclass(frozen=True)
+class CheckThresholds:
+    """The limits of a readiness check's verdict and of a real call's live warnings, signed
+    in the policy so that both sides judge the line alike. Integers only (the canonical
+    encoding has no floats). Defaults: ITU-T G.114 for one-way delay, G.107 (E-model MOS)
+    and P.862.2 (PESQ-WB) for quality, common practice for loss and jitter."""
+
+    green_one_way_ms: int = 150  #: above: amber
+    amber_one_way_ms: int = 400  #: above: red
+    green_loss_permille: int = 10  #: 1 %; above: amber
+    amber_loss_permille: int = 50  #: 5 %; above: red
+    green_jitter_ms: int = 30  #: above: amber
+    green_mos_x100: int = 400  #: E-model MOS 4.0; below: amber
+    amber_mos_x100: int = 360  #: below: red
+    green_pesq_x100: int = 350  #: PESQ-WB 3.5; below: amber
+    amber_pesq_x100: int = 250  #: below: red
+    min_video_fps: int = 10  #: video frames/s received each way; below: amber
+    min_audio_fps: int = 40  #: audio packets/s received each way; below: amber
+    live_jitter_ms: int = 30  #: during a real call: warn above
+    live_rtt_ms: int = 400  #: warn above
+    live_loss_permille: int = 30  #: 3 %; warn above
+
+    #: field -> allowed range (inclusive)
+    RANGES = MappingProxyType(
+        {
+            "green_one_way_ms": (1, 10_000), "amber_one_way_ms": (1, 10_000),
+            "green_loss_permille": (0, 1000), "amber_loss_permille": (0, 1000),
+            "green_jitter_ms": (1, 10_000),
+            "green_mos_x100": (100, 450), "amber_mos_x100": (100, 450),
+            "green_pesq_x100": (100, 464), "amber_pesq_x100": (100, 464),
+            "min_video_fps": (0, 120), "min_audio_fps": (0, 100),
+            "live_jitter_ms": (1, 10_000), "live_rtt_ms": (1, 20_000),
+            "live_loss_permille": (0, 1000),
+        }
+    )  # fmt: skip
+
+    def validate(self) -> None:
+        what = f"policy: {CHECK_THRESHOLDS_FIELD}"
+        for name, (low, high) in self.RANGES.items():
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= high:
+                raise CharterError(f"{what}.{name} = {value!r} is outside {low}..{high}")
+        for green, amber, upper in (
+            ("green_one_way_ms", "amber_one_way_ms", True),
+            ("green_loss_permille", "amber_loss_permille", True),
+            ("green_mos_x100", "amber_mos_x100", False),
+            ("green_pesq_x100", "amber_pesq_x100", False),
+        ):
+            g, a = getattr(self, green), getattr(self, amber)
+            if (g > a) if upper else (g < a):
+                word = "above" if upper else "below"
+                raise CharterError(f"{what}.{green} = {g} is {word} {amber} = {a}")
+
+    def to_value(self) -> dict[str, Value]:
+        """Only the fields that differ from their defaults (one encoding per charter)."""
+        default = DEFAULT_CHECK_THRESHOLDS
+        return {n: getattr(self, n) for n in self.RANGES if getattr(self, n) != getattr(default, n)}
+
+    @classmethod
+    def from_value(cls, value: object) -> CheckThresholds:
+        what = f"policy: {CHECK_THRESHOLDS_FIELD}"
+        fields = _exact_fields(value, what, None)
+        unknown = sorted(set(fields) - set(cls.RANGES))
+        if unknown:
+            raise CharterFormatError(f"{what}: unknown field {unknown[0]!r}")
+        if not fields:
+            raise CharterFormatError(f"{what} is present but empty (leave it out)")
+        for name in fields:
+            _int(fields, name, what)
+            if fields[name] == getattr(DEFAULT_CHECK_THRESHOLDS, name):
+                raise CharterFormatError(f"{what}.{name} is present with its default value")
+        return cls(**fields)
+
+
+DEFAULT_CHECK_THRESHOLDS = CheckThresholds()
+
+
 @dataclass(frozen=True)
 class SfuEndpoint:
     """A selective forwarding unit (Janus's HTTP API) conferences may go through. Untrusted
@@ -204,6 +287,8 @@ class Policy:
     #: most terminals in a mesh (one peer connection per pair); a larger call goes through
     #: one of the charter's SFUs, and needs one
     mesh_limit: int = 3
+    #: readiness-check verdict and live-warning limits (optional; defaults when absent)
+    check_thresholds: CheckThresholds = DEFAULT_CHECK_THRESHOLDS
 
     def validate(self) -> None:
         if self.cipher_suite not in KNOWN_CIPHER_SUITES:
@@ -228,6 +313,9 @@ class Policy:
             raise CharterError("policy: recording_allowed must be true or false")
         if not isinstance(self.relay_only, bool):
             raise CharterError("policy: relay_only must be true or false")
+        if not isinstance(self.check_thresholds, CheckThresholds):
+            raise CharterError(f"policy: {CHECK_THRESHOLDS_FIELD} must be a dict")
+        self.check_thresholds.validate()
 
     def to_value(self) -> dict[str, Value]:
         """The policy as signed. The fields of format 1 are always present; a field added
@@ -245,6 +333,8 @@ class Policy:
             current = getattr(self, name)
             if current != default or type(current) is not type(default):
                 value[name] = current
+        if self.check_thresholds != DEFAULT_CHECK_THRESHOLDS:
+            value[CHECK_THRESHOLDS_FIELD] = self.check_thresholds.to_value()
         return value
 
 
@@ -816,7 +906,9 @@ def _parse_charter(value: object) -> Charter:
         relays.append(url)
     p = _exact_fields(body["policy"], "policy", None)
     missing = sorted(_POLICY_FIELDS - set(p))
-    extra = sorted(set(p) - _POLICY_FIELDS - set(OPTIONAL_POLICY_DEFAULTS))
+    extra = sorted(
+        set(p) - _POLICY_FIELDS - set(OPTIONAL_POLICY_DEFAULTS) - {CHECK_THRESHOLDS_FIELD}
+    )
     if missing:
         raise CharterFormatError(f"policy: missing field {missing[0]!r}")
     if extra:
@@ -842,6 +934,11 @@ def _parse_charter(value: object) -> Charter:
         relay_only=relay_only,
         peer_timeout_s=peer_timeout_s,
         mesh_limit=mesh_limit,
+        check_thresholds=(
+            CheckThresholds.from_value(p[CHECK_THRESHOLDS_FIELD])
+            if CHECK_THRESHOLDS_FIELD in p
+            else DEFAULT_CHECK_THRESHOLDS
+        ),
     )
     return Charter(
         line_id=_str(body, "line_id", "charter"),

@@ -4,7 +4,8 @@ A check is a real call of a few seconds; :class:`Measurement` is what the caller
 of it (and what the callee reported). :func:`e_model` is ITU-T G.107's transmission rating
 R, simplified for one codec (Opus, no equipment impairment at 0 % loss) from one-way delay
 and packet loss, and its MOS. :func:`verdict` applies the thresholds (:class:`Thresholds`,
-ITU-T G.114 for delay): green, amber or red, with every reason.
+ITU-T G.114 for delay, signed in the charter's policy): green, amber or red, with every
+reason.
 
 Integers only in what is recorded (milliseconds, per-mille): the call log's canonical
 encoding has no floats.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds
 from hotline.encoding import Value
 
 GREEN, AMBER, RED = "green", "amber", "red"
@@ -25,20 +27,9 @@ IE_OPUS = 0.0
 BPL_OPUS = 20.0
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Per-verdict limits; defaults from ITU-T G.114 (delay) and common practice (loss)."""
-
-    green_one_way_ms: int = 150
-    amber_one_way_ms: int = 400
-    green_loss_permille: int = 10  #: 1 %
-    amber_loss_permille: int = 50  #: 5 %
-    green_jitter_ms: int = 30
-    green_mos_x100: int = 400  #: MOS 4.0
-    amber_mos_x100: int = 360
-    #: frames per second received, each way, below which media is called degraded
-    min_video_fps: int = 10
-    min_audio_fps: int = 40
+#: the limits come from the charter's policy (``policy.check_thresholds``), defaults
+#: when the charter names none
+Thresholds = CheckThresholds
 
 
 @dataclass
@@ -53,6 +44,9 @@ class Measurement:
     path: str | None = None  #: "host" or "relay" (the nominated ICE pair's local candidate)
     rtt_ms: int | None = None  #: RTCP round trip (audio, else video)
     one_way_ms: int | None = None  #: estimated as half the round trip
+    #: our own video looped back by the callee: the round trip through both encoders,
+    #: networks and jitter buffers, on our clock alone (median over the call)
+    video_rtt_ms: int | None = None
     loss_permille: int | None = None  #: what the far end reports losing, worst of the kinds
     jitter_ms: int | None = None
     video_fps: int | None = None  #: received, lower of the two ends
@@ -64,6 +58,8 @@ class Measurement:
     charter_version_match: bool = False
     r_factor: int | None = None
     mos_x100: int | None = None
+    #: PESQ-WB (ITU-T P.862.2) MOS-LQO x 100 of the looped-back clip, when measured
+    pesq_x100: int | None = None
     verdict: str = RED
     reasons: list[str] = field(default_factory=list)
 
@@ -90,7 +86,7 @@ def e_model(one_way_ms: float, loss_fraction: float) -> tuple[float, float]:
 
 def verdict(m: Measurement, t: Thresholds | None = None) -> Measurement:
     """Fill ``m``'s E-model figures, verdict and reasons (and return it)."""
-    t = t or Thresholds()
+    t = t or DEFAULT_CHECK_THRESHOLDS
     reasons: list[str] = []
     if not m.ok:
         m.verdict = RED
@@ -136,31 +132,30 @@ def verdict(m: Measurement, t: Thresholds | None = None) -> Measurement:
             worse(RED, f"E-model MOS {mos:.2f} < {t.amber_mos_x100 / 100:.2f}")
         elif m.mos_x100 < t.green_mos_x100:
             worse(AMBER, f"E-model MOS {mos:.2f} < {t.green_mos_x100 / 100:.2f}")
+    if m.pesq_x100 is not None:
+        pesq = m.pesq_x100 / 100
+        if m.pesq_x100 < t.amber_pesq_x100:
+            worse(RED, f"PESQ {pesq:.2f} < {t.amber_pesq_x100 / 100:.2f}")
+        elif m.pesq_x100 < t.green_pesq_x100:
+            worse(AMBER, f"PESQ {pesq:.2f} < {t.green_pesq_x100 / 100:.2f}")
     m.verdict, m.reasons = level, reasons
     return m
 
 
-@dataclass(frozen=True)
-class LiveThresholds:
-    """Warnings during a real call (shown on the screen and as events), per remote peer."""
-
-    jitter_ms: float = 30.0
-    rtt_ms: float = 400.0
-    loss_fraction: float = 0.03
-
-
-def live_warnings(rtp: dict[str, dict[str, float]], t: LiveThresholds | None = None) -> list[str]:
+def live_warnings(rtp: dict[str, dict[str, float]], t: CheckThresholds | None = None) -> list[str]:
     """What is wrong with the path to one peer now, from its RTP statistics by media kind
-    (``jitter_ms``, ``rtt_ms``, ``remote_fraction_lost``, as ``media.stats`` digests them)."""
-    t = t or LiveThresholds()
+    (``jitter_ms``, ``rtt_ms``, ``remote_fraction_lost``, as ``media.stats`` digests them),
+    against the policy's ``live_*`` limits."""
+    t = t or DEFAULT_CHECK_THRESHOLDS
+    max_jitter, max_rtt, max_loss = t.live_jitter_ms, t.live_rtt_ms, t.live_loss_permille / 1000
     out: list[str] = []
     for kind in ("audio", "video"):
         s = rtp.get(kind) or {}
         jitter, rtt, lost = s.get("jitter_ms"), s.get("rtt_ms"), s.get("remote_fraction_lost")
-        if kind == "audio" and jitter is not None and jitter > t.jitter_ms:
-            out.append(f"audio jitter {jitter:.0f} ms > {t.jitter_ms:g} ms")
-        if rtt is not None and rtt > t.rtt_ms and not any("round trip" in w for w in out):
-            out.append(f"round trip {rtt:.0f} ms > {t.rtt_ms:g} ms")
-        if lost is not None and lost > t.loss_fraction:
-            out.append(f"{kind} loss {lost * 100:.1f} % > {t.loss_fraction * 100:g} %")
+        if kind == "audio" and jitter is not None and jitter > max_jitter:
+            out.append(f"audio jitter {jitter:.0f} ms > {max_jitter:g} ms")
+        if rtt is not None and rtt > max_rtt and not any("round trip" in w for w in out):
+            out.append(f"round trip {rtt:.0f} ms > {max_rtt:g} ms")
+        if lost is not None and lost > max_loss:
+            out.append(f"{kind} loss {lost * 100:.1f} % > {max_loss * 100:g} %")
     return out

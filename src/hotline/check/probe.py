@@ -52,22 +52,31 @@ async def run_check(
     thresholds: Thresholds | None = None,
 ) -> Measurement:
     """One check from ``daemon`` to ``target``; never raises for a failed check (the
-    failure is the result), only :class:`StateError` when a call is running."""
+    failure is the result), only :class:`StateError` when a call is running. The verdict
+    uses ``thresholds``, by default those of the charter's policy."""
     if daemon.busy:
         raise StateError("a call is running: a readiness check never interrupts it")
     m = Measurement(peer=target)
     started = time.monotonic()
+    wall = time.time()
     try:
-        await _measure(daemon, target, seconds, m, started)
-    except HotlineError as exc:
-        m.failure = m.failure or str(exc)
+        try:
+            await _measure(daemon, target, seconds, m, started)
+        except HotlineError as exc:
+            m.failure = m.failure or str(exc)
+        verdict(m, thresholds or daemon.charter.charter.policy.check_thresholds)
+        call = daemon.call
+        if m.ok and call is not None and call.machine.purpose == "check" and daemon.busy:
+            # the callee keeps the verdict too (in its own signed chain), sent before the
+            # hang-up so that it arrives while the call is still up
+            with contextlib.suppress(HotlineError):
+                await call.send_check_result(target, daemon.check_record(m, wall))
     finally:
         call = daemon.call
         if call is not None and call.machine.purpose == "check" and daemon.busy:
             with contextlib.suppress(HotlineError):
                 await call.hangup("readiness check done")
-    verdict(m, thresholds)
-    daemon.record_check(m)
+    daemon.record_check(m, wall)
     return m
 
 
@@ -146,6 +155,9 @@ async def _measure(
         and theirs.get("epoch") == call.epoch
     )
     m.charter_version_match = theirs.get("charter_version") == call.charter_version
+    if theirs.get("loopback") is True:  # our frame ids came back: the round trip, our clock
+        p50 = video_sink.get("latency_p50_ms")
+        m.video_rtt_ms = round(p50) if isinstance(p50, int | float) else None
     their_video, their_audio = theirs.get("video_fps"), theirs.get("audio_fps")
     m.video_fps = min(ours_video, their_video) if isinstance(their_video, int) else ours_video
     m.audio_fps = min(ours_audio, their_audio) if isinstance(their_audio, int) else ours_audio

@@ -39,6 +39,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("exchange", "exchange"),
     ("call", "call"),
     ("check", "check"),
+    ("status", "status"),
     ("demo", "demo"),
     ("backup", "backup"),
     ("restore", "restore"),

@@ -194,19 +194,15 @@ def watch(
         _run(_watch(terminal, until, history, json_out))
 
 
-@app.command()
-def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
-    """Show the terminal, its exchange connection and the current call."""
-    result = _run(_request(terminal, "GET", "/status"))
-    if json_out:
-        print_json(result)
-        return
+def print_terminal_header(result: dict[str, Any]) -> None:
+    """The terminal, its line and exchange, and what it refused: the first lines of both
+    ``hotline call status`` and ``hotline status``."""
     ex = result["exchange"]
     console.print(
-        f"terminal {result['terminal']} ({result['role']}), line {result['line']} "
-        f"v{result['charter_version']}; exchange "
-        + ("connected" if ex["connected"] else "[red]disconnected[/]")
-        + f"; online: {', '.join(ex['online']) or 'nobody'}"
+        f"terminal {escape(str(result['terminal']))} ({result['role']}), line "
+        f"{escape(str(result['line']))} v{result['charter_version']}; exchange "
+        + ("connected" if ex["connected"] else f"[red]unreachable[/] ({escape(str(ex['reason']))})")
+        + f"; online: {escape(', '.join(ex['online'])) or 'nobody'}"
     )
     refused = result.get("rejected") or {}
     if refused:  # what this terminal refused (from the exchange, peers, the control API)
@@ -214,6 +210,16 @@ def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
             "[yellow]refused[/]: "
             + ", ".join(f"{escape(str(k))} {v}" for k, v in sorted(refused.items()))
         )
+
+
+@app.command()
+def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
+    """Show the terminal, its exchange connection and the current call."""
+    result = _run(_request(terminal, "GET", "/status"))
+    if json_out:
+        print_json(result)
+        return
+    print_terminal_header(result)
     call = result.get("call")
     if not call:
         console.print("no call")

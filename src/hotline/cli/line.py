@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from hotline.charter import (
     SignedCharter,
     load_charter,
 )
+from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds
 from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console, print_json
 from hotline.encoding import INT_MAX
 from hotline.errors import HotlineError, UsageError
@@ -132,6 +134,14 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
             help="Most terminals in a mesh call; a larger call goes through an --sfu.",
         ),
     ] = DEFAULT_POLICY.mesh_limit,
+    check_threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check-threshold",
+            help="NAME=VALUE: a readiness-check verdict or live-warning limit other than its "
+            "default, e.g. green_one_way_ms=100 (repeatable; see docs/operations.md).",
+        ),
+    ] = None,
     version: Annotated[
         int,
         typer.Option("--version", help="Charter version; a new one must be higher than the last."),
@@ -155,6 +165,7 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         relay_only=relay_only,
         peer_timeout_s=peer_timeout,
         mesh_limit=mesh_limit,
+        check_thresholds=parse_check_thresholds(check_threshold or ()),
     )
     charter = propose_line(
         line,
@@ -323,6 +334,7 @@ def show(
         f"an unreachable member dropped after {p['peer_timeout_s']} s, "
         f"mesh up to {p['mesh_limit']} terminals"
     )
+    console.print(describe_check_thresholds(signed.charter.policy.check_thresholds))
     if info["exchanges"]:
         for e in info["exchanges"]:
             pin = e["tls_fingerprint"] or "no TLS pin"
@@ -390,4 +402,36 @@ def verify(
         f"OK: line {escape(c.line_id)} version {c.version} is complete; "
         f"{len(c.sites)} site signatures and {len(c.terminals)} enrolments verify. "
         f"Digest: {c.digest_code}"
+    )
+
+
+def parse_check_thresholds(items: Iterable[str]) -> CheckThresholds:
+    """``NAME=VALUE`` options into the policy's thresholds (checked by the charter's
+    validation like every policy field)."""
+    values: dict[str, int] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in CheckThresholds.RANGES:
+            known = ", ".join(CheckThresholds.RANGES)
+            raise UsageError(f"--check-threshold {item!r}: give NAME=VALUE, NAME one of {known}")
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise UsageError(f"--check-threshold {item!r}: the value must be an integer") from None
+    return dataclasses.replace(DEFAULT_CHECK_THRESHOLDS, **values)
+
+
+def describe_check_thresholds(t: CheckThresholds) -> str:
+    """One paragraph for ``line show``: what the verdict and the live warnings use."""
+    origin = "defaults" if t == DEFAULT_CHECK_THRESHOLDS else "signed in this charter"
+    return (
+        f"Check thresholds ({origin}): green when one-way delay <= {t.green_one_way_ms} ms, "
+        f"loss <= {t.green_loss_permille / 10:g} %, jitter <= {t.green_jitter_ms} ms, "
+        f"E-model MOS >= {t.green_mos_x100 / 100:.2f}, PESQ >= {t.green_pesq_x100 / 100:.2f}, "
+        f"video >= {t.min_video_fps} frames/s, audio >= {t.min_audio_fps} packets/s; "
+        f"red when one-way > {t.amber_one_way_ms} ms, loss > {t.amber_loss_permille / 10:g} %, "
+        f"MOS < {t.amber_mos_x100 / 100:.2f}, PESQ < {t.amber_pesq_x100 / 100:.2f}; "
+        f"live warnings when jitter > {t.live_jitter_ms} ms, round trip > {t.live_rtt_ms} ms, "
+        f"loss > {t.live_loss_permille / 10:g} %"
     )

@@ -24,7 +24,15 @@ POST     /hangup             leave the call
 POST     /check              ``{"target": ID, "seconds": S}``: run a readiness check now
 GET      /checks             readiness results, newest last
 POST     /ui/link            a new one-time login link to the web UI (``--ui``)
+GET      /metrics            Prometheus text (OpenMetrics on ``Accept``); no token
+GET      /livez              200 while the terminal runs its own tasks; no token
+GET      /readyz             200 when the line can be relied on, else 503 naming the
+                             failed checks (``terminal.metrics.readiness``); no token
 =======  ==================  ==========================================================
+
+``/metrics``, ``/livez`` and ``/readyz`` need no token, so that a scraper or supervisor on
+the same host can read them, but the same ``Host``/``Origin`` rule: they carry counts,
+states and the ids of the line's terminals, never a key, a code or a call id.
 """
 
 from __future__ import annotations
@@ -43,6 +51,12 @@ from aiohttp import web
 
 from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
 from hotline.httplog import HttpErrorLog
+from hotline.terminal.metrics import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    TerminalMetrics,
+    readiness,
+)
 
 if TYPE_CHECKING:
     from hotline.terminal.daemon import TerminalDaemon
@@ -51,6 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hotline.terminal.control")
 
 CONTROL_FILE = "control.json"
+#: what a local scraper or supervisor reads without the token
+OPEN_PATHS = frozenset({"/metrics", "/livez", "/readyz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HTTP_LOG = web.AppKey("http_log", HttpErrorLog)
 
@@ -83,6 +99,8 @@ def make_app(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> 
         if refusal is not None:
             http_log.malformed(request.remote, "not_local", refusal)
             return web.json_response({"error": refusal}, status=403)
+        if request.method == "GET" and request.path in OPEN_PATHS:
+            return await handler(request)
         supplied = request.headers.get("Authorization", "")
         if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
             return web.json_response({"error": "missing or wrong control token"}, status=401)
@@ -160,7 +178,36 @@ def make_app(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> 
             raise StateError("this terminal runs without its web UI (start it with --ui)")
         return web.json_response({"url": ui.login_url()})
 
+    metrics = TerminalMetrics(daemon)
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            text, content_type = metrics.render_openmetrics(), OPENMETRICS_CONTENT_TYPE
+        else:
+            text, content_type = metrics.render(), TEXT_CONTENT_TYPE
+        return web.Response(
+            body=text.encode("utf-8"),
+            headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def livez(request: web.Request) -> web.Response:
+        if not daemon.running:
+            return web.json_response({"status": "stopped"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks = readiness(daemon)
+        ready = all(ok for ok, _ in checks.values())
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "checks": {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()},
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
     app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
     app.router.add_post("/ui/link", ui_link)
     app[HTTP_LOG] = http_log
     app.router.add_get("/status", status)

@@ -49,6 +49,7 @@ from hotline.media.sources import open_source
 from hotline.ratelog import LogGate, clip
 from hotline.terminal.config import TerminalConfig
 from hotline.terminal.dispatch import MSG_RING, CurrentCall, Route, dispatch
+from hotline.terminal.metrics import readiness
 from hotline.ui.browser_engine import BrowserHub, browser_engine_factory
 
 log = logging.getLogger("hotline.terminal")
@@ -178,6 +179,9 @@ class TerminalDaemon:
         self._load_checks()
         self._check_task: asyncio.Task[Any] | None = None
         self._hooks: set[asyncio.Task[None]] = set()
+        #: since start, for the metrics: calls by (purpose, direction), checks by verdict
+        self.call_counts: dict[tuple[str, str], int] = {}
+        self.check_counts: dict[str, int] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -297,10 +301,11 @@ class TerminalDaemon:
                 ),
             ),
             source=self.source,
-            on_event=self.emit,
+            on_event=self._on_call_event,
             engine=self._engine_for(call_id),
             sfus=charter.sfus,
             mesh_limit=charter.policy.mesh_limit,
+            thresholds=charter.policy.check_thresholds,
         )
 
     @property
@@ -328,6 +333,7 @@ class TerminalDaemon:
         self.call = call
         self._known_calls.add(call.call_id)
         self.emit("dialing", {"call": call.call_id, "target": target, "purpose": purpose})
+        self._count_call(purpose, "outgoing")
         try:
             await call.dial(target, purpose)
         finally:
@@ -359,7 +365,10 @@ class TerminalDaemon:
 
     def _archive(self) -> None:
         if self.call is not None:
-            self.past_calls.append({"call": self.call.call_id, "end": self.call.machine.end_reason})
+            machine = self.call.machine
+            self.past_calls.append(
+                {"call": self.call.call_id, "end": machine.end_reason, "purpose": machine.purpose}
+            )
             self.call = None
 
     # --- exchange ----------------------------------------------------------------------------
@@ -460,6 +469,7 @@ class TerminalDaemon:
         self.call = call
         self._known_calls.add(call_id)
         purpose = call.machine.purpose
+        self._count_call(purpose, "incoming")
         self.last_ring = {
             "call": call_id,
             "from": env.sender,
@@ -489,6 +499,7 @@ class TerminalDaemon:
         if self.call is not None:
             directory = {t.terminal_id: t.identity_key for t in charter.terminals}
             policy = charter.policy
+            self.call.thresholds = policy.check_thresholds
             await self.call.on_charter(
                 directory,
                 charter.version,
@@ -516,6 +527,20 @@ class TerminalDaemon:
         body = encode({"call": call_id, "reason": "this call has ended"})
         with contextlib.suppress(HotlineError):
             await self._send(sender, "call.leave", body)
+
+    def _count_call(self, purpose: str, direction: str) -> None:
+        key = (purpose, direction)
+        self.call_counts[key] = self.call_counts.get(key, 0) + 1
+
+    @property
+    def running(self) -> bool:
+        """The terminal's own tasks (exchange pump, clock) still run (``/livez``)."""
+        return bool(self._tasks) and not self._stopping and all(not t.done() for t in self._tasks)
+
+    @property
+    def exchange_reason(self) -> str:
+        """Why the exchange connection is in its state (the client's last reason)."""
+        return self._exchange_reason
 
     def count_control_refusal(self, reason: str) -> None:
         """A control API request refused before any handler: not from the operator's tools
@@ -559,19 +584,35 @@ class TerminalDaemon:
         result: Measurement = await asyncio.shield(self._check_task)
         return dict(result.to_value())
 
-    def record_check(self, m: Measurement) -> None:
+    def check_record(self, m: Measurement, wall: float) -> dict[str, Any]:
+        """A check's record as both call logs keep it."""
+        return {**m.to_value(), "time": int(wall), "by": self.terminal_id}
+
+    def _on_call_event(self, kind: str, data: dict[str, Any]) -> None:
+        """A call's event; the caller's result of a check it made to us joins our history."""
+        if kind == "peer_check":
+            record = dict(data["record"])
+            self.checks.append(record)
+            by = record.get("by")
+            self.emit("check", {"peer": by, "by": by, "verdict": record.get("verdict"),
+                                "reasons": list(record.get("reasons") or [])})  # fmt: skip
+            return
+        self.emit(kind, data)
+
+    def record_check(self, m: Measurement, wall: float | None = None) -> None:
         """Keep a finished check: call log (hash-chained, signed), history, schedule, alarm."""
-        wall = time.time()
+        wall = time.time() if wall is None else wall
         call_id = (
             self.call.call_id
             if self.call is not None and self.call.machine.purpose == PURPOSE_CHECK
             else None
         )
-        record = {**m.to_value(), "time": int(wall), "by": self.terminal_id}
+        record = self.check_record(m, wall)
         self.call_log.append(
             call_id or f"check-{os.urandom(8).hex()}", "check_result", record, wall
         )
         self.checks.append(record)
+        self.check_counts[m.verdict] = self.check_counts.get(m.verdict, 0) + 1
         self.emit("check", {"peer": m.peer, "verdict": m.verdict, "reasons": list(m.reasons)})
         alarm = self.readiness.done(m.peer, time.monotonic(), m.verdict, "; ".join(m.reasons), wall)
         if alarm is not None:
@@ -635,16 +676,24 @@ class TerminalDaemon:
         except Exception:  # a bug in a check must not stop the schedule
             log.exception("internal error in a readiness check")
 
+    def _other_end(self, record: dict[str, Any]) -> Any:
+        """The terminal at the other end of a check record (we ran it, or it checked us)."""
+        return record.get("peer") if record.get("by") == self.terminal_id else record.get("by")
+
     def readiness_status(self) -> dict[str, Any]:
+        """The line's readiness as this terminal knows it: checks it ran and those the other
+        end ran to it (``by``), newest last; ``last.with`` and ``last_good.peer`` name the
+        other end."""
         now = time.time()
         last = self.checks[-1] if self.checks else None
         good = next((c for c in reversed(self.checks) if c.get("verdict") != "red"), None)
         mono = time.monotonic()
         return {
             "interval_s": self.readiness.interval_s,
-            "last": last,
+            "last": None if last is None else {**last, "with": self._other_end(last)},
             "last_good": None if good is None else {
-                "peer": good.get("peer"), "verdict": good.get("verdict"),
+                "peer": self._other_end(good), "by": good.get("by"),
+                "verdict": good.get("verdict"),
                 "time": good.get("time"), "age_s": round(now - int(good.get("time") or now)),
             },
             "alarms": [dataclasses.asdict(a) for a in self.readiness.alarms.values()],
@@ -690,6 +739,9 @@ class TerminalDaemon:
             },
             "call": await self.call.stats(media=media) if self.call is not None else None,
             "readiness": self.readiness_status(),
+            "health": {
+                name: {"ok": ok, "detail": detail} for name, (ok, detail) in readiness(self).items()
+            },
             "last_ring": self.last_ring,
             "past_calls": self.past_calls[-10:],
             "rejected": dict(self.rejected),

@@ -77,7 +77,9 @@ function render() {
   document.body.dataset.engine = status.engine || "aiortc";
   const recent = $("recent");
   recent.replaceChildren();
-  for (const c of (status.past_calls || []).slice(-5).reverse()) {
+  // readiness checks are on the line screen's "Line readiness", not among the calls
+  const calls = (status.past_calls || []).filter((c) => c.purpose !== "check");
+  for (const c of calls.slice(-5).reverse()) {
     const li = document.createElement("li");
     const id = document.createElement("span");
     text(id, c.call);
@@ -100,7 +102,20 @@ function render() {
     refusals.append(li);
   }
 
-  const call = status.call;
+  renderReadiness(status.readiness || {});
+  // a readiness check never takes the principal's screen: no ring, no call view, only
+  // the discreet "line check" pill; a real call ends it and shows as any call
+  const checking = status.call && status.call.purpose === "check";
+  const checkLive = checking && ["outgoing", "incoming", "active"].includes(status.call.state);
+  $("line-check").classList.toggle("hidden", !checkLive);
+  if (checkLive) {
+    const ring = status.last_ring || {};
+    const peer = (status.call.members || []).find((m) => m !== status.terminal)
+      || (ring.call === status.call.call ? ring.from : null);
+    text($("line-check"), peer ? `line check with ${nameOf(peer)}…` : "line check…");
+  }
+  document.body.dataset.lineCheck = checkLive ? "running" : "";
+  const call = checking ? null : status.call;
   const state = call ? call.state : "idle";
   const live = ["outgoing", "incoming", "active"].includes(state);
   $("ring").classList.toggle("hidden", state !== "incoming");
@@ -150,6 +165,7 @@ function render() {
     if (peer) {
       st = peer.transport === "reconnecting" ? "reconnecting…" : (peer.transport || st);
       if (peer.transport === "reconnecting") problems.push(`${nameOf(m)}: reconnecting (${peer.lost_reason || "no media"})`);
+      if ((peer.quality || []).length) problems.push(`path to ${nameOf(m)}: ${peer.quality.join(", ")}`);
     }
     who.className = "dot " + (peer && peer.transport === "reconnecting" ? "warn" : "on");
     text(who, nameOf(m));
@@ -169,6 +185,66 @@ function render() {
   if (state === "active" && !code) problems.push("keys missing: no media until the call is encrypted");
   const problem = problems.join(" · ");
   if (problem !== lastProblem) { lastProblem = problem; showBanner(problem, false); }
+}
+
+function ago(unix) {
+  const s = Math.max(0, Math.round(Date.now() / 1000 - unix));
+  if (s < 120) return `${s} s ago`;
+  if (s < 7200) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} days ago`;
+}
+
+// the line's readiness: the last good check and its age, the last verdict, open alarms
+function renderReadiness(r) {
+  const alarms = r.alarms || [];
+  const good = r.last_good;
+  const last = r.last;
+  const pill = $("line-ready");
+  if (alarms.length) {
+    text(pill, `line alarm: ${alarms.map((a) => nameOf(a.peer)).join(", ")}`);
+    pill.className = "pill bad";
+  } else if (last && last.verdict === "amber") {
+    text(pill, `line degraded · checked ${ago(last.time)}`);
+    pill.className = "pill warn";
+  } else if (good) {
+    text(pill, `line ready · checked ${ago(good.time)}`);
+    pill.className = "pill ok";
+  } else {
+    text(pill, "line not yet checked");
+    pill.className = "pill";
+  }
+  const box = $("readiness");
+  box.replaceChildren();
+  const line = (label, value, cls) => {
+    const div = document.createElement("div");
+    const l = document.createElement("span");
+    l.className = "muted";
+    text(l, `${label}: `);
+    const v = document.createElement("span");
+    if (cls) v.className = cls;
+    text(v, value);
+    div.append(l, v);
+    box.append(div);
+  };
+  line("last good check", good ? `with ${nameOf(good.peer)}, ${good.verdict}, ${ago(good.time)}` : "none yet");
+  if (last && last !== good && (!good || last.time !== good.time)) {
+    line("last check", `with ${nameOf(last.with || last.peer)}: ${last.verdict} — ${(last.reasons || []).join("; ")}`,
+      `verdict-${last.verdict}`);
+  }
+  const list = $("alarms");
+  list.replaceChildren();
+  for (const a of alarms) {
+    const li = document.createElement("li");
+    li.dataset.peer = a.peer;
+    const who = document.createElement("span");
+    who.className = "dot bad";
+    text(who, `Alarm: line to ${nameOf(a.peer)} is red`);
+    const why = document.createElement("span");
+    text(why, `since ${new Date(a.since * 1000).toLocaleTimeString()} · ${a.count}× · ${a.reason}`);
+    li.append(who, why);
+    list.append(li);
+  }
 }
 
 // a soft two-tone ring while a call is waiting for an answer (stops when it is not)
@@ -217,7 +293,8 @@ function tickDuration() {
 
 function onEvent(event) {
   if (event.kind === "e2ee_failed") showBanner(`end-to-end encryption failed: ${event.reason}`, true);
-  if (event.kind === "ended") showBanner(`call ended: ${event.reason}`, false);
+  // the end of a readiness check is no news for the principal (its result is on the line screen)
+  if (event.kind === "ended" && event.purpose !== "check") showBanner(`call ended: ${event.reason}`, false);
   if (event.kind === "ring") showBanner("", false);
   if (event.kind === "epoch") $("code").classList.add("changed");
 }

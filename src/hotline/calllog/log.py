@@ -205,10 +205,13 @@ class CallLog:
             raise BadLogEntry("the head row is malformed", index=None, reason="head")
         return _Head(count, hh, sig)
 
-    def _rows(self, where: str = "", args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _rows(
+        self, where: str = "", args: tuple[object, ...] = (), limit: int | None = None
+    ) -> list[tuple[object, ...]]:
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
         try:
             return self._conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM entries {where} ORDER BY idx",  # noqa: S608 (fixed SQL)
+                f"SELECT {_ENTRY_COLUMNS} FROM entries {where} ORDER BY idx{tail}",  # noqa: S608 (fixed SQL)
                 args,
             ).fetchall()
         except sqlite3.DatabaseError as exc:
@@ -241,9 +244,21 @@ class CallLog:
         rows = self._rows("WHERE call_id = ?", (call_id,)) if call_id is not None else self._rows()
         return [self._entry(r) for r in rows]
 
-    def entries_of_event(self, event: str) -> list[LogEntry]:
-        """The entries of one event type, in index order. Does not verify."""
-        return [self._entry(r) for r in self._rows("WHERE event = ?", (event,))]
+    def entries_of_event(
+        self, event: str, *, call_below: str | None = None, limit: int | None = None
+    ) -> list[LogEntry]:
+        """The entries of one event type in index order (with ``call_below``: only those
+        whose call id sorts before it; at most ``limit``). Does not verify."""
+        where, args = "WHERE event = ?", [event]
+        if call_below is not None:
+            where, args = where + " AND call_id < ?", [*args, call_below]
+        rows = self._rows(where, tuple(args), limit)
+        return [self._entry(r) for r in rows]
+
+    def indices_of_event(self, event: str) -> list[int]:
+        """The indices of one event type's entries, in order."""
+        rows = self._conn.execute("SELECT idx FROM entries WHERE event = ? ORDER BY idx", (event,))
+        return [int(r[0]) for r in rows.fetchall()]
 
     def calls(self) -> list[str]:
         """Call ids in the order their first entry was written."""

@@ -255,7 +255,11 @@ def _roll_up_days(log: CallLog, now: float, retention: Retention) -> list[LogEnt
     for day in sorted(by_day):
         entries = _entries_of(log, sorted(by_day[day]))
         summary = _Summary()
+        # a caller's check call holds its result and the callee's report: the result counts
+        with_result = {e.call_id for e in entries if e.event == "check_result"}
         for e in entries:
+            if e.event == "check_report" and e.call_id in with_result:
+                continue
             if e.event in CHECK_EVENTS:
                 got = _result_pair(log.terminal_id, e)
                 if got is None:
@@ -289,7 +293,9 @@ def _roll_up_days(log: CallLog, now: float, retention: Retention) -> list[LogEnt
 def _roll_up_months(log: CallLog, now: float, retention: Retention) -> list[LogEntry]:
     cutoff = _month_start(now, retention.months)
     by_month: dict[int, list[LogEntry]] = {}
-    for e in log.entries_of_event(EVENT_CHECK_ROLLUP):
+    # daily summaries are named by their day: only those before the cutoff are read
+    below = "rollup-day-" + dt.datetime.fromtimestamp(cutoff, dt.UTC).strftime("%Y-%m-%d")
+    for e in log.entries_of_event(EVENT_CHECK_ROLLUP, call_below=below):
         obj = expect_dict(decode(e.payload_bytes), EVENT_CHECK_ROLLUP)
         start = obj.get("start")
         if obj.get("period") == PERIOD_DAY and isinstance(start, int) and start < cutoff:

@@ -23,6 +23,7 @@ warning is cleared when the item is renewed (its end moves out of the lead) or d
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -102,6 +103,7 @@ class ExpiryWarning:
             "item_kind": self.item.kind,
             "expires_at": int(self.item.expires_at),
             "since": self.since,
+            "raised_at": self.last_raised,
             "reason": self.reason,
             "count": self.count,
         }
@@ -110,6 +112,7 @@ class ExpiryWarning:
 # --- the items --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
 def certificate_not_after(data: bytes) -> float:
     """The end of validity (unix seconds) of an X.509 certificate, PEM or DER."""
     try:

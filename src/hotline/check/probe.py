@@ -57,6 +57,7 @@ async def run_check(
         raise StateError("a call is running: a readiness check never interrupts it")
     m = Measurement(peer=target)
     started = time.monotonic()
+    previous = daemon.call
     try:
         await _measure(daemon, target, seconds, m, started)
     except HotlineError as exc:
@@ -67,7 +68,9 @@ async def run_check(
             with contextlib.suppress(HotlineError):
                 await call.hangup("readiness check done")
     verdict(m, thresholds)
-    daemon.record_check(m)
+    call = daemon.call
+    ours = call is not None and call is not previous and call.machine.purpose == "check"
+    daemon.record_check(m, call.call_id if ours and call is not None else None)
     return m
 
 

@@ -589,14 +589,11 @@ class TerminalDaemon:
         result: Measurement = await asyncio.shield(self._check_task)
         return dict(result.to_value())
 
-    def record_check(self, m: Measurement) -> None:
-        """Keep a finished check: call log (hash-chained, signed), history, schedule, alarm."""
+    def record_check(self, m: Measurement, call_id: str | None = None) -> None:
+        """Keep a finished check: call log (hash-chained, signed), history, schedule, alarm.
+        ``call_id``: the check's call, if it got as far as dialling (else a result of its
+        own: each result stays with its call, which is what rollups replace as a whole)."""
         wall = self.clock.time()
-        call_id = (
-            self.call.call_id
-            if self.call is not None and self.call.machine.purpose == PURPOSE_CHECK
-            else None
-        )
         record = {**m.to_value(), "time": int(wall), "by": self.terminal_id}
         self.call_log.append(
             call_id or f"check-{os.urandom(8).hex()}", "check_result", record, wall
@@ -677,11 +674,12 @@ class TerminalDaemon:
             return
         if not written:
             return
-        self.rollups = {}
-        for entry in self.call_log.entries_of_event("check_rollup"):
+        present = set(self.call_log.indices_of_event("check_rollup"))
+        self.rollups = {i: rows for i, rows in self.rollups.items() if i in present}
+        for entry in written:
             self.rollups[entry.index] = history_rows(entry)
         # the individual results still kept begin with the oldest check_result left
-        results = self.call_log.entries_of_event("check_result")
+        results = self.call_log.entries_of_event("check_result", limit=1)
         first = results[0].payload if results else None
         cutoff = int(str(first.get("time") or 0)) if isinstance(first, dict) else None
         self.checks = deque(

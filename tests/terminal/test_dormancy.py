@@ -23,15 +23,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hotline.calllog import log_path
+from hotline.calllog import CallLog, log_path
 from hotline.calllog.rollup import Retention
 from hotline.charter import Role
 from hotline.check.clock import SimulatedClock
 from hotline.check.expiry import DAY_S, ExpirySettings
 from hotline.check.metrics import Measurement
 from hotline.check.probe import _frames
+from hotline.encoding import Value
+from hotline.keys import SigningKey
 from hotline.localline import LocalLine
+from hotline.provision import TERMINAL_KEY_FILE
 from hotline.terminal.daemon import TerminalDaemon
+from tests.terminal.test_calls import hotline_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -267,7 +271,7 @@ CHECKS = 100
 
 
 async def test_a_hundred_checks_then_a_real_call_as_good_as_the_first(fast_path: Path) -> None:
-    """100 real readiness checks (short: half a second of measured media each) in one
+    """100 real readiness checks (short: 0.3 s of measured media each) in one
     terminal process, then a real call: as good as the one before them."""
     line, alpha = await start_line(fast_path / "line", scheduled_checks=False)
     try:
@@ -276,7 +280,7 @@ async def test_a_hundred_checks_then_a_real_call_as_good_as_the_first(fast_path:
         setups: list[int] = []
         reds: list[list[str]] = []
         for n in range(CHECKS):
-            result = await alpha.check("bravo", seconds=0.5)
+            result = await alpha.check("bravo", seconds=0.3)
             # every check is a whole call: set up, keyed, media both ways, reports swapped
             assert result["ok"], (n, result)
             assert result["security_code_match"] and result["charter_version_match"], result
@@ -300,3 +304,42 @@ async def test_a_hundred_checks_then_a_real_call_as_good_as_the_first(fast_path:
     assert report.calls >= CHECKS + 2
     bravo = line.verify_log("bravo")
     assert bravo.calls >= CHECKS + 2
+
+
+async def test_history_shows_the_summaries_from_the_command_line(fast_path: Path) -> None:
+    """A terminal whose log holds months of old checks: at start it rolls them up, and
+    `hotline check history` shows the monthly and daily summaries, then the recent ones."""
+    line = LocalLine(fast_path / "line", "east-west", SITES)
+    line.commission()
+    tdir = line.terminal_dir("alpha")
+    key = SigningKey.load(tdir / TERMINAL_KEY_FILE)
+    now = time.time()
+    with CallLog.open(log_path(tdir), "alpha", key) as log:
+        for n in range(24 * 150):  # 150 days of hourly results, up to an hour ago
+            t = now - (24 * 150 - n) * HOUR
+            result: dict[str, Value] = {"peer": "bravo", "by": "alpha", "verdict": "green"}
+            result["setup_ms"] = 800
+            log.append(f"check-{n:08x}", "check_result", {**result, "time": int(t)}, t)
+    try:
+        await line.start_exchange()
+        await line.start_terminal("alpha", "--no-scheduled-checks")
+        await line.wait_online(["alpha"])
+        alpha = str(tdir)
+        rows: list[dict[str, Any]] = []
+        deadline = time.monotonic() + WAIT_S
+        while not any(r.get("kind") == "month" for r in rows):  # the first housekeeping
+            assert time.monotonic() < deadline, "no summaries"
+            done = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha, "--json")
+            assert done.returncode == 0, done
+            rows = json.loads(done.stdout)
+            await asyncio.sleep(0.5)
+        kinds = [r.get("kind") for r in rows]
+        assert "day" in kinds and kinds[-1] is None  # summaries first, then single results
+        assert sum(int(r["checks"]) for r in rows if r.get("kind")) + kinds.count(None) == 3600
+        month = next(r for r in rows if r.get("kind") == "month")
+        assert month["verdicts"]["green"] == month["checks"] and month["setup_ms"]["mean"] == 800
+        table = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha)
+        assert table.returncode == 0 and "(month)" in table.stdout and "(day)" in table.stdout
+    finally:
+        await line.stop()
+    assert line.verify_log("alpha").pruned > 0

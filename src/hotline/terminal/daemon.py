@@ -676,8 +676,9 @@ class TerminalDaemon:
             return
         present = set(self.call_log.indices_of_event("check_rollup"))
         self.rollups = {i: rows for i, rows in self.rollups.items() if i in present}
-        for entry in written:
-            self.rollups[entry.index] = history_rows(entry)
+        for entry in written:  # a daily summary may be in a monthly one already
+            if entry.index in present:
+                self.rollups[entry.index] = history_rows(entry)
         # the individual results still kept begin with the oldest check_result left
         results = self.call_log.entries_of_event("check_result", limit=1)
         first = results[0].payload if results else None

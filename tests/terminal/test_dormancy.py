@@ -31,6 +31,7 @@ from hotline.check.expiry import DAY_S, ExpirySettings
 from hotline.check.metrics import Measurement
 from hotline.check.probe import _frames
 from hotline.encoding import Value
+from hotline.exchange.tls import CERT_VALIDITY_DAYS
 from hotline.keys import SigningKey
 from hotline.localline import LocalLine
 from hotline.provision import TERMINAL_KEY_FILE
@@ -275,6 +276,10 @@ async def test_a_hundred_checks_then_a_real_call_as_good_as_the_first(fast_path:
     terminal process, then a real call: as good as the one before them."""
     line, alpha = await start_line(fast_path / "line", scheduled_checks=False)
     try:
+        # what the exchange presented over TLS is watched: its certificate ends in 10 years
+        tls = next(i for i in alpha.expiry_items() if i.kind == "tls_certificate")
+        assert abs(tls.expires_at - (time.time() + CERT_VALIDITY_DAYS * DAY_S)) < 3600
+        assert alpha.readiness_status()["next_expiry"]["kind"] in ("key_age", "tls_certificate")
         first_call = await real_call(alpha, "bravo")
         began = time.monotonic()
         setups: list[int] = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,3 +47,19 @@ def netlab() -> Iterator[Lab]:
     with Lab(seed=int(os.environ.get("NETLAB_SEED", "1"))) as lab:
         print(f"netlab seed {lab.seed}, namespaces {lab.prefix}*")
         yield lab
+
+
+@pytest.fixture
+def fast_path(tmp_path: Path) -> Iterator[Path]:
+    """A folder on tmpfs (``/dev/shm``) when there is one, else ``tmp_path``: for tests that
+    write thousands of call log entries, each a durable SQLite commit, which on a disk costs
+    an fsync apiece."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="hotline-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

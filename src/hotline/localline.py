@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import ssl
@@ -217,9 +218,11 @@ class LocalLine:
         width: int = 640,
         height: int = 360,
         fps: int = 30,
+        **overrides: Any,
     ) -> TerminalDaemon:
         """A terminal daemon in this process (tests inject faults into it; the benchmark
-        times it), on loopback ICE, connected to this line's exchange."""
+        times it), on loopback ICE, connected to this line's exchange. ``overrides``
+        replace fields of its ``DaemonConfig`` (a readiness clock, retention, hook…)."""
         # aiortc loads only here: the demo's command line stays quick to start
         from hotline.media import aiortc_patch, engine  # noqa: PLC0415
         from hotline.terminal.daemon import TerminalDaemon  # noqa: PLC0415
@@ -237,6 +240,7 @@ class LocalLine:
             height=height,
             fps=fps,
         )
+        config = dataclasses.replace(config, **overrides)
         aiortc_patch.install()
         engine.set_ice_addresses(["loopback"])
         daemon = TerminalDaemon(config)

@@ -114,8 +114,11 @@ class CallSession:
         sfus: Sequence[SfuEndpoint] = (),
         mesh_limit: int = 3,
         thresholds: CheckThresholds = DEFAULT_CHECK_THRESHOLDS,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.call_id = call_id
+        #: the time the call log records (the terminal's readiness clock)
+        self._wall = wall_clock
         #: the charter's SFUs (the first is used) and the policy's mesh limit
         self.sfus = tuple(sfus)
         self.mesh_limit = mesh_limit
@@ -760,7 +763,7 @@ class CallSession:
     async def _send_summaries(self) -> None:
         """Sign the call summary for every member we shared an epoch with, and send it."""
         for peer_id in sorted(self.ever_members - {self.self_id}):
-            summary, signature = self._log.sign_summary(self.call_id, peer_id, time.time())
+            summary, signature = self._log.sign_summary(self.call_id, peer_id, self._wall())
             body = encode({"call": self.call_id, "summary": summary, "signature": signature})
             await self._send(peer_id, MSG_SUMMARY, body)
 
@@ -774,7 +777,7 @@ class CallSession:
         key = self.directory.get(sender)
         if key is None:
             raise CallProtocolError(f"call.summary from {sender}, not in the charter")
-        self._log.add_cosignature(self.call_id, sender, key, summary, signature, time.time())
+        self._log.add_cosignature(self.call_id, sender, key, summary, signature, self._wall())
         self.cosigned.add(sender)
         self._on_event("cosigned", {"by": sender})
 
@@ -806,7 +809,7 @@ class CallSession:
         return {"line_id": self.line_id, "charter_version": self.charter_version}
 
     def _log_event(self, event: str, payload: dict[str, Value]) -> None:
-        self._log.append(self.call_id, event, payload, time.time())
+        self._log.append(self.call_id, event, payload, self._wall())
 
     def _on_frame_event(self, event: FrameEvent) -> None:
         """A frame refused by the media seam (on the event loop): counted by the seam's

@@ -17,6 +17,7 @@ from hotline.calllog.records import (
     _ENTRY_COLUMNS,
     _EVENT_RE,
     _SCHEMA,
+    EVENT_CHECK_ROLLUP,
     EVENT_COSIGN,
     FORMAT_VERSION,
     GENESIS_HASH,
@@ -24,6 +25,7 @@ from hotline.calllog.records import (
     CheckedCosignature,
     Cosignature,
     LogEntry,
+    PrunedRun,
     VerifyReport,
     _check_id,
     _check_summary_bytes,
@@ -35,7 +37,9 @@ from hotline.calllog.records import (
     _validate_payload,
     entry_hash,
     entry_signing_bytes,
+    first_unclaimed,
     head_signing_bytes,
+    rollup_claims,
     sign_summary,
     verify_summary_signature,
 )
@@ -201,10 +205,13 @@ class CallLog:
             raise BadLogEntry("the head row is malformed", index=None, reason="head")
         return _Head(count, hh, sig)
 
-    def _rows(self, where: str = "", args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _rows(
+        self, where: str = "", args: tuple[object, ...] = (), limit: int | None = None
+    ) -> list[tuple[object, ...]]:
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
         try:
             return self._conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM entries {where} ORDER BY idx",  # noqa: S608 (fixed SQL)
+                f"SELECT {_ENTRY_COLUMNS} FROM entries {where} ORDER BY idx{tail}",  # noqa: S608 (fixed SQL)
                 args,
             ).fetchall()
         except sqlite3.DatabaseError as exc:
@@ -237,6 +244,22 @@ class CallLog:
         rows = self._rows("WHERE call_id = ?", (call_id,)) if call_id is not None else self._rows()
         return [self._entry(r) for r in rows]
 
+    def entries_of_event(
+        self, event: str, *, call_below: str | None = None, limit: int | None = None
+    ) -> list[LogEntry]:
+        """The entries of one event type in index order (with ``call_below``: only those
+        whose call id sorts before it; at most ``limit``). Does not verify."""
+        where, args = "WHERE event = ?", [event]
+        if call_below is not None:
+            where, args = where + " AND call_id < ?", [*args, call_below]
+        rows = self._rows(where, tuple(args), limit)
+        return [self._entry(r) for r in rows]
+
+    def indices_of_event(self, event: str) -> list[int]:
+        """The indices of one event type's entries, in order."""
+        rows = self._conn.execute("SELECT idx FROM entries WHERE event = ? ORDER BY idx", (event,))
+        return [int(r[0]) for r in rows.fetchall()]
+
     def calls(self) -> list[str]:
         """Call ids in the order their first entry was written."""
         rows = self._conn.execute(
@@ -264,7 +287,7 @@ class CallLog:
         return self._append(call_id, event, payload, now)
 
     def _append(self, call_id: str, event: str, payload: Value, now: float) -> LogEntry:
-        key = self._require_key()
+        self._require_key()
         _check_id(call_id, "call id")
         if not _EVENT_RE.match(event):
             raise UsageError(f"event type {event!r} must match [a-z][a-z0-9_.-]{{0,63}}")
@@ -274,36 +297,43 @@ class CallLog:
             raise UsageError(
                 f"payload of {len(payload_bytes)} bytes exceeds the limit of {MAX_PAYLOAD_SIZE}"
             )
-        time_us = _time_us(now)
         with _transaction(self._conn):
-            head = self._read_head()
-            index = head.count
-            h = entry_hash(
-                terminal_id=self.terminal_id,
-                index=index,
-                time_us=time_us,
-                call_id=call_id,
-                event=event,
-                payload=payload_bytes,
-                prev_hash=head.head_hash,
-            )
-            sig = key.sign(entry_signing_bytes(h))
-            head_sig = key.sign(head_signing_bytes(self.terminal_id, index + 1, h))
-            try:
-                self._conn.execute(
-                    f"INSERT INTO entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                    (index, time_us, call_id, event, payload_bytes, head.head_hash, h, sig),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise BadLogEntry(
-                    f"entry {index}: an entry beyond the signed head already exists",
-                    index=index,
-                    reason="beyond_head",
-                ) from exc
+            return self._append_locked(call_id, event, payload_bytes, now)
+
+    def _append_locked(
+        self, call_id: str, event: str, payload_bytes: bytes, now: float
+    ) -> LogEntry:
+        """The append itself, inside a transaction the caller holds."""
+        key = self._require_key()
+        time_us = _time_us(now)
+        head = self._read_head()
+        index = head.count
+        h = entry_hash(
+            terminal_id=self.terminal_id,
+            index=index,
+            time_us=time_us,
+            call_id=call_id,
+            event=event,
+            payload=payload_bytes,
+            prev_hash=head.head_hash,
+        )
+        sig = key.sign(entry_signing_bytes(h))
+        head_sig = key.sign(head_signing_bytes(self.terminal_id, index + 1, h))
+        try:
             self._conn.execute(
-                "UPDATE head SET count = ?, head_hash = ?, signature = ? WHERE id = 1",
-                (index + 1, h, head_sig),
+                f"INSERT INTO entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (index, time_us, call_id, event, payload_bytes, head.head_hash, h, sig),
             )
+        except sqlite3.IntegrityError as exc:
+            raise BadLogEntry(
+                f"entry {index}: an entry beyond the signed head already exists",
+                index=index,
+                reason="beyond_head",
+            ) from exc
+        self._conn.execute(
+            "UPDATE head SET count = ?, head_hash = ?, signature = ? WHERE id = 1",
+            (index + 1, h, head_sig),
+        )
         return LogEntry(index, time_us, call_id, event, payload_bytes, head.head_hash, h, sig)
 
     def _check_tail(self, public_key: PublicKey) -> None:
@@ -495,11 +525,21 @@ class CallLog:
         entries: list[LogEntry] = []
         by_call: dict[str, list[LogEntry]] = {}
         checked: list[CheckedCosignature] = []
+        spans = self._spans()
+        pruned: list[tuple[int, int]] = []
+        claims: list[tuple[int, int]] = []
         prev = GENESIS_HASH
         last = max([head.count, *[i + 1 for i in by_index]])
-        for i in range(last):
+        i = 0
+        while i < last:
             found = by_index.get(i)
             if found is None:
+                span = spans.get(i)
+                if span is not None:
+                    self._check_span(span, prev, public_key, head.count)
+                    pruned.append((span.first, span.last))
+                    prev, i = span.last_hash, span.last + 1
+                    continue
                 if max(by_index, default=-1) < i:
                     raise BadLogEntry(
                         f"entry {i}: missing; the log was truncated (the signed head records "
@@ -523,13 +563,30 @@ class CallLog:
             if e.event == EVENT_COSIGN:
                 before = by_call.get(e.call_id, [])
                 checked.append(self._check_cosign(e, before, public_key, peer_keys))
+            elif e.event == EVENT_CHECK_ROLLUP:
+                claims.extend(rollup_claims(e))
             entries.append(e)
             by_call.setdefault(e.call_id, []).append(e)
             prev = e.entry_hash
+            i += 1
         stray = sorted(i for i in by_index if i < 0)
         if stray:
             raise BadLogEntry(
                 f"entry {stray[0]}: an index outside the log", index=stray[0], reason="gap"
+            )
+        if len(entries) != len(by_index):
+            inside = min(set(by_index) - {e.index for e in entries})
+            raise BadLogEntry(
+                f"entry {inside}: stored inside a run of entries a rollup removed",
+                index=inside,
+                reason="inside_pruned",
+            )
+        unclaimed = first_unclaimed(pruned, claims)
+        if unclaimed is not None:
+            raise BadLogEntry(
+                f"entry {unclaimed}: removed, but no signed rollup in the log claims it",
+                index=unclaimed,
+                reason="unclaimed_pruning",
             )
         if not hmac.compare_digest(prev, head.head_hash):
             raise BadLogEntry(
@@ -543,7 +600,59 @@ class CallLog:
             head_hash=head.head_hash,
             calls=len({e.call_id for e in entries}),
             cosignatures=tuple(checked),
+            pruned=sum(b - a + 1 for a, b in pruned),
         )
+
+    def _spans(self) -> dict[int, PrunedRun]:
+        """The runs of removed entries, by first index (none in a log made before rollups)."""
+        try:
+            rows = self._conn.execute(
+                "SELECT first, last, prev_hash, last_hash, last_sig FROM pruned ORDER BY first"
+            ).fetchall()
+        except sqlite3.OperationalError:  # an older log, opened read-only: no such table
+            return {}
+        except sqlite3.DatabaseError as exc:
+            raise BadLogEntry(
+                f"{self.path}: pruned runs unreadable: {exc}", index=None, reason="corrupt"
+            ) from exc
+        out: dict[int, PrunedRun] = {}
+        for first, last, prev_hash, last_hash, last_sig in rows:
+            if not (
+                isinstance(first, int)
+                and isinstance(last, int)
+                and isinstance(prev_hash, bytes)
+                and isinstance(last_hash, bytes)
+                and isinstance(last_sig, bytes)
+                and 0 <= first <= last
+            ):
+                raise BadLogEntry("a pruned run is malformed", index=None, reason="malformed")
+            out[first] = PrunedRun(first, last, prev_hash, last_hash, last_sig)
+        return out
+
+    def _check_span(self, span: PrunedRun, prev: bytes, public_key: PublicKey, count: int) -> None:
+        """A removed run links to the entry before it, and its last entry's hash (which the
+        next entry links to) carries this terminal's signature."""
+        if span.last >= count:
+            raise BadLogEntry(
+                f"entry {span.first}: a removed run goes beyond the signed head",
+                index=span.first,
+                reason="beyond_head",
+            )
+        if not hmac.compare_digest(span.prev_hash, prev):
+            raise BadLogEntry(
+                f"entry {span.first}: broken chain: the removed run {span.first}..{span.last} "
+                f"does not follow entry {span.first - 1}",
+                index=span.first,
+                reason="broken_chain",
+            )
+        try:
+            public_key.verify(span.last_sig, entry_signing_bytes(span.last_hash))
+        except SignatureError as exc:
+            raise BadLogEntry(
+                f"entry {span.last}: bad signature on the last entry of a removed run",
+                index=span.last,
+                reason="bad_signature",
+            ) from exc
 
     def _check_entry(
         self,

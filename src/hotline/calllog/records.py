@@ -66,6 +66,8 @@ EVENT_E2EE_FAILURE: Final = "e2ee_failure"
 EVENT_HANGUP: Final = "hangup"
 EVENT_STATS_SUMMARY: Final = "stats_summary"
 EVENT_COSIGN: Final = "cosign"
+#: a daily or monthly summary of readiness checks that replaces their entries
+EVENT_CHECK_ROLLUP: Final = "check_rollup"
 
 #: the documented event types (``docs/call-log.md``). Other names matching
 #: ``[a-z][a-z0-9_.-]{0,63}`` are accepted so that new events need no format change;
@@ -87,6 +89,7 @@ KNOWN_EVENTS: Final = frozenset(
         EVENT_HANGUP,
         EVENT_STATS_SUMMARY,
         EVENT_COSIGN,
+        EVENT_CHECK_ROLLUP,
     }
 )
 
@@ -106,6 +109,14 @@ CREATE TABLE IF NOT EXISTS entries (
     signature  BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_call ON entries (call_id, idx);
+-- runs of entries removed by a rollup (``calllog.rollup``): what the chain needs to go on
+CREATE TABLE IF NOT EXISTS pruned (
+    first      INTEGER PRIMARY KEY,
+    last       INTEGER NOT NULL,
+    prev_hash  BLOB NOT NULL,
+    last_hash  BLOB NOT NULL,
+    last_sig   BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS head (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     count     INTEGER NOT NULL,
@@ -281,12 +292,16 @@ class VerifyReport:
     head_hash: bytes
     calls: int
     cosignatures: tuple[CheckedCosignature, ...] = field(default=())
+    #: entries removed by rollups (their chain links and signatures checked, and each one
+    #: claimed by a signed rollup entry that is still in the log)
+    pruned: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {
             "ok": True,
             "terminal_id": self.terminal_id,
             "entries": self.entries,
+            "pruned": self.pruned,
             "head_hash": self.head_hash.hex(),
             "calls": self.calls,
             "cosignatures": [
@@ -432,3 +447,63 @@ def _cosign_payload(e: LogEntry) -> Cosignature:
         summary=field_bytes(obj, "summary", what),
         signature=field_bytes(obj, "signature", what),
     )
+
+
+# --- rollups: entries replaced by a signed summary -----------------------------------------
+
+
+@dataclass(frozen=True)
+class PrunedRun:
+    """Consecutive entries ``first..last`` removed by rollups: what the chain needs to go
+    on without them (the link before the run, the last hash and its signature)."""
+
+    first: int
+    last: int
+    prev_hash: bytes
+    last_hash: bytes
+    last_sig: bytes
+
+
+def rollup_claims(e: LogEntry) -> list[tuple[int, int]]:
+    """The index ranges (inclusive) a ``check_rollup`` entry says it replaced."""
+    try:
+        obj = expect_dict(decode(e.payload_bytes), "check_rollup payload")
+        out: list[tuple[int, int]] = []
+        for item in field_list(obj, "replaces", "check_rollup payload"):
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or not all(isinstance(v, int) for v in item)
+            ):
+                raise EncodingError("check_rollup payload: replaces holds [first, last] pairs")
+            first, last = int(str(item[0])), int(str(item[1]))
+            if not 0 <= first <= last < e.index:
+                raise EncodingError("check_rollup payload: a range outside the entries before it")
+            out.append((first, last))
+    except EncodingError as exc:
+        raise BadLogEntry(
+            f"entry {e.index}: malformed rollup: {exc}", index=e.index, reason="bad_rollup"
+        ) from exc
+    return out
+
+
+def first_unclaimed(
+    pruned: Sequence[tuple[int, int]], claims: Sequence[tuple[int, int]]
+) -> int | None:
+    """The first removed index that no claim covers (None: every one is claimed)."""
+    merged: list[list[int]] = []
+    for a, b in sorted(claims):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    k = 0
+    for a, b in sorted(pruned):
+        at = a
+        while at <= b:
+            while k < len(merged) and merged[k][1] < at:
+                k += 1
+            if k == len(merged) or merged[k][0] > at:
+                return at
+            at = merged[k][1] + 1
+    return None

@@ -13,7 +13,7 @@ encoding has no floats.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds
 from hotline.encoding import Value
@@ -65,8 +65,9 @@ class Measurement:
 
     def to_value(self) -> dict[str, Value]:
         out: dict[str, Value] = {}
-        for key, value in asdict(self).items():
-            out[key] = list[Value](value) if isinstance(value, list) else value
+        for f in fields(self):  # shallow (asdict deep-copies): one per check, for years
+            value = getattr(self, f.name)
+            out[f.name] = list[Value](value) if isinstance(value, list) else value
         return out
 
 

@@ -58,7 +58,8 @@ async def run_check(
         raise StateError("a call is running: a readiness check never interrupts it")
     m = Measurement(peer=target)
     started = time.monotonic()
-    wall = time.time()
+    wall = daemon.clock.time()
+    previous = daemon.call
     try:
         try:
             await _measure(daemon, target, seconds, m, started)
@@ -73,10 +74,12 @@ async def run_check(
                 await call.send_check_result(target, daemon.check_record(m, wall))
     finally:
         call = daemon.call
+        ours = call is not None and call is not previous and call.machine.purpose == "check"
+        check_call_id = call.call_id if ours and call is not None else None
         if call is not None and call.machine.purpose == "check" and daemon.busy:
             with contextlib.suppress(HotlineError):
                 await call.hangup("readiness check done")
-    daemon.record_check(m, wall)
+    daemon.record_check(m, wall, check_call_id)
     return m
 
 

@@ -76,7 +76,8 @@ def run(
 
 @app.command("history")
 def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
-    """The readiness results this terminal holds, newest last (all are in its call log)."""
+    """The readiness results this terminal holds, oldest first: daily and monthly summaries
+    of older checks (signed, in the call log, replacing their entries), then each result."""
     results = asyncio.run(_request(terminal, "GET", "/checks"))
     if json_out:
         print_json(results)
@@ -85,11 +86,26 @@ def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
     for r in results:
         when = dt.datetime.fromtimestamp(int(r.get("time") or 0), dt.UTC)
         verdict = str(r.get("verdict"))
+        colour = COLOURS.get(verdict, "white")
+        if r.get("kind") in ("day", "month"):
+            counts = r.get("verdicts") or {}
+            table.add_row(
+                when.strftime("%Y-%m-%d" if r["kind"] == "day" else "%Y-%m") + f" ({r['kind']})",
+                escape(str(r.get("by"))),
+                escape(str(r.get("peer"))),
+                f"[{colour}]{r.get('checks')} checks[/]",
+                _ms(_figure(r, "setup_ms", "mean")),
+                _ms(_figure(r, "one_way_ms", "mean")),
+                f"≤ {(_figure(r, 'loss_permille', 'max') or 0) / 10:g} %",
+                f"≥ {(_figure(r, 'mos_x100', 'min') or 0) / 100:.2f}",
+                ", ".join(f"{counts.get(v, 0)} {v}" for v in ("green", "amber", "red")),
+            )
+            continue
         table.add_row(
             when.strftime("%Y-%m-%d %H:%M:%S"),
             escape(str(r.get("by"))),
             escape(str(r.get("peer"))),
-            f"[{COLOURS.get(verdict, 'white')}]{verdict}[/]",
+            f"[{colour}]{verdict}[/]",
             _ms(r.get("setup_ms")),
             _ms(r.get("one_way_ms")),
             f"{(r.get('loss_permille') or 0) / 10:g} %",
@@ -97,3 +113,9 @@ def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
             escape("; ".join(r.get("reasons") or [])),
         )
     console.print(table if results else "no readiness checks yet")
+
+
+def _figure(row: dict[str, Any], name: str, which: str) -> Any:
+    """One aggregate (n, min, max, mean) of a figure in a summary row."""
+    figure = row.get(name)
+    return figure.get(which) if isinstance(figure, dict) else None

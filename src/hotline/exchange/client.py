@@ -288,6 +288,8 @@ class ExchangeClient:
             raise UsageError(f"{terminal_id} is not a terminal of line {charter.line_id}") from exc
         if member.identity_key != key.public:
             raise UsageError(f"this key is not the identity key of {terminal_id} in the charter")
+        #: the DER certificate the exchange presented at the last TLS connection (pinned)
+        self.peer_certificate: bytes | None = None
         self._endpoints = [_Endpoint.make(url, tls_fingerprint, charter)]
         for extra_url, extra_fingerprint in fallbacks:
             endpoint = _Endpoint.make(extra_url, extra_fingerprint, charter)
@@ -632,6 +634,9 @@ class ExchangeClient:
             ) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ExchangeUnavailable(f"cannot reach the exchange at {self.url}: {exc}") from exc
+        ssl_object = ws.get_extra_info("ssl_object")
+        if ssl_object is not None:  # what the exchange presented (pinned): for expiry warnings
+            self.peer_certificate = ssl_object.getpeercert(binary_form=True)
         try:
             await asyncio.wait_for(self._handshake(ws), self._connect_timeout)
         except BaseException:

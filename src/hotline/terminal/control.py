@@ -171,7 +171,7 @@ def make_app(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> 
         return web.json_response(await daemon.check(target_of(data), float(seconds)))
 
     async def checks(request: web.Request) -> web.Response:
-        return web.json_response(list(daemon.checks))
+        return web.json_response(daemon.check_history())
 
     async def ui_link(request: web.Request) -> web.Response:
         if ui is None:

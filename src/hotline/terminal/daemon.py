@@ -26,7 +26,19 @@ from hotline.call.machine import PURPOSE_CALL, PURPOSE_CHECK, CallState
 from hotline.call.media_engine import EngineFactory
 from hotline.call.session import CallSession, MediaSettings, new_call_id
 from hotline.calllog import CallLog, log_path
+from hotline.calllog.rollup import Retention, history_rows, roll_up
 from hotline.charter import CharterStore, SignedCharter
+from hotline.check.clock import SYSTEM_CLOCK, Clock
+from hotline.check.expiry import (
+    ExpiryItem,
+    ExpirySettings,
+    ExpiryWatch,
+    charter_item,
+    key_age_item,
+    next_expiry,
+    tls_item,
+    turn_item,
+)
 from hotline.check.metrics import Measurement
 from hotline.check.probe import DEFAULT_SECONDS, run_check
 from hotline.check.schedule import ReadinessSchedule
@@ -46,6 +58,7 @@ from hotline.exchange.client import (
 from hotline.keys import SigningKey
 from hotline.logs import event
 from hotline.media.sources import open_source
+from hotline.media.turn import SharedSecretCredentials
 from hotline.ratelog import LogGate, clip
 from hotline.terminal.config import TerminalConfig
 from hotline.terminal.dispatch import MSG_RING, CurrentCall, Route, dispatch
@@ -75,6 +88,8 @@ CHECK_HISTORY = 200
 #: a check due during a real call is tried again this much later
 CHECK_POSTPONE_S = 60.0
 HOOK_TIMEOUT_S = 30.0
+#: how often (readiness clock) expiries are reviewed and due rollups written
+HOUSEKEEPING_S = 60.0
 LIVE_STATES = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
 #: messages for an ended call that need no answer (the summary is exchanged after the end)
 #: event kinds the exchange or the network can trigger without any member's signature
@@ -108,6 +123,14 @@ class DaemonConfig:
     site: TerminalConfig = field(default_factory=TerminalConfig)
     #: the media engine: "aiortc" (in this process) or "browser" (the open UI page)
     engine: str = "aiortc"
+    #: the readiness regime's clock: schedule, check history, alarms, expiry (tests compress it)
+    clock: Clock = SYSTEM_CLOCK
+    #: how far ahead expiries are warned, and the identity key's maximum age
+    expiry: ExpirySettings = field(default_factory=ExpirySettings)
+    #: how long individual check results and daily summaries are kept in the call log
+    retention: Retention = field(default_factory=Retention)
+    #: when the identity key was made (its file's modification time), for its age
+    identity_key_created: float | None = None
 
     @property
     def state(self) -> Path:
@@ -117,6 +140,7 @@ class DaemonConfig:
 class TerminalDaemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
+        self.clock = config.clock
         state = config.state
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.charters = CharterStore(state / "charters.sqlite")
@@ -176,12 +200,19 @@ class TerminalDaemon:
         )
         #: readiness results, newest last: from the call log at start, then as they come
         self.checks: deque[dict[str, Any]] = deque(maxlen=CHECK_HISTORY)
+        #: daily and monthly summaries of older results (``calllog.rollup``), by entry
+        self.rollups: dict[int, list[dict[str, Any]]] = {}
         self._load_checks()
         self._check_task: asyncio.Task[Any] | None = None
         self._hooks: set[asyncio.Task[None]] = set()
         #: since start, for the metrics: calls by (purpose, direction), checks by verdict
         self.call_counts: dict[tuple[str, str], int] = {}
         self.check_counts: dict[str, int] = {}
+        self.expiry = ExpiryWatch(config.expiry)
+        self._housekeeping_at: float | None = None
+        self._rolled_up_day: int | None = None
+        #: when the running call's relay credentials were made (for their expiry)
+        self._call_started: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -227,7 +258,7 @@ class TerminalDaemon:
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         self._event_seq += 1
-        record = {**data, "seq": self._event_seq, "time": time.time(), "kind": kind}
+        record = {**data, "seq": self._event_seq, "time": self.clock.time(), "kind": kind}
         history = self._exchange_history if kind in EXCHANGE_EVENT_KINDS else self._history
         history.append(record)
         log.info("%s %s", kind, data, extra=event(kind, **data))
@@ -306,6 +337,7 @@ class TerminalDaemon:
             sfus=charter.sfus,
             mesh_limit=charter.policy.mesh_limit,
             thresholds=charter.policy.check_thresholds,
+            wall_clock=self.clock.time,
         )
 
     @property
@@ -331,6 +363,7 @@ class TerminalDaemon:
         self._archive()
         call = self._new_session(new_call_id(os.urandom))
         self.call = call
+        self._call_started = self.clock.time()
         self._known_calls.add(call.call_id)
         self.emit("dialing", {"call": call.call_id, "target": target, "purpose": purpose})
         self._count_call(purpose, "outgoing")
@@ -467,6 +500,7 @@ class TerminalDaemon:
                 self.rejected[reason] = self.rejected.get(reason, 0) + count
             return
         self.call = call
+        self._call_started = self.clock.time()
         self._known_calls.add(call_id)
         purpose = call.machine.purpose
         self._count_call(purpose, "incoming")
@@ -599,14 +633,13 @@ class TerminalDaemon:
             return
         self.emit(kind, data)
 
-    def record_check(self, m: Measurement, wall: float | None = None) -> None:
-        """Keep a finished check: call log (hash-chained, signed), history, schedule, alarm."""
-        wall = time.time() if wall is None else wall
-        call_id = (
-            self.call.call_id
-            if self.call is not None and self.call.machine.purpose == PURPOSE_CHECK
-            else None
-        )
+    def record_check(
+        self, m: Measurement, wall: float | None = None, call_id: str | None = None
+    ) -> None:
+        """Keep a finished check: call log (hash-chained, signed), history, schedule, alarm.
+        ``call_id``: the check's call, if it got as far as dialling (else a result of its
+        own: each result stays with its call, which is what rollups replace as a whole)."""
+        wall = self.clock.time() if wall is None else wall
         record = self.check_record(m, wall)
         self.call_log.append(
             call_id or f"check-{os.urandom(8).hex()}", "check_result", record, wall
@@ -614,7 +647,9 @@ class TerminalDaemon:
         self.checks.append(record)
         self.check_counts[m.verdict] = self.check_counts.get(m.verdict, 0) + 1
         self.emit("check", {"peer": m.peer, "verdict": m.verdict, "reasons": list(m.reasons)})
-        alarm = self.readiness.done(m.peer, time.monotonic(), m.verdict, "; ".join(m.reasons), wall)
+        alarm = self.readiness.done(
+            m.peer, self.clock.monotonic(), m.verdict, "; ".join(m.reasons), wall
+        )
         if alarm is not None:
             data = {
                 "peer": alarm.peer,
@@ -623,11 +658,15 @@ class TerminalDaemon:
                 "count": alarm.count,
             }
             log.warning("readiness alarm: line to %s is red: %s", alarm.peer, alarm.reason)
-            self.emit("alarm", data)
-            if self.config.alarm_hook:
-                task = asyncio.ensure_future(self._run_hook(data))
-                self._hooks.add(task)
-                task.add_done_callback(self._hooks.discard)
+            self._raise_alarm(data)
+
+    def _raise_alarm(self, data: dict[str, Any]) -> None:
+        """An alarm: an event (UI, followers, logs) and the operator's hook."""
+        self.emit("alarm", data)
+        if self.config.alarm_hook:
+            task = asyncio.ensure_future(self._run_hook(data))
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
 
     async def _run_hook(self, alarm: dict[str, Any]) -> None:
         assert self.config.alarm_hook is not None
@@ -646,12 +685,98 @@ class TerminalDaemon:
             log.warning("the alarm hook %r exited with %d", argv[0], code)
 
     def _load_checks(self) -> None:
-        for entry in self.call_log.entries():
-            if entry.event == "check_result":
-                with contextlib.suppress(HotlineError, ValueError):
-                    value = decode(entry.payload_bytes)
-                    if isinstance(value, dict):
-                        self.checks.append(dict(value))
+        for entry in self.call_log.entries_of_event("check_result"):
+            with contextlib.suppress(HotlineError, ValueError):
+                value = decode(entry.payload_bytes)
+                if isinstance(value, dict):
+                    self.checks.append(dict(value))
+        for entry in self.call_log.entries_of_event("check_rollup"):
+            with contextlib.suppress(HotlineError, ValueError, KeyError):
+                self.rollups[entry.index] = history_rows(entry)
+
+    def check_history(self) -> list[dict[str, Any]]:
+        """What `hotline check history` shows: the daily and monthly summaries of older
+        checks, then the individual results still kept, oldest first."""
+        rows = [r for rs in self.rollups.values() for r in rs]
+        rows.sort(key=lambda r: (int(r.get("time") or 0), str(r.get("kind"))))
+        return [*rows, *self.checks]
+
+    # --- housekeeping: rollups and expiry ----------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Roll old check results up (once a day of the readiness clock) and review what
+        expires (each time). The tick calls it every :data:`HOUSEKEEPING_S`."""
+        now = self.clock.time()
+        today = int(now // 86_400)
+        if self._rolled_up_day != today:
+            self._rolled_up_day = today
+            self._roll_up(now)
+        self.review_expiry(now)
+
+    def _roll_up(self, now: float) -> None:
+        try:
+            written = roll_up(self.call_log, now, self.config.retention)
+        except HotlineError as exc:
+            log.warning("readiness results could not be rolled up: %s", exc)
+            return
+        if not written:
+            return
+        present = set(self.call_log.indices_of_event("check_rollup"))
+        self.rollups = {i: rows for i, rows in self.rollups.items() if i in present}
+        for entry in written:  # a daily summary may be in a monthly one already
+            if entry.index in present:
+                self.rollups[entry.index] = history_rows(entry)
+        # the individual results still kept begin with the oldest check_result left
+        results = self.call_log.entries_of_event("check_result", limit=1)
+        first = results[0].payload if results else None
+        cutoff = int(str(first.get("time") or 0)) if isinstance(first, dict) else None
+        self.checks = deque(
+            (c for c in self.checks if cutoff is not None and int(c.get("time") or 0) >= cutoff),
+            maxlen=CHECK_HISTORY,
+        )
+        self.emit("check_rollup", {"summaries": len(written)})
+
+    def expiry_items(self) -> list[ExpiryItem]:
+        """Everything this terminal depends on that ends (see ``check.expiry``)."""
+        items: list[ExpiryItem] = []
+        cert = self.client.peer_certificate
+        if cert is not None:
+            with contextlib.suppress(HotlineError):
+                items.append(tls_item(self.client.url, cert))
+        if self.config.identity_key_created is not None:
+            items.append(
+                key_age_item(
+                    self.terminal_id, self.config.identity_key_created, self.expiry.settings
+                )
+            )
+        charter = self.charter.charter
+        item = charter_item(charter.line_id, charter.version, None)  # format 1: no end
+        if item is not None:
+            items.append(item)
+        if self._call_started is not None and self.busy:
+            for relay in self.config.media.ice.relays:
+                if isinstance(relay.credentials, SharedSecretCredentials):
+                    items.append(turn_item(relay.url, self._call_started, relay.credentials.ttl_s))
+        return items
+
+    def next_expiry(self) -> dict[str, Any] | None:
+        """What expires next (for `hotline status`): key, kind, what, expires_at, in_s."""
+        item = next_expiry(self.expiry_items())
+        return None if item is None else item.to_value(self.clock.time())
+
+    def review_expiry(self, now: float | None = None) -> None:
+        """Raise a warning (an alarm: event and hook) for each item within its lead, once a
+        day each; clear those renewed."""
+        now = self.clock.time() if now is None else now
+        review = self.expiry.review(self.expiry_items(), now)
+        for warning in review.raised:
+            data = warning.to_value()
+            log.warning("expiry alarm: %s", warning.reason)
+            self._raise_alarm(data)
+        for warning in review.cleared:
+            self.emit("alarm_cleared", {"kind": "expiry", "item": warning.item.key})
+
+    # --- the schedule ------------------------------------------------------------------
 
     def _maybe_check(self) -> None:
         """Start the next scheduled check when one is due and the terminal is idle."""
@@ -659,7 +784,7 @@ class TerminalDaemon:
             return
         if self._check_task is not None and not self._check_task.done():
             return
-        now = time.monotonic()
+        now = self.clock.monotonic()
         peer = self.readiness.next_due([t.terminal_id for t in self.charter.charter.terminals], now)
         if peer is None:
             return
@@ -672,7 +797,7 @@ class TerminalDaemon:
         try:
             await run_check(self, peer)
         except StateError:  # a call began meanwhile
-            self.readiness.postpone(peer, time.monotonic(), CHECK_POSTPONE_S)
+            self.readiness.postpone(peer, self.clock.monotonic(), CHECK_POSTPONE_S)
         except Exception:  # a bug in a check must not stop the schedule
             log.exception("internal error in a readiness check")
 
@@ -684,10 +809,10 @@ class TerminalDaemon:
         """The line's readiness as this terminal knows it: checks it ran and those the other
         end ran to it (``by``), newest last; ``last.with`` and ``last_good.peer`` name the
         other end."""
-        now = time.time()
+        now = self.clock.time()
         last = self.checks[-1] if self.checks else None
         good = next((c for c in reversed(self.checks) if c.get("verdict") != "red"), None)
-        mono = time.monotonic()
+        mono = self.clock.monotonic()
         return {
             "interval_s": self.readiness.interval_s,
             "last": None if last is None else {**last, "with": self._other_end(last)},
@@ -696,8 +821,12 @@ class TerminalDaemon:
                 "verdict": good.get("verdict"),
                 "time": good.get("time"), "age_s": round(now - int(good.get("time") or now)),
             },
-            "alarms": [dataclasses.asdict(a) for a in self.readiness.alarms.values()],
+            "alarms": [
+                *(dataclasses.asdict(a) for a in self.readiness.alarms.values()),
+                *(w.to_value() for w in self.expiry.warnings.values()),
+            ],
             "next_due_s": {p: round(t - mono) for p, t in sorted(self.readiness.due.items())},
+            "next_expiry": self.next_expiry(),
             "scheduled": self.config.scheduled_checks,
         }  # fmt: skip
 
@@ -705,6 +834,13 @@ class TerminalDaemon:
         while not self._stopping:
             await asyncio.sleep(TICK_S)
             self._maybe_check()
+            mono = self.clock.monotonic()
+            if self._housekeeping_at is None or mono - self._housekeeping_at >= HOUSEKEEPING_S:
+                self._housekeeping_at = mono
+                try:
+                    self.housekeeping()
+                except Exception:  # a bug must not stop the terminal's clock
+                    log.exception("internal error in the readiness housekeeping")
             if self.call is not None:
                 try:
                     await self.call.tick()

@@ -21,7 +21,7 @@ from hotline.keys import read_passphrase
 from hotline.logs import lifecycle, setup_logging
 from hotline.media import aiortc_patch, engine
 from hotline.media.sinks import CaptureFiles
-from hotline.provision import load_terminal, load_terminal_record
+from hotline.provision import TERMINAL_KEY_FILE, load_terminal, load_terminal_record
 from hotline.settings import Settings, resolve
 from hotline.signals import until_terminated
 from hotline.terminal.config import (
@@ -89,8 +89,13 @@ def build_config(
     if site is None:
         site = load_site_config(terminal_dir, config_path, terminal.terminal_id)
     ice = site.ice_settings(charter)
+    try:  # written once at enrolment: it stands for the key's creation (check.expiry)
+        key_created: float | None = (terminal_dir / TERMINAL_KEY_FILE).stat().st_mtime
+    except OSError:
+        key_created = None
     return DaemonConfig(
         terminal_dir=terminal_dir,
+        identity_key_created=key_created,
         charter=signed,
         exchange_url=exchange_url,
         identity_key=key,

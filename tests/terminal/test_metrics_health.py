@@ -145,11 +145,14 @@ async def test_metrics_health_and_status_follow_the_line(tmp_path: Path) -> None
         text = " ".join(shown.stdout.split())
         assert "NOT READY" in text and "red in a row" in text and "not online" in text
         assert "last good check with bravo" in text
-        assert "expires next" in text
+        assert "expires next" in text and "not reported" not in text
+        assert "the identity key of alpha" in text  # its maximum age, from the key file
         as_json = json.loads((await asyncio.to_thread(status_cli, line, "alpha", "--json")).stdout)
         assert as_json["ready"] is False and as_json["alarms"][0]["peer"] == "bravo"
         assert as_json["last_check"]["verdict"] == "red"
         assert as_json["last_good_check"]["peer"] == "bravo"
+        (key_item,) = [e for e in as_json["expiry"] if "identity key of alpha" in e["what"]]
+        assert key_item["at"] > time.time() + 300 * 86400 and key_item["warn"] is False
 
         # and without the exchange: not ready for that reason too
         await line.stop(line.exchange_name())

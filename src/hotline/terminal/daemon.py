@@ -764,6 +764,21 @@ class TerminalDaemon:
         item = next_expiry(self.expiry_items())
         return None if item is None else item.to_value(self.clock.time())
 
+    def expiry_list(self) -> list[dict[str, Any]]:
+        """Every item that ends, soonest first, as ``hotline status`` shows it: ``what``,
+        ``at`` (unix seconds), ``warn`` (within its warning lead, or a warning is open)."""
+        now = self.clock.time()
+        items = sorted(self.expiry_items(), key=lambda i: i.expires_at)
+        return [
+            {
+                "what": i.what,
+                "at": int(i.expires_at),
+                "warn": i.expires_at - now <= i.lead(self.expiry.settings)
+                or i.key in self.expiry.warnings,
+            }
+            for i in items
+        ]
+
     def review_expiry(self, now: float | None = None) -> None:
         """Raise a warning (an alarm: event and hook) for each item within its lead, once a
         day each; clear those renewed."""
@@ -875,6 +890,7 @@ class TerminalDaemon:
             },
             "call": await self.call.stats(media=media) if self.call is not None else None,
             "readiness": self.readiness_status(),
+            "expiry": self.expiry_list(),
             "health": {
                 name: {"ok": ok, "detail": detail} for name, (ok, detail) in readiness(self).items()
             },

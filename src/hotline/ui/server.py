@@ -208,6 +208,7 @@ class UiServer:
                 "id": t.terminal_id,
                 "name": t.name,
                 "role": str(t.role),
+                "language": t.language,
                 "site": t.site_id,
                 "fingerprint": t.identity_key.fingerprint,
             }

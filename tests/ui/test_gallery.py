@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 MEMBERS = ("alpha", "bravo", "charlie")
 LOUD = "charlie"
 
-#: the interpreter's microphone: a 440 Hz tone instead of the fake device's short beeps
+#: every page's microphone: a 440 Hz tone (silent until the test turns it up) instead of
+#: the fake device's short beeps
 TONE = """(() => {
   const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   navigator.mediaDevices.getUserMedia = async (constraints) => {
@@ -34,16 +35,18 @@ TONE = """(() => {
     const osc = ctx.createOscillator();
     osc.frequency.value = 440;
     const gain = ctx.createGain();
-    gain.gain.value = 0.3;
+    gain.gain.value = 0;
     const out = ctx.createMediaStreamDestination();
     osc.connect(gain).connect(out);
     osc.start();
-    window.hotlineTone = ctx;
+    window.hotlineTone = { ctx, gain };
     for (const t of stream.getAudioTracks()) { stream.removeTrack(t); t.stop(); }
     stream.addTrack(out.stream.getAudioTracks()[0]);
     return stream;
   };
 })()"""
+
+LOUDNESS = "(g) => { window.hotlineTone.gain.gain.value = g; }"
 
 #: what a page shows: who is on the stage, and every tile of the strip
 LAYOUT = """() => {
@@ -98,8 +101,7 @@ async def test_the_loud_member_is_large_and_can_be_muted_here(tmp_path: Path) ->
         pages: dict[str, Any] = {}
         for name in MEMBERS:
             context = await browser.new_context(viewport={"width": 1280, "height": 720})
-            if name == LOUD:
-                await context.add_init_script(TONE)
+            await context.add_init_script(TONE)
             pages[name] = await open_engine_page(context, line, name)
         await pages["alpha"].select_option("#target", "bravo")
         await pages["alpha"].click("#dial")
@@ -112,8 +114,10 @@ async def test_the_loud_member_is_large_and_can_be_muted_here(tmp_path: Path) ->
             await alpha.request("POST", "/invite", {"target": LOUD})
         await pages[LOUD].wait_for_selector("#ring:not(.hidden)", timeout=10_000)
         await pages[LOUD].click("#answer")
-        # the page was used (a click): its tone may start
-        await pages[LOUD].evaluate("() => window.hotlineTone.resume()")
+        # the page was used (a click): its tone may start; the interpreter speaks
+        for page in pages.values():
+            await page.evaluate("() => window.hotlineTone.ctx.resume()")
+        await pages[LOUD].evaluate(LOUDNESS, 0.3)
         t_answer = time.monotonic()
 
         async def settled(name: str) -> Any:
@@ -200,6 +204,23 @@ async def test_the_loud_member_is_large_and_can_be_muted_here(tmp_path: Path) ->
             timeout=5000,
         )
         await pages[LOUD].screenshot(path=str(tmp_path / "charlie-gallery-1280x720.png"))
+        # the interpreter stops, bravo speaks (its microphone back on): alpha's stage follows
+        await pages[LOUD].evaluate(LOUDNESS, 0)
+        await pages["bravo"].click("#mute-mic")
+        await pages["bravo"].evaluate(LOUDNESS, 0.3)
+        t_turn = time.monotonic()
+
+        async def bravo_on_stage() -> Any:
+            layout = await page.evaluate(LAYOUT)
+            return layout if layout["stage"] == "bravo" else None
+
+        turned = await wait_until(bravo_on_stage, 15, "bravo on alpha's stage")
+        print(f"speaker change on alpha's screen {time.monotonic() - t_turn:.1f} s: {turned}")
+        tiles = {t["peer"]: t for t in turned["tiles"]}
+        assert turned["caption"] == "bravo · principal"
+        assert tiles[LOUD]["visible"] and not tiles[LOUD]["speaking"]  # back in the strip
+        await page.screenshot(path=str(tmp_path / "alpha-gallery-bravo-1280x720.png"))
+
         # alpha leaves: its tile goes from the others' screens, which stay in the call
         await page.click("#hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)

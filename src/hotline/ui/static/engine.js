@@ -109,8 +109,9 @@ export class PageEngine {
     };
     pc.ontrack = (e) => {
       link.stream.addTrack(e.track);
-      if (this.shown === link.id || (this.gallery && this.gallery.tiles.has(link.peer) &&
-          this.shownOf && this.shownOf.get(link.peer) === link.id)) this.show(link);
+      if (this.shown === link.id || (this.shownOf && this.shownOf.get(link.peer) === link.id)) {
+        this.show(link);
+      }
     };
     // addTrack (not addTransceiver): an answerer's remote offer takes these transceivers
     // over (JSEP), so the transforms are in place before any SDP is applied
@@ -262,6 +263,7 @@ export class PageEngine {
 
   stopAll() {
     clearInterval(this.timer);
+    if (this.gallery) this.gallery.close();
     for (const link of this.links.values()) link.pc.close();
     this.links.clear();
     if (this.worker) this.worker.terminate();

@@ -24,6 +24,7 @@ export class Gallery {
     this.caption = caption;
     this.describe = describe;
     this.tiles = new Map();  // peer -> tile
+    this.mutedHere = new Set();  // members muted on this screen (kept across rebuilt links)
     this.active = null;
     this.activeSince = 0;
     this.ctx = null;
@@ -82,7 +83,19 @@ export class Gallery {
     this.layout();
   }
 
-  clear() { for (const peer of [...this.tiles.keys()]) this.drop(peer); }
+  // the call is over: nothing is kept, not even who was muted
+  clear() {
+    for (const peer of [...this.tiles.keys()]) this.drop(peer);
+    this.mutedHere.clear();
+  }
+
+  // the page stops being the engine
+  close() {
+    this.clear();
+    clearInterval(this.timer);
+    if (this.ctx) this.ctx.close().catch(() => {});
+    this.ctx = null;
+  }
 
   makeTile(peer) {
     const el = document.createElement("div");
@@ -103,6 +116,7 @@ export class Gallery {
     const tile = { peer, el, video, player, name, bar, mute, level: 0, speaking: false,
                    aboveSince: null, belowSince: null, muted: false };
     mute.onclick = () => this.setMuted(peer, !tile.muted);
+    tile.muted = player.muted = this.mutedHere.has(peer);
     el.append(video, player, name, meter, mute);
     this.refreshLabels(tile);
     return tile;
@@ -113,6 +127,7 @@ export class Gallery {
     if (!tile) return;
     tile.muted = muted;
     tile.player.muted = muted;  // this screen only: the member still sends, others still hear
+    if (muted) this.mutedHere.add(peer); else this.mutedHere.delete(peer);
     this.refreshLabels(tile);
     this.layout();
   }

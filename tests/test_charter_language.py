@@ -15,6 +15,9 @@ from hotline.keys import SigningKey
 from hotline.provision import enroll_terminal, init_site, load_terminal
 from tests.charters import KEYS, make_charter, sign_all
 from tests.test_charter import file_doc
+from tests.test_cli_line import Run, hotline
+
+__all__ = ["hotline"]  # the fixture
 
 
 def with_language(terminal: Terminal, site_key: SigningKey, language: str | None) -> Terminal:
@@ -93,3 +96,24 @@ def test_enrolment_with_a_language(tmp_path: Path) -> None:
     assert load_terminal(plain)[0].language is None
     with pytest.raises(UsageError, match="is not a language tag"):
         enroll_terminal(site, "x", Role.INTERPRETER, language="français")
+
+
+def test_the_cli_enrols_with_a_language(hotline: Run) -> None:
+    assert hotline("site", "init", "paris").code == 0
+    result = hotline(
+        "terminal",
+        "enroll",
+        "fr-interp",
+        "--site",
+        "paris",
+        "--role",
+        "interpreter",
+        "--language",
+        "fr",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["language"] == "fr"
+    hotline(
+        "terminal", "enroll", "x", "--site", "paris", "--role", "interpreter", "--language", "?"
+    ).one_line_error("is not a language tag")

@@ -23,14 +23,13 @@ from hotline.charter import (
     DEFAULT_POLICY,
     ExchangeEndpoint,
     Policy,
-    Role,
     SfuEndpoint,
     SignedCharter,
     load_charter,
 )
 from hotline.errors import ExchangeUnavailable, HotlineError
 from hotline.exchange.tls import create_certificate
-from hotline.provision import create_line, line_terminal_dir
+from hotline.provision import Member, create_line, line_terminal_dir
 from hotline.terminal.control import ControlClient, read_control_file
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ class LocalLine:
         self,
         root: Path,
         line_id: str,
-        sites: Mapping[str, Sequence[tuple[str, Role]]],
+        sites: Mapping[str, Sequence[Member]],
         *,
         policy: Policy = DEFAULT_POLICY,
         exchanges: int = 1,

@@ -39,6 +39,7 @@ from hotline.charter import (
     SignedCharter,
     Site,
     Terminal,
+    check_language,
     is_valid_id,
     load_charter,
     parse_json_document,
@@ -119,6 +120,8 @@ class TerminalRecord:
     identity_key: PublicKey
     enrolment_signature: bytes
     operator_key: PublicKey
+    #: the charter's optional language tag (in the signed enrolment when set)
+    language: str | None = None
 
     @property
     def terminal(self) -> Terminal:
@@ -129,6 +132,7 @@ class TerminalRecord:
             self.role,
             self.identity_key,
             self.enrolment_signature,
+            self.language,
         )
 
     def verify(self) -> None:
@@ -146,6 +150,7 @@ class TerminalRecord:
                 "identity_key": self.identity_key.hex(),
                 "enrolment_signature": self.enrolment_signature.hex(),
                 "operator_key": self.operator_key.hex(),
+                **({"language": self.language} if self.language is not None else {}),
             }
         )
 
@@ -158,6 +163,7 @@ class TerminalRecord:
             TERMINAL_RECORD_FORMAT,
             {"terminal_id", "site_id", "name", "role"},
             extra_hex={"identity_key", "enrolment_signature", "operator_key"},
+            optional={"language"},  # added after format 1: present only when set
         )
         signature = _hex(doc, "enrolment_signature", what)
         if len(signature) != SIGNATURE_SIZE:
@@ -170,6 +176,7 @@ class TerminalRecord:
             identity_key=_hex_key(doc, "identity_key", what),
             enrolment_signature=signature,
             operator_key=_hex_key(doc, "operator_key", what),
+            language=doc.get("language"),
         )
 
 
@@ -239,9 +246,11 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
     site_passphrase: Passphrase = None,
     *,
     display_name: str | None = None,
+    language: str | None = None,
 ) -> Path:
     """Create a terminal folder with a new identity key and an enrolment record signed by
     the site's operator key; keep a public copy of the record in the site folder.
+    ``language``: the tag shown with the terminal's role (an interpreter's language).
 
     ``name`` is the terminal id; ``out_dir`` defaults to ``<site_dir>/../<name>``. Returns
     the terminal folder.
@@ -252,6 +261,11 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
         try:
             role = parse_role(role, "role")
         except CharterFormatError as exc:
+            raise UsageError(str(exc)) from None
+    if language is not None:
+        try:
+            check_language(language, f"terminal {name!r}")
+        except CharterError as exc:
             raise UsageError(str(exc)) from None
     try:
         site, operator = load_site(site_dir, site_passphrase)
@@ -265,7 +279,7 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
     out = out_dir if out_dir is not None else site_dir.resolve().parent / name
     identity = SigningKey.generate()
     terminal_name = display_name or name
-    unsigned = Terminal(name, site.site_id, terminal_name, role, identity.public, b"")
+    unsigned = Terminal(name, site.site_id, terminal_name, role, identity.public, b"", language)
     record = TerminalRecord(
         name,
         site.site_id,
@@ -274,6 +288,7 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
         identity.public,
         operator.sign(unsigned.enrolment_bytes()),
         operator.public,
+        language,
     )
     data = record.to_file_bytes()
     # the site's copy first: if the site folder cannot take it, nothing else exists yet
@@ -482,10 +497,14 @@ def _check_other_signatures(path: Path, signed: SignedCharter, own_site: str) ->
         )
 
 
+#: a terminal of :func:`create_line`: (id, role) or (id, role, language tag)
+Member = tuple[str, Role] | tuple[str, Role, str]
+
+
 def create_line(
     root: Path,
     line_id: str,
-    sites: Mapping[str, Sequence[tuple[str, Role]]],
+    sites: Mapping[str, Sequence[Member]],
     exchanges: Iterable[ExchangeEndpoint | str] = (),
     policy: Policy = DEFAULT_POLICY,
     *,
@@ -502,8 +521,14 @@ def create_line(
         site_dir = line_site_dir(root, site_id)
         init_site(site_dir, site_id)
         site_dirs.append(site_dir)
-        for terminal_id, role in members:
-            enroll_terminal(site_dir, terminal_id, role, line_terminal_dir(root, terminal_id))
+        for terminal_id, role, *language in members:
+            enroll_terminal(
+                site_dir,
+                terminal_id,
+                role,
+                line_terminal_dir(root, terminal_id),
+                language=language[0] if language else None,
+            )
     charter = propose_line(
         line_id,
         site_dirs,
@@ -593,6 +618,7 @@ def _record_fields(
     str_fields: set[str],
     *,
     extra_hex: set[str] | None = None,
+    optional: set[str] | None = None,
 ) -> dict[str, str]:
     hex_fields = extra_hex if extra_hex is not None else {"operator_key"}
     doc = parse_json_document(data, what)
@@ -600,7 +626,7 @@ def _record_fields(
         raise CharterFormatError(f"{what}: expected a JSON object")
     if doc.get("format") != kind:
         raise CharterFormatError(f"not a {what} (format {doc.get('format')!r}, expected {kind!r})")
-    expected = {"format"} | str_fields | hex_fields
+    expected = {"format"} | str_fields | hex_fields | (set(doc) & (optional or set()))
     missing = sorted(expected - set(doc))
     extra = sorted(set(doc) - expected)
     if missing:

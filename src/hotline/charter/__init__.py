@@ -9,7 +9,8 @@ rebuilt from the parsed model, so the layout of the JSON file does not matter bu
 to any field breaks every signature.
 
 Every terminal carries an *enrolment signature*: its site's operator key signing the
-line-independent enrolment record (site id, terminal id, name, role, identity key), see
+line-independent enrolment record (site id, terminal id, name, role, identity key, and
+the optional language), see
 :func:`enrolment_bytes`. The same enrolment can therefore be used in several lines.
 
 :class:`CharterStore` keeps, per line, the highest valid version ever accepted (SQLite) and
@@ -50,6 +51,7 @@ from hotline.charter.model import (
     SignedCharter,
     Site,
     Terminal,
+    check_language,
     enrolment_bytes,
     is_valid_id,
     load_charter,
@@ -86,6 +88,7 @@ __all__ = [
     "SignedCharter",
     "Site",
     "Terminal",
+    "check_language",
     "enrolment_bytes",
     "is_valid_id",
     "load_charter",

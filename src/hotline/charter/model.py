@@ -104,10 +104,17 @@ class Site:
         return {"site_id": self.site_id, "name": self.name, "operator_key": self.operator_key.raw}
 
 
-def enrolment_bytes(
-    site_id: str, terminal_id: str, name: str, role: Role, identity_key: PublicKey
+def enrolment_bytes(  # noqa: PLR0917 (the record's fields, in order)
+    site_id: str,
+    terminal_id: str,
+    name: str,
+    role: Role,
+    identity_key: PublicKey,
+    language: str | None = None,
 ) -> bytes:
-    """The canonical enrolment record a site's operator key signs for one terminal."""
+    """The canonical enrolment record a site's operator key signs for one terminal. The
+    language (added after format 1) is in it only when there is one, so that an enrolment
+    signed before the field existed encodes, and verifies, as before."""
     return encode(
         {
             "kind": ENROLMENT_KIND,
@@ -116,8 +123,22 @@ def enrolment_bytes(
             "name": name,
             "role": str(role),
             "identity_key": identity_key.raw,
+            **({"language": language} if language is not None else {}),
         }
     )
+
+
+#: a language tag as people read it on a screen (BCP 47's shape: "fr", "en-GB", "zh-Hant")
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}")
+
+
+def check_language(tag: object, what: str) -> str:
+    """``tag`` if it is a language tag, else :class:`CharterError` (one line)."""
+    if not isinstance(tag, str) or not LANGUAGE_TAG.fullmatch(tag):
+        raise CharterError(
+            f"{what}: language {tag!r} is not a language tag (like fr, en-GB, zh-Hant)"
+        )
+    return tag
 
 
 @dataclass(frozen=True)
@@ -131,10 +152,13 @@ class Terminal:
     identity_key: PublicKey
     #: by the site's operator key, over :meth:`enrolment_bytes`
     enrolment_signature: bytes
+    #: the language the terminal speaks or interprets into (a tag: "fr", "en-GB"), or None;
+    #: a field added after format 1, encoded only when set
+    language: str | None = None
 
     def enrolment_bytes(self) -> bytes:
         return enrolment_bytes(
-            self.site_id, self.terminal_id, self.name, self.role, self.identity_key
+            self.site_id, self.terminal_id, self.name, self.role, self.identity_key, self.language
         )
 
     def verify_enrolment(self, operator_key: PublicKey) -> None:
@@ -153,6 +177,7 @@ class Terminal:
             "role": str(self.role),
             "identity_key": self.identity_key.raw,
             "enrolment_signature": self.enrolment_signature,
+            **({"language": self.language} if self.language is not None else {}),
         }
 
 
@@ -486,6 +511,8 @@ class Charter:
                     f"(terminals[{terminal_index[t.terminal_id]}] and {where})"
                 )
             terminal_index[t.terminal_id] = i
+            if t.language is not None:
+                check_language(t.language, who)
             if t.site_id not in site_index:
                 raise UnknownMember(
                     f"{who} is enrolled by site {t.site_id!r}, which is not in the charter"
@@ -810,6 +837,8 @@ def _list(obj: Mapping[str, Any], key: str, what: str) -> list[Any]:
 
 _SITE_FIELDS = {"site_id", "name", "operator_key"}
 _TERMINAL_FIELDS = {"terminal_id", "site_id", "name", "role", "identity_key", "enrolment_signature"}
+#: terminal fields added after format 1: present only when set
+_OPTIONAL_TERMINAL_FIELDS = {"language"}
 _EXCHANGE_FIELDS = {"url", "tls_fingerprint"}
 _POLICY_FIELDS = {
     "cipher_suite",
@@ -867,7 +896,8 @@ def _parse_charter(value: object) -> Charter:
     terminals = []
     for i, item in enumerate(_list(body, "terminals", "charter")):
         what = f"terminals[{i}]"
-        t = _exact_fields(item, what, _TERMINAL_FIELDS)
+        optional = set(item) & _OPTIONAL_TERMINAL_FIELDS if isinstance(item, dict) else set()
+        t = _exact_fields(item, what, _TERMINAL_FIELDS | optional)
         terminals.append(
             Terminal(
                 terminal_id=_str(t, "terminal_id", what),
@@ -876,6 +906,7 @@ def _parse_charter(value: object) -> Charter:
                 role=parse_role(t["role"], what),
                 identity_key=_key(t, "identity_key", what),
                 enrolment_signature=_bytes(t, "enrolment_signature", what),
+                language=_str(t, "language", what) if "language" in t else None,
             )
         )
     exchanges = []

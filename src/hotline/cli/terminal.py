@@ -53,6 +53,13 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
         str | None,
         typer.Option("--display-name", help="Name shown to people (default: NAME)."),
     ] = None,
+    language: Annotated[
+        str | None,
+        typer.Option(
+            "--language",
+            help="Language tag shown with the role (an interpreter's: fr, en-GB...).",
+        ),
+    ] = None,
     passphrase_file: Annotated[
         Path | None,
         typer.Option(
@@ -81,6 +88,7 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
         read_passphrase(passphrase_file),
         read_passphrase(site_passphrase_file),
         display_name=display_name,
+        language=language,
     )
     record = load_terminal_record(folder)
     if json_output:
@@ -90,6 +98,7 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
                 "site_id": record.site_id,
                 "name": record.name,
                 "role": str(record.role),
+                "language": record.language,
                 "dir": str(folder),
                 "identity_key": record.identity_key.hex(),
                 "fingerprint": record.identity_key.fingerprint,

@@ -52,7 +52,9 @@ log = logging.getLogger("hotline.ui")
 COOKIE = "hotline_ui"
 #: during a call, a status snapshot is pushed this often when no event came
 REFRESH_S = 1.0
-STATIC_FILES = frozenset({"app.js", "style.css", "engine.js", "sframe.js", "worker.js"})
+STATIC_FILES = frozenset(
+    {"app.js", "style.css", "engine.js", "gallery.js", "sframe.js", "worker.js"}
+)
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 LIVE = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -206,6 +208,7 @@ class UiServer:
                 "id": t.terminal_id,
                 "name": t.name,
                 "role": str(t.role),
+                "language": t.language,
                 "site": t.site_id,
                 "fingerprint": t.identity_key.fingerprint,
             }

@@ -299,6 +299,14 @@ function onEvent(event) {
   if (event.kind === "epoch") $("code").classList.add("changed");
 }
 
+// speaker view and strip of a call's members, from the charter's names, roles, languages
+async function makeGallery() {
+  const { Gallery } = await import("/static/gallery.js");
+  const describe = (id) => (status && status.terminals || []).find((t) => t.id === id);
+  return new Gallery({ large: $("remote"), strip: $("strip"), describe,
+                       caption: { el: $("speaker"), name: $("speaker-name"), mute: $("speaker-mute") } });
+}
+
 let engineStarting = false;
 async function startEngine() {
   if (engineStarting || pageEngine || !status || status.engine !== "browser") return;
@@ -307,7 +315,7 @@ async function startEngine() {
     const { PageEngine } = await import("/static/engine.js");
     const engine = new PageEngine((msg) => {
       if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(msg));
-    }, { remote: $("remote"), self: $("self"), noVideo: $("no-video") });
+    }, { remote: $("remote"), self: $("self"), noVideo: $("no-video"), gallery: await makeGallery() });
     await engine.start();
     pageEngine = window.hotlineEngine = engine;
     socket.send(JSON.stringify({ type: "engine_hello" }));

@@ -32,6 +32,7 @@ export class PageEngine {
     this.framesShown = 0;
     this.workerStats = { counters: { protected: 0, decrypted: 0, rejected: {}, refused: {} }, links: {} };
     this.timer = null;
+    this.gallery = elements.gallery || null;  // speaker view and strip (gallery.js)
   }
 
   async start() {
@@ -108,7 +109,9 @@ export class PageEngine {
     };
     pc.ontrack = (e) => {
       link.stream.addTrack(e.track);
-      if (this.shown === link.id) this.show(link);
+      if (this.shown === link.id || (this.shownOf && this.shownOf.get(link.peer) === link.id)) {
+        this.show(link);
+      }
     };
     // addTrack (not addTransceiver): an answerer's remote offer takes these transceivers
     // over (JSEP), so the transforms are in place before any SDP is applied
@@ -149,12 +152,14 @@ export class PageEngine {
   async op_show(msg) {
     this.shown = msg.link;
     const link = this.links.get(msg.link);
+    if (link) (this.shownOf = this.shownOf || new Map()).set(link.peer, link.id);
     if (link) this.show(link);
     return {};
   }
 
   show(link) {
-    if (this.el.remote.srcObject !== link.stream) this.el.remote.srcObject = link.stream;
+    if (this.gallery) this.gallery.put(link.peer, link.stream);  // it picks the large one
+    else if (this.el.remote.srcObject !== link.stream) this.el.remote.srcObject = link.stream;
     this.el.remote.classList.remove("hidden");
     this.el.noVideo.classList.add("hidden");
   }
@@ -164,6 +169,10 @@ export class PageEngine {
     if (!link) return {};
     this.links.delete(msg.link);
     link.pc.close();
+    if (this.gallery && this.shownOf && this.shownOf.get(link.peer) === link.id) {
+      this.shownOf.delete(link.peer);
+      this.gallery.drop(link.peer);
+    }
     if (this.el.remote.srcObject === link.stream) {
       this.el.remote.srcObject = null;
       this.el.remote.classList.add("hidden");
@@ -175,6 +184,7 @@ export class PageEngine {
   async op_end(msg) {
     for (const id of [...this.links.keys()]) await this.op_close({ link: id });
     this.worker.postMessage({ type: "keys", op: "end" });
+    if (this.gallery) this.gallery.clear();
     this.report();
     return {};
   }
@@ -253,6 +263,7 @@ export class PageEngine {
 
   stopAll() {
     clearInterval(this.timer);
+    if (this.gallery) this.gallery.close();
     for (const link of this.links.values()) link.pc.close();
     this.links.clear();
     if (this.worker) this.worker.terminate();

@@ -79,7 +79,7 @@ def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
     """The readiness results this terminal holds, newest last (all are in its call log)."""
     results = asyncio.run(_request(terminal, "GET", "/checks"))
     if json_out:
-        print_json(results)
+        print_json({"checks": results})
         return
     table = Table("time (UTC)", "by", "to", "verdict", "set-up", "one-way", "loss", "MOS", "why")
     for r in results:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -40,10 +40,8 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
     ],
     site: Annotated[Path, typer.Option("--site", help="The site folder whose operator enrols it.")],
     role: Annotated[
-        str,
-        typer.Option(
-            "--role", help=f"What the terminal is for: {', '.join(r.value for r in Role)}."
-        ),
+        Role,
+        typer.Option("--role", help="What the terminal is for.", case_sensitive=False),
     ],
     out: Annotated[
         Path | None,
@@ -67,6 +65,15 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
             help=f"Passphrase of the site's operator key (else ${PASSPHRASE_ENV}).",
         ),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Give a terminal this site already enrolled a new identity key (lost, "
+            "stolen or routine): needs --out with a new folder; the next charter version "
+            "proposed from the site folder lists the new key instead of the old.",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Enrol a terminal: create its identity key and an enrolment record signed by the site.
@@ -76,11 +83,12 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
     folder = enroll_terminal(
         site,
         name,
-        role.lower(),
+        role.value,
         out,
         read_passphrase(passphrase_file),
         read_passphrase(site_passphrase_file),
         display_name=display_name,
+        replace=replace,
     )
     record = load_terminal_record(folder)
     if json_output:
@@ -93,6 +101,7 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
                 "dir": str(folder),
                 "identity_key": record.identity_key.hex(),
                 "fingerprint": record.identity_key.fingerprint,
+                "replaced": replace,
             }
         )
         return
@@ -142,6 +151,49 @@ def install_unit_command(
     (Type=notify, Restart=on-failure, sandboxed, the passphrase through LoadCredential=):
     printed, or written to --out. Its comments say how to install it."""
     install_unit(TERMINAL_UNIT, out, command, force)
+
+
+@app.command("install-charter")
+def install_charter(
+    charter: Annotated[Path, typer.Argument(help="The new, fully signed charter file.")],
+    terminal: Annotated[
+        Path, typer.Option("--terminal", "-t", help="The running terminal's folder.")
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Give a running terminal a newer charter version: it keeps it (never going back),
+    hands it to the exchange, which gives it to every terminal of the line online and
+    closes the connections of terminals it removed or re-keyed, and applies it to a
+    running call at once (members no longer listed with their key are dropped)."""
+    import asyncio  # noqa: PLC0415
+
+    from hotline.charter import load_charter  # noqa: PLC0415
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415
+
+    signed = load_charter(charter)
+    signed.verify()
+
+    async def send() -> Any:
+        async with ControlClient.for_terminal(terminal) as control:
+            return await control.request(
+                "POST", "/charter", {"charter": signed.to_file_bytes().decode("utf-8")}
+            )
+
+    result = asyncio.run(send())
+    if json_output:
+        print_json(result)
+        return
+    if result["installed"]:
+        console.print(
+            f"line {escape(result['line_id'])}: version {result['version']} installed "
+            f"(was {result['previous_version']})",
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"line {escape(result['line_id'])}: version {result['version']} was already installed",
+            soft_wrap=True,
+        )
 
 
 @app.command("run")

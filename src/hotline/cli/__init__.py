@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -109,12 +109,13 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except _ClickException as exc:
+        error: Any = exc  # click's exception API (typer ships click without type hints here)
         if type(exc).__name__ == "NoArgsIsHelpError":  # `hotline line`: the group's help
-            exc.show()
+            error.show()
             sys.exit(EXIT_ERROR)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        _fail(exc.format_message().replace("\n", " ") + hint, EXIT_ERROR, "usage")
+        _fail(str(error.format_message()).replace("\n", " ") + hint, EXIT_ERROR, "usage")
     except typer.Abort:
         _fail("aborted", 1, "aborted")
     except HotlineError as exc:

@@ -105,7 +105,7 @@ def main() -> None:
     HOTLINE_DEBUG=1.
     """
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="hotline")
         if isinstance(code, int) and code:
             sys.exit(code)
     except _ClickException as exc:

@@ -269,6 +269,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         str | None,
         typer.Option(
             "--interfaces",
+            metavar="loopback|all|IP[,IP…]",
             help=_opt(
                 "terminal.interfaces",
                 "Where ICE gathers host candidates: 'loopback' (127.0.0.1 only: tests and "

@@ -420,3 +420,57 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         settings={r["key"]: r["value"] for r in settings.rows()},
         ui=value("terminal.ui"),
     )
+
+
+@app.command("wait")
+def wait(
+    terminal: Annotated[
+        Path, typer.Option("--terminal", "-t", help="The terminal's folder (being started).")
+    ],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait at most.", min=0.1, max=3600)
+    ] = 60.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Wait until a terminal started with `terminal run` answers on its control API and is
+    connected to its exchange (for scripts, and for rehearsals that start it with `&`).
+    Exit 0 once it is; 3 (the environment) if it is not within --timeout."""
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from hotline.errors import ExchangeUnavailable, HotlineError  # noqa: PLC0415
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415
+
+    async def poll() -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = "its control API does not answer"
+        while time.monotonic() < deadline:
+            try:
+                async with ControlClient.for_terminal(terminal) as control:
+                    status = await control.request("GET", "/status")
+                exchange = status.get("exchange") or {}
+                if exchange.get("connected"):
+                    return dict(status)
+                last = f"not connected to its exchange ({exchange.get('reason') or 'trying'})"
+            except HotlineError as exc:
+                last = str(exc)
+            await asyncio.sleep(0.2)
+        raise ExchangeUnavailable(f"{terminal}: not ready within {timeout:g} s: {last}")
+
+    status = asyncio.run(poll())
+    if json_output:
+        print_json(
+            {
+                "terminal": status["terminal"],
+                "line": status["line"],
+                "charter_version": status["charter_version"],
+                "exchange": status["exchange"]["url"],
+            }
+        )
+        return
+    console.print(
+        f"terminal {escape(status['terminal'])} is running, connected to "
+        f"{escape(status['exchange']['url'])} (line {escape(status['line'])} version "
+        f"{status['charter_version']})",
+        soft_wrap=True,
+    )

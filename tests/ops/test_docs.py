@@ -14,6 +14,7 @@ leave the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -159,10 +160,8 @@ def run_document(document: Path, root: Path) -> list[str]:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _alive(pgid: int) -> bool:

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from hotline.cli.common import console, print_json
 from hotline.errors import UsageError
-from hotline.terminal.control import ControlClient
 
 app = typer.Typer(
     help=(
@@ -34,6 +33,8 @@ COLOURS = {"green": "green", "amber": "yellow", "red": "red"}
 
 
 async def _request(terminal: Path, method: str, path: str, data: Any = None) -> Any:
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415 (aiohttp: slow)
+
     async with ControlClient.for_terminal(terminal) as control:
         return await control.request(method, path, data)
 

@@ -123,6 +123,7 @@ def run_document(document: Path, root: Path) -> list[str]:
                 transcript.append(f"{where}: copied {' '.join(step.paths)} to {step.copy_to}")
                 continue
             out = root / f"step-{n}.out"
+            began = time.monotonic()
             with out.open("w") as sink:
                 proc = subprocess.Popen(
                     [*namespace.prefix(), "bash", "-e", "-o", "pipefail", "-c", step.script],
@@ -139,7 +140,10 @@ def run_document(document: Path, root: Path) -> list[str]:
                 except subprocess.TimeoutExpired:
                     code = None
             text = out.read_text(errors="replace")
-            transcript.append(f"{where} ({step.side}) exit {code}:\n{step.script}{text}")
+            took = time.monotonic() - began
+            transcript.append(
+                f"{where} ({step.side}) exit {code} in {took:.1f} s:\n{step.script}{text}"
+            )
             if code != 0:
                 # background processes may still be writing: read once more after a moment
                 time.sleep(0.5)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hotline.charter import CharterStore, load_charter
-from hotline.errors import CharterError
+from hotline.charter import CharterStore
 
 from .cli import (
     free_port,
@@ -127,10 +126,9 @@ def test_a_replaced_terminal_key_loses_its_call_at_once(tmp_path: Path) -> None:
 
 
 def test_operator_key_rotation_needs_the_handover(tmp_path: Path) -> None:
-    url = "ws://127.0.0.1:9/v1"
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/v1/exchange"
     v1 = commission(tmp_path, url)
-    store = CharterStore(tmp_path / "store.sqlite")
-    store.accept(load_charter(v1))
     west = tmp_path / "west"
     before = hotline_json("line", "show", str(v1), "--json")["sites"][1]["fingerprint"]
     rotated = hotline_json("site", "rotate-key", "--site", str(west), "--json")
@@ -149,25 +147,42 @@ def test_operator_key_rotation_needs_the_handover(tmp_path: Path) -> None:
         }
     ]
     assert "handover signed by its previous key" in ok("line", "show", str(v2))
-    assert store.accept(load_charter(v2)).version == 2
 
-    # the same change without the handover: refused by a store that holds v1
-    fresh = CharterStore(tmp_path / "fresh.sqlite")
-    fresh.accept(load_charter(v1))
+    # the same change without the handover, and with a handover by a key nobody held:
+    # valid on their own, refused by every store that holds v1
     doc = json.loads(v2.read_text())
     del doc["handovers"]
     stripped = tmp_path / "stripped.json"
     stripped.write_text(json.dumps(doc))
-    assert hotline("line", "verify", str(stripped)).returncode == 0  # valid on its own
-    with pytest.raises(CharterError, match="without a handover"):
-        fresh.accept(load_charter(stripped))
-    # a handover by a key the store never knew: refused too
+    assert hotline("line", "verify", str(stripped)).returncode == 0
     (west / "operator.previous.key").unlink()
-    ok("site", "rotate-key", "--site", str(west))  # previous = v2's key, not v1's
+    ok("site", "rotate-key", "--site", str(west))  # its previous key is v2's, not v1's
     v3 = propose(tmp_path, 3, url)
-    with pytest.raises(CharterError, match="handover by another key"):
-        fresh.accept(load_charter(v3))
-    assert store.accept(load_charter(v3)).version == 3  # the store that had v2: fine
+
+    ok("exchange", "init", "--dir", str(tmp_path / "exchange"))
+    running = [start_exchange(tmp_path / "exchange", port, v1)]
+    try:
+        running.append(start_terminal(tmp_path / "alpha", v1))
+        running.append(start_terminal(tmp_path / "bravo", v1))
+        wait_until(lambda: status(tmp_path / "bravo")["exchange"]["connected"], 30, "bravo")
+        alpha = str(tmp_path / "alpha")
+        refused = hotline("terminal", "install-charter", str(stripped), "-t", alpha)
+        assert refused.returncode == 2 and "without a handover" in refused.stderr, refused
+        refused = hotline("terminal", "install-charter", str(v3), "-t", alpha)
+        assert refused.returncode == 2 and "handover by another key" in refused.stderr, refused
+        assert status(tmp_path / "alpha")["charter_version"] == 1
+        # with the handover: the terminal, the exchange and the other terminal take it
+        ok("terminal", "install-charter", str(v2), "-t", alpha)
+        wait_until(lambda: status(tmp_path / "bravo")["charter_version"] == 2, 20, "bravo v2")
+        # and then v3, whose handover is by v2's key
+        ok("terminal", "install-charter", str(v3), "-t", alpha)
+        wait_until(lambda: status(tmp_path / "bravo")["charter_version"] == 3, 20, "bravo v3")
+    finally:
+        for process in reversed(running):
+            process.stop()
+    store = CharterStore(tmp_path / "exchange" / "exchange.db")
+    current = store.current("east-west")
+    assert current is not None and current.version == 3
 
 
 def test_exchange_certificate_replaced_without_an_outage(tmp_path: Path) -> None:

@@ -90,6 +90,8 @@ def test_rotated_site_signs_its_enrolments_with_the_new_key(tmp_path: Path) -> N
     record.verify()
     assert (tmp_path / "west" / "operator.previous.key").stat().st_mode & 0o777 == 0o600
     assert not list((tmp_path / "west").glob(".*.new"))
+    with pytest.raises(UsageError, match="the last rotation's key is still kept"):
+        rotate_operator_key(tmp_path / "west", "new passphrase")
 
 
 def test_enroll_replace(tmp_path: Path) -> None:
@@ -115,7 +117,8 @@ def test_enroll_replace(tmp_path: Path) -> None:
 def test_merge_and_first_difference(tmp_path: Path) -> None:
     line(tmp_path)
     draft = tmp_path / "draft.json"
-    write_draft(draft, propose_line("east-west", [tmp_path / "east", tmp_path / "west"]))
+    sites = [tmp_path / "east", tmp_path / "west"]
+    write_draft(draft, propose_line("east-west", sites, created_at=1_700_000_000))
     copies = []
     for site in ("east", "west"):
         copy = tmp_path / f"by-{site}.json"
@@ -130,7 +133,6 @@ def test_merge_and_first_difference(tmp_path: Path) -> None:
     assert first_difference({"a": [1]}, {"a": [1, 2]}) == "a (the number of entries: 1 and 2)"
     assert first_difference({"a": 1}, {"a": 1}) is None
     other = tmp_path / "other.json"
-    write_draft(other, propose_line("east-west", [tmp_path / "east", tmp_path / "west"],
-                                    version=5))  # fmt: skip
+    write_draft(other, propose_line("east-west", sites, version=5, created_at=1_700_000_000))
     with pytest.raises(CharterError, match="version differs"):
         merge_charters([copies[0], other])

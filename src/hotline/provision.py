@@ -239,6 +239,14 @@ def rotate_operator_key(
     ``new_passphrase`` defaults to ``passphrase``.
     """
     old, key = load_site(dir, passphrase)
+    if (dir / SITE_PREVIOUS_KEY_FILE).exists():
+        # the stores still hold the key before it: a second rotation would leave the next
+        # version with a handover by a key no store ever knew
+        raise UsageError(
+            f"{dir / SITE_PREVIOUS_KEY_FILE}: the last rotation's key is still kept; once the "
+            "charter version with the current key is installed everywhere, delete it and "
+            "rotate again"
+        )
     if new_passphrase is None:
         new_passphrase = passphrase
     new_key = SigningKey.generate()

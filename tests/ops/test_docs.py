@@ -192,9 +192,10 @@ def test_docs_have_marked_blocks() -> None:
 
 def test_the_docs_commands_run_verbatim(tmp_path: Path) -> None:
     require(
-        os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("nsenter"),
-        "needs root with unshare and nsenter (a network namespace per document)",
+        os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "nsenter", "ip")),
+        "needs root with unshare, nsenter and ip (a network namespace per document)",
     )
+    require(shutil.which("curl") is not None, "needs curl (the daily checks use it)")
     documents = {"readme": ROOT / "README.md", "operations": ROOT / "docs" / "operations.md"}
     for name in documents:
         (tmp_path / name).mkdir()

@@ -180,8 +180,14 @@ def test_help_shows_choices(three_sites: Path) -> None:
 
 
 def test_shell_completion(three_sites: Path) -> None:
-    script = run("--show-completion", "bash", cwd=three_sites)
-    assert script.returncode == 0 and "_HOTLINE_COMPLETE" in script.stdout.upper(), script
+    # typer detects the shell it is run from (a parent process): here bash, as for a user
+    hotline = Path(sys.executable).parent / "hotline"
+    script = subprocess.run(
+        ["bash", "-c", f"{hotline} --show-completion; echo exit=$?"],
+        check=False, capture_output=True, text=True, timeout=60, cwd=three_sites,
+    )  # fmt: skip
+    assert "exit=0" in script.stdout and "_HOTLINE_COMPLETE=complete_bash" in script.stdout, script
+    assert "complete -o default -F _hotline_completion hotline" in script.stdout, script
     words = run(
         cwd=three_sites,
         env={"_HOTLINE_COMPLETE": "complete_bash", "COMP_WORDS": "hotline li", "COMP_CWORD": "1"},

@@ -121,6 +121,7 @@ def test_every_report_is_a_json_document_with_schema_and_ok(three_sites: Path) -
         "site": ["site", "init", "d", "--json"],
         "enroll": ["terminal", "enroll", "t-d", "--site", "d", "--role", "aide", "--json"],
         "config": ["config", "show", "--exchange", "ex", "--json"],
+        "version": ["version", "--json"],
     }  # fmt: skip
     for name, args in docs.items():
         doc = json.loads(ok(*args, cwd=root))

@@ -82,9 +82,14 @@ def _root(
 
 
 @app.command("version")
-def version() -> None:
+def version(
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Print the Hotline version."""
-    typer.echo(__version__)
+    if json_output:
+        print_json({"version": __version__})
+    else:
+        typer.echo(__version__)
 
 
 _register()

@@ -42,6 +42,7 @@ from hotline.charter import (
     Handover,
     Policy,
     Role,
+    SfuEndpoint,
     SignedCharter,
     Site,
     Terminal,
@@ -435,6 +436,15 @@ def parse_exchange(text: str) -> ExchangeEndpoint:
     return ExchangeEndpoint(url, f"sha256:{digits}")
 
 
+def parse_sfu(text: str) -> SfuEndpoint:
+    """``URL`` or ``URL#sha256:FP`` to an SFU endpoint (like :func:`parse_exchange`)."""
+    try:
+        endpoint = parse_exchange(text)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("exchange", "SFU")) from exc
+    return SfuEndpoint(endpoint.url, endpoint.tls_fingerprint)
+
+
 def propose_line(  # noqa: PLR0917 (the signature other code is written against)
     line_id: str,
     sites: Sequence[SiteRecord | Site | Path],
@@ -445,6 +455,7 @@ def propose_line(  # noqa: PLR0917 (the signature other code is written against)
     version: int = 1,
     *,
     created_at: int | None = None,
+    sfus: Iterable[SfuEndpoint | str] = (),
 ) -> Charter:
     """Draft a charter (unsigned) from the sites' public records and the enrolments.
 
@@ -510,6 +521,7 @@ def propose_line(  # noqa: PLR0917 (the signature other code is written against)
         turn_relays=tuple(turn_relays),
         policy=policy,
         created_at=int(time.time()) if created_at is None else created_at,
+        sfus=tuple(e if isinstance(e, SfuEndpoint) else parse_sfu(e) for e in sfus),
     )
     check_draft(charter)
     return charter
@@ -590,6 +602,7 @@ def create_line(
     turn_relays: Iterable[str] = (),
     version: int = 1,
     created_at: int | None = None,
+    sfus: Iterable[SfuEndpoint | str] = (),
 ) -> Path:
     """Provision a whole line under ``root`` through the functions above and return the
     path of its fully signed charter. Layout: ``root/sites/<site>/``,
@@ -610,6 +623,7 @@ def create_line(
         policy,
         version,
         created_at=created_at,
+        sfus=sfus,
     )
     path = root / f"{line_id}.charter.json"
     write_draft(path, charter)

@@ -371,10 +371,10 @@ def test_bad_arguments(hotline: Run) -> None:
     hotline("site", "init", "Bad Name").one_line_error("site name 'Bad Name' is not a valid id")
     hotline("site", "init", "sochi").one_line_error("sochi: the folder already exists")
     hotline("terminal", "enroll", "x", "--site", "sochi", "--role", "king").one_line_error(
-        "unknown role 'king'"
+        "'--role'", "'king' is not one of 'principal', 'interpreter', 'aide', 'probe'"
     )
     hotline("line", "propose", "l", "--site", "sochi", "--kem", "RSA", "--out", "a.json")\
-        .one_line_error("unknown KEM 'RSA'")  # fmt: skip
+        .one_line_error("'--kem'", "'RSA' is not one of 'MLKEM768_X25519', 'X25519'")  # fmt: skip
     hotline("line", "propose", "l", "--site", "sochi", "--rekey-interval", "0", "--out", "a.json")\
         .one_line_error("rekey_interval_s = 0 is outside")  # fmt: skip
     hotline("line", "propose", "l", "--site", "sochi", "--exchange", "wss://h#sha256:00",

@@ -358,5 +358,6 @@ async def run_demo(
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
     if json_out:
-        print(json.dumps(demo.result.to_json(), indent=2, sort_keys=True))
+        doc = {"schema": 1, **demo.result.to_json()}  # like every --json document of the CLI
+        print(json.dumps(doc, indent=2, sort_keys=True))
     return demo.result

@@ -7,8 +7,11 @@ These are the functions behind ``hotline site init``, ``hotline terminal enroll`
     <site folder>/                 mode 0700, on the operator's machine
         operator.key               the operator's Ed25519 private key, 0600, PKCS#8 PEM
                                    (encrypted when a passphrase is given)
+        operator.previous.key      after ``site rotate-key``: the key it replaced, which signs
+                                   the handover of the next charter version (0600)
         site.json                  public site record: site id, name, operator public key
         enrolments/<terminal>.json public copy of every enrolment record this site signed
+        enrolments/replaced/       records replaced by ``terminal enroll --replace``
 
     <terminal folder>/             mode 0700, on the terminal
         identity.key               the terminal's identity key, 0600; never leaves this folder
@@ -20,6 +23,7 @@ other sides so that they can propose or check a charter; private keys never trav
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -31,8 +35,11 @@ from hotline.charter import (
     DEFAULT_POLICY,
     MAX_NAME_LENGTH,
     SIGNATURE_INVALID,
+    SIGNATURE_MISSING,
+    SIGNATURE_VALID,
     Charter,
     ExchangeEndpoint,
+    Handover,
     Policy,
     Role,
     SfuEndpoint,
@@ -61,6 +68,8 @@ from hotline.errors import (
 from hotline.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PublicKey, SigningKey
 
 SITE_KEY_FILE = "operator.key"
+SITE_PREVIOUS_KEY_FILE = "operator.previous.key"
+REPLACED_DIR = "replaced"
 SITE_RECORD_FILE = "site.json"
 ENROLMENTS_DIR = "enrolments"
 TERMINAL_KEY_FILE = "identity.key"
@@ -226,6 +235,75 @@ def load_site(dir: Path, passphrase: Passphrase = None) -> tuple[SiteRecord, Sig
     return record, key
 
 
+def rotate_operator_key(
+    dir: Path, passphrase: Passphrase = None, new_passphrase: Passphrase = None
+) -> tuple[SiteRecord, SiteRecord]:
+    """Give a site a new operator key; return (old record, new record).
+
+    The key it replaces is kept as ``operator.previous.key`` (encrypted with the new
+    passphrase): ``line sign`` uses it to sign the *handover* of the next charter version,
+    which every charter store needs to accept a changed key. Every enrolment kept in the
+    site folder is signed again with the new key (same terminals, same identity keys).
+    ``new_passphrase`` defaults to ``passphrase``.
+    """
+    old, key = load_site(dir, passphrase)
+    if (dir / SITE_PREVIOUS_KEY_FILE).exists():
+        # the stores still hold the key before it: a second rotation would leave the next
+        # version with a handover by a key no store ever knew
+        raise UsageError(
+            f"{dir / SITE_PREVIOUS_KEY_FILE}: the last rotation's key is still kept; once the "
+            "charter version with the current key is installed everywhere, delete it and "
+            "rotate again"
+        )
+    if new_passphrase is None:
+        new_passphrase = passphrase
+    new_key = SigningKey.generate()
+    new = SiteRecord(old.site_id, old.name, new_key.public)
+    records = []
+    for record in site_enrolments(dir):
+        if record.site_id != old.site_id:
+            continue
+        unsigned = dataclasses.replace(record.terminal, enrolment_signature=b"")
+        records.append(
+            dataclasses.replace(
+                record,
+                enrolment_signature=new_key.sign(unsigned.enrolment_bytes()),
+                operator_key=new_key.public,
+            )
+        )
+    # new files beside the old ones, then renamed over them: a failure leaves the old site
+    pending: list[tuple[Path, Path]] = []
+    try:
+        staged = dir / f".{SITE_KEY_FILE}.new"
+        staged_previous = dir / f".{SITE_PREVIOUS_KEY_FILE}.new"
+        for path in (staged, staged_previous):
+            path.unlink(missing_ok=True)
+        new_key.save(staged, _passphrase_bytes(new_passphrase))
+        key.save(staged_previous, _passphrase_bytes(new_passphrase))
+        pending += [(staged, dir / SITE_KEY_FILE), (staged_previous, dir / SITE_PREVIOUS_KEY_FILE)]
+        for path, data in [(dir / SITE_RECORD_FILE, new.to_file_bytes())] + [
+            (dir / ENROLMENTS_DIR / f"{r.terminal_id}.json", r.to_file_bytes()) for r in records
+        ]:
+            tmp = path.with_name(f".{path.name}.new")
+            tmp.write_bytes(data)
+            pending.append((tmp, path))
+    except OSError as exc:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise StateError(f"{dir}: cannot write the new operator key: {exc.strerror}") from exc
+    for tmp, path in pending:
+        tmp.replace(path)
+    return old, new
+
+
+def load_previous_operator_key(dir: Path, passphrase: Passphrase = None) -> SigningKey | None:
+    """The key ``rotate_operator_key`` replaced, if the site folder keeps one."""
+    path = dir / SITE_PREVIOUS_KEY_FILE
+    if not path.exists():
+        return None
+    return SigningKey.load(path, _passphrase_bytes(passphrase))
+
+
 def site_enrolments(site_dir: Path) -> list[TerminalRecord]:
     """Every enrolment record kept in a site folder, by terminal id."""
     folder = site_dir / ENROLMENTS_DIR
@@ -247,13 +325,17 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
     *,
     display_name: str | None = None,
     language: str | None = None,
+    replace: bool = False,
 ) -> Path:
     """Create a terminal folder with a new identity key and an enrolment record signed by
     the site's operator key; keep a public copy of the record in the site folder.
     ``language``: the tag shown with the terminal's role (an interpreter's language).
 
     ``name`` is the terminal id; ``out_dir`` defaults to ``<site_dir>/../<name>``. Returns
-    the terminal folder.
+    the terminal folder. With ``replace``, a terminal the site already enrolled under this id
+    gets a new key (its old record moves to ``enrolments/replaced/``); the next charter
+    version proposed from the site folder lists the new key, and once it is installed the
+    old key has no access to the line.
     """
     _require_id(name, "terminal name")
     _check_display_name(display_name or name, f"terminal {name!r}")
@@ -274,9 +356,27 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
             f"{exc} (for enrolment: the site's key passphrase is --site-passphrase-file)"
         ) from exc
     copy = site_dir / ENROLMENTS_DIR / f"{name}.json"
-    if copy.exists():
-        raise UsageError(f"{copy}: site {site.site_id!r} already enrolled a terminal {name!r}")
+    replaced: Path | None = None
+    if copy.exists() and not replace:
+        raise UsageError(
+            f"{copy}: site {site.site_id!r} already enrolled a terminal {name!r} "
+            "(give --replace to give it a new key)"
+        )
+    if replace and not copy.exists():
+        raise UsageError(f"--replace: site {site.site_id!r} has no terminal {name!r} to replace")
     out = out_dir if out_dir is not None else site_dir.resolve().parent / name
+    if replace:
+        old = load_terminal_record(copy)
+        if out.exists() and any(out.iterdir()):
+            raise UsageError(
+                f"{out}: the folder already exists and is not empty; give --out with a new "
+                "folder for the new key (the running terminal keeps its old one until the "
+                "new charter removes it)"
+            )
+        archive = site_dir / ENROLMENTS_DIR / REPLACED_DIR
+        archive.mkdir(mode=0o700, exist_ok=True)
+        replaced = archive / f"{name}-{old.identity_key.short_id}.json"
+        copy.replace(replaced)
     identity = SigningKey.generate()
     terminal_name = display_name or name
     unsigned = Terminal(name, site.site_id, terminal_name, role, identity.public, b"", language)
@@ -292,14 +392,19 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
     )
     data = record.to_file_bytes()
     # the site's copy first: if the site folder cannot take it, nothing else exists yet
-    (site_dir / ENROLMENTS_DIR).mkdir(mode=0o700, exist_ok=True)
-    _write_new(copy, data)
     try:
-        _make_private_dir(out)
-        identity.save(out / TERMINAL_KEY_FILE, _passphrase_bytes(passphrase))
-        _write_new(out / TERMINAL_RECORD_FILE, data)
+        (site_dir / ENROLMENTS_DIR).mkdir(mode=0o700, exist_ok=True)
+        _write_new(copy, data)
+        try:
+            _make_private_dir(out)
+            identity.save(out / TERMINAL_KEY_FILE, _passphrase_bytes(passphrase))
+            _write_new(out / TERMINAL_RECORD_FILE, data)
+        except BaseException:
+            copy.unlink(missing_ok=True)  # no enrolment without its terminal
+            raise
     except BaseException:
-        copy.unlink(missing_ok=True)  # no enrolment without its terminal
+        if replaced is not None:
+            replaced.replace(copy)  # the old enrolment stays in force
         raise
     return out
 
@@ -473,7 +578,12 @@ def sign_charter(path: Path, site_dir: Path, passphrase: Passphrase = None) -> S
     except HotlineError as exc:
         raise type(exc)(f"{path}: refusing to sign: {exc}") from None
     _check_other_signatures(path, signed, record.site_id)
-    result = signed.with_signature(record.site_id, key.sign(charter.to_bytes()))
+    body = charter.to_bytes()
+    result = signed.with_signature(record.site_id, key.sign(body))
+    previous = load_previous_operator_key(site_dir, passphrase)
+    if previous is not None and previous.public != key.public:
+        handover = Handover(previous.public, previous.sign(body))
+        result = result.with_handover(record.site_id, handover)
     write_charter(path, result)
     return result
 
@@ -655,3 +765,84 @@ def _hex_key(doc: Mapping[str, str], key: str, what: str) -> PublicKey:
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
+
+
+# --- parallel signing -----------------------------------------------------------------------
+
+
+def merge_charters(paths: Sequence[Path]) -> SignedCharter:
+    """Combine copies of one proposed charter signed in parallel by different sites.
+
+    Every copy must have the same body (else :class:`CharterError` names the first field
+    that differs and the two files), and every signature and handover in every copy must
+    verify; a site's signature found in several copies is kept once. The result may still
+    lack signatures (:meth:`SignedCharter.check` says whose).
+    """
+    if len(paths) < 2:
+        raise UsageError("give at least two copies of the charter to merge")
+    first = load_charter(paths[0])
+    reference = first.charter.to_value()
+    signatures: dict[str, bytes] = {}
+    handovers: dict[str, Handover] = {}
+    for path in paths:
+        signed = first if path is paths[0] else load_charter(path)
+        if path is not paths[0]:
+            where = first_difference(reference, signed.charter.to_value())
+            if where is not None:
+                raise CharterError(
+                    f"{path}: not a copy of the same charter as {paths[0]}: {where} differs"
+                )
+        check = signed.check()
+        if check.structure_error is not None:
+            raise CharterError(f"{path}: {check.structure_error}")
+        if check.unknown_signers:
+            names = ", ".join(repr(s) for s in check.unknown_signers)
+            raise UnknownMember(f"{path}: a signature by {names}, not a site of the line")
+        for site_id, status in sorted(check.signatures.items()):
+            if status == SIGNATURE_INVALID:
+                raise SignatureError(f"{path}: the signature of site {site_id!r} does not verify")
+            if status == SIGNATURE_MISSING:
+                continue
+            signatures[site_id] = signed.signatures[site_id]
+        for site_id, status in sorted(check.handovers.items()):
+            if status != SIGNATURE_VALID:
+                raise SignatureError(
+                    f"{path}: the handover of site {site_id!r} (by its previous operator key) "
+                    "does not verify"
+                )
+            known = handovers.get(site_id)
+            handover = signed.handovers[site_id]
+            if known is not None and known.previous_key != handover.previous_key:
+                raise CharterError(
+                    f"{path}: site {site_id!r} hands over from another previous key than in "
+                    "an earlier copy"
+                )
+            handovers[site_id] = handover
+    for t in first.charter.terminals:
+        t.verify_enrolment(first.charter.site(t.site_id).operator_key)
+    return SignedCharter(first.charter, signatures, handovers)
+
+
+def first_difference(a: object, b: object, where: str = "") -> str | None:
+    """The path of the first field where two charter values differ (``policy.kem``,
+    ``terminals[1].identity_key``), or None if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            if key not in a or key not in b:
+                return path
+            found = first_difference(a[key], b[key], path)
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            found = first_difference(x, y, f"{where}[{i}]")
+            if found is not None:
+                return found
+        if len(a) != len(b):
+            return f"{where} (the number of entries: {len(a)} and {len(b)})"
+        return None
+    if type(a) is not type(b) or a != b:
+        return where or "the body"
+    return None

@@ -102,3 +102,99 @@ def serve_exchange(folder: Path, *args: str, env: dict[str, str] | None = None) 
         proc.wait(10)
         raise AssertionError(f"the exchange did not start: {proc.stderr.read()}")
     return Serving(proc, json.loads(line))
+
+
+class Process:
+    """A long-running ``hotline`` process (exchange or terminal) started by a test."""
+
+    def __init__(self, proc: subprocess.Popen[str], name: str) -> None:
+        self.proc = proc
+        self.name = name
+
+    def stop(self) -> str:
+        """SIGTERM (then SIGKILL), and what it wrote on stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+
+def start(*args: str, name: str = "hotline") -> Process:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotline", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    return Process(proc, name)
+
+
+def start_exchange(folder: Path, port: int, *charters: Path, tls: bool = False) -> Process:
+    """``hotline exchange serve`` on 127.0.0.1:PORT; returns once /readyz answers 200."""
+    args = ["exchange", "serve", "--dir", str(folder), "--listen", f"127.0.0.1:{port}"]
+    if not tls:
+        args.append("--insecure-loopback")
+    for c in charters:
+        args += ["--charter", str(c)]
+    process = start(*args, name="exchange")
+    scheme = "https" if tls else "http"
+    wait_until(
+        lambda: _http_ok(f"{scheme}://127.0.0.1:{port}/readyz") or process.proc.poll() is not None,
+        30,
+        "the exchange to be ready",
+    )
+    if process.proc.poll() is not None:
+        raise AssertionError(f"the exchange stopped: {process.stop()}")
+    return process
+
+
+def start_terminal(folder: Path, charter: Path, *args: str) -> Process:
+    """``hotline terminal run``; returns once its control API answers."""
+    (folder / "state" / "control.json").unlink(missing_ok=True)
+    process = start(
+        "terminal", "run", "-t", str(folder), "--charter", str(charter),
+        "--interfaces", "loopback", "--no-scheduled-checks", *args,
+        name=folder.name,
+    )  # fmt: skip
+
+    def up() -> bool:
+        if process.proc.poll() is not None:
+            return True
+        return (folder / "state" / "control.json").exists()
+
+    wait_until(up, 60, f"terminal {folder.name} to start")
+    if process.proc.poll() is not None:
+        raise AssertionError(f"terminal {folder.name} stopped: {process.stop()}")
+    return process
+
+
+def status(folder: Path) -> Any:
+    return hotline_json("call", "status", "-t", str(folder), "--json")
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _http_ok(url: str) -> bool:
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the test only asks whether it listens
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

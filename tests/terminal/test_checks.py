@@ -70,7 +70,7 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
         assert text.returncode == 0 and "line check to bravo:" in text.stdout, text
         assert "security codes match" in text.stdout
         history = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha, "--json")
-        assert [r["peer"] for r in json.loads(history.stdout)] == ["bravo", "bravo"]
+        assert [r["peer"] for r in json.loads(history.stdout)["checks"]] == ["bravo", "bravo"]
         table = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha)
         assert "bravo" in table.stdout and table.returncode == 0
         unknown = await asyncio.to_thread(hotline_cli, "check", "run", "-t", alpha, "--to", "zulu")

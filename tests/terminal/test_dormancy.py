@@ -336,7 +336,7 @@ async def test_history_shows_the_summaries_from_the_command_line(fast_path: Path
             assert time.monotonic() < deadline, "no summaries"
             done = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha, "--json")
             assert done.returncode == 0, done
-            rows = json.loads(done.stdout)
+            rows = json.loads(done.stdout)["checks"]
             await asyncio.sleep(0.5)
         kinds = [r.get("kind") for r in rows]
         assert "day" in kinds and kinds[-1] is None  # summaries first, then single results

@@ -586,8 +586,10 @@ class CharterCheck:
     enrolments: Mapping[str, str | None]
     #: site id -> "valid" | "invalid" | "missing"
     signatures: Mapping[str, str]
-    #: signatures by site ids that are not in the charter
+    #: signatures (or handovers) by site ids that are not in the charter
     unknown_signers: tuple[str, ...]
+    #: site id -> "valid" | "invalid", for each handover the charter carries
+    handovers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -599,23 +601,54 @@ class CharterCheck:
             self.structure_error is None
             and all(v is None for v in self.enrolments.values())
             and all(v == SIGNATURE_VALID for v in self.signatures.values())
+            and all(v == SIGNATURE_VALID for v in self.handovers.values())
             and not self.unknown_signers
+        )
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A site's *previous* operator key signing a charter version that lists its new one.
+
+    A charter store accepts a new version that changes a site's operator key only with the
+    handover of the key it held (see :class:`~hotline.charter.store.CharterStore`): the
+    sites trusted so far are the ones that approve the change. ``signature`` is over the
+    same bytes as the site's own signature, :meth:`Charter.to_bytes`.
+    """
+
+    previous_key: PublicKey
+    signature: bytes
+
+    def verify(self, charter: Charter, site_id: str) -> None:
+        self.previous_key.verify(
+            self.signature,
+            charter.to_bytes(),
+            what=f"handover by the previous operator key of site {site_id!r}",
         )
 
 
 @dataclass(frozen=True)
 class SignedCharter:
     """A charter body with the signatures of its sites (site id -> Ed25519 signature over
-    ``charter.to_bytes()``)."""
+    ``charter.to_bytes()``) and, for a site whose operator key this version replaces, the
+    :class:`Handover` signed by the key it replaces."""
 
     charter: Charter
     signatures: Mapping[str, bytes] = field(default_factory=dict)
+    handovers: Mapping[str, Handover] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signatures", MappingProxyType(dict(self.signatures)))
+        object.__setattr__(self, "handovers", MappingProxyType(dict(self.handovers)))
 
     def __hash__(self) -> int:
-        return hash((self.charter, tuple(sorted(self.signatures.items()))))
+        return hash(
+            (
+                self.charter,
+                tuple(sorted(self.signatures.items())),
+                tuple(sorted(self.handovers.items(), key=lambda kv: kv[0])),
+            )
+        )
 
     @property
     def line_id(self) -> str:
@@ -626,7 +659,10 @@ class SignedCharter:
         return self.charter.version
 
     def with_signature(self, site_id: str, signature: bytes) -> SignedCharter:
-        return SignedCharter(self.charter, {**self.signatures, site_id: signature})
+        return SignedCharter(self.charter, {**self.signatures, site_id: signature}, self.handovers)
+
+    def with_handover(self, site_id: str, handover: Handover) -> SignedCharter:
+        return SignedCharter(self.charter, self.signatures, {**self.handovers, site_id: handover})
 
     def verify(self) -> None:
         """Raise unless the charter is structurally valid, every terminal's enrolment
@@ -648,6 +684,10 @@ class SignedCharter:
             s.operator_key.verify(
                 signature, body, what=f"signature of site {s.site_id!r} on the charter"
             )
+        for site_id, handover in sorted(self.handovers.items()):
+            if site_id not in sites:
+                raise UnknownMember(f"a handover for site {site_id!r}, which is not in the charter")
+            handover.verify(charter, site_id)
         missing = [s.site_id for s in charter.sites if s.site_id not in self.signatures]
         if missing:
             raise CharterIncomplete(
@@ -690,26 +730,49 @@ class SignedCharter:
                 signatures[site_id] = SIGNATURE_VALID
             except SignatureError:
                 signatures[site_id] = SIGNATURE_INVALID
-        unknown = tuple(sorted(set(self.signatures) - set(keys)))
-        return CharterCheck(structure_error, enrolments, signatures, unknown)
+        unknown = tuple(sorted((set(self.signatures) | set(self.handovers)) - set(keys)))
+        handovers: dict[str, str] = {}
+        for site_id, handover in self.handovers.items():
+            try:
+                handover.verify(charter, site_id)
+                handovers[site_id] = SIGNATURE_VALID
+            except SignatureError:
+                handovers[site_id] = SIGNATURE_INVALID
+        return CharterCheck(structure_error, enrolments, signatures, unknown, handovers)
 
     # --- encodings ---
 
     def to_value(self) -> dict[str, Value]:
-        """HCE value ``{"charter": <body>, "signatures": {site_id: bytes}}`` for envelopes."""
+        """HCE value ``{"charter": <body>, "signatures": {site_id: bytes}}`` for envelopes,
+        with ``"handovers": {site_id: {"previous_key": bytes, "signature": bytes}}`` only
+        when the charter carries any (so a charter without has the same bytes as before)."""
         sigs: dict[str, Value] = {k: v for k, v in sorted(self.signatures.items())}
-        return {"charter": self.charter.to_value(), "signatures": sigs}
+        value: dict[str, Value] = {"charter": self.charter.to_value(), "signatures": sigs}
+        if self.handovers:
+            value["handovers"] = {
+                k: {"previous_key": h.previous_key.raw, "signature": h.signature}
+                for k, h in sorted(self.handovers.items())
+            }
+        return value
 
     @classmethod
     def from_value(cls, value: Value) -> SignedCharter:
-        obj = _exact_fields(value, "signed charter", {"charter", "signatures"})
+        keys = {"charter", "signatures"}
+        if isinstance(value, dict) and "handovers" in value:
+            keys.add("handovers")
+        obj = _exact_fields(value, "signed charter", keys)
         sigs = _exact_fields(obj["signatures"], "signatures", None)
         signatures: dict[str, bytes] = {}
         for site_id, sig in sigs.items():
             if not isinstance(sig, bytes):
                 raise CharterFormatError(f"signatures: {site_id!r} is not bytes")
             signatures[site_id] = sig
-        return cls(_parse_charter(obj["charter"]), signatures)
+        handovers: dict[str, Handover] = {}
+        for site_id, item in _exact_fields(obj.get("handovers", {}), "handovers", None).items():
+            what = f"handovers[{site_id!r}]"
+            fields = _exact_fields(item, what, {"previous_key", "signature"})
+            handovers[site_id] = _handover(fields, what)
+        return cls(_parse_charter(obj["charter"]), signatures, handovers)
 
     def to_wire(self) -> bytes:
         """Canonical HCE bytes of :meth:`to_value` (what :class:`CharterStore` keeps)."""
@@ -725,11 +788,16 @@ class SignedCharter:
 
     def to_file_bytes(self) -> bytes:
         """The charter file: UTF-8 JSON for people, keys sorted, bytes as hex."""
-        doc = {
+        doc: dict[str, Any] = {
             "format": CHARTER_FILE_FORMAT,
             "body": to_json(self.charter.to_value()),
             "signatures": {k: v.hex() for k, v in sorted(self.signatures.items())},
         }
+        if self.handovers:
+            doc["handovers"] = {
+                k: {"previous_key": h.previous_key.hex(), "signature": h.signature.hex()}
+                for k, h in sorted(self.handovers.items())
+            }
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
     @classmethod
@@ -739,9 +807,11 @@ class SignedCharter:
             raise CharterFormatError(
                 f"{len(data)} bytes is over the {MAX_CHARTER_FILE_SIZE}-byte charter limit"
             )
-        doc = _exact_fields(
-            parse_json_document(data, "charter"), "charter file", {"format", "body", "signatures"}
-        )
+        parsed = parse_json_document(data, "charter")
+        keys = {"format", "body", "signatures"}
+        if isinstance(parsed, dict) and "handovers" in parsed:
+            keys.add("handovers")
+        doc = _exact_fields(parsed, "charter file", keys)
         if doc["format"] != CHARTER_FILE_FORMAT:
             raise CharterFormatError(
                 f"not a charter file (format {doc['format']!r}, expected {CHARTER_FILE_FORMAT!r})"
@@ -755,7 +825,14 @@ class SignedCharter:
         signatures: dict[str, bytes] = {}
         for site_id, sig in _exact_fields(doc["signatures"], "signatures", None).items():
             signatures[site_id] = unhex(sig, f"signatures[{site_id!r}]")
-        return cls(_parse_charter(body), signatures)
+        handovers: dict[str, Handover] = {}
+        for site_id, item in _exact_fields(doc.get("handovers", {}), "handovers", None).items():
+            what = f"handovers[{site_id!r}]"
+            fields = dict(_exact_fields(item, what, {"previous_key", "signature"}))
+            for name in ("previous_key", "signature"):
+                fields[name] = unhex(fields[name], f"{what}.{name}")
+            handovers[site_id] = _handover(fields, what)
+        return cls(_parse_charter(body), signatures, handovers)
 
 
 def load_charter(path: Path) -> SignedCharter:
@@ -826,6 +903,13 @@ def _key(obj: Mapping[str, Any], key: str, what: str) -> PublicKey:
     if len(raw) != PUBLIC_KEY_SIZE:
         raise CharterFormatError(f"{what}: {key} must be a {PUBLIC_KEY_SIZE}-byte public key")
     return PublicKey(raw)
+
+
+def _handover(fields: Mapping[str, Any], what: str) -> Handover:
+    signature = _bytes(fields, "signature", what)
+    if len(signature) != SIGNATURE_SIZE:
+        raise CharterFormatError(f"{what}: signature must be {SIGNATURE_SIZE} bytes")
+    return Handover(_key(fields, "previous_key", what), signature)
 
 
 def _list(obj: Mapping[str, Any], key: str, what: str) -> list[Any]:

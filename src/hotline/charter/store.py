@@ -34,8 +34,9 @@ class CharterStore:
 
     :meth:`accept` refuses a lower version (:class:`CharterRollback`), a different charter
     under the same version, and, unless ``reanchor`` is given, a new version that drops a
-    site of the current one or changes its operator key (the sites that were trusted must
-    be the ones that signed the change). Rejections are counted in :attr:`rejected`.
+    site of the current one or changes its operator key without a :class:`Handover` signed
+    by the key it replaces (the keys that were trusted must be the ones that signed the
+    change). Rejections are counted in :attr:`rejected`.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -108,7 +109,7 @@ class CharterStore:
                             self._db.execute("ROLLBACK")
                             return current
                         if not reanchor:
-                            self._check_continuity(current.charter, signed.charter)
+                            self._check_continuity(current.charter, signed)
                     self._db.execute(
                         "INSERT OR REPLACE INTO charters (line_id, version, digest, signed) "
                         "VALUES (?, ?, ?, ?)",
@@ -124,16 +125,29 @@ class CharterStore:
         logger.info("charter accepted: line %s version %d", line_id, version)
         return signed
 
-    def _check_continuity(self, old: Charter, new: Charter) -> None:
+    def _check_continuity(self, old: Charter, signed: SignedCharter) -> None:
+        """Every site of ``old`` is in the new version with the same operator key, or with
+        a new key and the handover signed by the key ``old`` lists (already verified)."""
+        new = signed.charter
         new_sites = {s.site_id: s for s in new.sites}
         for s in old.sites:
             successor = new_sites.get(s.site_id)
+            handover = signed.handovers.get(s.site_id)
+            handed_over = handover is not None and handover.previous_key == s.operator_key
             if successor is None:
                 problem = f"drops site {s.site_id!r}"
-            elif successor.operator_key != s.operator_key:
-                problem = f"changes the operator key of site {s.site_id!r}"
-            else:
+            elif successor.operator_key == s.operator_key or handed_over:
                 continue
+            elif handover is not None:
+                problem = (
+                    f"changes the operator key of site {s.site_id!r} with a handover by "
+                    f"another key than the one version {old.version} lists"
+                )
+            else:
+                problem = (
+                    f"changes the operator key of site {s.site_id!r} without a handover "
+                    "signed by its previous key"
+                )
             raise self._refuse(
                 CharterError(
                     f"line {new.line_id!r}: version {new.version} {problem}; every site of "

@@ -7,13 +7,19 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from hotline import __version__
-from hotline.cli.common import EXIT_ERROR, EXIT_UNAVAILABLE, err_console
+from hotline.cli.common import (
+    EXIT_ERROR,
+    EXIT_UNAVAILABLE,
+    err_console,
+    json_printed,
+    print_json,
+)
 from hotline.errors import AddressUnavailable, ExchangeUnavailable, HotlineError
 
 app = typer.Typer(
@@ -24,7 +30,7 @@ app = typer.Typer(
         "run `hotline demo` to watch a real encrypted call on this machine."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -77,12 +83,23 @@ def _root(
 
 
 @app.command("version")
-def version() -> None:
+def version(
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Print the Hotline version."""
-    typer.echo(__version__)
+    if json_output:
+        print_json({"version": __version__})
+    else:
+        typer.echo(__version__)
 
 
 _register()
+
+#: click's base exception (typer vendors click; this finds it whichever way it is shipped):
+#: a bad option or argument, shown as one line like every other refusal
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
 
 
 def main() -> None:
@@ -94,23 +111,45 @@ def main() -> None:
     HOTLINE_DEBUG=1.
     """
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="hotline")
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except _ClickException as exc:
+        error: Any = exc  # click's exception API (typer ships click without type hints here)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `hotline line`: the group's help
+            error.show()
+            sys.exit(EXIT_ERROR)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(str(error.format_message()).replace("\n", " ") + hint, EXIT_ERROR, "usage")
+    except typer.Abort:
+        _fail("aborted", 1, "aborted")
     except HotlineError as exc:
         environment = isinstance(exc, (ExchangeUnavailable, AddressUnavailable))
-        _fail(str(exc), EXIT_UNAVAILABLE if environment else EXIT_ERROR)
+        _fail(str(exc), EXIT_UNAVAILABLE if environment else EXIT_ERROR, exc.reason)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         busy = exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
-        _fail(f"{where}{exc.strerror or exc}", EXIT_UNAVAILABLE if busy else EXIT_ERROR)
+        _fail(
+            f"{where}{exc.strerror or exc}",
+            EXIT_UNAVAILABLE if busy else EXIT_ERROR,
+            "address_unavailable" if busy else "os_error",
+        )
     except Exception as exc:
         if os.environ.get("HOTLINE_DEBUG"):
             traceback.print_exc()
-        _fail(f"internal error ({type(exc).__name__}: {exc}); set HOTLINE_DEBUG=1 for details", 70)
+        _fail(
+            f"internal error ({type(exc).__name__}: {exc}); set HOTLINE_DEBUG=1 for details",
+            70,
+            "internal_error",
+        )
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, reason: str = "error") -> None:
+    if "--json" in sys.argv[1:] and not json_printed():  # a script reading stdout gets a verdict
+        print_json({"error": message, "reason": reason, "exit_code": code}, ok=False)
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)

@@ -16,7 +16,6 @@ from rich.markup import escape
 
 from hotline.cli.common import console, print_json
 from hotline.errors import CallError, UsageError
-from hotline.terminal.control import ControlClient
 
 app = typer.Typer(
     help=(
@@ -41,6 +40,8 @@ def _run(coro: Any) -> Any:
 async def _request(
     terminal: Path, method: str, path: str, data: dict[str, Any] | None = None
 ) -> Any:
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415 (aiohttp: slow)
+
     async with ControlClient.for_terminal(terminal) as control:
         return await control.request(method, path, data)
 
@@ -61,6 +62,8 @@ async def _wait_secure(terminal: Path, timeout: float) -> dict[str, Any]:
     other member; on timeout hang up and say why."""
     deadline = time.monotonic() + timeout
     state = "outgoing"
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415 (aiohttp: slow)
+
     async with ControlClient.for_terminal(terminal) as control:
         while time.monotonic() < deadline:
             status = await control.request("GET", "/status")
@@ -164,6 +167,8 @@ def describe_event(event: dict[str, Any]) -> str:
 
 
 async def _watch(terminal: Path, until: str | None, history: bool, json_out: bool) -> None:
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415 (aiohttp: slow)
+
     async with ControlClient.for_terminal(terminal) as control:
         since = 0 if history else int((await control.request("GET", "/status"))["last_event"])
         async for event in control.follow(since):

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from hotline.cli.common import console, print_json
 from hotline.errors import UsageError
-from hotline.terminal.control import ControlClient
 
 app = typer.Typer(
     help=(
@@ -34,6 +33,8 @@ COLOURS = {"green": "green", "amber": "yellow", "red": "red"}
 
 
 async def _request(terminal: Path, method: str, path: str, data: Any = None) -> Any:
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415 (aiohttp: slow)
+
     async with ControlClient.for_terminal(terminal) as control:
         return await control.request(method, path, data)
 
@@ -80,7 +81,7 @@ def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
     of older checks (signed, in the call log, replacing their entries), then each result."""
     results = asyncio.run(_request(terminal, "GET", "/checks"))
     if json_out:
-        print_json(results)
+        print_json({"checks": results})
         return
     table = Table("time (UTC)", "by", "to", "verdict", "set-up", "one-way", "loss", "MOS", "why")
     for r in results:

@@ -12,8 +12,15 @@ from rich.console import Console
 
 from hotline.errors import UsageError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped or redirected output is never hard-wrapped (a security code or a fingerprint split
+# across two lines cannot be compared or parsed); on a terminal rich wraps to its width.
+console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+err_console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
+
+#: ``schema`` of every JSON document the CLI prints (``--json``); raised when a field is
+#: removed or changes meaning, not when one is added (docs/operations.md, "Scripts")
+JSON_SCHEMA_VERSION = 1
+_json_printed = False
 
 #: exit codes: 0 success, 1 a check failed (verify said no), 2 bad input or refused data
 #: (including a folder already in use by a running process), 3 an environment problem
@@ -24,10 +31,20 @@ EXIT_ERROR = 2
 EXIT_UNAVAILABLE = 3
 
 
-def print_json(data: Any) -> None:
-    """Machine-readable output on stdout: one JSON document, keys sorted."""
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def print_json(data: dict[str, Any], *, ok: bool = True) -> None:
+    """Machine-readable output on stdout: one JSON object, keys sorted, with ``schema``
+    (:data:`JSON_SCHEMA_VERSION`) and ``ok`` (true when the command did what was asked;
+    a field of ``data`` named ``ok`` wins)."""
+    global _json_printed  # noqa: PLW0603 (one document per process)
+    doc = {"schema": JSON_SCHEMA_VERSION, "ok": ok, **data}
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+    _json_printed = True
+
+
+def json_printed() -> bool:
+    """Whether this process already printed its JSON document (errors then print none)."""
+    return _json_printed
 
 
 class LogFormat(StrEnum):

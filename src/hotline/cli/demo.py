@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console
-from hotline.demo import DemoResult, print_link, run_demo
+
+if TYPE_CHECKING:
+    from hotline.demo import DemoResult
 
 
 def command(
@@ -38,6 +40,8 @@ def command(
     """Commission a line on this machine, start an exchange and two terminals ("sochi" and
     "situation-room") as separate processes, and place a real end-to-end encrypted call
     between them. Exits 0 only if decrypted audio and video flowed both ways."""
+    from hotline.demo import print_link, run_demo  # noqa: PLC0415 (loads aiohttp: slow)
+
     result = asyncio.run(
         run_demo(
             duration=duration,

@@ -96,9 +96,17 @@ def install_unit_command(
 
 
 @app.command("fingerprint")
-def fingerprint(directory: DirOption) -> None:
-    """Print the fingerprint of the exchange's TLS certificate."""
-    console.print(tls.load_fingerprint(directory), soft_wrap=True)
+def fingerprint(
+    directory: DirOption,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the fingerprint of the exchange's TLS certificate (sha256:<hex of the DER
+    certificate>, as `line propose --exchange URL#sha256:...` pins it)."""
+    value = tls.load_fingerprint(directory)
+    if json_output:
+        print_json({"dir": str(directory), "tls_fingerprint": value})
+    else:
+        console.print(value, soft_wrap=True)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,20 +16,21 @@ from rich.table import Table
 
 from hotline.charter import (
     DEFAULT_POLICY,
-    KNOWN_CIPHER_SUITES,
-    KNOWN_KEMS,
+    SIGNATURE_INVALID,
+    SIGNATURE_MISSING,
     SIGNATURE_VALID,
     CharterCheck,
     Policy,
     SignedCharter,
     load_charter,
+    write_charter,
 )
 from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds
 from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console, print_json
 from hotline.encoding import INT_MAX
 from hotline.errors import HotlineError, UsageError
 from hotline.keys import PASSPHRASE_ENV, read_passphrase
-from hotline.provision import propose_line, sign_charter, write_draft
+from hotline.provision import merge_charters, propose_line, sign_charter, write_draft
 
 app = typer.Typer(
     help=(
@@ -40,6 +42,25 @@ app = typer.Typer(
 )
 
 CharterPath = Annotated[Path, typer.Argument(help="The charter file (JSON).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+class CipherSuite(StrEnum):
+    """``--cipher-suite``: the SFrame suites a charter may name (``KNOWN_CIPHER_SUITES``)."""
+
+    AES_128_GCM_SHA256_128 = "AES_128_GCM_SHA256_128"
+    AES_256_GCM_SHA512_128 = "AES_256_GCM_SHA512_128"
+
+
+class Kem(StrEnum):
+    """``--kem``: the HPKE KEMs for sender keys (``KNOWN_KEMS``)."""
+
+    MLKEM768_X25519 = "MLKEM768_X25519"
+    X25519 = "X25519"
+
+
+DEFAULT_SUITE = CipherSuite(DEFAULT_POLICY.cipher_suite)
+DEFAULT_KEM = Kem(DEFAULT_POLICY.kem)
 
 
 @app.command("propose")
@@ -55,7 +76,7 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
             ),
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Where to write the unsigned charter.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the unsigned charter.")],
     terminal: Annotated[
         list[Path] | None,
         typer.Option(
@@ -91,15 +112,11 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         ),
     ] = None,
     cipher_suite: Annotated[
-        str,
-        typer.Option(
-            "--cipher-suite", help=f"SFrame suite: {', '.join(sorted(KNOWN_CIPHER_SUITES))}."
-        ),
-    ] = DEFAULT_POLICY.cipher_suite,
+        CipherSuite, typer.Option("--cipher-suite", help="SFrame cipher suite (RFC 9605).")
+    ] = DEFAULT_SUITE,
     kem: Annotated[
-        str,
-        typer.Option("--kem", help=f"KEM for sender keys: {', '.join(sorted(KNOWN_KEMS))}."),
-    ] = DEFAULT_POLICY.kem,
+        Kem, typer.Option("--kem", help="KEM for the sender keys (HPKE, RFC 9180).")
+    ] = DEFAULT_KEM,
     rekey_interval: Annotated[
         int, typer.Option("--rekey-interval", help="Seconds between rekeys in a call.")
     ] = DEFAULT_POLICY.rekey_interval_s,
@@ -147,6 +164,7 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         typer.Option("--version", help="Charter version; a new one must be higher than the last."),
     ] = 1,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Draft a charter from the sites' public records and their terminals' enrolments.
 
@@ -156,8 +174,8 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
     if version > INT_MAX:  # checked before anything is written (the model checks >= 1)
         raise UsageError(f"--version {version} is too large (at most {INT_MAX})")
     policy = Policy(
-        cipher_suite=cipher_suite,
-        kem=kem,
+        cipher_suite=cipher_suite.value,
+        kem=kem.value,
         rekey_interval_s=rekey_interval,
         max_participants=max_participants,
         readiness_interval_s=readiness_interval,
@@ -178,6 +196,19 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         sfus=sfu or (),
     )
     write_draft(out, charter, overwrite=force)
+    if json_output:
+        print_json(
+            {
+                "line_id": charter.line_id,
+                "version": charter.version,
+                "out": str(out),
+                "digest": charter.digest().hex(),
+                "digest_code": charter.digest_code,
+                "sites": [s.site_id for s in charter.sites],
+                "terminals": [t.terminal_id for t in charter.terminals],
+            }
+        )
+        return
     console.print(
         f"Proposed line [bold]{escape(charter.line_id)}[/] version {charter.version}: "
         f"{len(charter.sites)} sites, {len(charter.terminals)} terminals -> {escape(str(out))}"
@@ -200,11 +231,18 @@ def sign(
             help=f"Passphrase of the operator key (else ${PASSPHRASE_ENV}).",
         ),
     ] = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """Add your site's signature to a charter (after reading it with `line show`)."""
+    """Add your site's signature to a charter (after reading it with `line show`).
+
+    A site folder that keeps a previous operator key (after `site rotate-key`) also signs
+    the handover from it."""
     signed = sign_charter(charter, site, read_passphrase(passphrase_file))
     check = signed.check()
     missing = [f"{s} ({v})" for s, v in check.signatures.items() if v != SIGNATURE_VALID]
+    if json_output:
+        print_json(_signatures_report(signed, check, charter))
+        return
     console.print(
         f"Signed line [bold]{escape(signed.line_id)}[/] version {signed.version} "
         f"(digest {signed.charter.digest_code})."
@@ -213,6 +251,59 @@ def sign(
         console.print("  still needed: " + ", ".join(escape(m) for m in missing))
     else:
         console.print("  every site has signed; run: hotline line verify " + escape(str(charter)))
+
+
+def _signatures_report(signed: SignedCharter, check: CharterCheck, path: Path) -> dict[str, Any]:
+    return {
+        "line_id": signed.line_id,
+        "version": signed.version,
+        "charter": str(path),
+        "digest": signed.charter.digest().hex(),
+        "digest_code": signed.charter.digest_code,
+        "signatures": dict(check.signatures),
+        "handovers": dict(check.handovers),
+        "missing": sorted(s for s, v in check.signatures.items() if v == SIGNATURE_MISSING),
+        "complete": check.complete,
+        "valid": check.ok,
+    }
+
+
+@app.command("merge")
+def merge(
+    copies: Annotated[
+        list[Path],
+        typer.Argument(help="Copies of one proposed charter, each signed by some sites."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged charter.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Combine copies of one charter that sites signed in parallel (the proposer sends the
+    same draft to every site at once instead of A->B->C->A). Refuses copies whose content
+    differs (naming the field) and any signature that does not verify.
+
+    Example: hotline line merge signed-by-sochi.json signed-by-washington.json -o line.json
+    """
+    if out.exists() and not force and out not in copies:
+        raise UsageError(f"{out}: already exists; choose another file or pass --force")
+    merged = merge_charters(copies)
+    write_charter(out, merged)
+    check = merged.check()
+    if json_output:
+        print_json({**_signatures_report(merged, check, out), "copies": [str(c) for c in copies]})
+        return
+    signed_by = sorted(s for s, v in check.signatures.items() if v == SIGNATURE_VALID)
+    console.print(
+        f"Merged {len(copies)} copies of line [bold]{escape(merged.line_id)}[/] version "
+        f"{merged.version} -> {escape(str(out))} (digest {merged.charter.digest_code})",
+        soft_wrap=True,
+    )
+    console.print("  signed by: " + (", ".join(escape(s) for s in signed_by) or "nobody"))
+    missing = sorted(s for s, v in check.signatures.items() if v == SIGNATURE_MISSING)
+    if missing:
+        console.print("  still needed: " + ", ".join(escape(m) for m in missing))
+    else:
+        console.print("  every site has signed; run: hotline line verify " + escape(str(out)))
 
 
 def _describe(signed: SignedCharter, check: CharterCheck) -> dict[str, Any]:
@@ -230,6 +321,11 @@ def _describe(signed: SignedCharter, check: CharterCheck) -> dict[str, Any]:
     ]
     problems += [
         f"signature by site {sid!r}, which is not in the charter" for sid in check.unknown_signers
+    ]
+    problems += [
+        f"handover of site {sid!r} by its previous operator key is {status}"
+        for sid, status in check.handovers.items()
+        if status != SIGNATURE_VALID
     ]
     return {
         "line_id": c.line_id,
@@ -263,6 +359,15 @@ def _describe(signed: SignedCharter, check: CharterCheck) -> dict[str, Any]:
         "turn_relays": list(c.turn_relays),
         "sfus": [{"url": e.url, "tls_fingerprint": e.tls_fingerprint} for e in c.sfus],
         "policy": dataclasses.asdict(c.policy),
+        "handovers": [
+            {
+                "site_id": sid,
+                "previous_key": h.previous_key.hex(),
+                "previous_fingerprint": h.previous_key.fingerprint,
+                "signature": check.handovers.get(sid, SIGNATURE_INVALID),
+            }
+            for sid, h in sorted(signed.handovers.items())
+        ],
         "unknown_signers": list(check.unknown_signers),
         "complete": check.complete,
         "valid": check.ok,
@@ -309,6 +414,12 @@ def show(
     for s in info["sites"]:
         sites.add_row(_label(s["site_id"], s["name"]), s["fingerprint"], _mark(s["signature"]))
     console.print(sites)
+    for h in info["handovers"]:
+        console.print(
+            f"Site {escape(h['site_id'])} replaces its operator key; handover signed by its "
+            f"previous key {h['previous_fingerprint']}: {_mark(h['signature'])}",
+            soft_wrap=True,
+        )
 
     terminals = Table(title="Terminals", title_justify="left", box=box.SIMPLE_HEAD)
     terminals.add_column("terminal", overflow="fold")
@@ -365,7 +476,7 @@ def verify(
         signed = load_charter(charter)
     except HotlineError as exc:
         if json_output:  # a machine reading stdout still gets a verdict, and exit 2
-            print_json({"valid": False, "reason": exc.reason, "error": str(exc)})
+            print_json({"valid": False, "reason": exc.reason, "error": str(exc)}, ok=False)
         raise
     try:
         signed.verify()
@@ -378,7 +489,8 @@ def verify(
                     "error": str(exc),
                     "line_id": signed.line_id,
                     "version": signed.version,
-                }
+                },
+                ok=False,
             )
         else:
             err_console.print(

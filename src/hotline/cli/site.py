@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from hotline.cli.common import console, print_json
 from hotline.keys import PASSPHRASE_ENV, read_passphrase
-from hotline.provision import SITE_KEY_FILE, SITE_RECORD_FILE, init_site
+from hotline.provision import SITE_KEY_FILE, SITE_RECORD_FILE, init_site, rotate_operator_key
 
 app = typer.Typer(
     help=(
@@ -81,4 +81,57 @@ def init(
     )
     console.print(
         f"Next: hotline terminal enroll NAME --site {escape(str(folder))} --role principal"
+    )
+
+
+@app.command("rotate-key")
+def rotate_key(
+    site: Annotated[Path, typer.Option("--site", help="The site folder (holds operator.key).")],
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help=f"Passphrase of the current operator key (else ${PASSPHRASE_ENV}).",
+        ),
+    ] = None,
+    new_passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-passphrase-file",
+            help="Encrypt the new key (and the kept previous one) with this passphrase "
+            "(default: the current one).",
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Give the site a new operator key. The next charter version proposed from this folder
+    lists it; `line sign` also signs that version's handover with the previous key (kept as
+    operator.previous.key), without which no terminal or exchange accepts a changed key.
+
+    Example: hotline site rotate-key --site ./washington, then line propose --version N+1
+    """
+    passphrase = read_passphrase(passphrase_file)
+    new_passphrase = read_passphrase(new_passphrase_file) if new_passphrase_file else None
+    old, new = rotate_operator_key(site, passphrase, new_passphrase)
+    if json_output:
+        print_json(
+            {
+                "site_id": new.site_id,
+                "dir": str(site),
+                "operator_key": new.operator_key.hex(),
+                "fingerprint": new.operator_key.fingerprint,
+                "previous_fingerprint": old.operator_key.fingerprint,
+            }
+        )
+        return
+    console.print(f"Site [bold]{escape(new.site_id)}[/] has a new operator key")
+    console.print(f"  new operator key fingerprint: [bold]{new.operator_key.fingerprint}[/]")
+    console.print(f"  previous key (kept for the handover): {old.operator_key.fingerprint}")
+    console.print(
+        f"  {escape(str(site / SITE_RECORD_FILE))} and the enrolments in it are signed with "
+        "the new key; give them to the other sides again"
+    )
+    console.print(
+        "Next: hotline line propose ... --version N+1, then every site signs it (read the "
+        "new fingerprint aloud)"
     )

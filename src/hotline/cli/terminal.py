@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -40,10 +40,8 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
     ],
     site: Annotated[Path, typer.Option("--site", help="The site folder whose operator enrols it.")],
     role: Annotated[
-        str,
-        typer.Option(
-            "--role", help=f"What the terminal is for: {', '.join(r.value for r in Role)}."
-        ),
+        Role,
+        typer.Option("--role", help="What the terminal is for.", case_sensitive=False),
     ],
     out: Annotated[
         Path | None,
@@ -74,6 +72,15 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
             help=f"Passphrase of the site's operator key (else ${PASSPHRASE_ENV}).",
         ),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Give a terminal this site already enrolled a new identity key (lost, "
+            "stolen or routine): needs --out with a new folder; the next charter version "
+            "proposed from the site folder lists the new key instead of the old.",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Enrol a terminal: create its identity key and an enrolment record signed by the site.
@@ -83,12 +90,13 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
     folder = enroll_terminal(
         site,
         name,
-        role.lower(),
+        role.value,
         out,
         read_passphrase(passphrase_file),
         read_passphrase(site_passphrase_file),
         display_name=display_name,
         language=language,
+        replace=replace,
     )
     record = load_terminal_record(folder)
     if json_output:
@@ -102,6 +110,7 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
                 "dir": str(folder),
                 "identity_key": record.identity_key.hex(),
                 "fingerprint": record.identity_key.fingerprint,
+                "replaced": replace,
             }
         )
         return
@@ -151,6 +160,49 @@ def install_unit_command(
     (Type=notify, Restart=on-failure, sandboxed, the passphrase through LoadCredential=):
     printed, or written to --out. Its comments say how to install it."""
     install_unit(TERMINAL_UNIT, out, command, force)
+
+
+@app.command("install-charter")
+def install_charter(
+    charter: Annotated[Path, typer.Argument(help="The new, fully signed charter file.")],
+    terminal: Annotated[
+        Path, typer.Option("--terminal", "-t", help="The running terminal's folder.")
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Give a running terminal a newer charter version: it keeps it (never going back),
+    hands it to the exchange, which gives it to every terminal of the line online and
+    closes the connections of terminals it removed or re-keyed, and applies it to a
+    running call at once (members no longer listed with their key are dropped)."""
+    import asyncio  # noqa: PLC0415
+
+    from hotline.charter import load_charter  # noqa: PLC0415
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415
+
+    signed = load_charter(charter)
+    signed.verify()
+
+    async def send() -> Any:
+        async with ControlClient.for_terminal(terminal) as control:
+            return await control.request(
+                "POST", "/charter", {"charter": signed.to_file_bytes().decode("utf-8")}
+            )
+
+    result = asyncio.run(send())
+    if json_output:
+        print_json(result)
+        return
+    if result["installed"]:
+        console.print(
+            f"line {escape(result['line_id'])}: version {result['version']} installed "
+            f"(was {result['previous_version']})",
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"line {escape(result['line_id'])}: version {result['version']} was already installed",
+            soft_wrap=True,
+        )
 
 
 @app.command("run")
@@ -226,6 +278,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         str | None,
         typer.Option(
             "--interfaces",
+            metavar="loopback|all|IP[,IP…]",
             help=_opt(
                 "terminal.interfaces",
                 "Where ICE gathers host candidates: 'loopback' (127.0.0.1 only: tests and "
@@ -375,4 +428,58 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         log_level=value("log.level"),
         settings={r["key"]: r["value"] for r in settings.rows()},
         ui=value("terminal.ui"),
+    )
+
+
+@app.command("wait")
+def wait(
+    terminal: Annotated[
+        Path, typer.Option("--terminal", "-t", help="The terminal's folder (being started).")
+    ],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait at most.", min=0.1, max=3600)
+    ] = 60.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Wait until a terminal started with `terminal run` answers on its control API and is
+    connected to its exchange (for scripts, and for rehearsals that start it with `&`).
+    Exit 0 once it is; 3 (the environment) if it is not within --timeout."""
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from hotline.errors import ExchangeUnavailable, HotlineError  # noqa: PLC0415
+    from hotline.terminal.control import ControlClient  # noqa: PLC0415
+
+    async def poll() -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = "its control API does not answer"
+        while time.monotonic() < deadline:
+            try:
+                async with ControlClient.for_terminal(terminal) as control:
+                    status = await control.request("GET", "/status")
+                exchange = status.get("exchange") or {}
+                if exchange.get("connected"):
+                    return dict(status)
+                last = f"not connected to its exchange ({exchange.get('reason') or 'trying'})"
+            except HotlineError as exc:
+                last = str(exc)
+            await asyncio.sleep(0.2)
+        raise ExchangeUnavailable(f"{terminal}: not ready within {timeout:g} s: {last}")
+
+    status = asyncio.run(poll())
+    if json_output:
+        print_json(
+            {
+                "terminal": status["terminal"],
+                "line": status["line"],
+                "charter_version": status["charter_version"],
+                "exchange": status["exchange"]["url"],
+            }
+        )
+        return
+    console.print(
+        f"terminal {escape(status['terminal'])} is running, connected to "
+        f"{escape(status['exchange']['url'])} (line {escape(status['line'])} version "
+        f"{status['charter_version']})",
+        soft_wrap=True,
     )

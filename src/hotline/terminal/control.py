@@ -23,6 +23,9 @@ POST     /invite             ``{"target": ID}``: ring a terminal into the runnin
 POST     /hangup             leave the call
 POST     /check              ``{"target": ID, "seconds": S}``: run a readiness check now
 GET      /checks             readiness results, newest last
+POST     /charter            ``{"charter": FILE TEXT}``: install a newer charter version
+                             (verified, kept, handed to the exchange and to every call;
+                             ``hotline terminal install-charter``)
 POST     /ui/link            a new one-time login link to the web UI (``--ui``)
 GET      /metrics            Prometheus text (OpenMetrics on ``Accept``); no token
 GET      /livez              200 while the terminal runs its own tasks; no token
@@ -173,6 +176,24 @@ def make_app(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> 
     async def checks(request: web.Request) -> web.Response:
         return web.json_response(daemon.check_history())
 
+    async def charter(request: web.Request) -> web.Response:
+        from hotline.charter import SignedCharter  # noqa: PLC0415
+
+        text = (await body(request)).get("charter")
+        if not isinstance(text, str):
+            raise UsageError("give the charter file's text as 'charter'")
+        signed = SignedCharter.from_file_bytes(text.encode("utf-8"))
+        before = daemon.charter.version
+        await daemon.install_charter(signed)
+        return web.json_response(
+            {
+                "line_id": daemon.charter.line_id,
+                "version": daemon.charter.version,
+                "previous_version": before,
+                "installed": daemon.charter.version > before,
+            }
+        )
+
     async def ui_link(request: web.Request) -> web.Response:
         if ui is None:
             raise StateError("this terminal runs without its web UI (start it with --ui)")
@@ -204,7 +225,8 @@ def make_app(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> 
         }
         return web.json_response(body, status=200 if ready else 503)
 
-    app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
+    # a charter file may be up to MAX_CHARTER_FILE_SIZE (1 MiB), hex-encoded in JSON
+    app = web.Application(middlewares=[auth], client_max_size=3 * 1024 * 1024)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
@@ -219,6 +241,7 @@ def make_app(daemon: TerminalDaemon, token: str, ui: UiServer | None = None) -> 
     app.router.add_post("/hangup", hangup)
     app.router.add_post("/check", check)
     app.router.add_get("/checks", checks)
+    app.router.add_post("/charter", charter)
     return app
 
 

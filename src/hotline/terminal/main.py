@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -67,7 +68,10 @@ def build_config(
     record, key = load_terminal(terminal_dir, read_passphrase(passphrase_file))
     charter = signed.charter
     terminal = charter.terminal_by_key(key.public)
-    if terminal.terminal_id != record.terminal_id or terminal != record.terminal:
+    # the charter's enrolment signature (checked by verify) may be newer than the folder's
+    # record: a site that replaced its operator key signs its terminals' enrolments again
+    listed = dataclasses.replace(terminal, enrolment_signature=record.enrolment_signature)
+    if terminal.terminal_id != record.terminal_id or listed != record.terminal:
         raise UsageError(f"{terminal_dir}: the charter lists this key under another terminal id")
     tls_fingerprint: str | None = None
     fallbacks: tuple[tuple[str, str | None], ...] = ()

@@ -35,6 +35,7 @@ from hotline.errors import (
     StateError,
     UnknownMember,
 )
+from hotline.ids import LineId, SiteId, TerminalId, check_id
 from hotline.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PublicKey
 
 # --- labels and limits ----------------------------------------------------------------------
@@ -56,7 +57,6 @@ MAX_NAME_LENGTH = 128
 MAX_URL_LENGTH = 2048
 
 #: ids of lines, sites and terminals: short, lower case, safe in file names and URLs
-ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 TLS_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 #: SFrame cipher suites (RFC 9605 section 4.5) a charter may name: the AEAD ones only
@@ -91,7 +91,7 @@ class Role(StrEnum):
 class Site:
     """One side of the line: its id, a human name, and its operator's public key."""
 
-    site_id: str
+    site_id: SiteId
     name: str
     operator_key: PublicKey
 
@@ -100,7 +100,11 @@ class Site:
 
 
 def enrolment_bytes(
-    site_id: str, terminal_id: str, name: str, role: Role, identity_key: PublicKey
+    site_id: SiteId | str,
+    terminal_id: TerminalId | str,
+    name: str,
+    role: Role,
+    identity_key: PublicKey,
 ) -> bytes:
     """The canonical enrolment record a site's operator key signs for one terminal."""
     return encode(
@@ -119,8 +123,9 @@ def enrolment_bytes(
 class Terminal:
     """A terminal enrolled by a site: its identity key signs everything it says in a call."""
 
+    #: a TerminalId; typed ``str`` until the terminal's directory maps take TerminalId keys
     terminal_id: str
-    site_id: str
+    site_id: SiteId
     name: str
     role: Role
     identity_key: PublicKey
@@ -239,7 +244,7 @@ DEFAULT_POLICY = Policy()
 class Charter:
     """The body of a line's charter: everything the sites sign."""
 
-    line_id: str
+    line_id: LineId
     version: int
     sites: tuple[Site, ...]
     terminals: tuple[Terminal, ...]
@@ -293,13 +298,13 @@ class Charter:
 
     # --- look-ups ---
 
-    def site(self, site_id: str) -> Site:
+    def site(self, site_id: SiteId | str) -> Site:
         for s in self.sites:
             if s.site_id == site_id:
                 return s
         raise UnknownMember(f"site {site_id!r} is not in the charter of line {self.line_id!r}")
 
-    def terminal(self, terminal_id: str) -> Terminal:
+    def terminal(self, terminal_id: TerminalId | str) -> Terminal:
         for t in self.terminals:
             if t.terminal_id == terminal_id:
                 return t
@@ -722,7 +727,11 @@ def _parse_charter(value: object) -> Charter:
         what = f"sites[{i}]"
         s = _exact_fields(item, what, _SITE_FIELDS)
         sites.append(
-            Site(_str(s, "site_id", what), _str(s, "name", what), _key(s, "operator_key", what))
+            Site(
+                SiteId(_str(s, "site_id", what)),
+                _str(s, "name", what),
+                _key(s, "operator_key", what),
+            )
         )
     terminals = []
     for i, item in enumerate(_list(body, "terminals", "charter")):
@@ -731,7 +740,7 @@ def _parse_charter(value: object) -> Charter:
         terminals.append(
             Terminal(
                 terminal_id=_str(t, "terminal_id", what),
-                site_id=_str(t, "site_id", what),
+                site_id=SiteId(_str(t, "site_id", what)),
                 name=_str(t, "name", what),
                 role=parse_role(t["role"], what),
                 identity_key=_key(t, "identity_key", what),
@@ -779,7 +788,7 @@ def _parse_charter(value: object) -> Charter:
         peer_timeout_s=peer_timeout_s,
     )
     return Charter(
-        line_id=_str(body, "line_id", "charter"),
+        line_id=LineId(_str(body, "line_id", "charter")),
         version=_int(body, "version", "charter"),
         sites=tuple(sites),
         terminals=tuple(terminals),
@@ -797,16 +806,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_valid_id(value: object) -> bool:
-    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
-
-
 def _check_id(value: object, what: str) -> None:
-    if not is_valid_id(value):
-        raise CharterError(
-            f"{what} {value!r} is not a valid id (1-63 of a-z 0-9 . _ -, starting with a "
-            "letter or digit)"
-        )
+    check_id(value, what, error=CharterError)
 
 
 def _check_name(value: object, what: str) -> None:

@@ -621,7 +621,7 @@ class Router:
         except ReplayError as exc:
             return Refused(envelope, exc)
         if envelope.recipient is not None:
-            recipients = [envelope.recipient]
+            recipients: list[str] = [envelope.recipient]
             if envelope.recipient == envelope.sender:
                 return Refused(
                     envelope, UnknownRecipient("an envelope to its own sender", reason="misrouted")

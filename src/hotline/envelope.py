@@ -102,11 +102,6 @@ def membership_of(charter: Membership | SignedMembership) -> Membership:
     return cast(Membership, charter)
 
 
-def check_id(value: str, what: str) -> str:
-    """A line or terminal id from the wire (``hotline.ids``' rule; EncodingError)."""
-    return ids.check_id(value, what)
-
-
 def check_type(value: str) -> str:
     if (
         not isinstance(value, str)
@@ -361,10 +356,10 @@ def _signed_fields(
     msg_type: str,
     body: bytes,
 ) -> dict[str, Value]:
-    check_id(line_id, "envelope line")
-    check_id(sender, "envelope sender")
+    ids.line_id(line_id, "envelope line")
+    ids.terminal_id(sender, "envelope sender")
     if recipient is not None:
-        check_id(recipient, "envelope recipient")
+        ids.terminal_id(recipient, "envelope recipient")
     check_type(msg_type)
     if not 0 <= seq <= INT_MAX:
         raise EncodingError("envelope sequence number out of range")

@@ -464,7 +464,7 @@ class SignedCharter:
         return hash((self.charter, tuple(sorted(self.signatures.items()))))
 
     @property
-    def line_id(self) -> str:
+    def line_id(self) -> LineId:
         return self.charter.line_id
 
     @property

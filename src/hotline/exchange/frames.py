@@ -390,7 +390,9 @@ def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
             to = obj.get("to")
             if to is not None and not isinstance(to, str):
                 raise FrameError("reject: 'to' must be a string or None")
-            recipient = None if to is None else ids.terminal_id(to, "reject: 'to'")
+            # a recipient that is no valid id is no terminal of the line: reported as None,
+            # like any other stranger (the reject itself is still counted)
+            recipient = TerminalId(to) if isinstance(to, str) and ids.is_valid_id(to) else None
             reason = known_reason(field_str(obj, "reason", "reject"))
             return Reject(_optional_int(obj, "seq", "reject"), reason, recipient)
         if kind == "presence":

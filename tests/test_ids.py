@@ -4,12 +4,17 @@ and the operator, with one message and the error class of whoever is at fault.""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hotline import ids
 from hotline.charter import ID_PATTERN, is_valid_id
+from hotline.cli import main
+from hotline.cli.common import EXIT_ERROR
 from hotline.envelope import Envelope
 from hotline.errors import CharterError, EncodingError, FrameError, UsageError
 from hotline.exchange.frames import Presence, Reject, decode_server_frame, encode_frame
@@ -75,3 +80,18 @@ def test_a_charter_with_a_bad_id_is_refused_as_a_charter_error() -> None:
 
     with pytest.raises(CharterError, match="terminal id 'T1' is not a valid id"):
         _check_id("T1", "terminal id")
+
+
+@pytest.mark.parametrize("verb", ["dial", "invite"])
+def test_the_command_line_refuses_a_bad_id_in_one_line(
+    verb: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["hotline", "call", verb, "Washington!", "-t", str(tmp_path)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: TARGET 'Washington!' is not a valid id ({ids.ID_RULE})"]

@@ -352,6 +352,9 @@ class ExchangeClient:
             error = ExchangeUnavailable(f"cannot reach the exchange at {endpoint.url}: {exc}")
         else:
             self._opening = None
+            if self._core.attempt != action.attempt or self._core.closed:
+                await ws.close()  # the core moved on while it opened
+                return
             await self._close_ws()
             self._ws, self._ws_attempt = ws, action.attempt
             now = time.monotonic()

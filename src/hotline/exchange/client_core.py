@@ -445,6 +445,11 @@ class ClientCore:
         return self._state
 
     @property
+    def attempt(self) -> int:
+        """The number of the current (or last) connection attempt."""
+        return self._attempt
+
+    @property
     def endpoint(self) -> Endpoint:
         """The exchange in use now (or tried next)."""
         return self.endpoints[self._current]

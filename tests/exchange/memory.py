@@ -110,6 +110,8 @@ class MemoryExchange:
         #: every charter file a terminal pushed, in order
         self.charters_pushed: list[bytes] = []
         self.routed = 0
+        #: extra copies delivered
+        self.duplicated = 0
 
     # --- terminals ---------------------------------------------------------------------
 
@@ -242,6 +244,7 @@ class MemoryExchange:
         link = self.links[to]
         faults = self.faults
         copies = 2 if self.rng.random() < faults.duplicate else 1
+        self.duplicated += copies - 1
         for _ in range(copies):
             if self.rng.random() < faults.reorder:
                 link.held.append((self.rng.randint(1, faults.reorder_depth), raw))

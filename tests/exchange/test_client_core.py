@@ -12,6 +12,7 @@ import pytest
 
 from hotline.call.machine import MSG_RING, RING_TIMEOUT_S
 from hotline.charter import SignedCharter
+from hotline.e2ee.events import PeerCharterVersion
 from hotline.encoding import encode
 from hotline.envelope import Envelope
 from hotline.errors import ExchangeUnavailable, TLSPinMismatch
@@ -48,6 +49,7 @@ from hotline.keys import SigningKey
 from hotline.ratelog import MAX_DETAIL
 from hotline.terminal.dispatch import Route, dispatch
 
+from ..e2ee.net import Delivery, Net, Relay
 from .harness import envelope
 from .lines import make_line
 from .memory import T0, Faults, MemoryExchange, hostile_seed
@@ -84,6 +86,7 @@ def test_reordered_and_duplicated_envelopes_are_each_taken_once(tmp_path: Path) 
     # every duplicate was refused, counted and shown, none as "behind"
     dupes = refusals(exchange, "t1")
     assert dupes and {r.reason for r in dupes} == {"delivery_replay"}, f"seed {seed}"
+    assert len(dupes) == exchange.duplicated, f"seed {seed}"
     assert all("behind" not in r.detail for r in dupes), f"seed {seed}"
     assert exchange.links["t1"].core.stats["rejected_replay"] == len(dupes)
     # refused deliveries are acknowledged too: the exchange can let go of everything
@@ -480,3 +483,59 @@ def test_the_configuration_refuses_nonsense(field: str) -> None:
 
     with pytest.raises(UsageError):
         ClientConfig(**{field: 0})
+
+
+# --- the terminal level: key agreement through the cores and the hostile exchange ------------
+
+
+class CoreRelay(Relay):
+    """Carries the key sessions' messages as envelopes through each terminal's exchange
+    core and the in-memory exchange (with its faults); hands on what the cores accept."""
+
+    def __init__(self, exchange: MemoryExchange) -> None:
+        self.exchange = exchange
+        self.taken = {tid: 0 for tid in exchange.links}
+
+    def route(self, d: Delivery, net: Net) -> list[Delivery]:
+        self.exchange.links[d.sender].core.send(d.recipient, d.msg_type, d.body, self.exchange.now)
+        return []
+
+    def flush(self, net: Net) -> list[Delivery]:
+        self.exchange.pump()
+        self.exchange.flush_held()
+        out = []
+        for tid in self.taken:
+            events = self.exchange.events(tid)
+            for event in events[self.taken[tid] :]:
+                if isinstance(event, EnvelopeReceived):
+                    env = event.envelope
+                    out.append(Delivery(env.sender, tid, env.msg_type, env.body))
+            self.taken[tid] = len(events)
+        return out
+
+
+def test_key_agreement_through_a_hostile_exchange_names_both_charter_versions(
+    tmp_path: Path,
+) -> None:
+    """Two terminals' key sessions talk only through their exchange cores and the seeded
+    hostile double (reordering, duplicates): they agree on an epoch and a code; when one
+    moves to charter version 2, the other says which versions differ, not only
+    wrong_context (point 15); every duplicate is refused by the core and shown."""
+    seed = hostile_seed(9008)
+    line = make_line(tmp_path, 2)
+    exchange = MemoryExchange(line, seed, faults=Faults(reorder=0.3, duplicate=0.3))
+    for tid in ("t0", "t1"):
+        exchange.terminal(tid)
+    net = Net(["t0", "t1"], seed=seed, relay=CoreRelay(exchange), keys=dict(line.keys))
+    net.set_view(["t0", "t1"])
+    assert net.agreed(["t0", "t1"]) >= 1, f"seed {seed}"
+    net["t0"].session.update_directory(net.directory, 2, net.now)
+    net.pump()
+    reports = [e for e in net["t1"].events if isinstance(e, PeerCharterVersion)]
+    assert reports == [PeerCharterVersion("t0", 2, 1)], f"seed {seed}"
+    assert reports[0].message == "peer t0 has charter version 2; this terminal has 1"
+    # every extra copy the double delivered was refused once, as a duplicate
+    assert len(refusals(exchange, "t0")) + len(refusals(exchange, "t1")) == exchange.duplicated
+    for tid in ("t0", "t1"):
+        assert {r.reason for r in refusals(exchange, tid)} <= {"delivery_replay"}
+        assert all("behind" not in r.detail for r in refusals(exchange, tid)), f"seed {seed}"

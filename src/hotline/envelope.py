@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from hotline import ids
 from hotline.encoding import (
     INT_MAX,
     Value,
@@ -59,7 +60,6 @@ ENVELOPE_VERSION = 1
 DEFAULT_MAX_ENVELOPE_SIZE = 64 * 1024
 #: sequence numbers start at ``now_ms << SEQ_SHIFT``: room for 2**20 envelopes per millisecond
 SEQ_SHIFT = 20
-MAX_ID_LENGTH = 128
 MAX_TYPE_LENGTH = 64
 
 _TYPE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -102,13 +102,6 @@ def membership_of(charter: Membership | SignedMembership) -> Membership:
     return cast(Membership, charter)
 
 
-def check_id(value: str, what: str) -> str:
-    """A line or terminal id: 1 to 128 printable characters."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable():
-        raise EncodingError(f"{what}: an id is 1 to {MAX_ID_LENGTH} printable characters")
-    return value
-
-
 def check_type(value: str) -> str:
     if (
         not isinstance(value, str)
@@ -125,9 +118,9 @@ def check_type(value: str) -> str:
 class Envelope:
     """A signed message from one terminal to one (or every) terminal of its line."""
 
-    line_id: str
-    sender: str
-    recipient: str | None
+    line_id: ids.LineId
+    sender: ids.TerminalId
+    recipient: ids.TerminalId | None
     seq: int
     timestamp_ms: int
     msg_type: str
@@ -167,9 +160,9 @@ class Envelope:
         signature = key.sign(ENVELOPE_LABEL + unsigned)
         fields["sig"] = signature
         return cls(
-            line_id,
-            sender,
-            recipient,
+            ids.line_id(line_id, "envelope line"),
+            ids.terminal_id(sender, "envelope sender"),
+            None if recipient is None else ids.terminal_id(recipient, "envelope recipient"),
             seq,
             timestamp_ms,
             msg_type,
@@ -226,9 +219,11 @@ class Envelope:
         if seq < 0:
             raise EncodingError("envelope: negative sequence number")
         return cls(
-            line_id=check_id(line_id, "envelope line"),
-            sender=check_id(sender, "envelope sender"),
-            recipient=None if recipient is None else check_id(recipient, "envelope recipient"),
+            line_id=ids.line_id(line_id, "envelope line"),
+            sender=ids.terminal_id(sender, "envelope sender"),
+            recipient=None
+            if recipient is None
+            else ids.terminal_id(recipient, "envelope recipient"),
             seq=seq,
             timestamp_ms=ts,
             msg_type=check_type(msg_type),
@@ -361,10 +356,10 @@ def _signed_fields(
     msg_type: str,
     body: bytes,
 ) -> dict[str, Value]:
-    check_id(line_id, "envelope line")
-    check_id(sender, "envelope sender")
+    ids.line_id(line_id, "envelope line")
+    ids.terminal_id(sender, "envelope sender")
     if recipient is not None:
-        check_id(recipient, "envelope recipient")
+        ids.terminal_id(recipient, "envelope recipient")
     check_type(msg_type)
     if not 0 <= seq <= INT_MAX:
         raise EncodingError("envelope sequence number out of range")

@@ -47,7 +47,6 @@ from hotline.charter import (
     Site,
     Terminal,
     check_language,
-    is_valid_id,
     load_charter,
     parse_json_document,
     parse_role,
@@ -65,6 +64,7 @@ from hotline.errors import (
     UnknownMember,
     UsageError,
 )
+from hotline.ids import LineId, SiteId, check_id
 from hotline.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PublicKey, SigningKey
 
 SITE_KEY_FILE = "operator.key"
@@ -99,7 +99,7 @@ class SiteRecord:
 
     @property
     def site(self) -> Site:
-        return Site(self.site_id, self.name, self.operator_key)
+        return Site(SiteId(self.site_id), self.name, self.operator_key)
 
     def to_file_bytes(self) -> bytes:
         return _dump(
@@ -136,7 +136,7 @@ class TerminalRecord:
     def terminal(self) -> Terminal:
         return Terminal(
             self.terminal_id,
-            self.site_id,
+            SiteId(self.site_id),
             self.name,
             self.role,
             self.identity_key,
@@ -379,7 +379,9 @@ def enroll_terminal(  # noqa: PLR0917 (the signature other code is written again
         copy.replace(replaced)
     identity = SigningKey.generate()
     terminal_name = display_name or name
-    unsigned = Terminal(name, site.site_id, terminal_name, role, identity.public, b"", language)
+    unsigned = Terminal(
+        name, SiteId(site.site_id), terminal_name, role, identity.public, b"", language
+    )
     record = TerminalRecord(
         name,
         site.site_id,
@@ -528,7 +530,7 @@ def propose_line(  # noqa: PLR0917 (the signature other code is written against)
         e if isinstance(e, ExchangeEndpoint) else parse_exchange(e) for e in exchanges
     )
     charter = Charter(
-        line_id=line_id,
+        line_id=LineId(line_id),
         version=version,
         sites=tuple(sorted(site_list, key=lambda s: s.site_id)),
         terminals=tuple(sorted(terminal_list, key=lambda t: (t.site_id, t.terminal_id))),
@@ -678,11 +680,7 @@ def _passphrase_bytes(passphrase: Passphrase) -> bytes | None:
 
 
 def _require_id(value: str, what: str) -> None:
-    if not is_valid_id(value):
-        raise UsageError(
-            f"{what} {value!r} is not a valid id: use 1-63 of a-z 0-9 . _ - "
-            "(starting with a letter or digit)"
-        )
+    check_id(value, what, error=UsageError)
 
 
 def _check_display_name(text: str, what: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from hotline import ids
 from hotline.encoding import (
     Value,
     decode,
@@ -46,9 +47,8 @@ GENESIS_HASH: Final = bytes(32)
 HASH_SIZE: Final = 32
 
 MAX_PAYLOAD_SIZE: Final = 64 * 1024
-MAX_ID_LENGTH: Final = 128
+MAX_ID_LENGTH: Final = ids.MAX_ID_LENGTH
 _EVENT_RE: Final = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-_ID_RE: Final = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
 # --- event types --------------------------------------------------------------------------
 
@@ -320,8 +320,7 @@ class VerifyReport:
 
 
 def _check_id(value: str, what: str) -> None:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise UsageError(f"{what} must be 1-{MAX_ID_LENGTH} printable ASCII characters")
+    ids.check_id(value, what, error=UsageError)
 
 
 def _validate_payload(event: str, payload: Value) -> None:

@@ -29,7 +29,6 @@ from hotline.charter.model import (
     CHARTER_KIND,
     DEFAULT_POLICY,
     ENROLMENT_KIND,
-    ID_PATTERN,
     KNOWN_CIPHER_SUITES,
     KNOWN_KEMS,
     MAX_CHARTER_FILE_SIZE,
@@ -54,12 +53,12 @@ from hotline.charter.model import (
     Terminal,
     check_language,
     enrolment_bytes,
-    is_valid_id,
     load_charter,
     parse_role,
     write_charter,
 )
 from hotline.charter.store import CharterStore
+from hotline.ids import ID_PATTERN, is_valid_id
 
 __all__ = [
     "CHARTER_FILE_FORMAT",

@@ -35,6 +35,7 @@ from hotline.errors import (
     StateError,
     UnknownMember,
 )
+from hotline.ids import LineId, SiteId, TerminalId, check_id
 from hotline.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PublicKey
 
 # --- labels and limits ----------------------------------------------------------------------
@@ -57,7 +58,6 @@ MAX_NAME_LENGTH = 128
 MAX_URL_LENGTH = 2048
 
 #: ids of lines, sites and terminals: short, lower case, safe in file names and URLs
-ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 TLS_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 #: SFrame cipher suites (RFC 9605 section 4.5) a charter may name: the AEAD ones only
@@ -96,7 +96,7 @@ class Role(StrEnum):
 class Site:
     """One side of the line: its id, a human name, and its operator's public key."""
 
-    site_id: str
+    site_id: SiteId
     name: str
     operator_key: PublicKey
 
@@ -105,8 +105,8 @@ class Site:
 
 
 def enrolment_bytes(  # noqa: PLR0917 (the record's fields, in order)
-    site_id: str,
-    terminal_id: str,
+    site_id: SiteId | str,
+    terminal_id: TerminalId | str,
     name: str,
     role: Role,
     identity_key: PublicKey,
@@ -145,8 +145,9 @@ def check_language(tag: object, what: str) -> str:
 class Terminal:
     """A terminal enrolled by a site: its identity key signs everything it says in a call."""
 
+    #: a TerminalId; typed ``str`` until the terminal's directory maps take TerminalId keys
     terminal_id: str
-    site_id: str
+    site_id: SiteId
     name: str
     role: Role
     identity_key: PublicKey
@@ -376,7 +377,7 @@ DEFAULT_POLICY = Policy()
 class Charter:
     """The body of a line's charter: everything the sites sign."""
 
-    line_id: str
+    line_id: LineId
     version: int
     sites: tuple[Site, ...]
     terminals: tuple[Terminal, ...]
@@ -434,13 +435,13 @@ class Charter:
 
     # --- look-ups ---
 
-    def site(self, site_id: str) -> Site:
+    def site(self, site_id: SiteId | str) -> Site:
         for s in self.sites:
             if s.site_id == site_id:
                 return s
         raise UnknownMember(f"site {site_id!r} is not in the charter of line {self.line_id!r}")
 
-    def terminal(self, terminal_id: str) -> Terminal:
+    def terminal(self, terminal_id: TerminalId | str) -> Terminal:
         for t in self.terminals:
             if t.terminal_id == terminal_id:
                 return t
@@ -651,7 +652,7 @@ class SignedCharter:
         )
 
     @property
-    def line_id(self) -> str:
+    def line_id(self) -> LineId:
         return self.charter.line_id
 
     @property
@@ -975,7 +976,11 @@ def _parse_charter(value: object) -> Charter:
         what = f"sites[{i}]"
         s = _exact_fields(item, what, _SITE_FIELDS)
         sites.append(
-            Site(_str(s, "site_id", what), _str(s, "name", what), _key(s, "operator_key", what))
+            Site(
+                SiteId(_str(s, "site_id", what)),
+                _str(s, "name", what),
+                _key(s, "operator_key", what),
+            )
         )
     terminals = []
     for i, item in enumerate(_list(body, "terminals", "charter")):
@@ -985,7 +990,7 @@ def _parse_charter(value: object) -> Charter:
         terminals.append(
             Terminal(
                 terminal_id=_str(t, "terminal_id", what),
-                site_id=_str(t, "site_id", what),
+                site_id=SiteId(_str(t, "site_id", what)),
                 name=_str(t, "name", what),
                 role=parse_role(t["role"], what),
                 identity_key=_key(t, "identity_key", what),
@@ -1056,7 +1061,7 @@ def _parse_charter(value: object) -> Charter:
         ),
     )
     return Charter(
-        line_id=_str(body, "line_id", "charter"),
+        line_id=LineId(_str(body, "line_id", "charter")),
         version=_int(body, "version", "charter"),
         sites=tuple(sites),
         terminals=tuple(terminals),
@@ -1075,16 +1080,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_valid_id(value: object) -> bool:
-    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
-
-
 def _check_id(value: object, what: str) -> None:
-    if not is_valid_id(value):
-        raise CharterError(
-            f"{what} {value!r} is not a valid id (1-63 of a-z 0-9 . _ -, starting with a "
-            "letter or digit)"
-        )
+    check_id(value, what, error=CharterError)
 
 
 def _check_name(value: object, what: str) -> None:

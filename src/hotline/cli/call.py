@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from hotline import ids
 from hotline.cli.common import console, print_json
 from hotline.errors import CallError, UsageError
 
@@ -96,6 +97,7 @@ def dial(
     """Ring TARGET. The call has no time limit; end it with `hotline call hangup`."""
     if wait and not (math.isfinite(timeout) and timeout > 0):
         raise UsageError("--timeout must be a positive number of seconds")
+    target = ids.terminal_id(target, "TARGET", error=UsageError)
     result = _run(_request(terminal, "POST", "/call", {"target": target}))
     if wait:
         status = _run(_wait_secure(terminal, timeout))
@@ -135,6 +137,7 @@ def invite(
     json_out: JsonOpt = False,
 ) -> None:
     """Ring another terminal of the line into the running call (an interpreter, say)."""
+    target = ids.terminal_id(target, "TARGET", error=UsageError)
     result = _run(_request(terminal, "POST", "/invite", {"target": target}))
     if json_out:
         print_json(result)

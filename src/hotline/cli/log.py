@@ -16,6 +16,7 @@ from hotline.charter import load_charter
 from hotline.cli.common import EXIT_CHECK_FAILED, console, print_json
 from hotline.encoding import Value
 from hotline.errors import EncodingError, LogIntegrityError, UsageError
+from hotline.ids import TerminalId
 from hotline.keys import PublicKey
 
 app = typer.Typer(
@@ -159,7 +160,9 @@ def show(
     console.print(f"{len(entries)} entries (not verified: run `hotline log verify`)")
 
 
-def _charter_keys(charter_file: Path, terminal_id: str) -> tuple[PublicKey, dict[str, PublicKey]]:
+def _charter_keys(
+    charter_file: Path, terminal_id: TerminalId | str
+) -> tuple[PublicKey, dict[str, PublicKey]]:
     """This terminal's key and every terminal's key, from a charter that verifies."""
     signed = load_charter(charter_file)
     signed.verify()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Final, TypedDict
 
+from hotline import ids
 from hotline.e2ee.sframe import MAX_EPOCH, MAX_SENDERS
 from hotline.encoding import Value, decode, encode
 from hotline.errors import (
@@ -340,9 +341,10 @@ def _str(d: Mapping[str, Value], key: str, t: str, max_len: int) -> str:
 
 
 def _id_value(v: Value, t: str, what: str) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= MAX_ID_LENGTH:
-        raise _bad(t, f"{what} must be a terminal id of 1 to {MAX_ID_LENGTH} characters")
-    return v
+    try:
+        return ids.terminal_id(v, what)
+    except EncodingError as exc:
+        raise _bad(t, str(exc)) from None
 
 
 def _id(d: Mapping[str, Value], key: str, t: str) -> str:

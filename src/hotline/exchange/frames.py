@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
+from hotline import ids
 from hotline.charter.model import is_loopback_host
 from hotline.encoding import (
     Value,
@@ -29,8 +30,8 @@ from hotline.encoding import (
     field_list,
     field_str,
 )
-from hotline.envelope import check_id
 from hotline.errors import EncodingError, FrameError, TooLarge
+from hotline.ids import LineId, TerminalId
 
 PROTOCOL_VERSION = 1
 #: WebSocket path of the exchange protocol
@@ -114,7 +115,9 @@ def is_loopback(host: str) -> bool:
     return is_loopback_host(host)
 
 
-def auth_message(challenge: bytes, exchange_id: str, line_id: str, terminal_id: str) -> bytes:
+def auth_message(
+    challenge: bytes, exchange_id: str, line_id: LineId | str, terminal_id: TerminalId | str
+) -> bytes:
     """What a terminal signs with its identity key to be admitted."""
     return AUTH_LABEL + encode(
         {"challenge": challenge, "exchange": exchange_id, "line": line_id, "terminal": terminal_id}
@@ -168,8 +171,8 @@ class Challenge:
 
 @dataclass(frozen=True)
 class Welcome:
-    terminal_id: str
-    online: frozenset[str]
+    terminal_id: TerminalId
+    online: frozenset[TerminalId]
     #: the highest sequence number the exchange accepted from this terminal (None: none)
     last_seq: int | None
     charter_version: int
@@ -195,12 +198,12 @@ class Reject:
     seq: int | None
     reason: str
     #: set when only the delivery to this recipient was refused (a broadcast)
-    recipient: str | None = None
+    recipient: TerminalId | None = None
 
 
 @dataclass(frozen=True)
 class Presence:
-    online: frozenset[str]
+    online: frozenset[TerminalId]
 
 
 @dataclass(frozen=True)
@@ -215,8 +218,8 @@ class CharterFrame:
 
 @dataclass(frozen=True)
 class Hello:
-    line_id: str
-    terminal_id: str
+    line_id: LineId
+    terminal_id: TerminalId
     signature: bytes
     #: highest delivery id this terminal has processed (0: none)
     resume: int
@@ -312,12 +315,12 @@ def _parse(data: bytes, max_size: int) -> tuple[str, dict[str, Value]]:
     return kind, obj
 
 
-def _ids(values: list[Value], what: str) -> frozenset[str]:
-    out: set[str] = set()
+def _ids(values: list[Value], what: str) -> frozenset[TerminalId]:
+    out: set[TerminalId] = set()
     for v in values:
         if not isinstance(v, str):
             raise FrameError(f"{what}: ids must be strings")
-        out.add(check_id(v, what))
+        out.add(ids.terminal_id(v, what))
     return frozenset(out)
 
 
@@ -387,10 +390,11 @@ def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
             to = obj.get("to")
             if to is not None and not isinstance(to, str):
                 raise FrameError("reject: 'to' must be a string or None")
-            if to is not None:
-                check_id(to, "reject: 'to'")
+            # a recipient that is no valid id is no terminal of the line: reported as None,
+            # like any other stranger (the reject itself is still counted)
+            recipient = TerminalId(to) if isinstance(to, str) and ids.is_valid_id(to) else None
             reason = known_reason(field_str(obj, "reason", "reject"))
-            return Reject(_optional_int(obj, "seq", "reject"), reason, to)
+            return Reject(_optional_int(obj, "seq", "reject"), reason, recipient)
         if kind == "presence":
             return Presence(_ids(field_list(obj, "online", "presence"), "presence"))
         if kind == "charter":
@@ -411,7 +415,7 @@ def decode_server_frame(data: bytes, max_size: int) -> ServerFrame:
             )
         if kind == "welcome":
             return Welcome(
-                terminal_id=check_id(field_str(obj, "terminal", "welcome"), "welcome"),
+                terminal_id=ids.terminal_id(field_str(obj, "terminal", "welcome"), "welcome"),
                 online=_ids(field_list(obj, "online", "welcome"), "welcome"),
                 last_seq=_optional_int(obj, "last_seq", "welcome"),
                 charter_version=field_int(obj, "charter_version", "welcome"),
@@ -443,8 +447,8 @@ def decode_client_frame(data: bytes, max_size: int) -> ClientFrame:
             if resume < 0:
                 raise FrameError("hello: negative resume point")
             return Hello(
-                line_id=check_id(field_str(obj, "line", "hello"), "hello line"),
-                terminal_id=check_id(field_str(obj, "terminal", "hello"), "hello terminal"),
+                line_id=ids.line_id(field_str(obj, "line", "hello"), "hello line"),
+                terminal_id=ids.terminal_id(field_str(obj, "terminal", "hello"), "hello terminal"),
                 signature=field_bytes(obj, "sig", "hello"),
                 resume=resume,
                 charter_version=field_int(obj, "charter_version", "hello"),

@@ -37,6 +37,7 @@ from hotline.errors import (
     UnknownRecipient,
 )
 from hotline.exchange.frames import FRAME_OVERHEAD, AdvertisedLimits, auth_message
+from hotline.ids import LineId, TerminalId
 from hotline.keys import PublicKey
 
 
@@ -299,8 +300,8 @@ class Session:
     """One authenticated connection of one terminal."""
 
     session_id: int
-    line_id: str
-    terminal_id: str
+    line_id: LineId
+    terminal_id: TerminalId
     source: str
     connected_at: float
     bucket: TokenBucket
@@ -336,7 +337,7 @@ class Routed:
     envelope_id: int
     deliveries: tuple[Pending, ...]
     #: recipients of a broadcast that did not get it, with the reason (``queue_full``)
-    dropped: tuple[tuple[str, str], ...]
+    dropped: tuple[tuple[TerminalId, str], ...]
     #: online sessions that have something new to send
     wake: tuple[Session, ...]
 
@@ -511,7 +512,7 @@ class Router:
         return key
 
     def connect(
-        self, *, line_id: str, terminal_id: str, source: str, now: float, resume: int
+        self, *, line_id: LineId, terminal_id: TerminalId, source: str, now: float, resume: int
     ) -> Connected:
         """Register an authenticated terminal. Returns its session, the session it
         supersedes (to be closed) if the terminal was already connected, and the mailbox
@@ -565,9 +566,9 @@ class Router:
         line = self._lines.get(line_id)
         return line.sessions.get(terminal_id) if line is not None else None
 
-    def online(self, line_id: str) -> frozenset[str]:
+    def online(self, line_id: str) -> frozenset[TerminalId]:
         line = self._lines.get(line_id)
-        return frozenset(line.sessions) if line is not None else frozenset()
+        return frozenset(s.terminal_id for s in line.sessions.values()) if line else frozenset()
 
     def sessions(self, line_id: str) -> list[Session]:
         line = self._lines.get(line_id)
@@ -576,13 +577,13 @@ class Router:
     def session_count(self) -> int:
         return sum(len(line.sessions) for line in self._lines.values())
 
-    def take_presence(self) -> list[tuple[str, frozenset[str], list[Session]]]:
+    def take_presence(self) -> list[tuple[str, frozenset[TerminalId], list[Session]]]:
         """Lines whose presence changed since the last call: (line, online, sessions)."""
         out = []
         for line_id in sorted(self._dirty_presence):
             line = self._lines.get(line_id)
             if line is not None:
-                out.append((line_id, frozenset(line.sessions), list(line.sessions.values())))
+                out.append((line_id, self.online(line_id), list(line.sessions.values())))
         self._dirty_presence.clear()
         return out
 
@@ -621,7 +622,7 @@ class Router:
         except ReplayError as exc:
             return Refused(envelope, exc)
         if envelope.recipient is not None:
-            recipients = [envelope.recipient]
+            recipients: list[TerminalId] = [envelope.recipient]
             if envelope.recipient == envelope.sender:
                 return Refused(
                     envelope, UnknownRecipient("an envelope to its own sender", reason="misrouted")
@@ -630,12 +631,13 @@ class Router:
             if mailbox is not None and len(mailbox.entries) >= self.limits.max_queue:
                 return Refused(envelope, QueueFull(f"the queue of {envelope.recipient} is full"))
         else:
-            recipients = [t for t in line.index.members if t != envelope.sender]
+            # charter ids, checked by the charter
+            recipients = [TerminalId(t) for t in line.index.members if t != envelope.sender]
         line.tracker.record(envelope.sender, envelope.seq)
         envelope_id = self._next_envelope
         self._next_envelope += 1
         deliveries: list[Pending] = []
-        dropped: list[tuple[str, str]] = []
+        dropped: list[tuple[TerminalId, str]] = []
         wake: list[Session] = []
         for recipient in recipients:
             mailbox = line.mailboxes.get(recipient)

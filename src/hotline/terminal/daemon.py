@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotline import ids
 from hotline.call.machine import PURPOSE_CALL, PURPOSE_CHECK, CallState
 from hotline.call.media_engine import EngineFactory
 from hotline.call.session import CallSession, MediaSettings, new_call_id
@@ -912,9 +913,7 @@ def _ring_facts(body: bytes) -> tuple[int, str]:
 def _call_id_of(body: bytes) -> str:
     fields = expect_dict(decode(body), "message")
     call_id = fields.get("call")
-    if not isinstance(call_id, str) or not call_id or len(call_id) > 64:
-        raise HotlineError("message without a valid call id", reason="malformed")
-    return call_id
+    return ids.call_id(call_id, "message call")
 
 
 def load_client_state(path: Path) -> ClientState | None:

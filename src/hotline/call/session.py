@@ -46,9 +46,10 @@ from hotline.e2ee.events import (
     MemberLagging,
     PeerCharterVersion,
 )
-from hotline.e2ee.messages import MAX_MEMBERS
+from hotline.e2ee.frame_digest import UNAUTHENTICATED_FRAME, FrameAlarm, FrameAuthenticity
+from hotline.e2ee.messages import MAX_MEMBERS, MSG_FRAME_DIGEST, Context
 from hotline.e2ee.session import CallKeySession
-from hotline.e2ee.sframe import DEFAULT_SUITE
+from hotline.e2ee.sframe import DEFAULT_SUITE, kid_epoch, kid_sender_index
 from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
@@ -65,6 +66,8 @@ KEY_AGREEMENT_TIMEOUT_S = 60.0
 MSG_SUMMARY = "call.summary"
 #: a readiness check's report: each end's view of the check call, exchanged at its end
 MSG_CHECK_REPORT = "check.report"
+#: how many frame alarms the call's status keeps (the newest)
+MAX_FRAME_ALARMS = 20
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -126,6 +129,18 @@ class CallSession:
             rekey_interval_s=rekey_interval_s,
             key_sink=self.engine.key_sink,
         )
+        #: signed frame digests: every frame shown was signed by the member whose KID it has
+        #: (docs/protocol.md §11); strict on a path where one connection carries everyone
+        self.frame_auth = FrameAuthenticity(
+            context=Context(line_id, call_id, charter_version),
+            self_id=self_id,
+            identity_key=identity_key,
+            directory=directory,
+            strict=False,
+            member_of=self._member_of,
+        )
+        #: the newest frame alarms (what ``call status`` shows)
+        self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
         self._log = call_log
         self._media = media
@@ -185,6 +200,8 @@ class CallSession:
         await self.flush()
 
     async def hangup(self, reason: str = "hung up") -> None:
+        if self.machine.state == CallState.ACTIVE:  # sign our last frames before we go
+            await self._frame_digests(time.monotonic(), force=True)
         self.machine.hangup(time.monotonic(), reason)
         await self.flush()
 
@@ -205,6 +222,7 @@ class CallSession:
         removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
         self.charter_version = charter_version
+        self.frame_auth.update_directory(directory, charter_version)
         if self.machine.state in (CallState.IDLE, CallState.ENDED):
             return
         if max_participants is not None:
@@ -235,7 +253,9 @@ class CallSession:
         """A verified envelope for this call. Refusals are counted, logged and surfaced."""
         now = time.monotonic()
         try:
-            if msg_type.startswith("e2ee."):
+            if msg_type == MSG_FRAME_DIGEST:
+                self._on_frame_digest(sender, body, now)
+            elif msg_type.startswith("e2ee."):
                 if self.machine.state != CallState.ACTIVE or sender not in self.machine.members:
                     raise CallProtocolError(f"{msg_type} from {sender}, not a member of this call")
                 fields = expect_dict(decode(body), msg_type)
@@ -278,6 +298,7 @@ class CallSession:
         if timer is not None and now >= timer:
             self.keys.handle_timer(now)
         if self.machine.state == CallState.ACTIVE:
+            await self._frame_digests(now)
             await self._watch_transports(now)
             if now - self._quality_at >= QUALITY_INTERVAL_S:
                 self._quality_at = now
@@ -304,6 +325,61 @@ class CallSession:
                 elif peer_id in self.quality:
                     self._on_event("quality_ok", {"peer": peer_id})
                 self.quality[peer_id] = warnings
+
+    # --- signed frame digests (docs/protocol.md §11) ------------------------------------------
+
+    async def _frame_digests(self, now: float, *, force: bool = False) -> None:
+        """Take what the frame crypto recorded, sign and send what is due, raise alarms."""
+        hashes = self.engine.take_frame_hashes()
+        if hashes is not None:
+            self.frame_auth.frames(hashes, now)
+        others = sorted(self._others())
+        for body in self.frame_auth.outgoing(now, force=force):
+            wrapped = encode({"call": self.call_id, "data": body})
+            for recipient in others:
+                await self._send_one(recipient, MSG_FRAME_DIGEST, wrapped)
+        for alarm in self.frame_auth.poll(now):
+            self._on_frame_alarm(alarm)
+
+    def _on_frame_digest(self, sender: str, body: bytes, now: float) -> None:
+        if self.machine.state != CallState.ACTIVE or (
+            sender not in self.machine.members and sender not in self.ever_members
+        ):
+            raise CallProtocolError(f"{MSG_FRAME_DIGEST} from {sender}, not in this call")
+        inner = expect_dict(decode(body), MSG_FRAME_DIGEST).get("data")
+        if not isinstance(inner, bytes):
+            raise CallProtocolError(f"{MSG_FRAME_DIGEST}: body without digest data")
+        self.frame_auth.receive(sender, inner, now)
+
+    def _on_frame_alarm(self, alarm: FrameAlarm) -> None:
+        """Frames shown under a member's key that the member did not sign: an alarm on
+        every screen (event), in the status and in the call log."""
+        detail: dict[str, Value] = {
+            "member": alarm.member,
+            "reason": alarm.reason,
+            "frames": alarm.frames,
+            "kid": alarm.kid,
+            "first_ctr": alarm.first_ctr,
+            "message": alarm.message,
+        }
+        self.rejected[UNAUTHENTICATED_FRAME] = (
+            self.rejected.get(UNAUTHENTICATED_FRAME, 0) + alarm.frames
+        )
+        log.error("call %s: %s (%s)", self.call_id, alarm.message, alarm.reason)
+        self._log_event(UNAUTHENTICATED_FRAME, detail)
+        self._on_event(UNAUTHENTICATED_FRAME, dict(detail))
+        shown: dict[str, Value] = {**detail, "time": int(time.time())}
+        self.frame_alarms = [*self.frame_alarms, shown][-MAX_FRAME_ALARMS:]
+
+    def _member_of(self, kid: int) -> str | None:
+        """The member a KID belongs to by the roster of its epoch (None: not active yet)."""
+        epoch, index = kid_epoch(kid), kid_sender_index(kid)
+        for record in reversed(self.epochs):
+            roster = record.get("roster")
+            if record.get("epoch") == epoch and isinstance(roster, list):
+                member = roster[index] if index < len(roster) else None
+                return member if isinstance(member, str) else None
+        return None
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -710,6 +786,8 @@ class CallSession:
                 "rejected": dict(crypto.rejected),
                 "refused": dict(crypto.refused),
                 "key_messages_rejected": dict(self.keys.rejections),
+                "frame_digests": self.frame_auth.stats(),
+                "frame_alarms": list(self.frame_alarms),
             },
             "frames": snapshot["frames"],
             "peers": {

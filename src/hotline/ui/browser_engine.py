@@ -423,6 +423,10 @@ class BrowserEngine:
             sending_suite=self.sink.send_suite,
         )
 
+    def take_frame_hashes(self) -> None:
+        """The page's worker does not hash its frames yet: no signed frame digests."""
+        return None
+
     async def close(self) -> None:
         self.sink.erase_epochs_through(MAX_EPOCH)  # nothing kept for a replay
         self.hub.post({"type": "engine", "op": "end", "call": self.call_id})

@@ -217,6 +217,7 @@ function tickDuration() {
 
 function onEvent(event) {
   if (event.kind === "e2ee_failed") showBanner(`end-to-end encryption failed: ${event.reason}`, true);
+  if (event.kind === "unauthenticated_frame") showBanner(`ALARM: ${event.message}`, true);
   if (event.kind === "ended") showBanner(`call ended: ${event.reason}`, false);
   if (event.kind === "ring") showBanner("", false);
   if (event.kind === "epoch") $("code").classList.add("changed");

@@ -33,7 +33,6 @@ threads, in counter order, and hands them over as :class:`FrameHashes`.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -68,14 +67,13 @@ UNSIGNED: Final = "unsigned"
 #: the counter every alarm is counted under
 UNAUTHENTICATED_FRAME: Final = "unauthenticated_frame"
 
-_BASE: Final = hashlib.sha256(FRAME_HASH_LABEL)
+_BASES: Final = {k: hashlib.sha256(FRAME_HASH_LABEL + k) for k in (b"a", b"v")}
 
 
 def frame_hash(kind_byte: bytes, data: bytes | memoryview) -> bytes:
     """The hash that names one protected frame (as it travels: clear prefix, SFrame header,
     ciphertext, tag) of the kind ``kind_byte`` (b"v" or b"a")."""
-    h = _BASE.copy()
-    h.update(kind_byte)
+    h = _BASES[kind_byte].copy()
     h.update(data)
     return h.digest()[:FRAME_HASH_SIZE]
 
@@ -198,19 +196,6 @@ class DigestSigner:
 
 
 @dataclass
-class _Signed:
-    hash: bytes
-    at: float
-
-
-@dataclass
-class _Pending:
-    hash: bytes
-    member: str
-    at: float
-
-
-@dataclass
 class _AlarmState:
     last_at: float | None = None
     frames: int = 0
@@ -251,11 +236,12 @@ class DigestVerifier:
         self.deadline_s = deadline_s
         self.retain_s = retain_s
         self.alarm_interval_s = alarm_interval_s
-        #: (kid, signer) -> ctr -> signed hash
-        self._signed: dict[tuple[int, str], dict[int, _Signed]] = {}
+        #: (kid, signer) -> ctr -> (signed hash, when it came)
+        self._signed: dict[tuple[int, str], dict[int, tuple[bytes, float]]] = {}
         self._signed_order: deque[tuple[float, tuple[int, str], int, int]] = deque()
-        #: (kid, member) -> ctr -> an accepted frame not yet matched
-        self._pending: dict[tuple[int, str], dict[int, _Pending]] = {}
+        #: (kid, member) -> ctr -> (hash, when accepted) of frames not yet matched, oldest
+        #: first (insertion order is acceptance order)
+        self._pending: dict[tuple[int, str], dict[int, tuple[bytes, float]]] = {}
         self._verified: Counter[str] = Counter()
         self._unauthenticated: Counter[str] = Counter()
         self._unsigned: Counter[str] = Counter()
@@ -263,15 +249,22 @@ class DigestVerifier:
 
     def frames(self, frames: Iterable[ReceivedFrame], now: float) -> None:
         """Frames the frame crypto accepted (each counter of a KID at most once)."""
-        for f in frames:
-            signed = self._signed.get((f.kid, f.member))
-            entry = signed.get(f.ctr) if signed is not None else None
+        signed_tables, pending_tables = self._signed, self._pending
+        verified: Counter[str] = Counter()
+        for kid, ctr, got, member in frames:
+            key = (kid, member)
+            table = signed_tables.get(key)
+            entry = table.get(ctr) if table is not None else None
             if entry is None:
-                self._pending.setdefault((f.kid, f.member), {})[f.ctr] = _Pending(
-                    f.hash, f.member, now
-                )
+                pending = pending_tables.get(key)
+                if pending is None:
+                    pending = pending_tables[key] = {}
+                pending[ctr] = (got, now)
+            elif got == entry[0]:  # frame hashes are not secret: no constant time needed
+                verified[member] += 1
             else:
-                self._match(f.member, f.kid, f.ctr, got=f.hash, signed=entry.hash, now=now)
+                self._alarm(member, kid, ctr, FORGED)
+        self._verified.update(verified)
 
     def signed(
         self, signer: str, kid: int, first_ctr: int, hashes: tuple[bytes, ...], now: float
@@ -281,19 +274,24 @@ class DigestVerifier:
         it contradicts a hash ``signer`` signed before for the same counter."""
         key = (kid, signer)
         table = self._signed.setdefault(key, {})
-        for i, h in enumerate(hashes):
-            old = table.get(first_ctr + i)
-            if old is not None and not hmac.compare_digest(old.hash, h):
+        for ctr, h in enumerate(hashes, first_ctr):
+            old = table.get(ctr)
+            if old is not None and old[0] != h:
                 raise Equivocation(
-                    f"{signer[:64]} signed two hashes for counter {first_ctr + i} of KID {kid}",
+                    f"{signer[:64]} signed two hashes for counter {ctr} of KID {kid}",
                     reason="conflicting_digest",
                 )
         pending = self._pending.get(key)
-        for i, h in enumerate(hashes):
-            ctr = first_ctr + i
-            table[ctr] = _Signed(h, now)
+        verified = 0
+        for ctr, h in enumerate(hashes, first_ctr):
+            table[ctr] = (h, now)
             if pending is not None and (p := pending.pop(ctr, None)) is not None:
-                self._match(signer, kid, ctr, got=p.hash, signed=h, now=now)
+                if p[0] == h:
+                    verified += 1
+                else:
+                    self._alarm(signer, kid, ctr, FORGED)
+        if verified:
+            self._verified[signer] += verified
         if pending is not None and not pending:
             del self._pending[key]
         if hashes:
@@ -304,12 +302,17 @@ class DigestVerifier:
         to raise now."""
         for key in list(self._pending):
             frames = self._pending[key]
-            for ctr in [c for c, p in frames.items() if now - p.at >= self.deadline_s]:
-                p = frames.pop(ctr)
+            expired = []
+            for ctr, (_, at) in frames.items():
+                if now - at < self.deadline_s:
+                    break  # the rest were accepted later
+                expired.append(ctr)
+            for ctr in expired:
+                del frames[ctr]
                 if self.strict:
-                    self._alarm(p.member, key[0], ctr, UNSIGNED, now)
-                else:
-                    self._unsigned[p.member] += 1
+                    self._alarm(key[1], key[0], ctr, UNSIGNED)
+            if expired and not self.strict:
+                self._unsigned[key[1]] += len(expired)
             if not frames:
                 del self._pending[key]
         while self._signed_order and now - self._signed_order[0][0] >= self.retain_s:
@@ -319,7 +322,7 @@ class DigestVerifier:
                 continue
             for ctr in range(first, last + 1):
                 entry = table.get(ctr)
-                if entry is not None and now - entry.at >= self.retain_s:
+                if entry is not None and now - entry[1] >= self.retain_s:
                     del table[ctr]
             if not table:
                 del self._signed[key]
@@ -338,15 +341,7 @@ class DigestVerifier:
             pending=sum(len(p) for p in self._pending.values()),
         )
 
-    def _match(
-        self, member: str, kid: int, ctr: int, *, got: bytes, signed: bytes, now: float
-    ) -> None:
-        if hmac.compare_digest(got, signed):
-            self._verified[member] += 1
-        else:
-            self._alarm(member, kid, ctr, FORGED, now)
-
-    def _alarm(self, member: str, kid: int, ctr: int, reason: str, now: float) -> None:
+    def _alarm(self, member: str, kid: int, ctr: int, reason: str) -> None:
         self._unauthenticated[member] += 1
         st = self._alarms.setdefault((member, reason), _AlarmState())
         if not st.frames:

@@ -245,7 +245,7 @@ def test_authenticity_receive_checks() -> None:
     with pytest.raises(WrongContext):
         bob.receive("alice", digest(ks["alice"], 0, H[:2], ctx=m.Context("line-a", "c2", 3)), 0)
     with pytest.raises(WrongContext):
-        bob.receive("alice", digest(ks["alice"], 0, H[:2], ctx=m.Context("line-a", "call-1", 9)), 0)
+        bob.receive("alice", digest(ks["alice"], 0, H[:2], ctx=m.Context("line-a", "call-1", 2)), 0)
     with pytest.raises(MalformedMessage):
         bob.receive("alice", good[:-1], 0.0)
     msg = bob.receive("alice", good, 0.0)
@@ -259,9 +259,15 @@ def test_authenticity_receive_checks() -> None:
         "wrong_context": 2,
         "malformed_message": 1,
     }
-    # a newer charter: digests signed under the version the call started with still count
+    # a newer charter: digests signed under the version the call started with still count,
+    # and so do those of a member that adopted an even newer one first
     bob.update_directory({i: k.public for i, k in ks.items()}, 4)
     bob.receive("alice", digest(ks["alice"], 2, H[2:3]), 0.2)
+    bob.receive("alice", digest(ks["alice"], 3, H[3:4], ctx=m.Context("line-a", "call-1", 9)), 0)
+    with pytest.raises(WrongContext):  # older than any this call held
+        bob.receive(
+            "alice", digest(ks["alice"], 4, H[4:5], ctx=m.Context("line-a", "call-1", 2)), 0
+        )
 
 
 def test_authenticity_signs_what_the_frame_crypto_recorded() -> None:

@@ -786,6 +786,7 @@ class CallSession:
                 "rejected": dict(crypto.rejected),
                 "refused": dict(crypto.refused),
                 "key_messages_rejected": dict(self.keys.rejections),
+                "unprotected_by_sender": dict(crypto.unprotected_by_sender),
                 "frame_digests": self.frame_auth.stats(),
                 "frame_alarms": list(self.frame_alarms),
             },

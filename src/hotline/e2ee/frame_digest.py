@@ -449,8 +449,11 @@ class FrameAuthenticity:
                     f"frame digest signed by {msg.signer[:64]} came from {sender[:64]}"
                 )
             ctx = msg.context
+            # any charter version this call held, or a newer one (its signer adopted a new
+            # charter first): a digest replayed across versions changes nothing anyway
             if (ctx.line_id, ctx.call_id) != (self._ctx.line_id, self._ctx.call_id) or (
                 ctx.charter_version not in self._versions
+                and ctx.charter_version < self._ctx.charter_version
             ):
                 raise WrongContext("frame digest for another line, call or charter version")
             key = self._directory.get(sender)

@@ -82,7 +82,7 @@ def measure(kind: str, frame: bytes, rounds: int) -> dict[str, float]:
             now = state["now"] = state["now"] + 0.1
             sent = dtx.take_frame_hashes().sent
             got = drx.take_frame_hashes().received
-            signer.add(sent)
+            signer.add(sent, now)
             verifier.frames(got, now)
             for r in signer.take(now):
                 verifier.signed("alice", r.kid, r.first_ctr, r.hashes, now)

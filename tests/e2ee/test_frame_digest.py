@@ -126,29 +126,49 @@ def test_parse_never_raises_anything_else(data: bytes) -> None:
 
 
 def test_signer_ranges_gaps_and_epoch_end() -> None:
-    s = DigestSigner(interval_s=1.0)
+    s = DigestSigner(interval_s=1.0, gap_wait_s=0.5)
     assert not s.due(0.0)
-    s.add([SentFrame(KID, c, H[c]) for c in (0, 1, 3)])
+    s.add([SentFrame(KID, c, H[c]) for c in (0, 1, 3)], 0.0)
     assert s.due(0.0)  # never signed yet
-    [r] = s.take(0.0)
-    assert (r.kid, r.first_ctr, r.last_ctr) == (KID, 0, 3)
-    assert r.hashes == (H[0], H[1], NOT_SENT, H[3])  # counter 2 was never sent
-    s.add([SentFrame(KID, 4, H[4])])
-    assert not s.due(0.5) and s.due(1.0)
+    [r] = s.take(0.0)  # counter 2 may still come: signed up to the gap
+    assert (r.kid, r.first_ctr, r.hashes) == (KID, 0, (H[0], H[1]))
+    assert s.take(0.4) == []
+    [r] = s.take(0.5)  # the frame after the gap waited 0.5 s: counter 2 was never sent
+    assert (r.first_ctr, r.hashes) == (2, (NOT_SENT, H[3]))
+    s.add([SentFrame(KID, 2, H[2])], 0.6)  # too late: dropped, counted
+    assert s.late == 1 and s.pending == 0
+    s.add([SentFrame(KID, 4, H[4])], 0.6)
+    assert not s.due(1.4) and s.due(1.5)  # a second after the last signing
     # a new epoch's KID: the old KID's last frames are signed at once
     new_kid = sframe.make_kid(3, 1)
-    s.add([SentFrame(KID, 5, H[6]), SentFrame(new_kid, 0, H[5])])
-    assert s.due(0.6)
-    ranges = s.take(0.6)
+    s.add([SentFrame(KID, 5, H[6]), SentFrame(new_kid, 0, H[5])], 0.7)
+    assert s.due(0.7)
+    ranges = s.take(0.7)
     assert [(r.kid, r.first_ctr, r.last_ctr) for r in ranges] == [(KID, 4, 5), (new_kid, 0, 0)]
-    s.add([SentFrame(new_kid, 1, H[7])])
-    assert not s.due(1.0) and s.due(1.6)  # only the newest KID pending: once a second
+    s.add([SentFrame(new_kid, 1, H[7])], 0.8)
+    assert not s.due(1.0) and s.due(1.7)  # only the newest KID pending: once a second
+
+
+def test_signer_frames_recorded_out_of_order() -> None:
+    """The browser's worker records audio and video frames as their hashes complete, not
+    in counter order: nothing is declared not sent while it may still come."""
+    s = DigestSigner()
+    s.add([SentFrame(KID, c, H[c]) for c in (1, 0, 3)], 0.0)
+    [r] = s.take(0.1)
+    assert r.hashes == (H[0], H[1])
+    s.add([SentFrame(KID, c, H[c]) for c in (5, 2, 4)], 0.2)
+    [r] = s.take(0.3)
+    assert (r.first_ctr, r.hashes) == (2, (H[2], H[3], H[4], H[5]))
+    s.add([SentFrame(KID, 7, H[7])], 0.3)
+    [r] = s.take(0.3, force=True)  # hanging up: every gap now
+    assert (r.first_ctr, r.hashes) == (6, (NOT_SENT, H[7]))
+    assert s.late == 0
 
 
 def test_signer_splits_long_runs() -> None:
     s = DigestSigner()
     n = m.MAX_DIGEST_FRAMES * 2 + 5
-    s.add(SentFrame(KID, c, bytes(16)) for c in range(n))
+    s.add((SentFrame(KID, c, bytes(16)) for c in range(n)), 0.0)
     ranges = s.take(0.0)
     assert [len(r.hashes) for r in ranges] == [m.MAX_DIGEST_FRAMES, m.MAX_DIGEST_FRAMES, 5]
     assert [r.first_ctr for r in ranges] == [0, m.MAX_DIGEST_FRAMES, 2 * m.MAX_DIGEST_FRAMES]

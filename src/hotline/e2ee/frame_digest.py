@@ -59,6 +59,8 @@ DIGEST_INTERVAL_S: Final = 1.0
 COVER_DEADLINE_S: Final = 2.0
 #: how long a receiver keeps signed hashes for frames that arrive after their digest
 RETAIN_S: Final = 3.0
+#: a counter missing among the frames a sender recorded is signed as not sent after this
+GAP_WAIT_S: Final = 0.5
 #: at most one alarm event per member and reason this often (counts accumulate between)
 ALARM_INTERVAL_S: Final = 1.0
 #: alarm reasons; both count as ``unauthenticated_frame``
@@ -142,20 +144,37 @@ class FrameAlarm:
 
 
 class DigestSigner:
-    """Collects the hashes of the frames we sent, per KID, and says when to sign them."""
+    """Collects the hashes of the frames we sent, per KID, and says when to sign them.
 
-    def __init__(self, interval_s: float = DIGEST_INTERVAL_S) -> None:
+    Every KID's counters start at 0, and a digest covers each counter once, in order. A
+    frame crypto that records frames out of order (the browser's worker hashes audio and
+    video concurrently) leaves a gap for a moment: a gap is signed as :data:`NOT_SENT` only
+    once the frame after it has waited ``gap_wait_s`` (or when everything must go now); a
+    frame recorded after its counter was signed is dropped and counted in ``late``."""
+
+    def __init__(
+        self, interval_s: float = DIGEST_INTERVAL_S, gap_wait_s: float = GAP_WAIT_S
+    ) -> None:
         self.interval_s = interval_s
-        self._pending: dict[int, dict[int, bytes]] = {}
+        self.gap_wait_s = gap_wait_s
+        #: kid -> ctr -> (hash, when recorded)
+        self._pending: dict[int, dict[int, tuple[bytes, float]]] = {}
         self._next_ctr: dict[int, int] = {}
         self._newest_kid: int | None = None
         self._last_at: float | None = None
+        self.late = 0
 
-    def add(self, frames: Iterable[SentFrame]) -> None:
-        for f in frames:
-            self._pending.setdefault(f.kid, {})[f.ctr] = f.hash
-            if self._newest_kid is None or f.kid > self._newest_kid:
-                self._newest_kid = f.kid
+    def add(self, frames: Iterable[SentFrame], now: float) -> None:
+        for kid, ctr, h in frames:
+            if ctr < self._next_ctr.get(kid, 0):
+                self.late += 1
+                continue
+            table = self._pending.get(kid)
+            if table is None:
+                table = self._pending[kid] = {}
+            table[ctr] = (h, now)
+            if self._newest_kid is None or kid > self._newest_kid:
+                self._newest_kid = kid
 
     @property
     def pending(self) -> int:
@@ -171,24 +190,37 @@ class DigestSigner:
             return True
         return any(kid != self._newest_kid for kid in self._pending)
 
-    def take(self, now: float) -> list[DigestRange]:
-        """Every pending range (each at most ``MAX_DIGEST_FRAMES`` counters), oldest KID
-        first; counters skipped inside a range get :data:`NOT_SENT`."""
+    def take(self, now: float, *, force: bool = False) -> list[DigestRange]:
+        """The ranges to sign now (each at most ``MAX_DIGEST_FRAMES`` counters), oldest KID
+        first: from each KID's next counter on, up to a gap that may still fill (``force``:
+        none may; every gap is :data:`NOT_SENT`)."""
         self._last_at = now
         out: list[DigestRange] = []
         for kid in sorted(self._pending):
-            frames = self._pending.pop(kid)
-            lo = min(frames)
-            first = min(self._next_ctr.get(kid, lo), lo)
-            last = max(frames)
-            self._next_ctr[kid] = last + 1
-            hashes = [frames.get(ctr, NOT_SENT) for ctr in range(first, last + 1)]
+            frames = self._pending[kid]
+            first = ctr = self._next_ctr.get(kid, 0)
+            hashes: list[bytes] = []
+            while frames:
+                entry = frames.pop(ctr, None)
+                if entry is not None:
+                    hashes.append(entry[0])
+                    ctr += 1
+                    continue
+                after = min(frames)  # a gap at ctr: the next frame recorded
+                if not force and now - frames[after][1] < self.gap_wait_s:
+                    break
+                hashes.extend([NOT_SENT] * (after - ctr))
+                ctr = after
+            self._next_ctr[kid] = ctr
+            if not frames:
+                del self._pending[kid]
             for i in range(0, len(hashes), m.MAX_DIGEST_FRAMES):
                 chunk = tuple(hashes[i : i + m.MAX_DIGEST_FRAMES])
                 out.append(DigestRange(kid, first + i, chunk))
         # remember the next counter of recent KIDs only (older epochs are over)
         for kid in sorted(self._next_ctr)[:-8]:
-            del self._next_ctr[kid]
+            if kid not in self._pending:
+                del self._next_ctr[kid]
         return out
 
 
@@ -413,7 +445,7 @@ class FrameAuthenticity:
         self._versions.add(charter_version)
 
     def frames(self, hashes: FrameHashes, now: float) -> None:
-        self.signer.add(hashes.sent)
+        self.signer.add(hashes.sent, now)
         self.verifier.frames(hashes.received, now)
         self.counters.hash_overflow += hashes.overflow
 
@@ -432,7 +464,7 @@ class FrameAuthenticity:
                 first_ctr=r.first_ctr,
                 hashes=r.hashes,
             )
-            for r in self.signer.take(now)
+            for r in self.signer.take(now, force=force)
         ]
         self.counters.digests_sent += len(out)
         return out
@@ -489,4 +521,5 @@ class FrameAuthenticity:
             "digests_received": c.digests_received,
             "digests_rejected": dict(c.digests_rejected),
             "hash_overflow": c.hash_overflow,
+            "late_hashes": self.signer.late,
         }

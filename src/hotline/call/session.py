@@ -68,6 +68,10 @@ MSG_SUMMARY = "call.summary"
 MSG_CHECK_REPORT = "check.report"
 #: how many frame alarms the call's status keeps (the newest)
 MAX_FRAME_ALARMS = 20
+#: signed frame digests sent in one envelope at most, and their bytes at most (a digest
+#: of 1024 frames is ~17 KB; envelopes are at most 64 KB)
+MAX_DIGESTS_PER_ENVELOPE = 16
+DIGEST_ENVELOPE_BYTES = 32 * 1024
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -334,8 +338,22 @@ class CallSession:
         if hashes is not None:
             self.frame_auth.frames(hashes, now)
         others = sorted(self._others())
+        # the digests due now in as few envelopes per member as fit (the exchange limits
+        # envelopes per second per terminal; a conference of n members sends n-1 a second)
+        batches: list[list[Value]] = []
+        size = 0
         for body in self.frame_auth.outgoing(now, force=force):
-            wrapped = encode({"call": self.call_id, "data": body})
+            if (
+                not batches
+                or len(batches[-1]) >= MAX_DIGESTS_PER_ENVELOPE
+                or (size + len(body) > DIGEST_ENVELOPE_BYTES)
+            ):
+                batches.append([])
+                size = 0
+            batches[-1].append(body)
+            size += len(body)
+        for batch in batches:
+            wrapped = encode({"call": self.call_id, "digests": batch})
             for recipient in others:
                 await self._send_one(recipient, MSG_FRAME_DIGEST, wrapped)
         for alarm in self.frame_auth.poll(now):
@@ -346,10 +364,22 @@ class CallSession:
             sender not in self.machine.members and sender not in self.ever_members
         ):
             raise CallProtocolError(f"{MSG_FRAME_DIGEST} from {sender}, not in this call")
-        inner = expect_dict(decode(body), MSG_FRAME_DIGEST).get("data")
-        if not isinstance(inner, bytes):
-            raise CallProtocolError(f"{MSG_FRAME_DIGEST}: body without digest data")
-        self.frame_auth.receive(sender, inner, now)
+        digests = expect_dict(decode(body), MSG_FRAME_DIGEST).get("digests")
+        if (
+            not isinstance(digests, list)
+            or not 0 < len(digests) <= MAX_DIGESTS_PER_ENVELOPE
+            or not all(isinstance(d, bytes) for d in digests)
+        ):
+            raise CallProtocolError(f"{MSG_FRAME_DIGEST}: body without digests")
+        refused: HotlineError | None = None
+        for inner in digests:
+            assert isinstance(inner, bytes)
+            try:
+                self.frame_auth.receive(sender, inner, now)
+            except HotlineError as exc:  # counted there; the others still count
+                refused = exc
+        if refused is not None:
+            raise refused
 
     def _on_frame_alarm(self, alarm: FrameAlarm) -> None:
         """Frames shown under a member's key that the member did not sign: an alarm on

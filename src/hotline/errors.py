@@ -26,10 +26,14 @@ classes say *whose fault* it was::
     │   │   └── KeyAgreementError  a key bundle, ephemeral key, roster or ack is refused
     │   ├── CallError              the call protocol was broken by the peer
     │   └── LogIntegrityError      a call log entry was changed, removed or reordered
-    └── ExchangeError              the exchange (untrusted) refused, failed or misbehaved
-        ├── AuthenticationError    the exchange did not admit us
-        ├── LimitExceeded          a configured limit was hit (size, rate, queue)
-        └── ExchangeUnavailable    the exchange cannot be reached
+    ├── ExchangeError              the exchange (untrusted) refused, failed or misbehaved
+    │   ├── AuthenticationError    the exchange did not admit us
+    │   ├── LimitExceeded          a configured limit was hit (size, rate, queue)
+    │   └── ExchangeUnavailable    the exchange cannot be reached
+    └── SfuError                   the SFU (untrusted, like the exchange) refused or misbehaved
+        ├── JanusError             Janus answered with an error (its code and reason)
+        ├── SfuProtocolError       an answer that is not what the API allows (shape, size)
+        └── SfuUnavailable         the SFU cannot be reached or stopped answering
 
 Subsystems add narrower subclasses next to the class they refine, below, in their section.
 Messages never contain key material or plaintext.
@@ -335,6 +339,14 @@ class MalformedMessage(KeyAgreementError):
     reason = "malformed_message"
 
 
+class ProtocolVersionMismatch(MalformedMessage):
+    """An ``e2ee.*`` message of another version of the key agreement protocol (its label
+    names the version, e.g. ``hotline.e2ee.v1.start``): the two terminals run different
+    releases and cannot agree keys until both run the same protocol version."""
+
+    reason = "e2ee_version_mismatch"
+
+
 class BadKeySignature(KeyAgreementError):
     """A signature in an ``e2ee.*`` message does not verify with the signer's identity key."""
 
@@ -399,7 +411,8 @@ class Equivocation(KeyAgreementError):
 
 
 class SealedKeyError(KeyAgreementError):
-    """A sealed base key does not open, has the wrong size, or its commitment does not match."""
+    """A sealed epoch secret does not open, has the wrong size, or does not match the
+    leader's commitment; or a revealed nonce does not match its commitment."""
 
     reason = "sealed_key"
 
@@ -464,3 +477,40 @@ class TLSPinMismatch(AuthenticationError):
     """The exchange's TLS certificate is not the one pinned in the charter."""
 
     reason = "tls_pin"
+
+
+# --- the SFU (untrusted) ---------------------------------------------------------------------
+
+
+class SfuError(HotlineError):
+    """The SFU refused, failed or misbehaved. It is untrusted like the exchange: it carries
+    frames it cannot read, and nothing it says about who is who is believed."""
+
+    reason = "sfu"
+
+
+class JanusError(SfuError):
+    """Janus (core or VideoRoom plugin) answered a request with an error."""
+
+    reason = "janus_error"
+
+    def __init__(self, code: int, message: str, *, request: str = "") -> None:
+        what = f"{request}: " if request else ""
+        super().__init__(f"Janus refused {what}{message} (error {code})")
+        #: Janus's numeric error code (core 4xx from janus.h, VideoRoom 4xx from the plugin)
+        self.code = code
+        #: Janus's own text, clipped
+        self.janus_reason = message
+        self.request = request
+
+
+class SfuProtocolError(SfuError):
+    """An SFU answer that breaks its API: not JSON, too large, wrong shape or type."""
+
+    reason = "sfu_protocol"
+
+
+class SfuUnavailable(SfuError):
+    """The SFU cannot be reached, or stopped answering in time."""
+
+    reason = "sfu_unavailable"

@@ -23,6 +23,7 @@ from hotline.charter import (
     ExchangeEndpoint,
     Policy,
     Role,
+    SfuEndpoint,
     SignedCharter,
     load_charter,
 )
@@ -55,9 +56,11 @@ class LocalLine:
         policy: Policy = DEFAULT_POLICY,
         exchanges: int = 1,
         turn_relays: Sequence[str] = (),
+        sfus: Sequence[SfuEndpoint] = (),
     ) -> None:
         self.root = root
         self.turn_relays = tuple(turn_relays)
+        self.sfus = tuple(sfus)
         self.line_id = line_id
         self.sites = sites
         self.policy = policy
@@ -85,6 +88,7 @@ class LocalLine:
             exchanges=endpoints,
             policy=self.policy,
             turn_relays=self.turn_relays,
+            sfus=self.sfus,
         )
         signed = load_charter(self.charter_path)
         signed.verify()

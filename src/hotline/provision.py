@@ -35,6 +35,7 @@ from hotline.charter import (
     ExchangeEndpoint,
     Policy,
     Role,
+    SfuEndpoint,
     SignedCharter,
     Site,
     Terminal,
@@ -330,6 +331,15 @@ def parse_exchange(text: str) -> ExchangeEndpoint:
     return ExchangeEndpoint(url, f"sha256:{digits}")
 
 
+def parse_sfu(text: str) -> SfuEndpoint:
+    """``URL`` or ``URL#sha256:FP`` to an SFU endpoint (like :func:`parse_exchange`)."""
+    try:
+        endpoint = parse_exchange(text)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("exchange", "SFU")) from exc
+    return SfuEndpoint(endpoint.url, endpoint.tls_fingerprint)
+
+
 def propose_line(  # noqa: PLR0917 (the signature other code is written against)
     line_id: str,
     sites: Sequence[SiteRecord | Site | Path],
@@ -340,6 +350,7 @@ def propose_line(  # noqa: PLR0917 (the signature other code is written against)
     version: int = 1,
     *,
     created_at: int | None = None,
+    sfus: Iterable[SfuEndpoint | str] = (),
 ) -> Charter:
     """Draft a charter (unsigned) from the sites' public records and the enrolments.
 
@@ -405,6 +416,7 @@ def propose_line(  # noqa: PLR0917 (the signature other code is written against)
         turn_relays=tuple(turn_relays),
         policy=policy,
         created_at=int(time.time()) if created_at is None else created_at,
+        sfus=tuple(e if isinstance(e, SfuEndpoint) else parse_sfu(e) for e in sfus),
     )
     check_draft(charter)
     return charter
@@ -480,6 +492,7 @@ def create_line(
     turn_relays: Iterable[str] = (),
     version: int = 1,
     created_at: int | None = None,
+    sfus: Iterable[SfuEndpoint | str] = (),
 ) -> Path:
     """Provision a whole line under ``root`` through the functions above and return the
     path of its fully signed charter. Layout: ``root/sites/<site>/``,
@@ -500,6 +513,7 @@ def create_line(
         policy,
         version,
         created_at=created_at,
+        sfus=sfus,
     )
     path = root / f"{line_id}.charter.json"
     write_draft(path, charter)

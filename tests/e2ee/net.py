@@ -211,17 +211,45 @@ class Net:
                     assert media.unprotect(kind, data) == frame
 
     def assert_keys_authentic(self) -> None:
-        """Every receive key any member holds was made by the member it is filed under."""
-        from hotline.e2ee import sframe
+        """Every receive key any member holds is the key of the member it is filed under,
+        derived from an epoch secret that the epoch's leader's random source made, under a
+        roster that leader signed (protocol v2: the leader makes the epoch secret)."""
+        from hotline.e2ee import messages, sframe
+        from hotline.e2ee.sender_keys import derive_sender_key, sender_key_info
 
+        rosters: dict[int, list[messages.RosterProposal]] = {}
+        for d in self.log:
+            if d.msg_type != messages.MSG_ROSTER:
+                continue
+            try:
+                proposal = messages.parse(d.msg_type, d.body)
+                proposal.verify(self.directory[proposal.signer])
+            except (E2EEError, KeyError):
+                continue
+            assert isinstance(proposal, messages.RosterProposal)
+            rosters.setdefault(proposal.epoch, []).append(proposal)
         for m in self.members.values():
             store = m.session.media._store
             for kid in store.kids():
                 owner = store.sender_of(kid)
                 assert owner is not None
+                epoch, index = kid >> 8, kid & 0xFF
                 entry = store.entry(kid)
-                made = self.members[owner].random_outputs
-                expected = [
-                    sframe.SFrameKey(store.suite, kid, b).nonce(0) for b in made if len(b) == 32
-                ]
+                expected = []
+                for proposal in rosters.get(epoch, []):
+                    if proposal.members[index] != owner:
+                        continue
+                    info = sender_key_info(
+                        proposal.context.line_id,
+                        proposal.context.call_id,
+                        charter_version=proposal.context.charter_version,
+                        epoch=epoch,
+                        roster_hash=proposal.roster_hash,
+                        sender=owner,
+                        index=index,
+                    )
+                    for secret in self.members[proposal.signer].random_outputs:
+                        if len(secret) == 32:
+                            key = bytes(derive_sender_key(secret, info))
+                            expected.append(sframe.SFrameKey(store.suite, kid, key).nonce(0))
                 assert entry.key.nonce(0) in expected, (m.id, kid, owner)

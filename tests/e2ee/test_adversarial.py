@@ -26,6 +26,7 @@ import pytest
 
 from hotline.e2ee import messages as msgs
 from hotline.e2ee import sframe
+from hotline.e2ee.events import EpochFailed, MemberLagging
 from hotline.e2ee.media import MediaCrypto
 from hotline.encoding import decode, encode
 from hotline.errors import (
@@ -39,7 +40,6 @@ from hotline.errors import (
     RosterMismatch,
     SealedKeyError,
     SenderMismatch,
-    TranscriptMismatch,
     UnexpectedMessage,
     UnknownKeyId,
     WrongContext,
@@ -62,11 +62,6 @@ def resign(body: bytes, msg_type: str, key: SigningKey, **changes: object) -> by
     out = dict(outer)
     out["signed"] = signed
     out["sig"] = key.sign(encode(signed))
-    if msg_type == msgs.MSG_SENDER_KEY:
-        ctx = msgs.Context(str(signed["line"]), str(signed["call"]), int(signed["cv"]))  # type: ignore[call-overload]
-        out["roster_sig"] = key.sign(
-            msgs.roster_signature_payload(ctx, int(signed["epoch"]), bytes(signed["roster"]))  # type: ignore[call-overload, arg-type]
-        )
     return encode(out)
 
 
@@ -142,7 +137,7 @@ class ForgeEveryKind(Relay):
                 Delivery(
                     d.sender,
                     d.recipient,
-                    msgs.MSG_TYPES[(msgs.MSG_TYPES.index(d.msg_type) + 1) % 5],
+                    msgs.MSG_TYPES[(msgs.MSG_TYPES.index(d.msg_type) + 1) % len(msgs.MSG_TYPES)],
                     d.body,
                 ),
                 MalformedMessage,
@@ -249,7 +244,7 @@ def test_every_kind_of_message_resists_every_forgery() -> None:
     net.set_view("ab", at="ab")
     relay.previous = list(net.log)
     relay.on = True
-    net.set_view("abc")  # a join: start, ephemeral, roster, sender_key, ack all forged
+    net.set_view("abc")  # a join: start, ephemeral, roster, secret, confirm, ack all forged
     net.agreed("abc")
     net.frames_flow("abc")
     check_invariants(net, {})
@@ -293,21 +288,19 @@ class Intercept(Relay):
 
 
 def test_leader_cannot_substitute_an_ephemeral_key() -> None:
-    """A malicious leader swaps b's ephemeral key for one it controls and signs the roster."""
-    mallory_ek = None
+    """A malicious leader swaps b's ephemeral key for one it controls and signs the roster:
+    b sees its own entry substituted and refuses; nobody switches, c reports b lagging."""
 
     def substitute(d: Delivery, net: Net) -> bytes:
-        nonlocal mallory_ek
         roster = msgs.parse(d.msg_type, d.body)
         assert isinstance(roster, msgs.RosterProposal)
         a_entry = roster.entries[0]
         entries = [
             e
             if e.member != "b"
-            else msgs.RosterEntry("b", e.identity_key, a_entry.ek, e.commit, e.ek_sig)
+            else msgs.RosterEntry("b", e.identity_key, a_entry.ek_hash, e.commit)
             for e in roster.entries
         ]
-        mallory_ek = a_entry.ek
         return msgs.build_roster(
             net.keys["a"],
             roster.context,
@@ -316,151 +309,272 @@ def test_leader_cannot_substitute_an_ephemeral_key() -> None:
             kem=roster.kem,
             suite=roster.suite,
             entries=entries,
+            secret_commit=roster.secret_commit,
         )
 
     net = Net("abc", relay=Intercept("a", msgs.MSG_ROSTER, substitute))
     net.set_view("abc")
-    assert net["b"].session.epoch == 0 and net["c"].session.epoch == 0
+    assert all(net[x].session.epoch == 0 for x in "abc")
     assert {type(e) for e in net["b"].errors} == {RosterMismatch}  # "our own key substituted"
-    assert {type(e) for e in net["c"].errors} == {RosterMismatch}  # "not signed by b"
-    assert mallory_ek is not None
+    net.advance(6)
+    lagging = [e for e in net["c"].events if isinstance(e, MemberLagging)]
+    assert lagging and "b" in lagging[0].missing
     check_invariants(net, {})
 
 
-@pytest.mark.parametrize("recommit", [False, True])
-def test_member_cannot_give_different_keys_to_different_members(recommit: bool) -> None:
-    """b sends c a differently sealed key than a's (equivocation across members, two
-    messages). With the genuine key commitment, the key c opens does not match it; with a
-    commitment recomputed for the other key, the transcripts differ and the acks do not
-    match. Nobody switches to the epoch."""
-    from hotline.e2ee.sender_keys import (
-        kem_by_name,
-        key_commit_info,
-        key_commitment,
-        seal,
-        seal_info,
+def _reseal_to(net: Net, member: str, roster: msgs.RosterProposal, secret: bytes) -> bytes:
+    """A secret message from the leader a sealing ``secret`` to ``member``, under ``roster``."""
+    from hotline.e2ee.sender_keys import kem_by_name, seal, seal_info
+
+    pending = net[member].session._pending
+    assert pending is not None and pending.ephemeral is not None
+    ctx = roster.context
+    info = seal_info(
+        ctx.line_id,
+        ctx.call_id,
+        charter_version=ctx.charter_version,
+        epoch=roster.epoch,
+        leader="a",
+        recipient=member,
+        roster_hash=roster.roster_hash,
+    )
+    return msgs.build_secret(
+        net.keys["a"],
+        ctx,
+        epoch=roster.epoch,
+        signer="a",
+        recipient=member,
+        roster_hash=roster.roster_hash,
+        sealed=seal(kem_by_name(net.kem), pending.ephemeral.public, secret, info),
     )
 
-    def equivocate(d: Delivery, net: Net) -> bytes:
-        if d.recipient != "c":
-            return d.body
-        sk = msgs.parse(d.msg_type, d.body)
-        assert isinstance(sk, msgs.SenderKey)
-        # reseal a different base key to everyone, properly signed by b
-        roster = net["c"].session._pending.roster  # type: ignore[union-attr]
-        kem = kem_by_name("X25519")
-        other_key = os.urandom(32)
-        ctx = sk.context
-        sealed = {
-            r: seal(
-                kem,
-                roster.entries[r].ek,
-                other_key,
-                seal_info(
-                    ctx.line_id,
-                    ctx.call_id,
-                    epoch=sk.epoch,
-                    sender="b",
-                    recipient=r,
-                    roster_hash=sk.roster_hash,
-                ),
-            )
-            for r in sk.sealed
-        }
-        info = key_commit_info(
-            ctx.line_id,
-            ctx.call_id,
-            charter_version=ctx.charter_version,
-            epoch=sk.epoch,
-            sender="b",
-            roster_hash=sk.roster_hash,
-        )
-        return msgs.build_sender_key(
-            net.keys["b"],
-            ctx,
-            epoch=sk.epoch,
-            signer="b",
-            roster_hash=sk.roster_hash,
-            reveal=sk.reveal,
-            sealed=sealed,
-            key_commit=key_commitment(other_key, info) if recommit else sk.key_commit,
-        )
 
-    net = Net("abc", relay=Intercept("b", msgs.MSG_SENDER_KEY, equivocate), ack_timeout_s=5)
+class LeaderGivesCAnotherSecret(Relay):
+    """The leader a gives c another epoch secret than b's; with ``recommit`` it also gives
+    c a roster of its own whose commitment matches that other secret."""
+
+    def __init__(self, recommit: bool) -> None:
+        self.recommit = recommit
+        self.other_secret = os.urandom(32)
+        self.c_roster: msgs.RosterProposal | None = None
+        self.c_secret: bytes | None = None
+
+    def route(self, d: Delivery, net: Net) -> list[Delivery]:
+        if d.sender != "a" or d.recipient != "c":
+            return [d]
+        from hotline.e2ee.sender_keys import secret_commit_info, secret_commitment
+
+        if d.msg_type == msgs.MSG_ROSTER and self.recommit:
+            roster = msgs.parse(d.msg_type, d.body)
+            assert isinstance(roster, msgs.RosterProposal)
+            ctx = roster.context
+            info = secret_commit_info(
+                ctx.line_id,
+                ctx.call_id,
+                charter_version=ctx.charter_version,
+                epoch=roster.epoch,
+                leader="a",
+            )
+            body = msgs.build_roster(
+                net.keys["a"],
+                ctx,
+                epoch=roster.epoch,
+                signer="a",
+                kem=roster.kem,
+                suite=roster.suite,
+                entries=roster.entries,
+                secret_commit=secret_commitment(self.other_secret, info),
+            )
+            forked = msgs.parse(d.msg_type, body)
+            assert isinstance(forked, msgs.RosterProposal)
+            self.c_roster = forked
+            return [Delivery(d.sender, d.recipient, d.msg_type, body)]
+        if d.msg_type == msgs.MSG_SECRET:
+            roster = self.c_roster
+            if roster is None:
+                genuine = [
+                    x for x in net.log if x.msg_type == msgs.MSG_ROSTER and x.recipient == "c"
+                ]
+                parsed = msgs.parse(msgs.MSG_ROSTER, genuine[-1].body)
+                assert isinstance(parsed, msgs.RosterProposal)
+                roster = parsed
+            if self.c_secret is None:  # once: retransmissions repeat it
+                self.c_secret = _reseal_to(net, "c", roster, self.other_secret)
+            return [Delivery(d.sender, d.recipient, d.msg_type, self.c_secret)]
+        return [d]
+
+
+@pytest.mark.parametrize("recommit", [False, True])
+def test_leader_cannot_give_different_secrets_to_different_members(recommit: bool) -> None:
+    """The leader seals c another epoch secret than b's (two signed secret messages). Under
+    the roster everyone approved, the secret c opens does not match the roster's commitment:
+    refused. With a second roster for c whose commitment matches the other secret, c
+    approves another roster hash than a and b, and its confirm is refused by them (and
+    theirs by c). Nobody switches to the epoch, and c never holds a key b would use."""
+    relay = LeaderGivesCAnotherSecret(recommit)
+    net = Net("abc", relay=relay)
     net.set_view("abc")
     assert all(net[x].session.epoch == 0 for x in "abc")
     if recommit:
-        assert any(isinstance(e, TranscriptMismatch) for e in net["a"].errors)
-        assert any(isinstance(e, TranscriptMismatch) for e in net["c"].errors)
+        assert any(isinstance(e, RosterMismatch) for e in net["b"].errors)
+        assert any(isinstance(e, RosterMismatch) for e in net["c"].errors)
     else:
-        assert any(isinstance(e, SealedKeyError) for e in net["c"].errors)
+        assert [type(e) for e in net["c"].errors] == [SealedKeyError]
+        assert net["c"].session.rejections == {"sealed_key": 1}
+    net.advance(20)
+    assert all(net[x].session.epoch == 0 for x in "abc")
+    assert any(isinstance(e, EpochFailed) for e in net["c"].events)
 
 
-def test_member_cannot_seal_different_keys_in_one_sender_key_message(
+def test_leader_cannot_seal_different_secrets_under_one_roster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """b signs one sender key message (the same bytes for everybody, so transcripts, acks
-    and codes agree) that seals its real base key to a and another key to c: c would then
-    not read b's frames, or read frames a cannot. The signed key commitment lets c see that
-    the key sealed to it is not the one b committed to: refused, nobody switches."""
+    """The leader signs one roster (so transcripts, acks and codes would agree) but seals
+    the real epoch secret to b and another one to c: c would then derive other keys than b.
+    The signed secret commitment lets c see that the secret sealed to it is not the one
+    committed to: refused, nobody switches."""
     from hotline.e2ee import steps
 
     genuine_seal = steps.seal
 
-    def b_seals_another_key_to_c(kem: Any, pk: bytes, base_key: Any, info: bytes) -> bytes:
+    def a_seals_another_secret_to_c(kem: Any, pk: bytes, secret: Any, info: bytes) -> bytes:
         fields = decode(info)
         assert isinstance(fields, dict)
-        if fields["from"] == "b" and fields["to"] == "c":
-            base_key = os.urandom(32)
-        return genuine_seal(kem, pk, base_key, info)
+        if fields["from"] == "a" and fields["to"] == "c":
+            secret = os.urandom(32)
+        return genuine_seal(kem, pk, secret, info)
 
-    monkeypatch.setattr(steps, "seal", b_seals_another_key_to_c)
+    monkeypatch.setattr(steps, "seal", a_seals_another_secret_to_c)
     net = Net("abc")
     net.set_view("abc")
     assert all(net[x].session.epoch == 0 for x in "abc"), [net[x].session.epoch for x in "abc"]
     assert [type(e) for e in net["c"].errors] == [SealedKeyError]
     assert net["c"].session.rejections == {"sealed_key": 1}
+    assert net["b"].errors == []
     net.advance(20)
     assert all(net[x].session.epoch == 0 for x in "abc")
 
 
-def test_member_cannot_skip_a_recipient_or_lie_about_its_nonce() -> None:
-    def skip_c(d: Delivery, net: Net) -> bytes:
-        sk = msgs.parse(d.msg_type, d.body)
-        assert isinstance(sk, msgs.SenderKey)
-        sealed = {r: v for r, v in sk.sealed.items() if r != "c"}
-        return msgs.build_sender_key(
-            net.keys["b"],
-            sk.context,
-            epoch=sk.epoch,
-            signer="b",
-            roster_hash=sk.roster_hash,
-            reveal=sk.reveal,
-            sealed=sealed,
-            key_commit=sk.key_commit,
-        )
+def test_tampered_secret_commitment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exchange changes the roster's secret commitment: the leader's signature breaks.
+    The leader itself signing a commitment to another secret than the one it seals: every
+    member refuses the secret it opens."""
 
-    net = Net("abc", relay=Intercept("b", msgs.MSG_SENDER_KEY, skip_c))
+    def tamper(d: Delivery, net: Net) -> bytes:
+        outer = decode(d.body)
+        assert isinstance(outer, dict) and isinstance(outer["signed"], dict)
+        signed = dict(outer["signed"])
+        signed["secret_commit"] = bytes(32)
+        return encode({"signed": signed, "sig": outer["sig"]})
+
+    net = Net("abc", relay=Intercept("a", msgs.MSG_ROSTER, tamper))
     net.set_view("abc")
-    assert {type(e) for e in net["a"].errors} == {SealedKeyError}
+    assert all(net[x].session.epoch == 0 for x in "abc")
+    for x in "bc":
+        assert {type(e) for e in net[x].errors} == {BadKeySignature}
 
+    from hotline.e2ee import steps
+
+    genuine_commitment = steps.secret_commitment
+    monkeypatch.setattr(steps, "secret_commitment", lambda s, i: genuine_commitment(bytes(32), i))
+    net = Net("abc")
+    net.set_view("abc")
+    assert all(net[x].session.epoch == 0 for x in "abc")
+    for x in "bc":
+        assert [type(e) for e in net[x].errors] == [SealedKeyError], net[x].errors
+        assert net[x].session.rejections == {"sealed_key": 1}
+
+
+def test_member_cannot_lie_about_its_nonce_and_leader_cannot_skip_a_member() -> None:
     def other_nonce(d: Delivery, net: Net) -> bytes:
-        sk = msgs.parse(d.msg_type, d.body)
-        assert isinstance(sk, msgs.SenderKey)
-        return msgs.build_sender_key(
+        confirm = msgs.parse(d.msg_type, d.body)
+        assert isinstance(confirm, msgs.Confirm)
+        return msgs.build_confirm(
             net.keys["b"],
-            sk.context,
-            epoch=sk.epoch,
+            confirm.context,
+            epoch=confirm.epoch,
             signer="b",
-            roster_hash=sk.roster_hash,
+            roster_hash=confirm.roster_hash,
             reveal=bytes(32),
-            sealed=sk.sealed,
-            key_commit=sk.key_commit,
         )
 
-    net = Net("abc", relay=Intercept("b", msgs.MSG_SENDER_KEY, other_nonce))
+    net = Net("abc", relay=Intercept("b", msgs.MSG_CONFIRM, other_nonce))
     net.set_view("abc")
     assert {type(e) for e in net["c"].errors} == {SealedKeyError}
+    assert all(net[x].session.epoch == 0 for x in "abc")
+
+    class WithholdCsSecret(Relay):
+        def route(self, d: Delivery, net: Net) -> list[Delivery]:
+            return [] if d.msg_type == msgs.MSG_SECRET and d.recipient == "c" else [d]
+
+    net = Net("abc", relay=WithholdCsSecret())
+    net.set_view("abc")
+    assert all(net[x].session.epoch == 0 for x in "abc")
+    net.advance(6)
+    lagging = [e for e in net["c"].events if isinstance(e, MemberLagging)]
+    assert lagging and lagging[0].missing == ("a",)  # c names the leader that owes it
+
+
+def test_a_member_who_left_cannot_derive_the_next_epoch() -> None:
+    """c leaves; the exchange hands c every message of the next epoch (and c kept every
+    secret it ever knew, against the rules). c holds no key of the new epoch, cannot read
+    its frames, and none of the secrets c or the leader ever used before derives the new
+    epoch's keys: a new epoch secret is made each epoch."""
+
+    class CopyToC(Relay):
+        on = False
+
+        def route(self, d: Delivery, net: Net) -> list[Delivery]:
+            if self.on and d.recipient != "c" and d.sender != "c":
+                return [d, Delivery(d.sender, "c", d.msg_type, d.body)]
+            return [d]
+
+    from hotline.e2ee.sender_keys import derive_sender_key, sender_key_info
+
+    relay = CopyToC()
+    net = Net("abc", relay=relay)
+    net.set_view("abc")
+    net.advance(301)  # a rekey: two epoch secrets known to c
+    last = net.agreed("abc")
+    known = [b for x in "abc" for b in net[x].random_outputs if len(b) == 32]
+    relay.on = True
+    net.set_view("ab", at="ab")
+    new = net.agreed("ab")
+    assert new > last
+    check_invariants(net, {"c": last})
+    assert max(sframe.kid_epoch(k) for k in net["c"].session.media.receive_kids()) == last
+    frame = net["a"].session.media.protect("audio", OPUS)
+    with pytest.raises(UnknownKeyId):
+        net["c"].session.media.unprotect("audio", frame)
+    assert net["c"].errors  # everything it was handed was refused
+    # b's receive key for a in the new epoch is not derivable from any secret known before
+    (roster,) = [
+        p
+        for d in net.log
+        if d.msg_type == msgs.MSG_ROSTER
+        and isinstance(p := msgs.parse(d.msg_type, d.body), msgs.RosterProposal)
+        and p.epoch == new
+        and d.recipient == "b"
+    ]
+    store = net["b"].session.media._store
+    kid = sframe.make_kid(new, 0)
+    held = store.entry(kid).key.nonce(0)
+    ctx = roster.context
+    info = sender_key_info(
+        ctx.line_id,
+        ctx.call_id,
+        charter_version=ctx.charter_version,
+        epoch=new,
+        roster_hash=roster.roster_hash,
+        sender="a",
+        index=0,
+    )
+    guesses = [
+        sframe.SFrameKey(store.suite, kid, bytes(derive_sender_key(s, info))).nonce(0)
+        for s in known
+    ]
+    assert held not in guesses
+    net.assert_keys_authentic()  # the new epoch's keys come from a fresh secret
 
 
 def test_signed_conflicting_messages_are_equivocation() -> None:
@@ -700,3 +814,26 @@ def test_mesh_member_cannot_forge_another_members_frames() -> None:
     assert a_media.stats().rejected == {"wrong_sender": 2}
     # unbound (the SFU path, protocol.md section 11) the forgery still opens: the limit
     assert a_media.unprotect("audio", forged) == OPUS
+
+
+def test_a_terminal_of_the_previous_protocol_version_is_named() -> None:
+    """A version-1 terminal's start (label hotline.e2ee.v1.start, properly signed) and its
+    sender key message are refused as a version mismatch, counted and reported; the
+    session stays usable for the version-2 epoch that follows."""
+    from hotline.e2ee.events import KeyRejected
+    from hotline.errors import ProtocolVersionMismatch
+
+    net = Net("ab")
+    net.set_view("ab", at="a")
+    start = [d for d in net.log if d.msg_type == msgs.MSG_START][-1]
+    old_start = resign(start.body, start.msg_type, net.keys["a"], t="hotline.e2ee.v1.start")
+    session = net["b"].session
+    with pytest.raises(ProtocolVersionMismatch, match="protocol v1; this terminal speaks v2"):
+        session.receive("a", msgs.MSG_START, old_start, net.now)
+    with pytest.raises(ProtocolVersionMismatch):
+        session.receive("a", "e2ee.sender_key", b"\x00" * 40, net.now)
+    assert session.rejections == {"e2ee_version_mismatch": 2}
+    rejected = [e for e in session.events() if isinstance(e, KeyRejected)]
+    assert [e.reason for e in rejected] == ["e2ee_version_mismatch"] * 2
+    net.set_view("ab", at="b")
+    net.agreed("ab")

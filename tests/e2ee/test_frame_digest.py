@@ -71,7 +71,7 @@ def test_frame_digest_round_trip_and_signature() -> None:
     assert (msg.kid, msg.first_ctr, msg.last_ctr, msg.hashes) == (KID, 100, 102, tuple(H[:3]))
     assert (msg.context, msg.epoch, msg.signer) == (CTX, 2, "alice")
     signed = decode(msg.signed)
-    assert isinstance(signed, dict) and signed["t"] == "hotline.e2ee.v1.frame-digest"
+    assert isinstance(signed, dict) and signed["t"] == m.LABELS[m.MSG_FRAME_DIGEST]
     assert set(signed) == {"t", "line", "call", "cv", "epoch", "from", "kid", "first_ctr",
                            "last_ctr", "hashes"}  # fmt: skip
     msg.verify(ks["alice"].public)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hotline.e2ee import messages as m
 from hotline.e2ee.security_code import security_code
 from hotline.encoding import Value, decode, encode
-from hotline.errors import BadKeySignature, MalformedMessage
+from hotline.errors import BadKeySignature, MalformedMessage, ProtocolVersionMismatch
 from hotline.keys import SigningKey
 
 KEY = SigningKey.generate()
@@ -21,7 +21,7 @@ H32 = bytes(range(32))
 
 
 def samples() -> dict[str, bytes]:
-    entry = m.RosterEntry("a", KEY.public.raw, b"e" * 32, H32, b"s" * 64)
+    entry = m.RosterEntry("a", KEY.public.raw, m.ephemeral_key_hash(b"e" * 32), H32)
     return {
         m.MSG_START: m.build_start(
             KEY,
@@ -37,18 +37,19 @@ def samples() -> dict[str, bytes]:
             KEY, CTX, epoch=2, signer="a", kem="X25519", ek=b"e" * 32, commit=H32
         ),
         m.MSG_ROSTER: m.build_roster(
-            KEY, CTX, epoch=2, signer="a", kem="X25519", suite="S", entries=[entry]
-        ),
-        m.MSG_SENDER_KEY: m.build_sender_key(
             KEY,
             CTX,
             epoch=2,
             signer="a",
-            roster_hash=H32,
-            reveal=H32,
-            sealed={"b": b"k" * 80},
-            key_commit=H32,
+            kem="X25519",
+            suite="S",
+            entries=[entry],
+            secret_commit=H32,
         ),
+        m.MSG_SECRET: m.build_secret(
+            KEY, CTX, epoch=2, signer="a", recipient="b", roster_hash=H32, sealed=b"k" * 80
+        ),
+        m.MSG_CONFIRM: m.build_confirm(KEY, CTX, epoch=2, signer="a", roster_hash=H32, reveal=H32),
         m.MSG_ACK: m.build_ack(KEY, CTX, epoch=2, signer="a", roster_hash=H32, transcript_hash=H32),
     }
 
@@ -68,9 +69,8 @@ def test_round_trip_and_signature(msg_type: str) -> None:
     msg.verify(KEY.public)
     with pytest.raises(BadKeySignature):
         msg.verify(OTHER.public)
-    if isinstance(msg, m.SenderKey):
-        msg.verify_roster_signature(KEY.public)
-        assert msg.sealed == {"b": b"k" * 80}
+    if isinstance(msg, m.Secret):
+        assert (msg.recipient, msg.sealed) == ("b", b"k" * 80)
     # a body parsed as another type is refused: the label inside says which type it is
     for other in m.MSG_TYPES:
         if other != msg_type:
@@ -83,6 +83,27 @@ def test_roster_hash_and_members() -> None:
     assert isinstance(roster, m.RosterProposal)
     assert roster.members == ("a",)
     assert len(roster.roster_hash) == 32
+    assert roster.secret_commit == H32
+
+
+def test_messages_of_the_old_protocol_version_say_so() -> None:
+    """A v1 terminal's messages (labels hotline.e2ee.v1.*, and its e2ee.sender_key kind)
+    are refused as a version mismatch naming both versions, not as noise."""
+    assert m.PROTOCOL_VERSION == 2 and all(".v2." in label for label in m.LABELS.values())
+    for msg_type, body in SAMPLES.items():
+        outer = decode(body)
+        assert isinstance(outer, dict) and isinstance(outer["signed"], dict)
+        signed = dict(outer["signed"])
+        signed["t"] = str(signed["t"]).replace(".v2.", ".v1.")
+        old = encode({"signed": signed, "sig": KEY.sign(encode(signed))})
+        with pytest.raises(ProtocolVersionMismatch, match="v1; this terminal speaks v2"):
+            m.parse(msg_type, old)
+    v1_sender_key = encode({"signed": {"t": "hotline.e2ee.v1.sender_key"}, "sig": b"s" * 64})
+    with pytest.raises(ProtocolVersionMismatch) as info:
+        m.parse("e2ee.sender_key", v1_sender_key)
+    assert info.value.reason == "e2ee_version_mismatch"
+    with pytest.raises(ProtocolVersionMismatch):
+        m.parse("e2ee.sender_key", b"not even HCE")
 
 
 def test_strictness() -> None:

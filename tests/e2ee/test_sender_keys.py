@@ -83,19 +83,30 @@ def test_seal_open_round_trip_and_info_binding(kem_name: str) -> None:
     kem = sk.kem_by_name(kem_name)
     pair = sk.EphemeralKeyPair.generate(kem, os.urandom)
     assert len(pair.public) == kem.public_size
-    base = os.urandom(sk.BASE_KEY_SIZE)
-    info = sk.seal_info("line", "call", epoch=3, sender="a", recipient="b", roster_hash=b"r" * 32)
+    base = os.urandom(sk.SECRET_SIZE)
+    ctx = {
+        "charter_version": 1,
+        "epoch": 3,
+        "leader": "a",
+        "recipient": "b",
+        "roster_hash": b"r" * 32,
+    }
+    info = sk.seal_info("line", "call", **ctx)  # type: ignore[arg-type]
     sealed = sk.seal(kem, pair.public, base, info)
     assert len(sealed) == kem.sealed_size
     assert pair.open(sealed, info) == base
-    # every piece of context is bound: change any one and the key does not open
+    # every piece of context is bound: change any one and the secret does not open
+    changes: list[dict[str, object]] = [
+        {"charter_version": 2},
+        {"epoch": 4},
+        {"leader": "c"},
+        {"recipient": "c"},
+        {"roster_hash": b"s" * 32},
+    ]
     for changed in (
-        sk.seal_info("LINE", "call", epoch=3, sender="a", recipient="b", roster_hash=b"r" * 32),
-        sk.seal_info("line", "CALL", epoch=3, sender="a", recipient="b", roster_hash=b"r" * 32),
-        sk.seal_info("line", "call", epoch=4, sender="a", recipient="b", roster_hash=b"r" * 32),
-        sk.seal_info("line", "call", epoch=3, sender="c", recipient="b", roster_hash=b"r" * 32),
-        sk.seal_info("line", "call", epoch=3, sender="a", recipient="c", roster_hash=b"r" * 32),
-        sk.seal_info("line", "call", epoch=3, sender="a", recipient="b", roster_hash=b"s" * 32),
+        sk.seal_info("LINE", "call", **ctx),  # type: ignore[arg-type]
+        sk.seal_info("line", "CALL", **ctx),  # type: ignore[arg-type]
+        *(sk.seal_info("line", "call", **(ctx | c)) for c in changes),  # type: ignore[arg-type]
     ):
         with pytest.raises(SealedKeyError):
             pair.open(sealed, changed)
@@ -174,3 +185,48 @@ def test_open_arbitrary_bytes(data: bytes) -> None:
     pair = sk.EphemeralKeyPair.generate(sk.kem_by_name(sk.KEM_X25519), os.urandom)
     with pytest.raises(SealedKeyError):
         pair.open(data, b"info")
+
+
+def test_secret_commitment_binds_the_secret_and_its_context() -> None:
+    secret = os.urandom(sk.SECRET_SIZE)
+    info = sk.secret_commit_info("line", "call", charter_version=1, epoch=3, leader="a")
+    commit = sk.secret_commitment(secret, info)
+    sk.check_secret_commitment(commit, secret, info)
+    with pytest.raises(SealedKeyError):
+        sk.check_secret_commitment(commit, os.urandom(sk.SECRET_SIZE), info)
+    for other in (
+        sk.secret_commit_info("line", "call", charter_version=2, epoch=3, leader="a"),
+        sk.secret_commit_info("line", "call", charter_version=1, epoch=4, leader="a"),
+        sk.secret_commit_info("line", "call", charter_version=1, epoch=3, leader="b"),
+        sk.secret_commit_info("line", "other", charter_version=1, epoch=3, leader="a"),
+    ):
+        with pytest.raises(SealedKeyError):
+            sk.check_secret_commitment(commit, secret, other)
+    assert secret.hex() not in commit.hex()
+
+
+def test_sender_keys_are_distinct_per_sender_epoch_and_roster() -> None:
+    secret = os.urandom(sk.SECRET_SIZE)
+
+    def key(**change: object) -> bytes:
+        ctx: dict[str, object] = {
+            "charter_version": 1,
+            "epoch": 3,
+            "roster_hash": b"r" * 32,
+            "sender": "a",
+            "index": 0,
+        }
+        info = sk.sender_key_info("line", "call", **(ctx | change))  # type: ignore[arg-type]
+        return bytes(sk.derive_sender_key(secret, info))
+
+    keys = [
+        key(),
+        key(sender="b", index=1),
+        key(index=1),
+        key(epoch=4),
+        key(charter_version=2),
+        key(roster_hash=b"s" * 32),
+    ]
+    assert len(set(keys)) == len(keys) and all(len(k) == sk.BASE_KEY_SIZE for k in keys)
+    assert key() == key()  # deterministic: every member derives the same key
+    assert secret not in keys

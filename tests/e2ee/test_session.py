@@ -307,24 +307,45 @@ def test_ephemeral_private_keys_and_old_base_keys_are_erased() -> None:
     net.set_view("ab")
     net.agreed("ab")
     frame_e1 = net["a"].session.media.protect("audio", OPUS)
-    # start a rekey by hand and stop right after b has opened every key
+    # start a rekey by hand and watch b open the epoch secret and derive the keys
     session_b = net["b"].session
     net["a"].session.handle_timer(net.now + 300)
     net.now += 300
     captured: dict[str, object] = {}
 
+    original_on_secret = session_b._on_secret
     original_keys_complete = session_b._keys_complete
+    original_activate = session_b._activate
+    original_install = session_b.media.install_receive_keys
 
-    def spy(a, now):  # type: ignore[no-untyped-def]
+    def spy_secret(msg, now):  # type: ignore[no-untyped-def]
+        a = session_b._pending
+        assert a is not None and a.ephemeral is not None
         captured["ephemeral"] = weakref.ref(a.ephemeral)
         captured["seed"] = a.ephemeral.seed_view()
-        captured["own_base_key"] = a.base_key
-        captured["base_keys"] = list(a.base_keys.values())
         assert a.ephemeral.seed_view() is not None and any(a.ephemeral.seed_view())
-        assert all(any(k) for k in a.base_keys.values())
+        original_on_secret(msg, now)
+
+    def spy_keys(a, now):  # type: ignore[no-untyped-def]
+        # the ephemeral key is gone as soon as the secret is opened
+        assert a.ephemeral is None
+        captured["secret"] = a.secret
+        assert isinstance(a.secret, bytearray) and any(a.secret)
         original_keys_complete(a, now)
 
-    session_b._keys_complete = spy  # type: ignore[method-assign]
+    def spy_install(epoch, roster, keys, suite=None):  # type: ignore[no-untyped-def]
+        captured["base_keys"] = list(keys.values())
+        assert keys and all(any(k) for k in keys.values())
+        original_install(epoch, roster, keys, suite)
+
+    def spy_activate(a, now):  # type: ignore[no-untyped-def]
+        captured["own_base_key"] = a.base_key
+        original_activate(a, now)
+
+    session_b._on_secret = spy_secret  # type: ignore[method-assign]
+    session_b._keys_complete = spy_keys  # type: ignore[method-assign]
+    session_b._activate = spy_activate  # type: ignore[method-assign]
+    session_b.media.install_receive_keys = spy_install  # type: ignore[method-assign]
     net.pump()
     e2 = net.agreed("ab")
     # the ephemeral private key: seed overwritten, object gone
@@ -333,7 +354,9 @@ def test_ephemeral_private_keys_and_old_base_keys_are_erased() -> None:
     gc.collect()
     ref = captured["ephemeral"]
     assert isinstance(ref, weakref.ref) and ref() is None
-    # the base keys handed to the media crypto were overwritten in place
+    # the epoch secret and the base keys derived from it were overwritten in place
+    secret = captured["secret"]
+    assert isinstance(secret, bytearray) and not any(secret)
     assert all(not any(k) for k in captured["base_keys"])  # type: ignore[attr-defined]
     own = captured["own_base_key"]
     assert isinstance(own, bytearray) and not any(own)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,8 @@ from hotline.media.fanout import FanoutTrack
 from hotline.media.sinks import AudioChirpSink, CountingTrack, PcmCapture, VideoFrameIdSink
 from hotline.media.sources import MediaSource
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
+from hotline.sfu.conference import Downstream, SfuConference
+from hotline.sfu.topology import ConferenceSpec
 
 log = logging.getLogger("hotline.call")
 
@@ -105,6 +107,8 @@ class AiortcEngine:
         self._sinks: dict[str, tuple[VideoFrameIdSink, AudioChirpSink]] = {}
         self._shown: dict[str, PeerLink] = {}
         self._samplers: dict[str, RtcStatsSampler] = {}
+        #: the call's conference through the SFU, while it uses one (else a mesh)
+        self.conference: SfuConference | None = None
 
     def _audio_capture(self, peer_id: str) -> PcmCapture | None:
         files = self._media.capture_audio
@@ -181,7 +185,71 @@ class AiortcEngine:
     async def snapshot(self) -> dict[str, Any]:
         return await self.media_stats.snapshot()
 
+    # --- conferences through the SFU (see hotline.sfu.conference) -------------------------------
+
+    @property
+    def in_conference(self) -> bool:
+        return self.conference is not None
+
+    async def join_conference(self, spec: ConferenceSpec, members: Iterable[str]) -> None:
+        """Publish to the call's SFU room and subscribe to every member's feed (the same
+        frame crypto and keys as a mesh: the topology does not touch the key session)."""
+        if self.conference is not None:
+            return
+        conference = SfuConference(
+            self_id=spec.self_id,
+            url=spec.url,
+            room=spec.room,
+            secret=spec.secret,
+            crypto=self.crypto,
+            source=self._source,
+            members=members,
+            tls_fingerprint=spec.tls_fingerprint,
+            ice=self._media.ice,
+            frame_stats=self.frame_stats,
+            sinks_of=self.sinks_of,  # what shows a member goes on across the move
+        )
+        conference.destroy_when_empty = True
+
+        def shown(down: Downstream) -> None:
+            video, audio = conference.sinks_of(down.member)
+            self.media_stats.add_peer(down.member, down.pc, video, audio)
+
+        def closed(down: Downstream) -> None:
+            if self.media_stats.peer_connection(down.member) is down.pc:
+                self.media_stats.remove_peer(down.member)
+
+        conference.on_downstream, conference.on_downstream_closed = shown, closed
+        self.conference = conference
+        try:
+            await conference.ensure_room(spec.publishers)
+            await conference.join()
+        except BaseException:
+            self.conference = None
+            await conference.close()
+            raise
+
+    async def conference_members(self, members: Iterable[str]) -> None:
+        """The call's members changed: feeds of those who left are closed."""
+        if self.conference is None:
+            return
+        wanted = set(members) - {self.conference.self_id}
+        for gone in sorted(self.conference.members - wanted):
+            await self.conference.member_left(gone)
+        for new in sorted(wanted - self.conference.members):
+            self.conference.member_joined(new)
+
+    def conference_status(self) -> dict[str, Any] | None:
+        return self.conference.status() if self.conference is not None else None
+
+    async def leave_conference(self) -> None:
+        conference, self.conference = self.conference, None
+        if conference is not None:
+            await conference.close()
+
     def received(self, peer_id: str) -> Received:
+        if self.conference is not None and peer_id in self.conference.members:
+            return self.conference.received(peer_id)
         sinks = self._sinks.get(peer_id)
         if sinks is None:
             return Received()
@@ -215,6 +283,7 @@ class AiortcEngine:
         return self.crypto.take_frame_hashes()
 
     async def close(self) -> None:
+        await self.leave_conference()
         for peer_id in list(self._sinks):
             await self.peer_left(peer_id)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hotline.call.liveness import LivenessSettings
 from hotline.e2ee.frame_digest import FrameHashes
@@ -26,7 +26,10 @@ from hotline.media.stats import FrameEvent
 from hotline.media.turn import IceSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from hotline.media.sinks import CaptureFiles
+    from hotline.sfu.topology import ConferenceSpec
 
 
 @dataclass
@@ -139,6 +142,28 @@ class MediaEngine(Protocol):
     async def close(self) -> None:
         """The call is over (every link was closed already)."""
         ...
+
+
+@runtime_checkable
+class ConferenceEngine(Protocol):
+    """An engine that can also carry the call through the charter's SFU (a conference above
+    the mesh limit, ``docs/protocol.md`` §14): one upstream, one downstream per member, the
+    same frame crypto and keys. The aiortc engine is one; the browser engine is not yet."""
+
+    @property
+    def in_conference(self) -> bool: ...
+
+    async def join_conference(self, spec: ConferenceSpec, members: Iterable[str]) -> None:
+        """Publish to ``spec``'s room and receive every member's feed (raises SfuError)."""
+        ...
+
+    async def conference_members(self, members: Iterable[str]) -> None:
+        """The call's members are now ``members``: feeds of those gone are closed."""
+        ...
+
+    async def leave_conference(self) -> None: ...
+
+    def conference_status(self) -> dict[str, Any] | None: ...
 
 
 #: builds a call's engine: (SFrame suite name, callback for refused frames) -> engine

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from hotline.call import signalling
@@ -36,8 +36,15 @@ from hotline.call.machine import (
     Ringing,
     charter_departures,
 )
-from hotline.call.media_engine import EngineFactory, MediaEngine, MediaLink, MediaSettings
+from hotline.call.media_engine import (
+    ConferenceEngine,
+    EngineFactory,
+    MediaEngine,
+    MediaLink,
+    MediaSettings,
+)
 from hotline.calllog import CallLog
+from hotline.charter.model import SfuEndpoint
 from hotline.check.metrics import live_warnings
 from hotline.e2ee.events import (
     EpochActivated,
@@ -55,6 +62,7 @@ from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media.sources import MediaSource
 from hotline.media.stats import FrameEvent
+from hotline.sfu import topology
 
 log = logging.getLogger("hotline.call")
 
@@ -107,8 +115,16 @@ class CallSession:
         source: MediaSource,
         on_event: Callable[[str, dict[str, Any]], None],
         engine: EngineFactory | None = None,
+        sfus: Sequence[SfuEndpoint] = (),
+        mesh_limit: int = 3,
     ) -> None:
         self.call_id = call_id
+        #: the charter's SFUs (the first is used) and the policy's mesh limit
+        self.sfus = tuple(sfus)
+        self.mesh_limit = mesh_limit
+        #: "mesh" (a peer connection per pair) or "sfu" (through the charter's SFU)
+        self.topology: topology.Topology = topology.MESH
+        self.max_participants = max_participants
         self.line_id = line_id
         self.charter_version = charter_version
         self.directory = dict(directory)
@@ -217,6 +233,8 @@ class CallSession:
         kem: str | None = None,
         suite: str | None = None,
         max_participants: int | None = None,
+        sfus: Sequence[SfuEndpoint] | None = None,
+        mesh_limit: int | None = None,
     ) -> None:
         """A newer charter: terminals it no longer lists, or whose identity key it changed,
         leave the call at once, the keys move to a new epoch bound to the new version and
@@ -231,6 +249,11 @@ class CallSession:
             return
         if max_participants is not None:
             self.machine.max_members = max_participants
+            self.max_participants = max_participants
+        if sfus is not None:  # the topology follows at the next change of members
+            self.sfus = tuple(sfus)
+        if mesh_limit is not None:
+            self.mesh_limit = mesh_limit
         try:
             self.keys.update_directory(
                 directory,
@@ -334,6 +357,9 @@ class CallSession:
 
     async def _frame_digests(self, now: float, *, force: bool = False) -> None:
         """Take what the frame crypto recorded, sign and send what is due, raise alarms."""
+        # through an SFU nothing else binds a frame to its sender: an unsigned frame is an
+        # alarm there; on a mesh the connection binds it, and it is only counted
+        self.frame_auth.strict = self.topology == topology.SFU
         hashes = self.engine.take_frame_hashes()
         if hashes is not None:
             self.frame_auth.frames(hashes, now)
@@ -532,8 +558,65 @@ class CallSession:
             )
         return live
 
+    def _wanted_topology(self, members: frozenset[str]) -> topology.Topology:
+        if not isinstance(self.engine, ConferenceEngine):
+            return topology.MESH  # this engine has no SFU path (yet): the call stays a mesh
+        return topology.choose(len(members), self.mesh_limit, self.sfus)
+
+    async def _sync_conference(self, members: frozenset[str]) -> None:
+        """The call goes (or already goes) through the SFU: mesh transports close, the
+        conference carries every member (lock held). Keys are not touched."""
+        engine = self.engine
+        assert isinstance(engine, ConferenceEngine)
+        for table in (self.peers, self.pending):
+            for peer_id in list(table):
+                await self._close_peer(table.pop(peer_id))
+        self.liveness.clear()
+        for peer_id in sorted(self._media_peers - members):
+            self._media_peers.discard(peer_id)
+            await self.engine.peer_left(peer_id)
+        self._media_peers |= members - {self.self_id}
+        if engine.in_conference:
+            await engine.conference_members(members)
+            return
+        spec = topology.conference_spec(
+            self_id=self.self_id,
+            line_id=self.line_id,
+            call_id=self.call_id,
+            sfu=self.sfus[0],
+            publishers=max(self.max_participants, len(members)),
+        )
+        started = time.monotonic()
+        try:
+            await engine.join_conference(spec, members)
+        except HotlineError as exc:
+            self._reject(f"sfu_{exc.reason}", f"joining the conference at {spec.url}: {exc}")
+            self._log_event("sfu_failure", {"url": spec.url, "reason": exc.reason})
+            return
+        self.topology = topology.SFU
+        detail: dict[str, Value] = {
+            "topology": "sfu",
+            "url": spec.url,
+            "members": len(members),
+            "setup_ms": round((time.monotonic() - started) * 1000),
+        }
+        log.warning(
+            "call %s: through the SFU %s (%d members)", self.call_id, spec.url, len(members)
+        )
+        self._log_event("topology", detail)
+        self._on_event("topology", dict(detail))
+
     async def _sync_peers(self, members: frozenset[str]) -> None:
         async with self._lock:
+            if self._wanted_topology(members) == topology.SFU:
+                await self._sync_conference(members)
+                return
+            engine = self.engine
+            if isinstance(engine, ConferenceEngine) and engine.in_conference:
+                await engine.leave_conference()  # back to a mesh: the links are made below
+                self.topology = topology.MESH
+                self._log_event("topology", {"topology": "mesh", "members": len(members)})
+                self._on_event("topology", {"topology": "mesh", "members": len(members)})
             for peer_id in list(self.peers):
                 if peer_id not in members:
                     await self._close_peer(self.peers.pop(peer_id))
@@ -608,6 +691,11 @@ class CallSession:
         """Act on what liveness decides for each peer: show a loss, build a replacement,
         promote it, record a recovery, drop a peer that stayed unreachable."""
         dropped: set[str] = set()
+        if self.topology == topology.SFU:  # no per-peer transports to watch
+            for peer_id in sorted(self._others()):
+                if peer_id not in self._first_media and self.engine.received(peer_id).total:
+                    self._first_media[peer_id] = now
+            return
         async with self._lock:
             for peer_id in sorted(self._others()):
                 live = self._liveness(peer_id)
@@ -677,6 +765,8 @@ class CallSession:
         message = signalling.parse_sdp_message(body)
         if sender not in self.machine.members or self.machine.state != CallState.ACTIVE:
             raise CallProtocolError(f"call.sdp from {sender}, not a member of the active call")
+        if self.topology == topology.SFU:
+            raise CallProtocolError(f"call.sdp from {sender} in a call through the SFU")
         signalling.check_binding(message)
         attempt = message.attempt
         async with self._lock:
@@ -827,11 +917,19 @@ class CallSession:
             },
             "rejected": dict(self.rejected),
             "cosigned": sorted(self.cosigned),
+            "topology": self.topology,
+            "sfu": (
+                self.engine.conference_status()
+                if isinstance(self.engine, ConferenceEngine)
+                else None
+            ),
         }
 
     def _transport_status(self, peer: str) -> dict[str, Any]:
         """What a person reads about the path to ``peer``: connected, or reconnecting since."""
         link, live = self.peers.get(peer), self.liveness.get(peer)
+        if self.topology == topology.SFU:
+            return {"transport": "sfu", "quality": []}
         out: dict[str, Any] = {
             "transport": link.state if link is not None else "closed",
             "quality": self.quality.get(peer, []),

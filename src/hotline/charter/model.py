@@ -52,6 +52,7 @@ MAX_SITES = 16
 MAX_TERMINALS = 256
 MAX_EXCHANGES = 8
 MAX_TURN_RELAYS = 16
+MAX_SFUS = 8
 MAX_NAME_LENGTH = 128
 MAX_URL_LENGTH = 2048
 
@@ -66,12 +67,16 @@ KNOWN_KEMS = frozenset({"MLKEM768_X25519", "X25519"})
 #: what a terminal connects to: wss:// with a pinned certificate, or ws:// on loopback only
 EXCHANGE_SCHEMES = frozenset({"ws", "wss"})
 TURN_SCHEMES = frozenset({"turn", "turns"})
+#: a Janus HTTP API: https:// with a pinned certificate, or http:// on loopback only
+SFU_SCHEMES = frozenset({"http", "https"})
 
 #: policy ranges (inclusive)
 REKEY_INTERVAL_RANGE = (1, 86_400)
 MAX_PARTICIPANTS_RANGE = (2, 64)
 READINESS_INTERVAL_RANGE = (1, 30 * 86_400)
 PEER_TIMEOUT_RANGE = (5, 3600)
+#: most terminals in a mesh call; a call with more goes through one of the charter's SFUs
+MESH_LIMIT_RANGE = (2, 64)
 
 
 class Role(StrEnum):
@@ -164,6 +169,19 @@ class ExchangeEndpoint:
 
 
 @dataclass(frozen=True)
+class SfuEndpoint:
+    """A selective forwarding unit (Janus's HTTP API) conferences may go through. Untrusted
+    like the exchange: it forwards frames it cannot read. Its TLS certificate is pinned."""
+
+    url: str
+    #: ``"sha256:<64 hex>"`` of the DER certificate, or None (plain http:// on loopback)
+    tls_fingerprint: str | None = None
+
+    def to_value(self) -> dict[str, Value]:
+        return {"url": self.url, "tls_fingerprint": self.tls_fingerprint}
+
+
+@dataclass(frozen=True)
 class Policy:
     """What every call on the line must use. Each field is checked by :meth:`validate`."""
 
@@ -183,6 +201,9 @@ class Policy:
     relay_only: bool = False
     #: seconds a member may be unreachable before it is dropped from a call
     peer_timeout_s: int = 60
+    #: most terminals in a mesh (one peer connection per pair); a larger call goes through
+    #: one of the charter's SFUs, and needs one
+    mesh_limit: int = 3
 
     def validate(self) -> None:
         if self.cipher_suite not in KNOWN_CIPHER_SUITES:
@@ -199,6 +220,7 @@ class Policy:
             ("max_participants", self.max_participants, MAX_PARTICIPANTS_RANGE),
             ("readiness_interval_s", self.readiness_interval_s, READINESS_INTERVAL_RANGE),
             ("peer_timeout_s", self.peer_timeout_s, PEER_TIMEOUT_RANGE),
+            ("mesh_limit", self.mesh_limit, MESH_LIMIT_RANGE),
         ):
             if not _is_int(value) or not low <= value <= high:
                 raise CharterError(f"policy: {name} = {value!r} is outside {low}..{high}")
@@ -228,7 +250,7 @@ class Policy:
 
 #: policy fields added after format 1, with their defaults: encoded only when they differ
 OPTIONAL_POLICY_DEFAULTS: Mapping[str, bool | int] = MappingProxyType(
-    {"relay_only": False, "peer_timeout_s": 60}
+    {"relay_only": False, "peer_timeout_s": 60, "mesh_limit": 3}
 )
 
 
@@ -248,6 +270,9 @@ class Charter:
     policy: Policy
     #: unix seconds
     created_at: int
+    #: SFUs for conferences above the policy's mesh limit (a field added after format 1:
+    #: encoded only when there is one, so older charters encode and verify as before)
+    sfus: tuple[SfuEndpoint, ...] = ()
 
     # --- encoding ---
 
@@ -262,6 +287,7 @@ class Charter:
             "exchanges": [e.to_value() for e in self.exchanges],
             "turn_relays": list(self.turn_relays),
             "policy": self.policy.to_value(),
+            **({"sfus": [e.to_value() for e in self.sfus]} if self.sfus else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -335,6 +361,7 @@ class Charter:
         _check_count(len(self.terminals), MAX_TERMINALS, "terminals")
         _check_count(len(self.exchanges), MAX_EXCHANGES, "exchange endpoints")
         _check_count(len(self.turn_relays), MAX_TURN_RELAYS, "TURN relays")
+        _check_count(len(self.sfus), MAX_SFUS, "SFUs")
 
         key_owner: dict[PublicKey, str] = {}
 
@@ -403,6 +430,21 @@ class Charter:
             if url in relays:
                 raise CharterError(f"duplicate TURN relay {url!r} ({where})")
             relays.add(url)
+        sfu_urls: set[str] = set()
+        for i, sfu in enumerate(self.sfus):
+            where = f"sfus[{i}]"
+            _check_url(sfu.url, SFU_SCHEMES, f"{where}: SFU URL")
+            if sfu.url in sfu_urls:
+                raise CharterError(f"duplicate SFU URL {sfu.url!r} ({where})")
+            sfu_urls.add(sfu.url)
+            if sfu.tls_fingerprint is not None and (
+                not isinstance(sfu.tls_fingerprint, str)
+                or not TLS_FINGERPRINT_PATTERN.fullmatch(sfu.tls_fingerprint)
+            ):
+                raise CharterError(
+                    f"{where}: TLS fingerprint must be 'sha256:' and 64 lower-case hex digits"
+                )
+            _check_sfu_reachable(sfu, where)
         if not isinstance(self.policy, Policy):
             raise CharterError("policy is missing")
         self.policy.validate()
@@ -687,6 +729,8 @@ _POLICY_FIELDS = {
     "readiness_interval_s",
     "recording_allowed",
 }
+#: charter fields added after format 1: present only when not empty
+_OPTIONAL_CHARTER_FIELDS = {"sfus"}
 _CHARTER_FIELDS = {
     "kind",
     "line_id",
@@ -712,7 +756,13 @@ def parse_role(text: object, what: str) -> Role:
 
 
 def _parse_charter(value: object) -> Charter:
-    body = _exact_fields(value, "charter", _CHARTER_FIELDS)
+    body = _exact_fields(value, "charter", None)
+    missing_fields = sorted(_CHARTER_FIELDS - set(body))
+    extra_fields = sorted(set(body) - _CHARTER_FIELDS - _OPTIONAL_CHARTER_FIELDS)
+    if missing_fields:
+        raise CharterFormatError(f"charter: missing field {missing_fields[0]!r}")
+    if extra_fields:
+        raise CharterFormatError(f"charter: unknown field {extra_fields[0]!r}")
     if body["kind"] != CHARTER_KIND:
         raise CharterFormatError(
             f"charter: kind {body['kind']!r} is not {CHARTER_KIND!r} (not a Hotline charter)"
@@ -746,6 +796,19 @@ def _parse_charter(value: object) -> Charter:
         if fp is not None and not isinstance(fp, str):
             raise CharterFormatError(f"{what}: tls_fingerprint must be a string or null")
         exchanges.append(ExchangeEndpoint(_str(e, "url", what), fp))
+    sfus = []
+    if "sfus" in body:
+        items = _list(body, "sfus", "charter")
+        if not items:
+            # one encoding per charter: no SFU is encoded as no field
+            raise CharterFormatError("charter: sfus is present but empty")
+        for i, item in enumerate(items):
+            what = f"sfus[{i}]"
+            e = _exact_fields(item, what, _EXCHANGE_FIELDS)
+            fp = e["tls_fingerprint"]
+            if fp is not None and not isinstance(fp, str):
+                raise CharterFormatError(f"{what}: tls_fingerprint must be a string or null")
+            sfus.append(SfuEndpoint(_str(e, "url", what), fp))
     relays = []
     for i, url in enumerate(_list(body, "turn_relays", "charter")):
         if not isinstance(url, str):
@@ -764,6 +827,7 @@ def _parse_charter(value: object) -> Charter:
     if not isinstance(relay_only, bool):
         raise CharterFormatError("policy: relay_only must be true or false")
     peer_timeout_s = _int(p, "peer_timeout_s", "policy") if "peer_timeout_s" in p else 60
+    mesh_limit = _int(p, "mesh_limit", "policy") if "mesh_limit" in p else 3
     for name, default in OPTIONAL_POLICY_DEFAULTS.items():
         if name in p and p[name] == default:
             # one encoding per charter: a field equal to its default is left out
@@ -777,6 +841,7 @@ def _parse_charter(value: object) -> Charter:
         recording_allowed=p["recording_allowed"],
         relay_only=relay_only,
         peer_timeout_s=peer_timeout_s,
+        mesh_limit=mesh_limit,
     )
     return Charter(
         line_id=_str(body, "line_id", "charter"),
@@ -787,6 +852,7 @@ def _parse_charter(value: object) -> Charter:
         turn_relays=tuple(relays),
         policy=policy,
         created_at=_int(body, "created_at", "charter"),
+        sfus=tuple(sfus),
     )
 
 
@@ -850,6 +916,22 @@ def _check_exchange_reachable(endpoint: ExchangeEndpoint, where: str) -> None:
         raise CharterError(
             f"{where}: exchange {endpoint.url!r}: plain ws:// is allowed only to a loopback "
             "address (127.0.0.1, ::1); use wss:// with a pinned certificate"
+        )
+
+
+def _check_sfu_reachable(endpoint: SfuEndpoint, where: str) -> None:
+    """Refuse an SFU every terminal would refuse (``hotline.sfu.janus.check_url``): https://
+    without a pinned certificate, plain http:// to anything but loopback."""
+    parts = urlsplit(endpoint.url)
+    if parts.scheme == "https" and endpoint.tls_fingerprint is None:
+        raise CharterError(
+            f"{where}: SFU {endpoint.url!r} has no pinned TLS certificate "
+            "(give it as URL#sha256:<64 hex>); terminals refuse an unpinned https:// SFU"
+        )
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+        raise CharterError(
+            f"{where}: SFU {endpoint.url!r}: plain http:// is allowed only to a loopback "
+            "address (127.0.0.1, ::1); use https:// with a pinned certificate"
         )
 
 

@@ -78,6 +78,16 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
             help="TURN relay URL (turn: or turns:), no credentials. Repeatable.",
         ),
     ] = None,
+    sfu: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sfu",
+            help=(
+                "SFU (Janus HTTP API) for conferences above the mesh limit: "
+                "https://host:port/janus#sha256:<64 hex>, or http:// on loopback. Repeatable."
+            ),
+        ),
+    ] = None,
     cipher_suite: Annotated[
         str,
         typer.Option(
@@ -115,6 +125,13 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
             help="Seconds a member may be unreachable before it is dropped from a call.",
         ),
     ] = DEFAULT_POLICY.peer_timeout_s,
+    mesh_limit: Annotated[
+        int,
+        typer.Option(
+            "--mesh-limit",
+            help="Most terminals in a mesh call; a larger call goes through an --sfu.",
+        ),
+    ] = DEFAULT_POLICY.mesh_limit,
     version: Annotated[
         int,
         typer.Option("--version", help="Charter version; a new one must be higher than the last."),
@@ -137,6 +154,7 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         recording_allowed=recording,
         relay_only=relay_only,
         peer_timeout_s=peer_timeout,
+        mesh_limit=mesh_limit,
     )
     charter = propose_line(
         line,
@@ -146,6 +164,7 @@ def propose(  # noqa: PLR0917 (typer maps options to parameters)
         turn or (),
         policy,
         version,
+        sfus=sfu or (),
     )
     write_draft(out, charter, overwrite=force)
     console.print(
@@ -231,6 +250,7 @@ def _describe(signed: SignedCharter, check: CharterCheck) -> dict[str, Any]:
         ],
         "exchanges": [{"url": e.url, "tls_fingerprint": e.tls_fingerprint} for e in c.exchanges],
         "turn_relays": list(c.turn_relays),
+        "sfus": [{"url": e.url, "tls_fingerprint": e.tls_fingerprint} for e in c.sfus],
         "policy": dataclasses.asdict(c.policy),
         "unknown_signers": list(check.unknown_signers),
         "complete": check.complete,
@@ -300,7 +320,8 @@ def show(
         f"readiness check every {p['readiness_interval_s']} s, "
         f"recording {'allowed' if p['recording_allowed'] else 'forbidden'}, "
         f"media {'through the TURN relays only' if p['relay_only'] else 'direct or relayed'}, "
-        f"an unreachable member dropped after {p['peer_timeout_s']} s"
+        f"an unreachable member dropped after {p['peer_timeout_s']} s, "
+        f"mesh up to {p['mesh_limit']} terminals"
     )
     if info["exchanges"]:
         for e in info["exchanges"]:
@@ -309,6 +330,9 @@ def show(
     else:
         console.print("Exchange: none")
     console.print("TURN relays: " + (", ".join(escape(u) for u in info["turn_relays"]) or "none"))
+    for e in info["sfus"]:
+        pin = e["tls_fingerprint"] or "no TLS pin"
+        console.print(f"SFU: {escape(e['url'])}  ({escape(pin)})")
     if info["valid"]:
         console.print("[bold green]VALID[/]: complete, every signature verifies")
     else:

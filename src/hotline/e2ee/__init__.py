@@ -1,5 +1,6 @@
-"""End-to-end encryption of a call: SFrame per frame, sender keys over HPKE, signed rosters,
-epochs and the security code. Pure: no I/O; time and randomness are passed in.
+"""End-to-end encryption of a call: SFrame per frame, an epoch secret sealed over HPKE from
+which every sender's key is derived, signed rosters, epochs and the security code. Pure: no
+I/O; time and randomness are passed in.
 
 =====================  ==========================================================
 module                 concept
@@ -9,7 +10,8 @@ module                 concept
 ``media``              codec framing (VP8 clear prefix, Opus) and ``MediaCrypto``,
                        the thread-safe ``FrameCrypto`` the media engine calls;
                        ``for_peer`` binds a mesh connection to its peer's KIDs
-``sender_keys``        ephemeral KEM keys, HPKE sealing of base keys, key commitments
+``sender_keys``        ephemeral KEM keys, HPKE sealing of the epoch secret, its
+                       commitment, the derivation of every sender's base key
 ``messages``           wire formats of the ``e2ee.*`` messages
 ``roster``             who proposes a roster, what a member checks before signing
 ``epochs``             the per-epoch state machine (transition table)

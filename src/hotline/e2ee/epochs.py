@@ -24,13 +24,13 @@ from enum import StrEnum
 from typing import Final
 
 from hotline.e2ee.events import Outgoing
-from hotline.e2ee.messages import Ack, Ephemeral, EpochStart, Message, SenderKey
+from hotline.e2ee.messages import LABEL_PREFIX, Ack, Confirm, Ephemeral, EpochStart, Message
 from hotline.e2ee.roster import Roster
 from hotline.e2ee.sender_keys import EphemeralKeyPair, zeroize
 from hotline.encoding import encode
 from hotline.errors import StateError
 
-TRANSCRIPT_LABEL: Final = "hotline.e2ee.v1.transcript"
+TRANSCRIPT_LABEL: Final = LABEL_PREFIX + "transcript"
 
 
 class State(StrEnum):
@@ -47,8 +47,8 @@ class State(StrEnum):
 class Event(StrEnum):
     START_LED = "start_led"  # we are the leader and opened the epoch
     START_ACCEPTED = "start_accepted"  # we accepted the leader's e2ee.start
-    ROSTER_ACCEPTED = "roster_accepted"  # we checked and signed the roster, sent our key
-    KEYS_COMPLETE = "keys_complete"  # we hold every member's base key, sent our ack
+    ROSTER_ACCEPTED = "roster_accepted"  # we checked the roster and sent our confirm
+    KEYS_COMPLETE = "keys_complete"  # we hold the secret and every confirm, sent our ack
     ACKS_COMPLETE = "acks_complete"  # every member acknowledged: we send under this epoch
     SUPERSEDED = "superseded"  # a newer epoch became active
     GRACE_OVER = "grace_over"  # the grace period ended: keys erased
@@ -80,17 +80,18 @@ def transition(state: State | None, event: Event) -> State:
         raise StateError(f"no transition from {state} on {event}") from None
 
 
-def transcript_hash(roster_hash: bytes, sender_keys: Mapping[str, bytes]) -> bytes:
-    """What every member acknowledges: the roster and every sender key message's signed
-    bytes (by member). Two members with the same transcript hold the same keys."""
+def transcript_hash(roster_hash: bytes, confirms: Mapping[str, bytes]) -> bytes:
+    """What every member acknowledges: the roster (which carries the leader's commitment to
+    the epoch secret) and every confirm message's signed bytes (by member). Two members with
+    the same transcript approved the same roster, opened a secret matching the same
+    commitment, and saw the same revealed nonces: they hold the same keys and show the
+    same code."""
     return hashlib.sha256(
         encode(
             {
                 "t": TRANSCRIPT_LABEL,
                 "roster": roster_hash,
-                "sender_keys": [
-                    [m, hashlib.sha256(sender_keys[m]).digest()] for m in sorted(sender_keys)
-                ],
+                "confirms": [[m, hashlib.sha256(confirms[m]).digest()] for m in sorted(confirms)],
             }
         )
     ).digest()
@@ -99,7 +100,8 @@ def transcript_hash(roster_hash: bytes, sender_keys: Mapping[str, bytes]) -> byt
 @dataclass
 class Attempt:
     """One epoch at this member, from its start until it is active or abandoned. Its
-    secrets (ephemeral key pair, unrevealed nonce, base keys) are kept out of ``repr``."""
+    secrets (ephemeral key pair, unrevealed nonce, epoch secret, base key) are kept out of
+    ``repr``."""
 
     epoch: int
     members: tuple[str, ...]
@@ -108,19 +110,24 @@ class Attempt:
     start: EpochStart
     started_at: float
     state: State | None = None
-    #: our ephemeral key pair; erased as soon as every sealed key is opened
+    #: our ephemeral key pair; erased as soon as the epoch secret is opened
     ephemeral: EphemeralKeyPair | None = field(default=None, repr=False)
-    #: the nonce we committed to (revealed in our sender key message)
+    #: ``ephemeral_key_hash`` of our ephemeral public key (what the roster lists)
+    ek_hash: bytes = b""
+    #: the nonce we committed to (revealed in our confirm message)
     reveal: bytes = field(default=b"", repr=False)
     commit: bytes = b""
     #: leader only: the members' ephemeral messages
     ephemerals: dict[str, Ephemeral] = field(default_factory=dict)
     roster: Roster | None = None
+    #: the epoch secret (made by the leader, opened by the others), until every sender's
+    #: base key is derived from it
+    secret: bytearray | None = field(default=None, repr=False)
+    #: we held the epoch secret (it stays True after the buffer is erased)
+    secret_held: bool = False
     #: our base key for this epoch, until it is handed to the media crypto
     base_key: bytearray | None = field(default=None, repr=False)
-    sender_keys: dict[str, SenderKey] = field(default_factory=dict)
-    #: other members' opened base keys, until they are handed to the media crypto
-    base_keys: dict[str, bytearray] = field(default_factory=dict, repr=False)
+    confirms: dict[str, Confirm] = field(default_factory=dict)
     transcript: bytes | None = None
     security_code: str | None = None
     acks: dict[str, Ack] = field(default_factory=dict)
@@ -141,19 +148,24 @@ class Attempt:
         if self.state is State.AWAITING_ROSTER:
             return (self.leader,)
         if self.state is State.COLLECTING_KEYS:
-            return tuple(m for m in self.members if m not in self.sender_keys)
+            return tuple(
+                m
+                for m in self.members
+                if m not in self.confirms or (m == self.leader and not self.secret_held)
+            )
         if self.state is State.AWAITING_ACKS:
             return tuple(m for m in self.members if m not in self.acks)
         return ()
 
     def erase_secrets(self) -> None:
-        """Erase the ephemeral private key and every base key this attempt still holds."""
+        """Erase the ephemeral private key, the epoch secret and the base key this attempt
+        still holds."""
         if self.ephemeral is not None:
             self.ephemeral.erase()
             self.ephemeral = None
+        if self.secret is not None:
+            zeroize(self.secret)
+            self.secret = None
         if self.base_key is not None:
             zeroize(self.base_key)
             self.base_key = None
-        for key in self.base_keys.values():
-            zeroize(key)
-        self.base_keys.clear()

@@ -4,17 +4,18 @@ Every body is one canonical HCE value (:mod:`hotline.encoding`)::
 
     {"signed": {...}, "sig": <64-byte Ed25519 signature over encode(signed)>}
 
-and a sender key message also has ``"roster_sig"``: the sender's detached signature over
-the roster (see :func:`roster_signature_payload`). Every ``signed`` dict starts with the
-same fields, which bind it to one line, call, charter version, epoch and signer::
+Every ``signed`` dict starts with the same fields, which bind it to one line, call, charter
+version, epoch and signer::
 
-    t      str   the message's label, "hotline.e2ee.v1.<kind>" (domain separation)
+    t      str   the message's label, "hotline.e2ee.v2.<kind>" (domain separation, and the
+                 protocol version: a label of another version raises ProtocolVersionMismatch)
     line   str   line id           call  str  call id        cv  int  charter version
     epoch  int   1 .. 2^56-1       from  str  the signing terminal's id
 
 and then its own fields (docs/protocol.md has the full table). Parsers check the exact set
 of keys, every type and size, sortedness of lists, and raise only
-:class:`~hotline.errors.MalformedMessage`; signatures are checked by :meth:`Message.verify`
+:class:`~hotline.errors.MalformedMessage` (or its subclass
+:class:`~hotline.errors.ProtocolVersionMismatch`); signatures are checked by :meth:`Message.verify`
 (raising :class:`~hotline.errors.BadKeySignature`). Context (line, call, epoch, members)
 is checked by the session, which knows what to expect.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,32 +32,44 @@ from typing import Final, TypedDict
 
 from hotline.e2ee.sframe import MAX_EPOCH, MAX_SENDERS, kid_epoch
 from hotline.encoding import Value, decode, encode
-from hotline.errors import BadKeySignature, EncodingError, MalformedMessage, SignatureError
+from hotline.errors import (
+    BadKeySignature,
+    EncodingError,
+    MalformedMessage,
+    ProtocolVersionMismatch,
+    SignatureError,
+)
 from hotline.keys import PublicKey, SigningKey
 
 MSG_START: Final = "e2ee.start"
 MSG_EPHEMERAL: Final = "e2ee.ephemeral"
 MSG_ROSTER: Final = "e2ee.roster"
-MSG_SENDER_KEY: Final = "e2ee.sender_key"
+MSG_SECRET: Final = "e2ee.secret"  # noqa: S105 (a message type)
+MSG_CONFIRM: Final = "e2ee.confirm"
 MSG_ACK: Final = "e2ee.ack"
-MSG_TYPES: Final = (MSG_START, MSG_EPHEMERAL, MSG_ROSTER, MSG_SENDER_KEY, MSG_ACK)
+MSG_TYPES: Final = (MSG_START, MSG_EPHEMERAL, MSG_ROSTER, MSG_SECRET, MSG_CONFIRM, MSG_ACK)
+#: the kinds that only earlier protocol versions had (refused as a version mismatch)
+OLD_MSG_TYPES: Final = {"e2ee.sender_key": 1}
 #: a sender's signed hashes of the frames it sent under one KID (not a key agreement step:
 #: the call layer handles it, docs/protocol.md §11)
 MSG_FRAME_DIGEST: Final = "e2ee.frame_digest"
 
-LABEL_PREFIX: Final = "hotline.e2ee.v1."
+#: the version of the key agreement protocol, written into every label
+PROTOCOL_VERSION: Final = 2
+LABEL_PREFIX: Final = f"hotline.e2ee.v{PROTOCOL_VERSION}."
 LABELS: Final = {t: LABEL_PREFIX + t.removeprefix("e2ee.") for t in MSG_TYPES}
 LABELS[MSG_FRAME_DIGEST] = LABEL_PREFIX + "frame-digest"
-ROSTER_SIG_LABEL: Final = LABEL_PREFIX + "roster-signature"
-ROSTER_HASH_LABEL: Final = b"hotline.e2ee.v1.roster-hash"
+ROSTER_HASH_LABEL: Final = LABEL_PREFIX.encode() + b"roster-hash"
+EK_HASH_LABEL: Final = LABEL_PREFIX.encode() + b"ek-hash"
 COMMIT_LABEL: Final = LABEL_PREFIX + "commit"
+_VERSION_LABEL: Final = re.compile(r"hotline\.e2ee\.v([0-9]{1,6})\.")
 
 #: a roster has at most this many members (the KID's sender index has 8 bits)
 MAX_MEMBERS: Final = MAX_SENDERS
 MAX_ID_LENGTH: Final = 128
 MAX_REASON_LENGTH: Final = 64
 MAX_NAME_LENGTH: Final = 64
-#: largest message body accepted (a 256-member hybrid roster is ~360 KB)
+#: largest message body accepted (a 256-member roster is ~46 KB)
 MAX_MESSAGE_SIZE: Final = 1 << 20
 HASH_SIZE: Final = 32
 NONCE_SIZE: Final = 32
@@ -72,12 +86,13 @@ _COMMON: Final = frozenset({"t", "line", "call", "cv", "epoch", "from"})
 _FIELDS: Final = {
     MSG_START: _COMMON | {"members", "kem", "suite", "reason"},
     MSG_EPHEMERAL: _COMMON | {"kem", "ek", "commit"},
-    MSG_ROSTER: _COMMON | {"kem", "suite", "members"},
-    MSG_SENDER_KEY: _COMMON | {"roster", "reveal", "sealed", "key_commit"},
+    MSG_ROSTER: _COMMON | {"kem", "suite", "members", "secret_commit"},
+    MSG_SECRET: _COMMON | {"to", "roster", "sealed"},
+    MSG_CONFIRM: _COMMON | {"roster", "reveal"},
     MSG_ACK: _COMMON | {"roster", "transcript"},
     MSG_FRAME_DIGEST: _COMMON | {"kid", "first_ctr", "last_ctr", "hashes"},
 }
-_ENTRY_FIELDS: Final = frozenset({"id", "ik", "ek", "commit", "ek_sig"})
+_ENTRY_FIELDS: Final = frozenset({"id", "ik", "ek_hash", "commit"})
 
 
 @dataclass(frozen=True)
@@ -136,19 +151,22 @@ class Ephemeral(Message):
 class RosterEntry:
     member: str
     identity_key: bytes
-    ek: bytes
+    #: ``ephemeral_key_hash`` of the member's ephemeral public key (only the leader, who
+    #: seals to it, needs the key itself; the member checks its own entry)
+    ek_hash: bytes
     commit: bytes
-    #: the member's own signature of its ephemeral message (``ephemeral_signed_bytes``)
-    ek_sig: bytes
 
 
 @dataclass(frozen=True, kw_only=True)
 class RosterProposal(Message):
-    """The epoch's roster as the leader proposes it; members sign its hash."""
+    """The epoch's roster as the leader proposes it, with the leader's commitment to the
+    epoch secret; members approve its hash (``e2ee.confirm``)."""
 
     kem: str
     suite: str
     entries: tuple[RosterEntry, ...]
+    #: ``sender_keys.secret_commitment`` of the epoch secret sealed to every member
+    secret_commit: bytes
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -160,21 +178,22 @@ class RosterProposal(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SenderKey(Message):
-    """A sender's base key of the epoch, sealed to every other member; its roster signature
-    and the reveal of the nonce it committed to."""
+class Secret(Message):
+    """The leader's epoch secret, sealed to one member's ephemeral key (leader -> that
+    member only)."""
+
+    recipient: str
+    roster_hash: bytes
+    sealed: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Confirm(Message):
+    """A member approves the roster ``roster_hash`` (its signature of this message is its
+    signature of the roster) and reveals the nonce it committed to."""
 
     roster_hash: bytes
     reveal: bytes
-    sealed: Mapping[str, bytes]
-    #: the sender's commitment to its base key (``sender_keys.key_commitment``): every
-    #: recipient checks the key it opened against it, so all hold the same key
-    key_commit: bytes
-    roster_signature: bytes
-
-    def verify_roster_signature(self, key: PublicKey) -> None:
-        payload = roster_signature_payload(self.context, self.epoch, self.roster_hash)
-        _verify(key, self.roster_signature, payload, "roster signature")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,34 +244,22 @@ def _ephemeral_dict(
     return d
 
 
-def ephemeral_signed_bytes(
-    ctx: Context, *, epoch: int, member: str, kem: str, ek: bytes, commit: bytes
-) -> bytes:
-    """What a member signs for its ephemeral key (also checked for each roster entry)."""
-    return encode(_ephemeral_dict(ctx, epoch=epoch, member=member, kem=kem, ek=ek, commit=commit))
-
-
-def roster_signature_payload(ctx: Context, epoch: int, roster_hash: bytes) -> bytes:
-    """What every member signs to approve the roster ``roster_hash`` of ``epoch``."""
-    d = _common(ROSTER_SIG_LABEL, ctx, epoch, "")
-    del d["from"]
-    d["roster"] = roster_hash
-    return encode(d)
+def ephemeral_key_hash(ek: bytes) -> bytes:
+    """What the roster lists for a member's ephemeral public key."""
+    return hashlib.sha256(EK_HASH_LABEL + ek).digest()
 
 
 def commitment(epoch: int, member: str, reveal: bytes) -> bytes:
     """The commitment a member publishes (ephemeral message) to the nonce it reveals later
-    (sender key message); the security code depends on every revealed nonce."""
+    (confirm message); the security code depends on every revealed nonce."""
     return hashlib.sha256(
         encode({"t": COMMIT_LABEL, "epoch": epoch, "from": member, "reveal": reveal})
     ).digest()
 
 
-def _signed_body(key: SigningKey, signed: dict[str, Value], **extra: Value) -> bytes:
+def _signed_body(key: SigningKey, signed: dict[str, Value]) -> bytes:
     data = encode(signed)
-    out: dict[str, Value] = {"signed": signed, "sig": key.sign(data)}
-    out.update(extra)
-    return encode(out)
+    return encode({"signed": signed, "sig": key.sign(data)})
 
 
 # --- builders (each returns a body; parse it back to get the Message) -------------------------
@@ -290,34 +297,38 @@ def build_roster(
     kem: str,
     suite: str,
     entries: Sequence[RosterEntry],
+    secret_commit: bytes,
 ) -> bytes:
     d = _common(LABELS[MSG_ROSTER], ctx, epoch, signer)
     members: list[Value] = [
-        {"id": e.member, "ik": e.identity_key, "ek": e.ek, "commit": e.commit, "ek_sig": e.ek_sig}
+        {"id": e.member, "ik": e.identity_key, "ek_hash": e.ek_hash, "commit": e.commit}
         for e in entries
     ]
-    d.update({"kem": kem, "suite": suite, "members": members})
+    d.update({"kem": kem, "suite": suite, "members": members, "secret_commit": secret_commit})
     return _signed_body(key, d)
 
 
-def build_sender_key(
+def build_secret(
     key: SigningKey,
     ctx: Context,
     *,
     epoch: int,
     signer: str,
+    recipient: str,
     roster_hash: bytes,
-    reveal: bytes,
-    sealed: Mapping[str, bytes],
-    key_commit: bytes,
+    sealed: bytes,
 ) -> bytes:
-    d = _common(LABELS[MSG_SENDER_KEY], ctx, epoch, signer)
-    sealed_value: dict[str, Value] = dict(sealed)
-    d.update(
-        {"roster": roster_hash, "reveal": reveal, "sealed": sealed_value, "key_commit": key_commit}
-    )
-    roster_sig = key.sign(roster_signature_payload(ctx, epoch, roster_hash))
-    return _signed_body(key, d, roster_sig=roster_sig)
+    d = _common(LABELS[MSG_SECRET], ctx, epoch, signer)
+    d.update({"to": recipient, "roster": roster_hash, "sealed": sealed})
+    return _signed_body(key, d)
+
+
+def build_confirm(
+    key: SigningKey, ctx: Context, *, epoch: int, signer: str, roster_hash: bytes, reveal: bytes
+) -> bytes:
+    d = _common(LABELS[MSG_CONFIRM], ctx, epoch, signer)
+    d.update({"roster": roster_hash, "reveal": reveal})
+    return _signed_body(key, d)
 
 
 def build_ack(
@@ -417,16 +428,15 @@ def _sorted_ids(items: Sequence[str], t: str, what: str) -> tuple[str, ...]:
 
 
 #: where the signed part starts in a body: the outer dict's keys are sorted, so "signed"
-#: comes last, after "sig" (and "roster_sig"), whose values have fixed sizes
+#: comes last, after "sig", whose value has a fixed size
 _SIGNED_KEY: Final = b"s\x00\x00\x00\x06signed"
 _SIG_ENTRY: Final = 1 + 4 + 3 + 1 + 4 + SIGNATURE_SIZE
-_ROSTER_SIG_ENTRY: Final = 1 + 4 + 10 + 1 + 4 + SIGNATURE_SIZE
 
 
 def _signed_bytes(body: bytes, t: str) -> bytes:
     """The bytes of the signed part, cut from a body that already decoded canonically
     (so they equal ``encode(signed)``, without encoding again)."""
-    start = 5 + _SIG_ENTRY + (_ROSTER_SIG_ENTRY if t == MSG_SENDER_KEY else 0)
+    start = 5 + _SIG_ENTRY
     if body[start : start + len(_SIGNED_KEY)] != _SIGNED_KEY:  # pragma: no cover - canonical
         raise _bad(t, "signed part not where canonical encoding puts it")
     return body[start + len(_SIGNED_KEY) :]
@@ -442,18 +452,37 @@ class _Common(TypedDict):
     body: bytes
 
 
+def _check_version(msg_type: str, value: Value) -> None:
+    """Raise :class:`ProtocolVersionMismatch` if ``value`` is a message of another
+    version of this protocol (by its label, or by a kind only older versions had)."""
+    version = OLD_MSG_TYPES.get(msg_type)
+    signed = value.get("signed") if isinstance(value, dict) else None
+    label = signed.get("t") if isinstance(signed, dict) else None
+    if isinstance(label, str) and (match := _VERSION_LABEL.match(label)):
+        version = int(match.group(1))
+    if version is not None and version != PROTOCOL_VERSION:
+        raise ProtocolVersionMismatch(
+            f"{msg_type[:40]} is a message of key agreement protocol v{version}; this "
+            f"terminal speaks v{PROTOCOL_VERSION} (the two terminals run different releases)"
+        )
+
+
 def parse(msg_type: str, body: bytes) -> Message:
     """Parse an ``e2ee.*`` body of type ``msg_type``; raises only
-    :class:`MalformedMessage`. Does not check signatures or context."""
-    if msg_type not in _FIELDS:
-        raise MalformedMessage(f"unknown message type {msg_type[:40]!r}")
+    :class:`MalformedMessage` (:class:`ProtocolVersionMismatch` for a message of another
+    protocol version). Does not check signatures or context."""
     t = msg_type
     try:
         value = decode(body, max_size=MAX_MESSAGE_SIZE)
     except EncodingError as exc:
+        _check_version(msg_type, None)
+        if msg_type not in _FIELDS:
+            raise MalformedMessage(f"unknown message type {msg_type[:40]!r}") from None
         raise _bad(t, f"not canonical HCE ({exc})") from None
-    outer_keys = {"signed", "sig", "roster_sig"} if t == MSG_SENDER_KEY else {"signed", "sig"}
-    outer = _dict(value, t, "body", frozenset(outer_keys))
+    _check_version(msg_type, value)
+    if msg_type not in _FIELDS:
+        raise MalformedMessage(f"unknown message type {msg_type[:40]!r}")
+    outer = _dict(value, t, "body", frozenset({"signed", "sig"}))
     signed = _dict(outer["signed"], t, "signed part", _FIELDS[t])
     if signed["t"] != LABELS[t]:
         raise _bad(t, "label does not match the message type")
@@ -500,9 +529,8 @@ def parse(msg_type: str, body: bytes) -> Message:
                 RosterEntry(
                     member=_id(e, "id", t),
                     identity_key=_bytes(e, "ik", t, size=IDENTITY_KEY_SIZE),
-                    ek=_bytes(e, "ek", t, max_size=MAX_PUBLIC_KEY_SIZE),
+                    ek_hash=_bytes(e, "ek_hash", t, size=HASH_SIZE),
                     commit=_bytes(e, "commit", t, size=HASH_SIZE),
-                    ek_sig=_bytes(e, "ek_sig", t, size=SIGNATURE_SIZE),
                 )
             )
         _sorted_ids([e.member for e in entries], t, "members")
@@ -511,24 +539,22 @@ def parse(msg_type: str, body: bytes) -> Message:
             kem=_str(signed, "kem", t, MAX_NAME_LENGTH),
             suite=_str(signed, "suite", t, MAX_NAME_LENGTH),
             entries=tuple(entries),
+            secret_commit=_bytes(signed, "secret_commit", t, size=HASH_SIZE),
         )
     if t == MSG_FRAME_DIGEST:
         return _frame_digest(common, signed)
-    if t == MSG_SENDER_KEY:
-        raw_sealed = signed["sealed"]
-        if not isinstance(raw_sealed, dict) or len(raw_sealed) >= MAX_MEMBERS:
-            raise _bad(t, f"sealed must be a dict of fewer than {MAX_MEMBERS} entries")
-        sealed = {
-            _id_value(r, t, "recipient"): _bytes(raw_sealed, r, t, max_size=MAX_SEALED_SIZE)
-            for r in raw_sealed
-        }
-        return SenderKey(
+    if t == MSG_SECRET:
+        return Secret(
+            **common,
+            recipient=_id(signed, "to", t),
+            roster_hash=_bytes(signed, "roster", t, size=HASH_SIZE),
+            sealed=_bytes(signed, "sealed", t, max_size=MAX_SEALED_SIZE),
+        )
+    if t == MSG_CONFIRM:
+        return Confirm(
             **common,
             roster_hash=_bytes(signed, "roster", t, size=HASH_SIZE),
             reveal=_bytes(signed, "reveal", t, size=NONCE_SIZE),
-            sealed=sealed,
-            key_commit=_bytes(signed, "key_commit", t, size=HASH_SIZE),
-            roster_signature=_bytes(outer, "roster_sig", t, size=SIGNATURE_SIZE),
         )
     return Ack(
         **common,

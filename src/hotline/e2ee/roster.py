@@ -2,11 +2,11 @@
 
 **Who proposes.** The *leader* of an epoch is the member with the lowest terminal id (by
 code point, which is also UTF-8 byte order) among the members of that epoch's roster. The
-leader opens the epoch (``e2ee.start``), collects the ephemeral keys and proposes the
-roster. Nothing else is special about it.
+leader opens the epoch (``e2ee.start``), collects the ephemeral keys, proposes the roster
+and makes the epoch secret that every sender's key is derived from (docs/protocol.md §4
+says what that lets a malicious leader do, and why the protocol is built that way).
 
-**Why that is safe.** Being leader gives no power a member does not already have: every
-member signs a roster only if
+**What a member checks.** Every member approves a roster only if
 
 * it was proposed by the leader of *its own* member list (so the exchange cannot pick a
   proposer, and two honest members never wait for different proposers once their call
@@ -14,12 +14,13 @@ member signs a roster only if
 * its member list equals the participant set that member's own call layer gave it, and
   contains the member itself;
 * its epoch is newer than every epoch the member has seen in this call;
-* every member is in the charter's directory with the identity key shown, every ephemeral
-  key carries its owner's signature (bound to line, call, charter version and epoch), and
-  the member's own entry is exactly the key and commitment it made.
+* every member is in the charter's directory with the identity key shown, and the
+  member's own entry is exactly the hash of the ephemeral key and the commitment it made
+  (the leader checked every member's signature on its ephemeral key; each member checks
+  that its own entry was not substituted, so a substituted entry is refused by its owner).
 
-A malicious leader can only fail to propose (a denial of service that every member sees as
-:class:`~hotline.e2ee.events.MemberLagging`) or propose a roster the others refuse.
+The roster carries the leader's commitment to the epoch secret; approving the roster fixes
+it, and every member checks the secret it opens against it.
 """
 
 from __future__ import annotations
@@ -27,21 +28,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from hotline.e2ee.messages import (
-    Context,
-    EpochStart,
-    RosterEntry,
-    RosterProposal,
-    ephemeral_signed_bytes,
-)
-from hotline.e2ee.sender_keys import Kem, parse_public_key
-from hotline.errors import (
-    DowngradeRefused,
-    MalformedMessage,
-    NotInDirectory,
-    RosterMismatch,
-    SignatureError,
-)
+from hotline.e2ee.messages import EpochStart, RosterEntry, RosterProposal
+from hotline.e2ee.sender_keys import Kem
+from hotline.errors import DowngradeRefused, NotInDirectory, RosterMismatch
 from hotline.keys import PublicKey
 
 
@@ -106,18 +95,16 @@ def check_start(
 def check_roster(
     proposal: RosterProposal,
     *,
-    ctx: Context,
     start: EpochStart,
     self_id: str,
-    own_ek: bytes,
+    own_ek_hash: bytes,
     own_commit: bytes,
     directory: Mapping[str, PublicKey],
     kem: Kem,
     suite: str,
 ) -> Roster:
     """Every check a member makes before it signs ``proposal`` (see the module docstring).
-    Raises :class:`RosterMismatch`, :class:`NotInDirectory`, :class:`DowngradeRefused` or
-    :class:`MalformedMessage`."""
+    Raises :class:`RosterMismatch`, :class:`NotInDirectory` or :class:`DowngradeRefused`."""
     epoch = proposal.epoch
     if proposal.epoch != start.epoch:
         raise RosterMismatch(f"roster for epoch {proposal.epoch}, expected {start.epoch}")
@@ -132,20 +119,7 @@ def check_roster(
             raise NotInDirectory(f"roster names {entry.member}, who is not in the charter")
         if entry.identity_key != identity.raw:
             raise RosterMismatch(f"identity key of {entry.member} is not the charter's")
-        signed = ephemeral_signed_bytes(
-            ctx, epoch=epoch, member=entry.member, kem=kem.name, ek=entry.ek, commit=entry.commit
-        )
-        try:
-            identity.verify(entry.ek_sig, signed, what=f"ephemeral key of {entry.member}")
-        except SignatureError as exc:
-            raise RosterMismatch(
-                f"ephemeral key of {entry.member} is not signed by {entry.member}"
-            ) from exc
-        try:
-            parse_public_key(kem, entry.ek)
-        except MalformedMessage as exc:
-            raise RosterMismatch(f"ephemeral key of {entry.member} is unusable") from exc
-        if entry.member == self_id and (entry.ek != own_ek or entry.commit != own_commit):
+        if entry.member == self_id and (entry.ek_hash != own_ek_hash or entry.commit != own_commit):
             raise RosterMismatch("our own ephemeral key or commitment was substituted")
     return Roster(
         epoch=epoch,

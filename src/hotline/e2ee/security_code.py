@@ -1,7 +1,8 @@
 """The security code: twelve digits in three groups of four, read aloud to compare.
 
 It is a hash of the epoch transcript: the roster hash (which covers the charter version,
-line, call, epoch, and every member's id, identity key, ephemeral key and commitment) and
+line, call, epoch, every member's id, identity key, ephemeral key hash and commitment, and the
+leader's commitment to the epoch secret) and
 the nonces every member revealed after the roster was fixed. Every member computes it from
 the same signed data, so it is identical everywhere; any substitution of a member, an
 identity key or an ephemeral key changes the roster hash and so the code.
@@ -21,7 +22,7 @@ from typing import Final
 
 from hotline.encoding import encode
 
-CODE_LABEL: Final = "hotline.e2ee.v1.security-code"
+CODE_LABEL: Final = "hotline.e2ee.v2.security-code"
 GROUPS: Final = 3
 GROUP_DIGITS: Final = 4
 DIGITS: Final = GROUPS * GROUP_DIGITS

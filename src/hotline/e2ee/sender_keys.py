@@ -1,10 +1,15 @@
-"""Ephemeral KEM keys and the sealing of sender base keys with HPKE (RFC 9180).
+"""Ephemeral KEM keys, the sealing of the epoch secret with HPKE (RFC 9180), its
+commitment, and the derivation of every sender's base key from it.
 
-Each member makes a fresh ephemeral key pair for every epoch (KEM from the charter policy);
-each sender makes a fresh random base key for every epoch and seals it, in HPKE base mode,
-to every other roster member's ephemeral public key. The HPKE ``info`` binds line, call,
-epoch, sender, recipient and the roster hash (``cryptography``'s HPKE has no public AAD, so
-``info`` carries all the context).
+Each member makes a fresh ephemeral key pair for every epoch (KEM from the charter policy).
+The epoch's leader makes a fresh random *epoch secret* and seals it, in HPKE base mode, to
+every other roster member's ephemeral public key (n − 1 seals per epoch); the HPKE ``info``
+binds line, call, charter version, epoch, leader, recipient and the roster hash
+(``cryptography``'s HPKE has no public AAD, so ``info`` carries all the context). The
+leader commits to the secret in the signed roster (:func:`secret_commitment`), and every
+member checks the secret it opened against that commitment, so all members hold the same
+secret. Every sender's SFrame base key is then derived from the secret with HKDF
+(:func:`derive_sender_key`), bound to the epoch, the roster hash and the sender.
 
 ==================  =========================================  ============================
 KEM                 HPKE suite (KEM, KDF, AEAD)                ephemeral public key bytes
@@ -28,6 +33,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives import hashes, hmac, hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hotline.encoding import encode
 from hotline.errors import MalformedMessage, SealedKeyError, StateError, UsageError
@@ -36,10 +42,14 @@ KEM_HYBRID: Final = "MLKEM768_X25519"
 KEM_X25519: Final = "X25519"
 #: size of a sender's base key (the SFrame base_key), bytes
 BASE_KEY_SIZE: Final = 32
-#: the HPKE ``info`` label (domain separation)
-SEAL_INFO_LABEL: Final = "hotline.e2ee.v1.sender-key"
-#: the label of a sender's commitment to its base key
-KEY_COMMIT_LABEL: Final = "hotline.e2ee.v1.key-commitment"
+#: size of the epoch secret the leader seals to every member, bytes
+SECRET_SIZE: Final = 32
+#: the HPKE ``info`` label of a sealed epoch secret (domain separation)
+SEAL_INFO_LABEL: Final = "hotline.e2ee.v2.epoch-secret"
+#: the label of the leader's commitment to the epoch secret
+SECRET_COMMIT_LABEL: Final = "hotline.e2ee.v2.secret-commitment"  # noqa: S105 (a label)
+#: the HKDF ``info`` label of a sender's base key
+SENDER_KEY_LABEL: Final = "hotline.e2ee.v2.sender-base-key"
 
 _X25519_SIZE: Final = 32
 _MLKEM768_PUBLIC_SIZE: Final = 1184
@@ -57,7 +67,7 @@ class Kem:
     name: str
     public_size: int
     seed_size: int
-    #: bytes HPKE adds to the sealed base key: encapsulation + AEAD tag
+    #: bytes HPKE adds to the sealed epoch secret: encapsulation + AEAD tag
     overhead: int
 
     def suite(self) -> hpke.Suite:
@@ -67,7 +77,7 @@ class Kem:
 
     @property
     def sealed_size(self) -> int:
-        return BASE_KEY_SIZE + self.overhead
+        return SECRET_SIZE + self.overhead
 
 
 KEMS: Final[dict[str, Kem]] = {
@@ -146,17 +156,17 @@ class EphemeralKeyPair:
         return self._private is None and self._seed is None
 
     def open(self, sealed: bytes, info: bytes) -> bytes:
-        """Open a base key sealed to this key pair; raises :class:`SealedKeyError`."""
+        """Open an epoch secret sealed to this key pair; raises :class:`SealedKeyError`."""
         if self._private is None:
             raise StateError("ephemeral private key already erased")
         if len(sealed) != self.kem.sealed_size:
-            raise SealedKeyError(f"sealed base key must be {self.kem.sealed_size} bytes")
+            raise SealedKeyError(f"sealed epoch secret must be {self.kem.sealed_size} bytes")
         try:
             plain = self.kem.suite().decrypt(sealed, self._private, info)
         except Exception as exc:  # cryptography raises InvalidTag / ValueError here
-            raise SealedKeyError("sealed base key does not open") from exc
-        if len(plain) != BASE_KEY_SIZE:
-            raise SealedKeyError(f"base key must be {BASE_KEY_SIZE} bytes")
+            raise SealedKeyError("sealed epoch secret does not open") from exc
+        if len(plain) != SECRET_SIZE:
+            raise SealedKeyError(f"epoch secret must be {SECRET_SIZE} bytes")
         return plain
 
     def erase(self) -> None:
@@ -174,74 +184,111 @@ class EphemeralKeyPair:
         return f"EphemeralKeyPair({self.kem.name}, erased={self.erased})"
 
 
-def seal(kem: Kem, public_key: bytes, base_key: bytes | bytearray, info: bytes) -> bytes:
-    """Seal ``base_key`` to ``public_key`` (``enc || ciphertext``); raises
+def seal(kem: Kem, public_key: bytes, secret: bytes | bytearray, info: bytes) -> bytes:
+    """Seal ``secret`` to ``public_key`` (``enc || ciphertext``); raises
     :class:`SealedKeyError` if the key cannot be used (e.g. a low-order X25519 point)."""
     pk = parse_public_key(kem, public_key)
     try:
-        return kem.suite().encrypt(bytes(base_key), pk, info)
+        return kem.suite().encrypt(bytes(secret), pk, info)
     except Exception as exc:  # cryptography raises ValueError for unusable keys
         raise SealedKeyError(f"cannot seal to this {kem.name} key") from exc
 
 
 def seal_info(
-    line_id: str, call_id: str, *, epoch: int, sender: str, recipient: str, roster_hash: bytes
+    line_id: str,
+    call_id: str,
+    *,
+    charter_version: int,
+    epoch: int,
+    leader: str,
+    recipient: str,
+    roster_hash: bytes,
 ) -> bytes:
-    """The HPKE ``info`` of one sealed base key: every piece of context, canonically."""
+    """The HPKE ``info`` of the epoch secret sealed to one member: every piece of context,
+    canonically."""
     return encode(
         {
             "t": SEAL_INFO_LABEL,
             "line": line_id,
             "call": call_id,
+            "cv": charter_version,
             "epoch": epoch,
-            "from": sender,
+            "from": leader,
             "to": recipient,
             "roster": roster_hash,
         }
     )
 
 
-def key_commit_info(
+def secret_commit_info(
+    line_id: str, call_id: str, *, charter_version: int, epoch: int, leader: str
+) -> bytes:
+    """What the leader's commitment to the epoch secret is bound to, canonically. (The
+    commitment itself is in the signed roster, so the roster hash covers it.)"""
+    return encode(
+        {
+            "t": SECRET_COMMIT_LABEL,
+            "line": line_id,
+            "call": call_id,
+            "cv": charter_version,
+            "epoch": epoch,
+            "from": leader,
+        }
+    )
+
+
+def secret_commitment(secret: bytes | bytearray, info: bytes) -> bytes:
+    """The leader's commitment to the epoch secret, signed in its roster:
+    ``HMAC-SHA256(key = secret, msg = info)`` with ``info`` from :func:`secret_commit_info`.
+    Every member recomputes it from the secret it opened (:func:`check_secret_commitment`),
+    so a leader cannot give different members different secrets under one roster. It
+    reveals nothing of the secret (HMAC under a 256-bit random key is a PRF); it binds
+    because two secrets with one commitment would be a SHA-256 collision."""
+    mac = hmac.HMAC(bytes(secret), hashes.SHA256())
+    mac.update(info)
+    return mac.finalize()
+
+
+def check_secret_commitment(commit: bytes, secret: bytes | bytearray, info: bytes) -> None:
+    """Raise :class:`SealedKeyError` unless ``commit`` is the commitment to ``secret``
+    (constant-time comparison)."""
+    if not _stdlib_hmac.compare_digest(secret_commitment(secret, info), commit):
+        raise SealedKeyError("the secret sealed to us is not the one the leader committed to")
+
+
+def sender_key_info(
     line_id: str,
     call_id: str,
     *,
     charter_version: int,
     epoch: int,
-    sender: str,
     roster_hash: bytes,
+    sender: str,
+    index: int,
 ) -> bytes:
-    """What a sender's key commitment is bound to, canonically."""
+    """The HKDF ``info`` of one sender's base key: every piece of context, canonically."""
     return encode(
         {
-            "t": KEY_COMMIT_LABEL,
+            "t": SENDER_KEY_LABEL,
             "line": line_id,
             "call": call_id,
             "cv": charter_version,
             "epoch": epoch,
-            "from": sender,
             "roster": roster_hash,
+            "sender": sender,
+            "index": index,
         }
     )
 
 
-def key_commitment(base_key: bytes | bytearray, info: bytes) -> bytes:
-    """A sender's commitment to its base key of one epoch, signed in its sender key
-    message: ``HMAC-SHA256(key = base_key, msg = info)`` with ``info`` from
-    :func:`key_commit_info`. Every recipient recomputes it from the key it opened
-    (:func:`check_key_commitment`), so a member cannot seal different keys to different
-    members inside one signed message. It reveals nothing of the key (HMAC under a 256-bit
-    random key is a PRF); it binds because two keys with one commitment would be a SHA-256
-    collision."""
-    mac = hmac.HMAC(bytes(base_key), hashes.SHA256())
-    mac.update(info)
-    return mac.finalize()
-
-
-def check_key_commitment(commit: bytes, base_key: bytes | bytearray, info: bytes) -> None:
-    """Raise :class:`SealedKeyError` unless ``commit`` is the commitment to ``base_key``
-    (constant-time comparison)."""
-    if not _stdlib_hmac.compare_digest(key_commitment(base_key, info), commit):
-        raise SealedKeyError("the key sealed to us is not the one its sender committed to")
+def derive_sender_key(secret: bytes | bytearray, info: bytes) -> bytearray:
+    """One sender's SFrame base key of the epoch: ``HKDF-SHA256(salt = "", ikm = secret,
+    info = info, L = 32)`` with ``info`` from :func:`sender_key_info`. Distinct senders,
+    epochs or rosters give independent keys."""
+    if len(secret) != SECRET_SIZE:
+        raise UsageError(f"the epoch secret must be {SECRET_SIZE} bytes")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=BASE_KEY_SIZE, salt=None, info=info)
+    return bytearray(hkdf.derive(bytes(secret)))
 
 
 def zeroize(buf: bytearray) -> None:

@@ -13,11 +13,13 @@ One epoch, at every member (docs/protocol.md has the full specification)::
 
     leader  --e2ee.start------> all        opens epoch E for the members it sees
     member  --e2ee.ephemeral--> leader     fresh KEM key for E, signed; commitment to a nonce
-    leader  --e2ee.roster-----> all        every member's signed ephemeral key
-    member  --e2ee.sender_key-> all        roster signature; fresh base key sealed to each
-                                           other member; the nonce revealed
+    leader  --e2ee.roster-----> all        every member's ephemeral key hash and nonce
+                                           commitment; commitment to a fresh epoch secret
+    leader  --e2ee.secret-----> each       the epoch secret sealed to that member's key
+    member  --e2ee.confirm----> all        approves the roster; the nonce revealed
     member  --e2ee.ack--------> all        "I hold every key of E; transcript T"
-    every member switches its sending to E once it holds every member's ack.
+    every sender's base key of E is derived from the epoch secret; every member switches
+    its sending to E once it holds every member's ack.
 
 Nothing here performs I/O, reads the clock or the OS random source on its own (HPKE's
 encapsulation randomness excepted: ``cryptography`` draws it itself).
@@ -86,7 +88,7 @@ class CallKeySession(EpochSteps):
         ack_timeout_s: an epoch not complete after this long raises MemberLagging (and we
             retransmit our messages); after ``MAX_TIMEOUTS`` of them, EpochFailed.
         grace_s: receive keys of the previous epoch are erased this long after a switch.
-        rng: the random source (seeds of ephemeral keys, base keys, nonces).
+        rng: the random source (seeds of ephemeral keys, epoch secrets, nonces).
         replay_window, key_history, counter_limit: passed to the media crypto.
         key_sink: the media engine's frame crypto, which receives every key installed,
             activated, paused or erased (default: a :class:`MediaCrypto` made here from

@@ -2,7 +2,8 @@
 
 :class:`EpochSteps` is the half of :class:`~hotline.e2ee.session.CallKeySession` that runs
 the protocol of docs/protocol.md: our steps (§4, §6: open an epoch as its leader, accept a
-start, send our ephemeral key, propose the roster, seal our base key, acknowledge, switch)
+start, send our ephemeral key, propose the roster and seal the epoch secret to every member
+(leader), confirm the roster, derive every sender's key, acknowledge, switch)
 and the checks on every message kind we receive, in the order of §5. The session adds the
 call layer's inputs (participants, directory), the timers and the reconciliation of the
 participants with the epochs; its ``__init__`` sets every attribute declared here.
@@ -32,15 +33,17 @@ from hotline.e2ee.media import KeySink
 from hotline.e2ee.roster import Roster, check_roster, check_start, leader_of
 from hotline.e2ee.security_code import security_code
 from hotline.e2ee.sender_keys import (
-    BASE_KEY_SIZE,
+    SECRET_SIZE,
     EphemeralKeyPair,
     Kem,
-    check_key_commitment,
-    key_commit_info,
-    key_commitment,
+    check_secret_commitment,
+    derive_sender_key,
     parse_public_key,
     seal,
     seal_info,
+    secret_commit_info,
+    secret_commitment,
+    sender_key_info,
     zeroize,
 )
 from hotline.e2ee.sframe import MAX_EPOCH, suite_by_name
@@ -216,6 +219,7 @@ class EpochSteps:
         if own_body is not None:
             self._emit(a, None, m.MSG_START, own_body)
         a.ephemeral = EphemeralKeyPair.generate(self._kem, self._rng)
+        a.ek_hash = m.ephemeral_key_hash(a.ephemeral.public)
         a.reveal = bytes(self._rng(NONCE_SIZE))
         a.commit = m.commitment(a.epoch, self.self_id, a.reveal)
         body = m.build_ephemeral(
@@ -237,13 +241,15 @@ class EpochSteps:
             self._record(msg)
 
     def _propose_roster(self, a: Attempt, now: float) -> None:
+        """Leader: make the epoch secret, commit to it in the roster, seal it to every other
+        member's ephemeral key (one ``e2ee.secret`` each), then confirm our own roster."""
+        secret = bytearray(self._rng(SECRET_SIZE))
         entries = [
             m.RosterEntry(
                 member=member,
                 identity_key=self._directory[member].raw,
-                ek=a.ephemerals[member].ek,
+                ek_hash=m.ephemeral_key_hash(a.ephemerals[member].ek),
                 commit=a.ephemerals[member].commit,
-                ek_sig=a.ephemerals[member].signature,
             )
             for member in a.members
         ]
@@ -255,33 +261,82 @@ class EpochSteps:
             kem=self._kem.name,
             suite=self._suite_name,
             entries=entries,
+            secret_commit=secret_commitment(secret, self._secret_commit_info(a)),
         )
-        self._send_own(a, m.MSG_ROSTER, body, now)
+        roster = m.parse(m.MSG_ROSTER, body)
+        assert isinstance(roster, m.RosterProposal)
+        secrets: list[tuple[str, bytes]] = []
+        for member in a.members:
+            if member == self.self_id:
+                continue
+            info = self._seal_info(a, member, roster.roster_hash)
+            try:
+                sealed = seal(self._kem, a.ephemerals[member].ek, secret, info)
+            except SealedKeyError as exc:
+                zeroize(secret)
+                del a.ephemerals[member]  # we wait for a usable key from it (MemberLagging)
+                raise SealedKeyError(
+                    f"cannot seal the epoch secret to the ephemeral key of {member[:64]}"
+                ) from exc
+            secrets.append(
+                (
+                    member,
+                    m.build_secret(
+                        self._key,
+                        self._ctx,
+                        epoch=a.epoch,
+                        signer=self.self_id,
+                        recipient=member,
+                        roster_hash=roster.roster_hash,
+                        sealed=sealed,
+                    ),
+                )
+            )
+        a.secret = secret
+        a.secret_held = True
+        self._emit(a, None, m.MSG_ROSTER, body)
+        for member, secret_body in secrets:
+            self._emit(a, member, m.MSG_SECRET, secret_body)
+        self._record(roster)
+        self._dispatch(roster, now)
+
+    def _maybe_complete(self, a: Attempt, now: float) -> None:
+        if a.state is State.COLLECTING_KEYS and a.secret_held and len(a.confirms) == len(a.members):
+            self._keys_complete(a, now)
 
     def _keys_complete(self, a: Attempt, now: float) -> None:
-        assert a.roster is not None
+        roster = a.roster
+        assert roster is not None and a.secret is not None
         a.advance(Event.KEYS_COMPLETE)
         if a.ephemeral is not None:  # forward secrecy: nothing left to open
             a.ephemeral.erase()
             a.ephemeral = None
+        keys: dict[str, bytearray] = {}
+        for index, member in enumerate(roster.members):
+            key = derive_sender_key(a.secret, self._sender_key_info(a, roster, member, index))
+            if member == self.self_id:
+                a.base_key = key
+            else:
+                keys[member] = key
+        zeroize(a.secret)
+        a.secret = None
         suite = suite_by_name(a.start.suite)  # the policy this epoch was checked against
-        self.media.install_receive_keys(a.epoch, a.members, a.base_keys, suite)
+        self.media.install_receive_keys(a.epoch, a.members, keys, suite)
         a.keys_installed = True
-        for key in a.base_keys.values():
+        for key in keys.values():
             zeroize(key)
-        a.base_keys.clear()
         a.transcript = transcript_hash(
-            a.roster.roster_hash, {s: k.signed for s, k in a.sender_keys.items()}
+            roster.roster_hash, {s: c.signed for s, c in a.confirms.items()}
         )
         a.security_code = security_code(
-            a.roster.roster_hash, {s: k.reveal for s, k in a.sender_keys.items()}
+            roster.roster_hash, {s: c.reveal for s, c in a.confirms.items()}
         )
         body = m.build_ack(
             self._key,
             self._ctx,
             epoch=a.epoch,
             signer=self.self_id,
-            roster_hash=a.roster.roster_hash,
+            roster_hash=roster.roster_hash,
             transcript_hash=a.transcript,
         )
         self._send_own(a, m.MSG_ACK, body, now)
@@ -339,8 +394,10 @@ class EpochSteps:
             self._duplicate(msg)
             return
         msg.verify(identity)
-        if isinstance(msg, m.SenderKey):
-            msg.verify_roster_signature(identity)
+        if isinstance(msg, m.Secret) and msg.recipient != self.self_id:
+            raise UnexpectedMessage(
+                f"epoch secret of epoch {msg.epoch} sealed to {msg.recipient[:64]}, not to us"
+            )
         if (msg.epoch, msg.msg_type, msg.signer) in self._slots:
             raise Equivocation(
                 f"{sender[:64]} signed two different {msg_type} messages for epoch {msg.epoch}"
@@ -432,8 +489,10 @@ class EpochSteps:
             self._on_ephemeral(msg, now)
         elif isinstance(msg, m.RosterProposal):
             self._on_roster(msg, now)
-        elif isinstance(msg, m.SenderKey):
-            self._on_sender_key(msg, now)
+        elif isinstance(msg, m.Secret):
+            self._on_secret(msg, now)
+        elif isinstance(msg, m.Confirm):
+            self._on_confirm(msg, now)
         elif isinstance(msg, m.Ack):
             self._on_ack(msg, now)
         else:  # pragma: no cover - parse() returns only the types above
@@ -492,91 +551,79 @@ class EpochSteps:
             raise RosterMismatch(f"roster of epoch {a.epoch} not proposed by {a.leader}")
         if a.state not in (State.COLLECTING_EPHEMERALS, State.AWAITING_ROSTER):
             raise UnexpectedMessage(f"the roster of epoch {a.epoch} is already signed")
-        assert a.ephemeral is not None
         roster = check_roster(
             msg,
-            ctx=self._ctx,
             start=a.start,
             self_id=self.self_id,
-            own_ek=a.ephemeral.public,
+            own_ek_hash=a.ek_hash,
             own_commit=a.commit,
             directory=self._directory,
             kem=self._kem,
             suite=self._suite_name,
         )
-        base_key = bytearray(self._rng(BASE_KEY_SIZE))
-        sealed: dict[str, bytes] = {}
-        for member in roster.members:
-            if member == self.self_id:
-                continue
-            info = seal_info(
-                self._ctx.line_id,
-                self._ctx.call_id,
-                epoch=a.epoch,
-                sender=self.self_id,
-                recipient=member,
-                roster_hash=roster.roster_hash,
-            )
-            try:
-                sealed[member] = seal(self._kem, roster.entries[member].ek, base_key, info)
-            except SealedKeyError as exc:
-                zeroize(base_key)
-                raise RosterMismatch(f"cannot seal to the ephemeral key of {member}") from exc
         self._record(msg)
         a.roster = roster
-        a.base_key = base_key
         a.advance(Event.ROSTER_ACCEPTED)
-        body = m.build_sender_key(
+        body = m.build_confirm(
             self._key,
             self._ctx,
             epoch=a.epoch,
             signer=self.self_id,
             roster_hash=roster.roster_hash,
             reveal=a.reveal,
-            sealed=sealed,
-            key_commit=key_commitment(base_key, self._commit_info(a.epoch, roster, self.self_id)),
         )
-        self._send_own(a, m.MSG_SENDER_KEY, body, now)
+        self._send_own(a, m.MSG_CONFIRM, body, now)
         self._drain(a, now)
 
-    def _on_sender_key(self, msg: m.SenderKey, now: float) -> None:
+    def _on_secret(self, msg: m.Secret, now: float) -> None:
+        a = self._attempt_for(msg)
+        if msg.signer != a.leader:
+            raise UnexpectedMessage(
+                f"epoch secret of epoch {a.epoch} from {msg.signer[:64]}, not its leader"
+            )
+        if a.roster is None:
+            self._buffer(a, msg)
+            return
+        if a.state is not State.COLLECTING_KEYS or a.secret_held:
+            raise UnexpectedMessage(f"we already hold the secret of epoch {a.epoch}")
+        roster = a.roster
+        if msg.roster_hash != roster.roster_hash:
+            raise RosterMismatch(f"epoch secret of epoch {a.epoch} sealed for another roster")
+        assert a.ephemeral is not None
+        info = self._seal_info(a, self.self_id, roster.roster_hash)
+        opened = bytearray(a.ephemeral.open(msg.sealed, info))
+        try:  # the secret every other member opened: the one the signed roster commits to
+            check_secret_commitment(
+                roster.proposal.secret_commit, opened, self._secret_commit_info(a)
+            )
+        except SealedKeyError as exc:
+            zeroize(opened)
+            raise SealedKeyError(
+                f"the leader {a.leader[:64]} sealed us a secret other than the one its roster "
+                "commits to"
+            ) from exc
+        self._record(msg)
+        a.ephemeral.erase()  # forward secrecy: nothing left to open
+        a.ephemeral = None
+        a.secret = opened
+        a.secret_held = True
+        self._maybe_complete(a, now)
+
+    def _on_confirm(self, msg: m.Confirm, now: float) -> None:
         a = self._attempt_for(msg)
         if a.roster is None:
             self._buffer(a, msg)
             return
         if a.state is not State.COLLECTING_KEYS:
-            raise UnexpectedMessage(f"every key of epoch {a.epoch} is already in")
+            raise UnexpectedMessage(f"every confirm of epoch {a.epoch} is already in")
         roster = a.roster
         if msg.roster_hash != roster.roster_hash:
-            raise RosterMismatch(f"{msg.signer[:64]} signed another roster for epoch {a.epoch}")
-        if set(msg.sealed) != set(roster.members) - {msg.signer}:
-            raise SealedKeyError(f"{msg.signer[:64]} did not seal its key to exactly the others")
+            raise RosterMismatch(f"{msg.signer[:64]} approved another roster for epoch {a.epoch}")
         if m.commitment(a.epoch, msg.signer, msg.reveal) != roster.entries[msg.signer].commit:
             raise SealedKeyError(f"{msg.signer[:64]} revealed a nonce it did not commit to")
-        if msg.signer != self.self_id:
-            assert a.ephemeral is not None
-            info = seal_info(
-                self._ctx.line_id,
-                self._ctx.call_id,
-                epoch=a.epoch,
-                sender=msg.signer,
-                recipient=self.self_id,
-                roster_hash=roster.roster_hash,
-            )
-            opened = bytearray(a.ephemeral.open(msg.sealed[self.self_id], info))
-            try:  # the same key as every other member opened: the one the sender committed to
-                info = self._commit_info(a.epoch, roster, msg.signer)
-                check_key_commitment(msg.key_commit, opened, info)
-            except SealedKeyError as exc:
-                zeroize(opened)
-                raise SealedKeyError(
-                    f"{msg.signer[:64]} sealed us a key other than the one it committed to"
-                ) from exc
-            a.base_keys[msg.signer] = opened
         self._record(msg)
-        a.sender_keys[msg.signer] = msg
-        if len(a.sender_keys) == len(a.members):
-            self._keys_complete(a, now)
+        a.confirms[msg.signer] = msg
+        self._maybe_complete(a, now)
 
     def _on_ack(self, msg: m.Ack, now: float) -> None:
         a = self._attempt_for(msg)
@@ -593,14 +640,35 @@ class EpochSteps:
         if len(a.acks) == len(a.members):
             self._activate(a, now)
 
-    def _commit_info(self, epoch: int, roster: Roster, sender: str) -> bytes:
-        return key_commit_info(
+    def _seal_info(self, a: Attempt, recipient: str, roster_hash: bytes) -> bytes:
+        return seal_info(
             self._ctx.line_id,
             self._ctx.call_id,
             charter_version=self._ctx.charter_version,
-            epoch=epoch,
-            sender=sender,
+            epoch=a.epoch,
+            leader=a.leader,
+            recipient=recipient,
+            roster_hash=roster_hash,
+        )
+
+    def _secret_commit_info(self, a: Attempt) -> bytes:
+        return secret_commit_info(
+            self._ctx.line_id,
+            self._ctx.call_id,
+            charter_version=self._ctx.charter_version,
+            epoch=a.epoch,
+            leader=a.leader,
+        )
+
+    def _sender_key_info(self, a: Attempt, roster: Roster, sender: str, index: int) -> bytes:
+        return sender_key_info(
+            self._ctx.line_id,
+            self._ctx.call_id,
+            charter_version=self._ctx.charter_version,
+            epoch=a.epoch,
             roster_hash=roster.roster_hash,
+            sender=sender,
+            index=index,
         )
 
     def _buffer(self, a: Attempt, msg: m.Message) -> None:
@@ -614,7 +682,7 @@ class EpochSteps:
             if self._pending is not a:
                 return
             msg = a.buffered[slot]
-            if isinstance(msg, m.SenderKey) and a.state is not State.COLLECTING_KEYS:
+            if isinstance(msg, (m.Secret, m.Confirm)) and a.state is not State.COLLECTING_KEYS:
                 continue
             if isinstance(msg, m.Ack) and a.transcript is None:
                 continue

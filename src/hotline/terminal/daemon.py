@@ -299,6 +299,8 @@ class TerminalDaemon:
             source=self.source,
             on_event=self.emit,
             engine=self._engine_for(call_id),
+            sfus=charter.sfus,
+            mesh_limit=charter.policy.mesh_limit,
         )
 
     @property
@@ -493,6 +495,8 @@ class TerminalDaemon:
                 kem=policy.kem,
                 suite=policy.cipher_suite,
                 max_participants=policy.max_participants,
+                sfus=charter.sfus,
+                mesh_limit=policy.mesh_limit,
             )
 
     async def _decline(self, caller: str, call_id: str, reason: str) -> None:

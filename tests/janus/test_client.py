@@ -1,0 +1,148 @@
+"""The Janus client: real errors from a real Janus, and a hostile SFU's answers refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from hotline.errors import JanusError, SfuProtocolError, SfuUnavailable, UsageError
+from hotline.sfu.janus import MAX_ANSWER_BYTES, JanusSession, VideoRoomHandle, janus_id
+from tests.janus.server import JanusServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_real_janus_names_its_errors(janus: JanusServer) -> None:
+    async with JanusSession(janus.url) as session:
+        room = VideoRoomHandle(await session.attach())
+        with pytest.raises(JanusError) as missing:
+            await room.join_publisher(424242, "berlin")
+        assert missing.value.code == 426  # JANUS_VIDEOROOM_ERROR_NO_SUCH_ROOM
+        assert "No such room" in str(missing.value)
+        await room.create_room(515151, publishers=3, secret="s3cret")
+        assert await room.exists(515151)
+        with pytest.raises(JanusError) as taken:
+            await room.create_room(515151, publishers=3, secret="s3cret")
+        assert taken.value.code == 427  # JANUS_VIDEOROOM_ERROR_ROOM_EXISTS
+        with pytest.raises(JanusError) as unauthorized:
+            await room.destroy_room(515151, secret="wrong")
+        assert unauthorized.value.code == 433  # JANUS_VIDEOROOM_ERROR_UNAUTHORIZED
+        await room.destroy_room(515151, secret="s3cret")
+        assert not await room.exists(515151)
+        with pytest.raises(JanusError) as unknown:
+            await session.attach("janus.plugin.echotest")  # not loaded in this Janus
+        assert unknown.value.code == 460  # JANUS_ERROR_PLUGIN_NOT_FOUND
+
+
+async def test_an_sfu_that_is_gone_is_unavailable() -> None:
+    session = JanusSession("http://127.0.0.1:9/janus", request_timeout_s=2)
+    with pytest.raises(SfuUnavailable):
+        await session.create()
+    await session.close()
+
+
+def test_urls_follow_the_charter_rules() -> None:
+    with pytest.raises(UsageError, match="loopback"):
+        JanusSession("http://192.0.2.10:8088/janus")
+    with pytest.raises(UsageError, match="pinned"):
+        JanusSession("https://sfu.example:8089/janus")
+    with pytest.raises(UsageError, match="expected"):
+        JanusSession("ws://127.0.0.1:8188/")
+    JanusSession("https://sfu.example:8089/janus", tls_fingerprint=b"\x00" * 32)
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1 << 53, "12", None, 1.5])
+def test_ids_are_positive_integers_below_2_53(value: object) -> None:
+    with pytest.raises(SfuProtocolError):
+        janus_id(value, "feed")
+
+
+Answer = Callable[[dict[str, Any]], web.Response]
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[tuple[str, list[Answer]]]:
+    """An HTTP server that answers Janus's API with whatever the test puts in ``answers``."""
+    answers: list[Answer] = []
+
+    async def post(request: web.Request) -> web.Response:
+        body = await request.json()
+        if not answers:  # e.g. the destroy at the end
+            return web.json_response({"janus": "ack", "transaction": body["transaction"]})
+        return answers.pop(0)(body)
+
+    async def poll(request: web.Request) -> web.Response:
+        return web.json_response({"janus": "keepalive"})  # at once: the client must not spin
+
+    app = web.Application()
+    app.router.add_post("/janus", post)
+    app.router.add_post("/janus/{session}", post)
+    app.router.add_post("/janus/{session}/{handle}", post)
+    app.router.add_get("/janus/{session}", poll)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/janus", answers
+    await runner.cleanup()
+
+
+def _ok(body: dict[str, Any], **extra: Any) -> web.Response:
+    return web.json_response({"janus": "success", "transaction": body["transaction"], **extra})
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        (lambda b: web.Response(text="<html>"), "not JSON"),
+        (lambda b: web.Response(text=" " * (MAX_ANSWER_BYTES + 1) + "{}"), "too large"),
+        (lambda b: web.json_response({"janus": "success", "transaction": "other"}), "transaction"),
+        (lambda b: _ok(b, data={"id": -5}), "valid id"),
+        (lambda b: _ok(b, data={"id": "7"}), "valid id"),
+        (lambda b: _ok(b, data=[1]), "JSON object"),
+        (lambda b: web.json_response([{"janus": "success"}]), "JSON object"),
+    ],
+)
+async def test_a_hostile_sfus_malformed_answers_are_refused(
+    hostile: tuple[str, list[Answer]], answer: Answer, match: str
+) -> None:
+    url, answers = hostile
+    answers.append(answer)
+    session = JanusSession(url)
+    with pytest.raises(SfuProtocolError, match=match):
+        await session.create()
+    await session.close()
+
+
+async def test_a_hostile_sfus_forged_feed_list_is_refused(
+    hostile: tuple[str, list[Answer]],
+) -> None:
+    url, answers = hostile
+    answers.append(lambda b: _ok(b, data={"id": 11}))
+    answers.append(lambda b: _ok(b, data={"id": 22}))
+    publishers = [{"id": i + 1, "display": "x"} for i in range(65)]  # more than MAX_FEEDS
+    answers.append(
+        lambda b: _ok(
+            b,
+            plugindata={
+                "plugin": "janus.plugin.videoroom",
+                "data": {
+                    "videoroom": "joined",
+                    "room": 1,
+                    "id": 3,
+                    "private_id": 4,
+                    "publishers": publishers,
+                },
+            },
+        )
+    )
+    async with JanusSession(url) as session:
+        room = VideoRoomHandle(await session.attach())
+        with pytest.raises(SfuProtocolError, match="at most 64"):
+            await room.join_publisher(1, "berlin")
+    assert json.dumps(publishers)  # the list itself was well-formed JSON

@@ -169,6 +169,9 @@ class CallSession:
         #: replacements being built beside a lost transport, by peer
         self.pending: dict[str, MediaLink] = {}
         self.liveness: dict[str, PeerLiveness] = {}
+        #: through the SFU: each member's liveness, fed by the frames accepted under its KIDs
+        self.sfu_liveness: dict[str, PeerLiveness] = {}
+        self._sfu_since = 0.0
         #: peers the engine made links to (what shows and plays them lives for the call)
         self._media_peers: set[str] = set()
         #: readiness check: the other ends' reports, and when media from each began
@@ -220,7 +223,10 @@ class CallSession:
         await self.flush()
 
     async def hangup(self, reason: str = "hung up") -> None:
-        if self.machine.state == CallState.ACTIVE:  # sign our last frames before we go
+        if self.machine.state == CallState.ACTIVE:
+            # send nothing more, then sign every frame we sent before we go: none is left
+            # for the others to show unsigned
+            self.engine.key_sink.pause_sending("this terminal is hanging up")
             await self._frame_digests(time.monotonic(), force=True)
         self.machine.hangup(time.monotonic(), reason)
         await self.flush()
@@ -382,6 +388,10 @@ class CallSession:
             wrapped = encode({"call": self.call_id, "digests": batch})
             for recipient in others:
                 await self._send_one(recipient, MSG_FRAME_DIGEST, wrapped)
+        if self._lock.locked():
+            # transports or the conference are being rebuilt, which holds back the envelopes
+            # behind it (the digests among them): judge the deadlines once that is done
+            return
         for alarm in self.frame_auth.poll(now):
             self._on_frame_alarm(alarm)
 
@@ -594,6 +604,8 @@ class CallSession:
             self._log_event("sfu_failure", {"url": spec.url, "reason": exc.reason})
             return
         self.topology = topology.SFU
+        self.sfu_liveness.clear()
+        self._sfu_since = time.monotonic()
         detail: dict[str, Value] = {
             "topology": "sfu",
             "url": spec.url,
@@ -691,10 +703,8 @@ class CallSession:
         """Act on what liveness decides for each peer: show a loss, build a replacement,
         promote it, record a recovery, drop a peer that stayed unreachable."""
         dropped: set[str] = set()
-        if self.topology == topology.SFU:  # no per-peer transports to watch
-            for peer_id in sorted(self._others()):
-                if peer_id not in self._first_media and self.engine.received(peer_id).total:
-                    self._first_media[peer_id] = now
+        if self.topology == topology.SFU:  # no per-peer transports: watch each member's frames
+            await self._watch_members_through_sfu(now)
             return
         async with self._lock:
             for peer_id in sorted(self._others()):
@@ -753,6 +763,48 @@ class CallSession:
                         detail = {"peer": peer_id, "reason": d.reason}
                         self._log_event("peer_unreachable", detail)
                         self._on_event("peer_unreachable", dict(detail))
+        if dropped:
+            self.machine.drop_unreachable(dropped, now)
+            await self.flush()
+
+    async def _watch_members_through_sfu(self, now: float) -> None:
+        """Through the SFU a member is reachable while frames under its KIDs arrive (an SFU
+        may stop forwarding one member's feed and no other): the same liveness rules as a
+        mesh transport, fed by the frames the frame crypto accepted from each member."""
+        by_sender = self.engine.crypto_stats().unprotected_by_sender
+        dropped: set[str] = set()
+        for peer_id in sorted(self._others()):
+            if peer_id not in self._first_media and self.engine.received(peer_id).total:
+                self._first_media[peer_id] = now
+            live = self.sfu_liveness.get(peer_id)
+            if live is None:
+                live = self.sfu_liveness[peer_id] = PeerLiveness(
+                    offerer=False, settings=self._media.liveness
+                )
+            view = LinkView(
+                created=self._sfu_since, state="connected", media_total=by_sender.get(peer_id, 0)
+            )
+            for d in live.observe(now, view, None, keys_ready=self.epoch is not None):
+                detail: dict[str, Value] = {"peer": peer_id, "via": "sfu"}
+                if d.action is Action.LOST:
+                    detail["reason"] = d.reason
+                    log.warning(
+                        "call %s: no frames from %s through the SFU (%s)",
+                        self.call_id,
+                        peer_id,
+                        d.reason,
+                    )
+                    self._log_event("transport_failure", detail)
+                    self._on_event("transport_lost", dict(detail))
+                elif d.action is Action.RECOVERED:
+                    detail["outage_ms"] = round(d.outage * 1000)
+                    self._log_event("transport_recovered", detail)
+                    self._on_event("transport_recovered", dict(detail))
+                elif d.action is Action.DROP:
+                    dropped.add(peer_id)
+                    detail["reason"] = d.reason
+                    self._log_event("peer_unreachable", detail)
+                    self._on_event("peer_unreachable", dict(detail))
         if dropped:
             self.machine.drop_unreachable(dropped, now)
             await self.flush()
@@ -929,7 +981,14 @@ class CallSession:
         """What a person reads about the path to ``peer``: connected, or reconnecting since."""
         link, live = self.peers.get(peer), self.liveness.get(peer)
         if self.topology == topology.SFU:
-            return {"transport": "sfu", "quality": []}
+            member = self.sfu_liveness.get(peer)
+            lost = None if member is None or member.lost_since is None else member.lost_since
+            return {
+                "transport": "sfu" if lost is None else "reconnecting",
+                "quality": [],
+                "reachable": lost is None,
+                "lost_reason": None if member is None else member.lost_reason or None,
+            }
         out: dict[str, Any] = {
             "transport": link.state if link is not None else "closed",
             "quality": self.quality.get(peer, []),

@@ -249,11 +249,11 @@ class VerifierStats:
 class DigestVerifier:
     """Checks accepted frames against their senders' signed hashes.
 
-    ``strict``: a frame not signed within the deadline raises an alarm (an SFU call, where
-    nothing else binds a frame to its sender). Not strict (a mesh call, where each frame's
-    connection already binds it to its sender): such frames are only counted as
-    ``unsigned`` — signalling may be cut while peer-to-peer media still flows — and a
-    mismatching hash still raises an alarm.
+    ``strict``: a frame accepted while it is set and not signed within the deadline raises
+    an alarm (an SFU call, where nothing else binds a frame to its sender). Not strict (a
+    mesh call, where each frame's connection already binds it to its sender): such frames
+    are only counted as ``unsigned`` (signalling may be cut while peer-to-peer media still
+    flows), and a mismatching hash still raises an alarm.
     """
 
     def __init__(
@@ -271,9 +271,9 @@ class DigestVerifier:
         #: (kid, signer) -> ctr -> (signed hash, when it came)
         self._signed: dict[tuple[int, str], dict[int, tuple[bytes, float]]] = {}
         self._signed_order: deque[tuple[float, tuple[int, str], int, int]] = deque()
-        #: (kid, member) -> ctr -> (hash, when accepted) of frames not yet matched, oldest
-        #: first (insertion order is acceptance order)
-        self._pending: dict[tuple[int, str], dict[int, tuple[bytes, float]]] = {}
+        #: (kid, member) -> ctr -> (hash, when accepted, strict then) of frames not yet
+        #: matched, oldest first (insertion order is acceptance order)
+        self._pending: dict[tuple[int, str], dict[int, tuple[bytes, float, bool]]] = {}
         self._verified: Counter[str] = Counter()
         self._unauthenticated: Counter[str] = Counter()
         self._unsigned: Counter[str] = Counter()
@@ -291,7 +291,7 @@ class DigestVerifier:
                 pending = pending_tables.get(key)
                 if pending is None:
                     pending = pending_tables[key] = {}
-                pending[ctr] = (got, now)
+                pending[ctr] = (got, now, self.strict)
             elif got == entry[0]:  # frame hashes are not secret: no constant time needed
                 verified[member] += 1
             else:
@@ -335,16 +335,17 @@ class DigestVerifier:
         for key in list(self._pending):
             frames = self._pending[key]
             expired = []
-            for ctr, (_, at) in frames.items():
+            for ctr, (_, at, _strict) in frames.items():
                 if now - at < self.deadline_s:
                     break  # the rest were accepted later
                 expired.append(ctr)
             for ctr in expired:
-                del frames[ctr]
-                if self.strict:
+                # judged by the path it came on: a frame accepted on a mesh stays bound to
+                # its connection even if the call has moved to the SFU since
+                if frames.pop(ctr)[2]:
                     self._alarm(key[1], key[0], ctr, UNSIGNED)
-            if expired and not self.strict:
-                self._unsigned[key[1]] += len(expired)
+                else:
+                    self._unsigned[key[1]] += 1
             if not frames:
                 del self._pending[key]
         while self._signed_order and now - self._signed_order[0][0] >= self.retain_s:

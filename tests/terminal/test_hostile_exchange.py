@@ -313,7 +313,7 @@ async def test_withheld_frame_digests_counted_on_a_mesh_alarm_on_the_sfu_path(
     assert bravo.call.frame_auth.stats()["verified"] > 20  # alpha's digests went through
     assert bravo.call.frame_auth.stats()["unauthenticated_frame"] == {}
 
-    alpha.call.frame_auth.strict = True  # what the SFU path sets
+    alpha.call.strict_digests = True  # as the call session does through the SFU
     strict_at = time.monotonic()
     await until(
         lambda: bool(scene.events(alpha, "unauthenticated_frame")), "an alarm", timeout=10.0

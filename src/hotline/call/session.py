@@ -159,6 +159,8 @@ class CallSession:
             strict=False,
             member_of=self._member_of,
         )
+        #: check frame digests strictly on a mesh too (they always are through the SFU)
+        self.strict_digests = False
         #: the newest frame alarms (what ``call status`` shows)
         self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
@@ -365,7 +367,7 @@ class CallSession:
         """Take what the frame crypto recorded, sign and send what is due, raise alarms."""
         # through an SFU nothing else binds a frame to its sender: an unsigned frame is an
         # alarm there; on a mesh the connection binds it, and it is only counted
-        self.frame_auth.strict = self.topology == topology.SFU
+        self.frame_auth.strict = self.strict_digests or self.topology == topology.SFU
         hashes = self.engine.take_frame_hashes()
         if hashes is not None:
             self.frame_auth.frames(hashes, now)

@@ -16,3 +16,15 @@ def test_events_read_as_sentences() -> None:
     assert "bravo: no media (reconnecting)" in lost
     other = describe_event({"kind": "rejected", "reason": "bad_tag", "detail": "x", "seq": 1})
     assert "detail=x reason=bad_tag" in other and "seq" not in other
+
+
+def test_a_frame_alarm_reads_as_an_alarm_naming_the_member() -> None:
+    alarm = describe_event(
+        {
+            "kind": "unauthenticated_frame",
+            "member": "paris",
+            "reason": "forged",
+            "message": "5 frame(s) under the key of paris differ from what it signed",
+        }
+    )
+    assert "ALARM: 5 frame(s) under the key of paris" in alarm and "(forged)" in alarm

@@ -216,6 +216,8 @@ class Demo:
                     f"{tid}: end-to-end encrypted, epoch {event['epoch']}, "
                     f"security code {event['security_code']}"
                 )
+            elif kind == "unauthenticated_frame":
+                self.say(f"{tid}: ALARM: {event['message']}")
             elif kind in ("rejected", "frame_rejected", "lagging", "e2ee_failed"):
                 detail = {k: v for k, v in event.items() if k not in ("seq", "time", "kind")}
                 self.say(f"{tid}: {kind} {detail}")

@@ -152,6 +152,14 @@ def test_a_call_moves_to_the_sfu_above_the_mesh_limit_and_back(
                 assert not call["sfu"]["refused"], call["sfu"]
                 for other in set(IDS) - {tid}:
                     assert call["peers"][other]["video_sink"]["corrupt_shown"] == 0
+                # signed frame digests, strict through the SFU: every frame shown is one its
+                # sender signed, no alarm on honest traffic
+                digests = call_of(settled[tid])["e2ee"]["frame_digests"]
+                assert digests["strict"] is True, (tid, digests)
+                assert digests["verified"] > 100, (tid, digests)
+                alarms = call_of(settled[tid])["e2ee"]["frame_alarms"]
+                assert digests["unauthenticated_frame"] == {}, (tid, digests, alarms)
+                assert alarms == []
             # the room exists at Janus and holds the four
             async with line.control(IDS[3]) as last:
                 await last.request("POST", "/hangup")
@@ -180,6 +188,10 @@ def test_a_call_moves_to_the_sfu_above_the_mesh_limit_and_back(
                 for rx, tx in pairs(IDS[:3])
             }
             print(f"longest video gap per pair across mesh -> SFU -> mesh: {gaps}")
+            for tid in IDS[:3]:
+                digests = call_of(after[tid])["e2ee"]["frame_digests"]
+                assert digests["strict"] is False, (tid, digests)  # a mesh again
+                assert digests["unauthenticated_frame"] == {}, (tid, digests)
             for pair, gap in gaps.items():
                 assert gap < 15_000, (pair, gap)  # a bound for a busy host, not a target
                 assert call_of(after[pair[0]])["peers"][pair[1]]["video_sink"]["corrupt_shown"] == 0

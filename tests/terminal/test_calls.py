@@ -129,6 +129,15 @@ async def test_two_terminals_call_rekey_and_verified_logs(two_line: LocalLine) -
             st = statuses[rx]
             call = call_of(st)
             assert call["e2ee"]["rejected"] == {}, call["e2ee"]
+            # signed frame digests on the mesh too: honest frames verified, across the rekey
+            digests = call["e2ee"]["frame_digests"]
+            assert digests["verified"] > 150, digests
+            assert digests["unauthenticated_frame"] == {} and digests["unsigned"] == {}, digests
+            assert digests["digests_rejected"] == {} and digests["digests_received"] > 3
+            assert (
+                call["e2ee"]["frame_alarms"] == []
+                and "unauthenticated_frame" not in call["rejected"]
+            )
             assert call["frames"]["video"]["decrypted"] > 60
             assert call["frames"]["audio"]["decrypted"] > 100
             video = sink(st, tx, "video")

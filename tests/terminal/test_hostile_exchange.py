@@ -280,3 +280,52 @@ async def test_an_offer_delivered_after_the_key_agreement_still_makes_a_call(
     )
     assert bravo.rejected.get("replay", 0) == 0, bravo.rejected
     assert alpha.call.epoch == bravo.call.epoch
+
+
+async def test_withheld_frame_digests_counted_on_a_mesh_alarm_on_the_sfu_path(
+    scene: Scene,
+) -> None:
+    """The exchange withholds every frame digest bravo signs (docs/protocol.md §11). On the
+    mesh, bravo's frames are bound to its connection: alpha counts them as ``unsigned``
+    and raises no alarm. Once alpha checks strictly, as on the SFU path, every frame of
+    bravo's it shows is an alarm naming bravo within about 2 s: an event, the status and
+    the call log. bravo, whose view of alpha's digests is intact, verifies every frame."""
+    alpha, bravo, mitm = scene.alpha, scene.bravo, scene.mitm
+    mitm.hold = lambda env: env.sender == "bravo" and env.msg_type == "e2ee.frame_digest"
+    await alpha.dial("bravo")
+
+    def flowing() -> bool:
+        return (
+            alpha.call is not None
+            and bravo.call is not None
+            and alpha.call.engine.received("bravo").video_frames > 20
+            and bravo.call.engine.received("alpha").video_frames > 20
+        )
+
+    await until(flowing, "media both ways", timeout=20.0)
+    assert alpha.call is not None and bravo.call is not None
+    await asyncio.sleep(3.0)
+    seen = alpha.call.frame_auth.stats()
+    assert seen["unsigned"].get("bravo", 0) > 20, seen
+    assert (
+        seen["unauthenticated_frame"] == {} and scene.events(alpha, "unauthenticated_frame") == []
+    )
+    assert bravo.call.frame_auth.stats()["verified"] > 20  # alpha's digests went through
+    assert bravo.call.frame_auth.stats()["unauthenticated_frame"] == {}
+
+    alpha.call.strict_digests = True  # as the call session does through the SFU
+    strict_at = time.monotonic()
+    await until(
+        lambda: bool(scene.events(alpha, "unauthenticated_frame")), "an alarm", timeout=10.0
+    )
+    assert time.monotonic() - strict_at < 4.0  # 2 s deadline + ticks, on a busy host
+    alarm = scene.events(alpha, "unauthenticated_frame")[0]
+    assert alarm["member"] == "bravo" and alarm["reason"] == "unsigned", alarm
+    assert "bravo" in alarm["message"] and alarm["frames"] >= 1
+    status = await alpha.status()
+    call = status["call"]
+    assert call["rejected"]["unauthenticated_frame"] >= 1, call["rejected"]
+    assert call["e2ee"]["frame_digests"]["unauthenticated_frame"]["bravo"] >= 1
+    assert call["e2ee"]["frame_alarms"][0]["member"] == "bravo"
+    logged = [e for e in alpha.call_log.entries() if e.event == "unauthenticated_frame"]
+    assert logged and logged[0].payload["member"] == "bravo", logged

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from hotline.e2ee.frame_digest import frame_hash
 from hotline.e2ee.media import MediaCrypto
 from hotline.e2ee.sframe import SFrameKey, make_kid, suite_by_name
 from tests.e2ee.vectors import SFRAME_FILE, load
@@ -157,3 +158,32 @@ async def test_media_frames_cross_python_and_javascript(tmp_path: Path, suite: s
         assert set(r["tamper"]) == {"bad_tag"}
         made = bytes.fromhex(r["made"])
         assert receiver.unprotect(f["kind"], made, "bravo") == bytes.fromhex(f["frame"])
+
+
+FRAME_HASHES = """async (frames) => {
+  const sf = await import('/static/sframe.js');
+  const out = [];
+  for (const f of frames) out.push(sf.hex(await sf.frameHash(f.kind, sf.unhex(f.data))));
+  return out;
+}"""
+
+
+async def test_frame_hashes_equal_in_python_and_javascript(tmp_path: Path) -> None:
+    """The hash a signed frame digest names each frame by (docs/protocol.md §11): the page's
+    worker computes it for the frames it protects and accepts, the daemon signs and checks
+    it against Python's, so the two must agree byte for byte."""
+    samples = [
+        ("audio", b""),
+        ("audio", bytes([0xFC]) + bytes(range(60))),
+        ("video", bytes([0x31, 0x12, 0x00]) + bytes(range(256)) * 40),
+        ("video", bytes(range(256)) * 200),  # a 50 KB key frame's size
+    ]
+    async with static_server() as origin, chromium(tmp_path) as browser:
+        page = await browser.new_page()
+        await page.goto(origin + "/")
+        out = await page.evaluate(
+            FRAME_HASHES, [{"kind": kind, "data": data.hex()} for kind, data in samples]
+        )
+    expected = [frame_hash(b"v" if kind == "video" else b"a", data).hex() for kind, data in samples]
+    assert out == expected
+    assert len(set(out)) == len(out)

@@ -19,6 +19,7 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from hotline.call.media_engine import EngineFactory, MediaLink, MediaSettings, Received
+from hotline.e2ee.frame_digest import FrameHashes
 from hotline.e2ee.media import KeySink, MediaCrypto, MediaStats
 from hotline.e2ee.sframe import suite_by_name
 from hotline.media import aiortc_patch, engine
@@ -333,6 +334,9 @@ class AiortcEngine:
 
     def crypto_stats(self) -> MediaStats:
         return self.crypto.stats()
+
+    def take_frame_hashes(self) -> FrameHashes:
+        return self.crypto.take_frame_hashes()
 
     async def close(self) -> None:
         await self.leave_conference()

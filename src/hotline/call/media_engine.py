@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hotline.call.liveness import LivenessSettings
+from hotline.e2ee.frame_digest import FrameHashes
 from hotline.e2ee.media import KeySink, MediaStats
 from hotline.media.stats import FrameEvent
 from hotline.media.turn import IceSettings
@@ -131,6 +132,11 @@ class MediaEngine(Protocol):
 
     def crypto_stats(self) -> MediaStats:
         """The frame crypto's counters (protected, decrypted, rejected by reason)."""
+        ...
+
+    def take_frame_hashes(self) -> FrameHashes | None:
+        """The hashes of the frames protected and accepted since the last call, which the
+        call signs and checks (signed frame digests); None: this engine records none."""
         ...
 
     async def close(self) -> None:

@@ -53,9 +53,10 @@ from hotline.e2ee.events import (
     MemberLagging,
     PeerCharterVersion,
 )
-from hotline.e2ee.messages import MAX_MEMBERS
+from hotline.e2ee.frame_digest import UNAUTHENTICATED_FRAME, FrameAlarm, FrameAuthenticity
+from hotline.e2ee.messages import MAX_MEMBERS, MSG_FRAME_DIGEST, Context
 from hotline.e2ee.session import CallKeySession
-from hotline.e2ee.sframe import DEFAULT_SUITE
+from hotline.e2ee.sframe import DEFAULT_SUITE, kid_epoch, kid_sender_index
 from hotline.encoding import Value, decode, encode, expect_dict
 from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
@@ -76,6 +77,12 @@ MSG_CHECK_REPORT = "check.report"
 #: the caller's verdict of a check, sent to the callee before the hang-up: kept at both ends
 MSG_CHECK_RESULT = "check.result"
 CHECK_VERDICTS = frozenset({"green", "amber", "red"})
+#: how many frame alarms the call's status keeps (the newest)
+MAX_FRAME_ALARMS = 20
+#: signed frame digests sent in one envelope at most, and their bytes at most (a digest
+#: of 1024 frames is ~17 KB; envelopes are at most 64 KB)
+MAX_DIGESTS_PER_ENVELOPE = 16
+DIGEST_ENVELOPE_BYTES = 32 * 1024
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -153,6 +160,20 @@ class CallSession:
             rekey_interval_s=rekey_interval_s,
             key_sink=self.engine.key_sink,
         )
+        #: signed frame digests: every frame shown was signed by the member whose KID it has
+        #: (docs/protocol.md §11); strict on a path where one connection carries everyone
+        self.frame_auth = FrameAuthenticity(
+            context=Context(line_id, call_id, charter_version),
+            self_id=self_id,
+            identity_key=identity_key,
+            directory=directory,
+            strict=False,
+            member_of=self._member_of,
+        )
+        #: check frame digests strictly on a mesh too (they always are through the SFU)
+        self.strict_digests = False
+        #: the newest frame alarms (what ``call status`` shows)
+        self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
         self._log = call_log
         self._media = media
@@ -161,6 +182,9 @@ class CallSession:
         #: replacements being built beside a lost transport, by peer
         self.pending: dict[str, MediaLink] = {}
         self.liveness: dict[str, PeerLiveness] = {}
+        #: through the SFU: each member's liveness, fed by the frames accepted under its KIDs
+        self.sfu_liveness: dict[str, PeerLiveness] = {}
+        self._sfu_since = 0.0
         #: peers the engine made links to (what shows and plays them lives for the call)
         self._media_peers: set[str] = set()
         #: readiness check: the other ends' reports, and when media from each began
@@ -216,6 +240,11 @@ class CallSession:
         await self.flush()
 
     async def hangup(self, reason: str = "hung up") -> None:
+        if self.machine.state == CallState.ACTIVE:
+            # send nothing more, then sign every frame we sent before we go: none is left
+            # for the others to show unsigned
+            self.engine.key_sink.pause_sending("this terminal is hanging up")
+            await self._frame_digests(time.monotonic(), force=True)
         self.machine.hangup(time.monotonic(), reason)
         await self.flush()
 
@@ -238,6 +267,7 @@ class CallSession:
         removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
         self.charter_version = charter_version
+        self.frame_auth.update_directory(directory, charter_version)
         if self.machine.state in (CallState.IDLE, CallState.ENDED):
             return
         if max_participants is not None:
@@ -273,7 +303,9 @@ class CallSession:
         """A verified envelope for this call. Refusals are counted, logged and surfaced."""
         now = time.monotonic()
         try:
-            if msg_type.startswith("e2ee."):
+            if msg_type == MSG_FRAME_DIGEST:
+                self._on_frame_digest(sender, body, now)
+            elif msg_type.startswith("e2ee."):
                 if self.machine.state != CallState.ACTIVE or sender not in self.machine.members:
                     raise CallProtocolError(f"{msg_type} from {sender}, not a member of this call")
                 fields = expect_dict(decode(body), msg_type)
@@ -318,6 +350,7 @@ class CallSession:
         if timer is not None and now >= timer:
             self.keys.handle_timer(now)
         if self.machine.state == CallState.ACTIVE:
+            await self._frame_digests(now)
             await self._watch_transports(now)
             if now - self._quality_at >= QUALITY_INTERVAL_S:
                 self._quality_at = now
@@ -345,6 +378,94 @@ class CallSession:
                 elif peer_id in self.quality:
                     self._on_event("quality_ok", {"peer": peer_id})
                 self.quality[peer_id] = warnings
+
+    # --- signed frame digests (docs/protocol.md §11) ------------------------------------------
+
+    async def _frame_digests(self, now: float, *, force: bool = False) -> None:
+        """Take what the frame crypto recorded, sign and send what is due, raise alarms."""
+        # through an SFU nothing else binds a frame to its sender: an unsigned frame is an
+        # alarm there; on a mesh the connection binds it, and it is only counted
+        self.frame_auth.strict = self.strict_digests or self.topology == topology.SFU
+        hashes = self.engine.take_frame_hashes()
+        if hashes is not None:
+            self.frame_auth.frames(hashes, now)
+        others = sorted(self._others())
+        # the digests due now in as few envelopes per member as fit (the exchange limits
+        # envelopes per second per terminal; a conference of n members sends n-1 a second)
+        batches: list[list[Value]] = []
+        size = 0
+        for body in self.frame_auth.outgoing(now, force=force):
+            if (
+                not batches
+                or len(batches[-1]) >= MAX_DIGESTS_PER_ENVELOPE
+                or (size + len(body) > DIGEST_ENVELOPE_BYTES)
+            ):
+                batches.append([])
+                size = 0
+            batches[-1].append(body)
+            size += len(body)
+        for batch in batches:
+            wrapped = encode({"call": self.call_id, "digests": batch})
+            for recipient in others:
+                await self._send_one(recipient, MSG_FRAME_DIGEST, wrapped)
+        if self._lock.locked():
+            # transports or the conference are being rebuilt, which holds back the envelopes
+            # behind it (the digests among them): judge the deadlines once that is done
+            return
+        for alarm in self.frame_auth.poll(now):
+            self._on_frame_alarm(alarm)
+
+    def _on_frame_digest(self, sender: str, body: bytes, now: float) -> None:
+        if self.machine.state != CallState.ACTIVE or (
+            sender not in self.machine.members and sender not in self.ever_members
+        ):
+            raise CallProtocolError(f"{MSG_FRAME_DIGEST} from {sender}, not in this call")
+        digests = expect_dict(decode(body), MSG_FRAME_DIGEST).get("digests")
+        if (
+            not isinstance(digests, list)
+            or not 0 < len(digests) <= MAX_DIGESTS_PER_ENVELOPE
+            or not all(isinstance(d, bytes) for d in digests)
+        ):
+            raise CallProtocolError(f"{MSG_FRAME_DIGEST}: body without digests")
+        refused: HotlineError | None = None
+        for inner in digests:
+            assert isinstance(inner, bytes)
+            try:
+                self.frame_auth.receive(sender, inner, now)
+            except HotlineError as exc:  # counted there; the others still count
+                refused = exc
+        if refused is not None:
+            raise refused
+
+    def _on_frame_alarm(self, alarm: FrameAlarm) -> None:
+        """Frames shown under a member's key that the member did not sign: an alarm on
+        every screen (event), in the status and in the call log."""
+        detail: dict[str, Value] = {
+            "member": alarm.member,
+            "reason": alarm.reason,
+            "frames": alarm.frames,
+            "kid": alarm.kid,
+            "first_ctr": alarm.first_ctr,
+            "message": alarm.message,
+        }
+        self.rejected[UNAUTHENTICATED_FRAME] = (
+            self.rejected.get(UNAUTHENTICATED_FRAME, 0) + alarm.frames
+        )
+        log.error("call %s: %s (%s)", self.call_id, alarm.message, alarm.reason)
+        self._log_event(UNAUTHENTICATED_FRAME, detail)
+        self._on_event(UNAUTHENTICATED_FRAME, dict(detail))
+        shown: dict[str, Value] = {**detail, "time": int(time.time())}
+        self.frame_alarms = [*self.frame_alarms, shown][-MAX_FRAME_ALARMS:]
+
+    def _member_of(self, kid: int) -> str | None:
+        """The member a KID belongs to by the roster of its epoch (None: not active yet)."""
+        epoch, index = kid_epoch(kid), kid_sender_index(kid)
+        for record in reversed(self.epochs):
+            roster = record.get("roster")
+            if record.get("epoch") == epoch and isinstance(roster, list):
+                member = roster[index] if index < len(roster) else None
+                return member if isinstance(member, str) else None
+        return None
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -503,6 +624,8 @@ class CallSession:
             self._log_event("sfu_failure", {"url": spec.url, "reason": exc.reason})
             return
         self.topology = topology.SFU
+        self.sfu_liveness.clear()
+        self._sfu_since = time.monotonic()
         detail: dict[str, Value] = {
             "topology": "sfu",
             "url": spec.url,
@@ -632,10 +755,8 @@ class CallSession:
         """Act on what liveness decides for each peer: show a loss, build a replacement,
         promote it, record a recovery, drop a peer that stayed unreachable."""
         dropped: set[str] = set()
-        if self.topology == topology.SFU:  # no per-peer transports to watch
-            for peer_id in sorted(self._others()):
-                if peer_id not in self._first_media and self.engine.received(peer_id).total:
-                    self._first_media[peer_id] = now
+        if self.topology == topology.SFU:  # no per-peer transports: watch each member's frames
+            await self._watch_members_through_sfu(now)
             return
         async with self._lock:
             for peer_id in sorted(self._others()):
@@ -694,6 +815,48 @@ class CallSession:
                         detail = {"peer": peer_id, "reason": d.reason}
                         self._log_event("peer_unreachable", detail)
                         self._on_event("peer_unreachable", dict(detail))
+        if dropped:
+            self.machine.drop_unreachable(dropped, now)
+            await self.flush()
+
+    async def _watch_members_through_sfu(self, now: float) -> None:
+        """Through the SFU a member is reachable while frames under its KIDs arrive (an SFU
+        may stop forwarding one member's feed and no other): the same liveness rules as a
+        mesh transport, fed by the frames the frame crypto accepted from each member."""
+        by_sender = self.engine.crypto_stats().unprotected_by_sender
+        dropped: set[str] = set()
+        for peer_id in sorted(self._others()):
+            if peer_id not in self._first_media and self.engine.received(peer_id).total:
+                self._first_media[peer_id] = now
+            live = self.sfu_liveness.get(peer_id)
+            if live is None:
+                live = self.sfu_liveness[peer_id] = PeerLiveness(
+                    offerer=False, settings=self._media.liveness
+                )
+            view = LinkView(
+                created=self._sfu_since, state="connected", media_total=by_sender.get(peer_id, 0)
+            )
+            for d in live.observe(now, view, None, keys_ready=self.epoch is not None):
+                detail: dict[str, Value] = {"peer": peer_id, "via": "sfu"}
+                if d.action is Action.LOST:
+                    detail["reason"] = d.reason
+                    log.warning(
+                        "call %s: no frames from %s through the SFU (%s)",
+                        self.call_id,
+                        peer_id,
+                        d.reason,
+                    )
+                    self._log_event("transport_failure", detail)
+                    self._on_event("transport_lost", dict(detail))
+                elif d.action is Action.RECOVERED:
+                    detail["outage_ms"] = round(d.outage * 1000)
+                    self._log_event("transport_recovered", detail)
+                    self._on_event("transport_recovered", dict(detail))
+                elif d.action is Action.DROP:
+                    dropped.add(peer_id)
+                    detail["reason"] = d.reason
+                    self._log_event("peer_unreachable", detail)
+                    self._on_event("peer_unreachable", dict(detail))
         if dropped:
             self.machine.drop_unreachable(dropped, now)
             await self.flush()
@@ -847,6 +1010,9 @@ class CallSession:
                 "rejected": dict(crypto.rejected),
                 "refused": dict(crypto.refused),
                 "key_messages_rejected": dict(self.keys.rejections),
+                "unprotected_by_sender": dict(crypto.unprotected_by_sender),
+                "frame_digests": self.frame_auth.stats(),
+                "frame_alarms": list(self.frame_alarms),
             },
             "frames": snapshot["frames"],
             "peers": {
@@ -867,7 +1033,14 @@ class CallSession:
         """What a person reads about the path to ``peer``: connected, or reconnecting since."""
         link, live = self.peers.get(peer), self.liveness.get(peer)
         if self.topology == topology.SFU:
-            return {"transport": "sfu", "quality": []}
+            member = self.sfu_liveness.get(peer)
+            lost = None if member is None or member.lost_since is None else member.lost_since
+            return {
+                "transport": "sfu" if lost is None else "reconnecting",
+                "quality": [],
+                "reachable": lost is None,
+                "lost_reason": None if member is None else member.lost_reason or None,
+            }
         out: dict[str, Any] = {
             "transport": link.state if link is not None else "closed",
             "quality": self.quality.get(peer, []),

@@ -162,6 +162,8 @@ def describe_event(event: dict[str, Any]) -> str:
         text = f"call ended: {facts.get('reason')}"
     elif kind in ("transport_lost", "peer_unreachable"):
         text = f"{facts.get('peer')}: {facts.get('reason')} (reconnecting)"
+    elif kind == "unauthenticated_frame":
+        text = f"ALARM: {facts.get('message')} ({facts.get('reason')})"
     elif kind == "transport_recovered":
         text = f"{facts.get('peer')}: back after {facts.get('outage_ms')} ms"
     else:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from hotline.e2ee import sframe
+from hotline.e2ee.frame_digest import FrameHashes, ReceivedFrame, SentFrame, frame_hash
 from hotline.e2ee.sframe import CipherSuite, KeyStore, SFrameKey, SFrameSender
 from hotline.errors import (
     CounterExhausted,
@@ -51,6 +53,8 @@ _AUDIO_AAD: Final = KIND_BYTE[AUDIO]
 _VIDEO_AAD: Final = KIND_BYTE[VIDEO]
 #: how many past epochs' rosters are remembered to name the sender of a rejected frame
 _ROSTER_MEMORY: Final = 16
+#: frame hashes kept for the call layer between two of its looks (each way; ~100 s of media)
+DEFAULT_HASH_BUFFER: Final = 8192
 
 
 class FrameCrypto(Protocol):
@@ -117,6 +121,9 @@ class MediaStats:
     receive_epochs: tuple[int, ...]
     #: the SFrame cipher suite of our send key (None while we cannot send)
     sending_suite: str | None = None
+    #: frames accepted so far by sender (liveness per member where one connection carries
+    #: everyone's frames: an SFU)
+    unprotected_by_sender: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def rejected_total(self) -> int:
@@ -133,7 +140,12 @@ class _Counters:
 class MediaCrypto:
     """Thread-safe SFrame protection of VP8 video and Opus audio frames (a
     :class:`FrameCrypto` and a :class:`KeySink`). With no active send key, ``protect`` raises
-    :class:`NoMediaKey`: no key, no media."""
+    :class:`NoMediaKey`: no key, no media.
+
+    The hash of every frame protected and every frame accepted is recorded
+    (:mod:`hotline.e2ee.frame_digest`) for the call layer to sign and check; it takes them
+    with :meth:`take_frame_hashes`. At most ``hash_buffer`` are kept each way between two
+    takes (the oldest are dropped and counted); 0 records none."""
 
     def __init__(
         self,
@@ -142,6 +154,7 @@ class MediaCrypto:
         history: int = sframe.DEFAULT_HISTORY,
         replay_window: int = sframe.DEFAULT_REPLAY_WINDOW,
         counter_limit: int = sframe.MAX_COUNTER,
+        hash_buffer: int = DEFAULT_HASH_BUFFER,
     ) -> None:
         self.suite = suite
         self._lock = threading.Lock()
@@ -154,6 +167,12 @@ class MediaCrypto:
         self._counters = _Counters()
         self._protected = 0
         self._unprotected = 0
+        self._by_sender: Counter[str] = Counter()
+        #: whether frame hashes are recorded (``hash_buffer`` > 0)
+        self.frame_hashes = hash_buffer > 0
+        self._sent: deque[SentFrame] = deque(maxlen=max(hash_buffer, 1))
+        self._received: deque[ReceivedFrame] = deque(maxlen=max(hash_buffer, 1))
+        self._hash_overflow = 0
 
     # --- the media engine's side (any thread) ------------------------------------------------
 
@@ -177,8 +196,13 @@ class MediaCrypto:
                 sender = self._send
                 if sender is None:
                     raise NoMediaKey(f"no media key: {self._pause_reason}")
-                out = sender.key.protect(sender.reserve(), payload, metadata, clear)
+                ctr = sender.reserve()
+                out = sender.key.protect(ctr, payload, metadata, clear)
                 self._protected += 1
+                if self.frame_hashes:  # in the lock: recorded in counter order
+                    if len(self._sent) == self._sent.maxlen:
+                        self._hash_overflow += 1
+                    self._sent.append(SentFrame(sender.key.kid, ctr, frame_hash(metadata[:1], out)))
             return out
         except (NoMediaKey, CounterExhausted, InvalidMediaFrame, SFrameError) as exc:
             with self._lock:
@@ -223,6 +247,8 @@ class MediaCrypto:
                 )
                 entry.window.accept(ctr)  # refuses a replay; only authentic frames get here
                 self._unprotected += 1
+                self._by_sender[entry.sender] += 1
+                member = entry.sender
         except SFrameError as exc:
             with self._lock:
                 rejected = self._counters.rejected
@@ -231,7 +257,27 @@ class MediaCrypto:
                 self._counters.last_rejected_sender = sender
             log.debug("frame rejected: %s (kid=%s, sender=%s)", exc.reason, kid, sender)
             raise
+        if self.frame_hashes:
+            record = ReceivedFrame(kid, ctr, frame_hash(metadata[:1], data), member)
+            with self._lock:
+                if len(self._received) == self._received.maxlen:
+                    self._hash_overflow += 1
+                self._received.append(record)
         return clear + plaintext if clear else plaintext
+
+    def take_frame_hashes(self) -> FrameHashes:
+        """The hashes of the frames protected and accepted since the last call."""
+        with self._lock:
+            out = FrameHashes(tuple(self._sent), tuple(self._received), self._hash_overflow)
+            self._sent.clear()
+            self._received.clear()
+            self._hash_overflow = 0
+        return out
+
+    def member_of(self, kid: int) -> str | None:
+        """The member ``kid`` belongs to by its epoch's roster (None: not known here)."""
+        with self._lock:
+            return self._sender_name(kid)
 
     def for_peer(self, peer: str) -> PeerFrameCrypto:
         """The frame crypto for the peer connection to ``peer`` (a mesh call): it protects
@@ -250,6 +296,7 @@ class MediaCrypto:
                 sending_epoch=self._send_epoch if self._send is not None else 0,
                 receive_epochs=tuple(sorted({sframe.kid_epoch(k) for k in self._store.kids()})),
                 sending_suite=self._send.key.suite.name if self._send is not None else None,
+                unprotected_by_sender=dict(self._by_sender),
             )
 
     def _sender_name(self, kid: int | None) -> str | None:

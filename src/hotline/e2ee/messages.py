@@ -31,7 +31,7 @@ from functools import cached_property
 from typing import Final, TypedDict
 
 from hotline import ids
-from hotline.e2ee.sframe import MAX_EPOCH, MAX_SENDERS
+from hotline.e2ee.sframe import MAX_EPOCH, MAX_SENDERS, kid_epoch
 from hotline.encoding import Value, decode, encode
 from hotline.errors import (
     BadKeySignature,
@@ -51,11 +51,15 @@ MSG_ACK: Final = "e2ee.ack"
 MSG_TYPES: Final = (MSG_START, MSG_EPHEMERAL, MSG_ROSTER, MSG_SECRET, MSG_CONFIRM, MSG_ACK)
 #: the kinds that only earlier protocol versions had (refused as a version mismatch)
 OLD_MSG_TYPES: Final = {"e2ee.sender_key": 1}
+#: a sender's signed hashes of the frames it sent under one KID (not a key agreement step:
+#: the call layer handles it, docs/protocol.md §11)
+MSG_FRAME_DIGEST: Final = "e2ee.frame_digest"
 
 #: the version of the key agreement protocol, written into every label
 PROTOCOL_VERSION: Final = 2
 LABEL_PREFIX: Final = f"hotline.e2ee.v{PROTOCOL_VERSION}."
 LABELS: Final = {t: LABEL_PREFIX + t.removeprefix("e2ee.") for t in MSG_TYPES}
+LABELS[MSG_FRAME_DIGEST] = LABEL_PREFIX + "frame-digest"
 ROSTER_HASH_LABEL: Final = LABEL_PREFIX.encode() + b"roster-hash"
 EK_HASH_LABEL: Final = LABEL_PREFIX.encode() + b"ek-hash"
 COMMIT_LABEL: Final = LABEL_PREFIX + "commit"
@@ -74,6 +78,10 @@ SIGNATURE_SIZE: Final = 64
 IDENTITY_KEY_SIZE: Final = 32
 MAX_PUBLIC_KEY_SIZE: Final = 4096
 MAX_SEALED_SIZE: Final = 4096
+#: a frame digest names each frame by the first bytes of its SHA-256 (``frame_digest``)
+FRAME_HASH_SIZE: Final = 16
+#: a frame digest covers at most this many counters (a sender splits longer runs)
+MAX_DIGEST_FRAMES: Final = 1024
 
 _COMMON: Final = frozenset({"t", "line", "call", "cv", "epoch", "from"})
 _FIELDS: Final = {
@@ -83,6 +91,7 @@ _FIELDS: Final = {
     MSG_SECRET: _COMMON | {"to", "roster", "sealed"},
     MSG_CONFIRM: _COMMON | {"roster", "reveal"},
     MSG_ACK: _COMMON | {"roster", "transcript"},
+    MSG_FRAME_DIGEST: _COMMON | {"kid", "first_ctr", "last_ctr", "hashes"},
 }
 _ENTRY_FIELDS: Final = frozenset({"id", "ik", "ek_hash", "commit"})
 
@@ -194,6 +203,17 @@ class Ack(Message):
 
     roster_hash: bytes
     transcript_hash: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameDigest(Message):
+    """The sender's hashes of the frames it protected under ``kid`` with counters
+    ``first_ctr`` .. ``last_ctr`` (one per counter; all zero: no frame had that counter)."""
+
+    kid: int
+    first_ctr: int
+    last_ctr: int
+    hashes: tuple[bytes, ...]
 
 
 def _verify(key: PublicKey, signature: bytes, message: bytes, what: str) -> None:
@@ -323,6 +343,29 @@ def build_ack(
 ) -> bytes:
     d = _common(LABELS[MSG_ACK], ctx, epoch, signer)
     d.update({"roster": roster_hash, "transcript": transcript_hash})
+    return _signed_body(key, d)
+
+
+def build_frame_digest(
+    key: SigningKey,
+    ctx: Context,
+    *,
+    epoch: int,
+    signer: str,
+    kid: int,
+    first_ctr: int,
+    hashes: Sequence[bytes],
+) -> bytes:
+    """Sign the hashes of the frames sent under ``kid`` from counter ``first_ctr`` on."""
+    d = _common(LABELS[MSG_FRAME_DIGEST], ctx, epoch, signer)
+    d.update(
+        {
+            "kid": kid,
+            "first_ctr": first_ctr,
+            "last_ctr": first_ctr + len(hashes) - 1,
+            "hashes": b"".join(hashes),
+        }
+    )
     return _signed_body(key, d)
 
 
@@ -500,6 +543,8 @@ def parse(msg_type: str, body: bytes) -> Message:
             entries=tuple(entries),
             secret_commit=_bytes(signed, "secret_commit", t, size=HASH_SIZE),
         )
+    if t == MSG_FRAME_DIGEST:
+        return _frame_digest(common, signed)
     if t == MSG_SECRET:
         return Secret(
             **common,
@@ -518,3 +563,16 @@ def parse(msg_type: str, body: bytes) -> Message:
         roster_hash=_bytes(signed, "roster", t, size=HASH_SIZE),
         transcript_hash=_bytes(signed, "transcript", t, size=HASH_SIZE),
     )
+
+
+def _frame_digest(common: _Common, signed: Mapping[str, Value]) -> FrameDigest:
+    t = MSG_FRAME_DIGEST
+    top = (1 << 63) - 1  # HCE integers are signed 64-bit
+    kid = _int(signed, "kid", t, 0, top)
+    if kid_epoch(kid) != common["epoch"]:
+        raise _bad(t, "the KID is not of the message's epoch")
+    first = _int(signed, "first_ctr", t, 0, top)
+    last = _int(signed, "last_ctr", t, first, min(first + MAX_DIGEST_FRAMES - 1, top))
+    raw = _bytes(signed, "hashes", t, size=FRAME_HASH_SIZE * (last - first + 1))
+    hashes = tuple(raw[i : i + FRAME_HASH_SIZE] for i in range(0, len(raw), FRAME_HASH_SIZE))
+    return FrameDigest(**common, kid=kid, first_ctr=first, last_ctr=last, hashes=hashes)

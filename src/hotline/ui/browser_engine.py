@@ -14,7 +14,11 @@ page -> daemon   ``{"type": "reply", "id": N, "ok": true, "sdp": ...}``,
                  ``{"type": "link", "link": L, "state": S}`` (connection state), and
                  ``{"type": "stats", ...}`` twice a second: per link the frames decrypted
                  (liveness watches them) and shown; the worker's counters (frames
-                 protected, decrypted, rejected by reason, refused by reason)
+                 protected, decrypted, rejected by reason, refused by reason); and the
+                 hash of every frame protected and accepted since the last report
+                 (``hashes``: ``sent`` [[kid, ctr, hex]], ``received`` [[kid, ctr, hex,
+                 member]], ``overflow``; kid and ctr as decimal strings), which the daemon
+                 signs and checks (signed frame digests, docs/protocol.md §11)
 
 Fail closed: with no page open a link cannot be made (the call shows it); the page drops
 every frame it cannot protect or authenticate, and counts it.
@@ -34,7 +38,8 @@ from typing import Any
 from aiohttp import web
 
 from hotline.call.media_engine import EngineFactory, MediaLink, Received
-from hotline.e2ee.media import KeySink, MediaStats
+from hotline.e2ee.frame_digest import FRAME_HASH_SIZE, FrameHashes, ReceivedFrame, SentFrame
+from hotline.e2ee.media import DEFAULT_HASH_BUFFER, KeySink, MediaStats
 from hotline.e2ee.sframe import MAX_EPOCH, CipherSuite, suite_by_name
 from hotline.errors import SdpError, StateError
 from hotline.media.stats import RECV, FrameEvent
@@ -46,6 +51,49 @@ log = logging.getLogger("hotline.ui.engine")
 REQUEST_TIMEOUT_S = 10.0
 #: the suites the page's WebCrypto implements
 PAGE_SUITES = frozenset({"AES_128_GCM_SHA256_128", "AES_256_GCM_SHA512_128"})
+_MAX_FIELD = (1 << 64) - 1
+
+
+def _counter(value: object) -> int:
+    """A KID or counter from the page (a decimal string): raises ValueError if it is not."""
+    if not isinstance(value, str) or not value.isdigit() or len(value) > 20:
+        raise ValueError("not a decimal counter")
+    n = int(value)
+    if n > _MAX_FIELD:
+        raise ValueError("counter out of range")
+    return n
+
+
+def _hash(value: object) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * FRAME_HASH_SIZE:
+        raise ValueError("not a frame hash")
+    return bytes.fromhex(value)
+
+
+def parse_page_hashes(data: Mapping[str, Any]) -> FrameHashes:
+    """The frame hashes in a page's stats report; malformed entries are left out and
+    counted as overflow (the daemon then signs or verifies fewer frames: fail closed)."""
+    sent: list[SentFrame] = []
+    received: list[ReceivedFrame] = []
+    bad = 0
+    raw_sent, raw_received = data.get("sent"), data.get("received")
+    for entry in raw_sent[:DEFAULT_HASH_BUFFER] if isinstance(raw_sent, list) else ():
+        try:
+            kid, ctr, h = entry
+            sent.append(SentFrame(_counter(kid), _counter(ctr), _hash(h)))
+        except (TypeError, ValueError):
+            bad += 1
+    for entry in raw_received[:DEFAULT_HASH_BUFFER] if isinstance(raw_received, list) else ():
+        try:
+            kid, ctr, h, member = entry
+            if not isinstance(member, str) or not 0 < len(member) <= 128:
+                raise ValueError("not a member id")
+            received.append(ReceivedFrame(_counter(kid), _counter(ctr), _hash(h), member))
+        except (TypeError, ValueError):
+            bad += 1
+    overflow = data.get("overflow")
+    dropped = overflow if isinstance(overflow, int) and not isinstance(overflow, bool) else 0
+    return FrameHashes(tuple(sent), tuple(received), bad + max(0, dropped))
 
 
 def _b64(data: bytes | bytearray) -> str:
@@ -300,6 +348,7 @@ class BrowserEngine:
         self._ids = itertools.count(1)
         self.crypto: dict[str, Any] = {}
         self._ice = ice or IceSettings()
+        self._hashes: list[FrameHashes] = []
         hub.engines[call_id] = self
 
     async def _ice_config(self) -> dict[str, Any]:
@@ -360,6 +409,9 @@ class BrowserEngine:
             link.state = state
 
     def on_stats(self, data: dict[str, Any]) -> None:
+        hashes = data.get("hashes")
+        if isinstance(hashes, dict) and len(self._hashes) < 64:  # ~30 s untaken: drop more
+            self._hashes.append(parse_page_hashes(hashes))
         crypto = data.get("crypto")
         if isinstance(crypto, dict):
             before = dict(self.crypto.get("rejected", {}))
@@ -421,6 +473,15 @@ class BrowserEngine:
             sending_epoch=self.sink.send_epoch,
             receive_epochs=tuple(sorted(self.sink.epochs)),
             sending_suite=self.sink.send_suite,
+        )
+
+    def take_frame_hashes(self) -> FrameHashes:
+        """The hashes the page's worker reported since the last call (twice a second)."""
+        batches, self._hashes = self._hashes, []
+        return FrameHashes(
+            tuple(f for b in batches for f in b.sent),
+            tuple(f for b in batches for f in b.received),
+            sum(b.overflow for b in batches),
         )
 
     async def close(self) -> None:

@@ -293,6 +293,7 @@ function tickDuration() {
 
 function onEvent(event) {
   if (event.kind === "e2ee_failed") showBanner(`end-to-end encryption failed: ${event.reason}`, true);
+  if (event.kind === "unauthenticated_frame") showBanner(`ALARM: ${event.message}`, true);
   // the end of a readiness check is no news for the principal (its result is on the line screen)
   if (event.kind === "ended" && event.purpose !== "check") showBanner(`call ended: ${event.reason}`, false);
   if (event.kind === "ring") showBanner("", false);

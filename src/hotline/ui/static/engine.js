@@ -31,6 +31,7 @@ export class PageEngine {
     this.shown = null;
     this.framesShown = 0;
     this.workerStats = { counters: { protected: 0, decrypted: 0, rejected: {}, refused: {} }, links: {} };
+    this.pendingHashes = { sent: [], received: [], overflow: 0 };
     this.timer = null;
     this.gallery = elements.gallery || null;  // speaker view and strip (gallery.js)
   }
@@ -43,6 +44,11 @@ export class PageEngine {
     this.worker.onmessage = (e) => {
       if (e.data.type === "stats") {
         this.workerStats = e.data;
+        const h = e.data.hashes;  // taken from the worker with each stats reply: keep them
+        if (h) {
+          const p = this.pendingHashes;
+          p.sent.push(...h.sent); p.received.push(...h.received); p.overflow += h.overflow;
+        }
         const waiting = this.statsWaiters || [];
         this.statsWaiters = [];
         waiting.forEach((resolve) => resolve());
@@ -252,12 +258,15 @@ export class PageEngine {
     this.el.remote.classList.toggle("stale", stale);
     this.el.noVideo.classList.toggle("hidden", !stale && this.el.remote.srcObject != null);
     if (stale) this.el.noVideo.textContent = "Video interrupted: no frame could be decrypted or received for over a second";
+    await this.freshWorkerStats();  // the frame hashes of the last moments too
     const c = this.workerStats.counters || {};
+    const hashes = this.pendingHashes;
+    this.pendingHashes = { sent: [], received: [], overflow: 0 };
     this.send({
       type: "stats", call: this.call,
       crypto: { protected: c.protected || 0, decrypted: c.decrypted || 0,
                 rejected: c.rejected || {}, refused: c.refused || {} },
-      links, frames_shown: this.framesShown,
+      links, frames_shown: this.framesShown, hashes,
     });
   }
 

@@ -179,6 +179,16 @@ export class ReplayWindow {
   }
 }
 
+const FRAME_HASH_LABEL = ENC.encode("hotline.e2ee.v1.frame-hash");
+
+/** The hash that names one protected frame in a signed frame digest (docs/protocol.md §11):
+ *  SHA-256("hotline.e2ee.v1.frame-hash" || kind byte || protected frame)[0:16]. The input
+ *  is copied before this returns, so the frame's buffer may be handed on at once. */
+export async function frameHash(kind, data) {
+  const input = concat(FRAME_HASH_LABEL, new Uint8Array([KIND_BYTE[kind]]), data);
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", input)).slice(0, 16);
+}
+
 export function hex(bytes) { return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(""); }
 export function unhex(text) {
   const out = new Uint8Array(text.length / 2);

@@ -12,12 +12,34 @@ let pauseReason = "no epoch is active yet";
 const counters = { protected: 0, decrypted: 0, rejected: {}, refused: {} };
 const perLink = new Map();   // link -> {decrypted, rejected}
 const receivers = new Set(); // transformers of received media (key frame requests)
+// the hash of every frame protected and accepted, for the daemon to sign and check (signed
+// frame digests): [kid, ctr, hash] and [kid, ctr, hash, member], kid and ctr as decimal
+const hashes = { sent: [], received: [], overflow: 0 };
+const MAX_HASHES = 8192;
+// counters being protected and hashed, per kid: a sent hash is handed over only once every
+// lower counter of its kid is done, so the daemon gets them in counter order
+const inflight = new Map();   // kid (decimal) -> Set of counters (BigInt)
 
 function count(table, reason) { table[reason] = (table[reason] || 0) + 1; }
 function linkStats(link) {
   let s = perLink.get(link);
   if (!s) { s = { decrypted: 0, rejected: 0, sent: 0 }; perLink.set(link, s); }
   return s;
+}
+function keepHash(list, entry) {
+  if (list.length >= MAX_HASHES) { list.shift(); hashes.overflow++; }
+  list.push(entry);
+}
+function takeHashes() {
+  const ready = [], held = [];
+  for (const entry of hashes.sent) {
+    const busy = inflight.get(entry[0]);
+    const ctr = BigInt(entry[1]);
+    (busy && [...busy].some((c) => c < ctr) ? held : ready).push(entry);
+  }
+  const out = { sent: ready, received: hashes.received, overflow: hashes.overflow };
+  hashes.sent = held; hashes.received = []; hashes.overflow = 0;
+  return out;
 }
 function b64(text) { return Uint8Array.from(atob(text), (c) => c.charCodeAt(0)); }
 
@@ -59,7 +81,8 @@ self.onmessage = (event) => {
   if (msg.type === "keys") keyChain = keyChain.then(() => onKeys(msg)).catch(() => {});
   else if (msg.type === "stats") {
     self.postMessage({ type: "stats", counters, links: Object.fromEntries(perLink),
-                       sending: sender ? sender.epoch : 0, pauseReason });
+                       sending: sender ? sender.epoch : 0, pauseReason,
+                       hashes: takeHashes() });
   } else if (msg.type === "ping") self.postMessage({ type: "pong" });
 };
 
@@ -67,16 +90,31 @@ function sendTransform(kind, link) {
   return async (frame, controller) => {
     const s = sender;
     if (!s) { count(counters.refused, "no_media_key"); return; }  // dropped: fail closed
+    const ctr = s.ctr; s.ctr += 1n;
+    const kid = s.k.kid.toString();
+    if (!inflight.has(kid)) inflight.set(kid, new Set());
+    const busy = inflight.get(kid);
+    busy.add(ctr);
+    const done = () => {
+      busy.delete(ctr);
+      if (!busy.size && inflight.get(kid) === busy && sender !== s) inflight.delete(kid);
+    };
     try {
-      const ctr = s.ctr; s.ctr += 1n;
-      frame.data = (await sf.protectFrame(s.k, ctr, kind, new Uint8Array(frame.data))).buffer;
+      const out = await sf.protectFrame(s.k, ctr, kind, new Uint8Array(frame.data));
+      frame.data = out.buffer;
+      const hashed = sf.frameHash(kind, out);  // copies the frame before it is handed on
       counters.protected++;
       const ls = linkStats(link);
       ls.sent++;
       ls[`sent_${kind}`] = (ls[`sent_${kind}`] || 0) + 1;
       controller.enqueue(frame);
+      // the next frame does not wait for this hash
+      hashed.then((h) => keepHash(hashes.sent, [kid, ctr.toString(), sf.hex(h)]))
+        .catch(() => count(counters.refused, "frame_hash"))
+        .finally(done);
     } catch (e) {
       count(counters.refused, e.reason || "error");
+      done();
     }
   };
 }
@@ -84,7 +122,8 @@ function sendTransform(kind, link) {
 function receiveTransform(kind, link, peer) {
   return async (frame, controller) => {
     try {
-      const parsed = sf.parseFrame(kind, new Uint8Array(frame.data));
+      const data = new Uint8Array(frame.data);
+      const parsed = sf.parseFrame(kind, data);
       const entry = receive.get(parsed.kid);
       if (!entry) throw new sf.FrameError("unknown_kid");
       if (entry.member !== peer) throw new sf.FrameError("wrong_sender");
@@ -95,12 +134,17 @@ function receiveTransform(kind, link, peer) {
       // a retransmission): dropped and counted apart, it says nothing about an attack
       if (repeat) throw new sf.FrameError(`duplicate_${kind}`);
       entry.window.accept(parsed.ctr);
+      const hashed = sf.frameHash(kind, data);  // the frame as it arrived, copied now
       frame.data = plain.buffer;
       counters.decrypted++;
       const ls = linkStats(link);
       ls.decrypted++;
       ls[`decrypted_${kind}`] = (ls[`decrypted_${kind}`] || 0) + 1;
       controller.enqueue(frame);
+      const member = entry.member;
+      hashed.then((h) => keepHash(hashes.received, [parsed.kid.toString(), parsed.ctr.toString(),
+                                                    sf.hex(h), member]))
+        .catch(() => count(counters.rejected, "frame_hash"));
     } catch (e) {
       count(counters.rejected, e.reason || "error");  // dropped, never shown
       linkStats(link).rejected++;

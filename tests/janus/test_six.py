@@ -275,11 +275,9 @@ def test_six_terminals_join_leave_injection_and_forgery_through_janus(
             for i in set(ALL) - {FORGER, VICTIM}:
                 taps[i, VICTIM].queue.extend(forged(cryptos[FORGER], 5) for _ in range(3))
             # and on its own feed: the subscription to paris takes only paris's KIDs
-            for i in set(ALL) - {FORGER}:
-                victim = sorted(ALL).index(VICTIM)
-                taps[i, FORGER].queue.extend(
-                    forged(cryptos[FORGER], 5, victim) for _ in range(2) if i != VICTIM
-                )
+            victim = sorted(ALL).index(VICTIM)  # its place in epoch 2's roster
+            for i in set(ALL) - {FORGER, VICTIM}:  # london holds no receive key of its own
+                taps[i, FORGER].queue.extend(forged(cryptos[FORGER], 5, victim) for _ in range(2))
             forged_at = time.monotonic()
             deadline = forged_at + 10
             while time.monotonic() < deadline and not all(

@@ -92,5 +92,9 @@ async def test_terminal_writes_what_it_played_out(tmp_path: Path) -> None:
     onsets = [i for k, i in enumerate(loud) if k == 0 or i - loud[k - 1] > 24000]
     assert len(onsets) >= 3
     spacing = [b - a for a, b in itertools.pairwise(onsets)]
-    assert all(abs(s - 48000) <= 48 * 300 for s in spacing), spacing
+    # each a whole number of seconds (a stall of the shared host can swallow a chirp: then
+    # 2 s), and most of them exactly one
+    assert all(s >= 24000 and abs(s - 48000 * round(s / 48000)) <= 48 * 300 for s in spacing), (
+        spacing
+    )
     assert sorted(abs(s - 48000) for s in spacing)[len(spacing) // 2] <= 2 * 960, spacing

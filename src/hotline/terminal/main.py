@@ -216,24 +216,25 @@ async def serve(
         ui_server.origin = f"http://{ui_address[0]}:{ui_port}"
         ready_line["ui"] = ui_server.origin
         ready_line["ui_login"] = ui_server.login_url()
+    # the start line comes first: the daemon's first exchange connection may log at once
+    lifecycle(
+        "terminal_started",
+        f"terminal {daemon.terminal_id} started; control API on {url}",
+        terminal=daemon.terminal_id,
+        line=config.charter.line_id,
+        charter_version=config.charter.version,
+        exchange=config.exchange_url,
+        control=url,
+        pid=os.getpid(),
+        version=__version__,
+        config=settings,
+    )
     await daemon.start()
     control = write_control_file(config.state, url, token, os.getpid())
 
     started = time.monotonic()
 
     def ready() -> None:
-        lifecycle(
-            "terminal_started",
-            f"terminal {daemon.terminal_id} started; control API on {url}",
-            terminal=daemon.terminal_id,
-            line=config.charter.line_id,
-            charter_version=config.charter.version,
-            exchange=config.exchange_url,
-            control=url,
-            pid=os.getpid(),
-            version=__version__,
-            config=settings,
-        )
         sdnotify.ready(f"terminal {daemon.terminal_id}; control API on {url}")
         sys.stdout.write(json.dumps(ready_line) + "\n")
         sys.stdout.flush()

@@ -673,3 +673,27 @@ def test_an_older_charter_is_named_with_both_versions() -> None:
     assert not isinstance(refused.value, CharterVersionMismatch)
     net.pump()
     assert len(events_of(net, "b", PeerCharterVersion)) == 1
+
+
+def test_rekey_soon_starts_a_new_epoch_at_once_when_we_lead() -> None:
+    """A media engine that lost the use of its send key (a browser page that took over
+    mid-call) asks for a new epoch: the leader starts it at once, a member waits for the
+    leader's next rekey, and an epoch under way is the answer itself."""
+    net = Net(["a", "b"], rekey_interval_s=300)
+    net.set_view("ab")
+    e1 = net.agreed("ab")
+    assert net["b"].session.rekey_soon(net.now) == "leader"  # b does not lead: it waits
+    net.advance(1)
+    assert net.agreed("ab") == e1
+    assert net["a"].session.rekey_soon(net.now) == "now"
+    net.advance(0.1)  # the leader's timer is due at once
+    e2 = net.agreed("ab")
+    assert e2 == e1 + 1
+    net.frames_flow("ab")  # both send under the new epoch's keys
+    assert net["a"].session.media.stats().sending_epoch == e2
+    net.advance(299)
+    assert net.agreed("ab") == e2  # the periodic rekey counts from the new activation
+    net.advance(2)
+    assert net.agreed("ab") == e2 + 1
+    net["a"].session.close()
+    assert net["a"].session.rekey_soon(net.now) == "closed"

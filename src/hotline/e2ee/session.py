@@ -293,6 +293,25 @@ class CallKeySession(EpochSteps):
         self._next_rekey_at = None
         self._awaiting_since = None
 
+    def rekey_soon(self, now: float) -> str:
+        """The media engine lost the use of its send key (a browser page that took over
+        mid-call must not reuse it): a new epoch as soon as this member can have one.
+
+        Returns what happens: ``"pending"`` (an epoch under way brings a new send key),
+        ``"now"`` (we lead: the rekey is due at once), ``"leader"`` (another member leads:
+        our next send key comes with its next epoch, at the latest its rekey interval after
+        the last one), ``"closed"``."""
+        if self._closed:
+            return "closed"
+        if self._pending is not None:
+            return "pending"
+        active = self._active
+        if active is not None and self._leads(active.members):
+            self._next_rekey_at = now
+            self._rekey_lag_reported = False
+            return "now"
+        return "leader"
+
     @property
     def closed(self) -> bool:
         return self._closed

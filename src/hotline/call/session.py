@@ -75,7 +75,8 @@ KEY_AGREEMENT_TIMEOUT_S = 60.0
 SEND_RESUMES = {
     "now": "this terminal leads: a new epoch now",
     "pending": "with the epoch under way",
-    "leader": "with the leader's next epoch (at its next rekey)",
+    "asked": "the leader was asked for a new epoch",
+    "waiting": "with the first epoch",
     "closed": "never: the call's keys are closed",
 }
 MSG_SUMMARY = "call.summary"
@@ -978,7 +979,7 @@ class CallSession:
         if not getattr(sink, "new_epoch_wanted", False):
             return
         sink.new_epoch_wanted = False  # type: ignore[attr-defined]
-        when = self.keys.rekey_soon(now)
+        when = self.keys.rekey_soon(now, "the page took over mid-call")
         self._reject(
             "page_send_key_withheld",
             "the send key to the page that took over mid-call: it sends nothing until a new"

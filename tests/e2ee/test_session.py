@@ -673,3 +673,60 @@ def test_an_older_charter_is_named_with_both_versions() -> None:
     assert not isinstance(refused.value, CharterVersionMismatch)
     net.pump()
     assert len(events_of(net, "b", PeerCharterVersion)) == 1
+
+
+def test_rekey_soon_starts_a_new_epoch_at_once() -> None:
+    """A media engine that lost the use of its send key (a browser page that took over
+    mid-call) asks for a new epoch: the leader starts it at once; a member asks the leader
+    with a signed e2ee.rekey naming the active epoch, and the leader starts it at once."""
+    net = Net(["a", "b"], rekey_interval_s=300)
+    net.set_view("ab")
+    e1 = net.agreed("ab")
+    assert net["a"].session.rekey_soon(net.now) == "now"
+    net.advance(0.1)  # the leader's timer is due at once
+    e2 = net.agreed("ab")
+    assert e2 == e1 + 1
+    assert net["b"].session.rekey_soon(net.now, "the page took over mid-call") == "asked"
+    net.pump()
+    net.advance(0.1)
+    e3 = net.agreed("ab")
+    assert e3 == e2 + 1
+    net.frames_flow("ab")  # both send under the new epoch's keys
+    assert net["b"].session.media.stats().sending_epoch == e3
+    assert net["a"].session.rejections == {} and not net["a"].errors
+    net.advance(299)
+    assert net.agreed("ab") == e3  # the periodic rekey counts from the new activation
+    net.advance(2)
+    assert net.agreed("ab") == e3 + 1
+    net["a"].session.close()
+    assert net["a"].session.rekey_soon(net.now) == "closed"
+
+
+def test_rekey_requests_are_refused_unless_for_the_active_epoch_to_its_leader() -> None:
+    net = Net(["a", "b", "c"], rekey_interval_s=300)
+    net.set_view("abc")
+    e1 = net.agreed("abc")
+    ctx = msgs.Context(LINE, CALL, 1)
+
+    def request(signer: str, to: str, epoch: int) -> None:
+        body = msgs.build_rekey(net.keys[signer], ctx, epoch=epoch, signer=signer, reason="x")
+        net.deliver(Delivery(signer, to, msgs.MSG_REKEY, body))
+
+    request("b", "a", e1 + 5)  # not the active epoch
+    request("b", "c", e1)  # c does not lead
+    request("c", "a", e1 - 1 if e1 > 1 else e1 + 1)
+    assert net["a"].session.rejections == {"unexpected_message": 2}
+    assert net["c"].session.rejections == {"unexpected_message": 1}
+    net.advance(1)
+    assert net.agreed("abc") == e1  # none of them started an epoch
+    request("b", "a", e1)
+    request("b", "a", e1)  # the same request again: a duplicate, ignored
+    assert net["a"].session.duplicates >= 1
+    net.pump()
+    net.advance(0.1)
+    e2 = net.agreed("abc")  # numbered above the highest epoch a member named (e1 + 5)
+    assert e2 > e1
+    request("b", "a", e1)  # stale now: the epoch it named is over
+    net.advance(1)
+    assert net.agreed("abc") == e2
+    assert net["a"].session.rejections == {"unexpected_message": 3}

@@ -71,6 +71,14 @@ MSG_SDP = signalling.MSG_SDP
 QUALITY_INTERVAL_S = 2.0
 #: a call whose members agree no epoch within this time is ended (it never carried media)
 KEY_AGREEMENT_TIMEOUT_S = 60.0
+#: when a page that took over mid-call sends again, by the key session's answer
+SEND_RESUMES = {
+    "now": "this terminal leads: a new epoch now",
+    "pending": "with the epoch under way",
+    "asked": "the leader was asked for a new epoch",
+    "waiting": "with the first epoch",
+    "closed": "never: the call's keys are closed",
+}
 MSG_SUMMARY = "call.summary"
 #: a readiness check's report: each end's view of the check call, exchanged at its end
 MSG_CHECK_REPORT = "check.report"
@@ -346,6 +354,7 @@ class CallSession:
         timer = self.machine.next_timer()
         if timer is not None and now >= timer:
             self.machine.handle_timer(now)
+        self._send_key_withheld(now)
         timer = self.keys.next_timer()
         if timer is not None and now >= timer:
             self.keys.handle_timer(now)
@@ -962,6 +971,24 @@ class CallSession:
         self._log_event("stats_summary", self.stats_summary())
 
     # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _send_key_withheld(self, now: float) -> None:
+        """The engine's page took over mid-call and got no send key (it would reuse frame
+        counters): count it, say why, and have the key session start a new epoch."""
+        sink = self.engine.key_sink
+        if not getattr(sink, "new_epoch_wanted", False):
+            return
+        sink.new_epoch_wanted = False  # type: ignore[attr-defined]
+        when = self.keys.rekey_soon(now, "the page took over mid-call")
+        self._reject(
+            "page_send_key_withheld",
+            "the send key to the page that took over mid-call: it sends nothing until a new"
+            f" epoch ({SEND_RESUMES[when]})",
+        )
+        self._on_event(
+            "e2ee_sending_paused",
+            {"reason": "the page took over mid-call", "resumes": SEND_RESUMES[when]},
+        )
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

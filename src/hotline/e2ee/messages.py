@@ -48,6 +48,10 @@ MSG_ROSTER: Final = "e2ee.roster"
 MSG_SECRET: Final = "e2ee.secret"  # noqa: S105 (a message type)
 MSG_CONFIRM: Final = "e2ee.confirm"
 MSG_ACK: Final = "e2ee.ack"
+#: a member asks the leader for a new epoch now (its media engine may not use its send key
+#: again: a browser page that took over mid-call, docs/protocol.md §13)
+MSG_REKEY: Final = "e2ee.rekey"
+#: the steps of one epoch's key agreement
 MSG_TYPES: Final = (MSG_START, MSG_EPHEMERAL, MSG_ROSTER, MSG_SECRET, MSG_CONFIRM, MSG_ACK)
 #: the kinds that only earlier protocol versions had (refused as a version mismatch)
 OLD_MSG_TYPES: Final = {"e2ee.sender_key": 1}
@@ -60,6 +64,7 @@ PROTOCOL_VERSION: Final = 2
 LABEL_PREFIX: Final = f"hotline.e2ee.v{PROTOCOL_VERSION}."
 LABELS: Final = {t: LABEL_PREFIX + t.removeprefix("e2ee.") for t in MSG_TYPES}
 LABELS[MSG_FRAME_DIGEST] = LABEL_PREFIX + "frame-digest"
+LABELS[MSG_REKEY] = LABEL_PREFIX + "rekey"
 ROSTER_HASH_LABEL: Final = LABEL_PREFIX.encode() + b"roster-hash"
 EK_HASH_LABEL: Final = LABEL_PREFIX.encode() + b"ek-hash"
 COMMIT_LABEL: Final = LABEL_PREFIX + "commit"
@@ -91,6 +96,7 @@ _FIELDS: Final = {
     MSG_SECRET: _COMMON | {"to", "roster", "sealed"},
     MSG_CONFIRM: _COMMON | {"roster", "reveal"},
     MSG_ACK: _COMMON | {"roster", "transcript"},
+    MSG_REKEY: _COMMON | {"reason"},
     MSG_FRAME_DIGEST: _COMMON | {"kid", "first_ctr", "last_ctr", "hashes"},
 }
 _ENTRY_FIELDS: Final = frozenset({"id", "ik", "ek_hash", "commit"})
@@ -203,6 +209,13 @@ class Ack(Message):
 
     roster_hash: bytes
     transcript_hash: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class RekeyRequest(Message):
+    """A member of epoch ``epoch`` asks its leader for the next epoch now (``reason``)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,6 +356,13 @@ def build_ack(
 ) -> bytes:
     d = _common(LABELS[MSG_ACK], ctx, epoch, signer)
     d.update({"roster": roster_hash, "transcript": transcript_hash})
+    return _signed_body(key, d)
+
+
+def build_rekey(key: SigningKey, ctx: Context, *, epoch: int, signer: str, reason: str) -> bytes:
+    """Ask the leader of ``epoch`` (the active one) for a new epoch now."""
+    d = _common(LABELS[MSG_REKEY], ctx, epoch, signer)
+    d["reason"] = reason[:MAX_REASON_LENGTH]
     return _signed_body(key, d)
 
 
@@ -545,6 +565,8 @@ def parse(msg_type: str, body: bytes) -> Message:
         )
     if t == MSG_FRAME_DIGEST:
         return _frame_digest(common, signed)
+    if t == MSG_REKEY:
+        return RekeyRequest(**common, reason=_str(signed, "reason", t, MAX_REASON_LENGTH))
     if t == MSG_SECRET:
         return Secret(
             **common,

@@ -293,6 +293,31 @@ class CallKeySession(EpochSteps):
         self._next_rekey_at = None
         self._awaiting_since = None
 
+    def rekey_soon(self, now: float, reason: str = "send key lost") -> str:
+        """The media engine lost the use of its send key (a browser page that took over
+        mid-call must not reuse it): a new epoch as soon as this member can have one.
+
+        Returns what happens: ``"pending"`` (an epoch under way brings a new send key),
+        ``"now"`` (we lead: the rekey is due at once), ``"asked"`` (another member leads:
+        we sent it a signed ``e2ee.rekey`` request naming the active epoch), ``"waiting"``
+        (no active epoch: the next one brings the key), ``"closed"``."""
+        if self._closed:
+            return "closed"
+        if self._pending is not None:
+            return "pending"
+        active = self._active
+        if active is None:
+            return "waiting"
+        if self._leads(active.members):
+            self._next_rekey_at = now
+            self._rekey_lag_reported = False
+            return "now"
+        body = m.build_rekey(
+            self._key, self._ctx, epoch=active.epoch, signer=self.self_id, reason=reason
+        )
+        self._out.append(Outgoing(leader_of(active.members), m.MSG_REKEY, body))
+        return "asked"
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -495,6 +495,8 @@ class EpochSteps:
             self._on_confirm(msg, now)
         elif isinstance(msg, m.Ack):
             self._on_ack(msg, now)
+        elif isinstance(msg, m.RekeyRequest):
+            self._on_rekey_request(msg, now)
         else:  # pragma: no cover - parse() returns only the types above
             raise UnexpectedMessage(f"unknown message {msg.msg_type}")
 
@@ -624,6 +626,27 @@ class EpochSteps:
         self._record(msg)
         a.confirms[msg.signer] = msg
         self._maybe_complete(a, now)
+
+    def _on_rekey_request(self, msg: m.RekeyRequest, now: float) -> None:
+        """A member of the active epoch asks us, its leader, for a new epoch now (its media
+        engine may not use its send key again). At most one rekey per epoch follows: a
+        request must name the active epoch, and the next epoch makes it stale."""
+        active = self._active
+        if active is None or msg.epoch != active.epoch:
+            raise UnexpectedMessage(
+                f"rekey request for epoch {msg.epoch}; the active epoch is "
+                f"{active.epoch if active else 'none'}"
+            )
+        if msg.signer not in active.members or msg.signer == self.self_id:
+            raise UnexpectedMessage(f"rekey request from {msg.signer[:64]}, not a member")
+        if not self._leads(active.members):
+            raise UnexpectedMessage(f"rekey request to {self.self_id}, not the leader")
+        self._seen[msg.digest] = (msg.epoch, msg.signer)  # a copy is a duplicate
+        if self._pending is not None:
+            return  # the epoch under way is the answer
+        log.info("e2ee: %s asks for a new epoch (%s)", msg.signer[:64], msg.reason)
+        self._next_rekey_at = now
+        self._rekey_lag_reported = False
 
     def _on_ack(self, msg: m.Ack, now: float) -> None:
         a = self._attempt_for(msg)

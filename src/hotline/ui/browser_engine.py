@@ -240,11 +240,23 @@ class BrowserLink:
         self._offer_open = False
 
 
+#: why a page that took over mid-call sends nothing until the next epoch
+SEND_KEY_WITHHELD = (
+    "this page took over mid-call: it sends nothing until a new epoch (a send key is never "
+    "given to a second page, whose counters would start again at 0)"
+)
+
+
 class BrowserKeySink:
     """The key sink of a call whose frame crypto is in the page: every operation goes to the
-    page's worker, in order. The keys the page holds are mirrored here (what the daemon's key
-    session holds anyway, and erased with it), so that a page that reloads, or another that
-    takes over, gets them again (:meth:`replay`)."""
+    page's worker, in order. The receive keys the page holds are mirrored here (what the
+    daemon's key session holds anyway, and erased with it), so that a page that reloads, or
+    another that takes over, gets them again (:meth:`replay`).
+
+    A send key goes to one page only: a new page's worker would start its frame counter at
+    0 again, reusing AES-GCM nonces under that key. A page that takes over while a send key
+    is active gets a ``pause`` instead, and :attr:`new_epoch_wanted` asks the call for a new
+    epoch (docs/protocol.md §13); it sends again once that epoch's key is activated."""
 
     def __init__(self, hub: BrowserHub, call_id: str, suite: CipherSuite) -> None:
         self.hub = hub
@@ -257,6 +269,13 @@ class BrowserKeySink:
         #: the install message of each epoch held, and the current send key's message
         self._installed: dict[int, dict[str, Any]] = {}
         self._sending: dict[str, Any] | None = None
+        #: the current send key reached a page (it is never handed to another)
+        self._send_delivered = False
+        #: a page took over while a send key was active: the call should start a new epoch
+        #: (the call session takes the flag, and the key session rekeys)
+        self.new_epoch_wanted = False
+        #: send keys withheld from a page that took over (each one also a rejection)
+        self.withheld = 0
 
     def _post(self, op: str, **fields: Any) -> dict[str, Any]:
         message = {"type": "keys", "op": op, "call": self.call_id, **fields}
@@ -264,11 +283,27 @@ class BrowserKeySink:
         return message
 
     def replay(self) -> None:
-        """Give a (new) page every key it should hold now, in order."""
+        """Give a (new) page every receive key it should hold now, in order, and the send key
+        only if no page had it yet; otherwise the page is paused until a new epoch."""
         for epoch in sorted(self._installed):
             self.hub.post(self._installed[epoch])
-        if self._sending is not None:
+        if self._sending is None:
+            return
+        if not self._send_delivered:
+            self._send_delivered = self.hub.connected
             self.hub.post(self._sending)
+            return
+        log.warning(
+            "call %s: send key of epoch %d withheld from the page that took over; "
+            "sending resumes at the next epoch",
+            self.call_id,
+            self.send_epoch,
+        )
+        self.withheld += 1
+        self.new_epoch_wanted = True
+        self.send_epoch, self.send_suite = 0, None
+        self._sending = None
+        self._post("pause", reason=SEND_KEY_WITHHELD)
 
     def install_receive_keys(
         self,
@@ -300,6 +335,8 @@ class BrowserKeySink:
         self._sending = self._post(
             "send", epoch=epoch, index=sender_index, suite=chosen.name, key=_b64(base_key)
         )
+        self._send_delivered = self.hub.connected
+        self.new_epoch_wanted = False  # a fresh key: counters from 0 are safe under it
 
     def pause_sending(self, reason: str) -> None:
         self.send_epoch, self.send_suite = 0, None

@@ -298,7 +298,14 @@ function onEvent(event) {
   if (event.kind === "ended" && event.purpose !== "check") showBanner(`call ended: ${event.reason}`, false);
   if (event.kind === "ring") showBanner("", false);
   if (event.kind === "epoch") $("code").classList.add("changed");
+  // this page took over mid-call: it sends nothing until a new epoch (never the old send key)
+  if (event.kind === "e2ee_sending_paused") {
+    sendPaused = true;
+    showBanner(`not sending: ${event.reason}; no media until a new epoch (${event.resumes})`, true);
+  }
+  if (event.kind === "epoch" && sendPaused) { sendPaused = false; showBanner("", false); }
 }
+let sendPaused = false;
 
 // speaker view and strip of a call's members, from the charter's names, roles, languages
 async function makeGallery() {

@@ -317,6 +317,14 @@ class WrongSender(SFrameError):
     reason = "wrong_sender"
 
 
+class UncheckedFrame(SFrameError):
+    """A frame that authenticates under a member's key but whose hash cannot be recorded for
+    the signed frame digests (the record between two digests is full): where the digests are
+    the only proof of its sender (through an SFU), it is refused rather than shown unchecked."""
+
+    reason = "hash_overflow"
+
+
 class NoMediaKey(StateError):
     """Nothing to protect with: no epoch is active yet, or sending is paused while a member
     leaves. Media must not flow (fail closed)."""

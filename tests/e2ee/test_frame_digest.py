@@ -30,6 +30,7 @@ from hotline.errors import (
     Equivocation,
     MalformedMessage,
     SenderMismatch,
+    UncheckedFrame,
     WrongContext,
 )
 from hotline.keys import SigningKey
@@ -340,3 +341,31 @@ def test_media_crypto_hash_buffer() -> None:
     hashes = small.take_frame_hashes()
     assert [f.ctr for f in hashes.sent] == [2, 3, 4, 5] and hashes.overflow == 2
     assert small.take_frame_hashes().sent == ()
+
+
+def test_a_frame_that_cannot_be_digested_is_refused_where_digests_are_required() -> None:
+    """Through an SFU the signed digests are what binds a frame to its sender: when the
+    record between two digests is full, a further frame is refused (``hash_overflow``),
+    not shown unchecked; on a mesh (not required) it is shown and the overflow counted."""
+    base = os.urandom(32)
+    alice = MediaCrypto()
+    alice.activate_send(2, 0, base)
+    frames = [alice.protect(AUDIO, b"\xfc" + bytes([i]) * 20) for i in range(6)]
+    for required in (False, True):
+        bob = MediaCrypto(hash_buffer=4)
+        bob.install_receive_keys(2, ["alice", "bob"], {"alice": base})
+        bob.hashes_required = required
+        for data in frames[:4]:
+            assert bob.unprotect(AUDIO, data, "alice").startswith(b"\xfc")
+        if required:
+            with pytest.raises(UncheckedFrame):
+                bob.unprotect(AUDIO, frames[4], "alice")
+            assert bob.stats().rejected == {"hash_overflow": 1}
+            # once the record is taken (the digests were made), frames pass again; the
+            # refused one did not move the replay window, so it can still arrive
+            assert len(bob.take_frame_hashes().received) == 4
+            assert bob.unprotect(AUDIO, frames[4], "alice").startswith(b"\xfc")
+        else:
+            bob.unprotect(AUDIO, frames[4], "alice")
+            assert bob.take_frame_hashes().overflow == 1
+            assert bob.stats().rejected == {}

@@ -395,6 +395,8 @@ class CallSession:
         # through an SFU nothing else binds a frame to its sender: an unsigned frame is an
         # alarm there; on a mesh the connection binds it, and it is only counted
         self.frame_auth.strict = self.strict_digests or self.topology == topology.SFU
+        if isinstance(self.engine, AiortcEngine):  # a frame that cannot be digested: refused
+            self.engine.crypto.hashes_required = self.frame_auth.strict
         hashes = self.engine.take_frame_hashes()
         if hashes is not None:
             self.frame_auth.frames(hashes, now)

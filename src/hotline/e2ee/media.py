@@ -36,6 +36,7 @@ from hotline.errors import (
     MalformedFrame,
     NoMediaKey,
     SFrameError,
+    UncheckedFrame,
     WrongSender,
 )
 
@@ -173,6 +174,10 @@ class MediaCrypto:
         self._sent: deque[SentFrame] = deque(maxlen=max(hash_buffer, 1))
         self._received: deque[ReceivedFrame] = deque(maxlen=max(hash_buffer, 1))
         self._hash_overflow = 0
+        #: frames whose hash cannot be recorded are refused (:class:`UncheckedFrame`), not only
+        #: counted: the call sets it where the signed digests are what binds a frame to its
+        #: sender (through an SFU, strict digests)
+        self.hashes_required = False
 
     # --- the media engine's side (any thread) ------------------------------------------------
 
@@ -238,6 +243,15 @@ class MediaCrypto:
             header_end = start + hlen
             with self._lock:
                 entry = self._store.lookup_entry(kid)
+                if (
+                    self.hashes_required
+                    and self.frame_hashes
+                    and len(self._received) == self._received.maxlen
+                ):
+                    raise UncheckedFrame(
+                        f"{len(self._received)} frame hashes wait for the next digest: "
+                        "a frame that cannot be checked is not shown"
+                    )
                 if peer is not None and entry.sender != peer:
                     raise WrongSender(
                         f"a frame under the KID of {entry.sender[:64]} came from {peer[:64]}"

@@ -29,10 +29,22 @@ SETUP_TIMEOUT_S = 30.0
 #: how long the other end's report may take
 REPORT_TIMEOUT_S = 5.0
 DEFAULT_SECONDS = 3.0
+#: how long past the window to wait for a first RTCP round trip (a long path reports late)
+RTT_WAIT_S = 3.0
 
 
 def _peer(stats: dict[str, Any], peer: str) -> dict[str, Any]:
     return (stats.get("peers") or {}).get(peer) or {}
+
+
+def _rtt(stats: dict[str, Any], peer: str) -> float | None:
+    """The RTCP round trip to ``peer`` (audio's, else video's); None before the first report."""
+    rtp = _peer(stats, peer).get("rtp") or {}
+    for kind in ("audio", "video"):
+        value = (rtp.get(kind) or {}).get("rtt_ms")
+        if isinstance(value, int | float):
+            return float(value)
+    return None
 
 
 def _frames(stats: dict[str, Any], peer: str, kind: str) -> int:
@@ -120,10 +132,14 @@ async def _measure(
     dt = time.monotonic() - t0
     ours_video = round((_frames(after, target, "video") - _frames(before, target, "video")) / dt)
     ours_audio = round((_frames(after, target, "audio") - _frames(before, target, "audio")) / dt)
+    waited = time.monotonic()
+    while _rtt(after, target) is None and time.monotonic() - waited < RTT_WAIT_S:
+        await asyncio.sleep(0.1)  # rates stay those of the window; only the RTT is awaited
+        after = await call.stats()
     peer = _peer(after, target)
     rtp = peer.get("rtp") or {}
     audio_rtp, video_rtp = rtp.get("audio") or {}, rtp.get("video") or {}
-    rtt = audio_rtp.get("rtt_ms", video_rtp.get("rtt_ms"))
+    rtt = _rtt(after, target)
     if rtt is not None:
         m.rtt_ms = round(rtt)
         m.one_way_ms = round(rtt / 2)

@@ -84,7 +84,10 @@ async def test_terminal_writes_what_it_played_out(tmp_path: Path) -> None:
     with wave.open(str(wav)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 48000)
         pcm = array("h", w.readframes(w.getnframes()))
-    assert len(pcm) >= 3 * 48000
+    # four chirps a second apart were heard: at least 2.5 s of audio was played and written
+    # (not 3 s: the first chirp may come a fraction of a second after playout starts, and a
+    # stall of the shared host sheds frames within the buffer's bound)
+    assert len(pcm) >= 5 * 48000 // 2
     # bravo's synthetic tone carries a chirp once a second: the capture holds them, ~1 s
     # apart (the jitter buffer inserts or sheds frames when the shared host stalls, within
     # its delay bound; on a quiet host every spacing is within a frame or two)

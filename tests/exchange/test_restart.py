@@ -54,7 +54,7 @@ async def _serve(*args: str) -> ServeProcess:
         err = await proc.stderr.read() if proc.stderr else b""
         raise AssertionError(f"exchange did not start: {err.decode()}")
     ready = json.loads(line)
-    assert ready["event"] == "listening"
+    assert ready["event"] == "listening" and ready["schema"] == 1
     return ServeProcess(proc, ready)
 
 

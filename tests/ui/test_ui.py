@@ -197,7 +197,9 @@ async def test_the_page_rings_answers_shows_the_code_and_hangs_up(tmp_path: Path
         await page.click("#hangup")
         await page.wait_for_selector("#idle:not(.hidden)", timeout=10_000)
         out, _ = await asyncio.wait_for(watch.communicate(), 20)
-        kinds = [json.loads(x)["kind"] for x in out.decode().splitlines()]
+        lines = [json.loads(x) for x in out.decode().splitlines()]
+        assert {x["schema"] for x in lines} == {1}  # every line says its schema
+        kinds = [x["kind"] for x in lines]
         for kind in ("ring", "epoch", "transport_lost", "transport_recovered", "ended"):
             assert kind in kinds, kinds
         assert (await line.status("alpha"))["call"]["state"] == "ended"

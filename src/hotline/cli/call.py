@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from hotline import ids
-from hotline.cli.common import console, print_json
+from hotline.cli.common import JSON_SCHEMA_VERSION, console, print_json
 from hotline.errors import CallError, UsageError
 
 app = typer.Typer(
@@ -177,8 +177,9 @@ async def _watch(terminal: Path, until: str | None, history: bool, json_out: boo
     async with ControlClient.for_terminal(terminal) as control:
         since = 0 if history else int((await control.request("GET", "/status"))["last_event"])
         async for event in control.follow(since):
-            if json_out:  # one JSON object a line
-                sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
+            if json_out:  # one JSON object a line, each with the output's schema version
+                line = {"schema": JSON_SCHEMA_VERSION, **event}
+                sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
                 sys.stdout.flush()
             else:
                 console.print(escape(describe_event(event)), highlight=False)

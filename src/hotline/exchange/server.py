@@ -843,6 +843,7 @@ def listening_line(server: ExchangeServer) -> str:
     """The one JSON line ``hotline exchange serve --json`` prints when ready."""
     return json.dumps(
         {
+            "schema": 1,
             "event": "listening",
             "url": server.url,
             "port": server.port,

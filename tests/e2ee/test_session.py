@@ -21,6 +21,7 @@ from hotline.e2ee.events import (
     PeerCharterVersion,
 )
 from hotline.e2ee.session import MAX_TIMEOUTS, CallKeySession
+from hotline.e2ee.steps import MIN_REQUESTED_REKEY_S
 from hotline.errors import (
     CharterVersionMismatch,
     CounterExhausted,
@@ -689,8 +690,18 @@ def test_rekey_soon_starts_a_new_epoch_at_once() -> None:
     assert net["b"].session.rekey_soon(net.now, "the page took over mid-call") == "asked"
     net.pump()
     net.advance(0.1)
+    # e2 began just now: a requested rekey waits until it is MIN_REQUESTED_REKEY_S old
+    assert net.agreed("ab") == e2
+    net.advance(MIN_REQUESTED_REKEY_S)
     e3 = net.agreed("ab")
     assert e3 == e2 + 1
+    assert net["b"].session.rekey_soon(net.now, "asked again at once") == "asked"
+    net.pump()
+    net.advance(MIN_REQUESTED_REKEY_S - 0.5)
+    assert net.agreed("ab") == e3  # a member asking after every epoch gets one per 2 s
+    net.advance(0.6)
+    e3 = net.agreed("ab")
+    assert e3 == e2 + 2
     net.frames_flow("ab")  # both send under the new epoch's keys
     assert net["b"].session.media.stats().sending_epoch == e3
     assert net["a"].session.rejections == {} and not net["a"].errors
@@ -723,7 +734,7 @@ def test_rekey_requests_are_refused_unless_for_the_active_epoch_to_its_leader() 
     request("b", "a", e1)  # the same request again: a duplicate, ignored
     assert net["a"].session.duplicates >= 1
     net.pump()
-    net.advance(0.1)
+    net.advance(MIN_REQUESTED_REKEY_S)
     e2 = net.agreed("abc")  # numbered above the highest epoch a member named (e1 + 5)
     assert e2 > e1
     request("b", "a", e1)  # stale now: the epoch it named is over

@@ -76,6 +76,9 @@ MAX_NUDGES: Final = MAX_TIMEOUTS
 NONCE_SIZE: Final = m.NONCE_SIZE
 #: how many (member, charter version) pairs we report a version mismatch for, per call
 MAX_VERSION_REPORTS: Final = 64
+#: a rekey another member asks for starts at the earliest this long after the active epoch
+#: began (the epoch's own members asked for it; a new one every few seconds at most)
+MIN_REQUESTED_REKEY_S: Final = 2.0
 
 
 @dataclass
@@ -644,8 +647,17 @@ class EpochSteps:
         self._seen[msg.digest] = (msg.epoch, msg.signer)  # a copy is a duplicate
         if self._pending is not None:
             return  # the epoch under way is the answer
-        log.info("e2ee: %s asks for a new epoch (%s)", msg.signer[:64], msg.reason)
-        self._next_rekey_at = now
+        # not sooner than MIN_REQUESTED_REKEY_S after the active epoch began: a member that
+        # asks again after every new epoch cannot keep the leader rekeying without pause
+        due = max(now, active.activated_at + MIN_REQUESTED_REKEY_S)
+        log.info(
+            "e2ee: %s asks for a new epoch (%s), in %.1f s",
+            msg.signer[:64],
+            msg.reason[:64],
+            due - now,
+        )
+        if self._next_rekey_at is None or due < self._next_rekey_at:
+            self._next_rekey_at = due
         self._rekey_lag_reported = False
 
     def _on_ack(self, msg: m.Ack, now: float) -> None:

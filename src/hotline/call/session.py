@@ -180,6 +180,8 @@ class CallSession:
         )
         #: check frame digests strictly on a mesh too (they always are through the SFU)
         self.strict_digests = False
+        #: a join of the SFU is under way (frames may already come through it)
+        self._joining_sfu = False
         #: the newest frame alarms (what ``call status`` shows)
         self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
@@ -394,7 +396,9 @@ class CallSession:
         """Take what the frame crypto recorded, sign and send what is due, raise alarms."""
         # through an SFU nothing else binds a frame to its sender: an unsigned frame is an
         # alarm there; on a mesh the connection binds it, and it is only counted
-        self.frame_auth.strict = self.strict_digests or self.topology == topology.SFU
+        self.frame_auth.strict = (
+            self.strict_digests or self.topology == topology.SFU or self._joining_sfu
+        )
         if isinstance(self.engine, AiortcEngine):  # a frame that cannot be digested: refused
             self.engine.crypto.hashes_required = self.frame_auth.strict
         hashes = self.engine.take_frame_hashes()
@@ -628,12 +632,17 @@ class CallSession:
             publishers=max(self.max_participants, len(members)),
         )
         started = time.monotonic()
+        # frames may come through the SFU before the join returns: digests are strict
+        # from the first of them (a frame judged by a mesh rule would pass unchecked)
+        self._joining_sfu = True
         try:
             await engine.join_conference(spec, members)
         except HotlineError as exc:
             self._reject(f"sfu_{exc.reason}", f"joining the conference at {spec.url}: {exc}")
             self._log_event("sfu_failure", {"url": spec.url, "reason": exc.reason})
             return
+        finally:
+            self._joining_sfu = False
         self.topology = topology.SFU
         self.sfu_liveness.clear()
         self._sfu_since = time.monotonic()

@@ -168,3 +168,37 @@ async def test_a_reloaded_page_sends_only_under_a_new_epoch(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("web", ["alpha"])
+async def test_a_page_another_takes_over_from_stops_and_stays_closed(
+    line: LocalLine, web: str, tmp_path: Path
+) -> None:
+    """A second window opened on the terminal becomes its media engine; the first is told
+    (WebSocket close code 4001): it stops its engine (camera, peer connections, the worker
+    and its keys), says why, and does not reconnect (it would take the screen back)."""
+    await line.wait_online([web])
+    async with chromium(tmp_path) as browser:
+        first = await open_engine_page(browser, line, web)
+        reopened: list[str] = []
+        first.on("websocket", lambda ws: reopened.append(ws.url))
+        second = await open_engine_page(browser, line, web)
+        await wait_until(
+            lambda: first.evaluate("() => !window.hotlineEngine"), 10, "the first page stops"
+        )
+        banner = await first.inner_text("#banner")
+        assert "another window took over" in banner, banner
+        await asyncio.sleep(2.5)  # a dropped page reconnects after 1 s
+        assert reopened == [], reopened
+        assert await first.evaluate("() => !window.hotlineEngine")
+        assert await second.evaluate("() => !!(window.hotlineEngine && window.hotlineEngine.local)")
+        assert (await line.status(web))["page_engine"] is True
+        await first.reload()  # the first window takes the screen back on request
+        await wait_until(
+            lambda: first.evaluate("() => !!(window.hotlineEngine && window.hotlineEngine.local)"),
+            10,
+            "the reloaded first page's engine",
+        )
+        await wait_until(
+            lambda: second.evaluate("() => !window.hotlineEngine"), 10, "the second page stops"
+        )

@@ -100,6 +100,11 @@ def _b64(data: bytes | bytearray) -> str:
     return base64.b64encode(bytes(data)).decode()
 
 
+#: the WebSocket close code that tells a page another page took over as the media engine
+#: (``static/app.js`` then stops its engine and does not reconnect)
+SUPERSEDED = 4001
+
+
 class BrowserHub:
     """The one page that is this terminal's media engine, and the channel to it."""
 
@@ -112,6 +117,7 @@ class BrowserHub:
         self.engines: dict[str, BrowserEngine] = {}
         #: the page's last statistics (also kept after the call)
         self.last_stats: dict[str, Any] = {}
+        self._closing: set[asyncio.Task[bool]] = set()
 
     @property
     def connected(self) -> bool:
@@ -119,8 +125,13 @@ class BrowserHub:
 
     def attach(self, ws: web.WebSocketResponse) -> None:
         """``ws`` (an authenticated page) is the media engine from now on."""
-        if self._ws is not None and self._ws is not ws:
+        old = self._ws
+        if old is not None and old is not ws:
             self._fail_pending("another page took over as the media engine")
+            if not old.closed:  # the old page stops its engine and does not reconnect
+                task = asyncio.create_task(old.close(code=SUPERSEDED, message=b"superseded"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
         self._ws = ws
         self._out = asyncio.Queue()
         if self._writer is not None:

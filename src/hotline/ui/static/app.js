@@ -316,8 +316,9 @@ async function makeGallery() {
 }
 
 let engineStarting = false;
+let superseded = false;
 async function startEngine() {
-  if (engineStarting || pageEngine || !status || status.engine !== "browser") return;
+  if (superseded || engineStarting || pageEngine || !status || status.engine !== "browser") return;
   engineStarting = true;
   try {
     const { PageEngine } = await import("/static/engine.js");
@@ -325,6 +326,10 @@ async function startEngine() {
       if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(msg));
     }, { remote: $("remote"), self: $("self"), noVideo: $("no-video"), gallery: await makeGallery() });
     await engine.start();
+    if (superseded || !socket || socket.readyState !== WebSocket.OPEN) {
+      engine.stopAll();  // the channel closed while the camera started: not this page's turn
+      return;
+    }
     pageEngine = window.hotlineEngine = engine;
     socket.send(JSON.stringify({ type: "engine_hello" }));
   } catch (e) {
@@ -347,9 +352,15 @@ function connect() {
       pageEngine.handle(data);
     }
   };
-  socket.onclose = () => {
+  socket.onclose = (ev) => {
+    if (pageEngine) { pageEngine.stopAll(); pageEngine = window.hotlineEngine = null; }
+    if (ev.code === 4001) {  // another window is this terminal's screen now: stay closed
+      superseded = true;
+      showBanner("another window took over as this terminal's screen; this one is closed " +
+                 "(reload it to take the screen back)", true);
+      return;
+    }
     showBanner("lost the connection to this terminal's daemon; reconnecting…", true);
-    if (pageEngine) { pageEngine.stopAll(); pageEngine = null; }
     setTimeout(connect, 1000);
   };
   socket.onopen = () => showBanner("", false);

@@ -136,5 +136,27 @@ async def test_scheduled_checks_and_an_alarm_with_its_hook(tmp_path: Path) -> No
             await asyncio.sleep(0.1)
         hooked = json.loads(alarm_file.read_text())
         assert hooked["peer"] == "bravo" and hooked["count"] >= 1
+        # the called end watches too: with alpha (its caller) down, bravo alarms for the
+        # check that does not come, within an interval and its grace, and runs its hook
+        await line.stop("alpha")
+        callee_file = tmp_path / "callee-alarm.json"
+        callee_hook = f"sh -c 'printf %s \"$HOTLINE_ALARM\" > {callee_file}'"
+        await line.start_terminal("bravo", "--alarm-hook", callee_hook)
+        await line.wait_control("bravo")
+        started = time.monotonic()
+        status = await wait_for(
+            line,
+            ["bravo"],
+            lambda s: bool(s["bravo"]["readiness"]["alarms"]),
+            "the callee's alarm for a check that did not come",
+            timeout=40,
+        )
+        assert time.monotonic() - started < 4 * 1.1 + 4 / 4 + 10 + 8  # missed_after_s + a tick
+        alarm = status["bravo"]["readiness"]["alarms"][0]
+        assert alarm["peer"] == "alpha" and "no readiness check from alpha" in alarm["reason"]
+        deadline = time.monotonic() + 10
+        while not callee_file.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert json.loads(callee_file.read_text())["peer"] == "alpha"
     finally:
         await line.stop()

@@ -42,7 +42,7 @@ from hotline.check.expiry import (
 )
 from hotline.check.metrics import Measurement
 from hotline.check.probe import DEFAULT_SECONDS, run_check
-from hotline.check.schedule import ReadinessSchedule
+from hotline.check.schedule import Alarm, ReadinessSchedule
 from hotline.encoding import decode, encode, expect_dict
 from hotline.envelope import Envelope
 from hotline.errors import ExchangeUnavailable, HotlineError, StateError, UsageError
@@ -629,8 +629,19 @@ class TerminalDaemon:
             record = dict(data["record"])
             self.checks.append(record)
             by = record.get("by")
+            reasons = [str(r) for r in record.get("reasons") or []]
             self.emit("check", {"peer": by, "by": by, "verdict": record.get("verdict"),
-                                "reasons": list(record.get("reasons") or [])})  # fmt: skip
+                                "reasons": reasons})  # fmt: skip
+            if isinstance(by, str) and by != self.terminal_id:
+                alarm = self.readiness.checked_by(
+                    by,
+                    self.clock.monotonic(),
+                    str(record.get("verdict")),
+                    "; ".join(reasons),
+                    self.clock.time(),
+                )
+                if alarm is not None:
+                    self._readiness_alarm(alarm)
             return
         self.emit(kind, data)
 
@@ -652,14 +663,26 @@ class TerminalDaemon:
             m.peer, self.clock.monotonic(), m.verdict, "; ".join(m.reasons), wall
         )
         if alarm is not None:
-            data = {
-                "peer": alarm.peer,
-                "since": alarm.since,
-                "reason": alarm.reason,
-                "count": alarm.count,
-            }
-            log.warning("readiness alarm: line to %s is red: %s", alarm.peer, alarm.reason)
-            self._raise_alarm(data)
+            self._readiness_alarm(alarm)
+
+    def _readiness_alarm(self, alarm: Alarm) -> None:
+        log.warning("readiness alarm: line to %s is red: %s", alarm.peer, alarm.reason)
+        self._raise_alarm(
+            {"peer": alarm.peer, "since": alarm.since, "reason": alarm.reason,
+             "count": alarm.count}
+        )  # fmt: skip
+
+    def _watch_callers(self) -> None:
+        """A missed check from a peer that calls this terminal is an alarm here too."""
+        if not self.config.scheduled_checks or self._stopping:
+            return
+        ids = [t.terminal_id for t in self.charter.charter.terminals]
+        now = self.clock.monotonic()
+        if self._busy():
+            self.readiness.waiting(ids, now)
+            return
+        for alarm in self.readiness.overdue(ids, now, self.clock.time()):
+            self._readiness_alarm(alarm)
 
     def _raise_alarm(self, data: dict[str, Any]) -> None:
         """An alarm: an event (UI, followers, logs) and the operator's hook."""
@@ -850,6 +873,7 @@ class TerminalDaemon:
         while not self._stopping:
             await asyncio.sleep(TICK_S)
             self._maybe_check()
+            self._watch_callers()
             mono = self.clock.monotonic()
             if self._housekeeping_at is None or mono - self._housekeeping_at >= HOUSEKEEPING_S:
                 self._housekeeping_at = mono

@@ -5,7 +5,9 @@ latency histograms; and /livez, /readyz."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +17,9 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from hotline.exchange import tls
 from hotline.exchange.metrics import Metrics
+from hotline.exchange.server import cert_detail
 from tests.exchange.harness import Harness, receive_envelopes
 from tests.exchange.lines import make_line
 
@@ -126,3 +130,48 @@ async def test_readyz_says_which_check_fails(tmp_path: Path, harness: Harness) -
     assert body["checks"]["store"]["ok"] is False
     assert "does not answer" in body["checks"]["store"]["detail"]
     assert body["checks"]["charters"]["ok"] is True
+
+
+async def test_the_exchange_warns_ahead_of_its_own_certificate_end(
+    tmp_path: Path,
+    harness: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Terminals warn about the exchange's certificate from their side; the exchange warns
+    its own operator too: a WARNING (once a day) from 30 days ahead, the `/readyz` detail
+    and a gauge; an expired certificate makes it not ready."""
+    monkeypatch.setattr(tls, "CERT_VALIDITY_DAYS", 12)
+    tls_dir = tmp_path / "exchange"
+    tls.create_certificate(tls_dir)
+    line = make_line(tmp_path, 2)
+    with caplog.at_level(logging.WARNING, logger="hotline.exchange"):
+        server = await harness.server([line], tls_dir=tls_dir)
+        await asyncio.sleep(0.3)  # a few of its expiry rounds: still one warning a day
+    warned = [r.getMessage() for r in caplog.records if "TLS certificate" in r.getMessage()]
+    assert len(warned) == 1 and "in 12 days" in warned[0], warned
+    assert "new charter version" in warned[0]  # what to do about it
+    base = f"https://127.0.0.1:{server.port}"  # its own self-signed certificate
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/readyz", ssl=False) as resp:
+            ready = await resp.json()
+            assert resp.status == 200, ready
+        async with http.get(base + "/metrics", ssl=False) as resp:
+            page = await resp.text()
+    assert ready["checks"]["certificate"] == {
+        "ok": True,
+        "detail": cert_detail(server.cert_not_after - time.time(), server.cert_not_after),
+    }
+    assert "in 12 days" in ready["checks"]["certificate"]["detail"]
+    [family] = [
+        f
+        for f in parse_text(page)
+        if f.name == "hotline_exchange_tls_certificate_expiry_timestamp_seconds"
+    ]
+    assert family.samples[0].value == pytest.approx(server.cert_not_after)
+    server.cert_not_after = time.time() - 60  # the day it ends
+    async with aiohttp.ClientSession() as http, http.get(base + "/readyz", ssl=False) as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert body["checks"]["certificate"]["ok"] is False
+    assert body["checks"]["certificate"]["detail"].startswith("expired ")

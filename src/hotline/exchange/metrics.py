@@ -56,6 +56,11 @@ FAMILIES: tuple[_Family, ...] = (
     _Family("open_connections", "gauge", "Open WebSocket connections, authenticated or not."),
     _Family("terminals_online", "gauge", "Authenticated terminals online."),
     _Family("lines", "gauge", "Lines served (charters held)."),
+    _Family(
+        "tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "End of validity of the exchange's own TLS certificate (unix time; 0: plain ws).",
+    ),
     _Family("pending_envelopes", "gauge", "Deliveries stored and not yet acknowledged."),
     _Family("connections_total", "counter", "WebSocket connections opened."),
     _Family("admitted_total", "counter", "Terminals admitted after authentication."),

@@ -77,6 +77,8 @@ from hotline.logs import event
 logger = logging.getLogger("hotline.exchange")
 
 _DELIVER_BATCH = 64
+#: warn (WARNING, once a day, and `/readyz` detail) this long before our certificate ends
+CERT_WARN_AHEAD_S = 30 * 86_400
 
 
 @dataclass(frozen=True)
@@ -154,12 +156,21 @@ class ExchangeServer:
             assert config.tls_dir is not None
             self.exchange_id = tls.load_fingerprint(config.tls_dir)
             self._ssl = tls.server_context(config.tls_dir)
+        #: the end of validity of our own TLS certificate (None: plain ws on loopback)
+        self.cert_not_after = (
+            None if config.tls_dir is None or config.insecure_loopback
+            else tls.load_not_after(config.tls_dir)
+        )  # fmt: skip
+        self._cert_warned_day: int | None = None
         self.http_log = HttpErrorLog(
             logger, lambda reason: self.metrics.inc("bad_http_requests_total", reason)
         )
         self.metrics.gauge("open_connections", lambda: len(self._all))
         self.metrics.gauge("terminals_online", lambda: len(self._conns))
         self.metrics.gauge("lines", lambda: len(self.router.lines()))
+        self.metrics.gauge(
+            "tls_certificate_expiry_timestamp_seconds", lambda: self.cert_not_after or 0
+        )
         self.metrics.gauge("pending_envelopes", self.router.pending_count)
 
     # --- charters ----------------------------------------------------------------------
@@ -331,11 +342,32 @@ class ExchangeServer:
         except StateError as exc:
             store = (False, str(exc))
         lines = self.router.lines()
-        return {
+        checks = {
             "store": store,
             "charters": (bool(lines), f"{len(lines)} line(s)" if lines else "no charter"),
             "listening": (self._runner is not None and self.port > 0, self.url or "not yet"),
         }
+        if self.cert_not_after is not None:
+            left = self.cert_not_after - time.time()
+            checks["certificate"] = (left > 0, cert_detail(left, self.cert_not_after))
+        return checks
+
+    def _watch_certificate(self, now: float) -> None:
+        """A WARNING once a day from CERT_WARN_AHEAD_S before our certificate ends."""
+        if self.cert_not_after is None:
+            return
+        left = self.cert_not_after - now
+        day = int(now // 86_400)
+        if left > CERT_WARN_AHEAD_S or self._cert_warned_day == day:
+            return
+        self._cert_warned_day = day
+        self._event("certificate_expiry", reason=cert_detail(left, self.cert_not_after))
+        logger.warning(
+            "the exchange's TLS certificate %s: make a new one (`hotline exchange init` in a "
+            "new folder), put its fingerprint in a new charter version that every site signs, "
+            "then serve from it",
+            cert_detail(left, self.cert_not_after),
+        )
 
     # --- connections --------------------------------------------------------------------
 
@@ -818,9 +850,11 @@ class ExchangeServer:
 
     async def _expire_loop(self) -> None:
         last_sweep = 0.0
+        self._watch_certificate(time.time())
         while True:
             await asyncio.sleep(self.config.expire_interval_s)
             now = time.time()
+            self._watch_certificate(now)
             expired = self.router.expire(now)
             if expired:
                 self.metrics.inc("deliveries_expired_total", n=len(expired))
@@ -837,6 +871,14 @@ class ExchangeServer:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def cert_detail(left_s: float, not_after: float) -> str:
+    """How long our certificate has left, in words."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(not_after))
+    if left_s <= 0:
+        return f"expired {when}"
+    return f"expires {when} (in {left_s / 86_400:.0f} days)"
 
 
 def listening_line(server: ExchangeServer) -> str:

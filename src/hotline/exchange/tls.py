@@ -109,6 +109,20 @@ def load_fingerprint(directory: Path) -> str:
         raise KeyStorageError(f"{cert_path}: not a valid PEM certificate") from exc
 
 
+def load_not_after(directory: Path) -> float:
+    """The end of validity (unix seconds) of the certificate in ``directory``."""
+    cert_path = directory / CERT_FILE
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise UsageError(
+            f"{directory}: no TLS certificate; run `hotline exchange init --dir {directory}`"
+        ) from exc
+    except ValueError as exc:
+        raise KeyStorageError(f"{cert_path}: not a valid PEM certificate") from exc
+    return cert.not_valid_after_utc.timestamp()
+
+
 def server_context(directory: Path) -> ssl.SSLContext:
     """A TLS 1.3 server context with the certificate in ``directory``."""
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE

@@ -199,7 +199,8 @@ def test_terminal_run_takes_charter_and_port_from_its_file(tmp_path: Path) -> No
     port = free_port()
     write_private(
         alpha / "terminal.toml",
-        f"[terminal]\ncharter = '{charter}'\ncontrol_port = {port}\n",
+        f"[terminal]\ncharter = '{charter}'\ncontrol_port = {port}\n"
+        "check_retention_days = 30\ncheck_retention_months = 12\n",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "hotline", "terminal", "run", "-t", str(alpha)],
@@ -209,6 +210,8 @@ def test_terminal_run_takes_charter_and_port_from_its_file(tmp_path: Path) -> No
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
         assert ready["ready"] is True and ready["control"] == f"http://127.0.0.1:{port}"
+        status = json.loads(hotline("call", "status", "--json", "-t", str(alpha)).stdout)
+        assert status["readiness"]["retention"] == {"days": 30, "months": 12}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:

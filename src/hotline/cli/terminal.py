@@ -250,6 +250,28 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             ),
         ),
     ] = None,
+    check_retention_days: Annotated[
+        int | None,
+        typer.Option(
+            "--check-retention-days",
+            help=_opt(
+                "terminal.check_retention_days",
+                "Keep individual readiness check results this many whole UTC days; older "
+                "ones become signed daily summaries in the call log.",
+            ),
+        ),
+    ] = None,
+    check_retention_months: Annotated[
+        int | None,
+        typer.Option(
+            "--check-retention-months",
+            help=_opt(
+                "terminal.check_retention_months",
+                "Keep the daily summaries this many months; older ones become signed monthly "
+                "summaries (kept for good).",
+            ),
+        ),
+    ] = None,
     capture_audio: Annotated[
         Path | None,
         typer.Option(
@@ -359,6 +381,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     Example: hotline terminal run -t terminals/sochi --charter moscow-washington.charter.json
     """
     # aiortc loads only when a terminal really runs: the other commands stay quick
+    from hotline.calllog.rollup import Retention  # noqa: PLC0415
     from hotline.media import engine  # noqa: PLC0415
     from hotline.terminal.main import (  # noqa: PLC0415
         build_config,
@@ -384,6 +407,8 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             "terminal.auto_answer": auto_answer,
             "terminal.scheduled_checks": scheduled_checks,
             "terminal.alarm_hook": alarm_hook,
+            "terminal.check_retention_days": check_retention_days,
+            "terminal.check_retention_months": check_retention_months,
             "terminal.capture_audio": capture_audio,
             "terminal.passphrase_file": passphrase_file,
             "terminal.ui": ui,
@@ -420,6 +445,10 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         config,
         scheduled_checks=value("terminal.scheduled_checks"),
         alarm_hook=value("terminal.alarm_hook"),
+        retention=Retention(
+            days=value("terminal.check_retention_days"),
+            months=value("terminal.check_retention_months"),
+        ),
     )
     run_daemon(
         config,

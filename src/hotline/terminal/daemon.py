@@ -867,6 +867,8 @@ class TerminalDaemon:
             "next_due_s": {p: round(t - mono) for p, t in sorted(self.readiness.due.items())},
             "next_expiry": self.next_expiry(),
             "scheduled": self.config.scheduled_checks,
+            "retention": {"days": self.config.retention.days,
+                          "months": self.config.retention.months},
         }  # fmt: skip
 
     async def _tick(self) -> None:

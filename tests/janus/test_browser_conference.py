@@ -1,19 +1,19 @@
-"""A conference of six terminals through a real Janus, one of them a browser terminal (its
-page in a real Chromium is its media engine), the rest Python (aiortc) terminal processes.
+"""Browser terminals in conferences through a real Janus: the page in a real Chromium is one
+terminal's media engine, the others are Python (aiortc) terminal processes.
 
 Everything runs inside one lab namespace (see ``tests.janus.test_terminal_conference``):
 the exchange, Janus's API, the terminals and their ICE, and Chromium, which Playwright starts
 from the test's event loop in that namespace (so the page reaches its daemon's UI on the
 namespace's 127.0.0.1 and gathers ICE on its lab address, as Janus does).
 
-The call starts as a mesh of three (the browser among them) and moves to the SFU when the
-fourth member joins, keeping its keys (a new epoch for the new member, the browser's worker
-keyed as before); at five a sixth joins and then one leaves, each with a new epoch. After each
-change every member decrypts every other member's audio and video in the new epoch: the
-Python terminals from their sinks, the browser from its page's stats (frames its worker
-decrypted on its subscription to each member). The page's subscription to member M takes
-only M's keys (``wrong_sender``); the signed frame digests are strict through the SFU and
-check the browser's frames and the browser's view of the others.
+The call grows one member at a time, a mesh up to the charter's mesh limit and then through
+Janus (the browser moves with it, its worker keyed as before); a member joins and one leaves
+through Janus, each with a new epoch; after each change every member decrypts every other
+member's audio and video in the new epoch: the Python terminals from their sinks, the
+browser from its page's stats (frames its worker decrypted on its subscription to each
+member). The page's subscription to member M takes only M's keys (``wrong_sender``); the
+signed frame digests are strict through the SFU and check the browser's frames and the
+browser's view of the others.
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ page -> daemon   ``{"type": "reply", "id": N, "ok": true, "sdp": ...}``,
                  hash of every frame protected and accepted since the last report
                  (``hashes``: ``sent`` [[kid, ctr, hex]], ``received`` [[kid, ctr, hex,
                  member]], ``overflow``; kid and ctr as decimal strings), which the daemon
-                 signs and checks (signed frame digests, docs/protocol.md §11)
+                 signs and checks (signed frame digests, docs/protocol.md §11); and
+                 ``{"type": "hashes", ...}`` five times a second: the hashes and the
+                 worker's counters alone, so that they meet the digests' 2 s deadline
 
 Fail closed: with no page open a link cannot be made (the call shows it); the page drops
 every frame it cannot protect or authenticate, and counts it.
@@ -206,8 +208,9 @@ class BrowserHub:
         elif kind == "link":
             for engine in self.engines.values():
                 engine.on_link_state(str(data.get("link")), str(data.get("state")))
-        elif kind == "stats":
-            self.last_stats = data
+        elif kind in ("stats", "hashes"):
+            if kind == "stats":  # "hashes": only the frame hashes and the worker's counters
+                self.last_stats = data
             target = self.engines.get(str(data.get("call")))
             if target is not None:
                 target.on_stats(data)

@@ -62,6 +62,24 @@ export class PageEngine {
     this.el.noVideo.textContent = "Waiting for the other side's video";
     this.watchFrames();
     this.timer = setInterval(() => this.report(), 500);
+    // the frame hashes (and the worker's counters) more often than the full report: the
+    // daemon signs and checks them against a 2 s deadline (signed frame digests)
+    this.hashTimer = setInterval(() => this.reportHashes(), 200);
+  }
+
+  async reportHashes() {
+    if (this.reporting || this.call == null) return;  // the full report takes them then
+    await this.freshWorkerStats();
+    const h = this.pendingHashes;
+    if (!h.sent.length && !h.received.length && !h.overflow) return;
+    this.pendingHashes = { sent: [], received: [], overflow: 0 };
+    const c = this.workerStats.counters || {};
+    this.send({
+      type: "hashes", call: this.call, hashes: h,
+      crypto: { protected: c.protected || 0, decrypted: c.decrypted || 0,
+                rejected: c.rejected || {}, refused: c.refused || {},
+                by_sender: c.by_sender || {} },
+    });
   }
 
   watchFrames() {
@@ -307,6 +325,7 @@ export class PageEngine {
 
   stopAll() {
     clearInterval(this.timer);
+    clearInterval(this.hashTimer);
     if (this.gallery) this.gallery.close();
     for (const link of this.links.values()) link.pc.close();
     this.links.clear();

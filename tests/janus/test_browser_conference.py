@@ -13,28 +13,35 @@ member's audio and video in the new epoch: the Python terminals from their sinks
 browser from its page's stats (frames its worker decrypted on its subscription to each
 member). The page's subscription to member M takes only M's keys (``wrong_sender``); the
 signed frame digests are strict through the SFU and check the browser's frames and the
-browser's view of the others.
+browser's view of the others. The SFU's operator (Janus's admin API and VideoRoom's
+``switch``) hands the page frames of a publisher of its own under a member's KID: refused in
+the page's worker (``bad_tag``) and shown on its banner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from hotline.charter import Policy, Role, SfuEndpoint
+from hotline.e2ee.media import MediaCrypto
+from hotline.e2ee.sframe import suite_by_name
+from hotline.sfu.conference import SfuConference
 from tests.conftest import require
-from tests.janus.conference import run_in_host
+from tests.janus.conference import run_in_host, synthetic_source
 from tests.janus.server import JanusServer, running_janus
 from tests.janus.test_terminal_conference import NamespaceLine
 from tests.netlab import Host, Lab, prerequisites
 from tests.terminal.test_calls import call_of, sink
 from tests.ui.browser import chromium
-from tests.ui.test_browser_engine import open_engine_page
+from tests.ui.test_browser_engine import open_engine_page, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -53,7 +60,7 @@ def sfu_host(tmp_path: Path) -> Iterator[tuple[Host, JanusServer]]:
     require(problem is None, problem or "")
     with Lab(seed=14) as lab:
         host = lab.add_host("bconf")
-        with running_janus(tmp_path / "janus", host) as janus:
+        with running_janus(tmp_path / "janus", host, admin=True) as janus:
             yield host, janus
 
 
@@ -147,6 +154,87 @@ def check_clean(statuses: dict[str, dict[str, Any]], ids: tuple[str, ...]) -> No
         assert digests["strict"] is True, (tid, digests)
         assert digests["unauthenticated_frame"] == {}, (tid, digests, call["e2ee"]["frame_alarms"])
         assert call["e2ee"]["frame_alarms"] == [], tid
+
+
+async def admin(janus: JanusServer, path: str, request: str) -> dict[str, Any]:
+    """One request to Janus's admin API (what the SFU's operator can do)."""
+    body = {
+        "janus": request,
+        "transaction": secrets.token_hex(6),
+        "admin_secret": janus.admin_secret,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(janus.admin_url + path, json=body) as resp,
+    ):
+        answer: dict[str, Any] = await resp.json(content_type=None)
+    assert answer.get("janus") == "success", answer
+    return answer
+
+
+async def handles(janus: JanusServer) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every handle of every session Janus holds: its VideoRoom state (``plugin_specific``)."""
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for sid in (await admin(janus, "", "list_sessions"))["sessions"]:
+        for hid in (await admin(janus, f"/{sid}", "list_handles")).get("handles") or []:
+            info = (await admin(janus, f"/{sid}/{hid}", "handle_info")).get("info") or {}
+            out[sid, hid] = info.get("plugin_specific") or {}
+    return out
+
+
+async def sfu_injects(
+    janus: JanusServer, statuses: dict[str, dict[str, Any]], member: str
+) -> SfuConference:
+    """The SFU's operator adds a publisher of its own to the call's room (``mallory``, whose
+    Opus frames are under ``member``'s current KID with a made-up key) and switches the
+    browser's subscription to ``member`` over to mallory's audio (VideoRoom ``switch``: no
+    renegotiation, the page sees nothing but the frames). Returns mallory (close it)."""
+    call = call_of(statuses[BROWSER])
+    roster = sorted(call["members"])
+    forger = MediaCrypto(suite_by_name(call["e2ee"]["suite"]))
+    forger.activate_send(call["epoch"], roster.index(member), secrets.token_bytes(32))
+    mallory = SfuConference(
+        self_id="mallory",
+        url=janus.url,
+        room=call["sfu"]["room"],
+        secret="",
+        crypto=forger,
+        source=synthetic_source("mallory"),
+    )
+    await mallory.join()
+    assert mallory.joined is not None
+    state = await handles(janus)
+    (mallory_audio,) = [
+        st["mid"]
+        for (sid, _), info in state.items()
+        if sid == mallory.session.session_id and info.get("type") == "publisher"
+        for st in info.get("streams") or []
+        if st.get("type") == "audio"
+    ]
+    feed = call_of(statuses[member])["sfu"]["feed"]
+    browser_sessions = {sid for (sid, _), info in state.items() if info.get("display") == BROWSER}
+    targets = [
+        (sid, hid, st["mid"])
+        for (sid, hid), info in state.items()
+        if sid in browser_sessions and info.get("type") == "subscriber"
+        for st in info.get("streams") or []
+        if st.get("type") == "audio" and feed in (st.get("feed_id"), st.get("publisher_id"))
+    ]
+    assert len(targets) == 1, (targets, state)
+    sid, hid, sub_mid = targets[0]
+    switch = {
+        "request": "switch",
+        "streams": [{"feed": mallory.joined.feed_id, "mid": mallory_audio, "sub_mid": sub_mid}],
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{janus.url}/{sid}/{hid}",
+            json={"janus": "message", "body": switch, "transaction": secrets.token_hex(6)},
+        ) as resp,
+    ):
+        assert (await resp.json(content_type=None)).get("janus") == "ack"
+    return mallory
 
 
 async def page_links(page: Any) -> list[list[str]]:
@@ -259,6 +347,35 @@ def run_conference(
                     if tid != BROWSER:
                         got = call_of(settled[tid])["e2ee"]["unprotected_by_sender"]
                         assert got[BROWSER] > 0, (tid, got)
+
+                # the SFU injects frames into the browser's subscription to the caller:
+                # refused in the page's worker (bad_tag), counted, and shown on the page
+                before = call_of(settled[BROWSER])["e2ee"]["rejected"].get("bad_tag", 0)
+                mallory = await sfu_injects(janus, settled, CALLER)
+                try:
+                    t = time.monotonic()
+
+                    async def refused() -> bool:
+                        e2ee = call_of(await line.status(BROWSER))["e2ee"]
+                        return bool(e2ee["rejected"].get("bad_tag", 0) - before >= 20)
+
+                    await wait_until(refused, 20, "injected frames refused at the page")
+                    figures["injected_refused_s"] = time.monotonic() - t
+                    await page.wait_for_function(
+                        "() => document.getElementById('banner').textContent.includes('bad_tag')",
+                        timeout=10_000,
+                    )
+                    print(f"the page's banner: {await page.inner_text('#banner')!r}")
+                    after_injection = await statuses_of(line, rest)
+                    for tid in rest:  # mallory's feed: a stranger's, taken by nobody
+                        call = call_of(after_injection[tid])
+                        assert call["sfu"]["refused"].get("unknown_feed", 0) >= 1, call["sfu"]
+                        assert "mallory" not in call["sfu"]["downstream"]
+                    # nothing injected was accepted: no alarm, no frame of mallory's shown
+                    digests = call_of(after_injection[BROWSER])["e2ee"]["frame_digests"]
+                    assert digests["unauthenticated_frame"] == {}, digests
+                finally:
+                    await mallory.close()
 
                 if len(rest) - 1 <= mesh_limit:
                     # below the limit again: back to a mesh with the browser, keys kept

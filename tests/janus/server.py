@@ -3,7 +3,8 @@
 The folder holds the whole configuration: only the VideoRoom plugin and the HTTP transport
 (symlinked from Debian's ``janus`` package into folders of their own, so no other plugin,
 transport, event handler or logger can load), the HTTP API on 127.0.0.1 at a free port, no
-admin API, no STUN, no public address. :func:`running_janus` skips when ``janus`` is missing
+admin API (unless a test asks for it, on 127.0.0.1 with a secret), no STUN, no public
+address. :func:`running_janus` skips when ``janus`` is missing
 and fails in CI.
 
 Janus never gathers ICE candidates on a loopback interface (it skips ``IFF_LOOPBACK``
@@ -51,6 +52,10 @@ class JanusServer:
     #: the lab namespace Janus runs in (None: this process's namespace)
     host: Host | None = None
     proc: subprocess.Popen[bytes] | None = None
+    #: the admin API on 127.0.0.1 (off unless a test plays the SFU's operator with it)
+    admin: bool = False
+    admin_port: int = field(default_factory=free_port)
+    admin_secret: str = "hotline-test-admin"
 
     @property
     def ice_interface(self) -> str:
@@ -59,6 +64,10 @@ class JanusServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/janus"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}/admin"
 
     @property
     def log_path(self) -> Path:
@@ -85,6 +94,7 @@ general: {{
     session_timeout = 60
     hide_dependencies = true
     exit_on_dl_error = true
+    {f'admin_secret = "{self.admin_secret}"' if self.admin else ""}
 }}
 certificates: {{
     dtls_accept_selfsigned = true
@@ -121,7 +131,10 @@ general: {{
     https = false
 }}
 admin: {{
-    admin_http = false
+    admin_http = {"true" if self.admin else "false"}
+    admin_port = {self.admin_port}
+    admin_ip = "127.0.0.1"
+    admin_base_path = "/admin"
     admin_https = false
 }}
 cors: {{
@@ -204,9 +217,11 @@ def require_janus() -> None:
 
 
 @contextlib.contextmanager
-def running_janus(folder: Path, host: Host | None = None) -> Iterator[JanusServer]:
+def running_janus(
+    folder: Path, host: Host | None = None, *, admin: bool = False
+) -> Iterator[JanusServer]:
     require_janus()
-    server = JanusServer(folder, host=host)
+    server = JanusServer(folder, host=host, admin=admin)
     server.start()
     try:
         yield server

@@ -13,8 +13,9 @@ member's KID, which every member holds, delivered on that member's subscription)
 by SFrame and caught by the signed frame digests (``docs/protocol.md`` §11): an
 ``unauthenticated_frame`` alarm naming the victim at every other member.
 
-Browser terminals do not yet join SFU conferences (the browser engine stays a mesh), so all
-six terminals here are Python ones. The figures the test prints are in
+All six terminals here are Python ones in one process (the SFU's hand on a subscription is
+modelled in aiortc's frame crypto); browser terminals through Janus are in
+``tests/janus/test_browser_conference.py``. The figures the test prints are in
 ``docs/performance.md``.
 """
 

@@ -287,13 +287,8 @@ class AiortcEngine:
 
     async def conference_members(self, members: Iterable[str]) -> None:
         """The call's members changed: feeds of those who left are closed."""
-        if self.conference is None:
-            return
-        wanted = set(members) - {self.conference.self_id}
-        for gone in sorted(self.conference.members - wanted):
-            await self.conference.member_left(gone)
-        for new in sorted(wanted - self.conference.members):
-            self.conference.member_joined(new)
+        if self.conference is not None:
+            await self.conference.set_members(members)
 
     def conference_status(self) -> dict[str, Any] | None:
         return self.conference.status() if self.conference is not None else None

@@ -148,7 +148,10 @@ class MediaEngine(Protocol):
 class ConferenceEngine(Protocol):
     """An engine that can also carry the call through the charter's SFU (a conference above
     the mesh limit, ``docs/protocol.md`` §14): one upstream, one downstream per member, the
-    same frame crypto and keys. The aiortc engine is one; the browser engine is not yet."""
+    same frame crypto and keys. Both engines are: the aiortc engine with peer connections
+    in this process (``sfu.conference``), the browser engine with them in its page while
+    the daemon talks to Janus (``ui.browser_conference``); the Janus side is shared
+    (``sfu.room``)."""
 
     @property
     def in_conference(self) -> bool: ...

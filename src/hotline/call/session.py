@@ -605,7 +605,7 @@ class CallSession:
 
     def _wanted_topology(self, members: frozenset[str]) -> topology.Topology:
         if not isinstance(self.engine, ConferenceEngine):
-            return topology.MESH  # this engine has no SFU path (yet): the call stays a mesh
+            return topology.MESH  # an engine without an SFU path: the call stays a mesh
         return topology.choose(len(members), self.mesh_limit, self.sfus)
 
     async def _sync_conference(self, members: frozenset[str]) -> None:

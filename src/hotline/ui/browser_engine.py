@@ -7,18 +7,23 @@ protects every encoded frame with SFrame in an ``RTCRtpScriptTransform`` worker,
 same format as :mod:`hotline.e2ee.media`. What crosses the page's authenticated WebSocket:
 
 daemon -> page   ``{"type": "engine", "id": N, "op": "open"|"offer"|"accept"|"answer"|
-                 "show"|"close"|"end", "link": L, ...}`` (each answered by a reply), and
+                 "show"|"close"|"end", "link": L, ...}`` (each answered by a reply; ``open``
+                 has a ``mode``: ``mesh``, or ``publish`` / ``subscribe`` for a conference
+                 through the SFU, see ``ui.browser_conference``), and
                  ``{"type": "keys", "op": "install"|"send"|"pause"|"erase_through"|"erase"|
                  "forget", ...}``: the call's SFrame base keys (base64), never a long-term key
 page -> daemon   ``{"type": "reply", "id": N, "ok": true, "sdp": ...}``,
                  ``{"type": "link", "link": L, "state": S}`` (connection state), and
                  ``{"type": "stats", ...}`` twice a second: per link the frames decrypted
                  (liveness watches them) and shown; the worker's counters (frames
-                 protected, decrypted, rejected by reason, refused by reason); and the
+                 protected, decrypted, decrypted by sender, rejected by reason, refused
+                 by reason); and the
                  hash of every frame protected and accepted since the last report
                  (``hashes``: ``sent`` [[kid, ctr, hex]], ``received`` [[kid, ctr, hex,
                  member]], ``overflow``; kid and ctr as decimal strings), which the daemon
-                 signs and checks (signed frame digests, docs/protocol.md §11)
+                 signs and checks (signed frame digests, docs/protocol.md §11); and
+                 ``{"type": "hashes", ...}`` five times a second: the hashes and the
+                 worker's counters alone, so that they meet the digests' 2 s deadline
 
 Fail closed: with no page open a link cannot be made (the call shows it); the page drops
 every frame it cannot protect or authenticate, and counts it.
@@ -32,8 +37,8 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -44,6 +49,10 @@ from hotline.e2ee.sframe import MAX_EPOCH, CipherSuite, suite_by_name
 from hotline.errors import SdpError, StateError
 from hotline.media.stats import RECV, FrameEvent
 from hotline.media.turn import IceSettings, select_ice
+from hotline.ui.browser_conference import PageConference
+
+if TYPE_CHECKING:
+    from hotline.sfu.topology import ConferenceSpec
 
 log = logging.getLogger("hotline.ui.engine")
 
@@ -94,6 +103,17 @@ def parse_page_hashes(data: Mapping[str, Any]) -> FrameHashes:
     overflow = data.get("overflow")
     dropped = overflow if isinstance(overflow, int) and not isinstance(overflow, bool) else 0
     return FrameHashes(tuple(sent), tuple(received), bad + max(0, dropped))
+
+
+def _by_sender(value: object) -> dict[str, int]:
+    """The page's frames accepted per sender (its worker's count): well-formed entries only."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(member)[:128]: count
+        for member, count in list(value.items())[:256]
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0
+    }
 
 
 def _b64(data: bytes | bytearray) -> str:
@@ -199,8 +219,9 @@ class BrowserHub:
         elif kind == "link":
             for engine in self.engines.values():
                 engine.on_link_state(str(data.get("link")), str(data.get("state")))
-        elif kind == "stats":
-            self.last_stats = data
+        elif kind in ("stats", "hashes"):
+            if kind == "stats":  # "hashes": only the frame hashes and the worker's counters
+                self.last_stats = data
             target = self.engines.get(str(data.get("call")))
             if target is not None:
                 target.on_stats(data)
@@ -374,7 +395,10 @@ class BrowserKeySink:
 
 
 class BrowserEngine:
-    """One call's media in the page (a :class:`~hotline.call.media_engine.MediaEngine`)."""
+    """One call's media in the page (a :class:`~hotline.call.media_engine.MediaEngine`,
+    and a :class:`~hotline.call.media_engine.ConferenceEngine`: through the SFU the daemon
+    drives Janus and the page holds one publishing link and one link per member's feed,
+    see ``ui.browser_conference``)."""
 
     def __init__(
         self,
@@ -397,6 +421,8 @@ class BrowserEngine:
         self.crypto: dict[str, Any] = {}
         self._ice = ice or IceSettings()
         self._hashes: list[FrameHashes] = []
+        #: the call's conference through the SFU, while it uses one (else a mesh)
+        self.conference: PageConference | None = None
         hub.engines[call_id] = self
 
     async def _ice_config(self) -> dict[str, Any]:
@@ -411,8 +437,11 @@ class BrowserEngine:
             )
         return {"ice_servers": servers, "ice_policy": "relay" if settings.relay_only else "all"}
 
-    async def open_link(self, peer_id: str, *, offerer: bool, attempt: int) -> BrowserLink:
-        link = BrowserLink(self, f"{peer_id}#{next(self._ids)}", peer_id, offerer, attempt)
+    async def open_link(
+        self, peer_id: str, *, offerer: bool, attempt: int, mode: str = "mesh"
+    ) -> BrowserLink:
+        tag = "" if mode == "mesh" else f"{mode}:"
+        link = BrowserLink(self, f"{tag}{peer_id}#{next(self._ids)}", peer_id, offerer, attempt)
         await self.hub.request(
             {
                 "op": "open",
@@ -421,11 +450,18 @@ class BrowserEngine:
                 "peer": peer_id,
                 "offerer": offerer,
                 "attempt": attempt,
+                "mode": mode,
                 **await self._ice_config(),
             }
         )
         self.links[link.link_id] = link
         return link
+
+    async def open_page_link(self, peer_id: str, *, mode: str) -> BrowserLink:
+        """A conference link in the page: ``publish`` (send-only, the page offers; its
+        ``peer_id`` is our own id) or ``subscribe`` (receive-only, frames bound to
+        ``peer_id``'s keys; Janus offers)."""
+        return await self.open_link(peer_id, offerer=mode == "publish", attempt=1, mode=mode)
 
     def show(self, link: MediaLink) -> None:
         assert isinstance(link, BrowserLink)
@@ -477,6 +513,52 @@ class BrowserEngine:
                     link.shown = int(entry.get("shown", 0))
                     link.stats = entry
 
+    # --- conferences through the SFU (see hotline.ui.browser_conference) ----------------------
+
+    @property
+    def in_conference(self) -> bool:
+        return self.conference is not None
+
+    async def join_conference(self, spec: ConferenceSpec, members: Iterable[str]) -> None:
+        """Publish the page's media to the call's SFU room and subscribe the page to every
+        member's feed (the same worker and keys as a mesh: the key sink is not touched)."""
+        if self.conference is not None:
+            return
+        if not self.hub.connected:
+            raise StateError("no page is open as this terminal's media engine (open the UI link)")
+        conference = PageConference(
+            engine=self,
+            self_id=spec.self_id,
+            url=spec.url,
+            room=spec.room,
+            secret=spec.secret,
+            members=members,
+            tls_fingerprint=spec.tls_fingerprint,
+        )
+        conference.destroy_when_empty = True
+        conference.on_downstream = lambda down: self.show(down.link)
+        self.conference = conference
+        try:
+            await conference.ensure_room(spec.publishers)
+            await conference.join()
+        except BaseException:
+            self.conference = None
+            await conference.close()
+            raise
+
+    async def conference_members(self, members: Iterable[str]) -> None:
+        """The call's members changed: feeds of those who left are closed."""
+        if self.conference is not None:
+            await self.conference.set_members(members)
+
+    def conference_status(self) -> dict[str, Any] | None:
+        return self.conference.status() if self.conference is not None else None
+
+    async def leave_conference(self) -> None:
+        conference, self.conference = self.conference, None
+        if conference is not None:
+            await conference.close()
+
     async def snapshot(self) -> dict[str, Any]:
         peers = {
             peer: {"engine": "browser", "link": link.link_id, "page": link.stats}
@@ -521,6 +603,7 @@ class BrowserEngine:
             sending_epoch=self.sink.send_epoch,
             receive_epochs=tuple(sorted(self.sink.epochs)),
             sending_suite=self.sink.send_suite,
+            unprotected_by_sender=_by_sender(c.get("by_sender")),
         )
 
     def take_frame_hashes(self) -> FrameHashes:
@@ -533,6 +616,7 @@ class BrowserEngine:
         )
 
     async def close(self) -> None:
+        await self.leave_conference()
         self.sink.erase_epochs_through(MAX_EPOCH)  # nothing kept for a replay
         self.hub.post({"type": "engine", "op": "end", "call": self.call_id})
         self.hub.engines.pop(self.call_id, None)

@@ -62,6 +62,24 @@ export class PageEngine {
     this.el.noVideo.textContent = "Waiting for the other side's video";
     this.watchFrames();
     this.timer = setInterval(() => this.report(), 500);
+    // the frame hashes (and the worker's counters) more often than the full report: the
+    // daemon signs and checks them against a 2 s deadline (signed frame digests)
+    this.hashTimer = setInterval(() => this.reportHashes(), 200);
+  }
+
+  async reportHashes() {
+    if (this.reporting || this.call == null) return;  // the full report takes them then
+    await this.freshWorkerStats();
+    const h = this.pendingHashes;
+    if (!h.sent.length && !h.received.length && !h.overflow) return;
+    this.pendingHashes = { sent: [], received: [], overflow: 0 };
+    const c = this.workerStats.counters || {};
+    this.send({
+      type: "hashes", call: this.call, hashes: h,
+      crypto: { protected: c.protected || 0, decrypted: c.decrypted || 0,
+                rejected: c.rejected || {}, refused: c.refused || {},
+                by_sender: c.by_sender || {} },
+    });
   }
 
   watchFrames() {
@@ -119,9 +137,19 @@ export class PageEngine {
         this.show(link);
       }
     };
-    // addTrack (not addTransceiver): an answerer's remote offer takes these transceivers
-    // over (JSEP), so the transforms are in place before any SDP is applied
-    for (const track of this.local.getTracks()) pc.addTrack(track, this.local);
+    link.mode = msg.mode || "mesh";
+    if (link.mode === "publish") {
+      // through the SFU, upstream: send-only, the page offers (the daemon talks to Janus)
+      for (const track of this.local.getTracks()) {
+        pc.addTransceiver(track, { direction: "sendonly", streams: [this.local] });
+      }
+    } else if (link.mode === "mesh") {
+      // addTrack (not addTransceiver): an answerer's remote offer takes these transceivers
+      // over (JSEP), so the transforms are in place before any SDP is applied
+      for (const track of this.local.getTracks()) pc.addTrack(track, this.local);
+    }
+    // "subscribe" (one member's feed through the SFU): receive-only, Janus offers; the
+    // receive transforms go on in op_accept, before the answer
     for (const t of pc.getTransceivers()) this.attachTransforms(link, t);
     return {};
   }
@@ -137,6 +165,20 @@ export class PageEngine {
     const link = this.links.get(msg.link);
     const pc = link.pc;
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    if (link.mode === "subscribe") {
+      for (const t of pc.getTransceivers()) {
+        const kind = t.receiver.track.kind;
+        // frames on this link open only under the keys of its member (link.peer)
+        t.receiver.transform = new RTCRtpScriptTransform(this.worker,
+          { side: "recv", kind, link: link.id, peer: link.peer });
+        t.direction = "recvonly";
+        t.setCodecPreferences(kind === "video" ? only("video", VIDEO_CODECS)
+                                               : only("audio", AUDIO_CODECS));
+      }
+      await pc.setLocalDescription(await pc.createAnswer());
+      await gathered(pc);
+      return { sdp: pc.localDescription.sdp };
+    }
     for (const t of pc.getTransceivers()) {
       if (!t.sender.transform || !t.receiver.transform) {
         throw new Error("an offered media section without the frame crypto: refused");
@@ -203,15 +245,26 @@ export class PageEngine {
   }
 
   async report() {
+    // one report at a time: on a busy page a slow one is skipped over, never stacked up
+    if (this.reporting) return;
+    this.reporting = true;
+    try { await this.reportOnce(); } finally { this.reporting = false; }
+  }
+
+  async reportOnce() {
     const links = {};
-    for (const [id, link] of this.links) {
+    // every link's RTP counters at once (a conference has a link per member), then the
+    // worker's: read after the RTP counters, it has seen those frames
+    const current = [...this.links];
+    const reports = await Promise.all(current.map(([, link]) =>
+      link.pc.getStats().catch(() => null)));  // null: closed meanwhile
+    await this.freshWorkerStats();
+    for (const [i, [id, link]] of current.entries()) {
       let framesSent = 0;
-      let stats = null;
-      try {
-        stats = await link.pc.getStats();
+      const stats = reports[i];
+      if (stats) {
         stats.forEach((s) => { if (s.type === "outbound-rtp" && s.kind === "video") framesSent += s.framesSent || 0; });
-      } catch (e) { /* closed meanwhile */ }
-      await this.freshWorkerStats();  // read after the RTP counters: it has seen those frames
+      }
       const w = (this.workerStats.links || {})[id] || {};
       const entry = { decrypted: w.decrypted || 0, rejected: w.rejected || 0, sent: w.sent || 0,
                       decrypted_video: w.decrypted_video || 0, decrypted_audio: w.decrypted_audio || 0,
@@ -258,20 +311,21 @@ export class PageEngine {
     this.el.remote.classList.toggle("stale", stale);
     this.el.noVideo.classList.toggle("hidden", !stale && this.el.remote.srcObject != null);
     if (stale) this.el.noVideo.textContent = "Video interrupted: no frame could be decrypted or received for over a second";
-    await this.freshWorkerStats();  // the frame hashes of the last moments too
     const c = this.workerStats.counters || {};
     const hashes = this.pendingHashes;
     this.pendingHashes = { sent: [], received: [], overflow: 0 };
     this.send({
       type: "stats", call: this.call,
       crypto: { protected: c.protected || 0, decrypted: c.decrypted || 0,
-                rejected: c.rejected || {}, refused: c.refused || {} },
+                rejected: c.rejected || {}, refused: c.refused || {},
+                by_sender: c.by_sender || {} },
       links, frames_shown: this.framesShown, hashes,
     });
   }
 
   stopAll() {
     clearInterval(this.timer);
+    clearInterval(this.hashTimer);
     if (this.gallery) this.gallery.close();
     for (const link of this.links.values()) link.pc.close();
     this.links.clear();

@@ -9,7 +9,8 @@ const receive = new Map();   // kid (BigInt) -> {k, member, window}
 const rosters = new Map();   // epoch -> [member ids, sorted]
 let sender = null;           // {k, ctr: BigInt}
 let pauseReason = "no epoch is active yet";
-const counters = { protected: 0, decrypted: 0, rejected: {}, refused: {} };
+// by_sender: frames accepted per member (liveness per member through the SFU)
+const counters = { protected: 0, decrypted: 0, rejected: {}, refused: {}, by_sender: {} };
 const perLink = new Map();   // link -> {decrypted, rejected}
 const receivers = new Set(); // transformers of received media (key frame requests)
 // the hash of every frame protected and accepted, for the daemon to sign and check (signed
@@ -137,6 +138,7 @@ function receiveTransform(kind, link, peer) {
       const hashed = sf.frameHash(kind, data);  // the frame as it arrived, copied now
       frame.data = plain.buffer;
       counters.decrypted++;
+      count(counters.by_sender, entry.member);
       const ls = linkStats(link);
       ls.decrypted++;
       ls[`decrypted_${kind}`] = (ls[`decrypted_${kind}`] || 0) + 1;

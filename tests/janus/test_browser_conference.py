@@ -1,0 +1,442 @@
+"""Browser terminals in conferences through a real Janus: the page in a real Chromium is one
+terminal's media engine, the others are Python (aiortc) terminal processes.
+
+Everything runs inside one lab namespace (see ``tests.janus.test_terminal_conference``):
+the exchange, Janus's API, the terminals and their ICE, and Chromium, which Playwright starts
+from the test's event loop in that namespace (so the page reaches its daemon's UI on the
+namespace's 127.0.0.1 and gathers ICE on its lab address, as Janus does).
+
+The call grows one member at a time, a mesh up to the charter's mesh limit and then through
+Janus (the browser moves with it, its worker keyed as before); a member joins and one leaves
+through Janus, each with a new epoch; after each change every member decrypts every other
+member's audio and video in the new epoch: the Python terminals from their sinks, the
+browser from its page's stats (frames its worker decrypted on its subscription to each
+member). The page's subscription to member M takes only M's keys (``wrong_sender``); the
+signed frame digests are strict through the SFU and check the browser's frames and the
+browser's view of the others. The SFU's operator (Janus's admin API and VideoRoom's
+``switch``) hands the page frames of a publisher of its own under a member's KID: refused in
+the page's worker (``bad_tag``) and shown on its banner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hotline.charter import Policy, Role, SfuEndpoint
+from hotline.e2ee.media import MediaCrypto
+from hotline.e2ee.sframe import suite_by_name
+from hotline.sfu.conference import SfuConference
+from tests.conftest import require
+from tests.janus.conference import run_in_host, synthetic_source
+from tests.janus.server import JanusServer, running_janus
+from tests.janus.test_terminal_conference import NamespaceLine
+from tests.netlab import Host, Lab, prerequisites
+from tests.terminal.test_calls import call_of, sink
+from tests.ui.browser import chromium
+from tests.ui.test_browser_engine import open_engine_page, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+BROWSER = "berlin"
+CALLER = "london"
+WAIT_S = 60.0
+#: frames of each kind each member must decrypt from each other member after a change
+PER_STAGE = 15
+#: the Python terminals' synthetic video: six terminals on two shared cores
+SMALL = ("--width", "288", "--height", "64", "--fps", "8")
+
+
+@pytest.fixture
+def sfu_host(tmp_path: Path) -> Iterator[tuple[Host, JanusServer]]:
+    problem = prerequisites()
+    require(problem is None, problem or "")
+    with Lab(seed=14) as lab:
+        host = lab.add_host("bconf")
+        with running_janus(tmp_path / "janus", host, admin=True) as janus:
+            yield host, janus
+
+
+def received(status: dict[str, Any], rx: str, tx: str) -> tuple[int, int]:
+    """(video, audio) frames ``rx`` decrypted from ``tx`` so far: the page's worker count on
+    its link to ``tx`` for the browser, the sinks' frames for a Python terminal."""
+    if rx == BROWSER:
+        page = (call_of(status).get("peers", {}).get(tx) or {}).get("page") or {}
+        return int(page.get("decrypted_video", 0)), int(page.get("decrypted_audio", 0))
+    return (
+        int(sink(status, tx, "video").get("frames", 0)),
+        int(sink(status, tx, "audio").get("frames", 0)),
+    )
+
+
+async def statuses_of(line: NamespaceLine, ids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    return {tid: await line.status(tid) for tid in ids}
+
+
+async def wait_for(
+    line: NamespaceLine,
+    ids: tuple[str, ...],
+    check: Callable[[dict[str, dict[str, Any]]], bool],
+    what: str,
+) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + WAIT_S
+    statuses: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        statuses = await statuses_of(line, ids)
+        if check(statuses):
+            return statuses
+        await asyncio.sleep(1.0)  # a status samples every peer connection: not too often
+    summary = {
+        tid: {k: call_of(s).get(k) for k in ("members", "epoch", "topology", "sfu", "rejected")}
+        | {"got": {o: received(s, tid, o) for o in ids if o != tid}}
+        for tid, s in statuses.items()
+    }
+    raise AssertionError(f"timed out waiting for {what}: {summary}")
+
+
+def agreed(statuses: dict[str, dict[str, Any]], n: int, topology: str) -> bool:
+    """Every terminal in one call of ``n`` members, in one epoch, sending in it, on
+    ``topology``."""
+    calls = [call_of(s) for s in statuses.values()]
+    return (
+        all(len(c.get("members") or []) == n for c in calls)
+        and len({(c.get("epoch"), c.get("security_code")) for c in calls}) == 1
+        and all(c["e2ee"]["sending_epoch"] == c["epoch"] for c in calls)
+        and all(c.get("topology") == topology for c in calls)
+    )
+
+
+async def every_pair_decrypts(
+    line: NamespaceLine, ids: tuple[str, ...], what: str
+) -> dict[str, dict[str, Any]]:
+    """Wait until each member decrypted ``PER_STAGE`` more video and audio frames from each
+    other member than it had when called (everyone sends in the new epoch by then)."""
+    start = await statuses_of(line, ids)
+    base = {(rx, tx): received(start[rx], rx, tx) for rx in ids for tx in ids if rx != tx}
+
+    def grown(s: dict[str, dict[str, Any]]) -> bool:
+        return all(
+            v - base[rx, tx][0] >= PER_STAGE and a - base[rx, tx][1] >= PER_STAGE
+            for (rx, tx) in base
+            for v, a in [received(s[rx], rx, tx)]
+        )
+
+    return await wait_for(line, ids, grown, what)
+
+
+def check_clean(statuses: dict[str, dict[str, Any]], ids: tuple[str, ...]) -> None:
+    """Through the SFU: every other member subscribed, nothing refused by the SFU side, no
+    frame that failed to open (only frames in flight across a rekey or a move: unknown_kid;
+    the browser's authentic repeats: duplicate_*), every frame shown signed by its sender."""
+    for tid in ids:
+        e2ee = call_of(statuses[tid])["e2ee"]
+        print(f"{tid}: rejected {e2ee['rejected']}, frame digests {e2ee['frame_digests']}")
+    for tid in ids:
+        call = call_of(statuses[tid])
+        assert call["topology"] == "sfu", (tid, call["topology"])
+        assert set(call["sfu"]["downstream"]) == set(ids) - {tid}, (tid, call["sfu"])
+        assert set(call["sfu"]["downstream"].values()) == {"connected"}, (tid, call["sfu"])
+        assert call["sfu"]["upstream"] == "connected", (tid, call["sfu"])
+        assert not call["sfu"]["refused"], (tid, call["sfu"])
+        rejected = call["e2ee"]["rejected"]
+        assert all(r == "unknown_kid" or r.startswith("duplicate_") for r in rejected), (
+            tid,
+            rejected,
+        )
+        digests = call["e2ee"]["frame_digests"]
+        assert digests["strict"] is True, (tid, digests)
+        assert digests["unauthenticated_frame"] == {}, (tid, digests, call["e2ee"]["frame_alarms"])
+        assert call["e2ee"]["frame_alarms"] == [], tid
+
+
+async def admin(janus: JanusServer, path: str, request: str) -> dict[str, Any]:
+    """One request to Janus's admin API (what the SFU's operator can do)."""
+    body = {
+        "janus": request,
+        "transaction": secrets.token_hex(6),
+        "admin_secret": janus.admin_secret,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(janus.admin_url + path, json=body) as resp,
+    ):
+        answer: dict[str, Any] = await resp.json(content_type=None)
+    assert answer.get("janus") == "success", answer
+    return answer
+
+
+async def handles(janus: JanusServer) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every handle of every session Janus holds: its VideoRoom state (``plugin_specific``)."""
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for sid in (await admin(janus, "", "list_sessions"))["sessions"]:
+        for hid in (await admin(janus, f"/{sid}", "list_handles")).get("handles") or []:
+            info = (await admin(janus, f"/{sid}/{hid}", "handle_info")).get("info") or {}
+            out[sid, hid] = info.get("plugin_specific") or {}
+    return out
+
+
+async def sfu_injects(
+    janus: JanusServer, statuses: dict[str, dict[str, Any]], member: str
+) -> SfuConference:
+    """The SFU's operator adds a publisher of its own to the call's room (``mallory``, whose
+    Opus frames are under ``member``'s current KID with a made-up key) and switches the
+    browser's subscription to ``member`` over to mallory's audio (VideoRoom ``switch``: no
+    renegotiation, the page sees nothing but the frames). Returns mallory (close it)."""
+    call = call_of(statuses[BROWSER])
+    roster = sorted(call["members"])
+    forger = MediaCrypto(suite_by_name(call["e2ee"]["suite"]))
+    forger.activate_send(call["epoch"], roster.index(member), secrets.token_bytes(32))
+    mallory = SfuConference(
+        self_id="mallory",
+        url=janus.url,
+        room=call["sfu"]["room"],
+        secret="",
+        crypto=forger,
+        source=synthetic_source("mallory"),
+    )
+    await mallory.join()
+    assert mallory.joined is not None
+    state = await handles(janus)
+    (mallory_audio,) = [
+        st["mid"]
+        for (sid, _), info in state.items()
+        if sid == mallory.session.session_id and info.get("type") == "publisher"
+        for st in info.get("streams") or []
+        if st.get("type") == "audio"
+    ]
+    feed = call_of(statuses[member])["sfu"]["feed"]
+    browser_sessions = {sid for (sid, _), info in state.items() if info.get("display") == BROWSER}
+    targets = [
+        (sid, hid, st["mid"])
+        for (sid, hid), info in state.items()
+        if sid in browser_sessions and info.get("type") == "subscriber"
+        for st in info.get("streams") or []
+        if st.get("type") == "audio" and feed in (st.get("feed_id"), st.get("publisher_id"))
+    ]
+    assert len(targets) == 1, (targets, state)
+    sid, hid, sub_mid = targets[0]
+    switch = {
+        "request": "switch",
+        "streams": [{"feed": mallory.joined.feed_id, "mid": mallory_audio, "sub_mid": sub_mid}],
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{janus.url}/{sid}/{hid}",
+            json={"janus": "message", "body": switch, "transaction": secrets.token_hex(6)},
+        ) as resp,
+    ):
+        assert (await resp.json(content_type=None)).get("janus") == "ack"
+    return mallory
+
+
+async def page_links(page: Any) -> list[list[str]]:
+    """The page's peer connections: [mode, peer, connection state] each, sorted."""
+    links: list[list[str]] = await page.evaluate(
+        "() => [...window.hotlineEngine.links.values()].map("
+        "(l) => [l.mode, l.peer, l.pc.connectionState])"
+    )
+    return sorted(links)
+
+
+def run_conference(
+    host: Host,
+    janus: JanusServer,
+    tmp_path: Path,
+    *,
+    first: tuple[str, ...],
+    joiner: str,
+    leaver: str,
+    mesh_limit: int,
+) -> dict[str, float]:
+    """``first`` (the browser first, the caller second) come in one by one (a mesh up to
+    ``mesh_limit``, then through Janus), ``joiner`` joins and ``leaver`` leaves through
+    Janus; with ``mesh_limit`` 2 the joiner then leaves too and the call is a mesh again."""
+    everyone = (*first, joiner)
+    rest = tuple(i for i in everyone if i != leaver)
+    line = NamespaceLine(
+        host,
+        tmp_path / "line",
+        "capitals",
+        {site: [(site, Role.PRINCIPAL)] for site in everyone},
+        policy=Policy(max_participants=len(everyone), mesh_limit=mesh_limit),
+        sfus=(SfuEndpoint(janus.url),),
+    )
+    figures: dict[str, float] = {}
+
+    def shape(n: int) -> str:
+        return "mesh" if n <= mesh_limit else "sfu"
+
+    async def main() -> None:
+        line.commission()
+        t0 = time.monotonic()
+        epochs: list[int] = []
+        try:
+            await line.start_exchange()
+            for tid in everyone:
+                extra = ("--ui", "127.0.0.1:0", "--engine", "browser") if tid == BROWSER else SMALL
+                answer = () if tid == CALLER else ("--auto-answer",)
+                await line.start_terminal(tid, *extra, *answer)
+            await line.wait_online(list(everyone))
+            async with chromium(tmp_path) as browser:
+                page = await open_engine_page(browser, line, BROWSER)
+                figures["started_s"] = time.monotonic() - t0
+                async with line.control(CALLER) as caller:
+                    await caller.request("POST", "/call", {"target": BROWSER})
+                    for n in range(2, len(first) + 1):
+                        ids = first[:n]
+                        agreed_n = await wait_for(
+                            line, ids, lambda s, n=n: agreed(s, n, shape(n)), f"{n} members"
+                        )
+                        epochs.append(call_of(agreed_n[CALLER])["epoch"])
+                        if n == mesh_limit + 1:  # the move to the SFU, the browser with it
+                            figures["moved_to_sfu_s"] = time.monotonic() - t0
+                        if n == mesh_limit + 1 and n < len(first):
+                            await every_pair_decrypts(line, ids, f"{n} members, moved")
+                        if n < len(first):
+                            await caller.request("POST", "/invite", {"target": first[n]})
+                    await every_pair_decrypts(line, first, f"{len(first)} members")
+                    figures["first_flowing_s"] = time.monotonic() - t0
+
+                    # a member joins mid-call: a new epoch, everyone decrypts everyone in it
+                    t = time.monotonic()
+                    await caller.request("POST", "/invite", {"target": joiner})
+                    joined = await wait_for(
+                        line,
+                        everyone,
+                        lambda s: agreed(s, len(everyone), "sfu"),
+                        f"{joiner} joined",
+                    )
+                    epochs.append(call_of(joined[CALLER])["epoch"])
+                    joined = await every_pair_decrypts(line, everyone, f"after {joiner} joined")
+                    figures["join_flowing_s"] = time.monotonic() - t
+                    check_clean(joined, everyone)
+
+                # one leaves mid-call: a new epoch among the others, still through the SFU
+                t = time.monotonic()
+                async with line.control(leaver) as leaving:
+                    await leaving.request("POST", "/hangup")
+                left = await wait_for(
+                    line, rest, lambda s: agreed(s, len(rest), "sfu"), f"{leaver} left"
+                )
+                epochs.append(call_of(left[CALLER])["epoch"])
+                await every_pair_decrypts(line, rest, f"after {leaver} left")
+                figures["leave_flowing_s"] = time.monotonic() - t
+                await asyncio.sleep(2.5)  # every frame shown by now is past its deadline
+                settled = await statuses_of(line, rest)
+                check_clean(settled, rest)
+                report(settled, rest, epochs, figures)
+                browser_view = call_of(settled[BROWSER])
+                assert leaver not in browser_view["sfu"]["downstream"]
+                # the page: one publishing link, one subscription per member, all connected
+                assert await page_links(page) == sorted(
+                    [["publish", BROWSER, "connected"]]
+                    + [["subscribe", o, "connected"] for o in rest if o != BROWSER]
+                )
+                by_sender = browser_view["e2ee"]["unprotected_by_sender"]
+                assert set(by_sender) >= set(everyone) - {BROWSER}, by_sender
+                assert browser_view["e2ee"]["frame_digests"]["verified"] > 200
+                for tid in rest:  # what the browser sent, every Python member decrypted
+                    if tid != BROWSER:
+                        got = call_of(settled[tid])["e2ee"]["unprotected_by_sender"]
+                        assert got[BROWSER] > 0, (tid, got)
+
+                # the SFU injects frames into the browser's subscription to the caller:
+                # refused in the page's worker (bad_tag), counted, and shown on the page
+                before = call_of(settled[BROWSER])["e2ee"]["rejected"].get("bad_tag", 0)
+                mallory = await sfu_injects(janus, settled, CALLER)
+                try:
+                    t = time.monotonic()
+
+                    async def refused() -> bool:
+                        e2ee = call_of(await line.status(BROWSER))["e2ee"]
+                        return bool(e2ee["rejected"].get("bad_tag", 0) - before >= 20)
+
+                    await wait_until(refused, 20, "injected frames refused at the page")
+                    figures["injected_refused_s"] = time.monotonic() - t
+                    await page.wait_for_function(
+                        "() => document.getElementById('banner').textContent.includes('bad_tag')",
+                        timeout=10_000,
+                    )
+                    print(f"the page's banner: {await page.inner_text('#banner')!r}")
+                    after_injection = await statuses_of(line, rest)
+                    for tid in rest:  # mallory's feed: a stranger's, taken by nobody
+                        call = call_of(after_injection[tid])
+                        assert call["sfu"]["refused"].get("unknown_feed", 0) >= 1, call["sfu"]
+                        assert "mallory" not in call["sfu"]["downstream"]
+                    # nothing injected was accepted: no alarm, no frame of mallory's shown
+                    digests = call_of(after_injection[BROWSER])["e2ee"]["frame_digests"]
+                    assert digests["unauthenticated_frame"] == {}, digests
+                finally:
+                    await mallory.close()
+
+                if len(rest) - 1 <= mesh_limit:
+                    # below the limit again: back to a mesh with the browser, keys kept
+                    t = time.monotonic()
+                    async with line.control(joiner) as leaving:
+                        await leaving.request("POST", "/hangup")
+                    two = tuple(i for i in rest if i != joiner)
+                    mesh = await wait_for(
+                        line, two, lambda s: agreed(s, len(two), "mesh"), "back to a mesh"
+                    )
+                    epochs.append(call_of(mesh[CALLER])["epoch"])
+                    mesh = await every_pair_decrypts(line, two, "back to a mesh")
+                    figures["back_to_mesh_s"] = time.monotonic() - t
+                    assert await page_links(page) == sorted(
+                        ["mesh", o, "connected"] for o in two if o != BROWSER
+                    )
+                    for tid in two:
+                        call = call_of(mesh[tid])
+                        assert call["sfu"] is None, (tid, call["sfu"])
+                        assert call["e2ee"]["frame_digests"]["unauthenticated_frame"] == {}
+                assert epochs == sorted(set(epochs)), epochs  # a new epoch at every change
+                figures["total_s"] = time.monotonic() - t0
+        finally:
+            await line.stop()
+
+    run_in_host(host, main)
+    return figures
+
+
+def test_a_browser_terminal_through_janus_moves_joins_and_leaves(
+    sfu_host: tuple[Host, JanusServer], tmp_path: Path
+) -> None:
+    """Four terminals, the browser and three Python ones (mesh limit 2): a mesh of two
+    moves to the SFU at three, a fourth joins and one leaves through the SFU, and at two
+    the call is a mesh again."""
+    host, janus = sfu_host
+    figures = run_conference(
+        host,
+        janus,
+        tmp_path,
+        first=(BROWSER, CALLER, "paris"),
+        joiner="rome",
+        leaver="paris",
+        mesh_limit=2,
+    )
+    print(f"browser + three Python terminals: {figures}")
+
+
+def report(
+    statuses: dict[str, dict[str, Any]],
+    ids: tuple[str, ...],
+    epochs: list[int],
+    figures: dict[str, float],
+) -> None:
+    print(f"{len(ids)} terminals (browser {BROWSER}) through Janus: epochs {epochs}")
+    print("  " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+    for rx in ids:
+        call = call_of(statuses[rx])
+        got = {tx: received(statuses[rx], rx, tx) for tx in ids if tx != rx}
+        print(
+            f"  {rx:10} (video, audio) decrypted per sender: {got}; rejected "
+            f"{call['e2ee']['rejected']}; digests verified "
+            f"{call['e2ee']['frame_digests']['verified']}"
+        )

@@ -291,6 +291,10 @@ async def test_python_terminal_calls_a_browser_terminal(tmp_path: Path) -> None:
             timeout=5000,
         )
         banner = await page.inner_text("#banner")
+        # frames decrypted before the wrong key took effect may still be in the decoder,
+        # and the page reports its stats twice a second (later on a loaded host): let both
+        # drain, then count what is decoded over one second
+        await asyncio.sleep(1.5)
         before = (await page_link(line, "bravo", "alpha"))["video_decoded"]
         await asyncio.sleep(1.0)
         after = await page_link(line, "bravo", "alpha")

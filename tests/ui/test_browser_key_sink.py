@@ -7,7 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from hotline.e2ee.sframe import DEFAULT_SUITE, MAX_EPOCH
-from hotline.ui.browser_engine import SEND_KEY_WITHHELD, BrowserHub, BrowserKeySink
+from hotline.ui.browser_engine import (
+    SEND_KEY_WITHHELD,
+    BrowserEngine,
+    BrowserHub,
+    BrowserKeySink,
+)
 
 KEY = bytes(range(16))
 
@@ -96,3 +101,20 @@ def test_nothing_to_withhold_without_a_send_key() -> None:
     hub.take()
     sink.replay()
     assert hub.take() == [] and not sink.new_epoch_wanted
+
+
+async def test_page_hash_reports_dropped_when_untaken_are_counted_as_lost() -> None:
+    """A page's hash reports wait for the call's tick; past 64 untaken, further reports
+    are dropped, and every hash in them counts as overflow (never silently lost)."""
+    engine = BrowserEngine(BrowserHub(), "call-1", DEFAULT_SUITE.name, lambda event: None)
+    report = {
+        "sent": [["513", str(i), "ab" * 16] for i in range(3)],
+        "received": [["770", "7", "cd" * 16, "bravo"]],
+        "overflow": 2,
+    }
+    for _ in range(64 + 5):
+        engine.on_stats({"hashes": report})
+    taken = engine.take_frame_hashes()
+    assert len(taken.sent) == 64 * 3 and len(taken.received) == 64
+    assert taken.overflow == 64 * 2 + 5 * (3 + 1 + 2)
+    assert engine.take_frame_hashes().overflow == 0  # counted once

@@ -421,6 +421,8 @@ class BrowserEngine:
         self.crypto: dict[str, Any] = {}
         self._ice = ice or IceSettings()
         self._hashes: list[FrameHashes] = []
+        #: hashes in page reports dropped because too many waited (counted as overflow)
+        self._hashes_dropped = 0
         #: the call's conference through the SFU, while it uses one (else a mesh)
         self.conference: PageConference | None = None
         hub.engines[call_id] = self
@@ -494,8 +496,12 @@ class BrowserEngine:
 
     def on_stats(self, data: dict[str, Any]) -> None:
         hashes = data.get("hashes")
-        if isinstance(hashes, dict) and len(self._hashes) < 64:  # ~30 s untaken: drop more
-            self._hashes.append(parse_page_hashes(hashes))
+        if isinstance(hashes, dict):
+            report = parse_page_hashes(hashes)
+            if len(self._hashes) < 64:
+                self._hashes.append(report)
+            else:  # long untaken (the call's tick stalled): dropped, and counted as lost
+                self._hashes_dropped += len(report.sent) + len(report.received) + report.overflow
         crypto = data.get("crypto")
         if isinstance(crypto, dict):
             before = dict(self.crypto.get("rejected", {}))
@@ -609,10 +615,11 @@ class BrowserEngine:
     def take_frame_hashes(self) -> FrameHashes:
         """The hashes the page's worker reported since the last call (twice a second)."""
         batches, self._hashes = self._hashes, []
+        dropped, self._hashes_dropped = self._hashes_dropped, 0
         return FrameHashes(
             tuple(f for b in batches for f in b.sent),
             tuple(f for b in batches for f in b.received),
-            sum(b.overflow for b in batches),
+            sum(b.overflow for b in batches) + dropped,
         )
 
     async def close(self) -> None:

@@ -169,8 +169,10 @@ export class PageEngine {
       for (const t of pc.getTransceivers()) {
         const kind = t.receiver.track.kind;
         // frames on this link open only under the keys of its member (link.peer)
+        // strict: through the SFU the signed digests are what binds a frame to its sender,
+        // so a frame whose hash cannot be kept for them is refused (hash_overflow)
         t.receiver.transform = new RTCRtpScriptTransform(this.worker,
-          { side: "recv", kind, link: link.id, peer: link.peer });
+          { side: "recv", kind, link: link.id, peer: link.peer, strict: true });
         t.direction = "recvonly";
         t.setCodecPreferences(kind === "video" ? only("video", VIDEO_CODECS)
                                                : only("audio", AUDIO_CODECS));

@@ -17,6 +17,7 @@ const receivers = new Set(); // transformers of received media (key frame reques
 // frame digests): [kid, ctr, hash] and [kid, ctr, hash, member], kid and ctr as decimal
 const hashes = { sent: [], received: [], overflow: 0 };
 const MAX_HASHES = 8192;
+let hashing = 0;  // accepted frames whose hash is being computed
 // counters being protected and hashed, per kid: a sent hash is handed over only once every
 // lower counter of its kid is done, so the daemon gets them in counter order
 const inflight = new Map();   // kid (decimal) -> Set of counters (BigInt)
@@ -120,7 +121,7 @@ function sendTransform(kind, link) {
   };
 }
 
-function receiveTransform(kind, link, peer) {
+function receiveTransform(kind, link, peer, strict) {
   return async (frame, controller) => {
     try {
       const data = new Uint8Array(frame.data);
@@ -128,6 +129,11 @@ function receiveTransform(kind, link, peer) {
       const entry = receive.get(parsed.kid);
       if (!entry) throw new sf.FrameError("unknown_kid");
       if (entry.member !== peer) throw new sf.FrameError("wrong_sender");
+      // where the digests bind frames to senders (strict), a frame is never shown while
+      // the record of hashes for them is full: its hash would fall out unchecked
+      if (strict && hashes.received.length + hashing >= MAX_HASHES) {
+        throw new sf.FrameError("hash_overflow");
+      }
       const repeat = entry.window.has(parsed.ctr);
       if (!repeat) entry.window.check(parsed.ctr);  // too old: refused before decryption
       const plain = await sf.openFrame(entry.k, parsed);  // a forgery fails here (bad_tag)
@@ -144,9 +150,11 @@ function receiveTransform(kind, link, peer) {
       ls[`decrypted_${kind}`] = (ls[`decrypted_${kind}`] || 0) + 1;
       controller.enqueue(frame);
       const member = entry.member;
+      hashing++;
       hashed.then((h) => keepHash(hashes.received, [parsed.kid.toString(), parsed.ctr.toString(),
                                                     sf.hex(h), member]))
-        .catch(() => count(counters.rejected, "frame_hash"));
+        .catch(() => count(counters.rejected, "frame_hash"))
+        .finally(() => { hashing--; });
     } catch (e) {
       count(counters.rejected, e.reason || "error");  // dropped, never shown
       linkStats(link).rejected++;
@@ -156,8 +164,9 @@ function receiveTransform(kind, link, peer) {
 
 self.onrtctransform = (event) => {
   const t = event.transformer;
-  const { side, kind, link, peer } = t.options;
-  const fn = side === "send" ? sendTransform(kind, link) : receiveTransform(kind, link, peer);
+  const { side, kind, link, peer, strict } = t.options;
+  const fn = side === "send" ? sendTransform(kind, link)
+                             : receiveTransform(kind, link, peer, strict === true);
   linkStats(link)[`${side}_${kind}_transforms`] = (linkStats(link)[`${side}_${kind}_transforms`] || 0) + 1;
   if (side === "recv" && kind === "video") receivers.add(t);
   t.readable

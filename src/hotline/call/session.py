@@ -62,7 +62,7 @@ from hotline.errors import HotlineError, SdpError, StateError
 from hotline.keys import PublicKey, SigningKey
 from hotline.media.sources import MediaSource
 from hotline.media.stats import FrameEvent
-from hotline.sfu import topology
+from hotline.sfu import janus, topology
 
 log = logging.getLogger("hotline.call")
 
@@ -90,6 +90,8 @@ MAX_FRAME_ALARMS = 20
 #: signed frame digests sent in one envelope at most, and their bytes at most (a digest
 #: of 1024 frames is ~17 KB; envelopes are at most 64 KB)
 MAX_DIGESTS_PER_ENVELOPE = 16
+#: a conference whose SFU could not be joined goes on as a mesh and tries again this often
+SFU_RETRY_S = 30.0
 DIGEST_ENVELOPE_BYTES = 32 * 1024
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -182,6 +184,8 @@ class CallSession:
         self.strict_digests = False
         #: a join of the SFU is under way (frames may already come through it)
         self._joining_sfu = False
+        #: monotonic time the SFU last could not be joined (the call is a mesh meanwhile)
+        self._sfu_failed_at: float | None = None
         #: the newest frame alarms (what ``call status`` shows)
         self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
@@ -606,9 +610,12 @@ class CallSession:
     def _wanted_topology(self, members: frozenset[str]) -> topology.Topology:
         if not isinstance(self.engine, ConferenceEngine):
             return topology.MESH  # an engine without an SFU path: the call stays a mesh
-        return topology.choose(len(members), self.mesh_limit, self.sfus)
+        chosen = topology.choose(len(members), self.mesh_limit, self.sfus)
+        if chosen == topology.SFU and self._sfu_failed_at is not None:
+            return topology.MESH  # the SFU could not be joined: a mesh until a retry joins it
+        return chosen
 
-    async def _sync_conference(self, members: frozenset[str]) -> None:
+    async def _sync_conference(self, members: frozenset[str]) -> bool:
         """The call goes (or already goes) through the SFU: mesh transports close, the
         conference carries every member (lock held). Keys are not touched."""
         engine = self.engine
@@ -623,7 +630,7 @@ class CallSession:
         self._media_peers |= members - {self.self_id}
         if engine.in_conference:
             await engine.conference_members(members)
-            return
+            return True
         spec = topology.conference_spec(
             self_id=self.self_id,
             line_id=self.line_id,
@@ -640,13 +647,32 @@ class CallSession:
         except HotlineError as exc:
             self._reject(f"sfu_{exc.reason}", f"joining the conference at {spec.url}: {exc}")
             self._log_event("sfu_failure", {"url": spec.url, "reason": exc.reason})
-            return
+            # the call goes on as a mesh (the same keys; more copies of each stream) and
+            # tries the SFU again in SFU_RETRY_S: a conference never stops for its SFU
+            self._sfu_failed_at = time.monotonic()
+            detail: dict[str, Value] = {
+                "url": spec.url,
+                "reason": exc.reason,
+                "members": len(members),
+                "retry_s": round(SFU_RETRY_S),
+            }
+            log.warning(
+                "call %s: the SFU %s cannot be joined (%s): a mesh of %d until a retry in %d s",
+                self.call_id,
+                spec.url,
+                exc.reason,
+                len(members),
+                round(SFU_RETRY_S),
+            )
+            self._on_event("sfu_unreachable", dict(detail))
+            return False
         finally:
             self._joining_sfu = False
+        self._sfu_failed_at = None
         self.topology = topology.SFU
         self.sfu_liveness.clear()
         self._sfu_since = time.monotonic()
-        detail: dict[str, Value] = {
+        detail = {
             "topology": "sfu",
             "url": spec.url,
             "members": len(members),
@@ -657,11 +683,27 @@ class CallSession:
         )
         self._log_event("topology", detail)
         self._on_event("topology", dict(detail))
+        return True
+
+    async def _retry_sfu(self) -> None:
+        """The SFU could not be joined a while ago and the call is a mesh: once it answers
+        again the call moves to it (a try that fails leaves the mesh as it is)."""
+        self._sfu_failed_at = time.monotonic()  # the next try counts from this one
+        spec = self.sfus[0]
+        pin = bytes.fromhex(spec.tls_fingerprint[7:]) if spec.tls_fingerprint else None
+        try:
+            await janus.reachable(spec.url, pin)
+        except HotlineError as exc:
+            log.info("call %s: the SFU %s still cannot be joined: %s", self.call_id, spec.url, exc)
+            return
+        self._sfu_failed_at = None
+        await self._sync_peers(self.machine.members)
 
     async def _sync_peers(self, members: frozenset[str]) -> None:
         async with self._lock:
-            if self._wanted_topology(members) == topology.SFU:
-                await self._sync_conference(members)
+            if self._wanted_topology(members) == topology.SFU and await self._sync_conference(
+                members
+            ):
                 return
             engine = self.engine
             if isinstance(engine, ConferenceEngine) and engine.in_conference:
@@ -778,6 +820,13 @@ class CallSession:
         if self.topology == topology.SFU:  # no per-peer transports: watch each member's frames
             await self._watch_members_through_sfu(now)
             return
+        if (
+            self._sfu_failed_at is not None
+            and time.monotonic() - self._sfu_failed_at >= SFU_RETRY_S
+            and self.machine.state == CallState.ACTIVE
+            and self.sfus
+        ):
+            await self._retry_sfu()
         async with self._lock:
             for peer_id in sorted(self._others()):
                 live = self._liveness(peer_id)

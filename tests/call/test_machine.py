@@ -213,3 +213,28 @@ def test_an_answer_beyond_max_participants_is_refused() -> None:
     with pytest.raises(CallProtocolError, match="at most 3"):
         m.receive("d", "call.answer", {"call": "call-1"}, 2)
     assert m.members == {"a", "b", "c"}
+
+
+def test_one_invitation_at_a_time() -> None:
+    """Two invitations ringing at once would leave each invitee unaware of the other (each
+    was rung with the members of its own ring) and the call's keys would never agree: the
+    second is refused, at the inviter and at a member the first was announced to, until the
+    first is answered, declined or timed out."""
+    net = Net("a", "b", "c", "d")
+    net.m["a"].dial("b", 0)
+    net.pump()
+    net.m["b"].answer(0)
+    net.pump()
+    net.m["a"].invite("c", 1)
+    net.pump()
+    with pytest.raises(StateError, match="c is still being rung \\(invited by us\\)"):
+        net.m["a"].invite("d", 1)
+    with pytest.raises(StateError, match="c is still being rung \\(invited by a\\)"):
+        net.m["b"].invite("d", 1)
+    net.m["c"].answer(2)
+    net.pump()
+    net.m["b"].invite("d", 3)  # c has joined: the next one may be rung
+    net.pump()
+    net.m["d"].answer(4)
+    net.pump()
+    assert all(m.members == {"a", "b", "c", "d"} for m in net.m.values())

@@ -186,6 +186,15 @@ class CallMachine:
             raise StateError(f"{target} is already in or invited to this call")
         if self._full(len(self.members) + len(self.pending)):
             raise StateError(f"the charter allows at most {self.max_members} terminals in a call")
+        if self.pending:
+            # one invitation at a time: a terminal rung with the members of its ring would not
+            # learn of another one joining meanwhile, and the two would never agree on keys
+            rung, (by, _) = sorted(self.pending.items())[0]
+            who = "us" if by == self.self_id else by
+            raise StateError(
+                f"{rung} is still being rung (invited by {who}): invite {target} once "
+                "it has answered, declined or the ring has timed out"
+            )
         self.pending[target] = (self.self_id, now + INVITE_TIMEOUT_S)
         self._send(target, MSG_RING, {"members": list[Value](sorted(self.members))})
         for member in self._others():

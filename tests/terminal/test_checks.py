@@ -76,11 +76,13 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
         # the readable forms: a verdict line, a history table, and the call logs
         text = await asyncio.to_thread(hotline_cli, "check", "run", "-t", alpha, "--to", "bravo")
         assert text.returncode == 0 and "line check to bravo:" in text.stdout, text
-        assert "security codes match" in text.stdout
+        assert "security codes match" in text.stdout and "PESQ " in text.stdout
         history = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha, "--json")
-        assert [r["peer"] for r in json.loads(history.stdout)["checks"]] == ["bravo", "bravo"]
+        kept_here = json.loads(history.stdout)["checks"]
+        assert [r["peer"] for r in kept_here] == ["bravo", "bravo"]
+        assert kept_here[0]["pesq_x100"] == result["pesq_x100"], kept_here  # in the history
         table = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha)
-        assert "bravo" in table.stdout and table.returncode == 0
+        assert "bravo" in table.stdout and "PESQ" in table.stdout and table.returncode == 0
         unknown = await asyncio.to_thread(hotline_cli, "check", "run", "-t", alpha, "--to", "zulu")
         assert unknown.returncode == 2 and "Traceback" not in unknown.stderr, unknown
         # a real call right after: full media

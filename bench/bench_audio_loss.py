@@ -8,7 +8,8 @@ each way, and 0 % / 2 % / 5 % random loss or bursty loss (Gilbert-Elliott p = 1 
 joined, ~12.4 s with 0.5 s of silence at each end; the synthetic speech-like signal if the
 package is missing) in a loop; B captures every frame it plays out, placed at its timestamp.
 Each whole copy of the clip in the capture is one PESQ sample (P.862.2 wideband at 16 kHz,
-``pesq`` from PyPI), aligned by cross-correlation.
+``pesq`` from PyPI), aligned by cross-correlation: ``hotline.media.speech``, the scoring the
+readiness checks use.
 
 ``hotline`` is Hotline's audio path (``media.audio_path``: jitter buffer, libopus FEC/PLC,
 FEC encoder at 64 kbit/s mono); ``aiortc`` is the same call with aiortc's own audio path
@@ -23,7 +24,7 @@ one-way latency of what B plays out: each once-a-second chirp's play time minus 
 Targets (issue 11): Hotline >= 4.4 / 3.9 / 3.8 at 0 / 2 / 5 %, >= 3.6 bursty; one-way audio
 latency on the 60 ms link <= 100 ms p50.
 
-    .venv/bin/pip install numpy pesq      # bench only (pesq builds from source with gcc)
+    .venv/bin/pip install -e '.[quality]'   # numpy + pesq (pesq builds from source with gcc)
     .venv/bin/python -m bench.bench_audio_loss --calls 3 --copies 2
 """
 
@@ -37,11 +38,11 @@ import statistics
 from array import array
 from typing import Any
 
-import av
-from tests.media.audio_loss import RATE, alsa_speech, run_call
+from tests.media.audio_loss import RATE, run_call
 
 from hotline.media.link_model import LinkSpec
 from hotline.media.sources import synthetic_second
+from hotline.media.speech import alsa_speech, score_copies
 
 SCENARIOS: dict[str, LinkSpec] = {
     "0%": LinkSpec(delay_ms=60, jitter_ms=10),
@@ -62,45 +63,6 @@ def clip() -> tuple[array[int], str]:
         out.extend(one)
     out.frombytes(bytes(RATE))
     return out, "synthetic speech-like signal (alsa-utils missing)"
-
-
-def to16k(pcm: Any) -> Any:
-    import numpy as np
-
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm))
-    frame.planes[0].update(np.asarray(pcm, dtype=np.int16).tobytes())
-    frame.sample_rate = RATE
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(out).astype(np.float32) / 32768.0
-
-
-def score(capture: array[int], reference: array[int], copies: int) -> list[float]:
-    """PESQ-WB of each whole copy of ``reference`` found in ``capture``."""
-    import numpy as np
-    from pesq import pesq
-
-    x = np.asarray(capture, dtype=np.float64)
-    y = np.asarray(reference, dtype=np.float64)
-    n = len(y)
-    if len(x) < n:
-        return []
-    size = 1 << (len(x) + n).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size)), size)
-    last_start = len(x) - n
-    search = corr[: min(last_start, n) + 1]
-    start = int(np.argmax(search))
-    ref16 = to16k(y)
-    scores = []
-    for k in range(copies):
-        s = start + k * n
-        if s + n > len(x):
-            break
-        deg16 = to16k(x[s : s + n])
-        m = min(len(ref16), len(deg16))
-        scores.append(float(pesq(16000, ref16[:m], deg16[:m], "wb")))
-    return scores
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -132,7 +94,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     copies=args.copies,
                     warmup=args.warmup,
                 )
-                scores = score(r["pcm"], reference, args.copies)
+                scores = score_copies(r["pcm"], reference, args.copies)
                 entry = {
                     "scenario": name,
                     "mode": mode,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import wave
 from array import array
-from pathlib import Path
 from typing import Any
 
 import av
@@ -30,34 +28,6 @@ from tests.media.harness import Side, close, impair, make_side, sframe_pair
 
 RATE = 48000
 SAMPLES = 960
-ALSA = Path("/usr/share/sounds/alsa")
-#: the recorded speech Debian's alsa-utils ships (Noise.wav left out), in this order
-ALSA_CLIPS = (
-    "Front_Left",
-    "Front_Center",
-    "Front_Right",
-    "Side_Left",
-    "Side_Right",
-    "Rear_Left",
-    "Rear_Center",
-    "Rear_Right",
-)
-
-
-def alsa_speech(pad_s: float = 0.5) -> array[int] | None:
-    """The alsa-utils speech clips joined (48 kHz mono s16), with ``pad_s`` of silence
-    around; None when the package is not installed."""
-    out: array[int] = array("h", bytes(2 * int(RATE * pad_s)))
-    for name in ALSA_CLIPS:
-        path = ALSA / f"{name}.wav"
-        if not path.exists():
-            return None
-        with wave.open(str(path)) as w:
-            if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (RATE, 1, 2):
-                return None
-            out.frombytes(w.readframes(w.getnframes()))
-    out.frombytes(bytes(2 * int(RATE * pad_s)))
-    return out
 
 
 class ClipTrack(MediaStreamTrack):

@@ -1,5 +1,6 @@
 """Readiness checks across the lab's link: the measured figures and the verdict move when
-the link does (issue 12: "add loss or delay and see loss, latency and the verdict change")."""
+the link does (issue 12: "add loss or delay and see loss, latency, PESQ and the verdict
+change")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from hotline.media import speech
+from tests.conftest import require
 from tests.netlab import Impairment, Lab
 from tests.netlab.line import LabLine, hotline_argv, lab_line
 
@@ -56,12 +59,33 @@ async def test_check_figures_follow_the_link(netlab: Lab, tmp_path: Path) -> Non
         print(f"looped video round trip: {clean['video_rtt_ms']} ms at 2 x 30 ms, "
               f"{slow['video_rtt_ms']} ms at 2 x 200 ms")  # fmt: skip
 
-        link.set(Impairment(delay_ms=30, jitter_ms=2, loss=0.12))
+        # heavy loss: 20 % each way (at 12 % FEC and concealment still reached 3.1 at times)
+        link.set(Impairment(delay_ms=30, jitter_ms=2, loss=0.20))
         lossy = await check(line, seconds=4)
         assert lossy["ok"], lossy
         assert lossy["loss_permille"] >= 50, lossy  # the far end reports what it lost
         assert lossy["verdict"] == "red", lossy
         assert lossy["mos_x100"] < clean["mos_x100"]
+
+        # the caller's speech came back through the callee: its chirps timed the audio round
+        # trip (2 x 30 ms, then 2 x 200 ms of link alone), and PESQ-WB scored it
+        assert clean["audio_rtt_ms"] >= 60 and slow["audio_rtt_ms"] >= 400, (clean, slow)
+        missing = speech.unavailable()
+        if missing is not None:  # not measured, and said why: never a made-up score
+            assert clean["pesq_x100"] is None and clean["pesq_note"] == missing, clean
+        require(missing is None, missing or "")
+        assert clean["pesq_note"] is None and lossy["pesq_note"] is None, (clean, lossy)
+        # a clean link is green by PESQ too (measured 4.2–4.5: two Opus codings, two jitter
+        # buffers, delay unseen by PESQ); 20 % loss each way, twice over the loop (~36 % of
+        # the packets), costs over a point and a half (measured ~2.2; FEC rebuilds single
+        # losses, not runs), and PESQ is one of the verdict's reasons
+        assert clean["pesq_x100"] >= 350, clean
+        assert lossy["pesq_x100"] <= min(clean["pesq_x100"] - 100, 330), (clean, lossy)
+        assert any(r.startswith("PESQ") for r in lossy["reasons"]), lossy
+        pesq = [r["pesq_x100"] / 100 for r in (clean, slow, lossy)]
+        print(f"PESQ-WB of the looped-back speech: {pesq[0]} clean, {pesq[1]} at 2 x 200 ms, "
+              f"{pesq[2]} at 20 % loss; audio round trip {clean['audio_rtt_ms']} ms, "
+              f"{slow['audio_rtt_ms']} ms")  # fmt: skip
 
 
 async def test_a_real_call_warns_while_the_path_is_poor(netlab: Lab, tmp_path: Path) -> None:

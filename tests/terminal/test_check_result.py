@@ -10,6 +10,7 @@ import pytest
 
 from hotline.check.probe import run_check
 from hotline.encoding import encode
+from tests.charters import SPEECH_UNJUDGED
 from tests.terminal.test_hostile_exchange import Scene, scene, until
 
 __all__ = ["scene"]  # the fixture, used by name
@@ -23,7 +24,9 @@ def record(by: str, peer: str, verdict: str = "green") -> dict[str, Any]:
 
 async def test_only_the_checks_caller_may_hand_its_result_to_the_callee(scene: Scene) -> None:
     alpha, bravo = scene.alpha, scene.bravo
-    check = asyncio.ensure_future(run_check(alpha, "bravo", seconds=3))
+    # both daemons share this process's event loop: on a loaded host their audio stalls, and
+    # PESQ says so; this test is about who may hand over a result, not speech
+    check = asyncio.ensure_future(run_check(alpha, "bravo", seconds=3, thresholds=SPEECH_UNJUDGED))
     await until(
         lambda: (
             alpha.call is not None

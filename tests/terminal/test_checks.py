@@ -16,6 +16,8 @@ from hotline.calllog import CallLog, log_path
 from hotline.charter import Policy, Role
 from hotline.encoding import decode
 from hotline.localline import LocalLine
+from hotline.media import speech
+from tests.charters import SPEECH_UNJUDGED
 from tests.terminal.test_calls import call_of, hotline_cli, media_flows, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -33,7 +35,7 @@ def log_events(line: LocalLine, tid: str, event: str) -> list[Any]:
 
 
 async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: Path) -> None:
-    line = LocalLine(tmp_path, "east-west", SITES)
+    line = LocalLine(tmp_path, "east-west", SITES, policy=Policy(check_thresholds=SPEECH_UNJUDGED))
     line.commission()
     try:
         await line.start_exchange()
@@ -56,6 +58,12 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
         assert result["path"] == "host"
         # bravo looped alpha's video back: alpha read its own frame ids, on its own clock
         assert result["video_rtt_ms"] is not None and 0 < result["video_rtt_ms"] < 3000, result
+        # and alpha's speech: its chirps timed, the clip scored (judged in tests/netlab)
+        assert result["audio_rtt_ms"] is not None and 0 < result["audio_rtt_ms"] < 3000, result
+        if speech.unavailable() is None:
+            assert 100 <= result["pesq_x100"] <= 464 and result["pesq_note"] is None, result
+        else:
+            assert result["pesq_x100"] is None and result["pesq_note"], result
         print(f"video round trip (looped back) {result['video_rtt_ms']} ms, "
               f"RTCP round trip {result['rtt_ms']} ms")  # fmt: skip
         # loopback: a few ms each way, no loss: the E-model says excellent
@@ -68,11 +76,13 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
         # the readable forms: a verdict line, a history table, and the call logs
         text = await asyncio.to_thread(hotline_cli, "check", "run", "-t", alpha, "--to", "bravo")
         assert text.returncode == 0 and "line check to bravo:" in text.stdout, text
-        assert "security codes match" in text.stdout
+        assert "security codes match" in text.stdout and "PESQ " in text.stdout
         history = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha, "--json")
-        assert [r["peer"] for r in json.loads(history.stdout)["checks"]] == ["bravo", "bravo"]
+        kept_here = json.loads(history.stdout)["checks"]
+        assert [r["peer"] for r in kept_here] == ["bravo", "bravo"]
+        assert kept_here[0]["pesq_x100"] == result["pesq_x100"], kept_here  # in the history
         table = await asyncio.to_thread(hotline_cli, "check", "history", "-t", alpha)
-        assert "bravo" in table.stdout and table.returncode == 0
+        assert "bravo" in table.stdout and "PESQ" in table.stdout and table.returncode == 0
         unknown = await asyncio.to_thread(hotline_cli, "check", "run", "-t", alpha, "--to", "zulu")
         assert unknown.returncode == 2 and "Traceback" not in unknown.stderr, unknown
         # a real call right after: full media
@@ -99,7 +109,8 @@ async def test_a_check_from_the_command_line_is_a_real_measured_call(tmp_path: P
 
 
 async def test_scheduled_checks_and_an_alarm_with_its_hook(tmp_path: Path) -> None:
-    line = LocalLine(tmp_path, "east-west", SITES, policy=Policy(readiness_interval_s=4))
+    policy = Policy(readiness_interval_s=4, check_thresholds=SPEECH_UNJUDGED)
+    line = LocalLine(tmp_path, "east-west", SITES, policy=policy)
     line.commission()
     alarm_file = tmp_path / "alarm.json"
     hook = f"sh -c 'printf %s \"$HOTLINE_ALARM\" > {alarm_file}'"

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from hotline.charter import Policy, Role
 from hotline.localline import LocalLine
+from tests.charters import SPEECH_UNJUDGED
 from tests.terminal.test_calls import call_of, hotline_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -59,7 +60,8 @@ def status_cli(line: LocalLine, tid: str, *extra: str) -> Any:
 
 
 async def test_metrics_health_and_status_follow_the_line(tmp_path: Path) -> None:
-    line = LocalLine(tmp_path, "east-west", SITES, policy=Policy(readiness_interval_s=3600))
+    policy = Policy(readiness_interval_s=3600, check_thresholds=SPEECH_UNJUDGED)
+    line = LocalLine(tmp_path, "east-west", SITES, policy=policy)
     line.commission()
     try:
         await line.start_exchange()

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from hotline.charter import Role
+from hotline.charter import Policy, Role
 from hotline.localline import LocalLine
+from tests.charters import SPEECH_UNJUDGED
 from tests.ui import png
 from tests.ui.browser import chromium
 from tests.ui.test_ui import login_link
@@ -44,7 +45,7 @@ async def visible(page: Any, selector: str) -> bool:
 async def test_checks_stay_discreet_are_preempted_and_alarm_on_the_line_screen(
     tmp_path: Path,
 ) -> None:
-    line = LocalLine(tmp_path, "east-west", SITES)
+    line = LocalLine(tmp_path, "east-west", SITES, policy=Policy(check_thresholds=SPEECH_UNJUDGED))
     line.commission()
     try:
         await line.start_exchange()

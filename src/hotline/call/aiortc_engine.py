@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -22,9 +23,15 @@ from hotline.call.media_engine import EngineFactory, MediaLink, MediaSettings, R
 from hotline.e2ee.frame_digest import FrameHashes
 from hotline.e2ee.media import KeySink, MediaCrypto, MediaStats
 from hotline.e2ee.sframe import suite_by_name
-from hotline.media import aiortc_patch, engine
+from hotline.media import aiortc_patch, engine, speech
 from hotline.media.sinks import AudioChirpSink, CountingTrack, PcmCapture, VideoFrameIdSink
-from hotline.media.sources import MediaSource
+from hotline.media.sources import (
+    AUDIO_SAMPLES,
+    AUDIO_TIME_BASE,
+    ClipAudioTrack,
+    MediaSource,
+    synthetic_second,
+)
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
 from hotline.sfu.conference import Downstream, SfuConference
 from hotline.sfu.topology import ConferenceSpec
@@ -62,6 +69,66 @@ class LoopbackVideoTrack(MediaStreamTrack):
             self._start = now
         frame.pts, frame.time_base = int((now - self._start) * 90_000), VIDEO_CLOCK
         return frame
+
+
+class LoopbackAudioTrack(MediaStreamTrack):
+    """A readiness check's callee sends the caller's own audio back (as it plays it out):
+    the caller scores its reference speech after both legs, both codings and both jitter
+    buffers (PESQ), and times its chirps' round trip. Timestamps follow the samples sent;
+    a backlog beyond :data:`MAX_QUEUED` frames loses its oldest frame."""
+
+    kind = "audio"
+    MAX_QUEUED = 50  #: 1 s of 20 ms frames (a stalled host releases them in a burst)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.MAX_QUEUED)
+        self._samples = 0
+
+    def feed(self, frame: Any) -> None:
+        if self.readyState != "live":
+            return
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(frame)
+
+    async def recv(self) -> Any:
+        frame = await self._queue.get()
+        frame.pts, frame.time_base = self._samples, AUDIO_TIME_BASE
+        self._samples += frame.samples
+        return frame
+
+
+class CheckAudio:
+    """What a readiness check's caller sends as audio — real speech (``media.speech``'s
+    check clip) looped, with a chirp once per loop — and what it measures of it coming
+    back: the capture PESQ scores, and the chirps' send times. Without alsa-utils' speech
+    the synthetic speech-like signal is sent (chirp once a second) and PESQ is not scored
+    (:attr:`missing` says why)."""
+
+    def __init__(self) -> None:
+        made = speech.check_clip()
+        self.missing = speech.speech_missing() if made is None else None
+        if made is None:
+            clip = array("h", synthetic_second("speech"))
+            made = clip[: len(clip) - len(clip) % AUDIO_SAMPLES], [0]
+        self.clip, self.marks = made
+        #: monotonic ms of every chirp sent, by every connection of the call
+        self.chirps_sent_ms: list[int] = []
+
+    def track(self) -> ClipAudioTrack:
+        return ClipAudioTrack(self.clip, self.marks, self.chirps_sent_ms)
+
+    def round_trips_ms(self, heard_ms: list[int]) -> list[int]:
+        """Each chirp heard back: its arrival minus the last chirp sent before it (chirps
+        are one loop apart: a longer round trip is not measured)."""
+        loop_ms = len(self.clip) * 1000 // 48000
+        out = []
+        for heard in heard_ms:
+            before = [sent for sent in self.chirps_sent_ms if sent <= heard]
+            if before and heard - before[-1] < loop_ms:
+                out.append(heard - before[-1])
+        return out
 
 
 class TeeTrack(MediaStreamTrack):
@@ -157,6 +224,10 @@ class AiortcEngine:
         self.conference: SfuConference | None = None
         #: send each peer's video back to it instead of ours (a readiness check's callee)
         self.loopback_video = False
+        #: and its audio (a readiness check's callee)
+        self.loopback_audio = False
+        #: the reference speech sent instead of our audio (a readiness check's caller)
+        self.check_audio: CheckAudio | None = None
 
     def _audio_capture(self, peer_id: str) -> PcmCapture | None:
         files = self._media.capture_audio
@@ -198,10 +269,13 @@ class AiortcEngine:
         loop: LoopbackVideoTrack | None = None
         if self.loopback_video:
             loop = LoopbackVideoTrack()
-            for i, track in enumerate(link.tracks):
-                if track.kind == "video":
-                    track.stop()
-                    link.tracks[i] = loop
+            self._replace_track(link, loop)
+        loop_audio: LoopbackAudioTrack | None = None
+        if self.loopback_audio:
+            loop_audio = LoopbackAudioTrack()
+            self._replace_track(link, loop_audio)
+        elif self.check_audio is not None:
+            self._replace_track(link, self.check_audio.track())
         for track in link.tracks:
             pc.addTrack(track)
         engine.force_e2ee_codecs(pc)
@@ -211,7 +285,8 @@ class AiortcEngine:
             counted = CountingTrack(track)
             link.received.append(counted)
             sink = link.video_sink if track.kind == "video" else link.audio_sink
-            shown = TeeTrack(counted, loop.feed) if loop and track.kind == "video" else counted
+            back = {"video": loop, "audio": loop_audio}.get(track.kind)
+            shown = TeeTrack(counted, back.feed) if back is not None else counted
             link.consumers.append(sink.start(shown))
 
         @pc.on("connectionstatechange")
@@ -219,6 +294,24 @@ class AiortcEngine:
             link.state = pc.connectionState
 
         return link
+
+    @staticmethod
+    def _replace_track(link: PeerLink, track: MediaStreamTrack) -> None:
+        """Send ``track`` instead of the source's track of its kind (added if there is none)."""
+        for i, old in enumerate(link.tracks):
+            if old.kind == track.kind:
+                old.stop()
+                link.tracks[i] = track
+                return
+        link.tracks.append(track)
+
+    def measure_audio(self, peer_id: str, capture: PcmCapture | None) -> None:
+        """Keep what is played out of ``peer_id`` in ``capture`` from now (None: stop)."""
+        self.sinks_of(peer_id)[1].measure = capture
+
+    def chirps_heard_ms(self, peer_id: str) -> list[int]:
+        """When each chirp in ``peer_id``'s audio was played out (monotonic ms)."""
+        return list(self.sinks_of(peer_id)[1].chirp_times_ms)
 
     def show(self, link: MediaLink) -> None:
         assert isinstance(link, PeerLink)

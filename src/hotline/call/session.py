@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from hotline.call import signalling
-from hotline.call.aiortc_engine import AiortcEngine, PeerLink, aiortc_engine_factory
+from hotline.call.aiortc_engine import AiortcEngine, CheckAudio, PeerLink, aiortc_engine_factory
 from hotline.call.liveness import Action, LinkView, PeerLiveness
 from hotline.call.machine import (
     Answered,
@@ -227,6 +227,9 @@ class CallSession:
     # --- inputs ----------------------------------------------------------------------------
 
     async def dial(self, target: str, purpose: str = "call") -> None:
+        if purpose == "check" and isinstance(self.engine, AiortcEngine):
+            # the reference speech instead of our audio: scored when it comes back
+            self.engine.check_audio = CheckAudio()
         self.machine.dial(target, time.monotonic(), purpose)
         self._log_event(
             "ring",
@@ -236,8 +239,9 @@ class CallSession:
 
     async def answer(self) -> None:
         if self.machine.purpose == "check" and isinstance(self.engine, AiortcEngine):
-            # the caller measures the video round trip on its own clock (its own frame ids)
-            self.engine.loopback_video = True
+            # the caller measures the round trips on its own clock (its own frame ids and
+            # chirps) and scores its own speech: it gets its own media back, never ours
+            self.engine.loopback_video = self.engine.loopback_audio = True
         self.machine.answer(time.monotonic())
         self.answered_at = time.monotonic()
         self._log_event("answer", {**self._line_facts(), "by": self.self_id})
@@ -764,6 +768,7 @@ class CallSession:
             "longest_freeze_ms": got.longest_freeze_ms,
             "frames_rejected": crypto.rejected_total,
             "loopback": isinstance(self.engine, AiortcEngine) and self.engine.loopback_video,
+            "loopback_audio": isinstance(self.engine, AiortcEngine) and self.engine.loopback_audio,
         }
 
     async def send_check_report(self, peer: str) -> None:

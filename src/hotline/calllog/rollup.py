@@ -59,6 +59,7 @@ FIGURES = (
     "loss_permille",
     "jitter_ms",
     "mos_x100",
+    "pesq_x100",
     "video_fps",
     "audio_fps",
 )

@@ -58,8 +58,14 @@ class Measurement:
     charter_version_match: bool = False
     r_factor: int | None = None
     mos_x100: int | None = None
-    #: PESQ-WB (ITU-T P.862.2) MOS-LQO x 100 of the looped-back clip, when measured
+    #: our own chirps looped back by the callee: the audio round trip through both
+    #: encoders, networks and jitter buffers, on our clock alone (median over the call)
+    audio_rtt_ms: int | None = None
+    #: PESQ-WB (ITU-T P.862.2) MOS-LQO x 100 of our reference speech looped back by the
+    #: callee (both directions of the path), when measured
     pesq_x100: int | None = None
+    #: why PESQ was not measured (no pesq/numpy, no reference speech, too little audio…)
+    pesq_note: str | None = None
     verdict: str = RED
     reasons: list[str] = field(default_factory=list)
 

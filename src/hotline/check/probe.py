@@ -5,10 +5,13 @@ rung). The check goes through everything a real call does — the exchange, the 
 agreement, ICE (through the relays when the policy says so), DTLS, SFrame — waits for
 decrypted media both ways, measures for a few seconds, then both ends exchange their views
 (``check.report``, signed envelopes) so that the caller can compare security codes, epochs
-and charter versions, and take the lower of the two frame rates. The verdict
-(``check.metrics``) and every figure go into the caller's call log (``check_result``); the
-callee logs the caller's report (``check_report``). Both logs are hash-chained and signed,
-and the call's summary is co-signed as for any call.
+and charter versions, and take the lower of the two frame rates. The callee sends the
+caller's own media back: the caller reads its frame ids and chirps (the video and audio
+round trips, on its clock alone) and scores its reference speech with PESQ-WB
+(``media.speech``; not measured, and said why, without ``pesq`` or alsa-utils' speech).
+The verdict (``check.metrics``) and every figure go into the caller's call log
+(``check_result``); the callee logs the caller's report (``check_report``). Both logs are
+hash-chained and signed, and the call's summary is co-signed as for any call.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from hotline.call.aiortc_engine import AiortcEngine, CheckAudio
 from hotline.check.metrics import Measurement, Thresholds, verdict
 from hotline.errors import HotlineError, StateError
+from hotline.media import speech
+from hotline.media.sinks import PcmCapture
 
 if TYPE_CHECKING:
     from hotline.terminal.daemon import TerminalDaemon
@@ -45,6 +51,22 @@ def _rtt(stats: dict[str, Any], peer: str) -> float | None:
         if isinstance(value, int | float):
             return float(value)
     return None
+
+
+async def _speech_quality(
+    check_audio: CheckAudio, capture: PcmCapture
+) -> tuple[int | None, str | None]:
+    """PESQ-WB x 100 of our reference speech as it came back, or None and why not."""
+    missing = check_audio.missing or speech.pesq_missing()
+    if missing is not None:
+        return None, missing
+    try:
+        score = await asyncio.to_thread(
+            speech.score_looped, capture.pcm, check_audio.clip, check_audio.marks
+        )
+    except Exception as exc:  # pesq raises its own errors (no utterance found, ...)
+        return None, f"PESQ not measured: {exc}"
+    return round(score * 100), None
 
 
 def _frames(stats: dict[str, Any], peer: str, kind: str) -> int:
@@ -125,11 +147,18 @@ async def _measure(
             return
         await asyncio.sleep(0.05)
     m.setup_ms = round((time.monotonic() - started) * 1000)
+    engine = call.engine if isinstance(call.engine, AiortcEngine) else None
+    check_audio = engine.check_audio if engine is not None else None
+    capture = PcmCapture(by_pts=True)
+    if engine is not None:
+        engine.measure_audio(target, capture)  # our speech, as it comes back
     before = await call.stats()
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     after = await call.stats()
     dt = time.monotonic() - t0
+    if engine is not None:
+        engine.measure_audio(target, None)
     ours_video = round((_frames(after, target, "video") - _frames(before, target, "video")) / dt)
     ours_audio = round((_frames(after, target, "audio") - _frames(before, target, "audio")) / dt)
     waited = time.monotonic()
@@ -177,6 +206,14 @@ async def _measure(
     if theirs.get("loopback") is True:  # our frame ids came back: the round trip, our clock
         p50 = video_sink.get("latency_p50_ms")
         m.video_rtt_ms = round(p50) if isinstance(p50, int | float) else None
+    if theirs.get("loopback_audio") is not True:
+        m.pesq_note = "PESQ not measured: the other end does not send our audio back"
+    elif check_audio is not None and engine is not None:  # our speech came back: score it
+        trips = sorted(check_audio.round_trips_ms(engine.chirps_heard_ms(target)))
+        m.audio_rtt_ms = trips[len(trips) // 2] if trips else None
+        m.pesq_x100, m.pesq_note = await _speech_quality(check_audio, capture)
+    else:
+        m.pesq_note = "PESQ not measured: this engine sends no reference speech"
     their_video, their_audio = theirs.get("video_fps"), theirs.get("audio_fps")
     m.video_fps = min(ours_video, their_video) if isinstance(their_video, int) else ours_video
     m.audio_fps = min(ours_audio, their_audio) if isinstance(their_audio, int) else ours_audio

@@ -17,7 +17,8 @@ from hotline.errors import UsageError
 app = typer.Typer(
     help=(
         "Readiness checks: real calls between terminals, answered by the terminal itself, "
-        "measured (set-up, delay, loss, jitter, frame rates, E-model MOS, E2EE verified) and "
+        "measured (set-up, delay, loss, jitter, frame rates, E-model MOS, PESQ-WB of a "
+        "looped-back speech clip, E2EE verified) and "
         "kept in both call logs. Terminals also run them on the charter's schedule.\n\n"
         "Example: `hotline check run --terminal sochi/ --to situation-room` checks the "
         "line now and prints the verdict (green, amber or red) with its reasons."
@@ -41,6 +42,11 @@ async def _request(terminal: Path, method: str, path: str, data: Any = None) -> 
 
 def _ms(value: Any) -> str:
     return "—" if value is None else f"{value} ms"
+
+
+def _pesq(value: Any) -> str:
+    """PESQ-WB x 100 as a MOS-LQO, or a dash when not measured."""
+    return "—" if value is None else f"{value / 100:.2f}"
 
 
 @app.command("run")
@@ -68,9 +74,13 @@ def run(
                 f", loss {(result.get('loss_permille') or 0) / 10:g} %, jitter "
                 f"{_ms(result.get('jitter_ms'))}, video {result.get('video_fps')} fps, audio "
                 f"{result.get('audio_fps')} fps, MOS {(result.get('mos_x100') or 0) / 100:.2f}, "
+                f"PESQ {_pesq(result.get('pesq_x100'))}, round trip video "
+                f"{_ms(result.get('video_rtt_ms'))} audio {_ms(result.get('audio_rtt_ms'))}, "
                 f"path {result.get('path') or '?'}, security codes "
                 f"{'match' if result.get('security_code_match') else 'DIFFER'}"
             )
+            if result.get("pesq_note"):
+                console.print(f"  {escape(str(result['pesq_note']))}")
     if result.get("verdict") == "red":
         raise typer.Exit(1)
 
@@ -83,7 +93,9 @@ def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json({"checks": results})
         return
-    table = Table("time (UTC)", "by", "to", "verdict", "set-up", "one-way", "loss", "MOS", "why")
+    table = Table(
+        "time (UTC)", "by", "to", "verdict", "set-up", "one-way", "loss", "MOS", "PESQ", "why"
+    )
     for r in results:
         when = dt.datetime.fromtimestamp(int(r.get("time") or 0), dt.UTC)
         verdict = str(r.get("verdict"))
@@ -99,6 +111,7 @@ def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
                 _ms(_figure(r, "one_way_ms", "mean")),
                 f"≤ {(_figure(r, 'loss_permille', 'max') or 0) / 10:g} %",
                 f"≥ {(_figure(r, 'mos_x100', 'min') or 0) / 100:.2f}",
+                f"≥ {_pesq(_figure(r, 'pesq_x100', 'min'))}",
                 ", ".join(f"{counts.get(v, 0)} {v}" for v in ("green", "amber", "red")),
             )
             continue
@@ -111,6 +124,7 @@ def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
             _ms(r.get("one_way_ms")),
             f"{(r.get('loss_permille') or 0) / 10:g} %",
             f"{(r.get('mos_x100') or 0) / 100:.2f}",
+            _pesq(r.get("pesq_x100")),
             escape("; ".join(r.get("reasons") or [])),
         )
     console.print(table if results else "no readiness checks yet")

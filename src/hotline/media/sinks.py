@@ -348,6 +348,9 @@ class AudioChirpSink(_TrackConsumer):
     ) -> None:
         super().__init__(clock)
         self.capture = capture
+        #: a second capture of what is played out, while something measures it (a check's
+        #: looped-back speech), beside the WAV ``capture``
+        self.measure: PcmCapture | None = None
         self.frames = 0
         self.samples = 0
         self.sample_rate: int | None = None
@@ -375,6 +378,8 @@ class AudioChirpSink(_TrackConsumer):
         first = pcm[::step] if step > 1 else pcm
         if self.capture is not None:
             self.capture.write(first, frame.pts)
+        if self.measure is not None:
+            self.measure.write(first, frame.pts)
         start = self.samples
         self.samples += len(first)
         if max(first, default=0) < CHIRP_THRESHOLD and -min(first, default=0) < CHIRP_THRESHOLD:

@@ -205,6 +205,42 @@ class SyntheticAudioTrack(MediaStreamTrack):
         return frame
 
 
+class ClipAudioTrack(MediaStreamTrack):
+    """Loops a 48 kHz mono clip (a whole number of 20 ms frames) in real time, noting on the
+    monotonic clock when each frame holding one of ``marks`` (sample offsets of chirps in
+    the clip) is sent: a readiness check's reference speech."""
+
+    kind = "audio"
+
+    def __init__(self, clip: array[int], marks: list[int], sent_ms: list[int]) -> None:
+        super().__init__()
+        if not clip or len(clip) % AUDIO_SAMPLES:
+            raise UsageError("a looped clip must be a whole number of 20 ms frames")
+        self._clip = clip.tobytes()
+        self._frames = len(clip) // AUDIO_SAMPLES
+        self._marked = {m // AUDIO_SAMPLES for m in marks}
+        self._sent_ms = sent_ms
+        self._pacer = _Pacer(AUDIO_PTIME)
+        self.frames_sent = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._pacer.wait()
+        index = self.frames_sent % self._frames
+        if index in self._marked:
+            self._sent_ms.append(monotonic_ms())
+        frame = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_SAMPLES)
+        frame.planes[0].update(
+            self._clip[2 * index * AUDIO_SAMPLES : 2 * (index + 1) * AUDIO_SAMPLES]
+        )
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = self.frames_sent * AUDIO_SAMPLES
+        frame.time_base = AUDIO_TIME_BASE
+        self.frames_sent += 1
+        return frame
+
+
 # --- files and devices ------------------------------------------------------------------
 
 

@@ -15,10 +15,13 @@ from hotline.e2ee import sframe
 from hotline.e2ee.frame_digest import (
     FORGED,
     NOT_SENT,
+    UNCHECKED,
+    UNKNOWN_MEMBER,
     UNSIGNED,
     DigestSigner,
     DigestVerifier,
     FrameAuthenticity,
+    FrameHashes,
     ReceivedFrame,
     SentFrame,
     frame_hash,
@@ -369,3 +372,24 @@ def test_a_frame_that_cannot_be_digested_is_refused_where_digests_are_required()
             bob.unprotect(AUDIO, frames[4], "alice")
             assert bob.take_frame_hashes().overflow == 1
             assert bob.stats().rejected == {}
+
+
+def test_hashes_lost_on_the_strict_path_are_an_alarm() -> None:
+    """Through the SFU, hashes lost between the frame crypto and the verifier (a page's
+    reports dropped while the call's tick stalled) mean frames may have been shown unchecked:
+    an alarm, not only a count. On a mesh they stay a count."""
+    ks = keys()
+    directory = {i: k.public for i, k in ks.items()}
+    for strict in (False, True):
+        bob = FrameAuthenticity(context=CTX, self_id="bob", identity_key=ks["bob"],
+                                directory=directory, strict=strict)  # fmt: skip
+        bob.frames(FrameHashes((), (), 7), 0.0)
+        alarms = bob.poll(0.1)
+        assert bob.stats()["hash_overflow"] == 7
+        if not strict:
+            assert alarms == [] and bob.stats()["unauthenticated_frame"] == {}
+            continue
+        [alarm] = alarms
+        assert (alarm.member, alarm.reason, alarm.frames) == (UNKNOWN_MEMBER, UNCHECKED, 7)
+        assert "shown unchecked" in alarm.message
+        assert bob.stats()["unauthenticated_frame"] == {UNKNOWN_MEMBER: 7}

@@ -17,6 +17,7 @@ fingerprints to the sender's charter identity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -90,8 +91,12 @@ MAX_FRAME_ALARMS = 20
 #: signed frame digests sent in one envelope at most, and their bytes at most (a digest
 #: of 1024 frames is ~17 KB; envelopes are at most 64 KB)
 MAX_DIGESTS_PER_ENVELOPE = 16
-#: a conference whose SFU could not be joined goes on as a mesh and tries again this often
+#: a conference whose SFU could not be joined goes on as a mesh and tries again after this
+#: long, twice as long after each further failed join, at most SFU_RETRY_MAX_S
 SFU_RETRY_S = 30.0
+SFU_RETRY_MAX_S = 600.0
+#: each request of the retry's reachability probe (a session made and destroyed)
+SFU_PROBE_TIMEOUT_S = 3.0
 DIGEST_ENVELOPE_BYTES = 32 * 1024
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -186,6 +191,9 @@ class CallSession:
         self._joining_sfu = False
         #: monotonic time the SFU last could not be joined (the call is a mesh meanwhile)
         self._sfu_failed_at: float | None = None
+        #: joins that failed in a row (each retry waits twice as long as the one before)
+        self._sfu_failures = 0
+        self._sfu_retrying = False
         #: the newest frame alarms (what ``call status`` shows)
         self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
@@ -648,31 +656,39 @@ class CallSession:
         self._joining_sfu = True
         try:
             await engine.join_conference(spec, members)
-        except HotlineError as exc:
-            self._reject(f"sfu_{exc.reason}", f"joining the conference at {spec.url}: {exc}")
-            self._log_event("sfu_failure", {"url": spec.url, "reason": exc.reason})
+        except Exception as exc:  # engines raise their own errors too: every one falls back
+            reason = exc.reason if isinstance(exc, HotlineError) else "internal"
+            if not isinstance(exc, HotlineError):
+                log.exception("call %s: joining the conference failed", self.call_id)
+            self._reject(f"sfu_{reason}", f"joining the conference at {spec.url}: {exc}")
+            self._log_event("sfu_failure", {"url": spec.url, "reason": reason})
+            with contextlib.suppress(Exception):  # what the failed join left half made
+                await engine.leave_conference()
             # the call goes on as a mesh (the same keys; more copies of each stream) and
-            # tries the SFU again in SFU_RETRY_S: a conference never stops for its SFU
+            # tries the SFU again later: a conference never stops for its SFU
             self._sfu_failed_at = time.monotonic()
+            self._sfu_failures += 1
+            retry = round(self._sfu_retry_s())
             detail: dict[str, Value] = {
                 "url": spec.url,
-                "reason": exc.reason,
+                "reason": reason,
                 "members": len(members),
-                "retry_s": round(SFU_RETRY_S),
+                "retry_s": retry,
             }
             log.warning(
                 "call %s: the SFU %s cannot be joined (%s): a mesh of %d until a retry in %d s",
                 self.call_id,
                 spec.url,
-                exc.reason,
+                reason,
                 len(members),
-                round(SFU_RETRY_S),
+                retry,
             )
             self._on_event("sfu_unreachable", dict(detail))
             return False
         finally:
             self._joining_sfu = False
         self._sfu_failed_at = None
+        self._sfu_failures = 0
         self.topology = topology.SFU
         self.sfu_liveness.clear()
         self._sfu_since = time.monotonic()
@@ -692,16 +708,28 @@ class CallSession:
     async def _retry_sfu(self) -> None:
         """The SFU could not be joined a while ago and the call is a mesh: once it answers
         again the call moves to it (a try that fails leaves the mesh as it is)."""
-        self._sfu_failed_at = time.monotonic()  # the next try counts from this one
-        spec = self.sfus[0]
-        pin = bytes.fromhex(spec.tls_fingerprint[7:]) if spec.tls_fingerprint else None
         try:
-            await janus.reachable(spec.url, pin)
-        except HotlineError as exc:
-            log.info("call %s: the SFU %s still cannot be joined: %s", self.call_id, spec.url, exc)
-            return
-        self._sfu_failed_at = None
-        await self._sync_peers(self.machine.members)
+            self._sfu_failed_at = time.monotonic()  # the next try counts from this one
+            spec = self.sfus[0]
+            pin = bytes.fromhex(spec.tls_fingerprint[7:]) if spec.tls_fingerprint else None
+            try:
+                await janus.reachable(spec.url, pin, timeout_s=SFU_PROBE_TIMEOUT_S)
+            except HotlineError as exc:
+                log.info(
+                    "call %s: the SFU %s still cannot be joined: %s", self.call_id, spec.url, exc
+                )
+                return
+            if self._closed or self.machine.state != CallState.ACTIVE:
+                return
+            # it answers: the move (if that join fails, the call is a mesh again and the
+            # next try waits twice as long, up to SFU_RETRY_MAX_S)
+            self._sfu_failed_at = None
+            await self._sync_peers(self.machine.members)
+        finally:
+            self._sfu_retrying = False
+
+    def _sfu_retry_s(self) -> float:
+        return min(SFU_RETRY_S * (1 << max(self._sfu_failures - 1, 0)), SFU_RETRY_MAX_S)
 
     async def _sync_peers(self, members: frozenset[str]) -> None:
         async with self._lock:
@@ -827,11 +855,16 @@ class CallSession:
             return
         if (
             self._sfu_failed_at is not None
-            and time.monotonic() - self._sfu_failed_at >= SFU_RETRY_S
+            and time.monotonic() - self._sfu_failed_at >= self._sfu_retry_s()
             and self.machine.state == CallState.ACTIVE
             and self.sfus
+            and not self._sfu_retrying
         ):
-            await self._retry_sfu()
+            # in the background: a slow SFU must not hold up the call's clock (digests, keys)
+            self._sfu_retrying = True
+            task = asyncio.ensure_future(self._retry_sfu())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         async with self._lock:
             for peer_id in sorted(self._others()):
                 live = self._liveness(peer_id)

@@ -66,6 +66,10 @@ ALARM_INTERVAL_S: Final = 1.0
 #: alarm reasons; both count as ``unauthenticated_frame``
 FORGED: Final = "forged"
 UNSIGNED: Final = "unsigned"
+#: frames shown whose hashes were lost before they could be checked (strict path only)
+UNCHECKED: Final = "unchecked"
+#: the member an alarm names when the frames' hashes, and so their members, were lost
+UNKNOWN_MEMBER: Final = "(unknown)"
 #: the counter every alarm is counted under
 UNAUTHENTICATED_FRAME: Final = "unauthenticated_frame"
 
@@ -132,6 +136,11 @@ class FrameAlarm:
 
     @property
     def message(self) -> str:
+        if self.reason == UNCHECKED:
+            return (
+                f"{self.frames} frame hash(es) were lost before the signed digests could "
+                "check them: frames may have been shown unchecked"
+            )
         what = (
             "differ from what it signed"
             if self.reason == FORGED
@@ -374,12 +383,18 @@ class DigestVerifier:
             pending=sum(len(p) for p in self._pending.values()),
         )
 
-    def _alarm(self, member: str, kid: int, ctr: int, reason: str) -> None:
-        self._unauthenticated[member] += 1
+    def unchecked(self, frames: int) -> None:
+        """``frames`` hashes were lost between the frame crypto and here while strict: an
+        alarm (whose frames they were is lost with them)."""
+        if frames > 0:
+            self._alarm(UNKNOWN_MEMBER, 0, 0, UNCHECKED, frames)
+
+    def _alarm(self, member: str, kid: int, ctr: int, reason: str, frames: int = 1) -> None:
+        self._unauthenticated[member] += frames
         st = self._alarms.setdefault((member, reason), _AlarmState())
         if not st.frames:
             st.kid, st.first_ctr = kid, ctr
-        st.frames += 1
+        st.frames += frames
 
 
 # --- one call: messages in and out ------------------------------------------------------------
@@ -449,6 +464,8 @@ class FrameAuthenticity:
         self.signer.add(hashes.sent, now)
         self.verifier.frames(hashes.received, now)
         self.counters.hash_overflow += hashes.overflow
+        if self.strict:  # through the SFU nothing else binds those frames: an alarm
+            self.verifier.unchecked(hashes.overflow)
 
     def outgoing(self, now: float, *, force: bool = False) -> list[bytes]:
         """Signed ``e2ee.frame_digest`` bodies due now (``force``: everything pending, e.g.

@@ -638,5 +638,8 @@ __all__ = [
 async def reachable(url: str, tls_fingerprint: bytes | None, timeout_s: float = 5.0) -> None:
     """Create and destroy one Janus session: the SFU answers at ``url`` (with the pinned
     certificate). Raises :class:`SfuUnavailable` or :class:`SfuProtocolError` otherwise."""
-    async with JanusSession(url, tls_fingerprint=tls_fingerprint, request_timeout_s=timeout_s):
-        pass
+    session = JanusSession(url, tls_fingerprint=tls_fingerprint, request_timeout_s=timeout_s)
+    try:
+        await session.create()
+    finally:
+        await session.close()  # also when create failed: no HTTP session is left open

@@ -86,6 +86,9 @@ def parse_page_hashes(data: Mapping[str, Any]) -> FrameHashes:
     received: list[ReceivedFrame] = []
     bad = 0
     raw_sent, raw_received = data.get("sent"), data.get("received")
+    for raw in (raw_sent, raw_received):  # more than one report may hold: cut, and counted
+        if isinstance(raw, list) and len(raw) > DEFAULT_HASH_BUFFER:
+            bad += len(raw) - DEFAULT_HASH_BUFFER
     for entry in raw_sent[:DEFAULT_HASH_BUFFER] if isinstance(raw_sent, list) else ():
         try:
             kid, ctr, h = entry

@@ -50,3 +50,13 @@ def test_a_call_here_is_not_a_missed_check() -> None:
     assert s.overdue(IDS, t + 23, 0.0) == []
     [alarm] = s.overdue(IDS, t + 25, 0.0)
     assert alarm.peer == "alpha" and f"for {round(t + 25)} s" in alarm.reason
+
+
+def test_a_peer_this_terminal_calls_cannot_close_its_alarm() -> None:
+    s = schedule()  # bravo calls charlie
+    s.done("charlie", 0.0, RED, "no media", 0.0)
+    assert "charlie" in s.alarms
+    assert s.checked_by("charlie", 1.0, GREEN, "", 1.0) is None  # a manual check from charlie
+    assert "charlie" in s.alarms  # only bravo's own next check closes it
+    s.done("charlie", 2.0, GREEN, "", 2.0)
+    assert s.alarms == {}

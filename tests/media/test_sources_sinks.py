@@ -194,3 +194,20 @@ async def test_file_source_plays_a_real_file(tmp_path: Path) -> None:
     sink.on_frame(frame, monotonic_ms())
     assert sink.readable == 1 and sink.first_counter == 0
     src.stop()
+
+
+def test_a_capture_holds_at_most_its_limit_whatever_the_timestamps_say() -> None:
+    """A sender whose RTP timestamps jump ahead 10 s a packet would have a timestamp-driven
+    capture fill memory (or the disk) with silence: it stops at its limit and counts."""
+    from array import array
+
+    from hotline.media.sinks import PcmCapture
+
+    capture = PcmCapture(by_pts=True, limit=48000 * 3)
+    frame = array("h", [100] * 960)
+    for i in range(200):  # 200 packets, each 10 s after the one before
+        capture.write(frame, pts=i * PcmCapture.MAX_GAP)
+    assert len(capture.pcm) == capture.samples == 48000 * 3
+    assert capture.dropped > 0 and capture.gap_samples > 0
+    capture.write(frame, pts=10**12)  # nothing more is kept
+    assert len(capture.pcm) == 48000 * 3

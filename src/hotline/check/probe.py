@@ -149,7 +149,8 @@ async def _measure(
     m.setup_ms = round((time.monotonic() - started) * 1000)
     engine = call.engine if isinstance(call.engine, AiortcEngine) else None
     check_audio = engine.check_audio if engine is not None else None
-    capture = PcmCapture(by_pts=True)
+    # at most the window and 2 s: what the far end sends cannot make it grow beyond that
+    capture = PcmCapture(by_pts=True, limit=int((seconds + 2) * 48000))
     if engine is not None:
         engine.measure_audio(target, capture)  # our speech, as it comes back
     before = await call.stats()

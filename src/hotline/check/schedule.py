@@ -85,7 +85,11 @@ class ReadinessSchedule:
     def checked_by(
         self, peer: str, now: float, verdict: str, reason: str, wall: float
     ) -> Alarm | None:
-        """``peer`` ran a check to this terminal and sent its result."""
+        """``peer`` ran a check to this terminal and sent its result. Only a calling peer's
+        (a lower id) results open or close alarms here: the line to a peer this terminal
+        calls is judged by this terminal's own checks (that peer cannot close them)."""
+        if peer > self.self_id:
+            return None
         self.expected[peer] = now + self.missed_after_s
         self.heard[peer] = now
         return self._result(peer, verdict, reason, wall)

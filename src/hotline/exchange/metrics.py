@@ -59,7 +59,7 @@ FAMILIES: tuple[_Family, ...] = (
     _Family(
         "tls_certificate_expiry_timestamp_seconds",
         "gauge",
-        "End of validity of the exchange's own TLS certificate (unix time; 0: plain ws).",
+        "End of validity of the exchange's own TLS certificate (unix time; NaN: plain ws).",
     ),
     _Family("pending_envelopes", "gauge", "Deliveries stored and not yet acknowledged."),
     _Family("connections_total", "counter", "WebSocket connections opened."),

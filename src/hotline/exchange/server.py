@@ -169,7 +169,8 @@ class ExchangeServer:
         self.metrics.gauge("terminals_online", lambda: len(self._conns))
         self.metrics.gauge("lines", lambda: len(self.router.lines()))
         self.metrics.gauge(
-            "tls_certificate_expiry_timestamp_seconds", lambda: self.cert_not_after or 0
+            "tls_certificate_expiry_timestamp_seconds",
+            lambda: float("nan") if self.cert_not_after is None else self.cert_not_after,
         )
         self.metrics.gauge("pending_envelopes", self.router.pending_count)
 
@@ -348,8 +349,10 @@ class ExchangeServer:
             "listening": (self._runner is not None and self.port > 0, self.url or "not yet"),
         }
         if self.cert_not_after is not None:
+            # a detail, never a failure: terminals pin the certificate and go on working
+            # past its end; the WARNING and the gauge are what alert
             left = self.cert_not_after - time.time()
-            checks["certificate"] = (left > 0, cert_detail(left, self.cert_not_after))
+            checks["certificate"] = (True, cert_detail(left, self.cert_not_after))
         return checks
 
     def _watch_certificate(self, now: float) -> None:

@@ -278,13 +278,26 @@ class PcmCapture:
     #: the longest gap ``by_pts`` fills with silence (longer: a new stream, not filled)
     MAX_GAP = 48000 * 10
 
+    #: the most a capture holds or writes by default: two hours (a sender's timestamps
+    #: jumping ahead would otherwise have it fill memory or the disk with silence)
+    DEFAULT_LIMIT = 48000 * 7200
+
     def __init__(
-        self, path: str | None = None, rate: int = 48000, keep: bool = True, by_pts: bool = False
+        self,
+        path: str | None = None,
+        rate: int = 48000,
+        keep: bool = True,
+        by_pts: bool = False,
+        limit: int = DEFAULT_LIMIT,
     ) -> None:
         self.rate = rate
         self.pcm = array("h")
         self.by_pts = by_pts
         self.gap_samples = 0
+        #: at most this many samples are kept and written; what comes after is counted
+        self.limit = limit
+        self.samples = 0
+        self.dropped = 0
         self._next_pts: int | None = None
         self._keep = keep
         self._wav: wave.Wave_write | None = None
@@ -311,6 +324,13 @@ class PcmCapture:
         self._append(mono)
 
     def _append(self, mono: array[int]) -> None:
+        room = self.limit - self.samples
+        if len(mono) > room:
+            self.dropped += len(mono) - max(room, 0)
+            if room <= 0:
+                return
+            mono = mono[:room]
+        self.samples += len(mono)
         if self._keep:
             self.pcm.extend(mono)
         if self._wav is not None:

@@ -43,6 +43,8 @@ ALSA_CLIPS = (
 )
 #: a shorter capture holds too little speech for P.862
 MIN_SCORED_S = 1.5
+#: the longest capture scored (a check window is at most 60 s; longer input is refused)
+MAX_SCORED_S = 90.0
 #: around each marker (a chirp) in a clip, what scoring mutes in both signals: the chirp is
 #: not speech, and at full scale it would dominate P.862's level alignment
 MARK_BEFORE_S, MARK_AFTER_S = 0.010, 0.060
@@ -156,6 +158,8 @@ def score_looped(capture: Sequence[int], clip: Sequence[int], marks: Sequence[in
     muted in both. Raises ValueError for a capture too short to score."""
     import numpy as np  # noqa: PLC0415
 
+    if len(capture) > MAX_SCORED_S * RATE:
+        raise ValueError(f"{len(capture) / RATE:.0f} s of audio: at most {MAX_SCORED_S:g} s")
     x = np.asarray(capture, dtype=np.float64)
     period = len(clip)
     if len(x) < MIN_SCORED_S * RATE:

@@ -119,6 +119,8 @@ export class PageEngine {
   }
 
   async op_open(msg) {
+    const mode = msg.mode || "mesh";
+    if (!["mesh", "publish", "subscribe"].includes(mode)) throw new Error(`unknown link mode ${mode}`);
     this.call = msg.call;
     // the daemon's explicit servers only (never a public STUN server), relay-only if so
     const pc = new RTCPeerConnection({
@@ -137,7 +139,7 @@ export class PageEngine {
         this.show(link);
       }
     };
-    link.mode = msg.mode || "mesh";
+    link.mode = mode;
     if (link.mode === "publish") {
       // through the SFU, upstream: send-only, the page offers (the daemon talks to Janus)
       for (const track of this.local.getTracks()) {

@@ -53,6 +53,14 @@ INITIAL_DELAY_S = 0.04
 WINDOW = 200
 #: a loss in the last this many frames keeps one frame of FEC lookahead in the target
 LOSS_MEMORY_FRAMES = 250
+#: frames of lookahead the target keeps while packets are being lost: the next packet's FEC;
+#: with RED redundancy of ``k`` earlier frames per packet ``k + 1``, so that after a burst the
+#: first packet's copies (and the oldest copy's FEC) are here in time
+FEC_LOOKAHEAD_FRAMES = 1
+#: the most redundant blocks per packet the lookahead follows
+MAX_RED_LOOKAHEAD_BLOCKS = 2
+#: RED redundancy seen in the last this many packets keeps its lookahead
+RED_MEMORY_PACKETS = 500
 #: after this many concealed frames in a row, play silence (Opus PLC fades out anyway)
 PLC_LIMIT = 10
 #: at most one MERGE (a delay cut of one frame with two good frames) this often
@@ -174,6 +182,8 @@ class AudioJitterBuffer:
         self._held = False  # the next frame was already waited for once (underrun)
         self._last_merge = -1e9
         self._frames_since_loss = LOSS_MEMORY_FRAMES
+        self._packets_since_red = RED_MEMORY_PACKETS
+        self._red_blocks = 0  # redundant blocks per packet lately (0: none)
         self._target_cache: float | None = None
         self._base_cache: float | None = None
         self.counters: dict[str, int] = {
@@ -190,6 +200,7 @@ class AudioJitterBuffer:
             "duplicates": 0,
             "restarts": 0,
             "stalls": 0,
+            "redundant": 0,
         }
 
     # --- input ----------------------------------------------------------------------------
@@ -202,8 +213,39 @@ class AudioJitterBuffer:
             diff -= 0x100000000
         return self._last_ext + diff
 
-    def push(self, packet: AudioPacket, now: float) -> bool:
-        """Take one decrypted packet; returns False if it came too late or twice."""
+    def wants(self, timestamp: int) -> bool:
+        """Whether the frame at ``timestamp`` is missing and not yet due (a redundant copy
+        of it would be used)."""
+        if self._next_ts is None:
+            return False
+        ext = self._extend(timestamp)
+        return ext >= self._next_ts and ext not in self._packets
+
+    def red_seen(self, blocks: int) -> None:
+        """A RED packet arrived with ``blocks`` earlier frames in it."""
+        self._target_cache = None
+        if blocks > 0:
+            self._red_blocks = min(blocks, MAX_RED_LOOKAHEAD_BLOCKS)
+            self._packets_since_red = 0
+        else:
+            self._packets_since_red += 1
+            if self._packets_since_red >= RED_MEMORY_PACKETS:
+                self._red_blocks = 0
+
+    def push(self, packet: AudioPacket, now: float, redundant: bool = False) -> bool:
+        """Take one decrypted packet; returns False if it came too late or twice.
+
+        ``redundant``: a frame recovered from a later packet's RED block. It fills a hole
+        but says nothing about the link's timing (it is not a packet of its own)."""
+        if redundant:
+            ext = self._extend(packet.timestamp)
+            if self._next_ts is None or ext < self._next_ts or ext in self._packets:
+                return False
+            self._packets[ext] = packet
+            self.counters["redundant"] += 1
+            self._frames_since_loss = 0  # a hole was filled: the link is losing packets
+            self._target_cache = None
+            return True
         self.counters["packets"] += 1
         ext = self._extend(packet.timestamp)
         if self._next_ts is not None and abs(ext - self._next_ts) > RESTART_S * self.rate:
@@ -267,9 +309,14 @@ class AudioJitterBuffer:
                 jitter = max(jitter, *(height for _, height in self._peaks))
             target = jitter + MARGIN_S
         if self._frames_since_loss < LOSS_MEMORY_FRAMES:
-            target += self._frame / self.rate  # the next packet (its FEC) is usually here
+            # the next packet (its FEC; with RED, the one after it too) is usually here
+            target += self.lookahead_frames() * self._frame / self.rate
         self._target_cache = min(max(target, self.min_delay), self.max_delay)
         return self._target_cache
+
+    def lookahead_frames(self) -> int:
+        """Frames the target adds while packets are being lost (see :meth:`red_seen`)."""
+        return FEC_LOOKAHEAD_FRAMES + self._red_blocks
 
     def _base_jitter(self) -> float:
         """The jitter quantile of the window (without the spikes held)."""

@@ -221,7 +221,7 @@ def test_encoder_bitrate_follows_redundancy() -> None:
     assert lossy._opus.bitrate == RED_BITRATE < BITRATE == clean._opus.bitrate
 
 
-def test_red_is_offered_first_with_hotlines_path_and_never_without() -> None:
+def test_red_is_offered_after_opus_with_hotlines_path_and_never_without() -> None:
     from hotline.media import aiortc_patch
     from hotline.media.stats import MediaCryptoStats
 
@@ -237,7 +237,8 @@ def test_red_is_offered_first_with_hotlines_path_and_never_without() -> None:
 
     with_path = asyncio.run(offer(True))
     mline = next(line for line in with_path.splitlines() if line.startswith("m=audio"))
-    assert mline.split()[3] == str(aiortc_patch.RED_PAYLOAD_TYPE)  # preferred
+    # Opus first: a browser picks its send codec from the offer's order
+    assert mline.split()[3:5] == [str(OPUS_PT), str(aiortc_patch.RED_PAYLOAD_TYPE)]
     assert f"a=rtpmap:{aiortc_patch.RED_PAYLOAD_TYPE} red/48000/2" in with_path
     assert f"a=fmtp:{aiortc_patch.RED_PAYLOAD_TYPE} {OPUS_PT}/{OPUS_PT}" in with_path
     assert "red/48000" not in asyncio.run(offer(False))
@@ -245,3 +246,26 @@ def test_red_is_offered_first_with_hotlines_path_and_never_without() -> None:
 
 def test_hotline_error_is_the_base_of_red_refusals() -> None:
     assert issubclass(red.RedMalformed, HotlineError)
+
+
+def test_a_redundant_copy_fills_a_hole_but_is_not_a_timing_sample() -> None:
+    from hotline.media.audio_jitter import MARGIN_S, MIN_DELAY_S, AudioJitterBuffer, AudioPacket
+
+    def packet(i: int) -> AudioPacket:
+        return AudioPacket(i, i * N, bytes([0xF8]) + bytes(40))
+
+    jb = AudioJitterBuffer()
+    for i in range(20):
+        jb.push(packet(i), 0.06 + i * 0.02)
+        jb.pull(0.06 + i * 0.02)
+    assert jb.target_delay() == MIN_DELAY_S  # no jitter at all: the floor
+    # a copy of frame 20 comes inside packet 21, 20 ms "late": it fills the hole, does not
+    # count as jitter, and marks the link as lossy: one frame of FEC lookahead, plus one
+    # for RED redundancy
+    jb.red_seen(2)
+    assert jb.wants(20 * N) and not jb.wants(19 * N)
+    assert jb.push(packet(20), 0.06 + 21 * 0.02, True)
+    assert not jb.wants(20 * N)
+    assert not jb.push(packet(20), 0.06 + 21 * 0.02, True)  # a second copy is ignored
+    assert jb.counters["packets"] == 20 and jb.counters["redundant"] == 1
+    assert jb.target_delay() == pytest.approx(MARGIN_S + 2 * 0.02)

@@ -91,8 +91,11 @@ AUDIO = "audio"
 #: the only codecs that carry E2EE frames (their packetizers never read payload bytes)
 E2EE_CODECS = {"video/vp8": VIDEO, "audio/opus": AUDIO, "audio/red": AUDIO}
 
-#: RED (RFC 2198) over Opus, offered first by a peer connection with Hotline's audio path (its
-#: blocks are SFrame-protected Opus frames, :mod:`hotline.media.red`); Chromium's number
+#: RED (RFC 2198) over Opus, offered after Opus by a peer connection with Hotline's audio path
+#: (its blocks are SFrame-protected Opus frames, :mod:`hotline.media.red`) and sent whenever
+#: the far end accepted it; Chromium's number. Offered second because Chromium picks its send
+#: codec from the offer's order whatever its own codec preferences: listed first, a page that
+#: answers with Opus alone would still send RED.
 RED_PAYLOAD_TYPE = 63
 
 #: the Opus fmtp every Hotline offer and answer carries: FEC is sent and used (also by browsers)
@@ -686,6 +689,10 @@ async def _send(self: RTCRtpSender, parameters: Any) -> None:
     if binding is not None and entry is not None and entry.audio_path and self.kind == AUDIO:
         feedback = LossFeedback()
         self._hotline_loss = feedback  # type: ignore[attr-defined]
+        # RED when negotiated (aiortc sends the first codec): both ends are Hotline's path
+        codecs = list(parameters.codecs)
+        reds = [c for c in codecs if c.mimeType.lower() == "audio/red"]
+        parameters.codecs = reds + [c for c in codecs if c not in reds]
     token = _sender_binding.set(binding)
     ftoken = _sender_feedback.set(feedback)
     try:
@@ -1018,14 +1025,14 @@ def _opus_codec() -> RTCRtpCodecParameters:
 
 
 def _install_red() -> None:
-    """Put RED over Opus first in aiortc's audio codec table (a peer connection without
-    Hotline's audio path leaves it out of its preferences: :func:`red_allowed`)."""
+    """Put RED over Opus right after Opus in aiortc's audio codec table (a peer connection
+    without Hotline's audio path leaves it out of its preferences: :func:`red_allowed`)."""
     audio = aiortc.codecs.CODECS["audio"]
     if any(c.mimeType.lower() == "audio/red" for c in audio):
         return
     pt = _opus_codec().payloadType
     audio.insert(
-        0,
+        audio.index(_opus_codec()) + 1,
         RTCRtpCodecParameters(
             mimeType="audio/red",
             clockRate=48000,

@@ -54,11 +54,13 @@ WINDOW = 200
 #: a loss in the last this many frames keeps one frame of FEC lookahead in the target
 LOSS_MEMORY_FRAMES = 250
 #: frames of lookahead the target keeps while packets are being lost: the next packet's FEC;
-#: with RED redundancy of ``k`` earlier frames per packet ``k + 1``, so that after a burst the
-#: first packet's copies (and the oldest copy's FEC) are here in time
+#: with RED redundancy one more, so that after a burst the first packet's copy of the frame
+#: before it (and that copy's FEC) is here in time
 FEC_LOOKAHEAD_FRAMES = 1
-#: the most redundant blocks per packet the lookahead follows
-MAX_RED_LOOKAHEAD_BLOCKS = 2
+#: the extra lookahead RED earns: one frame. Offline (real speech, libopus, bursty loss, RED
+#: distance 2, 16 copies) a second extra frame (60 ms instead of 40 under loss) scored the
+#: same: median 3.80 both, mean paired difference 0.01
+MAX_RED_LOOKAHEAD_BLOCKS = 1
 #: RED redundancy seen in the last this many packets keeps its lookahead
 RED_MEMORY_PACKETS = 500
 #: after this many concealed frames in a row, play silence (Opus PLC fades out anyway)

@@ -269,3 +269,13 @@ def test_a_redundant_copy_fills_a_hole_but_is_not_a_timing_sample() -> None:
     assert not jb.push(packet(20), 0.06 + 21 * 0.02, True)  # a second copy is ignored
     assert jb.counters["packets"] == 20 and jb.counters["redundant"] == 1
     assert jb.target_delay() == pytest.approx(MARGIN_S + 2 * 0.02)
+
+
+def test_redundant_offsets_follow_the_frames_timestamps() -> None:
+    a, _ = sframe_pair()
+    encoder = FecOpusEncoder(_lossy_feedback(), lambda p: a.protect("audio", p), OPUS_PT)
+    frames = _speech_frames(3)
+    frames[2].pts = 5 * N  # the source skipped two frames: the copies say so
+    payload = [encoder.encode(f)[0][0] for f in frames][-1]
+    blocks, _ = red.parse(payload)
+    assert [b.offset for b in blocks] == [5 * N, 4 * N]

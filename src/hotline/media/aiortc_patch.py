@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import inspect
 import ipaddress
 import logging
@@ -689,10 +690,19 @@ async def _send(self: RTCRtpSender, parameters: Any) -> None:
     if binding is not None and entry is not None and entry.audio_path and self.kind == AUDIO:
         feedback = LossFeedback()
         self._hotline_loss = feedback  # type: ignore[attr-defined]
-        # RED when negotiated (aiortc sends the first codec): both ends are Hotline's path
+        # RED when negotiated (aiortc sends the first codec), its blocks of the negotiated
+        # Opus payload type (an answer copies the local fmtp, which names the local one)
         codecs = list(parameters.codecs)
-        reds = [c for c in codecs if c.mimeType.lower() == "audio/red"]
-        parameters.codecs = reds + [c for c in codecs if c not in reds]
+        others = [c for c in codecs if c.mimeType.lower() != "audio/red"]
+        opus = next((c for c in others if c.mimeType.lower() == "audio/opus"), None)
+        reds = []
+        if opus is not None:
+            for c in codecs:
+                if c.mimeType.lower() == "audio/red":
+                    mine = copy.deepcopy(c)
+                    mine.parameters = {f"{opus.payloadType}/{opus.payloadType}": None}
+                    reds.append(mine)
+        parameters.codecs = reds + others
     token = _sender_binding.set(binding)
     ftoken = _sender_feedback.set(feedback)
     try:
@@ -760,20 +770,20 @@ class _AudioJitterAdapter:
         codecs = self._receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
         codec = codecs.get(packet.payload_type)
         if codec is not None and codec.mimeType.lower() == "audio/red":
-            opus_pt = _red_primary(codec)
-            opus_codec = codecs.get(opus_pt) if opus_pt is not None else None
-            if (
-                opus_pt is not None
-                and opus_codec is not None
-                and opus_codec.mimeType.lower() == "audio/opus"
-            ):
+            # its blocks must be of the negotiated Opus payload type (checked per block)
+            opus = [c for c in codecs.values() if c.mimeType.lower() == "audio/opus"]
+            if len(opus) == 1:
                 data = getattr(packet, "_data", packet.payload)
                 if data:
                     self._path.on_red(
-                        packet.sequence_number, packet.timestamp, data, opus_codec, opus_pt
+                        packet.sequence_number,
+                        packet.timestamp,
+                        data,
+                        opus[0],
+                        opus[0].payloadType,
                     )
                 return False, None
-            codec = None  # RED over anything but Opus: refused as any other codec
+            codec = None  # RED without one Opus to carry: refused as any other codec
         if codec is None or codec.mimeType.lower() != "audio/opus":
             # fail closed, as the decoder seam does for any other codec
             self._binding.stats.count_received(AUDIO)

@@ -128,20 +128,23 @@ class FecOpusEncoder(AiortcOpusEncoder):
         self._loss = -1
         self._red_opus_pt = red_opus_pt
         self._bitrate = BITRATE
-        # the last protected frames, newest last, with their durations (RED blocks)
+        # the last protected frames, newest last, with their timestamps (RED blocks)
         self._previous: list[tuple[bytes, int]] = []
         self.red_blocks_sent = 0
 
-    def _red(self, protected: bytes, samples: int, redundant: bool) -> bytes:
+    def _red(self, protected: bytes, pts: int, redundant: bool) -> bytes:
         assert self._red_opus_pt is not None
         blocks: list[red.RedBlock] = []
         if redundant:
-            offset = 0
-            for data, n in reversed(self._previous):
-                offset += n
-                blocks.insert(0, red.RedBlock(self._red_opus_pt, offset, data))
+            # offsets from the frames' own timestamps (a gap in the source stays a gap);
+            # one that does not fit RED's 14 bits is left out by red.build
+            blocks = [
+                red.RedBlock(self._red_opus_pt, pts - before, data)
+                for data, before in self._previous
+                if before < pts
+            ]
             self.red_blocks_sent += len(blocks)
-        self._previous = [*self._previous, (protected, samples)][-RED_DISTANCE:]
+        self._previous = [*self._previous, (protected, pts)][-RED_DISTANCE:]
         return red.build(self._red_opus_pt, protected, blocks)
 
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
@@ -156,7 +159,7 @@ class FecOpusEncoder(AiortcOpusEncoder):
             self._opus.set_bitrate(bitrate)
             self._bitrate = bitrate
         payloads: list[bytes] = []
-        sizes: list[int] = []
+        stamps: list[int] = []
         first_pts: int | None = None
         for chunk in self.resampler.resample(frame):
             if first_pts is None:
@@ -164,7 +167,7 @@ class FecOpusEncoder(AiortcOpusEncoder):
             payloads.append(
                 self._opus.encode(bytes(chunk.planes[0])[: chunk.samples * 2], chunk.samples)
             )
-            sizes.append(chunk.samples)
+            stamps.append(chunk.pts or 0)
         if not payloads or first_pts is None:
             return [], 0
         if self.first_packet_pts is None:
@@ -175,7 +178,7 @@ class FecOpusEncoder(AiortcOpusEncoder):
             self._previous = []
             return [], 0  # drop the whole batch: partial batches would shift timestamps
         if self._red_opus_pt is not None:
-            protected = [self._red(p, n, redundant) for p, n in zip(protected, sizes, strict=True)]
+            protected = [self._red(p, t, redundant) for p, t in zip(protected, stamps, strict=True)]
         return protected, first_pts - self.first_packet_pts
 
     def pack(self, packet: Packet[Any]) -> tuple[list[bytes], int]:

@@ -12,8 +12,10 @@ Each whole copy of the clip in the capture is one PESQ sample (P.862.2 wideband 
 readiness checks use.
 
 ``hotline`` is Hotline's audio path (``media.audio_path``: jitter buffer, libopus FEC/PLC,
-FEC encoder at 64 kbit/s mono); ``aiortc`` is the same call with aiortc's own audio path
-(its jitter buffer, PyAV's Opus at 96 kbit/s, no FEC, no concealment:
+FEC encoder at 64 kbit/s mono; between two Hotline peers RED with the two previous frames
+and Opus at 48 kbit/s while loss is reported, ``media.red``); ``aiortc`` is the same call
+with aiortc's own audio path (its jitter buffer, PyAV's Opus at 96 kbit/s, no FEC, no
+concealment:
 ``set_audio_path(pc, False)``). Both modes run with the same seeds, alternating, in one
 process.
 

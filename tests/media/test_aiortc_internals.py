@@ -76,8 +76,8 @@ def test_only_vp8_and_opus_are_accepted() -> None:
     capabilities = {
         c.mimeType.lower() for k in ("audio", "video") for c in get_capabilities(k).codecs
     }
-    # everything aiortc can negotiate but VP8, Opus and RTX is refused at the seam
-    refused = capabilities - {"video/vp8", "audio/opus", "video/rtx"}
+    # everything aiortc can negotiate but VP8, Opus (also as RED blocks) and RTX is refused
+    refused = capabilities - {"video/vp8", "audio/opus", "audio/red", "video/rtx"}
     assert {"video/h264", "audio/pcmu", "audio/pcma", "audio/g722"} <= refused
     for mime in refused:
         codec = RTCRtpCodecParameters(mimeType=mime, clockRate=90000)

@@ -275,3 +275,27 @@ def test_stalled_pulls_restart_the_clock() -> None:
         jb.push(_packet(i), i * FRAME_S)
     assert len(jb.pull(5.0)) == 1
     assert jb.counters["stalls"] == 1
+
+
+def test_a_delay_left_by_the_start_is_shed_in_a_continuous_signal() -> None:
+    """No pause to merge in (every packet the same size, e.g. a tone): a frame too much of
+    delay is still shed, once it has lasted MERGE_PERSISTENT_S."""
+    from hotline.media.audio_jitter import MERGE_PERSISTENT_S
+
+    jb = AudioJitterBuffer()
+    out: list[Playout] = []
+    frames = 300
+    for i in range(frames):
+        # the first packet is 30 ms slower than all that follow: the start-up delay lasts
+        t = i * FRAME_S + (0.09 if i == 0 else 0.06)
+        jb.push(
+            AudioPacket(i, i * FRAME_SAMPLES, bytes([0xF8]) + i.to_bytes(4, "big") + bytes(150)),
+            t,
+        )
+        out += jb.pull(t)
+    first_merge = next(k for k, p in enumerate(out) if p.action is Action.MERGE)
+    assert first_merge * FRAME_S >= MERGE_PERSISTENT_S  # not before it lasted
+    delay, target = jb.delay(), jb.target_delay()
+    assert delay is not None and delay - target < FRAME_S
+    assert jb.counters["merged"] >= 1
+    assert jb.counters["plc"] == jb.counters["skipped"] == jb.counters["late"] == 0

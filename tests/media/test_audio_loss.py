@@ -28,7 +28,9 @@ def test_five_percent_loss_plays_without_gaps_and_recovers_with_fec() -> None:
     excused = 40.0 * path["late"]
     assert silent_ms(pcm, threshold) <= 20 + excused, (path, longest_silence_ms(pcm, threshold))
     assert result["loss"] > 0.02
-    assert path["fec"] > 0  # lost frames rebuilt from the next packet's FEC
+    # lost frames rebuilt from a later packet's RED copies (Hotline to Hotline) or FEC
+    assert path["red_recovered"] > 0 and path["redundant"] >= path["red_recovered"]
+    assert path["red_refused"] == path["red_malformed"] == 0
     assert path["flushed"] == 0
     assert path["refused"] == 0
     assert path["target_delay_ms"] <= MAX_DELAY_S * 1000
@@ -78,7 +80,7 @@ def test_audio_of_another_codec_is_refused_by_the_audio_path() -> None:
     from tests.media.harness import close, connect, make_side, sframe_pair
 
     def as_pcmu(view: RtpView) -> bytes | None:
-        if view.payload_type != 96:  # Opus (aiortc's dynamic type); VP8 passes untouched
+        if view.payload_type not in (96, aiortc_patch.RED_PAYLOAD_TYPE):  # VP8 passes untouched
             return view.data
         return view.data[:1] + bytes([(view.data[1] & 0x80) | 0]) + view.data[2:]
 

@@ -10,7 +10,7 @@ from aiortc import RTCSessionDescription
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from hotline.errors import CodecRefused
-from hotline.media import aiortc_patch, engine
+from hotline.media import aiortc_patch, engine, red
 from hotline.media.aiortc_patch import RtpView
 from tests.media.aesgcm_crypto import HEADER, KIND_IDS, AesGcmFrameCrypto, crypto_pair
 from tests.media.harness import close, connect, make_side
@@ -30,10 +30,14 @@ async def test_e2ee_call_carries_decrypted_video_and_audio_both_ways() -> None:
             wire["video"].append(payload[VP8_DESCRIPTOR:])
         elif view.payload_type in audio_pts:
             wire["audio"].append(payload)
+        elif view.payload_type in red_pts:  # RED: every block is a protected Opus frame
+            blocks, primary = red.parse(payload)
+            wire["audio"] += [b.data for b in blocks] + [primary.data]
         return view.data
 
     video_pts: set[int] = set()
     audio_pts: set[int] = set()
+    red_pts: set[int] = set()
     ca, cb = crypto_pair()
     a, b = make_side("sochi", ca, tap=record), make_side("situation-room", cb)
     try:
@@ -41,7 +45,8 @@ async def test_e2ee_call_carries_decrypted_video_and_audio_both_ways() -> None:
         for line in a.pc.localDescription.sdp.splitlines():
             if line.startswith("a=rtpmap:"):
                 pt, name = line[9:].split(" ", 1)
-                {"VP8": video_pts, "opus": audio_pts}.get(name.split("/")[0], set()).add(int(pt))
+                pts = {"VP8": video_pts, "opus": audio_pts, "red": red_pts}
+                pts.get(name.split("/")[0], set()).add(int(pt))
         assert await a.video_sink.wait_for(25, timeout=15)
         assert await b.video_sink.wait_for(25, timeout=15)
         assert await a.audio_sink.wait_for(2, timeout=10)
@@ -101,7 +106,7 @@ async def test_frames_altered_in_transit_are_rejected_and_decoding_goes_on() -> 
         for line in a.pc.localDescription.sdp.splitlines():
             if line.startswith("a=rtpmap:"):
                 pt, name = line[9:].split(" ", 1)
-                kind = {"VP8": "video", "opus": "audio"}.get(name.split("/")[0])
+                kind = {"VP8": "video", "opus": "audio", "red": "audio"}.get(name.split("/")[0])
                 if kind:
                     pts[int(pt)] = kind
         assert await b.video_sink.wait_for(10, timeout=15)

@@ -77,7 +77,7 @@ async def test_offer_is_vp8_and_opus_only() -> None:
         for line in sdp.splitlines()
         if line.startswith("a=rtpmap:")
     }
-    assert rtpmaps == {"opus", "VP8", "rtx"}
+    assert rtpmaps == {"red", "opus", "VP8", "rtx"}  # RED over Opus (media.red)
     engine.check_codecs(sdp)
     h264 = sdp.replace("VP8/90000", "H264/90000")
     with pytest.raises(CodecRefused):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import inspect
 import ipaddress
 import logging
@@ -89,7 +90,14 @@ VIDEO = "video"
 AUDIO = "audio"
 
 #: the only codecs that carry E2EE frames (their packetizers never read payload bytes)
-E2EE_CODECS = {"video/vp8": VIDEO, "audio/opus": AUDIO}
+E2EE_CODECS = {"video/vp8": VIDEO, "audio/opus": AUDIO, "audio/red": AUDIO}
+
+#: RED (RFC 2198) over Opus, offered after Opus by a peer connection with Hotline's audio path
+#: (its blocks are SFrame-protected Opus frames, :mod:`hotline.media.red`) and sent whenever
+#: the far end accepted it; Chromium's number. Offered second because Chromium picks its send
+#: codec from the offer's order whatever its own codec preferences: listed first, a page that
+#: answers with Opus alone would still send RED.
+RED_PAYLOAD_TYPE = 63
 
 #: the Opus fmtp every Hotline offer and answer carries: FEC is sent and used (also by browsers)
 OPUS_FMTP: dict[str, int] = {"minptime": 10, "useinbandfec": 1}
@@ -524,9 +532,27 @@ def protected_encoder(codec: RTCRtpCodecParameters) -> Encoder:
     if kind == VIDEO:
         return _ProtectedVp8Encoder(binding, loop)
     feedback = _sender_feedback.get(None)
+    red_opus_pt = _red_primary(codec)
+    if codec.mimeType.lower() == "audio/red" and (feedback is None or red_opus_pt is None):
+        # only Hotline's audio path builds RED (aiortc's own would send Opus under RED's
+        # payload type); never negotiated for such a sender, refused if it were
+        stats.count_protect_failure(AUDIO, REASON_CODEC)
+        logger.warning("media send: RED without Hotline's audio path refused (fail closed)")
+        raise CodecRefused("RED needs Hotline's audio path and an Opus primary")
     if feedback is not None:
-        return FecOpusEncoder(feedback, lambda p: binding.protect(AUDIO, p, loop))
+        return FecOpusEncoder(feedback, lambda p: binding.protect(AUDIO, p, loop), red_opus_pt)
     return _ProtectedOpusEncoder(binding, loop)
+
+
+def _red_primary(codec: RTCRtpCodecParameters) -> int | None:
+    """The payload type a RED codec's fmtp (``96/96``) names for its blocks, if one."""
+    if codec.mimeType.lower() != "audio/red":
+        return None
+    for key in codec.parameters:
+        parts = str(key).split("/")
+        if parts and all(p.isdigit() for p in parts) and len(set(parts)) == 1:
+            return int(parts[0])
+    return None
 
 
 # --- decoders ---------------------------------------------------------------------------
@@ -664,6 +690,19 @@ async def _send(self: RTCRtpSender, parameters: Any) -> None:
     if binding is not None and entry is not None and entry.audio_path and self.kind == AUDIO:
         feedback = LossFeedback()
         self._hotline_loss = feedback  # type: ignore[attr-defined]
+        # RED when negotiated (aiortc sends the first codec), its blocks of the negotiated
+        # Opus payload type (an answer copies the local fmtp, which names the local one)
+        codecs = list(parameters.codecs)
+        others = [c for c in codecs if c.mimeType.lower() != "audio/red"]
+        opus = next((c for c in others if c.mimeType.lower() == "audio/opus"), None)
+        reds = []
+        if opus is not None:
+            for c in codecs:
+                if c.mimeType.lower() == "audio/red":
+                    mine = copy.deepcopy(c)
+                    mine.parameters = {f"{opus.payloadType}/{opus.payloadType}": None}
+                    reds.append(mine)
+        parameters.codecs = reds + others
     token = _sender_binding.set(binding)
     ftoken = _sender_feedback.set(feedback)
     try:
@@ -730,6 +769,21 @@ class _AudioJitterAdapter:
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         codecs = self._receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
         codec = codecs.get(packet.payload_type)
+        if codec is not None and codec.mimeType.lower() == "audio/red":
+            # its blocks must be of the negotiated Opus payload type (checked per block)
+            opus = [c for c in codecs.values() if c.mimeType.lower() == "audio/opus"]
+            if len(opus) == 1:
+                data = getattr(packet, "_data", packet.payload)
+                if data:
+                    self._path.on_red(
+                        packet.sequence_number,
+                        packet.timestamp,
+                        data,
+                        opus[0],
+                        opus[0].payloadType,
+                    )
+                return False, None
+            codec = None  # RED without one Opus to carry: refused as any other codec
         if codec is None or codec.mimeType.lower() != "audio/opus":
             # fail closed, as the decoder seam does for any other codec
             self._binding.stats.count_received(AUDIO)
@@ -980,6 +1034,32 @@ def _opus_codec() -> RTCRtpCodecParameters:
     return next(c for c in aiortc.codecs.CODECS["audio"] if c.mimeType == "audio/opus")
 
 
+def _install_red() -> None:
+    """Put RED over Opus right after Opus in aiortc's audio codec table (a peer connection
+    without Hotline's audio path leaves it out of its preferences: :func:`red_allowed`)."""
+    audio = aiortc.codecs.CODECS["audio"]
+    if any(c.mimeType.lower() == "audio/red" for c in audio):
+        return
+    pt = _opus_codec().payloadType
+    audio.insert(
+        audio.index(_opus_codec()) + 1,
+        RTCRtpCodecParameters(
+            mimeType="audio/red",
+            clockRate=48000,
+            channels=2,
+            payloadType=RED_PAYLOAD_TYPE,
+            parameters={f"{pt}/{pt}": None},
+        ),
+    )
+
+
+def red_allowed(pc: RTCPeerConnection) -> bool:
+    """Whether ``pc`` may negotiate RED: only with Hotline's audio path (the default)."""
+    with _lock:
+        entry = _peers.get(pc)
+        return entry is None or entry.audio_path
+
+
 def _params(func: Any) -> list[str]:
     return list(inspect.signature(func).parameters)
 
@@ -1165,6 +1245,7 @@ def install() -> None:
         RTCRtpReceiver.receive = _receive  # type: ignore[method-assign]
         RTCRtpSender._handle_rtcp_packet = _handle_sender_rtcp  # type: ignore[method-assign]
         _opus_codec().parameters.update(OPUS_FMTP)
+        _install_red()
         _installed = True
         logger.debug("aiortc frame-crypto seams installed")
     install_host_addresses()

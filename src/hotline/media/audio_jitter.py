@@ -53,6 +53,16 @@ INITIAL_DELAY_S = 0.04
 WINDOW = 200
 #: a loss in the last this many frames keeps one frame of FEC lookahead in the target
 LOSS_MEMORY_FRAMES = 250
+#: frames of lookahead the target keeps while packets are being lost: the next packet's FEC;
+#: with RED redundancy one more, so that after a burst the first packet's copy of the frame
+#: before it (and that copy's FEC) is here in time
+FEC_LOOKAHEAD_FRAMES = 1
+#: the extra lookahead RED earns: one frame. Offline (real speech, libopus, bursty loss, RED
+#: distance 2, 16 copies) a second extra frame (60 ms instead of 40 under loss) scored the
+#: same: median 3.80 both, mean paired difference 0.01
+MAX_RED_LOOKAHEAD_BLOCKS = 1
+#: RED redundancy seen in the last this many packets keeps its lookahead
+RED_MEMORY_PACKETS = 500
 #: after this many concealed frames in a row, play silence (Opus PLC fades out anyway)
 PLC_LIMIT = 10
 #: at most one MERGE (a delay cut of one frame with two good frames) this often
@@ -61,6 +71,10 @@ MERGE_INTERVAL_S = 0.2
 #: percentile of recent sizes: a pause), unless the delay is this many frames too long
 QUIET_FRACTION = 0.5
 MERGE_ANYWAY_FRAMES = 3
+#: ... or once a frame too much has lasted this long without a pause to shed it in (a
+#: continuous signal: the delay the start-up left would otherwise stay for the whole call;
+#: measured on the clean 60 ± 10 ms link with the tone: 25 ms above the target for good)
+MERGE_PERSISTENT_S = 2.0
 #: jitter spikes above the target (a run of late packets is one spike) are remembered this
 #: long; from the second one on, the target covers the highest (NetEq's peak detector)
 PEAK_HOLD_S = 20.0
@@ -173,7 +187,10 @@ class AudioJitterBuffer:
         self._concealed_run = 0
         self._held = False  # the next frame was already waited for once (underrun)
         self._last_merge = -1e9
+        self._excess_since: float | None = None  # a frame too much of delay since then
         self._frames_since_loss = LOSS_MEMORY_FRAMES
+        self._packets_since_red = RED_MEMORY_PACKETS
+        self._red_blocks = 0  # redundant blocks per packet lately (0: none)
         self._target_cache: float | None = None
         self._base_cache: float | None = None
         self.counters: dict[str, int] = {
@@ -190,6 +207,7 @@ class AudioJitterBuffer:
             "duplicates": 0,
             "restarts": 0,
             "stalls": 0,
+            "redundant": 0,
         }
 
     # --- input ----------------------------------------------------------------------------
@@ -202,8 +220,39 @@ class AudioJitterBuffer:
             diff -= 0x100000000
         return self._last_ext + diff
 
-    def push(self, packet: AudioPacket, now: float) -> bool:
-        """Take one decrypted packet; returns False if it came too late or twice."""
+    def wants(self, timestamp: int) -> bool:
+        """Whether the frame at ``timestamp`` is missing and not yet due (a redundant copy
+        of it would be used)."""
+        if self._next_ts is None:
+            return False
+        ext = self._extend(timestamp)
+        return ext >= self._next_ts and ext not in self._packets
+
+    def red_seen(self, blocks: int) -> None:
+        """A RED packet arrived with ``blocks`` earlier frames in it."""
+        self._target_cache = None
+        if blocks > 0:
+            self._red_blocks = min(blocks, MAX_RED_LOOKAHEAD_BLOCKS)
+            self._packets_since_red = 0
+        else:
+            self._packets_since_red += 1
+            if self._packets_since_red >= RED_MEMORY_PACKETS:
+                self._red_blocks = 0
+
+    def push(self, packet: AudioPacket, now: float, redundant: bool = False) -> bool:
+        """Take one decrypted packet; returns False if it came too late or twice.
+
+        ``redundant``: a frame recovered from a later packet's RED block. It fills a hole
+        but says nothing about the link's timing (it is not a packet of its own)."""
+        if redundant:
+            ext = self._extend(packet.timestamp)
+            if self._next_ts is None or ext < self._next_ts or ext in self._packets:
+                return False
+            self._packets[ext] = packet
+            self.counters["redundant"] += 1
+            self._frames_since_loss = 0  # a hole was filled: the link is losing packets
+            self._target_cache = None
+            return True
         self.counters["packets"] += 1
         ext = self._extend(packet.timestamp)
         if self._next_ts is not None and abs(ext - self._next_ts) > RESTART_S * self.rate:
@@ -267,9 +316,14 @@ class AudioJitterBuffer:
                 jitter = max(jitter, *(height for _, height in self._peaks))
             target = jitter + MARGIN_S
         if self._frames_since_loss < LOSS_MEMORY_FRAMES:
-            target += self._frame / self.rate  # the next packet (its FEC) is usually here
+            # the next packet (its FEC; with RED, the one after it too) is usually here
+            target += self.lookahead_frames() * self._frame / self.rate
         self._target_cache = min(max(target, self.min_delay), self.max_delay)
         return self._target_cache
+
+    def lookahead_frames(self) -> int:
+        """Frames the target adds while packets are being lost (see :meth:`red_seen`)."""
+        return FEC_LOOKAHEAD_FRAMES + self._red_blocks
 
     def _base_jitter(self) -> float:
         """The jitter quantile of the window (without the spikes held)."""
@@ -371,6 +425,14 @@ class AudioJitterBuffer:
         self._next_ts = x + packet.samples
         second = self._packets.get(self._next_ts)
         frame_s = packet.samples / self.rate
+        if excess < frame_s:
+            self._excess_since = None
+        elif self._excess_since is None:
+            self._excess_since = self._play_at
+        persistent = (
+            self._excess_since is not None
+            and self._play_at - self._excess_since >= MERGE_PERSISTENT_S
+        )
         if (
             second is not None
             and excess >= frame_s
@@ -378,11 +440,13 @@ class AudioJitterBuffer:
             and (
                 (self._quiet(packet) and self._quiet(second))
                 or excess >= MERGE_ANYWAY_FRAMES * frame_s
+                or persistent
             )
         ):
             del self._packets[self._next_ts]
             self._next_ts += second.samples
             self._last_merge = self._play_at
+            self._excess_since = None
             self.counters["merged"] += 1
             return Playout(Action.MERGE, x, packet.samples, packet.data, second.data)
         self.counters["played"] += 1

@@ -152,13 +152,17 @@ def force_e2ee_codecs(pc: RTCPeerConnection) -> None:
     Call before ``createOffer`` and again before ``createAnswer`` (the answerer's transceivers
     appear with the remote offer).
     """
+    red = aiortc_patch.red_allowed(pc)
     for transceiver in pc.getTransceivers():
-        _force(transceiver)
+        _force(transceiver, red)
 
 
-def _force(transceiver: RTCRtpTransceiver) -> None:
+def _force(transceiver: RTCRtpTransceiver, red: bool = True) -> None:
     if transceiver.kind in ALLOWED_CODECS:
-        transceiver.setCodecPreferences(_preferred(transceiver.kind))
+        codecs = _preferred(transceiver.kind)
+        if not red:  # aiortc's own audio path cannot send or receive RED
+            codecs = [c for c in codecs if c.mimeType.lower() != "audio/red"]
+        transceiver.setCodecPreferences(codecs)
 
 
 def local_fingerprints(pc: RTCPeerConnection) -> tuple[DtlsFingerprint, ...]:

@@ -20,7 +20,7 @@ from hotline.errors import CodecRefused, FingerprintMismatch, SdpError
 #: DTLS fingerprint hash functions we accept (RFC 8122 names); SHA-1 is not among them
 FINGERPRINT_ALGORITHMS = ("sha-256", "sha-384", "sha-512")
 #: the codecs allowed in an m-section under E2EE, by kind (RTX only as VP8's retransmission)
-ALLOWED_CODECS = {"video": ("vp8", "rtx"), "audio": ("opus",)}
+ALLOWED_CODECS = {"video": ("vp8", "rtx"), "audio": ("red", "opus")}
 
 _FINGERPRINT_RE = re.compile(r"^a=fingerprint:(\S+)\s+([0-9A-Fa-f:]+)\s*$")
 _RTPMAP_RE = re.compile(r"^a=rtpmap:(\d+)\s+([^/\s]+)/")

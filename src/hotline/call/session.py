@@ -53,7 +53,12 @@ from hotline.e2ee.events import (
     MemberLagging,
     PeerCharterVersion,
 )
-from hotline.e2ee.frame_digest import UNAUTHENTICATED_FRAME, FrameAlarm, FrameAuthenticity
+from hotline.e2ee.frame_digest import (
+    UNAUTHENTICATED_FRAME,
+    FrameAlarm,
+    FrameAuthenticity,
+    digest_interval,
+)
 from hotline.e2ee.messages import MAX_MEMBERS, MSG_FRAME_DIGEST, Context
 from hotline.e2ee.session import CallKeySession
 from hotline.e2ee.sframe import DEFAULT_SUITE, kid_epoch, kid_sender_index
@@ -405,6 +410,9 @@ class CallSession:
         if hashes is not None:
             self.frame_auth.frames(hashes, now)
         others = sorted(self._others())
+        self.frame_auth.signer.interval_s = digest_interval(
+            strict=self.frame_auth.strict, recipients=len(others)
+        )
         # the digests due now in as few envelopes per member as fit (the exchange limits
         # envelopes per second per terminal; a conference of n members sends n-1 a second)
         batches: list[list[Value]] = []

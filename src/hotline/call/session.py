@@ -220,6 +220,8 @@ class CallSession:
         self.rejected: dict[str, int] = {}
         self._last_frame_event: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        #: a digest_tick is signing or sending (never two at once)
+        self._digesting = False
         self._background: set[asyncio.Future[None]] = set()
         self._closed = False
         self.active_since: float | None = None
@@ -366,7 +368,7 @@ class CallSession:
         if timer is not None and now >= timer:
             self.keys.handle_timer(now)
         if self.machine.state == CallState.ACTIVE:
-            await self._frame_digests(now)
+            # the signed frame digests run on their own clock (digest_tick)
             await self._watch_transports(now)
             if now - self._quality_at >= QUALITY_INTERVAL_S:
                 self._quality_at = now
@@ -396,6 +398,19 @@ class CallSession:
                 self.quality[peer_id] = warnings
 
     # --- signed frame digests (docs/protocol.md §11) ------------------------------------------
+
+    async def digest_tick(self) -> None:
+        """The signed frame digests, on a clock of their own (the terminal calls this every
+        tick apart from :meth:`tick`): :meth:`tick` can wait seconds on a conference being
+        rebuilt (Janus, an engine page answering), and the frames not signed meanwhile would
+        pass their receivers' 2 s deadline."""
+        if self.machine.state != CallState.ACTIVE or self._digesting:
+            return
+        self._digesting = True
+        try:
+            await self._frame_digests(time.monotonic())
+        finally:
+            self._digesting = False
 
     async def _frame_digests(self, now: float, *, force: bool = False) -> None:
         """Take what the frame crypto recorded, sign and send what is due, raise alarms."""

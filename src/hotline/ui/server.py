@@ -21,7 +21,8 @@ Paths: ``/login`` (the link), ``/`` (the page), ``/static/...`` (its files), ``/
 ``/api/ws``: the WebSocket that carries every terminal event (the same as the control API's
 ``/events``) with a status snapshot (and, during a call, a snapshot each second without an
 event: counters and link states move without events), and, when the page is the media
-engine, the engine's messages both ways.
+engine, the engine's messages both ways; ``/api/hashes``: the engine page's worker's own
+WebSocket for its frame hashes (the same checks, and a token bound to the engine page).
 """
 
 from __future__ import annotations

@@ -13,8 +13,12 @@ from hypothesis import strategies as st
 from hotline.e2ee import messages as m
 from hotline.e2ee import sframe
 from hotline.e2ee.frame_digest import (
+    DIGEST_INTERVAL_S,
+    FAST_DIGEST_ENVELOPES_PER_S,
     FORGED,
     NOT_SENT,
+    RETAIN_S,
+    STRICT_DIGEST_INTERVAL_S,
     UNCHECKED,
     UNKNOWN_MEMBER,
     UNSIGNED,
@@ -24,6 +28,7 @@ from hotline.e2ee.frame_digest import (
     FrameHashes,
     ReceivedFrame,
     SentFrame,
+    digest_interval,
     frame_hash,
 )
 from hotline.e2ee.media import AUDIO, VIDEO, MediaCrypto
@@ -237,13 +242,24 @@ def test_verifier_unsigned_strict_and_mesh() -> None:
             assert v.stats().unauthenticated == {}
 
 
-def test_verifier_keeps_signed_hashes_three_seconds() -> None:
+def test_verifier_keeps_signed_hashes_for_retain_s() -> None:
     v = DigestVerifier(strict=True)
     v.signed("alice", KID, 0, (H[0], H[1]), 0.0)
-    v.frames([ReceivedFrame(KID, 0, H[0], "alice")], 2.9)
-    v.poll(3.0)  # prunes what was signed 3 s ago
-    v.frames([ReceivedFrame(KID, 1, H[1], "alice")], 3.1)
+    v.frames([ReceivedFrame(KID, 0, H[0], "alice")], RETAIN_S - 0.1)
+    v.poll(RETAIN_S)  # prunes what was signed RETAIN_S ago
+    v.frames([ReceivedFrame(KID, 1, H[1], "alice")], RETAIN_S + 0.1)
     assert v.stats().verified == {"alice": 1} and v.stats().pending == 1
+    # how long the signature waited for its frame (a receiver that records frames late)
+    assert v.stats().frame_wait_s == {"alice": pytest.approx(RETAIN_S - 0.1)}
+
+
+def test_verifier_measures_how_long_frames_wait_for_their_signature() -> None:
+    v = DigestVerifier(strict=True)
+    v.frames([ReceivedFrame(KID, c, H[c], "alice") for c in range(2)], 0.0)
+    v.signed("alice", KID, 0, (H[0],), 0.4)
+    v.signed("alice", KID, 1, (H[1],), 1.5)
+    assert v.stats().cover_wait_s == {"alice": pytest.approx(1.5)}
+    assert v.stats().frame_wait_s == {} and v.stats().verified == {"alice": 2}
 
 
 def test_verifier_refuses_a_conflicting_digest_and_keeps_nothing_of_it() -> None:
@@ -393,3 +409,16 @@ def test_hashes_lost_on_the_strict_path_are_an_alarm() -> None:
         assert (alarm.member, alarm.reason, alarm.frames) == (UNKNOWN_MEMBER, UNCHECKED, 7)
         assert "shown unchecked" in alarm.message
         assert bob.stats()["unauthenticated_frame"] == {UNKNOWN_MEMBER: 7}
+
+
+def test_through_an_sfu_a_sender_signs_twice_a_second_while_envelopes_allow() -> None:
+    assert digest_interval(strict=False, recipients=5) == DIGEST_INTERVAL_S
+    assert digest_interval(strict=True, recipients=5) == STRICT_DIGEST_INTERVAL_S
+    fast = int(FAST_DIGEST_ENVELOPES_PER_S * STRICT_DIGEST_INTERVAL_S)  # 10 others: 11 members
+    assert digest_interval(strict=True, recipients=fast) == STRICT_DIGEST_INTERVAL_S
+    assert digest_interval(strict=True, recipients=fast + 1) == DIGEST_INTERVAL_S
+    s = DigestSigner(STRICT_DIGEST_INTERVAL_S)
+    s.add([SentFrame(KID, 0, H[0])], 0.0)
+    assert s.due(0.0) and s.take(0.0)
+    s.add([SentFrame(KID, 1, H[1])], 0.1)
+    assert not s.due(0.4) and s.due(0.5)

@@ -139,6 +139,10 @@ def check_clean(statuses: dict[str, dict[str, Any]], ids: tuple[str, ...]) -> No
     for tid in ids:
         e2ee = call_of(statuses[tid])["e2ee"]
         print(f"{tid}: rejected {e2ee['rejected']}, frame digests {e2ee['frame_digests']}")
+        if e2ee.get("frame_alarms"):
+            print(f"  {tid}: frame alarms {e2ee['frame_alarms']}")
+    frames = call_of(statuses[BROWSER])["frames"] if BROWSER in statuses else {}
+    print(f"the page's hash reports (late by, ms): {frames.get('hash_report_ms')}")
     for tid in ids:
         call = call_of(statuses[tid])
         assert call["topology"] == "sfu", (tid, call["topology"])
@@ -285,12 +289,20 @@ def run_conference(
         try:
             await line.start_exchange()
             for tid in everyone:
-                extra = ("--ui", "127.0.0.1:0", "--engine", "browser") if tid == BROWSER else SMALL
+                ui = ("--ui", "127.0.0.1:0", "--engine", "browser")  # its camera SMALL too
+                extra = (*ui, *SMALL) if tid == BROWSER else SMALL
                 answer = () if tid == CALLER else ("--auto-answer",)
                 await line.start_terminal(tid, *extra, *answer)
             await line.wait_online(list(everyone))
             async with chromium(tmp_path) as browser:
                 page = await open_engine_page(browser, line, BROWSER)
+                camera = await page.evaluate(
+                    "() => window.hotlineEngine.local.getVideoTracks()[0].getSettings()"
+                )
+                print(
+                    f"the page's camera: {camera.get('width')}x{camera.get('height')} "
+                    f"@ {camera.get('frameRate')}"
+                )
                 figures["started_s"] = time.monotonic() - t0
                 async with line.control(CALLER) as caller:
                     await caller.request("POST", "/call", {"target": BROWSER})
@@ -347,6 +359,10 @@ def run_conference(
                 by_sender = browser_view["e2ee"]["unprotected_by_sender"]
                 assert set(by_sender) >= set(everyone) - {BROWSER}, by_sender
                 assert browser_view["e2ee"]["frame_digests"]["verified"] > 200
+                # the page's worker sent its frame hashes itself (off the page's main thread)
+                frames = browser_view["frames"]
+                assert frames["hash_channel"] is True, frames
+                assert frames["hash_report_ms"]["worker"]["n"] > 0, frames
                 for tid in rest:  # what the browser sent, every Python member decrypted
                     if tid != BROWSER:
                         got = call_of(settled[tid])["e2ee"]["unprotected_by_sender"]
@@ -436,6 +452,11 @@ def report(
 ) -> None:
     print(f"{len(ids)} terminals (browser {BROWSER}) through Janus: epochs {epochs}")
     print("  " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+    frames = call_of(statuses[BROWSER])["frames"]
+    print(
+        f"  the page's hash reports (channel {frames.get('hash_channel')}), late by (ms): "
+        f"{frames.get('hash_report_ms')}"
+    )
     for rx in ids:
         call = call_of(statuses[rx])
         got = {tx: received(statuses[rx], rx, tx) for tx in ids if tx != rx}

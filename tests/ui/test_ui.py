@@ -130,6 +130,59 @@ async def test_token_host_and_origin_refusals(tmp_path: Path) -> None:
         assert status["rejected"].get("control_ui_bad_login", 0) >= 2
 
 
+async def test_the_worker_hash_channel_is_the_engine_pages_only(tmp_path: Path) -> None:
+    """``/api/hashes`` (the engine page's worker's own channel for its frame hashes) is
+    authenticated as ``/api/ws`` is (cookie, Host, Origin), and then takes only the token
+    the daemon gave the page that is the media engine now."""
+    async with ui_line(tmp_path, "--engine", "browser") as line:
+        link = await login_link(line)
+        origin = link.split("/login")[0]
+        hashes = origin.replace("http://", "ws://") + "/api/hashes"
+        async with aiohttp.ClientSession() as stranger:  # no cookie
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await stranger.ws_connect(hashes, origin=origin)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            async with http.get(link, allow_redirects=False) as r:
+                assert r.status == 303
+            for other in ("http://evil.example", None):  # a foreign Origin, or none
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await http.ws_connect(hashes, origin=other)
+
+            async def engine_page() -> tuple[aiohttp.ClientWebSocketResponse, str]:
+                ws = await http.ws_connect(origin + "/api/ws", origin=origin)
+                await ws.send_json({"type": "engine_hello"})
+                while True:  # the daemon's token for this page's worker
+                    msg = await ws.receive_json(timeout=5)
+                    if msg.get("op") == "hash_channel":
+                        return ws, str(msg["token"])
+
+            async def hello(token: str) -> aiohttp.ClientWebSocketResponse:
+                ws = await http.ws_connect(hashes, origin=origin)
+                await ws.send_json({"type": "hello", "token": token})
+                return ws
+
+            page, token = await engine_page()
+            wrong = await hello("not-the-token")
+            assert (await wrong.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+            assert wrong.close_code == 4003
+            channel = await hello(token)
+            with pytest.raises(asyncio.TimeoutError):  # accepted: it stays open
+                await channel.receive(timeout=1)
+            # another page takes over as the media engine: the old worker's channel is
+            # closed, and its token opens nothing any more
+            newer, new_token = await engine_page()
+            assert new_token != token
+            assert (await channel.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+            stale = await hello(token)
+            assert (await stale.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+            assert stale.close_code == 4003
+            for ws in (page, newer, wrong, channel, stale):
+                await ws.close()
+        status = await line.status("alpha")
+        assert status["rejected"].get("control_ui_bad_hash_channel", 0) == 2
+
+
 def cli(*args: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "hotline", *args], capture_output=True, text=True, check=True

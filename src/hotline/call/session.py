@@ -54,7 +54,12 @@ from hotline.e2ee.events import (
     MemberLagging,
     PeerCharterVersion,
 )
-from hotline.e2ee.frame_digest import UNAUTHENTICATED_FRAME, FrameAlarm, FrameAuthenticity
+from hotline.e2ee.frame_digest import (
+    UNAUTHENTICATED_FRAME,
+    FrameAlarm,
+    FrameAuthenticity,
+    digest_interval,
+)
 from hotline.e2ee.messages import MAX_MEMBERS, MSG_FRAME_DIGEST, Context
 from hotline.e2ee.session import CallKeySession
 from hotline.e2ee.sframe import DEFAULT_SUITE, kid_epoch, kid_sender_index
@@ -227,6 +232,8 @@ class CallSession:
         self.rejected: dict[str, int] = {}
         self._last_frame_event: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        #: a digest_tick is signing or sending (never two at once)
+        self._digesting = False
         self._background: set[asyncio.Future[None]] = set()
         self._closed = False
         self.active_since: float | None = None
@@ -377,7 +384,7 @@ class CallSession:
         if timer is not None and now >= timer:
             self.keys.handle_timer(now)
         if self.machine.state == CallState.ACTIVE:
-            await self._frame_digests(now)
+            # the signed frame digests run on their own clock (digest_tick)
             await self._watch_transports(now)
             if now - self._quality_at >= QUALITY_INTERVAL_S:
                 self._quality_at = now
@@ -408,6 +415,19 @@ class CallSession:
 
     # --- signed frame digests (docs/protocol.md §11) ------------------------------------------
 
+    async def digest_tick(self) -> None:
+        """The signed frame digests, on a clock of their own (the terminal calls this every
+        tick apart from :meth:`tick`): :meth:`tick` can wait seconds on a conference being
+        rebuilt (Janus, an engine page answering), and the frames not signed meanwhile would
+        pass their receivers' 2 s deadline."""
+        if self.machine.state != CallState.ACTIVE or self._digesting:
+            return
+        self._digesting = True
+        try:
+            await self._frame_digests(time.monotonic())
+        finally:
+            self._digesting = False
+
     async def _frame_digests(self, now: float, *, force: bool = False) -> None:
         """Take what the frame crypto recorded, sign and send what is due, raise alarms."""
         # through an SFU nothing else binds a frame to its sender: an unsigned frame is an
@@ -421,6 +441,9 @@ class CallSession:
         if hashes is not None:
             self.frame_auth.frames(hashes, now)
         others = sorted(self._others())
+        self.frame_auth.signer.interval_s = digest_interval(
+            strict=self.frame_auth.strict, recipients=len(others)
+        )
         # the digests due now in as few envelopes per member as fit (the exchange limits
         # envelopes per second per terminal; a conference of n members sends n-1 a second)
         batches: list[list[Value]] = []

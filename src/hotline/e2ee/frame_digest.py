@@ -55,10 +55,20 @@ FRAME_HASH_SIZE: Final = m.FRAME_HASH_SIZE
 NOT_SENT: Final = bytes(FRAME_HASH_SIZE)
 #: a sender signs what it sent this often (and when a KID's epoch ends)
 DIGEST_INTERVAL_S: Final = 1.0
+#: through an SFU (strict), twice as often: the wait for the next signing is the part of a
+#: frame's 2 s deadline its sender controls; while that stays within
+#: :data:`FAST_DIGEST_ENVELOPES_PER_S` envelopes a second (one per other member per signing:
+#: up to 11 members), beyond it once a second
+STRICT_DIGEST_INTERVAL_S: Final = 0.5
+FAST_DIGEST_ENVELOPES_PER_S: Final = 20.0
 #: a frame whose sender has not signed it this long after it was accepted: alarm
 COVER_DEADLINE_S: Final = 2.0
-#: how long a receiver keeps signed hashes for frames that arrive after their digest
-RETAIN_S: Final = 3.0
+#: how long a receiver keeps signed hashes for frames that arrive after their digest: a
+#: receiver's media path can lag its signalling by seconds on a starved host (its decoder
+#: thread records a frame when it opens it), and a signed hash dropped before its frame is
+#: recorded leaves that frame unsigned (an alarm through an SFU). Keeping them longer
+#: checks the same frames against the same signatures; it costs 16 B per frame kept
+RETAIN_S: Final = 10.0
 #: a counter missing among the frames a sender recorded is signed as not sent after this
 GAP_WAIT_S: Final = 0.5
 #: at most one alarm event per member and reason this often (counts accumulate between)
@@ -74,6 +84,15 @@ UNKNOWN_MEMBER: Final = "(unknown)"
 UNAUTHENTICATED_FRAME: Final = "unauthenticated_frame"
 
 _BASES: Final = {k: hashlib.sha256(FRAME_HASH_LABEL + k) for k in (b"a", b"v")}
+
+
+def digest_interval(*, strict: bool, recipients: int) -> float:
+    """How often a sender signs: :data:`STRICT_DIGEST_INTERVAL_S` through an SFU while its
+    digests to ``recipients`` other members stay within :data:`FAST_DIGEST_ENVELOPES_PER_S`
+    envelopes a second, else :data:`DIGEST_INTERVAL_S`."""
+    if strict and recipients / STRICT_DIGEST_INTERVAL_S <= FAST_DIGEST_ENVELOPES_PER_S:
+        return STRICT_DIGEST_INTERVAL_S
+    return DIGEST_INTERVAL_S
 
 
 def frame_hash(kind_byte: bytes, data: bytes | memoryview) -> bytes:
@@ -253,6 +272,11 @@ class VerifierStats:
     #: they came on already binds them to their sender
     unsigned: Mapping[str, int]
     pending: int
+    #: per sender, the longest a frame waited for its signed hash (the deadline's margin)
+    cover_wait_s: Mapping[str, float] = field(default_factory=dict)
+    #: per sender, the longest a signed hash waited for its frame to be recorded (the
+    #: retention's margin: a receiving frame crypto that reports its frames late)
+    frame_wait_s: Mapping[str, float] = field(default_factory=dict)
 
 
 class DigestVerifier:
@@ -287,6 +311,8 @@ class DigestVerifier:
         self._unauthenticated: Counter[str] = Counter()
         self._unsigned: Counter[str] = Counter()
         self._alarms: dict[tuple[str, str], _AlarmState] = {}
+        self._cover_wait: dict[str, float] = {}
+        self._frame_wait: dict[str, float] = {}
 
     def frames(self, frames: Iterable[ReceivedFrame], now: float) -> None:
         """Frames the frame crypto accepted (each counter of a KID at most once)."""
@@ -303,6 +329,8 @@ class DigestVerifier:
                 pending[ctr] = (got, now, self.strict)
             elif got == entry[0]:  # frame hashes are not secret: no constant time needed
                 verified[member] += 1
+                if now - entry[1] > self._frame_wait.get(member, 0.0):
+                    self._frame_wait[member] = now - entry[1]
             else:
                 self._alarm(member, kid, ctr, FORGED)
         self._verified.update(verified)
@@ -329,6 +357,8 @@ class DigestVerifier:
             if pending is not None and (p := pending.pop(ctr, None)) is not None:
                 if p[0] == h:
                     verified += 1
+                    if now - p[1] > self._cover_wait.get(signer, 0.0):
+                        self._cover_wait[signer] = now - p[1]
                 else:
                     self._alarm(signer, kid, ctr, FORGED)
         if verified:
@@ -381,6 +411,8 @@ class DigestVerifier:
             unauthenticated=dict(self._unauthenticated),
             unsigned=dict(self._unsigned),
             pending=sum(len(p) for p in self._pending.values()),
+            cover_wait_s=dict(self._cover_wait),
+            frame_wait_s=dict(self._frame_wait),
         )
 
     def unchecked(self, frames: int) -> None:
@@ -540,4 +572,8 @@ class FrameAuthenticity:
             "digests_rejected": dict(c.digests_rejected),
             "hash_overflow": c.hash_overflow,
             "late_hashes": self.signer.late,
+            # the margins, in ms: a frame's wait for its signature (deadline
+            # COVER_DEADLINE_S), a signature's wait for its frame (kept RETAIN_S)
+            "cover_wait_ms": {k: round(s * 1000) for k, s in v.cover_wait_s.items()},
+            "frame_wait_ms": {k: round(s * 1000) for k, s in v.frame_wait_s.items()},
         }

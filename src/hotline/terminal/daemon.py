@@ -223,6 +223,7 @@ class TerminalDaemon:
         await self.client.start(require_connection=False)
         self._tasks.append(asyncio.create_task(self._pump_exchange()))
         self._tasks.append(asyncio.create_task(self._tick()))
+        self._tasks.append(asyncio.create_task(self._digest_tick()))
         self.emit("started", {"terminal": self.terminal_id})
 
     async def stop(self) -> None:
@@ -891,6 +892,22 @@ class TerminalDaemon:
                 except Exception:  # a bug must not stop the terminal's clock
                     log.exception("internal error in the call timer")
                     self._count_rejection("internal", "internal error in the call timer")
+
+    async def _digest_tick(self) -> None:
+        """The call's signed frame digests on their own clock (``CallSession.digest_tick``):
+        never held up by a call tick that waits on a conference being rebuilt."""
+        while not self._stopping:
+            await asyncio.sleep(TICK_S)
+            call = self.call
+            if call is None:
+                continue
+            try:
+                await call.digest_tick()
+            except HotlineError as exc:
+                self._count_rejection(exc.reason, str(exc))
+            except Exception:  # a bug must not stop the digests' clock
+                log.exception("internal error in the frame digests' timer")
+                self._count_rejection("internal", "internal error in the frame digests' timer")
 
     # --- status ------------------------------------------------------------------------------
 

@@ -24,6 +24,17 @@ page -> daemon   ``{"type": "reply", "id": N, "ok": true, "sdp": ...}``,
                  signs and checks (signed frame digests, docs/protocol.md §11); and
                  ``{"type": "hashes", ...}`` five times a second: the hashes and the
                  worker's counters alone, so that they meet the digests' 2 s deadline
+                 (only while the worker's own channel is not open, see below)
+daemon -> page   ``{"type": "engine", "op": "hash_channel", "token": T}`` when the page
+                 becomes the media engine: its worker opens ``/api/hashes`` (the same
+                 origin: the login cookie, Host and Origin are checked as for ``/api/ws``),
+                 says ``{"type": "hello", "token": T}``, and from then on sends its
+                 ``{"type": "hashes", ...}`` reports itself, ten times a second, off the
+                 page's main thread (which a conference can keep busy for seconds); the
+                 token binds that channel to the engine page: another page's, or one sent
+                 after the page stopped being the engine, is refused. Each report's
+                 ``hashes.since`` is when its oldest hash was recorded (wall clock, ms):
+                 the daemon keeps how late reports come (``hash_report_ms``)
 
 Fail closed: with no page open a link cannot be made (the call shows it); the page drops
 every frame it cannot protect or authenticate, and counts it.
@@ -34,8 +45,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -141,32 +154,85 @@ class BrowserHub:
         #: the page's last statistics (also kept after the call)
         self.last_stats: dict[str, Any] = {}
         self._closing: set[asyncio.Task[bool]] = set()
+        #: the engine page's worker's hash channel, and the token that opens it
+        self._channel: web.WebSocketResponse | None = None
+        self._channel_token: str | None = None
 
     @property
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed
+
+    def _close_later(self, ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+        if not ws.closed:
+            task = asyncio.create_task(ws.close(code=code, message=message))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def attach(self, ws: web.WebSocketResponse) -> None:
         """``ws`` (an authenticated page) is the media engine from now on."""
         old = self._ws
         if old is not None and old is not ws:
             self._fail_pending("another page took over as the media engine")
-            if not old.closed:  # the old page stops its engine and does not reconnect
-                task = asyncio.create_task(old.close(code=SUPERSEDED, message=b"superseded"))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            # the old page stops its engine and does not reconnect
+            self._close_later(old, SUPERSEDED, b"superseded")
         self._ws = ws
         self._out = asyncio.Queue()
         if self._writer is not None:
             self._writer.cancel()
         self._writer = asyncio.create_task(self._write(ws, self._out))
         log.info("a page is this terminal's media engine")
+        # its worker's own channel for the frame hashes: a fresh token, the old one closed
+        self._end_channel()
+        self._channel_token = secrets.token_urlsafe(32)
+        self._out.put_nowait({"type": "engine", "op": "hash_channel", "token": self._channel_token})
         for engine in self.engines.values():  # a call in progress: its keys, again
+            engine.restarted()
             engine.sink.replay()
+
+    def _end_channel(self) -> None:
+        self._channel_token = None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            self._close_later(channel, 4003, b"not the engine page")
+
+    def attach_channel(self, ws: web.WebSocketResponse, token: object) -> bool:
+        """The hash channel ``ws`` (authenticated like the page) says ``token``: it is the
+        engine page's worker's if that is the token the engine page got."""
+        expected = self._channel_token
+        if (
+            expected is None
+            or not self.connected
+            or not isinstance(token, str)
+            or not hmac.compare_digest(token.encode(), expected.encode())
+        ):
+            return False
+        old, self._channel = self._channel, ws
+        if old is not None and old is not ws:
+            self._close_later(old, 4003, b"replaced")
+        log.info("the engine page's worker sends its frame hashes on its own channel")
+        return True
+
+    def detach_channel(self, ws: web.WebSocketResponse) -> None:
+        if self._channel is ws:
+            self._channel = None
+
+    @property
+    def channel_open(self) -> bool:
+        return self._channel is not None and not self._channel.closed
+
+    def channel_receive(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        """A message on the worker's hash channel: hash reports only, while it is the
+        engine page's."""
+        if ws is not self._channel or data.get("type") != "hashes":
+            return
+        target = self.engines.get(str(data.get("call")))
+        if target is not None:
+            target.on_stats(data, via="worker")
 
     def detach(self, ws: web.WebSocketResponse) -> None:
         if self._ws is ws:
             self._ws = None
+            self._end_channel()
             if self._writer is not None:
                 self._writer.cancel()
                 self._writer = None
@@ -426,6 +492,11 @@ class BrowserEngine:
         self._hashes: list[FrameHashes] = []
         #: hashes in page reports dropped because too many waited (counted as overflow)
         self._hashes_dropped = 0
+        #: the newest counters snapshot of the page's worker (its reports come two ways)
+        self._crypto_seq = 0
+        #: how late the page's hash reports reached the daemon (the oldest hash in each,
+        #: from its recording in the worker), ms: the last and the longest, by path
+        self.hash_report_ms: dict[str, dict[str, int]] = {}
         #: the call's conference through the SFU, while it uses one (else a mesh)
         self.conference: PageConference | None = None
         hub.engines[call_id] = self
@@ -497,15 +568,34 @@ class BrowserEngine:
         ):
             link.state = state
 
-    def on_stats(self, data: dict[str, Any]) -> None:
+    def restarted(self) -> None:
+        """A page (re)started as the engine: its worker counts from the start again."""
+        self._crypto_seq = 0
+
+    def on_stats(self, data: dict[str, Any], *, via: str = "page") -> None:
         hashes = data.get("hashes")
         if isinstance(hashes, dict):
+            since = hashes.get("since")
+            if isinstance(since, int | float) and not isinstance(since, bool):
+                late = max(0, round(time.time() * 1000 - since))
+                figures = self.hash_report_ms.setdefault(
+                    via, {"last": 0, "max": 0, "n": 0, "over_1s": 0}
+                )
+                figures["last"], figures["n"] = late, figures["n"] + 1
+                figures["max"] = max(figures["max"], late)
+                figures["over_1s"] += late > 1000
             report = parse_page_hashes(hashes)
             if len(self._hashes) < 64:
                 self._hashes.append(report)
             else:  # long untaken (the call's tick stalled): dropped, and counted as lost
                 self._hashes_dropped += len(report.sent) + len(report.received) + report.overflow
         crypto = data.get("crypto")
+        seq = crypto.get("seq") if isinstance(crypto, dict) else None
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            if seq < self._crypto_seq:
+                crypto = None  # an older snapshot than one already taken (the other path)
+            else:
+                self._crypto_seq = seq
         if isinstance(crypto, dict):
             before = dict(self.crypto.get("rejected", {}))
             self.crypto = crypto
@@ -573,7 +663,13 @@ class BrowserEngine:
             peer: {"engine": "browser", "link": link.link_id, "page": link.stats}
             for peer, link in self._shown.items()
         }
-        return {"frames": {"engine": "browser", "page": self.crypto}, "peers": peers}
+        frames = {
+            "engine": "browser",
+            "page": self.crypto,
+            "hash_channel": self.hub.channel_open,
+            "hash_report_ms": self.hash_report_ms,
+        }
+        return {"frames": frames, "peers": peers}
 
     def received(self, peer_id: str) -> Received:
         link = self._shown.get(peer_id)

@@ -21,7 +21,8 @@ Paths: ``/login`` (the link), ``/`` (the page), ``/static/...`` (its files), ``/
 ``/api/ws``: the WebSocket that carries every terminal event (the same as the control API's
 ``/events``) with a status snapshot (and, during a call, a snapshot each second without an
 event: counters and link states move without events), and, when the page is the media
-engine, the engine's messages both ways.
+engine, the engine's messages both ways; ``/api/hashes``: the engine page's worker's own
+WebSocket for its frame hashes (the same checks, and a token bound to the engine page).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
     from hotline.terminal.daemon import TerminalDaemon
     from hotline.ui.browser_engine import BrowserHub
 
+#: the close code of a hash channel whose token is not the engine page's (the worker stops)
+CHANNEL_REFUSED = 4003
+
 log = logging.getLogger("hotline.ui")
 
 COOKIE = "hotline_ui"
@@ -56,6 +60,8 @@ STATIC_FILES = frozenset(
     {"app.js", "style.css", "engine.js", "gallery.js", "sframe.js", "worker.js"}
 )
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+#: the page's WebSocket and its worker's hash channel: both need the page's Origin
+WEBSOCKETS = frozenset({"/api/ws", "/api/hashes"})
 LIVE = frozenset({CallState.OUTGOING, CallState.INCOMING, CallState.ACTIVE})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: the page's own files and its loopback origin only; no framing, no inline script
@@ -119,7 +125,7 @@ class UiServer:
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"http://{host}":
             return "a request from another origin"
-        if origin is None and (request.method != "GET" or request.path == "/api/ws"):
+        if origin is None and (request.method != "GET" or request.path in WEBSOCKETS):
             return "a state-changing request without the page's Origin"
         return None
 
@@ -167,6 +173,7 @@ class UiServer:
         app.router.add_get("/api/status", self._status)
         app.router.add_post("/api/{command}", self._command)
         app.router.add_get("/api/ws", self._ws)
+        app.router.add_get("/api/hashes", self._hash_channel)
         app.on_shutdown.append(self._close_sockets)
         return app
 
@@ -217,6 +224,13 @@ class UiServer:
         status["charter_digest"] = charter.digest_code
         status["policy"] = {"kem": charter.policy.kem, "suite": charter.policy.cipher_suite}
         status["engine"] = self.daemon.config.engine
+        # the page's camera as the media engine: at most these (--width, --height, --fps)
+        settings = self.daemon.config.media
+        status["capture"] = {
+            "width": settings.width,
+            "height": settings.height,
+            "fps": settings.fps,
+        }
         status["page_engine"] = self.hub is not None and self.hub.connected
         return status
 
@@ -281,6 +295,46 @@ class UiServer:
             self._sockets.discard(ws)
             if engine_page and self.hub is not None:
                 self.hub.detach(ws)
+        return ws
+
+    async def _hash_channel(self, request: web.Request) -> web.WebSocketResponse:
+        """The engine page's worker's own channel (authenticated as ``/api/ws`` is: the
+        cookie, Host and Origin, by the guard): its first message must carry the token the
+        daemon gave the page that is the media engine now; then it carries only that
+        worker's frame hash reports (``ui.browser_engine.BrowserHub.channel_receive``)."""
+        if self.hub is None:
+            raise web.HTTPNotFound()
+        ws = web.WebSocketResponse(heartbeat=10, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        bound = False
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    continue
+                if not bound:
+                    bound = data.get("type") == "hello" and self.hub.attach_channel(
+                        ws, data.get("token")
+                    )
+                    if not bound:  # not the engine page's worker (any more): refused
+                        self._count("bad_hash_channel")
+                        await ws.close(code=CHANNEL_REFUSED, message=b"not the engine page")
+                        break
+                    continue
+                try:
+                    self.hub.channel_receive(ws, data)
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    self._count("bad_engine_message")
+        finally:
+            self._sockets.discard(ws)
+            if bound:
+                self.hub.detach_channel(ws)
         return ws
 
     async def _pump_events(

@@ -324,7 +324,8 @@ async function startEngine() {
     const { PageEngine } = await import("/static/engine.js");
     const engine = new PageEngine((msg) => {
       if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(msg));
-    }, { remote: $("remote"), self: $("self"), noVideo: $("no-video"), gallery: await makeGallery() });
+    }, { remote: $("remote"), self: $("self"), noVideo: $("no-video"), gallery: await makeGallery(),
+         capture: status.capture });
     await engine.start();
     if (superseded || !socket || socket.readyState !== WebSocket.OPEN) {
       engine.stopAll();  // the channel closed while the camera started: not this page's turn

@@ -31,7 +31,7 @@ export class PageEngine {
     this.shown = null;
     this.framesShown = 0;
     this.workerStats = { counters: { protected: 0, decrypted: 0, rejected: {}, refused: {} }, links: {} };
-    this.pendingHashes = { sent: [], received: [], overflow: 0 };
+    this.pendingHashes = { sent: [], received: [], overflow: 0, since: null };
     this.timer = null;
     this.gallery = elements.gallery || null;  // speaker view and strip (gallery.js)
   }
@@ -48,15 +48,19 @@ export class PageEngine {
         if (h) {
           const p = this.pendingHashes;
           p.sent.push(...h.sent); p.received.push(...h.received); p.overflow += h.overflow;
+          if (h.since != null && (p.since == null || h.since < p.since)) p.since = h.since;
         }
         const waiting = this.statsWaiters || [];
         this.statsWaiters = [];
         waiting.forEach((resolve) => resolve());
       }
     };
+    // the camera at 640×480 @ 20 at most, and within the terminal's --width/--height/--fps
+    const cap = this.el.capture || {};
     this.local = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true },
-      video: { width: 640, height: 480, frameRate: 20 },
+      video: { width: Math.min(640, cap.width || 640), height: Math.min(480, cap.height || 480),
+               frameRate: Math.min(20, cap.fps || 20) },
     });
     this.el.self.srcObject = this.local;
     this.el.noVideo.textContent = "Waiting for the other side's video";
@@ -69,17 +73,26 @@ export class PageEngine {
 
   async reportHashes() {
     if (this.reporting || this.call == null) return;  // the full report takes them then
+    // the worker sends its hashes itself on its own channel (op_hash_channel) while open
+    if (this.workerStats.channel) return;
     await this.freshWorkerStats();
     const h = this.pendingHashes;
     if (!h.sent.length && !h.received.length && !h.overflow) return;
-    this.pendingHashes = { sent: [], received: [], overflow: 0 };
+    this.pendingHashes = { sent: [], received: [], overflow: 0, since: null };
+    this.send({ type: "hashes", call: this.call, hashes: h, crypto: this.cryptoCounters() });
+  }
+
+  cryptoCounters() {
     const c = this.workerStats.counters || {};
-    this.send({
-      type: "hashes", call: this.call, hashes: h,
-      crypto: { protected: c.protected || 0, decrypted: c.decrypted || 0,
-                rejected: c.rejected || {}, refused: c.refused || {},
-                by_sender: c.by_sender || {} },
-    });
+    return { protected: c.protected || 0, decrypted: c.decrypted || 0,
+             rejected: c.rejected || {}, refused: c.refused || {},
+             by_sender: c.by_sender || {}, seq: c.seq || 0 };
+  }
+
+  async op_hash_channel(msg) {
+    // the daemon's token for the worker's own channel (the hashes off this main thread)
+    this.worker.postMessage({ type: "channel", token: msg.token });
+    return {};
   }
 
   watchFrames() {
@@ -315,14 +328,10 @@ export class PageEngine {
     this.el.remote.classList.toggle("stale", stale);
     this.el.noVideo.classList.toggle("hidden", !stale && this.el.remote.srcObject != null);
     if (stale) this.el.noVideo.textContent = "Video interrupted: no frame could be decrypted or received for over a second";
-    const c = this.workerStats.counters || {};
     const hashes = this.pendingHashes;
-    this.pendingHashes = { sent: [], received: [], overflow: 0 };
+    this.pendingHashes = { sent: [], received: [], overflow: 0, since: null };
     this.send({
-      type: "stats", call: this.call,
-      crypto: { protected: c.protected || 0, decrypted: c.decrypted || 0,
-                rejected: c.rejected || {}, refused: c.refused || {},
-                by_sender: c.by_sender || {} },
+      type: "stats", call: this.call, crypto: this.cryptoCounters(),
       links, frames_shown: this.framesShown, hashes,
     });
   }

@@ -15,7 +15,7 @@ const perLink = new Map();   // link -> {decrypted, rejected}
 const receivers = new Set(); // transformers of received media (key frame requests)
 // the hash of every frame protected and accepted, for the daemon to sign and check (signed
 // frame digests): [kid, ctr, hash] and [kid, ctr, hash, member], kid and ctr as decimal
-const hashes = { sent: [], received: [], overflow: 0 };
+const hashes = { sent: [], received: [], overflow: 0, since: null };
 const MAX_HASHES = 8192;
 let hashing = 0;  // accepted frames whose hash is being computed
 // counters being protected and hashed, per kid: a sent hash is handed over only once every
@@ -30,6 +30,7 @@ function linkStats(link) {
 }
 function keepHash(list, entry) {
   if (list.length >= MAX_HASHES) { list.shift(); hashes.overflow++; }
+  if (hashes.since == null) hashes.since = Date.now();
   list.push(entry);
 }
 function takeHashes() {
@@ -39,8 +40,11 @@ function takeHashes() {
     const ctr = BigInt(entry[1]);
     (busy && [...busy].some((c) => c < ctr) ? held : ready).push(entry);
   }
-  const out = { sent: ready, received: hashes.received, overflow: hashes.overflow };
+  // since: when the oldest hash taken was recorded (the daemon measures how late it is)
+  const out = { sent: ready, received: hashes.received, overflow: hashes.overflow,
+                since: hashes.since };
   hashes.sent = held; hashes.received = []; hashes.overflow = 0;
+  hashes.since = held.length ? Date.now() : null;
   return out;
 }
 function b64(text) { return Uint8Array.from(atob(text), (c) => c.charCodeAt(0)); }
@@ -76,16 +80,60 @@ async function onKeys(msg) {
   }
 }
 
+// The hash channel: the worker's own WebSocket to the daemon's UI (the same origin, so the
+// same login cookie and Origin check as the page's), bound to this page by a token the
+// daemon gave it over the page's socket. The worker sends its frame hashes and counters on
+// it itself, off the page's main thread (the signed digests' 2 s deadline through an SFU);
+// without it (not open yet, or closed) they go with the stats replies as before.
+let call = null;      // the call the keys are for (the daemon routes hash reports by it)
+let channel = null;   // the WebSocket, once open
+let seq = 0;          // counters snapshots, in order (the daemon keeps the newest)
+const CHANNEL_MS = 100;
+
+function snapshot() {
+  seq++;
+  return { protected: counters.protected, decrypted: counters.decrypted,
+           rejected: counters.rejected, refused: counters.refused,
+           by_sender: counters.by_sender, seq };
+}
+
+let channelToken = null;
+function openChannel(token) {
+  if (channel) { try { channel.close(); } catch (e) { /* closing anyway */ } }
+  channel = null;
+  channelToken = token;
+  const ws = new WebSocket(`ws://${self.location.host}/api/hashes`);
+  ws.onopen = () => { ws.send(JSON.stringify({ type: "hello", token })); channel = ws; };
+  ws.onclose = (ev) => {
+    if (channel === ws) channel = null;
+    // refused (4003: not the engine page's token any more): stay closed; else try again
+    if (ev.code !== 4003 && channelToken === token) {
+      setTimeout(() => { if (channelToken === token && !channel) openChannel(token); }, 1000);
+    }
+  };
+}
+
+function sendHashes() {
+  if (!channel || channel.readyState !== WebSocket.OPEN || call == null) return;
+  if (!hashes.sent.length && !hashes.received.length && !hashes.overflow) return;
+  channel.send(JSON.stringify({ type: "hashes", call, hashes: takeHashes(),
+                                crypto: snapshot() }));
+}
+setInterval(sendHashes, CHANNEL_MS);
+
 // key operations must apply in order (derivation is asynchronous)
 let keyChain = Promise.resolve();
 self.onmessage = (event) => {
   const msg = event.data;
+  if (msg.type === "keys" && msg.call != null) call = msg.call;
   if (msg.type === "keys") keyChain = keyChain.then(() => onKeys(msg)).catch(() => {});
   else if (msg.type === "stats") {
-    self.postMessage({ type: "stats", counters, links: Object.fromEntries(perLink),
-                       sending: sender ? sender.epoch : 0, pauseReason,
-                       hashes: takeHashes() });
-  } else if (msg.type === "ping") self.postMessage({ type: "pong" });
+    const direct = channel != null && channel.readyState === WebSocket.OPEN;
+    self.postMessage({ type: "stats", counters: snapshot(), links: Object.fromEntries(perLink),
+                       sending: sender ? sender.epoch : 0, pauseReason, channel: direct,
+                       hashes: direct ? null : takeHashes() });
+  } else if (msg.type === "channel") openChannel(msg.token);
+  else if (msg.type === "ping") self.postMessage({ type: "pong" });
 };
 
 function sendTransform(kind, link) {

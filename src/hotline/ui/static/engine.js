@@ -55,12 +55,14 @@ export class PageEngine {
         waiting.forEach((resolve) => resolve());
       }
     };
-    // the camera at 640×480 @ 20 at most, and within the terminal's --width/--height/--fps
+    // the camera at 640×480 @ 20; a terminal set below the default 640×360 (a small
+    // measuring terminal) gets its --width/--height/--fps
     const cap = this.el.capture || {};
+    const small = cap.width && cap.height && (cap.width < 640 || cap.height < 360);
     this.local = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true },
-      video: { width: Math.min(640, cap.width || 640), height: Math.min(480, cap.height || 480),
-               frameRate: Math.min(20, cap.fps || 20) },
+      video: small ? { width: cap.width, height: cap.height, frameRate: Math.min(20, cap.fps || 20) }
+                   : { width: 640, height: 480, frameRate: 20 },
     });
     this.el.self.srcObject = this.local;
     this.el.noVideo.textContent = "Waiting for the other side's video";

@@ -34,6 +34,7 @@ from hotline.media.sources import (
 )
 from hotline.media.stats import CallMediaStats, FrameEvent, MediaCryptoStats, RtcStatsSampler
 from hotline.sfu.conference import Downstream, SfuConference
+from hotline.sfu.room import ConferenceSlot
 from hotline.sfu.topology import ConferenceSpec
 
 log = logging.getLogger("hotline.call")
@@ -197,7 +198,7 @@ class PeerLink:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
 
-class AiortcEngine:
+class AiortcEngine(ConferenceSlot[SfuConference]):
     """One call's aiortc media (a :class:`~hotline.call.media_engine.MediaEngine`)."""
 
     def __init__(
@@ -336,10 +337,6 @@ class AiortcEngine:
 
     # --- conferences through the SFU (see hotline.sfu.conference) -------------------------------
 
-    @property
-    def in_conference(self) -> bool:
-        return self.conference is not None
-
     async def join_conference(self, spec: ConferenceSpec, members: Iterable[str]) -> None:
         """Publish to the call's SFU room and subscribe to every member's feed (the same
         frame crypto and keys as a mesh: the topology does not touch the key session)."""
@@ -358,7 +355,6 @@ class AiortcEngine:
             frame_stats=self.frame_stats,
             sinks_of=self.sinks_of,  # what shows a member goes on across the move
         )
-        conference.destroy_when_empty = True
 
         def shown(down: Downstream) -> None:
             video, audio = conference.sinks_of(down.member)
@@ -369,27 +365,7 @@ class AiortcEngine:
                 self.media_stats.remove_peer(down.member)
 
         conference.on_downstream, conference.on_downstream_closed = shown, closed
-        self.conference = conference
-        try:
-            await conference.ensure_room(spec.publishers)
-            await conference.join()
-        except BaseException:
-            self.conference = None
-            await conference.close()
-            raise
-
-    async def conference_members(self, members: Iterable[str]) -> None:
-        """The call's members changed: feeds of those who left are closed."""
-        if self.conference is not None:
-            await self.conference.set_members(members)
-
-    def conference_status(self) -> dict[str, Any] | None:
-        return self.conference.status() if self.conference is not None else None
-
-    async def leave_conference(self) -> None:
-        conference, self.conference = self.conference, None
-        if conference is not None:
-            await conference.close()
+        await self._enter_conference(conference, spec.publishers)
 
     def received(self, peer_id: str) -> Received:
         if self.conference is not None and peer_id in self.conference.members:

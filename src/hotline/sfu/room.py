@@ -305,3 +305,44 @@ class JanusConference(Generic[D]):
                     if await self._control.participants(self.room) == 0:
                         await self._control.destroy_room(self.room, secret=self._secret)
         await self.session.close()
+
+
+C = TypeVar("C", bound="JanusConference[Any]")
+
+
+class ConferenceSlot(Generic[C]):
+    """The one conference an engine carries at a time, and the parts of the
+    :class:`~hotline.call.media_engine.ConferenceEngine` interface that do not depend on where
+    the media is (this process for the aiortc engine, the page for the browser engine)."""
+
+    conference: C | None = None
+
+    @property
+    def in_conference(self) -> bool:
+        return self.conference is not None
+
+    async def _enter_conference(self, conference: C, publishers: int) -> None:
+        """Make the room if it is missing and join it; on any failure the slot stays empty
+        and what was opened is closed."""
+        conference.destroy_when_empty = True
+        self.conference = conference
+        try:
+            await conference.ensure_room(publishers)
+            await conference.join()
+        except BaseException:
+            self.conference = None
+            await conference.close()
+            raise
+
+    async def conference_members(self, members: Iterable[str]) -> None:
+        """The call's members changed: feeds of those who left are closed."""
+        if self.conference is not None:
+            await self.conference.set_members(members)
+
+    def conference_status(self) -> dict[str, Any] | None:
+        return self.conference.status() if self.conference is not None else None
+
+    async def leave_conference(self) -> None:
+        conference, self.conference = self.conference, None
+        if conference is not None:
+            await conference.close()

@@ -62,6 +62,7 @@ from hotline.e2ee.sframe import MAX_EPOCH, CipherSuite, suite_by_name
 from hotline.errors import SdpError, StateError
 from hotline.media.stats import RECV, FrameEvent
 from hotline.media.turn import IceSettings, select_ice
+from hotline.sfu.room import ConferenceSlot
 from hotline.ui.browser_conference import PageConference
 
 if TYPE_CHECKING:
@@ -463,7 +464,7 @@ class BrowserKeySink:
         self._post("forget", member=member)
 
 
-class BrowserEngine:
+class BrowserEngine(ConferenceSlot[PageConference]):
     """One call's media in the page (a :class:`~hotline.call.media_engine.MediaEngine`,
     and a :class:`~hotline.call.media_engine.ConferenceEngine`: through the SFU the daemon
     drives Janus and the page holds one publishing link and one link per member's feed,
@@ -614,10 +615,6 @@ class BrowserEngine:
 
     # --- conferences through the SFU (see hotline.ui.browser_conference) ----------------------
 
-    @property
-    def in_conference(self) -> bool:
-        return self.conference is not None
-
     async def join_conference(self, spec: ConferenceSpec, members: Iterable[str]) -> None:
         """Publish the page's media to the call's SFU room and subscribe the page to every
         member's feed (the same worker and keys as a mesh: the key sink is not touched)."""
@@ -634,29 +631,8 @@ class BrowserEngine:
             members=members,
             tls_fingerprint=spec.tls_fingerprint,
         )
-        conference.destroy_when_empty = True
         conference.on_downstream = lambda down: self.show(down.link)
-        self.conference = conference
-        try:
-            await conference.ensure_room(spec.publishers)
-            await conference.join()
-        except BaseException:
-            self.conference = None
-            await conference.close()
-            raise
-
-    async def conference_members(self, members: Iterable[str]) -> None:
-        """The call's members changed: feeds of those who left are closed."""
-        if self.conference is not None:
-            await self.conference.set_members(members)
-
-    def conference_status(self) -> dict[str, Any] | None:
-        return self.conference.status() if self.conference is not None else None
-
-    async def leave_conference(self) -> None:
-        conference, self.conference = self.conference, None
-        if conference is not None:
-            await conference.close()
+        await self._enter_conference(conference, spec.publishers)
 
     async def snapshot(self) -> dict[str, Any]:
         peers = {

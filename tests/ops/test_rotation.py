@@ -223,3 +223,74 @@ def test_exchange_certificate_replaced_without_an_outage(tmp_path: Path) -> None
     finally:
         for process in reversed(running):
             process.stop()
+
+
+def test_a_lost_operator_key_is_re_anchored_by_hand(tmp_path: Path) -> None:
+    """West's operator key is lost: there is nothing to sign a handover with, so the line
+    is re-commissioned and every operator installs it by hand on stopped equipment
+    (`install-charter --reanchor`); nothing running, and nothing through the exchange,
+    takes it."""
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/v1/exchange"
+    v1 = commission(tmp_path, url)
+    west = tmp_path / "west"
+    ok("site", "rotate-key", "--site", str(west))
+    (west / "operator.previous.key").unlink()  # lost: no handover can be signed
+    recommissioned = propose(tmp_path, 2, url)  # signed by west's new key, no handover
+    assert "handovers" not in json.loads(recommissioned.read_text())
+    exchange, alpha, bravo = tmp_path / "exchange", tmp_path / "alpha", tmp_path / "bravo"
+    ok("exchange", "init", "--dir", str(exchange))
+
+    running = [start_exchange(exchange, port, v1)]
+    try:
+        running.append(start_terminal(alpha, v1))
+        wait_until(lambda: status(alpha)["exchange"]["connected"], 30, "alpha")
+        # not on a running terminal or exchange, and not without --reanchor
+        for args in (
+            ("terminal", "install-charter", str(recommissioned), "-t", str(alpha), "--reanchor"),
+            ("exchange", "install-charter", str(recommissioned), "--dir", str(exchange),
+             "--reanchor"),
+        ):  # fmt: skip
+            refused = hotline(*args)
+            assert refused.returncode == 2, refused  # a folder in use: exit 2
+            assert "is running (pid" in refused.stderr and "stop it first" in refused.stderr
+            assert "Traceback" not in refused.stderr
+        refused = hotline("terminal", "install-charter", str(recommissioned), "-t", str(alpha))
+        assert refused.returncode == 2 and "without a handover" in refused.stderr, refused
+        assert status(alpha)["charter_version"] == 1
+    finally:
+        for process in reversed(running):
+            process.stop()
+    refused = hotline("exchange", "install-charter", str(recommissioned), "--dir", str(exchange))
+    assert refused.returncode == 2 and "give --reanchor" in refused.stderr, refused
+    # bravo has never run: nothing to re-anchor, said in one line
+    refused = hotline("terminal", "install-charter", str(recommissioned), "-t", str(bravo),
+                      "--reanchor")  # fmt: skip
+    assert refused.returncode == 2 and "has run" in refused.stderr, refused
+    assert "Traceback" not in refused.stderr
+
+    done = hotline_json("terminal", "install-charter", str(recommissioned), "-t", str(alpha),
+                        "--reanchor", "--json")  # fmt: skip
+    assert done == {"schema": 1, "ok": True, "installed": True, "reanchored": True,
+                    "line_id": "east-west", "version": 2, "previous_version": 1}  # fmt: skip
+    text = ok("exchange", "install-charter", str(recommissioned), "--dir", str(exchange),
+              "--reanchor")  # fmt: skip
+    assert "version 2 re-anchored by hand (was 1)" in text, text
+    # once more is the same charter: taken as it is, the version unchanged
+    again = hotline_json("terminal", "install-charter", str(recommissioned), "-t", str(alpha),
+                         "--reanchor", "--json")  # fmt: skip
+    assert again["version"] == 2 and again["previous_version"] == 2
+    # and an older one is still a rollback, re-anchored or not
+    refused = hotline("terminal", "install-charter", str(v1), "-t", str(alpha), "--reanchor")
+    assert refused.returncode != 0 and "older than" in refused.stderr, refused
+
+    running = [start_exchange(exchange, port, recommissioned)]
+    try:
+        running.append(start_terminal(alpha, recommissioned))
+        running.append(start_terminal(bravo, recommissioned))
+        for folder in (alpha, bravo):
+            wait_until(lambda f=folder: status(f)["exchange"]["connected"], 30, folder.name)
+            assert status(folder)["charter_version"] == 2
+    finally:
+        for process in reversed(running):
+            process.stop()

@@ -20,7 +20,7 @@ from hotline.cli.common import (
     json_printed,
     print_json,
 )
-from hotline.errors import AddressUnavailable, ExchangeUnavailable, HotlineError
+from hotline.errors import AddressUnavailable, ExchangeUnavailable, HotlineError, TLSPinMismatch
 
 app = typer.Typer(
     name="hotline",
@@ -125,7 +125,7 @@ def main() -> None:
     except typer.Abort:
         _fail("aborted", 1, "aborted")
     except HotlineError as exc:
-        environment = isinstance(exc, (ExchangeUnavailable, AddressUnavailable))
+        environment = isinstance(exc, (ExchangeUnavailable, AddressUnavailable, TLSPinMismatch))
         _fail(str(exc), EXIT_UNAVAILABLE if environment else EXIT_ERROR, exc.reason)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -6,11 +6,15 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from hotline.errors import UsageError
+
+if TYPE_CHECKING:
+    from hotline.charter.by_hand import Installed
 
 # Piped or redirected output is never hard-wrapped (a security code or a fingerprint split
 # across two lines cannot be compared or parsed); on a terminal rich wraps to its width.
@@ -40,6 +44,27 @@ def print_json(data: dict[str, Any], *, ok: bool = True) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
     _json_printed = True
+
+
+def print_reanchored(done: Installed, json_output: bool) -> None:
+    """What `install-charter --reanchor` did (the running path's keys, and ``reanchored``)."""
+    if json_output:
+        print_json(
+            {
+                "installed": True,
+                "reanchored": True,
+                "line_id": done.line_id,
+                "version": done.version,
+                "previous_version": done.previous_version,
+            }
+        )
+        return
+    was = done.previous_version if done.previous_version is not None else "none"
+    console.print(
+        f"line {escape(done.line_id)}: version {done.version} re-anchored by hand (was {was}); "
+        "start it with this charter",
+        soft_wrap=True,
+    )
 
 
 def json_printed() -> bool:

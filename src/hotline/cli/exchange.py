@@ -109,6 +109,58 @@ def fingerprint(
         console.print(value, soft_wrap=True)
 
 
+@app.command("install-charter")
+def install_charter(
+    charter: Annotated[Path, typer.Argument(help="The re-commissioned, fully signed charter.")],
+    directory: DirOption,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="The exchange's store (default: DIR/exchange.db).")
+    ] = None,
+    reanchor: Annotated[
+        bool,
+        typer.Option(
+            "--reanchor",
+            help="Required: install into the STOPPED exchange's store even though the charter "
+            "drops a site or changes an operator key without a handover (a lost or stolen "
+            "operator key). Only after the voice check.",
+        ),
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-anchor a stopped exchange on a re-commissioned charter (docs/operations.md, "lost
+    or stolen operator key"). A newer version that keeps every site's key, or hands it over,
+    needs none of this: `serve --charter FILE` or any terminal's `install-charter` brings it."""
+    import contextlib  # noqa: PLC0415
+    from collections.abc import Iterator  # noqa: PLC0415
+
+    from hotline.charter import CharterStore  # noqa: PLC0415
+    from hotline.charter.by_hand import install_by_hand  # noqa: PLC0415
+    from hotline.cli.common import print_reanchored  # noqa: PLC0415
+    from hotline.exchange.store import ExchangeStore  # noqa: PLC0415
+
+    if not reanchor:
+        raise UsageError(
+            "exchange install-charter is for re-anchoring a stopped exchange: give --reanchor "
+            "(a running exchange takes a newer version from `serve --charter` or from any "
+            "terminal's `install-charter`)"
+        )
+    signed = load_charter(charter)
+    db_path = db or directory / DB_FILE
+    if not db_path.is_file():
+        raise UsageError(f"{db_path}: no exchange store here (give --dir, or --db)")
+
+    @contextlib.contextmanager
+    def charters() -> Iterator[CharterStore]:
+        store = ExchangeStore(db_path)
+        try:
+            yield store.charters
+        finally:
+            store.close()
+
+    done = install_by_hand(f"{db_path}: the exchange", [store_lock_path(db_path)], charters, signed)
+    print_reanchored(done, json_output)
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -10,7 +10,14 @@ import typer
 from rich.markup import escape
 
 from hotline.charter import Role
-from hotline.cli.common import LogFormat, LogLevel, console, install_unit, print_json
+from hotline.cli.common import (
+    LogFormat,
+    LogLevel,
+    console,
+    install_unit,
+    print_json,
+    print_reanchored,
+)
 from hotline.errors import UsageError
 from hotline.keys import PASSPHRASE_CREDENTIAL, PASSPHRASE_ENV, read_passphrase
 from hotline.provision import (
@@ -168,12 +175,24 @@ def install_charter(
     terminal: Annotated[
         Path, typer.Option("--terminal", "-t", help="The running terminal's folder.")
     ],
+    reanchor: Annotated[
+        bool,
+        typer.Option(
+            "--reanchor",
+            help="Install a re-commissioned charter into a STOPPED terminal's store, even "
+            "though it drops a site or changes an operator key without a handover (a lost or "
+            "stolen operator key). Only after the voice check; never needed otherwise.",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Give a running terminal a newer charter version: it keeps it (never going back),
     hands it to the exchange, which gives it to every terminal of the line online and
     closes the connections of terminals it removed or re-keyed, and applies it to a
-    running call at once (members no longer listed with their key are dropped)."""
+    running call at once (members no longer listed with their key are dropped).
+
+    With --reanchor the terminal must be stopped: the charter goes straight into its store
+    (docs/operations.md, "lost or stolen operator key"); start it with that charter."""
     import asyncio  # noqa: PLC0415
 
     from hotline.charter import load_charter  # noqa: PLC0415
@@ -181,6 +200,9 @@ def install_charter(
 
     signed = load_charter(charter)
     signed.verify()
+    if reanchor:
+        _reanchor_terminal(signed, terminal, json_output)
+        return
 
     async def send() -> Any:
         async with ControlClient.for_terminal(terminal) as control:
@@ -203,6 +225,23 @@ def install_charter(
             f"line {escape(result['line_id'])}: version {result['version']} was already installed",
             soft_wrap=True,
         )
+
+
+def _reanchor_terminal(signed: Any, terminal: Path, json_output: bool) -> None:
+    import contextlib  # noqa: PLC0415
+
+    from hotline.charter import CharterStore  # noqa: PLC0415
+    from hotline.charter.by_hand import install_by_hand  # noqa: PLC0415
+
+    if not (terminal / "state").is_dir():
+        raise UsageError(f"{terminal}: not a terminal folder that has run (no state/ in it)")
+    done = install_by_hand(
+        f"{terminal}: the terminal",
+        [terminal / "state" / "terminal.lock"],
+        lambda: contextlib.closing(CharterStore(terminal / "state" / "charters.sqlite")),
+        signed,
+    )
+    print_reanchored(done, json_output)
 
 
 @app.command("run")

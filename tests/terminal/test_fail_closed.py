@@ -444,3 +444,72 @@ async def test_a_restarted_terminal_resumes_its_exchange_state(line: LocalLine) 
     finally:
         await again.stop()
         await bravo.stop()
+
+
+async def test_a_new_charters_kem_and_suite_reach_the_running_call(tmp_path: Path) -> None:
+    """Version 2 of the charter changes the policy's KEM and SFrame suite while alpha and
+    bravo are in a call: both move the same call to a new epoch sealed and protected under
+    the new policy, labelled with the new version, and media goes on being decrypted."""
+    sites = {"east": [("alpha", Role.PRINCIPAL)], "west": [("bravo", Role.PRINCIPAL)]}
+    line = LocalLine(tmp_path, "east-west", sites)
+    v1 = line.commission()
+    assert v1.charter.policy.kem == "MLKEM768_X25519"
+    assert v1.charter.policy.cipher_suite == "AES_128_GCM_SHA256_128"
+    await line.start_exchange()
+    alpha = await started(line, "alpha")
+    bravo = await started(line, "bravo", auto_answer=True)
+    try:
+        await until(lambda: _online(alpha, "bravo"), "bravo online")
+        await alpha.dial("bravo")
+
+        async def decrypted(daemon: TerminalDaemon) -> int:
+            call = (await daemon.status())["call"] or {}
+            return int(((call.get("frames") or {}).get("video") or {}).get("decrypted", 0))
+
+        async def media(daemon: TerminalDaemon, above: int = 0) -> bool:
+            return await decrypted(daemon) > above
+
+        await until(lambda: media(bravo, 10), "video at bravo")
+        assert alpha.call is not None
+        call_id, first_epoch = alpha.call.call_id, alpha.call.epoch or 0
+
+        charter = v1.charter
+        v2_path = tmp_path / "v2.charter.json"
+        policy = dataclasses.replace(
+            charter.policy, kem="X25519", cipher_suite="AES_256_GCM_SHA512_128"
+        )
+        draft = propose_line(
+            charter.line_id,
+            [line_site_dir(tmp_path, s.site_id) for s in charter.sites],
+            list(charter.terminals),
+            exchanges=charter.exchanges,
+            policy=policy,
+            version=2,
+        )
+        write_draft(v2_path, draft)
+        for site in charter.sites:
+            sign_charter(v2_path, line_site_dir(tmp_path, site.site_id))
+        await alpha.install_charter(load_charter(v2_path))
+
+        async def on_the_new_policy(daemon: TerminalDaemon) -> bool:
+            call = (await daemon.status())["call"] or {}
+            e2ee = call.get("e2ee") or {}
+            return (
+                call.get("call") == call_id
+                and (call.get("epoch") or 0) > first_epoch
+                and e2ee.get("kem") == "X25519"
+                and e2ee.get("suite") == "AES_256_GCM_SHA512_128"
+            )
+
+        await until(lambda: on_the_new_policy(alpha), "alpha on v2's KEM and suite")
+        await until(lambda: on_the_new_policy(bravo), "bravo on v2's KEM and suite")
+        for daemon in (alpha, bravo):
+            assert (await daemon.status())["charter_version"] == 2
+        assert alpha.call.security_code == bravo.call.security_code  # type: ignore[union-attr]
+        at_bravo, at_alpha = await decrypted(bravo), await decrypted(alpha)
+        await until(lambda: media(bravo, at_bravo + 10), "video at bravo under v2")
+        await until(lambda: media(alpha, at_alpha + 10), "video at alpha under v2")
+    finally:
+        for daemon in (alpha, bravo):
+            await daemon.stop()
+        await line.stop()

@@ -27,8 +27,8 @@ With ``--lab`` the same calls cross the network lab instead (``tests.netlab``: n
 a userspace TUN link, needs root): the two ends are processes in hosts ``alpha`` and
 ``bravo`` (``tests.netlab.audio_peer``), alpha's link carries the scenario both ways (60 ± 10
 ms, random loss, or Gilbert-Elliott p = 1 %, r = 25 %), one lab for the whole run; modes
-alternate call by call. ``loss`` is then what the link dropped of the sender's packets. No
-latency calls in this mode.
+alternate call by call. ``loss`` is then what the link dropped of the sender's packets. The
+latency calls run there too (the processes share CLOCK_MONOTONIC).
 
 Targets (issue 11): Hotline >= 4.4 / 3.9 / 3.8 at 0 / 2 / 5 %, >= 3.6 bursty; one-way audio
 latency on the 60 ms link <= 100 ms p50.
@@ -151,6 +151,35 @@ async def calls(
                 print(json.dumps(entry), flush=True)
 
 
+def percentiles(values: list[int]) -> dict[str, Any]:
+    values = sorted(values)
+    return {
+        "p50_ms": values[len(values) // 2] if values else None,
+        "min_ms": values[0] if values else None,
+        "max_ms": values[-1] if values else None,
+        "n": len(values),
+    }
+
+
+async def lab_latency(args: argparse.Namespace, lab: Lab, ref: array[int]) -> dict[str, Any]:
+    """One tone call per mode on the clean and the 5 % link: each chirp's one-way latency."""
+    latency: dict[str, Any] = {}
+    for name in ("0%", "5%"):
+        for mode in MODES:
+            r = await lab_audio_call(
+                lab,
+                Path(args.keep) / f"latency-{name}-{mode}",
+                LAB_SCENARIOS[name],
+                mode=mode,
+                clip=ref,
+                warmup=args.warmup,
+                tone_seconds=args.latency_seconds,
+            )
+            latency[f"{name} {mode}"] = percentiles(r["latency_ms"])
+            print(json.dumps({"latency": f"{name} {mode}", **latency[f"{name} {mode}"]}))
+    return latency
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     reference, source = clip()
     names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
@@ -166,13 +195,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             if not args.keep:
                 args.keep = stack.enter_context(tempfile.TemporaryDirectory(prefix="netaudio-"))
         await calls(args, lab, names, reference, runs)
+        if lab is not None and args.latency_seconds > 0:
+            results["one_way_latency"] = await lab_latency(args, lab, reference)
     table: dict[str, Any] = {}
     for name in names:
         table[name] = {}
         for mode in MODES:
             mine = [r for r in runs if r["scenario"] == name and r["mode"] == mode]
             table[name][mode] = summary([v for r in mine for v in r["pesq"]])
-            table[name][mode]["loss"] = round(statistics.mean(r["loss"] for r in mine), 4)
+            table[name][mode]["loss"] = round(
+                statistics.mean(r["loss"] for r in mine or [{"loss": 0}]), 4
+            )
             table[name][mode]["call_medians"] = [
                 round(statistics.median(r["pesq"]), 2) for r in mine if r["pesq"]
             ]

@@ -17,6 +17,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from tests.media.audio_loss import chirp_latencies_ms
 from tests.netlab import Impairment, Lab
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -34,10 +35,13 @@ async def lab_audio_call(
     sender: str = "alpha",
     receiver: str = "bravo",
     timeout: float = 120.0,
+    tone_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """One call, ``sender`` offering and sending ``clip`` in a loop, ``receiver`` capturing
     ``copies`` whole copies of it after ``warmup`` s. Returns the capture ("pcm"), the
-    receiver's figures and the loss the link applied to the sender's packets."""
+    receiver's figures and the loss the link applied to the sender's packets. With
+    ``tone_seconds``, the synthetic tone instead, and "latency_ms": each chirp's play time
+    minus its send time over that long after the warm-up (no capture)."""
     folder.mkdir(parents=True)
     keys = {"a": os.urandom(32).hex(), "b": os.urandom(32).hex()}
     (folder / "keys.json").write_text(json.dumps(keys))
@@ -49,6 +53,8 @@ async def lab_audio_call(
     common = ["--mode", mode, "--dir", str(folder), "--timeout", str(timeout)]
     for host, role in ((sender, "offer"), (receiver, "answer")):
         argv = [sys.executable, "-m", "tests.netlab.audio_peer", "--role", role, *common]
+        if tone_seconds:
+            argv += ["--tone", "--seconds", str(tone_seconds)]
         if role == "answer":
             argv += ["--warmup", str(warmup), "--copies", str(copies)]
         with (folder / f"{role}.log").open("ab") as log:
@@ -80,8 +86,12 @@ async def lab_audio_call(
     sent -= before["egress"].forwarded + before["egress"].dropped_total
     dropped = egress.dropped_total - before["egress"].dropped_total
     pcm = array("h")
-    pcm.frombytes((folder / "capture.raw").read_bytes())
     result = json.loads((folder / "result.json").read_text())
+    if tone_seconds:
+        chirps = json.loads((folder / "chirps.json").read_text())["sent_ms"]
+        result["latency_ms"] = chirp_latencies_ms(chirps, result.pop("chirps_played_ms"))
+    else:
+        pcm.frombytes((folder / "capture.raw").read_bytes())
     return {
         "mode": mode,
         "pcm": pcm,

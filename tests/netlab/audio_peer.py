@@ -8,7 +8,9 @@ frame, then captures what it plays out (frames placed at their timestamps, as
 :func:`tests.media.audio_loss.run_call` does) until ``--copies`` whole copies of the clip
 are in it, writes DIR/capture.raw and DIR/result.json, and exits. ``--mode aiortc`` runs
 aiortc's own audio path (``set_audio_path(pc, False)``), ``hotline`` Hotline's; SFrame is on
-in both.
+in both. With ``--tone`` the offer sends the synthetic tone instead and writes when each
+of its once-a-second chirps left (DIR/chirps.json, on SIGTERM), and the answer notes when
+each was played out for ``--seconds`` after the warm-up: the one-way latency, on one clock.
 
     python -m tests.netlab.audio_peer --role offer|answer --mode hotline|aiortc --dir DIR
 """
@@ -32,7 +34,7 @@ from hotline.e2ee.media import MediaCrypto
 from hotline.media import aiortc_patch, engine
 from hotline.media.sinks import PcmCapture
 from hotline.media.sources import SyntheticAudioTrack
-from tests.media.audio_loss import RATE, SAMPLES, ClipTrack
+from tests.media.audio_loss import RATE, SAMPLES, ChirpTimedTrack, ClipTrack
 from tests.media.harness import close, make_side
 
 ROSTER = ("a", "b")
@@ -70,7 +72,7 @@ async def run(args: argparse.Namespace) -> None:
     clip.frombytes((folder / "clip.raw").read_bytes())
     try:
         if args.role == "offer":
-            track = ClipTrack(clip)
+            track = ChirpTimedTrack() if args.tone else ClipTrack(clip)
             pc.addTrack(track)
             side.tracks.append(track)
             engine.force_e2ee_codecs(pc)
@@ -78,13 +80,16 @@ async def run(args: argparse.Namespace) -> None:
             write_json(folder / "offer.json", {"sdp": pc.localDescription.sdp})
             answer = await read_json(folder / "answer.json")
             await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-            while track._start is None:
-                await asyncio.sleep(0.01)
-            write_json(folder / "start.json", {"monotonic": track._start})
             stop = asyncio.Event()
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            if isinstance(track, ClipTrack):
+                while track._start is None:
+                    await asyncio.sleep(0.01)
+                write_json(folder / "start.json", {"monotonic": track._start})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.timeout)
+            if isinstance(track, ChirpTimedTrack):
+                write_json(folder / "chirps.json", {"sent_ms": track.chirps_sent_ms})
         else:
             offer = await read_json(folder / "offer.json")
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
@@ -94,18 +99,42 @@ async def run(args: argparse.Namespace) -> None:
             engine.force_e2ee_codecs(pc)
             await pc.setLocalDescription(await pc.createAnswer())
             write_json(folder / "answer.json", {"sdp": pc.localDescription.sdp})
-            await answer_and_capture(args, side, clip)
+            if args.tone:
+                await answer_and_time(args, side)
+            else:
+                await answer_and_capture(args, side, clip)
     finally:
         await close(side)
 
 
-async def answer_and_capture(args: argparse.Namespace, side: Any, clip: array[int]) -> None:
-    folder: Path = args.dir
+async def wait_audio(args: argparse.Namespace, side: Any) -> None:
     deadline = time.monotonic() + args.timeout
     while side.audio_sink.frames < 10:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no audio: {side.audio_sink.to_dict()}")
         await asyncio.sleep(0.05)
+
+
+async def answer_and_time(args: argparse.Namespace, side: Any) -> None:
+    await wait_audio(args, side)
+    await asyncio.sleep(args.warmup)
+    chirps0 = len(side.audio_sink.chirp_times_ms)
+    await asyncio.sleep(args.seconds)
+    paths = aiortc_patch.audio_receivers(side.pc)
+    write_json(
+        args.dir / "result.json",
+        {
+            "chirps_played_ms": side.audio_sink.chirp_times_ms[chirps0:],
+            "gap_ms": 0,
+            "path": paths[0].stats() if paths else None,
+            "sink": side.audio_sink.to_dict(),
+        },
+    )
+
+
+async def answer_and_capture(args: argparse.Namespace, side: Any, clip: array[int]) -> None:
+    folder: Path = args.dir
+    await wait_audio(args, side)
     start = (await read_json(folder / "start.json"))["monotonic"]
     await asyncio.sleep(args.warmup)
     # where the sender is in its loop now (one clock), as run_call counts it from the track
@@ -137,6 +166,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--copies", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--tone", action="store_true", help="time the tone's chirps instead")
+    parser.add_argument("--seconds", type=float, default=10.0, help="--tone: how long")
     args = parser.parse_args()
     asyncio.run(run(args))
 

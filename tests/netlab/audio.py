@@ -69,8 +69,8 @@ async def lab_audio_call(
                 raise RuntimeError(f"the call did not finish; see {folder}/*.log")
             await asyncio.sleep(0.1)
         if answer.returncode != 0:
-            log = (folder / "answer.log").read_text()[-2000:]
-            raise RuntimeError(f"the receiver failed ({answer.returncode}): {log}")
+            tail = (folder / "answer.log").read_text()[-2000:]
+            raise RuntimeError(f"the receiver failed ({answer.returncode}): {tail}")
     finally:
         for p in procs:
             if p.poll() is None:

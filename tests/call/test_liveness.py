@@ -83,3 +83,33 @@ def test_a_failed_replacement_is_retried_at_once() -> None:
         2.5, LinkView(0.0, "failed", 10), LinkView(2.0, "failed", 0), keys_ready=True
     )
     assert actions(out) == [Action.ATTEMPT]
+
+
+def test_an_answerer_whose_offer_never_came_is_lost_then_dropped() -> None:
+    """Keys agreed, no transport ever (an exchange dropping the offer): not secured
+    silently: lost after the connect timeout, recovered if a transport then carries media,
+    dropped after the peer timeout otherwise."""
+    live = PeerLiveness(offerer=False, settings=S)
+    assert live.observe(0.0, None, None, keys_ready=False) == []
+    assert live.observe(30.0, None, None, keys_ready=False) == []  # no keys: nothing to carry
+    assert live.observe(31.0, None, None, keys_ready=True) == []
+    assert live.observe(40.9, None, None, keys_ready=True) == []
+    out = live.observe(41.0, None, None, keys_ready=True)
+    assert actions(out) == [Action.LOST]  # the answerer shows it; it never attempts
+    assert out[0].reason == "no transport 10 s after the keys"
+    flowing = live.observe(45.0, LinkView(44.0, "connected", 5), None, keys_ready=True)
+    assert actions(flowing) == [Action.RECOVERED] and flowing[0].outage == 4.0
+
+    never = PeerLiveness(offerer=False, settings=S)
+    never.observe(0.0, None, None, keys_ready=True)
+    assert actions(never.observe(10.0, None, None, keys_ready=True)) == [Action.LOST]
+    assert actions(never.observe(70.0, None, None, keys_ready=True)) == [Action.DROP]
+
+
+def test_an_offer_that_comes_in_time_is_never_lost() -> None:
+    live = PeerLiveness(offerer=False, settings=S)
+    assert live.observe(0.0, None, None, keys_ready=True) == []
+    assert live.observe(3.0, LinkView(3.0, "connecting", 0), None, keys_ready=True) == []
+    assert live.observe(4.0, LinkView(3.0, "connected", 7), None, keys_ready=True) == []
+    # a transport that closes later is the ordinary outage, not "never linked"
+    assert live.observe(8.0, None, None, keys_ready=True) == []

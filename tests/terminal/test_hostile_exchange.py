@@ -282,6 +282,42 @@ async def test_an_offer_delivered_after_the_key_agreement_still_makes_a_call(
     assert alpha.call.epoch == bravo.call.epoch
 
 
+async def test_an_offer_the_exchange_never_delivers_is_shown_on_both_sides(
+    scene: Scene,
+) -> None:
+    """The exchange delivers the key agreement but never alpha's SDP: both sides hold the
+    epoch and the security code, and no transport carries anything. Neither side shows the
+    call as working: alpha's transport carried no media 10 s after it was made, and bravo,
+    which never got an offer, has had no transport 10 s after the keys (issue 9, point 9):
+    each shows the other reconnecting, with the reason."""
+    alpha, bravo, mitm = scene.alpha, scene.bravo, scene.mitm
+    mitm.hold = lambda env: env.sender == "alpha" and env.msg_type == "call.sdp"
+    await alpha.dial("bravo")
+    await until(
+        lambda: bool(alpha.call and bravo.call and alpha.call.security_code
+                     and alpha.call.security_code == bravo.call.security_code),
+        "keys agreed",
+    )  # fmt: skip
+
+    async def shown_lost(daemon: TerminalDaemon, peer: str) -> dict[str, Any] | None:
+        call = (await daemon.status())["call"] or {}
+        seen = (call.get("peers") or {}).get(peer) or {}
+        lost = seen.get("transport") == "reconnecting" and seen.get("reachable") is False
+        return seen if lost else None
+
+    async def until_lost(daemon: TerminalDaemon, peer: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 20.0
+        while (seen := await shown_lost(daemon, peer)) is None:
+            assert time.monotonic() < deadline, f"{peer} never shown lost (seed {SEED})"
+            await asyncio.sleep(0.1)
+        return seen
+
+    at_bravo = await until_lost(bravo, "alpha")
+    await until_lost(alpha, "bravo")
+    assert at_bravo["lost_reason"] == "no transport 10 s after the keys", at_bravo
+    assert bravo.call is not None and bravo.call.engine.received("alpha").total == 0
+
+
 async def test_withheld_frame_digests_counted_on_a_mesh_alarm_on_the_sfu_path(
     scene: Scene,
 ) -> None:

@@ -15,7 +15,10 @@ Rules (times in seconds, from :class:`LivenessSettings`):
 
 - a transport is *lost* when it is ``failed`` or ``closed``, or when it has carried media and
   then none for ``media_timeout``; a transport that never carried media is lost when it has
-  not done so ``connect_timeout`` after it was made, once the call has keys;
+  not done so ``connect_timeout`` after it was made, once the call has keys; and a peer
+  that has had no transport at all ``connect_timeout`` after the keys were there (the
+  answerer whose offer never came: an exchange that drops it) is lost too, so no call shows
+  as secured while nothing flows;
 - while lost, the offerer starts a replacement at once, and another each time the last one
   has not connected after ``attempt_timeout`` (so a long outage is retried again and again);
 - the peer is *recovered* when the active transport carries media again or a replacement
@@ -91,6 +94,8 @@ class PeerLiveness:
     _pending: _Seen = field(default_factory=_Seen)
     _active_created: float | None = None
     _pending_created: float | None = None
+    _ever_linked: bool = False
+    _unlinked_since: float | None = None  #: keys there, never a transport, since
 
     def attempted(self, now: float) -> int:
         """The offerer made a new offer; returns its attempt number."""
@@ -109,6 +114,8 @@ class PeerLiveness:
         out: list[Decision] = []
         if self.dropped:
             return out
+        if active is not None or pending is not None:
+            self._ever_linked = True
         active_flowing = self._flowing(now, active, "active")
         pending_flowing = self._flowing(now, pending, "pending")
         if pending is not None and (pending.state == "connected" or pending_flowing):
@@ -169,8 +176,15 @@ class PeerLiveness:
     def _lost_reason(
         self, now: float, active: LinkView | None, flowing: bool, keys_ready: bool
     ) -> str | None:
-        if active is None:  # between a transport closing and its replacement
-            return "no transport" if self.lost_since is not None else None
+        if active is None:  # between a transport closing and its replacement, or none yet
+            if self.lost_since is not None:
+                return "no transport"
+            if keys_ready and not self._ever_linked:
+                if self._unlinked_since is None:
+                    self._unlinked_since = now
+                if now - self._unlinked_since >= self.settings.connect_timeout:
+                    return f"no transport {self.settings.connect_timeout:g} s after the keys"
+            return None
         if active.state in DEAD_STATES:
             return f"transport {active.state}"
         if flowing:

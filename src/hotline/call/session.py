@@ -1190,7 +1190,13 @@ class CallSession:
                 "lost_reason": None if member is None else member.lost_reason or None,
             }
         out: dict[str, Any] = {
-            "transport": link.state if link is not None else "closed",
+            "transport": (
+                link.state
+                if link is not None
+                else "reconnecting"
+                if live is not None and live.lost_since is not None
+                else "closed"
+            ),
             "quality": self.quality.get(peer, []),
         }
         if live is not None:

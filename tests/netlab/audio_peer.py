@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import time
 from array import array
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aiortc import RTCSessionDescription
+from bench.netlab_bare import read_json, write_json  # the same file hand-over
 
 from hotline.e2ee.media import MediaCrypto
 from hotline.media import aiortc_patch, engine
@@ -38,20 +38,6 @@ from tests.media.audio_loss import RATE, SAMPLES, ChirpTimedTrack, ClipTrack
 from tests.media.harness import close, make_side
 
 ROSTER = ("a", "b")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-async def read_json(path: Path, timeout: float = 60.0) -> dict[str, Any]:
-    for _ in range(int(timeout / 0.05)):
-        if path.exists():
-            return dict(json.loads(path.read_text()))
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"no {path.name} from the other end")
 
 
 def crypto(role: str, keys: dict[str, str]) -> MediaCrypto:

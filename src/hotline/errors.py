@@ -213,6 +213,13 @@ class AddressUnavailable(LocalError):
     reason = "address_unavailable"
 
 
+class StillRunning(LocalError):
+    """A terminal or exchange asked to stop is still running after the time allowed: the
+    environment (exit code 3), not the command."""
+
+    reason = "still_running"
+
+
 class ConfigError(UsageError):
     """A site's local configuration file (``terminal.toml``) is missing, unsafe or invalid."""
 

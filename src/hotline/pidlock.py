@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import time
 from pathlib import Path
 
-from hotline.errors import StateError
+from hotline.errors import StateError, StillRunning
 
 
 def holder(path: Path) -> int | None:
@@ -46,3 +48,31 @@ def hold(path: Path, busy: str) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def stop(path: Path, timeout_s: float, *, what: str) -> int | None:
+    """Ask the process holding the lock at ``path`` to end (SIGTERM: it closes its calls and
+    connections as on Ctrl-C) and wait until the lock is free. Returns its pid, or None if
+    nothing held the lock. Raises :class:`StateError` when the holder cannot be signalled
+    (another user's) and :class:`StillRunning` when it is still running after
+    ``timeout_s``."""
+    pid = holder(path)
+    if pid is None:
+        return None
+    if pid <= 0:
+        raise StateError(f"{what} is running but its lock names no pid; stop it by hand")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it ended between the look and the signal (or runs in another pid namespace)
+    except PermissionError:
+        raise StateError(
+            f"{what} is running as another user (pid {pid}); stop it as that user",
+            reason="locked",
+        ) from None
+    deadline = time.monotonic() + timeout_s
+    while holder(path) is not None:
+        if time.monotonic() >= deadline:
+            raise StillRunning(f"{what} (pid {pid}) is still running {timeout_s:g} s after SIGTERM")
+        time.sleep(0.1)
+    return pid

@@ -20,7 +20,13 @@ from hotline.cli.common import (
     json_printed,
     print_json,
 )
-from hotline.errors import AddressUnavailable, ExchangeUnavailable, HotlineError, TLSPinMismatch
+from hotline.errors import (
+    AddressUnavailable,
+    ExchangeUnavailable,
+    HotlineError,
+    StillRunning,
+    TLSPinMismatch,
+)
 
 app = typer.Typer(
     name="hotline",
@@ -125,7 +131,9 @@ def main() -> None:
     except typer.Abort:
         _fail("aborted", 1, "aborted")
     except HotlineError as exc:
-        environment = isinstance(exc, (ExchangeUnavailable, AddressUnavailable, TLSPinMismatch))
+        environment = isinstance(
+            exc, (ExchangeUnavailable, AddressUnavailable, TLSPinMismatch, StillRunning)
+        )
         _fail(str(exc), EXIT_UNAVAILABLE if environment else EXIT_ERROR, exc.reason)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -67,6 +67,19 @@ def print_reanchored(done: Installed, json_output: bool) -> None:
     )
 
 
+def print_stopped(kind: str, folder: Path, pid: int | None, json_output: bool) -> None:
+    """What `terminal stop` / `exchange stop` did."""
+    if json_output:
+        print_json(
+            {"kind": kind, "folder": str(folder), "was_running": pid is not None, "pid": pid}
+        )
+        return
+    if pid is None:
+        console.print(f"the {kind} in {escape(str(folder))} was not running", soft_wrap=True)
+    else:
+        console.print(f"the {kind} in {escape(str(folder))} stopped (pid {pid})", soft_wrap=True)
+
+
 def json_printed() -> bool:
     """Whether this process already printed its JSON document (errors then print none)."""
     return _json_printed

@@ -161,6 +161,34 @@ def install_charter(
     print_reanchored(done, json_output)
 
 
+@app.command("stop")
+def stop(
+    directory: DirOption,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db", help="The exchange's store (default: exchange.toml's, or DIR/exchange.db)."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for it to end.", min=0.1, max=600)
+    ] = 30.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Stop an exchange started by hand with `exchange serve` (under systemd: `systemctl
+    stop`): it closes its connections and its store, as on Ctrl-C. Returns once it has
+    ended. Exit 0 also when it was not running; 3 if it is still running after --timeout."""
+    from hotline.cli.common import print_stopped  # noqa: PLC0415
+
+    if not any((directory / name).exists() for name in (tls.CERT_FILE, DB_FILE, CONFIG_FILE)):
+        raise UsageError(f"{directory}: not an exchange folder (no {tls.CERT_FILE}, {DB_FILE})")
+    db_path = (
+        db or exchange_settings(directory, None, {}).value("exchange.db") or (directory / DB_FILE)
+    )
+    pid = pidlock.stop(store_lock_path(Path(db_path)), timeout, what=f"{directory}: the exchange")
+    print_stopped("exchange", directory, pid, json_output)
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

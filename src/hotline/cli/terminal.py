@@ -17,6 +17,7 @@ from hotline.cli.common import (
     install_unit,
     print_json,
     print_reanchored,
+    print_stopped,
 )
 from hotline.errors import UsageError
 from hotline.keys import PASSPHRASE_CREDENTIAL, PASSPHRASE_ENV, read_passphrase
@@ -497,6 +498,27 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         settings={r["key"]: r["value"] for r in settings.rows()},
         ui=value("terminal.ui"),
     )
+
+
+@app.command("stop")
+def stop(
+    terminal: Annotated[Path, typer.Option("--terminal", "-t", help="The terminal's folder.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for it to end.", min=0.1, max=600)
+    ] = 30.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Stop a terminal started by hand with `terminal run` (under systemd: `systemctl stop`):
+    it hangs up its call and disconnects, as on Ctrl-C. Returns once it has ended. Exit 0
+    also when it was not running; 3 if it is still running after --timeout."""
+    from hotline import pidlock  # noqa: PLC0415
+    from hotline.backup import lock_files  # noqa: PLC0415
+
+    if not (terminal / TERMINAL_RECORD_FILE).is_file():
+        raise UsageError(f"{terminal}: not a terminal folder (no {TERMINAL_RECORD_FILE})")
+    (lock,) = lock_files("terminal", terminal)
+    pid = pidlock.stop(lock, timeout, what=f"{terminal}: the terminal")
+    print_stopped("terminal", terminal, pid, json_output)
 
 
 @app.command("wait")

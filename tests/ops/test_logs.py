@@ -77,6 +77,25 @@ async def test_exchange_json_logs_and_its_audit_table(tmp_path: Path) -> None:
         code, _reason = await raw.closed_with()
         assert code is not None
         await raw.close()
+        # two copies of t1 replacing each other in quick succession: a supersede loop,
+        # ended by refusing the newcomer (a security event too)
+        copies: list[RawTerminal] = []
+        refused_copy = None
+        try:
+            for _ in range(10):
+                copy = RawTerminal(serving.url)
+                copies.append(copy)
+                await copy.open()
+                await copy.hello(line.line_id, "t1", line.keys["t1"])
+                try:
+                    await copy.welcomed()
+                except (ConnectionError, AssertionError):
+                    refused_copy = len(copies)
+                    break
+        finally:
+            for copy in copies:
+                await copy.close()
+        assert refused_copy is not None, "ten copies of t1 replaced each other unrefused"
     finally:
         exit_code, stderr = serving.stop()
     assert exit_code == 0
@@ -90,6 +109,10 @@ async def test_exchange_json_logs_and_its_audit_table(tmp_path: Path) -> None:
     assert len(refused) == 1 and refused[0]["level"] == "warning"
     assert refused[0]["terminal"] == "t0" and refused[0]["source"] == "127.0.0.1"
     assert refused[0]["reason"] == "bad_signature"
+    loop = [d for d in logs if d["event"] == "duplicate_terminal"]
+    assert len(loop) == 1 and loop[0]["level"] == "warning", loop
+    assert loop[0]["terminal"] == "t1" and loop[0]["incumbent"] == "127.0.0.1"
+    assert "Two copies of this terminal" in loop[0]["message"]
     assert all(d["level"] in ("info", "warning", "error") for d in logs)
 
     # the audit table, read back from the store
@@ -97,7 +120,7 @@ async def test_exchange_json_logs_and_its_audit_table(tmp_path: Path) -> None:
     assert table["ok"] is True and table["schema"] == 1
     kinds = [e["kind"] for e in table["events"]]
     assert kinds[:2] == ["charter_updated", "started"] and kinds[-1] == "stopped"
-    assert "auth_failed" in kinds
+    assert "auth_failed" in kinds and "duplicate_terminal" in kinds
     failed = next(e for e in table["events"] if e["kind"] == "auth_failed")
     assert failed["terminal"] == "t0" and failed["reason"] == "bad_signature"
     assert RFC3339_UTC.match(failed["ts"])

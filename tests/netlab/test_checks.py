@@ -81,11 +81,12 @@ async def test_check_figures_follow_the_link(netlab: Lab, tmp_path: Path) -> Non
         assert clean["pesq_note"] is None and lossy["pesq_note"] is None, (clean, lossy)
         # a clean link is green by PESQ too (measured 4.2–4.5: two Opus codings, two jitter
         # buffers, delay unseen by PESQ); 20 % loss each way, twice over the loop (~36 % of
-        # the packets), costs over a point and a half (measured ~2.2; FEC rebuilds single
-        # losses, not runs), and PESQ is one of the verdict's reasons
+        # the packets), lowers it measurably (before RED to ~2.2; with RED, which rebuilds
+        # runs of two, 3.7 was seen), and a score below green is one of the verdict's reasons
         assert clean["pesq_x100"] >= 350, clean
-        assert lossy["pesq_x100"] <= min(clean["pesq_x100"] - 100, 330), (clean, lossy)
-        assert any(r.startswith("PESQ") for r in lossy["reasons"]), lossy
+        assert lossy["pesq_x100"] <= clean["pesq_x100"] - 20, (clean, lossy)
+        below_green = lossy["pesq_x100"] < 350
+        assert below_green == any(r.startswith("PESQ") for r in lossy["reasons"]), lossy
         pesq = [r["pesq_x100"] / 100 for r in (clean, slow, lossy)]
         print(f"PESQ-WB of the looped-back speech: {pesq[0]} clean, {pesq[1]} at 2 x 200 ms, "
               f"{pesq[2]} at 20 % loss; audio round trip {clean['audio_rtt_ms']} ms, "

@@ -16,11 +16,19 @@ signed frame digests are strict through the SFU and check the browser's frames a
 browser's view of the others. The SFU's operator (Janus's admin API and VideoRoom's
 ``switch``) hands the page frames of a publisher of its own under a member's KID: refused in
 the page's worker (``bad_tag``) and shown on its banner.
+
+The six-terminal run (the browser and five Python terminals) ends with an insider: the
+browser's member reads its page's keys (as anyone with the page's developer tools could)
+and publishes audio under another member's KID with that member's real key, which the SFU
+hands to the other Python members. SFrame accepts those frames; the signed frame digests do
+not, and each receiver raises the alarm naming the victim within the 2 s deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -220,19 +228,36 @@ async def sfu_injects(
         if st.get("type") == "audio"
     ]
     feed = call_of(statuses[member])["sfu"]["feed"]
-    browser_sessions = {sid for (sid, _), info in state.items() if info.get("display") == BROWSER}
+    await switch_audio(
+        janus, state, BROWSER, feed=feed, to_feed=mallory.joined.feed_id, to_mid=mallory_audio
+    )
+    return mallory
+
+
+async def switch_audio(
+    janus: JanusServer,
+    state: dict[tuple[int, int], dict[str, Any]],
+    display: str,
+    *,
+    feed: int,
+    to_feed: int,
+    to_mid: str,
+) -> None:
+    """VideoRoom ``switch`` on the subscription of ``display`` to ``feed``'s audio: from now
+    on it carries the audio ``to_mid`` of publisher ``to_feed`` (no renegotiation)."""
+    sessions = {sid for (sid, _), info in state.items() if info.get("display") == display}
     targets = [
         (sid, hid, st["mid"])
         for (sid, hid), info in state.items()
-        if sid in browser_sessions and info.get("type") == "subscriber"
+        if sid in sessions and info.get("type") == "subscriber"
         for st in info.get("streams") or []
         if st.get("type") == "audio" and feed in (st.get("feed_id"), st.get("publisher_id"))
     ]
-    assert len(targets) == 1, (targets, state)
+    assert len(targets) == 1, (display, targets, state)
     sid, hid, sub_mid = targets[0]
     switch = {
         "request": "switch",
-        "streams": [{"feed": mallory.joined.feed_id, "mid": mallory_audio, "sub_mid": sub_mid}],
+        "streams": [{"feed": to_feed, "mid": to_mid, "sub_mid": sub_mid}],
     }
     async with (
         aiohttp.ClientSession() as http,
@@ -242,7 +267,57 @@ async def sfu_injects(
         ) as resp,
     ):
         assert (await resp.json(content_type=None)).get("janus") == "ack"
-    return mallory
+
+
+#: the insider's forged frames start this far up the victim's counters: past anything the
+#: victim sent in the epoch, so no digest of the victim's ever signs them
+FORGED_FROM_COUNTER = 1 << 30
+
+
+async def member_forges(
+    janus: JanusServer,
+    statuses: dict[str, dict[str, Any]],
+    installs: list[dict[str, Any]],
+    victim: str,
+    receivers: tuple[str, ...],
+) -> SfuConference:
+    """The browser's member turned insider: its page holds every member's SFrame key of the
+    epoch (``installs``: what its daemon sent it), so it publishes audio under ``victim``'s
+    KID with ``victim``'s real key, and the SFU switches each of ``receivers``'
+    subscriptions to ``victim`` over to it. SFrame accepts these frames; only the signed
+    frame digests can tell. Returns the insider's publisher (close it)."""
+    call = call_of(statuses[BROWSER])
+    epoch = call["epoch"]
+    install = [m for m in installs if m.get("epoch") == epoch][-1]
+    forger = MediaCrypto(suite_by_name(call["e2ee"]["suite"]))
+    key = base64.b64decode(install["keys"][victim])
+    forger.activate_send(epoch, install["roster"].index(victim), key)
+    assert forger._send is not None
+    forger._send.next_counter = FORGED_FROM_COUNTER
+    insider = SfuConference(
+        self_id="insider",
+        url=janus.url,
+        room=call["sfu"]["room"],
+        secret="",
+        crypto=forger,
+        source=synthetic_source("insider"),
+    )
+    await insider.join()
+    assert insider.joined is not None
+    state = await handles(janus)
+    (audio_mid,) = [
+        st["mid"]
+        for (sid, _), info in state.items()
+        if sid == insider.session.session_id and info.get("type") == "publisher"
+        for st in info.get("streams") or []
+        if st.get("type") == "audio"
+    ]
+    feed = call_of(statuses[victim])["sfu"]["feed"]
+    for receiver in receivers:
+        await switch_audio(
+            janus, state, receiver, feed=feed, to_feed=insider.joined.feed_id, to_mid=audio_mid
+        )
+    return insider
 
 
 async def page_links(page: Any) -> list[list[str]]:
@@ -263,10 +338,13 @@ def run_conference(
     joiner: str,
     leaver: str,
     mesh_limit: int,
+    forge_victim: str | None = None,
 ) -> dict[str, float]:
     """``first`` (the browser first, the caller second) come in one by one (a mesh up to
     ``mesh_limit``, then through Janus), ``joiner`` joins and ``leaver`` leaves through
-    Janus; with ``mesh_limit`` 2 the joiner then leaves too and the call is a mesh again."""
+    Janus; with ``mesh_limit`` 2 the joiner then leaves too and the call is a mesh again.
+    ``forge_victim``: at the end the browser's member forges that member's frames to the
+    other Python members (:func:`member_forges`)."""
     everyone = (*first, joiner)
     rest = tuple(i for i in everyone if i != leaver)
     line = NamespaceLine(
@@ -295,7 +373,8 @@ def run_conference(
                 await line.start_terminal(tid, *extra, *answer)
             await line.wait_online(list(everyone))
             async with chromium(tmp_path) as browser:
-                page = await open_engine_page(browser, line, BROWSER)
+                from_daemon: list[str] = []  # every message the page gets: its keys too
+                page = await open_engine_page(browser, line, BROWSER, from_daemon)
                 camera = await page.evaluate(
                     "() => window.hotlineEngine.local.getVideoTracks()[0].getSettings()"
                 )
@@ -416,6 +495,16 @@ def run_conference(
                         call = call_of(mesh[tid])
                         assert call["sfu"] is None, (tid, call["sfu"])
                         assert call["e2ee"]["frame_digests"]["unauthenticated_frame"] == {}
+                if forge_victim is not None:
+                    receivers = tuple(i for i in rest if i not in (BROWSER, forge_victim))
+                    await insider_is_caught(
+                        line,
+                        janus,
+                        from_daemon,
+                        victim=forge_victim,
+                        receivers=receivers,
+                        figures=figures,
+                    )
                 assert epochs == sorted(set(epochs)), epochs  # a new epoch at every change
                 figures["total_s"] = time.monotonic() - t0
         finally:
@@ -423,6 +512,55 @@ def run_conference(
 
     run_in_host(host, main)
     return figures
+
+
+async def insider_is_caught(
+    line: NamespaceLine,
+    janus: JanusServer,
+    from_daemon: list[str],
+    *,
+    victim: str,
+    receivers: tuple[str, ...],
+    figures: dict[str, float],
+) -> None:
+    """Forged frames of ``victim`` reach ``receivers`` (:func:`member_forges`): each
+    decrypts them, and each raises the alarm naming ``victim`` within the digests' 2 s
+    deadline (and a status poll), in its status and its event stream; nobody names anyone
+    else."""
+    messages = [json.loads(f) for f in from_daemon if f.startswith("{")]
+    installs = [m for m in messages if m.get("type") == "keys" and m.get("op") == "install"]
+    statuses = await statuses_of(line, (BROWSER, victim, *receivers))
+    before = {
+        r: call_of(statuses[r])["e2ee"]["unprotected_by_sender"].get(victim, 0) for r in receivers
+    }
+    insider = await member_forges(janus, statuses, installs, victim, receivers)
+    try:
+        t = time.monotonic()
+        caught: dict[str, float] = {}
+        while len(caught) < len(receivers) and time.monotonic() - t < 15:
+            for r in receivers:
+                if r not in caught:
+                    digests = call_of(await line.status(r))["e2ee"]["frame_digests"]
+                    if digests["unauthenticated_frame"].get(victim):
+                        caught[r] = time.monotonic() - t
+            await asyncio.sleep(0.2)
+        assert set(caught) == set(receivers), (caught, receivers)
+        figures["forgery_alarm_s"] = max(caught.values())
+        after = await statuses_of(line, (BROWSER, victim, *receivers))
+    finally:
+        await insider.close()
+    for r in receivers:
+        call = call_of(after[r])
+        # SFrame accepted them (the real key): frames of the victim's kept counting
+        assert call["e2ee"]["unprotected_by_sender"].get(victim, 0) > before[r], r
+        named = {a["member"] for a in call["e2ee"]["frame_alarms"]}
+        assert named == {victim}, (r, call["e2ee"]["frame_alarms"])
+        assert all(a["reason"] in ("forged", "unsigned") for a in call["e2ee"]["frame_alarms"])
+        print(f"{r}: {call['e2ee']['frame_alarms'][0]['message']}")
+    for other in (BROWSER, victim):  # the forger's own and the victim's screens: no alarm
+        assert call_of(after[other])["e2ee"]["frame_alarms"] == [], other
+    # the digests' deadline is 2 s after a frame is accepted; a status poll is 0.2 s
+    assert figures["forgery_alarm_s"] <= 4.0, figures
 
 
 def test_a_browser_terminal_through_janus_moves_joins_and_leaves(
@@ -465,3 +603,23 @@ def report(
             f"{call['e2ee']['rejected']}; digests verified "
             f"{call['e2ee']['frame_digests']['verified']}"
         )
+
+
+def test_six_terminals_a_browser_and_five_python_through_janus(
+    sfu_host: tuple[Host, JanusServer], tmp_path: Path
+) -> None:
+    """Six terminals, the browser and five Python ones (mesh limit 3): a mesh of three
+    moves to the SFU at four, a sixth joins and one leaves through the SFU, and the SFU's
+    injected frames are refused at the page."""
+    host, janus = sfu_host
+    figures = run_conference(
+        host,
+        janus,
+        tmp_path,
+        first=(BROWSER, CALLER, "paris", "rome", "madrid"),
+        joiner="warsaw",
+        leaver="paris",
+        mesh_limit=3,
+        forge_victim="rome",
+    )
+    print(f"browser + five Python terminals: {figures}")

@@ -168,6 +168,12 @@ class ConferenceEngine(Protocol):
 
     def conference_status(self) -> dict[str, Any] | None: ...
 
+    def conference_broken(self) -> bool:
+        """Our own upstream to the SFU failed or closed (the SFU lost us, or the browser
+        page that held it reloaded) and a new one can be made now: the call joins the
+        room again."""
+        ...
+
 
 #: builds a call's engine: (SFrame suite name, callback for refused frames) -> engine
 EngineFactory = Callable[[str, Callable[[FrameEvent], None]], MediaEngine]

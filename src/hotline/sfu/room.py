@@ -342,6 +342,14 @@ class ConferenceSlot(Generic[C]):
     def conference_status(self) -> dict[str, Any] | None:
         return self.conference.status() if self.conference is not None else None
 
+    def conference_broken(self) -> bool:
+        conference = self.conference
+        return (
+            conference is not None
+            and conference.joined is not None
+            and conference.upstream_state() in ("failed", "closed")
+        )
+
     async def leave_conference(self) -> None:
         conference, self.conference = self.conference, None
         if conference is not None:

@@ -634,6 +634,11 @@ class BrowserEngine(ConferenceSlot[PageConference]):
         conference.on_downstream = lambda down: self.show(down.link)
         await self._enter_conference(conference, spec.publishers)
 
+    def conference_broken(self) -> bool:
+        """The page that held our upstream is gone (reloaded, closed, or another took
+        over) and a page is back: its links are made again by joining the room again."""
+        return super().conference_broken() and self.hub.connected
+
     async def snapshot(self) -> dict[str, Any]:
         peers = {
             peer: {"engine": "browser", "link": link.link_id, "page": link.stats}

@@ -339,12 +339,14 @@ def run_conference(
     leaver: str,
     mesh_limit: int,
     forge_victim: str | None = None,
+    reload_page: bool = False,
 ) -> dict[str, float]:
     """``first`` (the browser first, the caller second) come in one by one (a mesh up to
     ``mesh_limit``, then through Janus), ``joiner`` joins and ``leaver`` leaves through
     Janus; with ``mesh_limit`` 2 the joiner then leaves too and the call is a mesh again.
     ``forge_victim``: at the end the browser's member forges that member's frames to the
-    other Python members (:func:`member_forges`)."""
+    other Python members (:func:`member_forges`). ``reload_page``: after the SFU's
+    injection the browser's page reloads, and the call through the SFU carries it again."""
     everyone = (*first, joiner)
     rest = tuple(i for i in everyone if i != leaver)
     line = NamespaceLine(
@@ -476,6 +478,11 @@ def run_conference(
                 finally:
                     await mallory.close()
 
+                # what a reload leaves: frames whose hashes died with the old page
+                after_reload: dict[str, dict[str, int]] = {}
+                if reload_page:
+                    after_reload = await page_reloads(line, page, rest, epochs, figures)
+
                 if len(rest) - 1 <= mesh_limit:
                     # below the limit again: back to a mesh with the browser, keys kept
                     t = time.monotonic()
@@ -494,7 +501,8 @@ def run_conference(
                     for tid in two:
                         call = call_of(mesh[tid])
                         assert call["sfu"] is None, (tid, call["sfu"])
-                        assert call["e2ee"]["frame_digests"]["unauthenticated_frame"] == {}
+                        unauthenticated = call["e2ee"]["frame_digests"]["unauthenticated_frame"]
+                        assert unauthenticated == after_reload.get(tid, {}), (tid, unauthenticated)
                 if forge_victim is not None:
                     receivers = tuple(i for i in rest if i not in (BROWSER, forge_victim))
                     await insider_is_caught(
@@ -512,6 +520,61 @@ def run_conference(
 
     run_in_host(host, main)
     return figures
+
+
+async def page_reloads(
+    line: NamespaceLine,
+    page: Any,
+    ids: tuple[str, ...],
+    epochs: list[int],
+    figures: dict[str, float],
+) -> dict[str, dict[str, int]]:
+    """The browser's page reloads mid-conference: its daemon joins the room again with the
+    new page (``sfu_rejoin``), a new epoch begins (the new page never gets the old send
+    key), and every member decrypts every other member again, the browser included.
+
+    The old page's last frame hashes (up to one 100 ms report of its worker) die with it:
+    the frames they were of reached the others but no digest of the browser's can sign
+    them, so each other member may raise the ``unsigned`` alarm naming the browser for a
+    few frames (fail closed: a frame nobody signed is never taken as authentic). Returns
+    each member's ``unauthenticated_frame`` counts once the deadlines have passed."""
+    before = await statuses_of(line, ids)
+    epoch = call_of(before[CALLER])["epoch"]
+    old_links = {p["link"] for p in call_of(before[BROWSER])["peers"].values() if p.get("link")}
+    t = time.monotonic()
+    await page.reload()
+    await wait_until(
+        lambda: page.evaluate("() => !!(window.hotlineEngine && window.hotlineEngine.local)"),
+        10,
+        "the reloaded page's media engine",
+    )
+
+    def back(s: dict[str, dict[str, Any]]) -> bool:
+        peers = call_of(s[BROWSER]).get("peers") or {}
+        links = {p.get("link") for o, p in peers.items() if o != BROWSER}
+        return (
+            agreed(s, len(ids), "sfu")
+            and call_of(s[CALLER])["epoch"] > epoch
+            and len(links) == len(ids) - 1
+            and not links & old_links
+        )
+
+    rebuilt = await wait_for(line, ids, back, "the reloaded page back in the conference")
+    epochs.append(call_of(rebuilt[CALLER])["epoch"])
+    await every_pair_decrypts(line, ids, "after the page reloaded")
+    figures["reload_flowing_s"] = time.monotonic() - t
+    await asyncio.sleep(2.5)  # every frame of the old page is past its deadline
+    settled = await statuses_of(line, ids)
+    counts: dict[str, dict[str, int]] = {}
+    for tid in ids:
+        e2ee = call_of(settled[tid])["e2ee"]
+        counts[tid] = dict(e2ee["frame_digests"]["unauthenticated_frame"])
+        assert set(counts[tid]) <= {BROWSER} - {tid}, (tid, e2ee["frame_alarms"])
+        assert sum(counts[tid].values()) <= 60, (tid, counts[tid])  # 1 s of its frames at most
+        assert all(a["reason"] == "unsigned" for a in e2ee["frame_alarms"]), e2ee["frame_alarms"]
+    print(f"frames of the old page no digest could sign, by receiver: {counts}")
+    return counts
+    print(f"the page reloaded: all decrypting again after {figures['reload_flowing_s']:.1f} s")
 
 
 async def insider_is_caught(
@@ -578,6 +641,7 @@ def test_a_browser_terminal_through_janus_moves_joins_and_leaves(
         joiner="rome",
         leaver="paris",
         mesh_limit=2,
+        reload_page=True,
     )
     print(f"browser + three Python terminals: {figures}")
 

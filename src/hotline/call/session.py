@@ -102,6 +102,8 @@ SFU_RETRY_S = 30.0
 SFU_RETRY_MAX_S = 600.0
 #: each request of the retry's reachability probe (a session made and destroyed)
 SFU_PROBE_TIMEOUT_S = 3.0
+#: our own upstream to the SFU failed this long ago: the call joins the room again
+SFU_REJOIN_AFTER_S = 1.0
 DIGEST_ENVELOPE_BYTES = 32 * 1024
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -199,6 +201,9 @@ class CallSession:
         #: joins that failed in a row (each retry waits twice as long as the one before)
         self._sfu_failures = 0
         self._sfu_retrying = False
+        #: since when our own upstream to the SFU is failed, and whether a rejoin runs
+        self._sfu_broken_since: float | None = None
+        self._sfu_rejoining = False
         #: the newest frame alarms (what ``call status`` shows)
         self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
@@ -875,6 +880,7 @@ class CallSession:
         dropped: set[str] = set()
         if self.topology == topology.SFU:  # no per-peer transports: watch each member's frames
             await self._watch_members_through_sfu(now)
+            self._watch_own_upstream(now)
             return
         if (
             self._sfu_failed_at is not None
@@ -948,6 +954,49 @@ class CallSession:
         if dropped:
             self.machine.drop_unreachable(dropped, now)
             await self.flush()
+
+    def _watch_own_upstream(self, now: float) -> None:
+        """Our own connection to the SFU failed or closed (the SFU lost us, or the browser
+        page that held it reloaded): after :data:`SFU_REJOIN_AFTER_S` the call leaves the
+        room and joins it again, in the background (the keys stay; a join that fails
+        makes the call a mesh, which tries the SFU again later)."""
+        engine = self.engine
+        if not isinstance(engine, ConferenceEngine) or self._sfu_rejoining:
+            return
+        if not engine.conference_broken():
+            self._sfu_broken_since = None
+            return
+        if self._sfu_broken_since is None:
+            self._sfu_broken_since = now
+            return
+        if now - self._sfu_broken_since < SFU_REJOIN_AFTER_S:
+            return
+        self._sfu_rejoining = True
+        task = asyncio.ensure_future(self._rejoin_sfu(engine))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _rejoin_sfu(self, engine: ConferenceEngine) -> None:
+        try:
+            async with self._lock:
+                if self._closed or self.topology != topology.SFU or not engine.conference_broken():
+                    return
+                status = engine.conference_status() or {}
+                detail: dict[str, Value] = {"upstream": str(status.get("upstream"))}
+                log.warning(
+                    "call %s: our connection to the SFU is %s: joining the room again",
+                    self.call_id,
+                    detail["upstream"],
+                )
+                self._log_event("sfu_rejoin", detail)
+                self._on_event("sfu_rejoin", dict(detail))
+                await engine.leave_conference()
+                self.topology = topology.MESH  # until the join below is done
+            if not self._closed and self.machine.state == CallState.ACTIVE:
+                await self._sync_peers(self.machine.members)
+        finally:
+            self._sfu_broken_since = None
+            self._sfu_rejoining = False
 
     async def _watch_members_through_sfu(self, now: float) -> None:
         """Through the SFU a member is reachable while frames under its KIDs arrive (an SFU

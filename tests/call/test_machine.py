@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from hotline.call.machine import (
+    INVITE_TIMEOUT_S,
     Answered,
     CallEnded,
     CallMachine,
     CallProtocolError,
     CallState,
     Declined,
+    InviteWithdrawn,
     MembersChanged,
     Ringing,
     charter_departures,
@@ -202,17 +204,84 @@ def test_max_participants_is_enforced_by_every_member() -> None:
 
 
 def test_an_answer_beyond_max_participants_is_refused() -> None:
-    """Even when an invitation got through (two members invited at once), the answer that
-    would pass the limit is refused."""
+    """Even when an invitation got through, the answer that would pass the limit is
+    refused (a member whose machine let two invitations ring at once)."""
     m = CallMachine("a", "call-1", max_members=3)
     m.dial("b", 0)
     m.receive("b", "call.answer", {"call": "call-1"}, 0)
-    m.invite("c", 1)
-    m.receive("b", "call.invited", {"call": "call-1", "target": "d"}, 1)  # a race with b
+    m.pending["d"] = ("b", 60.0)  # as a member with another rule would have it
+    m.pending["c"] = ("a", 60.0)
     m.receive("c", "call.answer", {"call": "call-1"}, 2)
     with pytest.raises(CallProtocolError, match="at most 3"):
         m.receive("d", "call.answer", {"call": "call-1"}, 2)
     assert m.members == {"a", "b", "c"}
+
+
+def in_a_call(*ids: str) -> Net:
+    """``ids[0]`` rang the others one at a time; all answered."""
+    net = Net(*ids)
+    net.m[ids[0]].dial(ids[1], 0)
+    net.pump()
+    net.m[ids[1]].answer(0)
+    net.pump()
+    for other in ids[2:]:
+        net.m[ids[0]].invite(other, 0)
+        net.pump()
+        net.m[other].answer(0)
+        net.pump()
+    return net
+
+
+def test_two_invitations_made_at_once_converge_on_the_first_inviters() -> None:
+    """a and c invite x and y at the same moment (neither knew of the other's): every
+    member keeps a's invitation (a sorts first) and drops c's; c cancels y's ring, and
+    everyone says so. x answers into one call that every member agrees on; y's answer,
+    had it come, is refused."""
+    net = in_a_call("a", "b", "c")
+    for machine in net.m.values():
+        machine.events()  # what the set-up reported
+    net.events = {i: [] for i in net.m}
+    for extra in ("x", "y"):
+        net.m[extra] = CallMachine(extra, "call-1")
+        net.events[extra] = []
+    net.m["c"].invite("y", 1)
+    net.m["a"].invite("x", 1)  # before c's call.invited reached a
+    net.pump(1)
+    for member in ("a", "b", "c"):
+        assert set(net.m[member].pending) == {"x"}, (member, net.m[member].pending)
+        withdrawn = [e for e in net.events[member] if isinstance(e, InviteWithdrawn)]
+        assert [(e.target, e.by) for e in withdrawn] == [("y", "c")], (member, withdrawn)
+    assert net.m["y"].state == CallState.ENDED  # its ring was cancelled by c
+    assert "invitation withdrawn" in (net.m["y"].end_reason or "")
+    net.m["x"].answer(2)
+    net.pump(2)
+    assert all(net.m[i].members == {"a", "b", "c", "x"} for i in ("a", "b", "c", "x"))
+    with pytest.raises(CallProtocolError, match="not rung"):
+        net.m["a"].receive("y", "call.answer", {"call": "call-1"}, 3)
+
+
+def test_an_invitation_names_a_terminal_of_the_charter() -> None:
+    m = CallMachine("a", "call-1", known=frozenset({"a", "b", "c"}))
+    m.dial("b", 0)
+    m.receive("b", "call.answer", {"call": "call-1"}, 0)
+    for target in ("mallory", "x" * 5000, "a"):
+        with pytest.raises(CallProtocolError):
+            m.receive("b", "call.invited", {"call": "call-1", "target": target}, 1)
+    assert m.pending == {}
+    m.receive("b", "call.invited", {"call": "call-1", "target": "c"}, 1)
+    assert set(m.pending) == {"c"}
+
+
+def test_an_inviters_new_invitation_replaces_its_ended_one() -> None:
+    """A decline goes to the inviter alone: the others still hold its invitation when it
+    invites the next terminal, which replaces it."""
+    m = CallMachine("a", "call-1")
+    m.dial("b", 0)
+    m.receive("b", "call.answer", {"call": "call-1"}, 0)
+    m.receive("b", "call.invited", {"call": "call-1", "target": "c"}, 1)
+    m.receive("b", "call.invited", {"call": "call-1", "target": "d"}, 5)  # c declined to b
+    assert m.pending == {"d": ("b", 5 + INVITE_TIMEOUT_S)}
+    assert not [e for e in m.events() if isinstance(e, InviteWithdrawn)]
 
 
 def test_one_invitation_at_a_time() -> None:

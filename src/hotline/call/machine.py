@@ -123,6 +123,17 @@ class Declined(CallEvent):
 
 
 @dataclass(frozen=True)
+class InviteWithdrawn(CallEvent):
+    """Two members invited two terminals at once: the invitation of the member whose id
+    sorts first stands at every member, ``target``'s (invited by ``by``) is withdrawn
+    (if ``by`` is us, its ring was cancelled)."""
+
+    target: str
+    by: str
+    because: str
+
+
+@dataclass(frozen=True)
 class MembersChanged(CallEvent):
     members: frozenset[str]
     joined: frozenset[str]
@@ -149,6 +160,9 @@ class CallMachine:
     call_id: str
     #: the charter's max_participants (None: no limit, for tests of other rules)
     max_members: int | None = None
+    #: the charter's terminal ids: nobody else can be invited (None: not checked, for
+    #: tests of other rules)
+    known: frozenset[str] | None = None
     state: CallState = CallState.IDLE
     members: frozenset[str] = frozenset()
     #: rung terminals not yet answered: target -> (inviter, deadline)
@@ -273,11 +287,34 @@ class CallMachine:
     def _on_invited(self, sender: str, body: Mapping[str, Value], now: float) -> None:
         self._require_member(sender, MSG_INVITED)
         target = body.get("target")
-        if not isinstance(target, str) or target in self.members:
+        if not isinstance(target, str) or target in self.members or target == self.self_id:
             raise CallProtocolError("invited: target must be a terminal id not in the call")
+        if self.known is not None and target not in self.known:
+            raise CallProtocolError(f"invited: {target[:64]!r} is not a terminal of the charter")
         if self._full(len(self.members)):
             raise self._full_error(f"{sender} invited {target[:64]} into a full call")
+        # an inviter's earlier invitation has ended (a decline goes to the inviter alone)
+        self.pending = {t: p for t, p in self.pending.items() if p[0] != sender or t == target}
+        # one invitation at a time (see ``invite``): two made at once, each member keeps the
+        # one whose inviter sorts first, the same at every member, and drops the other
+        for other, (by, _) in sorted(self.pending.items()):
+            if other == target and by <= sender:
+                return  # invited twice: the first inviter's stands
+            if other != target and by < sender:
+                self._events.append(InviteWithdrawn(target, sender, f"{by} invited {other}"))
+                return
+        for other, (by, _) in sorted(self.pending.items()):
+            del self.pending[other]
+            if other != target:
+                self._withdraw(other, by, f"{sender} invited {target} at the same time")
         self.pending[target] = (sender, now + INVITE_TIMEOUT_S)
+
+    def _withdraw(self, target: str, by: str, because: str) -> None:
+        """``target``'s invitation by ``by`` gives way to another: if we rang it, the ring
+        is cancelled (``call.leave`` to the rung terminal)."""
+        if by == self.self_id:
+            self._send(target, MSG_LEAVE, {"reason": f"invitation withdrawn: {because}"})
+        self._events.append(InviteWithdrawn(target, by, because))
 
     def _on_answer(self, sender: str) -> None:
         if self.state == CallState.INCOMING and sender in self.members:
@@ -312,7 +349,7 @@ class CallMachine:
         if self.state == CallState.INCOMING:
             if sender != self.caller:
                 raise CallProtocolError(f"cancel from {sender}, who did not ring us")
-            self._end(f"cancelled by {sender}")
+            self._end(f"cancelled by {sender}: {reason_text}")
             return
         self._require_member(sender, MSG_LEAVE)
         self.members = self.members - {sender}

@@ -33,6 +33,7 @@ from hotline.call.machine import (
     CallProtocolError,
     CallState,
     Declined,
+    InviteWithdrawn,
     MembersChanged,
     Ringing,
     charter_departures,
@@ -163,7 +164,9 @@ class CallSession:
         self.directory = dict(directory)
         self.self_id = self_id
         self.self_name = self_name
-        self.machine = CallMachine(self_id, call_id, max_members=max_participants)
+        self.machine = CallMachine(
+            self_id, call_id, max_members=max_participants, known=frozenset(directory)
+        )
         make_engine = (
             engine if engine is not None else aiortc_engine_factory(media, source, call_id)
         )
@@ -305,6 +308,7 @@ class CallSession:
         removed = charter_departures(self.directory, directory)
         self.directory = dict(directory)
         self.charter_version = charter_version
+        self.machine.known = frozenset(directory)
         self.frame_auth.update_directory(directory, charter_version)
         if self.machine.state in (CallState.IDLE, CallState.ENDED):
             return
@@ -569,6 +573,21 @@ class CallSession:
         elif isinstance(event, Declined):
             self._log_event("decline", {"by": event.by, "reason": event.reason})
             self._on_event("declined", {"by": event.by, "reason": event.reason})
+        elif isinstance(event, InviteWithdrawn):
+            detail: dict[str, Value] = {
+                "target": event.target,
+                "by": event.by,
+                "because": event.because,
+            }
+            log.warning(
+                "call %s: the invitation of %s by %s is withdrawn (%s)",
+                self.call_id,
+                event.target,
+                event.by,
+                event.because,
+            )
+            self._log_event("invite_withdrawn", detail)
+            self._on_event("invite_withdrawn", dict(detail))
         elif isinstance(event, MembersChanged):
             self._log_event(
                 "roster",

@@ -8,6 +8,7 @@ from typing import Any
 
 from hotline.e2ee.sframe import DEFAULT_SUITE, MAX_EPOCH
 from hotline.ui.browser_engine import (
+    MAX_HELD_HASHES,
     SEND_KEY_WITHHELD,
     BrowserEngine,
     BrowserHub,
@@ -104,17 +105,23 @@ def test_nothing_to_withhold_without_a_send_key() -> None:
 
 
 async def test_page_hash_reports_dropped_when_untaken_are_counted_as_lost() -> None:
-    """A page's hash reports wait for the call's tick; past 64 untaken, further reports
-    are dropped, and every hash in them counts as overflow (never silently lost)."""
+    """A page's hash reports wait for the call's tick; past MAX_HELD_HASHES hashes
+    untaken, further reports are dropped, and every hash in them counts as overflow (never
+    silently lost). Many small reports (one per frame sent) fit as well as a few large."""
     engine = BrowserEngine(BrowserHub(), "call-1", DEFAULT_SUITE.name, lambda event: None)
     report = {
         "sent": [["513", str(i), "ab" * 16] for i in range(3)],
         "received": [["770", "7", "cd" * 16, "bravo"]],
         "overflow": 2,
     }
-    for _ in range(64 + 5):
+    fit = MAX_HELD_HASHES // 4  # 4 hashes a report
+    for _ in range(fit + 5):
         engine.on_stats({"hashes": report})
     taken = engine.take_frame_hashes()
-    assert len(taken.sent) == 64 * 3 and len(taken.received) == 64
-    assert taken.overflow == 64 * 2 + 5 * (3 + 1 + 2)
+    assert len(taken.sent) == fit * 3 and len(taken.received) == fit
+    assert taken.overflow == fit * 2 + 5 * (3 + 1 + 2)
     assert engine.take_frame_hashes().overflow == 0  # counted once
+    for _ in range(300):  # a second of one-frame reports from a busy page: none dropped
+        engine.on_stats({"hashes": {"sent": [["513", "1", "ab" * 16]], "received": []}})
+    taken = engine.take_frame_hashes()
+    assert len(taken.sent) == 300 and taken.overflow == 0

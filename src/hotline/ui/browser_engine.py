@@ -137,6 +137,10 @@ def _b64(data: bytes | bytearray) -> str:
     return base64.b64encode(bytes(data)).decode()
 
 
+#: frame hashes of the page's reports held until the call takes them (the worker's own
+#: bound, ``MAX_HASHES`` in static/worker.js)
+MAX_HELD_HASHES = 8192
+
 #: the WebSocket close code that tells a page another page took over as the media engine
 #: (``static/app.js`` then stops its engine and does not reconnect)
 SUPERSEDED = 4001
@@ -491,6 +495,8 @@ class BrowserEngine(ConferenceSlot[PageConference]):
         self.crypto: dict[str, Any] = {}
         self._ice = ice or IceSettings()
         self._hashes: list[FrameHashes] = []
+        #: hashes in ``_hashes``, at most :data:`MAX_HELD_HASHES`
+        self._hashes_held = 0
         #: hashes in page reports dropped because too many waited (counted as overflow)
         self._hashes_dropped = 0
         #: the newest counters snapshot of the page's worker (its reports come two ways)
@@ -586,8 +592,12 @@ class BrowserEngine(ConferenceSlot[PageConference]):
                 figures["max"] = max(figures["max"], late)
                 figures["over_1s"] += late > 1000
             report = parse_page_hashes(hashes)
-            if len(self._hashes) < 64:
+            size = len(report.sent) + len(report.received)
+            # the worker reports as each frame leaves (many small reports): bounded by the
+            # hashes they hold, as many as the worker itself keeps
+            if self._hashes_held + size <= MAX_HELD_HASHES:
                 self._hashes.append(report)
+                self._hashes_held += size
             else:  # long untaken (the call's tick stalled): dropped, and counted as lost
                 self._hashes_dropped += len(report.sent) + len(report.received) + report.overflow
         crypto = data.get("crypto")
@@ -695,6 +705,7 @@ class BrowserEngine(ConferenceSlot[PageConference]):
     def take_frame_hashes(self) -> FrameHashes:
         """The hashes the page's worker reported since the last call (twice a second)."""
         batches, self._hashes = self._hashes, []
+        self._hashes_held = 0
         dropped, self._hashes_dropped = self._hashes_dropped, 0
         return FrameHashes(
             tuple(f for b in batches for f in b.sent),

@@ -297,6 +297,9 @@ function onEvent(event) {
   // the end of a readiness check is no news for the principal (its result is on the line screen)
   if (event.kind === "ended" && event.purpose !== "check") showBanner(`call ended: ${event.reason}`, false);
   if (event.kind === "ring") showBanner("", false);
+  if (event.kind === "invite_withdrawn") {
+    showBanner(`invitation of ${event.target} withdrawn: ${event.because}`, false);
+  }
   if (event.kind === "epoch") $("code").classList.add("changed");
   // this page took over mid-call: it sends nothing until a new epoch (never the old send key)
   if (event.kind === "e2ee_sending_paused") {

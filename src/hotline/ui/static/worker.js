@@ -113,11 +113,13 @@ function openChannel(token) {
   };
 }
 
-function sendHashes() {
+// withCounters: the interval's reports carry the worker's counters too; a report sent as a
+// frame leaves carries its hashes alone
+function sendHashes(withCounters = true) {
   if (!channel || channel.readyState !== WebSocket.OPEN || call == null) return;
   if (!hashes.sent.length && !hashes.received.length && !hashes.overflow) return;
   channel.send(JSON.stringify({ type: "hashes", call, hashes: takeHashes(),
-                                crypto: snapshot() }));
+                                crypto: withCounters ? snapshot() : null }));
 }
 setInterval(sendHashes, CHANNEL_MS);
 
@@ -152,16 +154,18 @@ function sendTransform(kind, link) {
     try {
       const out = await sf.protectFrame(s.k, ctr, kind, new Uint8Array(frame.data));
       frame.data = out.buffer;
-      const hashed = sf.frameHash(kind, out);  // copies the frame before it is handed on
+      // the hash is handed to the channel before the frame leaves: a stall of this worker
+      // after it (seconds, on a starved host) cannot hold back the signing of a frame the
+      // others already have (a frame whose hash fails is dropped: it could never be signed)
+      const h = await sf.frameHash(kind, out);
+      keepHash(hashes.sent, [kid, ctr.toString(), sf.hex(h)]);
+      done();
+      sendHashes(false);
       counters.protected++;
       const ls = linkStats(link);
       ls.sent++;
       ls[`sent_${kind}`] = (ls[`sent_${kind}`] || 0) + 1;
       controller.enqueue(frame);
-      // the next frame does not wait for this hash
-      hashed.then((h) => keepHash(hashes.sent, [kid, ctr.toString(), sf.hex(h)]))
-        .catch(() => count(counters.refused, "frame_hash"))
-        .finally(done);
     } catch (e) {
       count(counters.refused, e.reason || "error");
       done();

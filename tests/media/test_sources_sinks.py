@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -10,7 +11,7 @@ import av
 import pytest
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from hotline.errors import MediaDeviceError, UsageError
 from hotline.media import sources
@@ -100,6 +101,67 @@ def test_video_sink_counts_corrupt_frames_and_the_longest_freeze() -> None:
     assert sink.latency.samples == [60, 60, 60, 60]
     assert d["latency_p50_ms"] == 60 and d["latency_p95_ms"] == 60
     assert sink.fresh_since(5990) == [(6050, 5990), (6083, 6023)]
+
+
+class _QueueTrack(MediaStreamTrack):
+    """A remote track whose frames the test hands over one by one (None: it ends)."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue()
+
+    async def recv(self) -> av.VideoFrame:
+        frame = await self.queue.get()
+        if frame is None:
+            raise MediaStreamError
+        return frame
+
+
+async def test_two_paths_to_one_sink_show_one_and_hand_over_without_a_repeat() -> None:
+    """A call moving between mesh and SFU receives a member on both paths for a moment:
+    the sink shows the first path until it ends, drops what the second delivers meanwhile,
+    then shows the second from the first picture the first had not shown (no repeat, no
+    corrupt frame); a path silent for longer than the handover time gives way as well."""
+    now = [10_000]
+    sink = VideoFrameIdSink(clock=lambda: now[0])
+    mesh, sfu = _QueueTrack(), _QueueTrack()
+    frames = {c: _frame_with_id(FrameId(c, 10_000 + 33 * c)) for c in range(1, 12)}
+
+    async def deliver(track: _QueueTrack, counter: int | None) -> None:
+        await track.queue.put(None if counter is None else frames[counter])
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    tasks = [sink.start(mesh), sink.start(sfu)]
+    for c in (1, 2, 3):
+        now[0] += 33
+        await deliver(mesh, c)
+    await deliver(sfu, 2)  # the second path lags the first: shown already, dropped
+    await deliver(sfu, 3)
+    assert (sink.frames, sink.standby_frames, sink.handovers) == (3, 2, 0)
+    await deliver(mesh, None)  # the mesh connection closes
+    now[0] += 33
+    await deliver(sfu, 3)  # the picture the mesh showed last: not shown twice
+    await deliver(sfu, 4)
+    now[0] += 33
+    await deliver(sfu, 5)
+    d = sink.to_dict()
+    assert (d["shown"], d["fresh"], d["corrupt_shown"]) == (5, 5, 0), d
+    assert (d["handovers"], d["handover_repeats"], d["out_of_order"]) == (1, 1, 0), d
+    assert d["last_id"] == 5 and d["missing"] == 0
+    # a third path delivering while the shown one is silent: it waits the handover time
+    other = _QueueTrack()
+    tasks.append(sink.start(other))
+    now[0] += sink.handover_ms - 100
+    await deliver(other, 6)
+    assert sink.frames == 5 and sink.standby_frames == 3
+    now[0] += 200  # the shown path has delivered nothing for longer than handover_ms
+    await deliver(other, 7)
+    assert sink.frames == 6 and sink.handovers == 2 and sink.corrupt == 0
+    await sink.stop()
+    assert all(t.done() for t in tasks)
 
 
 def test_video_sink_without_a_shared_clock_still_counts_corrupt_frames() -> None:

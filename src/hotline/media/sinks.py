@@ -75,15 +75,32 @@ class CountingTrack(MediaStreamTrack):
 class _TrackConsumer:
     """Runs ``on_frame`` for every frame of its tracks until they end or :meth:`stop`.
 
-    A sink may consume several tracks one after another (or briefly at once): a call's
-    transport to a peer can be rebuilt, and what the person sees of that peer (frames, gaps,
-    freezes, latency) goes on in the same sink across the rebuild.
+    A sink may consume several tracks one after another, or at once: a call's transport to
+    a peer can be rebuilt, and a call moving between mesh and SFU receives a member on both
+    paths for a moment (make before break). What the person sees of that peer (frames,
+    gaps, freezes, latency) goes on in the same sink across both. One track at a time is
+    *shown*: the first to deliver; another takes over once the shown one has ended (its
+    transport closed) or delivered nothing for :attr:`handover_ms`. Frames of the others
+    are read and dropped (:attr:`standby_frames`), so their decoders stay current and a
+    takeover shows a picture at once.
     """
+
+    #: the shown track gives way to another that delivers after this long without a frame
+    handover_ms = 500
 
     def __init__(self, clock: Callable[[], int]) -> None:
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self.ended = False
+        self._shown: asyncio.Task[None] | None = None
+        self._shown_ms: int | None = None
+        #: frames read from a track that was not the one shown (dropped)
+        self.standby_frames = 0
+        #: times another track took over from the shown one
+        self.handovers = 0
+
+    def on_handover(self) -> None:
+        """Another track is shown from the next frame on (after the first)."""
 
     def on_frame(self, frame: Any, now_ms: int) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -97,14 +114,33 @@ class _TrackConsumer:
         return task
 
     async def _run(self, track: MediaStreamTrack) -> None:
+        me = asyncio.current_task()
         try:
             while True:
                 frame = await track.recv()
-                self.on_frame(frame, self._clock())
+                now = self._clock()
+                if self._shown is not me:
+                    shown, last = self._shown, self._shown_ms
+                    if (
+                        shown is not None
+                        and not shown.done()
+                        and last is not None
+                        and (now - last) % (1 << 32) <= self.handover_ms
+                    ):
+                        self.standby_frames += 1
+                        continue
+                    if shown is not None or last is not None:
+                        self.handovers += 1
+                        self.on_handover()
+                    self._shown = me
+                self._shown_ms = now
+                self.on_frame(frame, now)
         except MediaStreamError:
             pass
         finally:
-            self.ended = not self._tasks - {asyncio.current_task()}
+            if self._shown is me:
+                self._shown = None  # the next frame of another track is shown at once
+            self.ended = not self._tasks - {me}
 
     async def stop(self) -> None:
         tasks = [t for t in self._tasks if not t.done()]
@@ -144,13 +180,35 @@ class VideoFrameIdSink(_TrackConsumer):
         self._last_frame_ms: int | None = None
         self._layout: tuple[int, int, FrameIdLayout] | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: frames of a track that took over, already shown from the one before (dropped)
+        self.handover_repeats = 0
+        self._after_handover = False
 
     def _layout_for(self, width: int, height: int) -> FrameIdLayout:
         if self._layout is None or self._layout[:2] != (width, height):
             self._layout = (width, height, FrameIdLayout.for_size(width, height))
         return self._layout[2]
 
+    def on_handover(self) -> None:
+        self._after_handover = True
+
     def on_frame(self, frame: av.VideoFrame, now_ms: int) -> None:
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        plane = frame.planes[0]
+        try:
+            frame_id = self._layout_for(frame.width, frame.height).read(
+                bytes(plane), plane.line_size
+            )
+        except ValueError:  # a frame too small to hold an id
+            frame_id = None
+        if self._after_handover and frame_id is not None and self._last_fresh is not None:
+            # the track shown now may lag the one before: the same pictures, already shown
+            step = (frame_id.counter - self._last_fresh[1].counter) % COUNTER_MOD
+            if step == 0 or step > COUNTER_MOD // 2:
+                self.handover_repeats += 1
+                return
+            self._after_handover = False
         self.frames += 1
         if self.first_frame_ms is None:
             self.first_frame_ms = now_ms
@@ -161,15 +219,6 @@ class VideoFrameIdSink(_TrackConsumer):
                 self.freezes += 1
                 self.freeze_total_ms += gap
         self._last_frame_ms = now_ms
-        if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
-        plane = frame.planes[0]
-        try:
-            frame_id = self._layout_for(frame.width, frame.height).read(
-                bytes(plane), plane.line_size
-            )
-        except ValueError:  # a frame too small to hold an id
-            frame_id = None
         if frame_id is None:
             self.unreadable += 1
             self.corrupt += 1
@@ -258,6 +307,9 @@ class VideoFrameIdSink(_TrackConsumer):
             "longest_freeze_ms": self.longest_freeze_ms,
             "latency_p50_ms": self.latency.to_dict()["p50_ms"],
             "latency_p95_ms": self.latency.to_dict()["p95_ms"],
+            "handovers": self.handovers,
+            "standby_frames": self.standby_frames,
+            "handover_repeats": self.handover_repeats,
         }
 
     def fresh_since(self, send_ms: int) -> list[tuple[int, int]]:
@@ -363,6 +415,8 @@ class CaptureFiles:
 class AudioChirpSink(_TrackConsumer):
     """Counts decoded audio frames and finds the once-a-second chirps in them."""
 
+    handover_ms = 200  #: ten frames of 20 ms
+
     def __init__(
         self, clock: Callable[[], int] = monotonic_ms, capture: PcmCapture | None = None
     ) -> None:
@@ -455,4 +509,6 @@ class AudioChirpSink(_TrackConsumer):
             "chirps": len(self.chirps),
             "chirp_spacing_ok": sum(1 for e in errors if abs(e) <= 1.0),
             "max_chirp_spacing_error_ms": round(max((abs(e) for e in errors), default=0.0), 2),
+            "handovers": self.handovers,
+            "standby_frames": self.standby_frames,
         }

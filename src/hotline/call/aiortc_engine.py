@@ -176,6 +176,10 @@ class PeerLink:
         packets = sum(int(path.stats().get("packets", 0)) for path in audio_paths)
         return packets + sum(t.frames for t in self.received if t.kind == "video")
 
+    @property
+    def video_frames(self) -> int:
+        return sum(t.frames for t in self.received if t.kind == "video")
+
     def audio_packets(self) -> int | None:
         """Audio packets received on this connection (None: no audio receive path yet)."""
         paths = aiortc_patch.audio_receivers(self.pc)

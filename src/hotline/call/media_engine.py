@@ -80,6 +80,12 @@ class MediaLink(Protocol):
         and audio *packets* received, never concealment played in place of lost audio."""
         ...
 
+    @property
+    def video_frames(self) -> int:
+        """Video frames decoded from this link so far: a picture of its peer is there to
+        show (a move between mesh and SFU breaks the old path once the new one has one)."""
+        ...
+
     def awaiting_answer(self) -> bool:
         """True while our offer is out and no answer was applied."""
         ...
@@ -172,6 +178,11 @@ class ConferenceEngine(Protocol):
         """Our own upstream to the SFU failed or closed (the SFU lost us, or the browser
         page that held it reloaded) and a new one can be made now: the call joins the
         room again."""
+        ...
+
+    def conference_video(self, member: str) -> int:
+        """Video frames decoded from ``member``'s feed through the SFU so far (0: none,
+        or no subscription to it)."""
         ...
 
 

@@ -59,6 +59,10 @@ class Downstream(Subscription):
     def state(self) -> str:
         return str(self.pc.connectionState)
 
+    @property
+    def video_frames(self) -> int:
+        return sum(t.frames for t in self.received if t.kind == "video")
+
 
 class SfuConference(JanusConference[Downstream]):
     """One terminal's aiortc conference (see the module docstring).

@@ -55,6 +55,11 @@ class Subscription:
     def state(self) -> str:
         raise NotImplementedError
 
+    @property
+    def video_frames(self) -> int:
+        """Video frames decoded from this feed so far."""
+        raise NotImplementedError
+
 
 D = TypeVar("D", bound=Subscription)
 
@@ -349,6 +354,11 @@ class ConferenceSlot(Generic[C]):
             and conference.joined is not None
             and conference.upstream_state() in ("failed", "closed")
         )
+
+    def conference_video(self, member: str) -> int:
+        conference = self.conference
+        down = conference.downstream.get(member) if conference is not None else None
+        return down.video_frames if down is not None else 0
 
     async def leave_conference(self) -> None:
         conference, self.conference = self.conference, None

@@ -44,6 +44,10 @@ class PageDownstream(Subscription):
     def state(self) -> str:
         return self.link.state
 
+    @property
+    def video_frames(self) -> int:
+        return self.link.video_frames
+
 
 class PageConference(JanusConference[PageDownstream]):
     """One browser-engine terminal's conference (see the module docstring)."""

@@ -325,6 +325,12 @@ class BrowserLink:
         and audio packets; the browser's audio concealment never passes the worker)."""
         return self.decrypted
 
+    @property
+    def video_frames(self) -> int:
+        """Video frames the page decoded on this link (its last report, every 0.5 s)."""
+        value = self.stats.get("video_decoded")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
     def awaiting_answer(self) -> bool:
         return self._offer_open
 

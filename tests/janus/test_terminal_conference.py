@@ -178,8 +178,22 @@ def test_a_call_moves_to_the_sfu_above_the_mesh_limit_and_back(
                 "back to a mesh of three",
             )
             assert call_of(three_again[IDS[0]])["epoch"] > call_of(four[IDS[0]])["epoch"]
-            await asyncio.sleep(3.0)
-            after = {tid: await line.status(tid) for tid in IDS[:3]}
+            # make before break: each move closed its old path once the new one showed
+            # every member (the room is left once the mesh shows the other two)
+            after = await wait_for(
+                line,
+                IDS[:3],
+                lambda s: all(
+                    [m["topology"] for m in call_of(x)["moves"]] == ["sfu", "mesh"]
+                    for x in s.values()
+                ),
+                "the room left",
+            )
+            for tid in IDS[:3]:
+                moves = call_of(after[tid])["moves"]
+                print(f"{tid}: moves {moves}")
+                assert all(m["not_shown"] == [] for m in moves), (tid, moves)
+                assert call_of(after[tid])["sfu"] is None
             # what each of the first three showed of the others over the whole call, through
             # both moves (the call's sinks outlive the transports): the longest gap between
             # fresh frames is the move's visible gap, at most

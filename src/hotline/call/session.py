@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -105,6 +106,11 @@ SFU_RETRY_MAX_S = 600.0
 SFU_PROBE_TIMEOUT_S = 3.0
 #: our own upstream to the SFU failed this long ago: the call joins the room again
 SFU_REJOIN_AFTER_S = 1.0
+#: a move between mesh and SFU makes the new path before it breaks the old: the old one is
+#: closed once the new one shows a picture of every member it showed (and MOVE_GRACE_S
+#: more, for the members' own views of us), or after MOVE_OVERLAP_MAX_S whatever it shows
+MOVE_OVERLAP_MAX_S = 4.0
+MOVE_GRACE_S = 0.5
 DIGEST_ENVELOPE_BYTES = 32 * 1024
 Sender = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -207,6 +213,12 @@ class CallSession:
         #: since when our own upstream to the SFU is failed, and whether a rejoin runs
         self._sfu_broken_since: float | None = None
         self._sfu_rejoining = False
+        #: counts the moves between mesh and SFU: the old path of a move is closed only if
+        #: no other move came after it
+        self._moves = 0
+        #: the last moves' old paths closed: topology, overlap_ms, not_shown (members the
+        #: new path did not show yet when the overlap ran out)
+        self.moves: deque[dict[str, Value]] = deque(maxlen=8)
         #: the newest frame alarms (what ``call status`` shows)
         self.frame_alarms: list[dict[str, Value]] = []
         self._send = send
@@ -442,7 +454,10 @@ class CallSession:
         # through an SFU nothing else binds a frame to its sender: an unsigned frame is an
         # alarm there; on a mesh the connection binds it, and it is only counted
         self.frame_auth.strict = (
-            self.strict_digests or self.topology == topology.SFU or self._joining_sfu
+            self.strict_digests
+            or self.topology == topology.SFU
+            or self._joining_sfu
+            or (isinstance(self.engine, ConferenceEngine) and self.engine.in_conference)
         )
         if isinstance(self.engine, AiortcEngine):  # a frame that cannot be digested: refused
             self.engine.crypto.hashes_required = self.frame_auth.strict
@@ -674,20 +689,30 @@ class CallSession:
             return topology.MESH  # the SFU could not be joined: a mesh until a retry joins it
         return chosen
 
-    async def _sync_conference(self, members: frozenset[str]) -> bool:
-        """The call goes (or already goes) through the SFU: mesh transports close, the
-        conference carries every member (lock held). Keys are not touched."""
-        engine = self.engine
-        assert isinstance(engine, ConferenceEngine)
+    async def _close_mesh(self, keep: frozenset[str] = frozenset()) -> None:
+        """Close the mesh transports, but those to ``keep`` (lock held)."""
         for table in (self.peers, self.pending):
             for peer_id in list(table):
-                await self._close_peer(table.pop(peer_id))
-        self.liveness.clear()
+                if peer_id not in keep:
+                    await self._close_peer(table.pop(peer_id))
+        for peer_id in list(self.liveness):
+            if peer_id not in keep:
+                del self.liveness[peer_id]
+
+    async def _sync_conference(self, members: frozenset[str]) -> bool:
+        """The call goes (or already goes) through the SFU: the conference carries every
+        member (lock held). Keys are not touched. A move from a mesh makes before it
+        breaks: the mesh transports stay until the room shows every member they showed
+        (:meth:`_break_old_path`); a join that fails leaves them as they are."""
+        engine = self.engine
+        assert isinstance(engine, ConferenceEngine)
+        moving = not engine.in_conference
+        await self._close_mesh(keep=members if moving else frozenset())
         for peer_id in sorted(self._media_peers - members):
             self._media_peers.discard(peer_id)
             await self.engine.peer_left(peer_id)
         self._media_peers |= members - {self.self_id}
-        if engine.in_conference:
+        if not moving:
             await engine.conference_members(members)
             return True
         spec = topology.conference_spec(
@@ -739,6 +764,7 @@ class CallSession:
         self.topology = topology.SFU
         self.sfu_liveness.clear()
         self._sfu_since = time.monotonic()
+        self._moved(topology.SFU)
         detail = {
             "topology": "sfu",
             "url": spec.url,
@@ -786,10 +812,14 @@ class CallSession:
                 return
             engine = self.engine
             if isinstance(engine, ConferenceEngine) and engine.in_conference:
-                await engine.leave_conference()  # back to a mesh: the links are made below
-                self.topology = topology.MESH
-                self._log_event("topology", {"topology": "mesh", "members": len(members)})
-                self._on_event("topology", {"topology": "mesh", "members": len(members)})
+                # back to a mesh, make before break: the links are made below, the room is
+                # left once they show every member (or MOVE_OVERLAP_MAX_S on)
+                await engine.conference_members(members)
+                if self.topology == topology.SFU:
+                    self.topology = topology.MESH
+                    self._log_event("topology", {"topology": "mesh", "members": len(members)})
+                    self._on_event("topology", {"topology": "mesh", "members": len(members)})
+                    self._moved(topology.MESH)
             for peer_id in list(self.peers):
                 if peer_id not in members:
                     await self._close_peer(self.peers.pop(peer_id))
@@ -807,6 +837,65 @@ class CallSession:
                     link = await self._offer(peer_id)
                     self.peers[peer_id] = link
                     self.engine.show(link)
+
+    def _moved(self, to: topology.Topology) -> None:
+        """The call now goes ``to`` the SFU or a mesh: the old path is closed in the
+        background once the new one shows a picture of each member the old one did."""
+        self._moves += 1
+        if to == topology.SFU:
+            waiting = frozenset(self.peers) & self.machine.members
+        else:
+            waiting = frozenset(self._others())
+        task = asyncio.ensure_future(self._break_old_path(to, self._moves, waiting))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _new_path_shows(self, to: topology.Topology, member: str) -> bool:
+        engine = self.engine
+        if to == topology.SFU:
+            return isinstance(engine, ConferenceEngine) and engine.conference_video(member) > 0
+        link = self.peers.get(member)
+        return link is not None and link.video_frames > 0
+
+    async def _break_old_path(
+        self, to: topology.Topology, move: int, waiting: frozenset[str]
+    ) -> None:
+        """Make before break, the second half: wait until the new path shows every member
+        in ``waiting`` (then :data:`MOVE_GRACE_S` more: each member's own view of us is
+        moving too), at most :data:`MOVE_OVERLAP_MAX_S`, then close the old path."""
+        started = time.monotonic()
+        missing = set(waiting)
+        while time.monotonic() - started < MOVE_OVERLAP_MAX_S:
+            if self._closed or self._moves != move:
+                return
+            missing = {m for m in waiting & self._others() if not self._new_path_shows(to, m)}
+            if not missing:
+                await asyncio.sleep(MOVE_GRACE_S)
+                break
+            await asyncio.sleep(0.05)
+        async with self._lock:
+            if self._closed or self._moves != move:
+                return
+            engine = self.engine
+            if to == topology.SFU:
+                await self._close_mesh()
+            elif isinstance(engine, ConferenceEngine) and engine.in_conference:
+                await engine.leave_conference()
+            detail: dict[str, Value] = {
+                "topology": str(to),
+                "overlap_ms": round((time.monotonic() - started) * 1000),
+                "not_shown": list[Value](sorted(missing)),
+            }
+            if missing:
+                log.warning(
+                    "call %s: moved to %s before it showed %s",
+                    self.call_id,
+                    to,
+                    ", ".join(sorted(missing)),
+                )
+            self.moves.append(dict(detail))
+            self._log_event("old_path_closed", detail)
+            self._on_event("old_path_closed", dict(detail))
 
     async def _offer(self, peer_id: str) -> MediaLink:
         """A new transport to ``peer_id`` and our offer for it (lock held)."""
@@ -1067,7 +1156,10 @@ class CallSession:
         message = signalling.parse_sdp_message(body)
         if sender not in self.machine.members or self.machine.state != CallState.ACTIVE:
             raise CallProtocolError(f"call.sdp from {sender}, not a member of the active call")
-        if self.topology == topology.SFU:
+        if (
+            self.topology == topology.SFU
+            and self._wanted_topology(self.machine.members) == topology.SFU
+        ):  # (a call moving back to a mesh takes its links before it has left the room)
             raise CallProtocolError(f"call.sdp from {sender} in a call through the SFU")
         signalling.check_binding(message)
         attempt = message.attempt
@@ -1238,6 +1330,7 @@ class CallSession:
             "rejected": dict(self.rejected),
             "cosigned": sorted(self.cosigned),
             "topology": self.topology,
+            "moves": list(self.moves),
             "sfu": (
                 self.engine.conference_status()
                 if isinstance(self.engine, ConferenceEngine)

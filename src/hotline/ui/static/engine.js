@@ -6,6 +6,8 @@
 const VIDEO_CODECS = ["video/vp8", "video/rtx"];
 const AUDIO_CODECS = ["audio/opus"];
 const GATHER_TIMEOUT_MS = 3000;
+// a link shown in place of another shows its picture once it has one, or after this long
+const SHOW_WAIT_MS = 3000;
 
 function only(kind, allowed) {
   const caps = RTCRtpReceiver.getCapabilities(kind);
@@ -150,9 +152,7 @@ export class PageEngine {
     };
     pc.ontrack = (e) => {
       link.stream.addTrack(e.track);
-      if (this.shown === link.id || (this.shownOf && this.shownOf.get(link.peer) === link.id)) {
-        this.show(link);
-      }
+      if (this.isShown(link)) this.show(link);
     };
     link.mode = mode;
     if (link.mode === "publish") {
@@ -224,7 +224,32 @@ export class PageEngine {
     return {};
   }
 
+  isShown(link) {
+    return this.shown === link.id || (this.shownOf != null && this.shownOf.get(link.peer) === link.id);
+  }
+
   show(link) {
+    // make before break: while another link's picture of this peer is up, a link whose
+    // video has not arrived yet leaves it there until its first frame comes (the track
+    // unmutes), so a move between mesh and SFU shows no gap; after SHOW_WAIT_MS it is
+    // shown whatever it has
+    const video = link.stream.getVideoTracks()[0];
+    const tile = this.gallery ? this.gallery.tiles.get(link.peer) : null;
+    const showing = this.gallery ? tile != null && tile.stream !== link.stream
+                                 : this.el.remote.srcObject != null && this.el.remote.srcObject !== link.stream;
+    if (showing && !link.showNow && (!video || video.muted)) {
+      const go = () => {
+        link.showNow = true;
+        clearTimeout(link.showTimer);
+        if (this.links.get(link.id) === link && this.isShown(link)) this.show(link);
+      };
+      if (!link.showTimer) link.showTimer = setTimeout(go, SHOW_WAIT_MS);
+      if (video && link.unmuteOn !== video) {
+        link.unmuteOn = video;
+        video.addEventListener("unmute", go, { once: true });
+      }
+      return;
+    }
     if (this.gallery) this.gallery.put(link.peer, link.stream);  // it picks the large one
     else if (this.el.remote.srcObject !== link.stream) this.el.remote.srcObject = link.stream;
     this.el.remote.classList.remove("hidden");

@@ -207,8 +207,14 @@ def test_a_call_moves_to_the_sfu_above_the_mesh_limit_and_back(
                 assert digests["strict"] is False, (tid, digests)  # a mesh again
                 assert digests["unauthenticated_frame"] == {}, (tid, digests)
             for pair, gap in gaps.items():
-                assert gap < 15_000, (pair, gap)  # a bound for a busy host, not a target
-                assert call_of(after[pair[0]])["peers"][pair[1]]["video_sink"]["corrupt_shown"] == 0
+                sink = call_of(after[pair[0]])["peers"][pair[1]]["video_sink"]
+                # each move handed the picture from the old path's track to the new one's,
+                # which was already decoding (its frames meanwhile dropped, never shown)
+                assert sink["handovers"] >= 2 and sink["standby_frames"] > 0, (pair, sink)
+                assert sink["corrupt_shown"] == 0 and sink["out_of_order"] == 0, (pair, sink)
+                # 0.27-0.46 s measured on a loaded host (was 1.2-1.8 s when a move broke
+                # the old path first); the bound is for a busy host, not the target
+                assert gap < 3_000, (pair, gap)
         finally:
             await line.stop()
 

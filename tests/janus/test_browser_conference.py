@@ -421,9 +421,13 @@ def run_conference(
                         if n == mesh_limit + 1 and n < len(first):
                             await every_pair_decrypts(line, ids, f"{n} members, moved")
                         if n < len(first):
+                            if n == mesh_limit:  # the page's freezes of this move from here
+                                await page.evaluate(RESET_TILES)
                             await caller.request("POST", "/invite", {"target": first[n]})
                     await every_pair_decrypts(line, first, f"{len(first)} members")
                     figures["first_flowing_s"] = time.monotonic() - t0
+                    if len(first) > mesh_limit:
+                        await page_shows_every_member(line, first, "to_sfu", figures)
 
                     # a member joins mid-call: a new epoch, everyone decrypts everyone in it
                     t = time.monotonic()
@@ -509,6 +513,7 @@ def run_conference(
                 if len(rest) - 1 <= mesh_limit:
                     # below the limit again: back to a mesh with the browser, keys kept
                     t = time.monotonic()
+                    await page.evaluate(RESET_TILES)
                     async with line.control(joiner) as leaving:
                         await leaving.request("POST", "/hangup")
                     two = tuple(i for i in rest if i != joiner)
@@ -518,6 +523,7 @@ def run_conference(
                     epochs.append(call_of(mesh[CALLER])["epoch"])
                     mesh = await every_pair_decrypts(line, two, "back to a mesh")
                     figures["back_to_mesh_s"] = time.monotonic() - t
+                    await page_shows_every_member(line, two, "to_mesh", figures)
                     assert await page_links(page) == sorted(
                         ["mesh", o, "connected"] for o in two if o != BROWSER
                     )
@@ -543,6 +549,25 @@ def run_conference(
 
     run_in_host(host, main)
     return figures
+
+
+#: the page's tiles count their longest freeze again from now
+RESET_TILES = "() => window.hotlineEngine.gallery && window.hotlineEngine.gallery.resetFrameStats()"
+
+
+async def page_shows_every_member(
+    line: NamespaceLine, ids: tuple[str, ...], move: str, figures: dict[str, float]
+) -> None:
+    """What the page painted of each other member through a move between mesh and SFU
+    (its tiles outlive the links): every tile painted, and its longest freeze since the
+    move began (the join or leave that caused it, and its new epoch, included)."""
+    view = call_of(await line.status(BROWSER))["peers"]
+    tiles = {o: view[o].get("tile") or {} for o in ids if o != BROWSER}
+    print(f"  the page's tiles through the move {move} (frames, longest freeze): {tiles}")
+    for o, tile in tiles.items():
+        assert tile.get("frames", 0) > 0, (o, tiles)
+        assert tile["longest_freeze_ms"] < 3_000, (move, o, tiles)  # a busy host's bound
+    figures[f"page_gap_{move}_s"] = max(t["longest_freeze_ms"] for t in tiles.values()) / 1000
 
 
 async def page_reloads(

@@ -499,6 +499,8 @@ class BrowserEngine(ConferenceSlot[PageConference]):
         self._shown: dict[str, BrowserLink] = {}
         self._ids = itertools.count(1)
         self.crypto: dict[str, Any] = {}
+        #: what the page's gallery painted of each member (frames, longest freeze)
+        self.tiles: dict[str, dict[str, int]] = {}
         self._ice = ice or IceSettings()
         self._hashes: list[FrameHashes] = []
         #: hashes in ``_hashes``, at most :data:`MAX_HELD_HASHES`
@@ -620,6 +622,19 @@ class BrowserEngine(ConferenceSlot[PageConference]):
                 repeat = str(reason).startswith("duplicate_")  # authentic, received twice
                 if isinstance(count, int) and count > before.get(reason, 0) and not repeat:
                     self._on_frame_event(FrameEvent(RECV, "video", str(reason), 0))
+        tiles = data.get("tiles")
+        if isinstance(tiles, dict):
+            self.tiles = {
+                str(peer): {
+                    k: v
+                    for k, v in entry.items()
+                    if k in ("frames", "longest_freeze_ms")
+                    and isinstance(v, int)
+                    and not isinstance(v, bool)
+                }
+                for peer, entry in tiles.items()
+                if isinstance(entry, dict)
+            }
         links = data.get("links")
         if isinstance(links, dict):
             for link_id, entry in links.items():
@@ -657,7 +672,12 @@ class BrowserEngine(ConferenceSlot[PageConference]):
 
     async def snapshot(self) -> dict[str, Any]:
         peers = {
-            peer: {"engine": "browser", "link": link.link_id, "page": link.stats}
+            peer: {
+                "engine": "browser",
+                "link": link.link_id,
+                "page": link.stats,
+                "tile": self.tiles.get(peer),
+            }
             for peer, link in self._shown.items()
         }
         frames = {

@@ -360,6 +360,7 @@ export class PageEngine {
     this.send({
       type: "stats", call: this.call, crypto: this.cryptoCounters(),
       links, frames_shown: this.framesShown, hashes,
+      tiles: this.gallery ? this.gallery.frameStats() : null,
     });
   }
 

@@ -117,9 +117,33 @@ export class Gallery {
                    aboveSince: null, belowSince: null, muted: false };
     mute.onclick = () => this.setMuted(peer, !tile.muted);
     tile.muted = player.muted = this.mutedHere.has(peer);
+    // what this tile painted: frames, and the longest gap between two since the first (a
+    // freeze), across the member's links (a move between mesh and SFU swaps its stream)
+    tile.frames = 0; tile.lastFrameAt = null; tile.maxGapMs = 0;
+    const onFrame = (now) => {
+      tile.frames++;
+      if (tile.lastFrameAt != null) tile.maxGapMs = Math.max(tile.maxGapMs, now - tile.lastFrameAt);
+      tile.lastFrameAt = now;
+      if (this.tiles.get(peer) === tile) video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
     el.append(video, player, name, meter, mute);
     this.refreshLabels(tile);
     return tile;
+  }
+
+  // each tile's painted frames and longest freeze (what the page reports)
+  frameStats() {
+    const out = {};
+    for (const [peer, tile] of this.tiles) {
+      out[peer] = { frames: tile.frames, longest_freeze_ms: Math.round(tile.maxGapMs) };
+    }
+    return out;
+  }
+
+  // the longest freeze is counted again from now (a test times one move with it)
+  resetFrameStats() {
+    for (const tile of this.tiles.values()) tile.maxGapMs = 0;
   }
 
   setMuted(peer, muted) {

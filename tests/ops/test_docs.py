@@ -209,6 +209,7 @@ def test_docs_have_marked_blocks() -> None:
         assert f"hotline {verb}" in commands, verb
 
 
+@pytest.mark.timeout(300)  # ~65 s on 2 cores; twice that on a host loaded beside it
 def test_the_docs_commands_run_verbatim(tmp_path: Path) -> None:
     require(
         os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "nsenter", "ip")),

@@ -264,6 +264,7 @@ async def test_four_idle_years_of_hourly_checks(fast_path: Path) -> None:
         # the first real call after it, in this process: as good as the first
         last_call = await real_call(alpha, "bravo")
         as_good(first_call, last_call)
+        await cosigned(alpha, "bravo")  # its summary is checked in the log below
     finally:
         await alpha.stop()
         await line.stop()

@@ -197,6 +197,10 @@ async def test_an_exchange_store_outside_its_folder_is_backed_up_too(
         assert taken["charters"] == {"store/store.db": {line.line_id: 1}}
         busy = hotline("restore", str(tmp_path / "b"), "--exchange", str(folder))
         assert busy.returncode == 2 and f"(pid {serving.proc.pid})" in busy.stderr
+        # the other commands find the same store: its audit table, not an empty DIR/exchange.db
+        table = hotline_json("exchange", "events", "--dir", str(folder), "--json")
+        assert "started" in {e["kind"] for e in table["events"]}, table
+        assert not (folder / "exchange.db").exists()
         await a.close()
     finally:
         serving.kill()

@@ -25,12 +25,10 @@ def outside_store(kind: str, folder: Path) -> Path | None:
     """An exchange's store when its exchange.toml keeps it outside the exchange's folder."""
     if kind != "exchange":
         return None
-    from hotline.exchange.config import exchange_settings  # noqa: PLC0415
+    from hotline.exchange.config import store_path  # noqa: PLC0415
 
-    db = exchange_settings(folder, None, {}).value("exchange.db")
-    if db is None or db.resolve().parent == folder.resolve():
-        return None
-    return Path(db)
+    db = store_path(folder)
+    return None if db.resolve().parent == folder.resolve() else db
 
 
 def command(

@@ -22,9 +22,11 @@ from hotline.errors import UsageError
 from hotline.exchange import tls
 from hotline.exchange.config import (
     CONFIG_FILE,
+    DB_FILE,
     DEFAULT_PORT,
     EXCHANGE_OPTIONS,
     exchange_settings,
+    store_path,
 )
 from hotline.exchange.routing import Limits
 from hotline.exchange.store import read_events
@@ -41,7 +43,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DB_FILE = "exchange.db"
 
 DirOption = Annotated[
     Path,
@@ -114,7 +115,10 @@ def install_charter(
     charter: Annotated[Path, typer.Argument(help="The re-commissioned, fully signed charter.")],
     directory: DirOption,
     db: Annotated[
-        Path | None, typer.Option("--db", help="The exchange's store (default: DIR/exchange.db).")
+        Path | None,
+        typer.Option(
+            "--db", help="The exchange's store (default: exchange.toml's, or DIR/exchange.db)."
+        ),
     ] = None,
     reanchor: Annotated[
         bool,
@@ -145,7 +149,7 @@ def install_charter(
             "terminal's `install-charter`)"
         )
     signed = load_charter(charter)
-    db_path = db or directory / DB_FILE
+    db_path = db or store_path(directory)
     if not db_path.is_file():
         raise UsageError(f"{db_path}: no exchange store here (give --dir, or --db)")
 
@@ -182,9 +186,7 @@ def stop(
 
     if not any((directory / name).exists() for name in (tls.CERT_FILE, DB_FILE, CONFIG_FILE)):
         raise UsageError(f"{directory}: not an exchange folder (no {tls.CERT_FILE}, {DB_FILE})")
-    db_path = (
-        db or exchange_settings(directory, None, {}).value("exchange.db") or (directory / DB_FILE)
-    )
+    db_path = db or store_path(directory)
     pid = pidlock.stop(store_lock_path(Path(db_path)), timeout, what=f"{directory}: the exchange")
     print_stopped("exchange", directory, pid, json_output)
 
@@ -214,7 +216,10 @@ def parse_since(text: str, now: float) -> int:
 def events(  # noqa: PLR0917 (typer maps options to parameters)
     directory: DirOption,
     db: Annotated[
-        Path | None, typer.Option("--db", help=f"The SQLite store (default: DIR/{DB_FILE}).")
+        Path | None,
+        typer.Option(
+            "--db", help=f"The SQLite store (default: exchange.toml's, or DIR/{DB_FILE})."
+        ),
     ] = None,
     since: Annotated[
         str | None,
@@ -231,7 +236,7 @@ def events(  # noqa: PLR0917 (typer maps options to parameters)
     duplicate terminals, closes, charter updates, starts and stops (oldest first). Safe
     while the exchange runs (the store is opened read-only)."""
     since_ms = parse_since(since, time.time()) if since is not None else None
-    rows = read_events(db or directory / DB_FILE, since_ms=since_ms, kind=kind, limit=limit)
+    rows = read_events(db or store_path(directory), since_ms=since_ms, kind=kind, limit=limit)
     if json_output:
         print_json(
             {
@@ -422,7 +427,7 @@ def serve(  # noqa: PLR0917 (typer maps options to parameters)
     if not insecure:
         tls.load_fingerprint(directory)  # a clear error before anything starts
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    db_path = value("exchange.db") or directory / DB_FILE
+    db_path = store_path(directory, settings)
     # one server per store, for as long as this process lives
     lock = pidlock.hold(
         store_lock_path(db_path),

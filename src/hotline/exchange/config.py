@@ -129,6 +129,18 @@ def load_exchange_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+#: the exchange's SQLite store in its folder, unless exchange.toml names another
+DB_FILE = "exchange.db"
+
+
+def store_path(directory: Path, settings: Settings | None = None) -> Path:
+    """The exchange's store: ``exchange.db`` of ``settings`` (default: the folder's
+    exchange.toml), else DIR/exchange.db. Every command that opens the store finds it so."""
+    settings = settings if settings is not None else exchange_settings(directory, None, {})
+    db = settings.value("exchange.db")
+    return Path(db) if db is not None else directory / DB_FILE
+
+
 def exchange_settings(
     directory: Path, config_path: Path | None, command_line: dict[str, Any]
 ) -> Settings:

@@ -216,6 +216,8 @@ class CallSession:
         #: counts the moves between mesh and SFU: the old path of a move is closed only if
         #: no other move came after it
         self._moves = 0
+        #: where a move under way is going (its old path still open), else None
+        self._breaking: topology.Topology | None = None
         #: the last moves' old paths closed: topology, overlap_ms, not_shown (members the
         #: new path did not show yet when the overlap ran out)
         self.moves: deque[dict[str, Value]] = deque(maxlen=8)
@@ -707,13 +709,24 @@ class CallSession:
         engine = self.engine
         assert isinstance(engine, ConferenceEngine)
         moving = not engine.in_conference
-        await self._close_mesh(keep=members if moving else frozenset())
+        # still in the room while a move to a mesh was under way: back to the SFU, which
+        # closes the new mesh links once the room shows their members again
+        returning = engine.in_conference and self.topology != topology.SFU
+        keep = members if moving or returning or self._breaking == topology.SFU else frozenset()
+        await self._close_mesh(keep=keep)
         for peer_id in sorted(self._media_peers - members):
             self._media_peers.discard(peer_id)
             await self.engine.peer_left(peer_id)
         self._media_peers |= members - {self.self_id}
         if not moving:
             await engine.conference_members(members)
+            if returning:
+                self.topology = topology.SFU
+                self.sfu_liveness.clear()
+                self._sfu_since = time.monotonic()
+                self._log_event("topology", {"topology": "sfu", "members": len(members)})
+                self._on_event("topology", {"topology": "sfu", "members": len(members)})
+                self._moved(topology.SFU)
             return True
         spec = topology.conference_spec(
             self_id=self.self_id,
@@ -840,47 +853,72 @@ class CallSession:
 
     def _moved(self, to: topology.Topology) -> None:
         """The call now goes ``to`` the SFU or a mesh: the old path is closed in the
-        background once the new one shows a picture of each member the old one did."""
+        background once the new one shows a picture of each member the old one did (a
+        move made meanwhile supersedes this one)."""
         self._moves += 1
+        self._breaking = to
         if to == topology.SFU:
             waiting = frozenset(self.peers) & self.machine.members
         else:
             waiting = frozenset(self._others())
-        task = asyncio.ensure_future(self._break_old_path(to, self._moves, waiting))
+        # a path kept from an earlier move has counted frames already: it must show more
+        base = {m: self._path_video(to, m) for m in waiting}
+        task = asyncio.ensure_future(self._break_old_path(to, self._moves, base))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _new_path_shows(self, to: topology.Topology, member: str) -> bool:
+    def _move_abandoned(self) -> None:
+        """The topology changed without a move (a rejoin of the room): no old path to close."""
+        self._moves += 1
+        self._breaking = None
+
+    def _path_video(self, to: topology.Topology, member: str) -> tuple[object | None, int]:
+        """(the new path's link to ``member``, video frames it decoded so far)."""
         engine = self.engine
         if to == topology.SFU:
-            return isinstance(engine, ConferenceEngine) and engine.conference_video(member) > 0
+            if not isinstance(engine, ConferenceEngine):
+                return None, 0
+            return None, engine.conference_video(member)
         link = self.peers.get(member)
-        return link is not None and link.video_frames > 0
+        return link, (link.video_frames if link is not None else 0)
+
+    def _new_path_shows(
+        self, to: topology.Topology, member: str, base: dict[str, tuple[object | None, int]]
+    ) -> bool:
+        link, frames = self._path_video(to, member)
+        was_link, was_frames = base.get(member, (None, 0))
+        return frames > 0 and (link is not was_link or frames > was_frames)
 
     async def _break_old_path(
-        self, to: topology.Topology, move: int, waiting: frozenset[str]
+        self, to: topology.Topology, move: int, base: dict[str, tuple[object | None, int]]
     ) -> None:
         """Make before break, the second half: wait until the new path shows every member
-        in ``waiting`` (then :data:`MOVE_GRACE_S` more: each member's own view of us is
+        of ``base`` (then :data:`MOVE_GRACE_S` more: each member's own view of us is
         moving too), at most :data:`MOVE_OVERLAP_MAX_S`, then close the old path."""
         started = time.monotonic()
-        missing = set(waiting)
+        missing = set(base)
         while time.monotonic() - started < MOVE_OVERLAP_MAX_S:
             if self._closed or self._moves != move:
                 return
-            missing = {m for m in waiting & self._others() if not self._new_path_shows(to, m)}
+            others = self._others()
+            missing = {m for m in base if m in others and not self._new_path_shows(to, m, base)}
             if not missing:
                 await asyncio.sleep(MOVE_GRACE_S)
                 break
             await asyncio.sleep(0.05)
         async with self._lock:
-            if self._closed or self._moves != move:
-                return
             engine = self.engine
-            if to == topology.SFU:
-                await self._close_mesh()
-            elif isinstance(engine, ConferenceEngine) and engine.in_conference:
-                await engine.leave_conference()
+            in_room = isinstance(engine, ConferenceEngine) and engine.in_conference
+            if (
+                self._closed
+                or self._moves != move
+                or self.topology != to
+                or (to == topology.SFU and not in_room)
+            ):
+                return  # superseded: the call moved again, or left the room meanwhile
+            self._breaking = None
+            # not cut short by the call ending meanwhile: a connection is closed whole
+            await asyncio.shield(self._close_old_path(to))
             detail: dict[str, Value] = {
                 "topology": str(to),
                 "overlap_ms": round((time.monotonic() - started) * 1000),
@@ -896,6 +934,13 @@ class CallSession:
             self.moves.append(dict(detail))
             self._log_event("old_path_closed", detail)
             self._on_event("old_path_closed", dict(detail))
+
+    async def _close_old_path(self, to: topology.Topology) -> None:
+        engine = self.engine
+        if to == topology.SFU:
+            await self._close_mesh()
+        elif isinstance(engine, ConferenceEngine) and engine.in_conference:
+            await engine.leave_conference()
 
     async def _offer(self, peer_id: str) -> MediaLink:
         """A new transport to ``peer_id`` and our offer for it (lock held)."""
@@ -1100,6 +1145,7 @@ class CallSession:
                 self._on_event("sfu_rejoin", dict(detail))
                 await engine.leave_conference()
                 self.topology = topology.MESH  # until the join below is done
+                self._move_abandoned()
             if not self._closed and self.machine.state == CallState.ACTIVE:
                 await self._sync_peers(self.machine.members)
         finally:
@@ -1156,14 +1202,13 @@ class CallSession:
         message = signalling.parse_sdp_message(body)
         if sender not in self.machine.members or self.machine.state != CallState.ACTIVE:
             raise CallProtocolError(f"call.sdp from {sender}, not a member of the active call")
-        if (
-            self.topology == topology.SFU
-            and self._wanted_topology(self.machine.members) == topology.SFU
-        ):  # (a call moving back to a mesh takes its links before it has left the room)
-            raise CallProtocolError(f"call.sdp from {sender} in a call through the SFU")
         signalling.check_binding(message)
         attempt = message.attempt
         async with self._lock:
+            # judged once the lock is ours: a move back to a mesh queued before this offer
+            # has made the call a mesh by now (its links are made while it leaves the room)
+            if self.topology == topology.SFU:
+                raise CallProtocolError(f"call.sdp from {sender} in a call through the SFU")
             if message.kind == "offer":
                 await self._answer_offer(sender, message.sdp, attempt)
                 return

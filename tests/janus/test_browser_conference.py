@@ -171,11 +171,19 @@ def check_clean(statuses: dict[str, dict[str, Any]], ids: tuple[str, ...]) -> No
         unauthenticated = digests["unauthenticated_frame"]
         if unauthenticated and page_stalled(statuses):
             # the page's worker stalled past the 2 s deadline (a starved shared host): the
-            # browser's frames sent just before it came unsigned, and are shown as such
-            assert set(unauthenticated) == {BROWSER}, (tid, unauthenticated)
-            assert sum(unauthenticated.values()) <= STALL_FRAMES, (tid, unauthenticated)
+            # browser's frames sent just before it came unsigned, and are shown as such; at
+            # the browser itself, the others' frames its page received then (one CI-like
+            # run in five on 2026-12-02: 128-285 per member, all `unsigned`, none forged)
+            if tid == BROWSER:
+                assert all(n <= STALL_RECEIVED for n in unauthenticated.values()), (
+                    tid,
+                    unauthenticated,
+                )
+            else:
+                assert set(unauthenticated) == {BROWSER}, (tid, unauthenticated)
+                assert sum(unauthenticated.values()) <= STALL_FRAMES, (tid, unauthenticated)
             assert all(
-                a["member"] == BROWSER and a["reason"] == "unsigned"
+                (a["member"] == BROWSER or tid == BROWSER) and a["reason"] == "unsigned"
                 for a in call["e2ee"]["frame_alarms"]
             ), call["e2ee"]["frame_alarms"]
             print(f"  {tid}: {unauthenticated} unsigned after the page stalled (shown so)")
@@ -187,6 +195,9 @@ def check_clean(statuses: dict[str, dict[str, Any]], ids: tuple[str, ...]) -> No
 #: the browser's frames at most unsigned at a member after a stall of its page's worker
 #: (what it sent in the moment before; its hash of each goes out before the frame)
 STALL_FRAMES = 60
+#: each member's frames at most unsigned at the browser after such a stall (what its page
+#: received meanwhile: ~55 frames a second of audio and video per member)
+STALL_RECEIVED = 400
 
 
 def page_stalled(statuses: dict[str, dict[str, Any]]) -> bool:

@@ -44,6 +44,13 @@ app = typer.Typer(
 )
 
 
+#: the exchange's SQLite store, for the commands that open it (see ``store_path``)
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", help=f"The exchange's store (default: exchange.toml's, or DIR/{DB_FILE})."
+    ),
+]
 DirOption = Annotated[
     Path,
     typer.Option(
@@ -114,12 +121,7 @@ def fingerprint(
 def install_charter(
     charter: Annotated[Path, typer.Argument(help="The re-commissioned, fully signed charter.")],
     directory: DirOption,
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            "--db", help="The exchange's store (default: exchange.toml's, or DIR/exchange.db)."
-        ),
-    ] = None,
+    db: StoreOption = None,
     reanchor: Annotated[
         bool,
         typer.Option(
@@ -168,12 +170,7 @@ def install_charter(
 @app.command("stop")
 def stop(
     directory: DirOption,
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            "--db", help="The exchange's store (default: exchange.toml's, or DIR/exchange.db)."
-        ),
-    ] = None,
+    db: StoreOption = None,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for it to end.", min=0.1, max=600)
     ] = 30.0,
@@ -215,12 +212,7 @@ def parse_since(text: str, now: float) -> int:
 @app.command("events")
 def events(  # noqa: PLR0917 (typer maps options to parameters)
     directory: DirOption,
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            "--db", help=f"The SQLite store (default: exchange.toml's, or DIR/{DB_FILE})."
-        ),
-    ] = None,
+    db: StoreOption = None,
     since: Annotated[
         str | None,
         typer.Option("--since", help="Only events since: 15m, 2h, 7d, or 2026-12-01T20:00:00Z."),

@@ -221,6 +221,18 @@ def test_six_terminals_join_leave_injection_and_forgery_through_janus(
         }
         raise AssertionError(f"{what}: epoch {epoch} not flowing between {low}")
 
+    async def every_pair_shown(terminals: dict[str, SfuConference], ids: tuple[str, ...]) -> None:
+        """Wait (up to WAIT_S; the asserts at the end judge) until each member decoded ten
+        video frames and ten audio packets from each other member."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not all(
+            terminals[i].received(o).video_frames >= 10
+            and terminals[i].received(o).audio_packets >= 10
+            for i in ids
+            for o in set(ids) - {i}
+        ):
+            await asyncio.sleep(0.25)
+
     async def main() -> dict[str, SfuConference]:
         terminals = {
             i: SfuConference(
@@ -246,14 +258,7 @@ def test_six_terminals_join_leave_injection_and_forgery_through_janus(
                 await every_pair_in(epochs[0], "five members"), 1
             )
             # every member decrypts every other member's video and audio
-            deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline and not all(
-                terminals[i].received(o).video_frames >= 10
-                and terminals[i].received(o).audio_packets >= 10
-                for i in FIRST
-                for o in set(FIRST) - {i}
-            ):
-                await asyncio.sleep(0.25)
+            await every_pair_shown(terminals, FIRST)
 
             # a sixth member joins mid-call: a new epoch, everyone sends and receives in it
             started = time.monotonic()
@@ -265,6 +270,9 @@ def test_six_terminals_join_leave_injection_and_forgery_through_janus(
             await terminals[JOINER].join()
             await every_pair_in(epochs[1], "after the join")
             figures["join_flowing_s"] = round(time.monotonic() - started, 1)
+            # the joiner's pictures of the leaver start at its first key frame: let them
+            # reach the count asserted below before the leaver goes
+            await every_pair_shown(terminals, ALL)
             for i in ALL:
                 assert cryptos[i].stats().sending_epoch == epochs[1], i
 

@@ -16,6 +16,7 @@ from hotline import __version__
 from hotline.cli.common import (
     EXIT_ERROR,
     EXIT_UNAVAILABLE,
+    JsonOption,
     err_console,
     json_printed,
     print_json,
@@ -90,7 +91,7 @@ def _root(
 
 @app.command("version")
 def version(
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Print the Hotline version."""
     if json_output:

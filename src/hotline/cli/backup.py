@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hotline.backup import take_backup
-from hotline.cli.common import console, print_json
+from hotline.cli.common import JsonOption, console, print_json
 from hotline.errors import UsageError
 
 
@@ -40,7 +40,7 @@ def command(
         None
     ),
     site: Annotated[Path | None, typer.Option("--site", help="A site's folder.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Back up a terminal, exchange or site folder into a new folder, while it runs.
 

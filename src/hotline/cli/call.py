@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from hotline import ids
-from hotline.cli.common import JSON_SCHEMA_VERSION, console, print_json
+from hotline.cli.common import JSON_SCHEMA_VERSION, JsonOption, TerminalOption, console, print_json
 from hotline.errors import CallError, UsageError
 
 app = typer.Typer(
@@ -27,11 +27,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-
-TerminalOpt = Annotated[
-    Path, typer.Option("--terminal", "-t", help="the running terminal's folder", exists=True)
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _run(coro: Any) -> Any:
@@ -84,7 +79,7 @@ async def _wait_secure(terminal: Path, timeout: float) -> dict[str, Any]:
 @app.command()
 def dial(
     target: Annotated[str, typer.Argument(help="terminal id to ring")],
-    terminal: TerminalOpt,
+    terminal: TerminalOption,
     wait: Annotated[
         bool,
         typer.Option(
@@ -92,7 +87,7 @@ def dial(
         ),
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 60.0,
-    json_out: JsonOpt = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Ring TARGET. The call has no time limit; end it with `hotline call hangup`."""
     if wait and not (math.isfinite(timeout) and timeout > 0):
@@ -113,7 +108,7 @@ def dial(
 
 
 def _simple(path: str, done: str) -> Any:
-    def command(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
+    def command(terminal: TerminalOption, json_out: JsonOption = False) -> None:
         result = _run(_request(terminal, "POST", path))
         if json_out:
             print_json(result)
@@ -133,8 +128,8 @@ app.command("hangup", help="Leave the call (it ends when one member is left).")(
 @app.command()
 def invite(
     target: Annotated[str, typer.Argument(help="terminal id to ring into the running call")],
-    terminal: TerminalOpt,
-    json_out: JsonOpt = False,
+    terminal: TerminalOption,
+    json_out: JsonOption = False,
 ) -> None:
     """Ring another terminal of the line into the running call (an interpreter, say)."""
     target = ids.terminal_id(target, "TARGET", error=UsageError)
@@ -189,14 +184,14 @@ async def _watch(terminal: Path, until: str | None, history: bool, json_out: boo
 
 @app.command()
 def watch(
-    terminal: TerminalOpt,
+    terminal: TerminalOption,
     until: Annotated[
         str | None, typer.Option(help="stop after the first event of this kind (e.g. ended)")
     ] = None,
     history: Annotated[
         bool, typer.Option("--history", help="first the events kept so far (up to 500)")
     ] = False,
-    json_out: JsonOpt = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Follow the terminal's events as they happen: rings, answers, new epochs and their
     security codes, reconnections, refusals, the end of the call (the web UI shows the
@@ -224,7 +219,7 @@ def print_terminal_header(result: dict[str, Any]) -> None:
 
 
 @app.command()
-def status(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
+def status(terminal: TerminalOption, json_out: JsonOption = False) -> None:
     """Show the terminal, its exchange connection and the current call."""
     result = _run(_request(terminal, "GET", "/status"))
     if json_out:

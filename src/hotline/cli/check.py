@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hotline.cli.common import console, print_json
+from hotline.cli.common import JsonOption, TerminalOption, console, print_json
 from hotline.errors import UsageError
 
 app = typer.Typer(
@@ -26,10 +26,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-TerminalOpt = Annotated[
-    Path, typer.Option("--terminal", "-t", help="the running terminal's folder", exists=True)
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 COLOURS = {"green": "green", "amber": "yellow", "red": "red"}
 
 
@@ -51,10 +47,10 @@ def _pesq(value: Any) -> str:
 
 @app.command("run")
 def run(
-    terminal: TerminalOpt,
+    terminal: TerminalOption,
     to: Annotated[str, typer.Option("--to", help="the terminal to check the line to")],
     seconds: Annotated[float, typer.Option(help="seconds of measured media (1-60)")] = 3.0,
-    json_out: JsonOpt = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Run one readiness check now; exit 0 on green or amber, 1 on red."""
     if not 1 <= seconds <= 60:
@@ -86,7 +82,7 @@ def run(
 
 
 @app.command("history")
-def history(terminal: TerminalOpt, json_out: JsonOpt = False) -> None:
+def history(terminal: TerminalOption, json_out: JsonOption = False) -> None:
     """The readiness results this terminal holds, oldest first: daily and monthly summaries
     of older checks (signed, in the call log, replacing their entries), then each result."""
     results = asyncio.run(_request(terminal, "GET", "/checks"))

@@ -6,8 +6,9 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -33,6 +34,33 @@ _json_printed = False
 EXIT_CHECK_FAILED = 1
 EXIT_ERROR = 2
 EXIT_UNAVAILABLE = 3
+
+
+#: ``--json`` of every command that reports something (its document: :func:`print_json`)
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output: one JSON object on stdout.")
+]
+#: ``--terminal`` of the commands that talk to a running terminal through its control API
+TerminalOption = Annotated[
+    Path, typer.Option("--terminal", "-t", help="The running terminal's folder.", exists=True)
+]
+#: the options of ``install-unit`` (exchange and terminal)
+UnitOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Write the unit here (a file, or a folder such as /etc/systemd/system) "
+        "instead of printing it.",
+    ),
+]
+UnitCommandOption = Annotated[
+    str | None,
+    typer.Option(
+        "--hotline",
+        help="The command systemd runs (default: this installation's hotline, absolute).",
+    ),
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing file.")]
 
 
 def print_json(data: dict[str, Any], *, ok: bool = True) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hotline.cli.common import print_json
+from hotline.cli.common import JsonOption, print_json
 from hotline.errors import UsageError
 from hotline.settings import Settings
 
@@ -33,7 +33,7 @@ def show(
         Path | None,
         typer.Option("--config", help="The file to read instead of the folder's default one."),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Print each setting's value and where it came from (default, the file, or the command
     line). Secrets (TURN passwords and shared secrets) are never printed; a bad file is

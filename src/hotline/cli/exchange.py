@@ -17,7 +17,17 @@ import typer
 
 from hotline import __version__, pidlock, sdnotify
 from hotline.charter import SignedCharter, load_charter
-from hotline.cli.common import LogFormat, LogLevel, console, install_unit, print_json
+from hotline.cli.common import (
+    ForceOption,
+    JsonOption,
+    LogFormat,
+    LogLevel,
+    UnitCommandOption,
+    UnitOutOption,
+    console,
+    install_unit,
+    print_json,
+)
 from hotline.errors import UsageError
 from hotline.exchange import tls
 from hotline.exchange.config import (
@@ -63,7 +73,7 @@ DirOption = Annotated[
 @app.command("init")
 def init(
     directory: DirOption,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Create the exchange's folder with a new self-signed TLS certificate and key (0600).
 
@@ -81,22 +91,9 @@ def init(
 
 @app.command("install-unit")
 def install_unit_command(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            help="Write the unit here (a file, or a folder such as /etc/systemd/system) "
-            "instead of printing it.",
-        ),
-    ] = None,
-    command: Annotated[
-        str | None,
-        typer.Option(
-            "--hotline",
-            help="The command systemd runs (default: this installation's hotline, absolute).",
-        ),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    out: UnitOutOption = None,
+    command: UnitCommandOption = None,
+    force: ForceOption = False,
 ) -> None:
     """The systemd unit hotline-exchange.service (Type=notify, Restart=on-failure,
     sandboxed): printed, or written to --out. Its comments say how to install it."""
@@ -106,7 +103,7 @@ def install_unit_command(
 @app.command("fingerprint")
 def fingerprint(
     directory: DirOption,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Print the fingerprint of the exchange's TLS certificate (sha256:<hex of the DER
     certificate>, as `line propose --exchange URL#sha256:...` pins it)."""
@@ -131,7 +128,7 @@ def install_charter(
             "operator key). Only after the voice check.",
         ),
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Re-anchor a stopped exchange on a re-commissioned charter (docs/operations.md, "lost
     or stolen operator key"). A newer version that keeps every site's key, or hands it over,
@@ -174,7 +171,7 @@ def stop(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for it to end.", min=0.1, max=600)
     ] = 30.0,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Stop an exchange started by hand with `exchange serve` (under systemd: `systemctl
     stop`): it closes its connections and its store, as on Ctrl-C. Returns once it has
@@ -222,7 +219,7 @@ def events(  # noqa: PLR0917 (typer maps options to parameters)
         typer.Option("--kind", help="Only this kind (auth_failed, refused, duplicate_terminal…)."),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="At most.")] = 1000,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Print the exchange's audit table: admissions, refusals, failed authentications,
     duplicate terminals, closes, charter updates, starts and stops (oldest first). Safe

@@ -26,7 +26,7 @@ from hotline.charter import (
     write_charter,
 )
 from hotline.charter.model import DEFAULT_CHECK_THRESHOLDS, CheckThresholds
-from hotline.cli.common import EXIT_CHECK_FAILED, console, err_console, print_json
+from hotline.cli.common import EXIT_CHECK_FAILED, JsonOption, console, err_console, print_json
 from hotline.encoding import INT_MAX
 from hotline.errors import HotlineError, UsageError
 from hotline.keys import PASSPHRASE_ENV, read_passphrase
@@ -42,7 +42,6 @@ app = typer.Typer(
 )
 
 CharterPath = Annotated[Path, typer.Argument(help="The charter file (JSON).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 class CipherSuite(StrEnum):
@@ -388,7 +387,7 @@ def _mark(status: str) -> str:
 @app.command("show")
 def show(
     charter: CharterPath,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Print a charter for people: sites, terminals, roles, key fingerprints to read aloud,
     policy, exchanges, relays, and each signature with whether it verifies."""
@@ -468,7 +467,7 @@ def show(
 @app.command("verify")
 def verify(
     charter: CharterPath,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Exit 0 only if the charter is complete and every signature verifies; 1 if a check
     fails; 2 if the file cannot be read."""

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from hotline.calllog import EVENT_COSIGN, CallLog, LogEntry, log_path
 from hotline.charter import load_charter
-from hotline.cli.common import EXIT_CHECK_FAILED, console, print_json
+from hotline.cli.common import EXIT_CHECK_FAILED, JsonOption, console, print_json
 from hotline.encoding import Value
 from hotline.errors import EncodingError, LogIntegrityError, UsageError
 from hotline.ids import TerminalId
@@ -41,7 +41,6 @@ TerminalOpt = Annotated[
 LogOpt = Annotated[
     Path | None, typer.Option("--log", help="The call log file itself (SQLite).", dir_okay=False)
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 _MAX_CELL = 96
 
@@ -112,7 +111,7 @@ def show(
     terminal: TerminalOpt = None,
     log_file: LogOpt = None,
     call: Annotated[str | None, typer.Option("--call", help="Only this call's entries.")] = None,
-    as_json: JsonOpt = False,
+    as_json: JsonOption = False,
 ) -> None:
     """List the log's entries (all, or one call's). Shows; does not verify: use `log verify`."""
     path = _log_file(terminal, log_file)
@@ -196,7 +195,7 @@ def verify(  # noqa: PLR0917 (typer options)
         str | None,
         typer.Option("--terminal-id", help="Whose log this must be (required with --charter)."),
     ] = None,
-    as_json: JsonOpt = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Check every entry's hash, signature and link, the signed head (truncation), and every
     co-signed call summary. Exit 0 when intact; exit 1 naming the first bad entry."""

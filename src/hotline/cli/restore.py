@@ -9,7 +9,7 @@ import typer
 
 from hotline.backup import restore
 from hotline.cli.backup import outside_store, pick
-from hotline.cli.common import console, print_json
+from hotline.cli.common import JsonOption, console, print_json
 
 
 def command(  # noqa: PLR0917 (typer maps options to parameters)
@@ -31,7 +31,7 @@ def command(  # noqa: PLR0917 (typer maps options to parameters)
             "and keep the newer charter (otherwise the restore is refused).",
         ),
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Restore a backup into a (stopped) terminal, exchange or site folder.
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from hotline.cli.common import console, print_json
+from hotline.cli.common import JsonOption, console, print_json
 from hotline.keys import PASSPHRASE_ENV, read_passphrase
 from hotline.provision import SITE_KEY_FILE, SITE_RECORD_FILE, init_site, rotate_operator_key
 
@@ -48,7 +48,7 @@ def init(
         typer.Option("--display-name", help="Name shown to people (default: NAME)."),
     ] = None,
     passphrase_file: PassphraseFile = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Create a site: a new operator key and the public site record.
 
@@ -102,7 +102,7 @@ def rotate_key(
             "(default: the current one).",
         ),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Give the site a new operator key. The next charter version proposed from this folder
     lists it; `line sign` also signs that version's handover with the previous key (kept as

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from hotline.cli.call import print_terminal_header
 from hotline.cli.check import COLOURS
-from hotline.cli.common import EXIT_CHECK_FAILED, console, print_json
+from hotline.cli.common import EXIT_CHECK_FAILED, JsonOption, console, print_json
 from hotline.terminal.control import ControlClient
 
 
@@ -70,7 +70,7 @@ def command(
     terminal: Annotated[
         Path, typer.Option("--terminal", "-t", help="the running terminal's folder", exists=True)
     ],
-    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Is the line ready: the last good readiness check and its age, the last verdict,
     open alarms, what expires next, the exchange. Exit 0 when ready (what the terminal's

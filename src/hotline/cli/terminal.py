@@ -11,8 +11,12 @@ from rich.markup import escape
 
 from hotline.charter import Role
 from hotline.cli.common import (
+    ForceOption,
+    JsonOption,
     LogFormat,
     LogLevel,
+    UnitCommandOption,
+    UnitOutOption,
     console,
     install_unit,
     print_json,
@@ -89,7 +93,7 @@ def enroll(  # noqa: PLR0917 (typer maps options to parameters)
             "proposed from the site folder lists the new key instead of the old.",
         ),
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Enrol a terminal: create its identity key and an enrolment record signed by the site.
 
@@ -147,22 +151,9 @@ def _opt(key: str, text: str | None = None) -> str:
 
 @app.command("install-unit")
 def install_unit_command(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            help="Write the unit here (a file, or a folder such as /etc/systemd/system) "
-            "instead of printing it.",
-        ),
-    ] = None,
-    command: Annotated[
-        str | None,
-        typer.Option(
-            "--hotline",
-            help="The command systemd runs (default: this installation's hotline, absolute).",
-        ),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    out: UnitOutOption = None,
+    command: UnitCommandOption = None,
+    force: ForceOption = False,
 ) -> None:
     """The systemd unit hotline-terminal@.service, one instance per terminal id
     (Type=notify, Restart=on-failure, sandboxed, the passphrase through LoadCredential=):
@@ -185,7 +176,7 @@ def install_charter(
             "stolen operator key). Only after the voice check; never needed otherwise.",
         ),
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Give a running terminal a newer charter version: it keeps it (never going back),
     hands it to the exchange, which gives it to every terminal of the line online and
@@ -506,7 +497,7 @@ def stop(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for it to end.", min=0.1, max=600)
     ] = 30.0,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Stop a terminal started by hand with `terminal run` (under systemd: `systemctl stop`):
     it hangs up its call and disconnects, as on Ctrl-C. Returns once it has ended. Exit 0
@@ -529,7 +520,7 @@ def wait(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait at most.", min=0.1, max=3600)
     ] = 60.0,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Wait until a terminal started with `terminal run` answers on its control API and is
     connected to its exchange (for scripts, and for rehearsals that start it with `&`).

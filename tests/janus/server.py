@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import require
-from tests.netlab import Host, in_namespace
+from tests.netlab import Host, Lab, in_namespace, prerequisites
 from tests.turnserver import free_port
 
 JANUS = shutil.which("janus") or "/usr/bin/janus"
@@ -227,3 +227,16 @@ def running_janus(
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def janus_in_lab(
+    folder: Path, name: str, *, seed: int, admin: bool = False
+) -> Iterator[tuple[Host, JanusServer]]:
+    """A lab host ``name`` (its own namespace) and a Janus running in it."""
+    problem = prerequisites()
+    require(problem is None, problem or "")
+    with Lab(seed=seed) as lab:
+        host = lab.add_host(name)
+        with running_janus(folder, host, admin=admin) as janus:
+            yield host, janus

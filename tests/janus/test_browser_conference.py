@@ -42,11 +42,10 @@ from hotline.charter import Policy, Role, SfuEndpoint
 from hotline.e2ee.media import MediaCrypto
 from hotline.e2ee.sframe import suite_by_name
 from hotline.sfu.conference import SfuConference
-from tests.conftest import require
 from tests.janus.conference import run_in_host, synthetic_source
-from tests.janus.server import JanusServer, running_janus
+from tests.janus.server import JanusServer, janus_in_lab
 from tests.janus.test_terminal_conference import NamespaceLine
-from tests.netlab import Host, Lab, prerequisites
+from tests.netlab import Host
 from tests.terminal.test_calls import call_of, sink
 from tests.ui.browser import chromium
 from tests.ui.test_browser_engine import open_engine_page, wait_until
@@ -64,12 +63,8 @@ SMALL = ("--width", "288", "--height", "64", "--fps", "8")
 
 @pytest.fixture
 def sfu_host(tmp_path: Path) -> Iterator[tuple[Host, JanusServer]]:
-    problem = prerequisites()
-    require(problem is None, problem or "")
-    with Lab(seed=14) as lab:
-        host = lab.add_host("bconf")
-        with running_janus(tmp_path / "janus", host, admin=True) as janus:
-            yield host, janus
+    with janus_in_lab(tmp_path / "janus", "bconf", seed=14, admin=True) as pair:
+        yield pair
 
 
 def received(status: dict[str, Any], rx: str, tx: str) -> tuple[int, int]:

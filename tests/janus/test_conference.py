@@ -14,7 +14,6 @@ from hotline.e2ee.media import MediaCrypto
 from hotline.errors import JanusError
 from hotline.media.aiortc_patch import FrameCrypto
 from hotline.sfu.conference import SfuConference
-from tests.conftest import require
 from tests.janus.conference import (
     RecordingCrypto,
     RecordingPeer,
@@ -24,8 +23,8 @@ from tests.janus.conference import (
     run_in_host,
     synthetic_source,
 )
-from tests.janus.server import JanusServer, running_janus
-from tests.netlab import Host, Lab, prerequisites
+from tests.janus.server import JanusServer, janus_in_lab
+from tests.netlab import Host
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,12 +33,8 @@ IDS = ("berlin", "london", "paris", "rome")
 
 @pytest.fixture(scope="module")
 def sfu_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, JanusServer]]:
-    problem = prerequisites()
-    require(problem is None, problem or "")
-    with Lab(seed=1) as lab:
-        host = lab.add_host("sfu")
-        with running_janus(tmp_path_factory.mktemp("janus-lab"), host) as janus:
-            yield host, janus
+    with janus_in_lab(tmp_path_factory.mktemp("janus-lab"), "sfu", seed=1) as pair:
+        yield pair
 
 
 def test_four_terminals_through_janus_decrypt_every_other_member(

@@ -38,11 +38,10 @@ from hotline.errors import E2EEError, SFrameError
 from hotline.media.aiortc_patch import FrameCrypto
 from hotline.media.sources import MediaSource, SyntheticAudioTrack, SyntheticVideoTrack
 from hotline.sfu.conference import SfuConference
-from tests.conftest import require
 from tests.e2ee.net import Net
 from tests.janus.conference import room_id, run_in_host
-from tests.janus.server import JanusServer, running_janus
-from tests.netlab import Host, Lab, prerequisites
+from tests.janus.server import JanusServer, janus_in_lab
+from tests.netlab import Host
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -70,12 +69,8 @@ def small_source(name: str) -> MediaSource:
 
 @pytest.fixture(scope="module")
 def sfu_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, JanusServer]]:
-    problem = prerequisites()
-    require(problem is None, problem or "")
-    with Lab(seed=6) as lab:
-        host = lab.add_host("sfu6")
-        with running_janus(tmp_path_factory.mktemp("janus-six"), host) as janus:
-            yield host, janus
+    with janus_in_lab(tmp_path_factory.mktemp("janus-six"), "sfu6", seed=6) as pair:
+        yield pair
 
 
 class SfuTap:

@@ -19,10 +19,9 @@ import pytest
 
 from hotline.charter import Policy, Role, SfuEndpoint
 from hotline.localline import LocalLine
-from tests.conftest import require
 from tests.janus.conference import run_in_host
-from tests.janus.server import JanusServer, running_janus
-from tests.netlab import Host, Lab, prerequisites
+from tests.janus.server import JanusServer, janus_in_lab
+from tests.netlab import Host
 from tests.netlab.line import hotline_argv
 from tests.terminal.test_calls import call_of, media_flows
 
@@ -56,12 +55,8 @@ class NamespaceLine(LocalLine):
 
 @pytest.fixture
 def sfu_host(tmp_path: Path) -> Iterator[tuple[Host, JanusServer]]:
-    problem = prerequisites()
-    require(problem is None, problem or "")
-    with Lab(seed=1) as lab:
-        host = lab.add_host("conf")
-        with running_janus(tmp_path / "janus", host) as janus:
-            yield host, janus
+    with janus_in_lab(tmp_path / "janus", "conf", seed=1) as pair:
+        yield pair
 
 
 async def wait_for(

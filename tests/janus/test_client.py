@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ from aiohttp import web
 
 from hotline.errors import JanusError, SfuProtocolError, SfuUnavailable, UsageError
 from hotline.sfu.janus import MAX_ANSWER_BYTES, JanusSession, VideoRoomHandle, janus_id
-from tests.janus.server import JanusServer
+from tests.janus.server import JanusServer, running_janus
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,6 +46,27 @@ async def test_an_sfu_that_is_gone_is_unavailable() -> None:
     with pytest.raises(SfuUnavailable):
         await session.create()
     await session.close()
+
+
+async def test_a_restarted_janus_fails_our_session_within_seconds(tmp_path: Path) -> None:
+    """Janus forgets every session when it restarts: the next poll (or keepalive) hears
+    "no such session" (a 404 on the poll, error 458 on a request) and the session fails
+    at once, which a conference takes as broken."""
+    with running_janus(tmp_path / "janus") as janus:
+        async with JanusSession(janus.url) as session:
+            await session.attach()
+            assert session.failure is None
+            # restarted while this loop is blocked: the poll's next try meets the new Janus
+            # (were it down for longer, three failed polls would fail the session as well)
+            janus.stop()
+            janus.start()
+            restarted = time.monotonic()
+            while session.failure is None and time.monotonic() - restarted < 10:
+                await asyncio.sleep(0.05)
+            assert isinstance(session.failure, SfuUnavailable), session.failure
+            assert "no such session" in str(session.failure), session.failure
+            with pytest.raises(SfuUnavailable):  # nothing more is asked of a failed session
+                await session.attach()
 
 
 def test_urls_follow_the_charter_rules() -> None:

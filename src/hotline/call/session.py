@@ -1135,11 +1135,14 @@ class CallSession:
                 if self._closed or self.topology != topology.SFU or not engine.conference_broken():
                     return
                 status = engine.conference_status() or {}
-                detail: dict[str, Value] = {"upstream": str(status.get("upstream"))}
+                detail: dict[str, Value] = {
+                    "upstream": str(status.get("upstream")),
+                    "why": str(status.get("broken") or f"the upstream {status.get('upstream')}"),
+                }
                 log.warning(
-                    "call %s: our connection to the SFU is %s: joining the room again",
+                    "call %s: the conference is broken (%s): joining the room again",
                     self.call_id,
-                    detail["upstream"],
+                    detail["why"],
                 )
                 self._log_event("sfu_rejoin", detail)
                 self._on_event("sfu_rejoin", dict(detail))

@@ -62,6 +62,8 @@ MAX_ID: Final = (1 << 53) - 1
 MIN_POLL_S: Final = 0.02
 #: events waiting for a handle's reader; older ones are dropped (and counted) beyond this
 MAX_QUEUED_EVENTS: Final = 256
+#: Janus core error "No such session" (janus.h): the SFU restarted or timed our session out
+SESSION_NOT_FOUND: Final = 458
 
 
 # --- checking what Janus says ---------------------------------------------------------------
@@ -257,6 +259,8 @@ class JanusSession:
         self, path: str, body: dict[str, Any], what: str, tx: str | None = None
     ) -> dict[str, Any]:
         assert self._http is not None
+        if self.failure is not None:  # nothing more is asked of a session that failed
+            raise SfuUnavailable(str(self.failure))
         tx = tx or self._transaction()
         body = {**body, "transaction": tx}
         try:
@@ -307,11 +311,16 @@ class JanusSession:
         return handle
 
     async def _keepalive(self) -> None:
-        while not self._closed:
+        while not self._closed and self.failure is None:
             await asyncio.sleep(self._keepalive_s)
             try:
                 await self._post(f"/{self.session_id}", {"janus": "keepalive"}, "keepalive")
-            except (SfuUnavailable, SfuProtocolError, JanusError) as exc:
+            except JanusError as exc:
+                if exc.code == SESSION_NOT_FOUND:  # the SFU restarted, or timed us out
+                    self._fail(SfuUnavailable(f"SFU {self.url}: no such session ({exc.code})"))
+                    return
+                log.warning("SFU keepalive failed: %s", exc)
+            except (SfuUnavailable, SfuProtocolError) as exc:
                 log.warning("SFU keepalive failed: %s", exc)
 
     async def _poll(self) -> None:
@@ -324,6 +333,9 @@ class JanusSession:
                 async with self._http.get(
                     url, ssl=self._ssl, timeout=aiohttp.ClientTimeout(total=self._poll_timeout)
                 ) as resp:
+                    if resp.status == 404:  # Janus knows the session no more (it restarted)
+                        self._fail(SfuUnavailable(f"SFU {self.url}: no such session (404)"))
+                        return
                     raw = await read_limited(resp)
                 answer = parse_answer(raw, "events")
                 failures = 0
@@ -356,8 +368,11 @@ class JanusSession:
         kind = msg.get("janus")
         if kind == "keepalive":
             return
-        if kind == "error" and msg.get("session_id") is None:  # e.g. the session timed out
+        if kind == "error" and msg.get("session_id") is None:  # an error of the session
             self._fail(SfuUnavailable(f"SFU {self.url}: {_clip(msg.get('error'))}"))
+            return
+        if kind == "timeout":  # Janus timed our session out: every handle is gone with it
+            self._fail(SfuUnavailable(f"SFU {self.url}: our session timed out"))
             return
         tx = msg.get("transaction")
         if isinstance(tx, str) and kind == "event":
@@ -383,11 +398,10 @@ class JanusSession:
             handle.push(JanusEvent("failed", {}))
 
     def _expect(self, tx: str) -> asyncio.Future[dict[str, Any]]:
+        if self.failure is not None:  # raised here: a future nobody awaits would be logged
+            raise SfuUnavailable(str(self.failure))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if self.failure is not None:
-            future.set_exception(self.failure)
-        else:
-            self._waiting[tx] = future
+        self._waiting[tx] = future
         return future
 
     async def close(self) -> None:

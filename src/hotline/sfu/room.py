@@ -278,11 +278,24 @@ class JanusConference(Generic[D]):
     def upstream_state(self) -> str | None:
         raise NotImplementedError
 
+    def broken(self) -> str | None:
+        """Why this conference can no longer carry the call, once joined (None: it can):
+        our upstream failed or closed, or the SFU's API session failed (the SFU restarted,
+        lost our session or stopped answering: its events failed three times). The API
+        fails within a second of an SFU's crash, where the upstream's ICE takes ~30 s."""
+        if self.joined is None:
+            return None
+        if self.session.failure is not None:
+            return f"the SFU's API failed: {self.session.failure}"
+        state = self.upstream_state()
+        return f"the upstream {state}" if state in ("failed", "closed") else None
+
     def status(self) -> dict[str, Any]:
         return {
             "room": self.room,
             "feed": self.joined.feed_id if self.joined else None,
             "upstream": self.upstream_state(),
+            "broken": self.broken(),
             "downstream": {m: d.state for m, d in sorted(self.downstream.items())},
             "refused": dict(self.refused),
             "sfu": dict(self.session.stats),
@@ -348,12 +361,7 @@ class ConferenceSlot(Generic[C]):
         return self.conference.status() if self.conference is not None else None
 
     def conference_broken(self) -> bool:
-        conference = self.conference
-        return (
-            conference is not None
-            and conference.joined is not None
-            and conference.upstream_state() in ("failed", "closed")
-        )
+        return self.conference is not None and self.conference.broken() is not None
 
     def conference_video(self, member: str) -> int:
         conference = self.conference

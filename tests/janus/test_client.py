@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from hotline.errors import JanusError, SfuProtocolError, SfuUnavailable, UsageError
+from hotline.sfu import janus as janus_module
 from hotline.sfu.janus import MAX_ANSWER_BYTES, JanusSession, VideoRoomHandle, janus_id
 from tests.janus.server import JanusServer, running_janus
 
@@ -88,10 +89,16 @@ def test_ids_are_positive_integers_below_2_53(value: object) -> None:
 Answer = Callable[[dict[str, Any]], web.Response]
 
 
+#: what the hostile server answers the long poll with, one a poll (then keepalives)
+polls: list[Callable[[], web.Response]] = []
+
+
 @pytest.fixture
 async def hostile() -> AsyncIterator[tuple[str, list[Answer]]]:
-    """An HTTP server that answers Janus's API with whatever the test puts in ``answers``."""
+    """An HTTP server that answers Janus's API with whatever the test puts in ``answers``
+    (requests) and ``polls`` (the long poll)."""
     answers: list[Answer] = []
+    polls.clear()
 
     async def post(request: web.Request) -> web.Response:
         body = await request.json()
@@ -100,7 +107,10 @@ async def hostile() -> AsyncIterator[tuple[str, list[Answer]]]:
         return answers.pop(0)(body)
 
     async def poll(request: web.Request) -> web.Response:
-        return web.json_response({"janus": "keepalive"})  # at once: the client must not spin
+        if polls:
+            return polls.pop(0)()
+        await asyncio.sleep(0.05)
+        return web.json_response({"janus": "keepalive"})  # soon: the client must not spin
 
     app = web.Application()
     app.router.add_post("/janus", post)
@@ -170,3 +180,67 @@ async def test_a_hostile_sfus_forged_feed_list_is_refused(
         with pytest.raises(SfuProtocolError, match="at most 64"):
             await room.join_publisher(1, "berlin")
     assert json.dumps(publishers)  # the list itself was well-formed JSON
+
+
+def _error(body: dict[str, Any], code: int, reason: str) -> web.Response:
+    return web.json_response(
+        {
+            "janus": "error",
+            "session_id": 11,
+            "transaction": body["transaction"],
+            "error": {"code": code, "reason": reason},
+        }
+    )
+
+
+async def test_no_such_session_on_a_request_fails_the_session_once(
+    hostile: tuple[str, list[Answer]],
+) -> None:
+    url, answers = hostile
+    answers.append(lambda b: _ok(b, data={"id": 11}))
+    answers.append(lambda b: _error(b, 458, "No such session 11\n2026-01-01 forged log line"))
+    async with JanusSession(url) as session:
+        with pytest.raises(JanusError) as gone:
+            await session.attach()
+        assert gone.value.code == 458
+        assert "\n" not in str(gone.value)  # the SFU's text never starts a line of its own
+        assert session.failure_reason == "no_such_session"
+        with pytest.raises(SfuUnavailable):  # nothing more is asked of a failed session
+            await session.attach()
+        with pytest.raises(SfuUnavailable):
+            session._expect("tx")
+        assert session.stats.get("session_no_such_session") == 1
+
+
+async def test_a_timeout_event_fails_the_session_once(
+    hostile: tuple[str, list[Answer]],
+) -> None:
+    url, answers = hostile
+    answers.append(lambda b: _ok(b, data={"id": 11}))
+    polls.append(lambda: web.json_response([{"janus": "timeout", "session_id": 11}] * 16))
+    async with JanusSession(url) as session:
+        for _ in range(100):
+            if session.failure is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert session.failure_reason == "timed_out"
+        assert session.stats.get("session_timed_out") == 1  # sixteen events, one failure
+
+
+async def test_a_glitch_of_the_poll_is_ridden_out_and_a_lasting_failure_is_not(
+    hostile: tuple[str, list[Answer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(janus_module, "POLL_FAILING_S", 1.0)
+    url, answers = hostile
+    answers.append(lambda b: _ok(b, data={"id": 11}))
+    # three failed polls in 0.6 s (0.2 s and 0.4 s apart): shorter than POLL_FAILING_S
+    polls.extend([lambda: web.Response(status=502, text="<html>")] * 3)
+    async with JanusSession(url) as session:
+        await asyncio.sleep(1.2)
+        assert session.failure_reason is None and session.stats["poll_failed"] == 3
+        polls.extend([lambda: web.Response(status=502, text="<html>")] * 50)
+        for _ in range(200):
+            if session.failure is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert session.failure_reason == "events_failed"

@@ -64,14 +64,20 @@ MIN_POLL_S: Final = 0.02
 MAX_QUEUED_EVENTS: Final = 256
 #: Janus core error "No such session" (janus.h): the SFU restarted or timed our session out
 SESSION_NOT_FOUND: Final = 458
+#: the long poll failing (no answer, refused, garbage) this long fails the session; a
+#: glitch shorter than this on the API path leaves a conference whose media flows alone
+POLL_FAILING_S: Final = 5.0
 
 
 # --- checking what Janus says ---------------------------------------------------------------
 
 
 def _clip(text: object, limit: int = MAX_REASON) -> str:
+    """What the SFU said, for an error message or a log line: clipped, and with newlines and
+    other control characters escaped (an SFU's text never starts a log line of its own)."""
     s = text if isinstance(text, str) else repr(text)
-    return s if len(s) <= limit else s[:limit] + "..."
+    s = s if len(s) <= limit else s[:limit] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
 def _object(value: object, what: str) -> dict[str, Any]:
@@ -239,6 +245,9 @@ class JanusSession:
         #: what went wrong with the SFU so far, by reason (shown in the call's status)
         self.stats: dict[str, int] = {}
         self.failure: Exception | None = None
+        #: why the session failed, a fixed word (never the SFU's own text: that is
+        #: untrusted, and the reason goes into the call log): see :meth:`_fail`
+        self.failure_reason: str | None = None
 
     def _count(self, reason: str) -> None:
         self.stats[reason] = self.stats.get(reason, 0) + 1
@@ -278,7 +287,12 @@ class JanusSession:
             self._count("unreachable")
             raise SfuUnavailable(f"SFU {self.url} did not answer {what}: {_clip(exc)}") from exc
         msg = _object(parse_answer(raw, what), what)
-        _raise_core_error(msg, what)
+        try:
+            _raise_core_error(msg, what)
+        except JanusError as exc:
+            if exc.code == SESSION_NOT_FOUND and path:  # the SFU restarted or timed us out
+                self._fail(SfuUnavailable(f"SFU {self.url}: no such session"), "no_such_session")
+            raise
         if msg.get("transaction") != tx:
             self._count("wrong_transaction")
             raise SfuProtocolError(f"Janus {what}: the answer is for another transaction")
@@ -313,28 +327,29 @@ class JanusSession:
     async def _keepalive(self) -> None:
         while not self._closed and self.failure is None:
             await asyncio.sleep(self._keepalive_s)
+            if self._closed or self.failure is not None:
+                return
             try:
                 await self._post(f"/{self.session_id}", {"janus": "keepalive"}, "keepalive")
-            except JanusError as exc:
-                if exc.code == SESSION_NOT_FOUND:  # the SFU restarted, or timed us out
-                    self._fail(SfuUnavailable(f"SFU {self.url}: no such session ({exc.code})"))
-                    return
-                log.warning("SFU keepalive failed: %s", exc)
-            except (SfuUnavailable, SfuProtocolError) as exc:
-                log.warning("SFU keepalive failed: %s", exc)
+            except (SfuUnavailable, SfuProtocolError, JanusError) as exc:
+                if self.failure is None:  # 458 failed the session in _post: said there
+                    log.warning("SFU keepalive failed: %s", exc)
 
     async def _poll(self) -> None:
         assert self._http is not None
         failures = 0
+        failing_since = 0.0
         url = f"{self.url}/{self.session_id}?maxev={MAX_EVENTS_PER_POLL}"
-        while not self._closed:
+        while not self._closed and self.failure is None:
             began = asyncio.get_running_loop().time()
             try:
                 async with self._http.get(
                     url, ssl=self._ssl, timeout=aiohttp.ClientTimeout(total=self._poll_timeout)
                 ) as resp:
                     if resp.status == 404:  # Janus knows the session no more (it restarted)
-                        self._fail(SfuUnavailable(f"SFU {self.url}: no such session (404)"))
+                        self._fail(
+                            SfuUnavailable(f"SFU {self.url}: no such session"), "no_such_session"
+                        )
                         return
                     raw = await read_limited(resp)
                 answer = parse_answer(raw, "events")
@@ -342,12 +357,17 @@ class JanusSession:
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, SfuProtocolError) as exc:
+                now = asyncio.get_running_loop().time()
+                failing_since = failing_since if failures else now
                 failures += 1
                 self._count("poll_failed")
-                if failures >= 3:
-                    self._fail(SfuUnavailable(f"SFU {self.url}: events failed: {_clip(exc)}"))
+                if failures >= 3 and now - failing_since >= POLL_FAILING_S:
+                    self._fail(
+                        SfuUnavailable(f"SFU {self.url}: events failed: {_clip(exc)}"),
+                        "events_failed",
+                    )
                     return
-                await asyncio.sleep(0.2 * failures)
+                await asyncio.sleep(min(0.2 * failures, 1.0))
                 continue
             if asyncio.get_running_loop().time() - began < MIN_POLL_S:
                 await asyncio.sleep(
@@ -358,6 +378,8 @@ class JanusSession:
                 self._count("too_many_events")
                 events = events[:MAX_EVENTS_PER_POLL]
             for item in events:
+                if self.failure is not None:
+                    return
                 if isinstance(item, dict):
                     self._dispatch(item)
                 else:
@@ -369,10 +391,10 @@ class JanusSession:
         if kind == "keepalive":
             return
         if kind == "error" and msg.get("session_id") is None:  # an error of the session
-            self._fail(SfuUnavailable(f"SFU {self.url}: {_clip(msg.get('error'))}"))
+            self._fail(SfuUnavailable(f"SFU {self.url}: {_clip(msg.get('error'))}"), "error")
             return
         if kind == "timeout":  # Janus timed our session out: every handle is gone with it
-            self._fail(SfuUnavailable(f"SFU {self.url}: our session timed out"))
+            self._fail(SfuUnavailable(f"SFU {self.url}: our session timed out"), "timed_out")
             return
         tx = msg.get("transaction")
         if isinstance(tx, str) and kind == "event":
@@ -387,8 +409,13 @@ class JanusSession:
             return
         handle.push(JanusEvent(kind, msg))
 
-    def _fail(self, exc: Exception) -> None:
-        self.failure = exc
+    def _fail(self, exc: Exception, reason: str) -> None:
+        """The session is gone (``reason``: no_such_session, timed_out, error,
+        events_failed): every request and handle fails from now on. Once."""
+        if self.failure is not None:
+            return
+        self.failure, self.failure_reason = exc, reason
+        self._count(f"session_{reason}")
         log.warning("%s", exc)
         for future in self._waiting.values():
             if not future.done():
@@ -478,7 +505,11 @@ class JanusHandle:
         except TimeoutError as exc:
             raise SfuUnavailable(f"SFU {self.session.url} did not answer {what} in time") from exc
         finally:
-            self.session._waiting.pop(tx, None)
+            left = self.session._waiting.pop(tx, None) or future
+            if left.done() and not left.cancelled():
+                left.exception()  # read: a failure nobody awaited is not logged as lost
+            else:
+                left.cancel()
         if event.get("sender") != self.handle_id:
             raise SfuProtocolError(f"Janus {what}: the answer came for another handle")
         plugin_data(event, what)

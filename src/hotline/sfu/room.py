@@ -285,8 +285,8 @@ class JanusConference(Generic[D]):
         fails within a second of an SFU's crash, where the upstream's ICE takes ~30 s."""
         if self.joined is None:
             return None
-        if self.session.failure is not None:
-            return f"the SFU's API failed: {self.session.failure}"
+        if self.session.failure is not None:  # a fixed word: this goes into the call log
+            return f"the SFU's API failed: {self.session.failure_reason}"
         state = self.upstream_state()
         return f"the upstream {state}" if state in ("failed", "closed") else None
 

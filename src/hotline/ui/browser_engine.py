@@ -666,8 +666,9 @@ class BrowserEngine(ConferenceSlot[PageConference]):
         await self._enter_conference(conference, spec.publishers)
 
     def conference_broken(self) -> bool:
-        """The page that held our upstream is gone (reloaded, closed, or another took
-        over) and a page is back: its links are made again by joining the room again."""
+        """The conference is broken (the page that held our upstream is gone — reloaded,
+        closed, or another took over — or our Janus API session failed) and a page is
+        back: its links are made again by joining the room again."""
         return super().conference_broken() and self.hub.connected
 
     async def snapshot(self) -> dict[str, Any]:

@@ -66,6 +66,8 @@ class Engine:
         self.joins = 0
         self.leaves = 0
         self.fail_join = False
+        #: the conference is broken (our upstream or the SFU's API failed)
+        self.broken = False
         #: video frames each member's feed decoded through the room
         self.room_video: dict[str, int] = {}
 
@@ -115,13 +117,14 @@ class Engine:
         if self.in_conference:
             self.leaves += 1
         self.in_conference = False
+        self.broken = False
         self.room_video.clear()
 
     def conference_status(self) -> dict[str, Any] | None:
         return {} if self.in_conference else None
 
     def conference_broken(self) -> bool:
-        return False
+        return self.in_conference and self.broken
 
     def conference_video(self, member: str) -> int:
         return self.room_video.get(member, 0) if self.in_conference else 0
@@ -276,4 +279,36 @@ async def test_back_to_a_mesh_leaves_the_room_once_the_mesh_shows_everyone(
     await settle()
     assert not engine.in_conference and engine.leaves == 1
     assert session.moves[-1]["topology"] == "mesh" and session.moves[-1]["not_shown"] == []
+    await session.close()
+
+
+async def test_a_conference_that_keeps_breaking_is_a_mesh_until_the_retry(
+    tmp_path: Path, fast_moves: None
+) -> None:
+    """An SFU that takes every join and then drops it (failing, or hostile) gets two rejoins;
+    the third break within the window makes the call a mesh until the SFU retry."""
+    engine, events = Engine(), []
+    session = make_session(tmp_path, engine, events)
+    await set_members(session, *IDS)
+    assert session.topology == "sfu" and engine.joins == 1
+
+    async def breaks(at: float) -> None:
+        engine.broken = True
+        session._watch_own_upstream(at)  # broken since now
+        session._watch_own_upstream(at + session_module.SFU_REJOIN_AFTER_S)  # rejoin
+        assert session._sfu_rejoining
+        while session._sfu_rejoining:
+            await asyncio.sleep(0.01)
+
+    await breaks(100.0)
+    await breaks(200.0)
+    assert session.topology == "sfu" and engine.in_conference and engine.joins == 3
+    assert session.sfu_rejoins == 2 and "sfu_unreachable" not in events
+    await breaks(300.0)
+    assert session.sfu_rejoins == 3 and events.count("sfu_rejoin") == 3
+    assert session.topology == "mesh" and not engine.in_conference and engine.joins == 3
+    assert set(session.peers) == {"bravo", "charlie", "delta"}  # a mesh of the four
+    assert "sfu_unreachable" in events
+    assert session._sfu_failed_at is not None  # the SFU retry takes it from here
+    assert session._sfu_retry_s() == session_module.SFU_RETRY_S
     await session.close()

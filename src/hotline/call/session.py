@@ -106,6 +106,12 @@ SFU_RETRY_MAX_S = 600.0
 SFU_PROBE_TIMEOUT_S = 3.0
 #: our own upstream to the SFU failed this long ago: the call joins the room again
 SFU_REJOIN_AFTER_S = 1.0
+#: a conference that broke this many times within SFU_REJOIN_WINDOW_S is not joined again
+#: at once: the call is a mesh until the SFU retry (SFU_RETRY_S, doubling each time this
+#: happens again within the window), so a failing or hostile SFU that takes every join
+#: and then drops it cannot make the call rebuild its conference every second
+SFU_REJOINS_MAX = 3
+SFU_REJOIN_WINDOW_S = 300.0
 #: a move between mesh and SFU makes the new path before it breaks the old: the old one is
 #: closed once the new one shows a picture of every member it showed (and MOVE_GRACE_S
 #: more, for the members' own views of us), or after MOVE_OVERLAP_MAX_S whatever it shows
@@ -213,6 +219,11 @@ class CallSession:
         #: since when our own upstream to the SFU is failed, and whether a rejoin runs
         self._sfu_broken_since: float | None = None
         self._sfu_rejoining = False
+        #: rejoins of a broken conference: all of them (status), the recent ones' times,
+        #: and how often they were too many (the retry's doubling)
+        self.sfu_rejoins = 0
+        self._rejoined_at: deque[float] = deque()
+        self._sfu_unstable = 0
         #: counts the moves between mesh and SFU: the old path of a move is closed only if
         #: no other move came after it
         self._moves = 0
@@ -1118,6 +1129,10 @@ class CallSession:
             return
         if not engine.conference_broken():
             self._sfu_broken_since = None
+            if self._sfu_unstable and (
+                not self._rejoined_at or now - self._rejoined_at[-1] > SFU_REJOIN_WINDOW_S
+            ):
+                self._sfu_unstable = 0  # a whole window without a break: trusted again
             return
         if self._sfu_broken_since is None:
             self._sfu_broken_since = now
@@ -1144,16 +1159,51 @@ class CallSession:
                     self.call_id,
                     detail["why"],
                 )
+                now = time.monotonic()
+                self.sfu_rejoins += 1
+                self._rejoined_at.append(now)
+                while now - self._rejoined_at[0] > SFU_REJOIN_WINDOW_S:
+                    self._rejoined_at.popleft()
+                detail["rejoins"] = self.sfu_rejoins
                 self._log_event("sfu_rejoin", detail)
                 self._on_event("sfu_rejoin", dict(detail))
                 await engine.leave_conference()
                 self.topology = topology.MESH  # until the join below is done
                 self._move_abandoned()
+                if len(self._rejoined_at) >= SFU_REJOINS_MAX:
+                    self._too_many_rejoins(now)
             if not self._closed and self.machine.state == CallState.ACTIVE:
                 await self._sync_peers(self.machine.members)
         finally:
             self._sfu_broken_since = None
             self._sfu_rejoining = False
+
+    def _too_many_rejoins(self, now: float) -> None:
+        """The conference broke SFU_REJOINS_MAX times within SFU_REJOIN_WINDOW_S: a mesh
+        until the SFU retry, which waits twice as long each time this happens again."""
+        self._rejoined_at.clear()
+        self._sfu_unstable += 1
+        self._sfu_failed_at = now
+        self._sfu_failures = self._sfu_unstable
+        retry = round(self._sfu_retry_s())
+        url = self.sfus[0].url if self.sfus else ""
+        detail: dict[str, Value] = {
+            "url": url,
+            "reason": "unstable",
+            "members": len(self.machine.members),
+            "retry_s": retry,
+        }
+        log.warning(
+            "call %s: the conference through %s broke %d times in %d s: a mesh until a retry "
+            "in %d s",
+            self.call_id,
+            url,
+            SFU_REJOINS_MAX,
+            round(SFU_REJOIN_WINDOW_S),
+            retry,
+        )
+        self._log_event("sfu_failure", {"url": url, "reason": "unstable"})
+        self._on_event("sfu_unreachable", dict(detail))
 
     async def _watch_members_through_sfu(self, now: float) -> None:
         """Through the SFU a member is reachable while frames under its KIDs arrive (an SFU
@@ -1379,6 +1429,7 @@ class CallSession:
             "cosigned": sorted(self.cosigned),
             "topology": self.topology,
             "moves": list(self.moves),
+            "sfu_rejoins": self.sfu_rejoins,
             "sfu": (
                 self.engine.conference_status()
                 if isinstance(self.engine, ConferenceEngine)

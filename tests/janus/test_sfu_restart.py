@@ -139,6 +139,9 @@ def test_the_sfu_restarts_mid_call_and_the_call_goes_on(
                 text = (line.root / f"{tid}.log").read_text(errors="replace")
                 said = [ln for ln in text.splitlines() if "joining the room again" in ln]
                 assert said and "the SFU's API failed" in said[0], (tid, said)
+                # once (twice if the first try met Janus still starting), never a loop
+                assert 1 <= len(said) <= 2, (tid, said)
+                assert call_of(after[tid])["sfu_rejoins"] == len(said), tid
         finally:
             await line.stop()
 

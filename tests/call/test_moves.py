@@ -10,6 +10,7 @@ by ``tests/janus/test_terminal_conference.py`` and ``tests/janus/test_browser_co
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -311,4 +312,18 @@ async def test_a_conference_that_keeps_breaking_is_a_mesh_until_the_retry(
     assert "sfu_unreachable" in events
     assert session._sfu_failed_at is not None  # the SFU retry takes it from here
     assert session._sfu_retry_s() == session_module.SFU_RETRY_S
+    # the retry joins (what _retry_sfu does once the SFU answers); it breaks three times
+    # again within the window: the next retry waits twice as long
+    session._sfu_failed_at = None
+    await session._sync_peers(session.machine.members)
+    assert session.topology == "sfu" and engine.joins == 4
+    for at in (400.0, 500.0, 600.0):
+        await breaks(at)
+    assert session.topology == "mesh" and session.sfu_rejoins == 6
+    assert session._sfu_retry_s() == 2 * session_module.SFU_RETRY_S
+    # a whole window through the SFU without a break: trusted as new again
+    session._sfu_failed_at = None
+    await session._sync_peers(session.machine.members)
+    session._watch_own_upstream(time.monotonic() + session_module.SFU_REJOIN_WINDOW_S + 1)
+    assert session._sfu_unstable == 0
     await session.close()

@@ -223,6 +223,7 @@ class CallSession:
         #: and how often they were too many (the retry's doubling)
         self.sfu_rejoins = 0
         self._rejoined_at: deque[float] = deque()
+        self._last_rejoin_at = 0.0
         self._sfu_unstable = 0
         #: counts the moves between mesh and SFU: the old path of a move is closed only if
         #: no other move came after it
@@ -1129,9 +1130,7 @@ class CallSession:
             return
         if not engine.conference_broken():
             self._sfu_broken_since = None
-            if self._sfu_unstable and (
-                not self._rejoined_at or now - self._rejoined_at[-1] > SFU_REJOIN_WINDOW_S
-            ):
+            if self._sfu_unstable and now - self._last_rejoin_at > SFU_REJOIN_WINDOW_S:
                 self._sfu_unstable = 0  # a whole window without a break: trusted again
             return
         if self._sfu_broken_since is None:
@@ -1162,6 +1161,7 @@ class CallSession:
                 now = time.monotonic()
                 self.sfu_rejoins += 1
                 self._rejoined_at.append(now)
+                self._last_rejoin_at = now
                 while now - self._rejoined_at[0] > SFU_REJOIN_WINDOW_S:
                     self._rejoined_at.popleft()
                 detail["rejoins"] = self.sfu_rejoins

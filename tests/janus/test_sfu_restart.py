@@ -22,7 +22,13 @@ import pytest
 from hotline.charter import Policy, Role, SfuEndpoint
 from tests.janus.conference import run_in_host
 from tests.janus.server import JanusServer, janus_in_lab
-from tests.janus.test_terminal_conference import NamespaceLine, one_epoch, pairs, wait_for
+from tests.janus.test_terminal_conference import (
+    NamespaceLine,
+    a_two_party_call,
+    one_epoch,
+    pairs,
+    wait_for,
+)
 from tests.netlab import Host
 from tests.terminal.test_calls import call_of, sink
 
@@ -71,15 +77,9 @@ def test_the_sfu_restarts_mid_call_and_the_call_goes_on(
     )
 
     async def main() -> None:
-        line.commission()
         try:
-            await line.start_exchange()
-            for tid in IDS:
-                await line.start_terminal(tid, *(["--auto-answer"] if tid != IDS[0] else []))
-            await line.wait_online(IDS)
+            await a_two_party_call(line, IDS)
             async with line.control(IDS[0]) as first:
-                await first.request("POST", "/call", {"target": IDS[1]})
-                await wait_for(line, IDS[:2], lambda s: one_epoch(s, 2), "a two-party call")
                 await first.request("POST", "/invite", {"target": IDS[2]})
             before = await wait_for(
                 line,

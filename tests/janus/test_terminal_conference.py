@@ -79,6 +79,19 @@ async def wait_for(
     raise AssertionError(f"timed out waiting for {what}: {summary}")
 
 
+async def a_two_party_call(line: LocalLine, ids: list[str]) -> None:
+    """The exchange and every terminal of ``ids`` started (all but the first answer by
+    themselves), and the first calling the second: returns once the two share an epoch."""
+    line.commission()
+    await line.start_exchange()
+    for tid in ids:
+        await line.start_terminal(tid, *(["--auto-answer"] if tid != ids[0] else []))
+    await line.wait_online(ids)
+    async with line.control(ids[0]) as first:
+        await first.request("POST", "/call", {"target": ids[1]})
+    await wait_for(line, ids[:2], lambda s: one_epoch(s, 2), "a two-party call")
+
+
 def pairs(ids: list[str]) -> list[tuple[str, str]]:
     return [(a, b) for a in ids for b in ids if a != b]
 
@@ -105,15 +118,9 @@ def test_a_call_moves_to_the_sfu_above_the_mesh_limit_and_back(
     )
 
     async def main() -> None:
-        line.commission()
         try:
-            await line.start_exchange()
-            for tid in IDS:
-                await line.start_terminal(tid, *(["--auto-answer"] if tid != IDS[0] else []))
-            await line.wait_online(IDS)
+            await a_two_party_call(line, IDS)
             async with line.control(IDS[0]) as first:
-                await first.request("POST", "/call", {"target": IDS[1]})
-                await wait_for(line, IDS[:2], lambda s: one_epoch(s, 2), "a two-party call")
                 await first.request("POST", "/invite", {"target": IDS[2]})
                 three = await wait_for(
                     line,

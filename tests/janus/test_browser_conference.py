@@ -369,13 +369,15 @@ def run_conference(
     mesh_limit: int,
     forge_victim: str | None = None,
     reload_page: bool = False,
+    restart_sfu: bool = False,
 ) -> dict[str, float]:
     """``first`` (the browser first, the caller second) come in one by one (a mesh up to
     ``mesh_limit``, then through Janus), ``joiner`` joins and ``leaver`` leaves through
     Janus; with ``mesh_limit`` 2 the joiner then leaves too and the call is a mesh again.
     ``forge_victim``: at the end the browser's member forges that member's frames to the
     other Python members (:func:`member_forges`). ``reload_page``: after the SFU's
-    injection the browser's page reloads, and the call through the SFU carries it again."""
+    injection the browser's page reloads, and the call through the SFU carries it again.
+    ``restart_sfu``: then Janus is killed and started again (:func:`sfu_restarts`)."""
     everyone = (*first, joiner)
     rest = tuple(i for i in everyone if i != leaver)
     line = NamespaceLine(
@@ -515,6 +517,8 @@ def run_conference(
                 after_reload: dict[str, dict[str, int]] = {}
                 if reload_page:
                     after_reload = await page_reloads(line, page, rest, epochs, figures)
+                if restart_sfu:
+                    await sfu_restarts(line, janus, page, rest, figures)
 
                 if len(rest) - 1 <= mesh_limit:
                     # below the limit again: back to a mesh with the browser, keys kept
@@ -631,6 +635,50 @@ async def page_reloads(
     print(f"the page reloaded: all decrypting again after {figures['reload_flowing_s']:.1f} s")
 
 
+async def sfu_restarts(
+    line: NamespaceLine,
+    janus: JanusServer,
+    page: Any,
+    ids: tuple[str, ...],
+    figures: dict[str, float],
+) -> None:
+    """Janus is killed (SIGKILL) and started again, empty, mid-conference: the browser's
+    daemon (it holds the API session; the page holds the media links) and the Python
+    members join the room again under the same call and keys, the page makes new links,
+    and every member decrypts every other again, the browser included."""
+    before = await statuses_of(line, ids)
+    old_links = {p["link"] for p in call_of(before[BROWSER])["peers"].values() if p.get("link")}
+    rejoins = {tid: call_of(before[tid])["sfu_rejoins"] for tid in ids}
+    t = time.monotonic()
+    assert janus.proc is not None
+    janus.proc.kill()
+    janus.proc.wait(10)
+    janus.proc = None
+    await asyncio.to_thread(janus.start)
+
+    def back(s: dict[str, dict[str, Any]]) -> bool:
+        peers = call_of(s[BROWSER]).get("peers") or {}
+        links = {p.get("link") for o, p in peers.items() if o != BROWSER}
+        return (
+            agreed(s, len(ids), "sfu")
+            and all(call_of(s[tid])["sfu_rejoins"] > rejoins[tid] for tid in ids)
+            and len(links) == len(ids) - 1
+            and not links & old_links
+        )
+
+    await wait_for(line, ids, back, "every member back through the restarted SFU")
+    after = await every_pair_decrypts(line, ids, "through the restarted SFU")
+    figures["sfu_restart_flowing_s"] = time.monotonic() - t
+    links = await page_links(page)
+    assert len(links) == len(ids) and all(state == "connected" for *_, state in links), links
+    for tid in ids:
+        call = call_of(after[tid])
+        assert call["epoch"] == call_of(before[tid])["epoch"], tid  # the same keys
+        assert 1 <= call["sfu_rejoins"] - rejoins[tid] <= 2, (tid, call["sfu_rejoins"])
+        assert call["sfu"]["broken"] is None, (tid, call["sfu"])
+    print(f"janus restarted: all decrypting again after {figures['sfu_restart_flowing_s']:.1f} s")
+
+
 async def insider_is_caught(
     line: NamespaceLine,
     janus: JanusServer,
@@ -687,8 +735,8 @@ def test_a_browser_terminal_through_janus_moves_joins_and_leaves(
     sfu_host: tuple[Host, JanusServer], tmp_path: Path
 ) -> None:
     """Four terminals, the browser and three Python ones (mesh limit 2): a mesh of two
-    moves to the SFU at three, a fourth joins and one leaves through the SFU, and at two
-    the call is a mesh again."""
+    moves to the SFU at three, a fourth joins and one leaves through the SFU, the page
+    reloads, Janus restarts, and at two the call is a mesh again."""
     host, janus = sfu_host
     figures = run_conference(
         host,
@@ -699,6 +747,7 @@ def test_a_browser_terminal_through_janus_moves_joins_and_leaves(
         leaver="paris",
         mesh_limit=2,
         reload_page=True,
+        restart_sfu=True,
     )
     print(f"browser + three Python terminals: {figures}")
 

@@ -21,25 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hotline.localline import free_port
 from tests.conftest import require
 
 REALM = "hotline.test"
 TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (good enough for a test)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def stun_binding_answers(port: int, timeout: float = 0.2) -> bool:

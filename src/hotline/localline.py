@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import random
 import socket
 import ssl
 import sys
@@ -38,10 +39,36 @@ if TYPE_CHECKING:
 START_TIMEOUT_S = 60.0
 
 
+#: the kernel's range for the local ports of outgoing connections (and of bind to port 0)
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: free ports are picked at random from here up to the ephemeral range
+LOW_PORT = 10_000
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for TCP and UDP on 127.0.0.1 now, to listen on a few seconds later.
+
+    Picked below the kernel's ephemeral range where there is room: a port from that range
+    (what a bind to port 0 gives) can be taken meanwhile as the local port of any outgoing
+    connection, and the listener then fails with "address already in use"."""
+    try:
+        low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(LOW_PORT, low) if low > LOW_PORT + 1000 else 0
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
+            try:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", int(tcp.getsockname()[1])))
+            except OSError:
+                continue
+            return int(tcp.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
 
 
 class LocalLine:

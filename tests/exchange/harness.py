@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from hotline.exchange.frames import (
 from hotline.exchange.routing import Limits
 from hotline.exchange.server import ExchangeServer, ServerConfig
 from hotline.keys import SigningKey
+from hotline.localline import free_port  # noqa: F401 (re-exported: the one picker)
 
 from .lines import Line
 
@@ -235,12 +235,6 @@ async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> N
 
 def random_bytes(n: int) -> bytes:
     return os.urandom(n)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Proxy:

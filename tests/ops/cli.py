@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from hotline.charter import Role
 from hotline.exchange import tls
+from hotline.localline import free_port  # noqa: F401 (re-exported: the one picker)
 from hotline.provision import create_line, line_terminal_dir
 
 
@@ -29,12 +29,6 @@ def hotline_json(*args: str) -> Any:
     result = hotline(*args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> Path:

@@ -67,8 +67,10 @@ COVER_DEADLINE_S: Final = 2.0
 #: receiver's media path can lag its signalling by seconds on a starved host (its decoder
 #: thread records a frame when it opens it), and a signed hash dropped before its frame is
 #: recorded leaves that frame unsigned (an alarm through an SFU). Keeping them longer
-#: checks the same frames against the same signatures; it costs 16 B per frame kept
-RETAIN_S: Final = 10.0
+#: checks the same frames against the same signatures; it costs 16 B per frame kept. 30 s:
+#: six terminals, a browser and Janus on 2 cores (load ~11) lagged up to the 10 s kept before
+#: (the backlog sits in the receivers' socket buffers: seconds of these small streams)
+RETAIN_S: Final = 30.0
 #: a counter missing among the frames a sender recorded is signed as not sent after this
 GAP_WAIT_S: Final = 0.5
 #: at most one alarm event per member and reason this often (counts accumulate between)

@@ -786,6 +786,11 @@ def report(
         )
 
 
+# Six terminal processes, Chromium and Janus on 2 cores (load average 10-17): media reached
+# members 10-13 s behind their signalling and the page's tiles froze past their bound in four
+# runs of seven on 2026-12-03, on a host doing nothing else. The Python-only six-terminal test
+# and the four-terminal browser test run in the suite; this one when asked for (-m heavy).
+@pytest.mark.heavy
 def test_six_terminals_a_browser_and_five_python_through_janus(
     sfu_host: tuple[Host, JanusServer], tmp_path: Path
 ) -> None:

@@ -64,12 +64,11 @@ FAST_DIGEST_ENVELOPES_PER_S: Final = 20.0
 #: a frame whose sender has not signed it this long after it was accepted: alarm
 COVER_DEADLINE_S: Final = 2.0
 #: how long a receiver keeps signed hashes for frames that arrive after their digest: a
-#: receiver's media path can lag its signalling by seconds on a starved host (its decoder
-#: thread records a frame when it opens it), and a signed hash dropped before its frame is
-#: recorded leaves that frame unsigned (an alarm through an SFU). Keeping them longer
-#: checks the same frames against the same signatures; it costs 16 B per frame kept. 30 s:
-#: six terminals, a browser and Janus on 2 cores (load ~11) lagged up to the 10 s kept before
-#: (the backlog sits in the receivers' socket buffers: seconds of these small streams)
+#: receiver's media path can lag its signalling by seconds on a starved host, and a signed
+#: hash dropped before its frame is recorded leaves that frame unsigned (an alarm through an
+#: SFU). Keeping them longer checks the same frames against the same signatures; it costs
+#: 16 B per frame kept. 30 s: six terminals, a browser and Janus on 2 cores (load ~11) lagged
+#: up to the 10 s kept before (docs/protocol.md, "Why 30 s")
 RETAIN_S: Final = 30.0
 #: a counter missing among the frames a sender recorded is signed as not sent after this
 GAP_WAIT_S: Final = 0.5
